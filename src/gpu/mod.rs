@@ -1,0 +1,318 @@
+//! The GPU runtime: one device and queue, the pipeline cache, the buffer pool, and the one
+//! command encoder that a training step records into.
+//!
+//! Kernels never submit. They record a compute pass into the pending encoder; the encoder is
+//! submitted when someone needs results on the CPU ([`Gpu::read_bytes`]), writes into a live
+//! buffer through the queue, or calls [`Gpu::submit`] at the end of a step. So a whole step is
+//! one `queue.submit`, and the CPU waits only where it reads.
+
+pub mod adapter;
+pub(crate) mod pipelines;
+pub(crate) mod pool;
+
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+pub use adapter::AdapterChoice;
+pub use pipelines::{Access, KernelSpec, ShaderFile};
+
+use crate::error::{Error, Result};
+use crate::kernels::matmul::MatmulTile;
+use crate::tensor::Tensor;
+
+pub struct Gpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    pipelines: pipelines::PipelineCache,
+    pool: pool::Pool,
+    encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    /// Errors wgpu reports asynchronously (validation, out of memory), surfaced at the next
+    /// submit instead of wgpu's default panic.
+    errors: Arc<Mutex<Vec<String>>>,
+    /// Bound where a kernel has an optional input that is absent (e.g. no bias).
+    dummy: wgpu::Buffer,
+    matmul_tile: Mutex<MatmulTile>,
+}
+
+/// One storage binding of a dispatch: a named tensor, or nothing for an unused optional input.
+pub type Binding<'a> = (&'static str, Option<&'a Tensor>);
+
+impl Gpu {
+    /// Opens the chosen adapter with all of its limits (wgpu's defaults are smaller than a
+    /// GPT-2 embedding table), and picks the matmul tile shape cached for it by
+    /// `kiln bench --tune`, or a default by device type.
+    pub fn new(choice: &AdapterChoice) -> Result<Gpu> {
+        let instance = adapter::instance();
+        let adapter = adapter::choose(adapter::list(&instance), choice)?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("kiln"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::RequestDevice { adapter: adapter::describe(&info), reason: e.to_string() })?;
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+        }));
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln dummy"),
+            size: 16,
+            usage: pool::USAGE,
+            mapped_at_creation: false,
+        });
+        let matmul_tile = crate::kernels::matmul::tile_for_adapter(&info);
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            pipelines: Default::default(),
+            pool: Default::default(),
+            encoder: Mutex::new(None),
+            errors,
+            dummy,
+            matmul_tile: Mutex::new(matmul_tile),
+        })
+    }
+
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// "name (backend, type)", for logs and benchmark reports.
+    pub fn describe(&self) -> String {
+        adapter::describe(&self.info)
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub fn matmul_tile(&self) -> MatmulTile {
+        *self.matmul_tile.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_matmul_tile(&self, tile: MatmulTile) {
+        *self.matmul_tile.lock().unwrap_or_else(|e| e.into_inner()) = tile;
+    }
+
+    /// Bytes held in GPU buffers by tensors and the pool.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.pool.allocated_bytes()
+    }
+
+    /// Releases pooled buffers that no tensor uses.
+    pub fn trim_pool(&self) {
+        self.pool.trim();
+    }
+
+    /// A buffer of at least `bytes` from the pool; checks the adapter's buffer size limit.
+    pub(crate) fn allocate(&self, op: &'static str, tensor: &'static str, bytes: u64) -> Result<pool::Allocation> {
+        if bytes > self.limits.max_buffer_size {
+            return Err(Error::TooLarge {
+                op,
+                tensor,
+                bytes,
+                limit_name: "max_buffer_size",
+                limit: self.limits.max_buffer_size,
+            });
+        }
+        Ok(self.pool.take(&self.device, bytes, self.limits.max_buffer_size))
+    }
+
+    /// Records into the pending encoder, creating it if needed.
+    pub(crate) fn record<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+        let mut guard = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
+        let encoder = guard.get_or_insert_with(|| {
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kiln step") })
+        });
+        f(encoder)
+    }
+
+    /// Writes bytes into a tensor's buffer through the queue. Pending commands are submitted
+    /// first, because a queue write lands before any command buffer submitted after it.
+    pub(crate) fn write_bytes(&self, tensor: &Tensor, data: &[u8]) -> Result<()> {
+        if self.encoder.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            self.submit()?;
+        }
+        if !data.is_empty() {
+            self.queue.write_buffer(tensor.buffer(), 0, data);
+        }
+        Ok(())
+    }
+
+    /// Submits everything recorded so far (one `queue.submit`), and reports any error wgpu
+    /// raised while recording it.
+    pub fn submit(&self) -> Result<()> {
+        let encoder = self.encoder.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(encoder) = encoder {
+            self.queue.submit([encoder.finish()]);
+        }
+        self.pool.after_submit();
+        self.check_errors("submit")
+    }
+
+    /// Submits and blocks until the GPU has finished everything (for timing).
+    pub fn synchronize(&self) -> Result<()> {
+        self.submit()?;
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu { context: "synchronize".into(), message: e.to_string() })?;
+        self.check_errors("synchronize")
+    }
+
+    fn check_errors(&self, context: &str) -> Result<()> {
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let message = errors.drain(..).collect::<Vec<_>>().join("; ");
+        Err(Error::Gpu { context: context.to_string(), message })
+    }
+
+    /// Copies `len` bytes at `offset` of a tensor to the CPU, mapping only that range.
+    pub fn read_bytes(&self, tensor: &Tensor, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        debug_assert!(offset % 4 == 0 && len % 4 == 0, "readback must be 4-byte aligned");
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln readback"),
+            size: len,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.record(|enc| enc.copy_buffer_to_buffer(tensor.buffer(), offset, &staging, 0, len));
+        self.submit()?;
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu { context: "readback".into(), message: e.to_string() })?;
+        rx.recv()
+            .map_err(|e| Error::Gpu { context: "readback".into(), message: e.to_string() })?
+            .map_err(|e| Error::Gpu { context: "readback map".into(), message: e.to_string() })?;
+        let bytes = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu { context: "readback view".into(), message: e.to_string() })?
+            .to_vec();
+        staging.unmap();
+        self.check_errors("readback")?;
+        Ok(bytes)
+    }
+
+    /// Fills a tensor with zero bytes (recorded, so it is ordered with the kernels around it).
+    pub fn clear(&self, tensor: &Tensor) {
+        let bytes = tensor.byte_len().next_multiple_of(4);
+        if bytes > 0 {
+            self.record(|enc| enc.clear_buffer(tensor.buffer(), 0, Some(bytes)));
+        }
+    }
+
+    /// Copies all of `src` into `dst` (same byte size), recorded in order.
+    pub fn copy(&self, src: &Tensor, dst: &Tensor) -> Result<()> {
+        if src.byte_len() != dst.byte_len() {
+            return Err(Error::invalid(
+                "copy",
+                format!("source has {} bytes, destination {}", src.byte_len(), dst.byte_len()),
+            ));
+        }
+        let bytes = src.byte_len();
+        if bytes > 0 {
+            self.record(|enc| enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes));
+        }
+        Ok(())
+    }
+
+    /// Records one compute dispatch. `bindings` are storage bindings 1.. in the shader's
+    /// order; `params` is the uniform at binding 0 (a `#[repr(C)]` Pod struct's bytes).
+    pub fn dispatch(
+        &self,
+        op: &'static str,
+        spec: &KernelSpec,
+        params: &[u8],
+        bindings: &[Binding],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        debug_assert_eq!(bindings.len(), spec.access.len(), "{op}: binding count");
+        let max_groups = self.limits.max_compute_workgroups_per_dimension;
+        for g in groups {
+            if g > max_groups {
+                return Err(Error::DispatchTooLarge { op, groups: g as u64, limit: max_groups });
+            }
+        }
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let max_binding = self.limits.max_storage_buffer_binding_size;
+        for (name, tensor) in bindings {
+            if let Some(t) = tensor
+                && t.byte_len() > max_binding
+            {
+                return Err(Error::TooLarge {
+                    op,
+                    tensor: name,
+                    bytes: t.byte_len(),
+                    limit_name: "max_storage_buffer_binding_size",
+                    limit: max_binding,
+                });
+            }
+        }
+        let pipeline = self.pipelines.get(&self.device, spec)?;
+        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(op),
+            contents: params,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        for (i, (_, tensor)) in bindings.iter().enumerate() {
+            let resource = match tensor {
+                Some(t) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: t.buffer(),
+                    offset: 0,
+                    size: wgpu::BufferSize::new(t.byte_len().max(4).next_multiple_of(4)),
+                }),
+                None => self.dummy.as_entire_binding(),
+            };
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(op),
+            layout: &pipeline.layout,
+            entries: &entries,
+        });
+        self.record(|enc| {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op), timestamp_writes: None });
+            pass.set_pipeline(&pipeline.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        });
+        Ok(())
+    }
+
+    /// Workgroup counts for `n` groups along one logical axis, folded into x and y so no axis
+    /// passes the adapter's per-dimension limit. Shaders rebuild the index as
+    /// `(wg.y * num_workgroups.x + wg.x)`.
+    pub fn grid_1d(&self, n: u64) -> [u32; 3] {
+        let max = self.limits.max_compute_workgroups_per_dimension as u64;
+        if n <= max {
+            [n as u32, 1, 1]
+        } else {
+            [max as u32, n.div_ceil(max) as u32, 1]
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Tiled batched matmul (`shaders/matmul.wgsl`): C = alpha·op(A)·op(B) (+ bias) (+ C).
+//!
+//! The transpose flags let backward passes use it directly: dX = dY·Wᵀ is `trans_b`, dW = Xᵀ·dY
+//! is `trans_a`, and `accumulate` adds into an existing gradient.
+//!
+//! The tile shape is a parameter: a CPU adapter (lavapipe) wants few invocations with large
+//! register tiles, a GPU many with small ones. `kiln bench --tune` times [`MatmulTile::candidates`]
+//! and caches the winner per adapter; without a cached result a default by device type is used.
+
+use std::path::PathBuf;
+
+use bytemuck::{Pod, Zeroable};
+use serde::{Deserialize, Serialize};
+
+use super::{expect_numel, shader, u32_of};
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Gpu, KernelSpec};
+use crate::tensor::{DType, Tensor};
+
+/// One tile shape: a workgroup computes a `bm`×`bn` block of C, each invocation `tm`×`tn`,
+/// stepping through K `bk` at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MatmulTile {
+    pub bm: u32,
+    pub bn: u32,
+    pub bk: u32,
+    pub tm: u32,
+    pub tn: u32,
+}
+
+impl MatmulTile {
+    pub const fn new(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> Self {
+        MatmulTile { bm, bn, bk, tm, tn }
+    }
+
+    /// Shapes worth timing on any adapter, from GPU-style (256 invocations, 4×4 each) to
+    /// lavapipe-style (64 invocations with 16×16 or 32×32 register tiles).
+    pub fn candidates() -> Vec<MatmulTile> {
+        vec![
+            MatmulTile::new(64, 64, 16, 4, 4),
+            MatmulTile::new(128, 128, 8, 8, 8),
+            MatmulTile::new(128, 64, 16, 8, 4),
+            MatmulTile::new(64, 64, 8, 8, 8),
+            MatmulTile::new(128, 128, 8, 16, 16),
+            MatmulTile::new(256, 256, 8, 32, 32),
+        ]
+    }
+
+    pub fn invocations(&self) -> u32 {
+        (self.bm / self.tm) * (self.bn / self.tn)
+    }
+
+    pub fn workgroup_bytes(&self) -> u32 {
+        4 * self.bk * (self.bm + self.bn)
+    }
+
+    /// Whether the adapter can run this shape at all.
+    pub fn fits(&self, limits: &wgpu::Limits) -> bool {
+        self.tm % 4 == 0
+            && self.tn % 4 == 0
+            && self.bm % self.tm == 0
+            && self.bn % self.tn == 0
+            && self.invocations() <= limits.max_compute_invocations_per_workgroup
+            && self.invocations() <= limits.max_compute_workgroup_size_x
+            && self.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
+    }
+
+    /// The WGSL constants the shader is specialised with.
+    pub fn header(&self) -> String {
+        format!(
+            "const BM: u32 = {}u;\nconst BN: u32 = {}u;\nconst BK: u32 = {}u;\nconst TM: u32 = {}u;\nconst TN: u32 = {}u;\n",
+            self.bm, self.bn, self.bk, self.tm, self.tn
+        )
+    }
+}
+
+impl std::fmt::Display for MatmulTile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}/{}x{}", self.bm, self.bn, self.bk, self.tm, self.tn)
+    }
+}
+
+/// The default when nothing is cached: big register tiles on a CPU adapter, small on a GPU.
+pub fn default_tile(device_type: wgpu::DeviceType) -> MatmulTile {
+    match device_type {
+        wgpu::DeviceType::Cpu => MatmulTile::new(128, 128, 8, 16, 16),
+        _ => MatmulTile::new(64, 64, 16, 4, 4),
+    }
+}
+
+/// Where `kiln bench --tune` keeps its results: `$KILN_CACHE` or `~/.cache/kiln`.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("KILN_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("kiln"),
+    }
+}
+
+fn tune_file() -> PathBuf {
+    cache_dir().join("matmul_tiles.json")
+}
+
+/// The key a tuned tile is cached under: adapter name, backend and driver version.
+pub fn adapter_key(info: &wgpu::AdapterInfo) -> String {
+    format!("{} | {:?} | {} {}", info.name, info.backend, info.driver, info.driver_info)
+}
+
+/// The cached tile for this adapter if `kiln bench --tune` ran on it, else the default.
+/// `KILN_MATMUL_TILE=bm,bn,bk,tm,tn` overrides both (for experiments).
+pub fn tile_for_adapter(info: &wgpu::AdapterInfo) -> MatmulTile {
+    if let Ok(text) = std::env::var("KILN_MATMUL_TILE") {
+        let v: Vec<u32> = text.split(',').filter_map(|s| s.trim().parse().ok()).collect();
+        if let [bm, bn, bk, tm, tn] = v[..] {
+            return MatmulTile::new(bm, bn, bk, tm, tn);
+        }
+        eprintln!("warning: KILN_MATMUL_TILE={text:?} is not `bm,bn,bk,tm,tn`; ignored");
+    }
+    read_tune_cache().remove(&adapter_key(info)).unwrap_or_else(|| default_tile(info.device_type))
+}
+
+pub fn read_tune_cache() -> std::collections::BTreeMap<String, MatmulTile> {
+    std::fs::read_to_string(tune_file())
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
+/// Records the tuned tile for an adapter (written to a temporary file, then renamed).
+pub fn write_tune_cache(info: &wgpu::AdapterInfo, tile: MatmulTile) -> Result<PathBuf> {
+    let mut cache = read_tune_cache();
+    cache.insert(adapter_key(info), tile);
+    let path = tune_file();
+    let dir = cache_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(&cache).expect("tile map serialises");
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    Ok(path)
+}
+
+/// Sizes and flags of one (batched) matmul.
+#[derive(Clone, Copy, Debug)]
+pub struct Matmul {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub batch: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    /// Add the product into C instead of overwriting it (gradient accumulation).
+    pub accumulate: bool,
+}
+
+impl Matmul {
+    pub fn new(m: usize, n: usize, k: usize) -> Self {
+        Matmul { m, n, k, batch: 1, trans_a: false, trans_b: false, alpha: 1.0, accumulate: false }
+    }
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
+    pub fn trans_a(mut self, t: bool) -> Self {
+        self.trans_a = t;
+        self
+    }
+    pub fn trans_b(mut self, t: bool) -> Self {
+        self.trans_b = t;
+        self
+    }
+    pub fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+    pub fn accumulate(mut self, acc: bool) -> Self {
+        self.accumulate = acc;
+        self
+    }
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.m * self.n * self.k) as f64
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    trans_a: u32,
+    trans_b: u32,
+    has_bias: u32,
+    accumulate: u32,
+    alpha: f32,
+    stride_a: u32,
+    stride_b: u32,
+    stride_c: u32,
+    _pad0: u32,
+    offset_a: u32,
+    offset_b: u32,
+    offset_c: u32,
+    _pad1: u32,
+}
+
+const OP: &str = "matmul";
+
+/// Batch stride of an operand: one matrix per batch entry, or one shared by all (stride 0).
+fn batch_stride(name: &'static str, t: &Tensor, per_matrix: usize, batch: usize) -> Result<u32> {
+    if t.numel() == per_matrix * batch {
+        u32_of(OP, name, if batch == 1 { 0 } else { per_matrix })
+    } else if t.numel() == per_matrix {
+        Ok(0)
+    } else {
+        expect_numel(OP, name, t, per_matrix * batch, "batch × rows × cols").map(|_| 0)
+    }
+}
+
+/// Records C = alpha·op(A)·op(B) (+ bias[N]) (+ C if accumulating) into `c`.
+///
+/// Bindings: 1 `a`, 2 `b`, 3 `bias` (or nothing), 4 `c`. A and B may be one matrix shared
+/// across the batch, or one per batch entry; C is `[batch, M, N]`.
+pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, c: &Tensor) -> Result<()> {
+    for t in [a, b, c] {
+        t.expect_dtype(OP, DType::F32)?;
+    }
+    if mm.batch == 0 || mm.m == 0 || mm.n == 0 {
+        return Ok(());
+    }
+    let stride_a = batch_stride("a", a, mm.m * mm.k, mm.batch)?;
+    let stride_b = batch_stride("b", b, mm.k * mm.n, mm.batch)?;
+    expect_numel(OP, "c", c, mm.batch * mm.m * mm.n, "batch × M × N")?;
+    if let Some(bias) = bias {
+        expect_numel(OP, "bias", bias, mm.n, "N")?;
+    }
+    if a.same_buffer(c) || b.same_buffer(c) {
+        return Err(Error::invalid(OP, "the output `c` must not share a buffer with `a` or `b`"));
+    }
+    let tile = gpu.matmul_tile();
+    let params = Params {
+        m: u32_of(OP, "M", mm.m)?,
+        n: u32_of(OP, "N", mm.n)?,
+        k: u32_of(OP, "K", mm.k)?,
+        trans_a: mm.trans_a as u32,
+        trans_b: mm.trans_b as u32,
+        has_bias: bias.is_some() as u32,
+        accumulate: mm.accumulate as u32,
+        alpha: mm.alpha,
+        stride_a,
+        stride_b,
+        stride_c: u32_of(OP, "M×N", if mm.batch == 1 { 0 } else { mm.m * mm.n })?,
+        _pad0: 0,
+        offset_a: 0,
+        offset_b: 0,
+        offset_c: 0,
+        _pad1: 0,
+    };
+    let header = tile.header();
+    let spec = KernelSpec {
+        file: shader!("matmul"),
+        entry: "matmul",
+        header: &header,
+        access: &[Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+    };
+    let groups = [
+        (mm.n as u32).div_ceil(tile.bn),
+        (mm.m as u32).div_ceil(tile.bm),
+        u32_of(OP, "batch", mm.batch)?,
+    ];
+    gpu.dispatch(OP, &spec, bytemuck::bytes_of(&params), &[("a", Some(a)), ("b", Some(b)), ("bias", bias), ("c", Some(c))], groups)
+}
+
+/// C = op(A)·op(B) with sizes taken from the shapes: A is `[..., M, K]` (`[..., K, M]` when
+/// `trans_a`), B is `[K, N]` or `[..., K, N]` (`[N, K]` forms when `trans_b`). Leading dims of
+/// A are the batch; a 2-D B is shared across it. Returns C `[..., M, N]`.
+pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    if a.rank() < 2 || b.rank() < 2 {
+        return Err(Error::Shape { op: OP, tensor: if a.rank() < 2 { "a" } else { "b" }, expected: "at least 2 dims".into(), found: if a.rank() < 2 { a.shape().to_vec() } else { b.shape().to_vec() } });
+    }
+    let (m, k) = if trans_a { (a.dim(-1), a.dim(-2)) } else { (a.dim(-2), a.dim(-1)) };
+    let (kb, n) = if trans_b { (b.dim(-1), b.dim(-2)) } else { (b.dim(-2), b.dim(-1)) };
+    if k != kb {
+        return Err(Error::Shape {
+            op: OP,
+            tensor: "b",
+            expected: format!("inner dimension {k} (a is {:?}, trans_a={trans_a}, trans_b={trans_b})", a.shape()),
+            found: b.shape().to_vec(),
+        });
+    }
+    let batch_dims = &a.shape()[..a.rank() - 2];
+    let batch: usize = batch_dims.iter().product();
+    if b.rank() > 2 && b.numel() != batch * k * n {
+        return Err(Error::Shape { op: OP, tensor: "b", expected: format!("{batch} matrices of {k}×{n} (or one shared)"), found: b.shape().to_vec() });
+    }
+    let mut out_shape = batch_dims.to_vec();
+    out_shape.extend([m, n]);
+    let c = Tensor::empty(gpu, &out_shape, DType::F32)?;
+    matmul_into(gpu, &Matmul::new(m, n, k).batch(batch).trans_a(trans_a).trans_b(trans_b), a, b, None, &c)?;
+    Ok(c)
+}

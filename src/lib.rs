@@ -1,0 +1,17 @@
+//! kiln: fine-tuning transformers on any GPU through wgpu and hand-written WGSL kernels.
+//!
+//! The crate is layered: [`gpu`] owns the device, buffers and pipelines; [`tensor`] is a typed
+//! view of a GPU buffer; [`kernels`] dispatches one WGSL shader family each; [`reference`] holds
+//! the plain CPU versions of every kernel that the tests compare against.
+
+//pub mod bench;
+//pub mod cli;
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod reference;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use gpu::Gpu;
+pub use tensor::{DType, Tensor};

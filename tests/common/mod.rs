@@ -1,0 +1,79 @@
+//! Shared by the test binaries: one GPU for the whole binary (so each pipeline compiles once),
+//! seeded inputs, and a comparison that prints how close the kernel came.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use kiln::gpu::AdapterChoice;
+use kiln::{Gpu, Tensor};
+
+/// The adapter every test in this binary uses. Panics with the reason when there is none:
+/// a GPU test must never pass by not running.
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| match Gpu::new(&AdapterChoice::from_flag_or_env(None)) {
+        Ok(gpu) => {
+            eprintln!("kernel tests run on {}", gpu.describe());
+            gpu
+        }
+        Err(e) => panic!("GPU tests need an adapter and found none: {e}"),
+    })
+}
+
+/// A small deterministic generator (xorshift64*), so inputs are the same on every run.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.uniform()).collect()
+    }
+    pub fn below(&mut self, n: u32) -> u32 {
+        (self.next_u64() % n as u64) as u32
+    }
+}
+
+pub fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+pub fn upload(data: &[f32], shape: &[usize]) -> Tensor {
+    Tensor::from_f32(gpu(), data, shape).expect("upload")
+}
+
+pub fn download(t: &Tensor) -> Vec<f32> {
+    t.to_f32_vec(gpu()).expect("download")
+}
+
+/// Asserts |got - want| <= atol + rtol·|want| everywhere; on failure prints the max errors and
+/// the first mismatches. Always prints the max errors, so `--nocapture` shows the margin.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let (mut max_abs, mut max_rel) = (0.0f64, 0.0f64);
+    let mut bad = Vec::new();
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        max_abs = max_abs.max(err);
+        max_rel = max_rel.max(err / w.abs().max(1e-12));
+        if err > atol + rtol * w.abs() || !g.is_finite() {
+            bad.push((i, g, w));
+        }
+    }
+    eprintln!("{what}: {} values, max abs err {max_abs:.3e}, max rel err {max_rel:.3e} (atol {atol:e}, rtol {rtol:e})", got.len());
+    if !bad.is_empty() {
+        let first: Vec<String> = bad.iter().take(8).map(|(i, g, w)| format!("[{i}] got {g} want {w}")).collect();
+        panic!("{what}: {} of {} values out of tolerance; first: {}", bad.len(), got.len(), first.join(", "));
+    }
+}
