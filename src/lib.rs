@@ -4,8 +4,8 @@
 //! view of a GPU buffer; [`kernels`] dispatches one WGSL shader family each; [`reference`] holds
 //! the plain CPU versions of every kernel that the tests compare against.
 
-//pub mod bench;
-//pub mod cli;
+pub mod bench;
+pub mod cli;
 pub mod error;
 pub mod gpu;
 pub mod kernels;

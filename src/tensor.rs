@@ -49,7 +49,11 @@ impl Tensor {
         let numel: usize = shape.iter().product();
         let bytes = (numel * dtype.size()) as u64;
         let alloc = gpu.allocate("tensor", "new tensor", bytes)?;
-        Ok(Tensor { alloc: Arc::new(alloc), shape: shape.to_vec(), dtype })
+        Ok(Tensor {
+            alloc: Arc::new(alloc),
+            shape: shape.to_vec(),
+            dtype,
+        })
     }
 
     pub fn zeros(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
@@ -70,12 +74,20 @@ impl Tensor {
         Self::from_pod(gpu, data, shape, DType::I32)
     }
 
-    fn from_pod<T: bytemuck::Pod>(gpu: &Gpu, data: &[T], shape: &[usize], dtype: DType) -> Result<Tensor> {
+    fn from_pod<T: bytemuck::Pod>(
+        gpu: &Gpu,
+        data: &[T],
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
         if numel != data.len() {
             return Err(Error::invalid(
                 "upload",
-                format!("shape {shape:?} holds {numel} elements but {} were given", data.len()),
+                format!(
+                    "shape {shape:?} holds {numel} elements but {} were given",
+                    data.len()
+                ),
             ));
         }
         let t = Tensor::empty(gpu, shape, dtype)?;
@@ -89,7 +101,12 @@ impl Tensor {
         if data.len() != self.numel() {
             return Err(Error::invalid(
                 "write_f32",
-                format!("tensor {:?} holds {} elements but {} were given", self.shape, self.numel(), data.len()),
+                format!(
+                    "tensor {:?} holds {} elements but {} were given",
+                    self.shape,
+                    self.numel(),
+                    data.len()
+                ),
             ));
         }
         gpu.write_bytes(self, bytemuck::cast_slice(data))
@@ -110,10 +127,18 @@ impl Tensor {
         if numel != self.numel() {
             return Err(Error::invalid(
                 "reshape",
-                format!("cannot view {:?} ({} elements) as {shape:?}", self.shape, self.numel()),
+                format!(
+                    "cannot view {:?} ({} elements) as {shape:?}",
+                    self.shape,
+                    self.numel()
+                ),
             ));
         }
-        Ok(Tensor { alloc: self.alloc.clone(), shape: shape.to_vec(), dtype: self.dtype })
+        Ok(Tensor {
+            alloc: self.alloc.clone(),
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        })
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -126,7 +151,11 @@ impl Tensor {
 
     /// Size of dimension `i`, counting from the end when negative (`dim(-1)` is the last).
     pub fn dim(&self, i: isize) -> usize {
-        let idx = if i < 0 { self.shape.len() as isize + i } else { i };
+        let idx = if i < 0 {
+            self.shape.len() as isize + i
+        } else {
+            i
+        };
         self.shape[idx as usize]
     }
 
@@ -153,7 +182,11 @@ impl Tensor {
 
     pub(crate) fn expect_dtype(&self, op: &'static str, dtype: DType) -> Result<()> {
         if self.dtype != dtype {
-            return Err(Error::DType { op, expected: dtype.name(), found: self.dtype.name() });
+            return Err(Error::DType {
+                op,
+                expected: dtype.name(),
+                found: self.dtype.name(),
+            });
         }
         Ok(())
     }

@@ -8,3 +8,22 @@ mod matmul;
 
 /// Tests that change the adapter's matmul tile hold this, so they don't race each other.
 pub static TILE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[path = "kernels/adamw.rs"]
+mod adamw;
+#[path = "kernels/attention.rs"]
+mod attention;
+#[path = "kernels/dropout.rs"]
+mod dropout;
+#[path = "kernels/elementwise.rs"]
+mod elementwise;
+#[path = "kernels/embedding.rs"]
+mod embedding;
+#[path = "kernels/layer_norm.rs"]
+mod layer_norm;
+#[path = "kernels/reduce.rs"]
+mod reduce;
+#[path = "kernels/rope.rs"]
+mod rope;
+#[path = "kernels/softmax_xent.rs"]
+mod softmax_xent;

@@ -32,10 +32,14 @@ pub struct Gpu {
     /// Errors wgpu reports asynchronously (validation, out of memory), surfaced at the next
     /// submit instead of wgpu's default panic.
     errors: Arc<Mutex<Vec<String>>>,
-    /// Bound where a kernel has an optional input that is absent (e.g. no bias).
-    dummy: wgpu::Buffer,
+    /// Bound where a kernel has an optional input that is absent (e.g. no bias); one per
+    /// binding slot, because one buffer in two slots of a dispatch would alias a writable one.
+    dummies: Vec<wgpu::Buffer>,
     matmul_tile: Mutex<MatmulTile>,
 }
+
+/// Storage bindings a kernel may have (adapters guarantee at least 8 per stage).
+const MAX_BINDINGS: usize = 8;
 
 /// One storage binding of a dispatch: a named tensor, or nothing for an unused optional input.
 pub type Binding<'a> = (&'static str, Option<&'a Tensor>);
@@ -55,18 +59,27 @@ impl Gpu {
             required_limits: limits.clone(),
             ..Default::default()
         }))
-        .map_err(|e| Error::RequestDevice { adapter: adapter::describe(&info), reason: e.to_string() })?;
+        .map_err(|e| Error::RequestDevice {
+            adapter: adapter::describe(&info),
+            reason: e.to_string(),
+        })?;
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(e.to_string());
         }));
-        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("kiln dummy"),
-            size: 16,
-            usage: pool::USAGE,
-            mapped_at_creation: false,
-        });
+        let dummies = (0..MAX_BINDINGS)
+            .map(|_| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("kiln dummy"),
+                    size: 16,
+                    usage: pool::USAGE,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
         let matmul_tile = crate::kernels::matmul::tile_for_adapter(&info);
         Ok(Gpu {
             device,
@@ -77,7 +90,7 @@ impl Gpu {
             pool: Default::default(),
             encoder: Mutex::new(None),
             errors,
-            dummy,
+            dummies,
             matmul_tile: Mutex::new(matmul_tile),
         })
     }
@@ -118,7 +131,12 @@ impl Gpu {
     }
 
     /// A buffer of at least `bytes` from the pool; checks the adapter's buffer size limit.
-    pub(crate) fn allocate(&self, op: &'static str, tensor: &'static str, bytes: u64) -> Result<pool::Allocation> {
+    pub(crate) fn allocate(
+        &self,
+        op: &'static str,
+        tensor: &'static str,
+        bytes: u64,
+    ) -> Result<pool::Allocation> {
         if bytes > self.limits.max_buffer_size {
             return Err(Error::TooLarge {
                 op,
@@ -128,14 +146,19 @@ impl Gpu {
                 limit: self.limits.max_buffer_size,
             });
         }
-        Ok(self.pool.take(&self.device, bytes, self.limits.max_buffer_size))
+        Ok(self
+            .pool
+            .take(&self.device, bytes, self.limits.max_buffer_size))
     }
 
     /// Records into the pending encoder, creating it if needed.
     pub(crate) fn record<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
         let mut guard = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
         let encoder = guard.get_or_insert_with(|| {
-            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kiln step") })
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("kiln step"),
+                })
         });
         f(encoder)
     }
@@ -143,7 +166,12 @@ impl Gpu {
     /// Writes bytes into a tensor's buffer through the queue. Pending commands are submitted
     /// first, because a queue write lands before any command buffer submitted after it.
     pub(crate) fn write_bytes(&self, tensor: &Tensor, data: &[u8]) -> Result<()> {
-        if self.encoder.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+        if self
+            .encoder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
             self.submit()?;
         }
         if !data.is_empty() {
@@ -155,7 +183,11 @@ impl Gpu {
     /// Submits everything recorded so far (one `queue.submit`), and reports any error wgpu
     /// raised while recording it.
     pub fn submit(&self) -> Result<()> {
-        let encoder = self.encoder.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let encoder = self
+            .encoder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(encoder) = encoder {
             self.queue.submit([encoder.finish()]);
         }
@@ -168,7 +200,10 @@ impl Gpu {
         self.submit()?;
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu { context: "synchronize".into(), message: e.to_string() })?;
+            .map_err(|e| Error::Gpu {
+                context: "synchronize".into(),
+                message: e.to_string(),
+            })?;
         self.check_errors("synchronize")
     }
 
@@ -178,7 +213,10 @@ impl Gpu {
             return Ok(());
         }
         let message = errors.drain(..).collect::<Vec<_>>().join("; ");
-        Err(Error::Gpu { context: context.to_string(), message })
+        Err(Error::Gpu {
+            context: context.to_string(),
+            message,
+        })
     }
 
     /// Copies `len` bytes at `offset` of a tensor to the CPU, mapping only that range.
@@ -186,7 +224,10 @@ impl Gpu {
         if len == 0 {
             return Ok(Vec::new());
         }
-        debug_assert!(offset % 4 == 0 && len % 4 == 0, "readback must be 4-byte aligned");
+        debug_assert!(
+            offset % 4 == 0 && len % 4 == 0,
+            "readback must be 4-byte aligned"
+        );
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("kiln readback"),
             size: len,
@@ -202,13 +243,25 @@ impl Gpu {
         });
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu { context: "readback".into(), message: e.to_string() })?;
+            .map_err(|e| Error::Gpu {
+                context: "readback".into(),
+                message: e.to_string(),
+            })?;
         rx.recv()
-            .map_err(|e| Error::Gpu { context: "readback".into(), message: e.to_string() })?
-            .map_err(|e| Error::Gpu { context: "readback map".into(), message: e.to_string() })?;
+            .map_err(|e| Error::Gpu {
+                context: "readback".into(),
+                message: e.to_string(),
+            })?
+            .map_err(|e| Error::Gpu {
+                context: "readback map".into(),
+                message: e.to_string(),
+            })?;
         let bytes = slice
             .get_mapped_range()
-            .map_err(|e| Error::Gpu { context: "readback view".into(), message: e.to_string() })?
+            .map_err(|e| Error::Gpu {
+                context: "readback view".into(),
+                message: e.to_string(),
+            })?
             .to_vec();
         staging.unmap();
         self.check_errors("readback")?;
@@ -228,7 +281,11 @@ impl Gpu {
         if src.byte_len() != dst.byte_len() {
             return Err(Error::invalid(
                 "copy",
-                format!("source has {} bytes, destination {}", src.byte_len(), dst.byte_len()),
+                format!(
+                    "source has {} bytes, destination {}",
+                    src.byte_len(),
+                    dst.byte_len()
+                ),
             ));
         }
         let bytes = src.byte_len();
@@ -249,10 +306,15 @@ impl Gpu {
         groups: [u32; 3],
     ) -> Result<()> {
         debug_assert_eq!(bindings.len(), spec.access.len(), "{op}: binding count");
+        debug_assert!(bindings.len() <= MAX_BINDINGS, "{op}: too many bindings");
         let max_groups = self.limits.max_compute_workgroups_per_dimension;
         for g in groups {
             if g > max_groups {
-                return Err(Error::DispatchTooLarge { op, groups: g as u64, limit: max_groups });
+                return Err(Error::DispatchTooLarge {
+                    op,
+                    groups: g as u64,
+                    limit: max_groups,
+                });
             }
         }
         if groups.contains(&0) {
@@ -273,12 +335,17 @@ impl Gpu {
             }
         }
         let pipeline = self.pipelines.get(&self.device, spec)?;
-        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(op),
-            contents: params,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(op),
+                contents: params,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
         for (i, (_, tensor)) in bindings.iter().enumerate() {
             let resource = match tensor {
                 Some(t) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -286,9 +353,12 @@ impl Gpu {
                     offset: 0,
                     size: wgpu::BufferSize::new(t.byte_len().max(4).next_multiple_of(4)),
                 }),
-                None => self.dummy.as_entire_binding(),
+                None => self.dummies[i].as_entire_binding(),
             };
-            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource });
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource,
+            });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(op),
@@ -296,7 +366,10 @@ impl Gpu {
             entries: &entries,
         });
         self.record(|enc| {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op), timestamp_writes: None });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(op),
+                timestamp_writes: None,
+            });
             pass.set_pipeline(&pipeline.pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);

@@ -68,7 +68,11 @@ impl Pool {
                 })
             }
         };
-        Allocation { buffer: Some(buffer), bucket, pool: self.clone() }
+        Allocation {
+            buffer: Some(buffer),
+            bucket,
+            pool: self.clone(),
+        }
     }
 
     pub(crate) fn after_submit(&self) {
@@ -88,6 +92,9 @@ impl Pool {
     }
 
     pub(crate) fn allocated_bytes(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).allocated
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allocated
     }
 }

@@ -6,10 +6,10 @@
 
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
-    a: &[f64],          // [batch|1, M, K] or [batch|1, K, M]
-    b: &[f64],          // [batch|1, K, N] or [batch|1, N, K]
+    a: &[f64],            // [batch|1, M, K] or [batch|1, K, M]
+    b: &[f64],            // [batch|1, K, N] or [batch|1, N, K]
     bias: Option<&[f64]>, // [N]
-    c: &mut [f64],      // [batch, M, N]
+    c: &mut [f64],        // [batch, M, N]
     (batch, m, n, k): (usize, usize, usize, usize),
     trans_a: bool,
     trans_b: bool,

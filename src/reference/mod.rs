@@ -4,13 +4,13 @@
 //! accurate and a mismatch with a kernel points at the kernel. Forward functions return what
 //! the backward needs (mean and rstd, log-sum-exp); backward functions sit below their forward.
 
-// TODO pub mod adamw;
-// TODO pub mod attention;
-// TODO pub mod dropout;
-// TODO pub mod elementwise;
-// TODO pub mod embedding;
-// TODO pub mod layer_norm;
+pub mod adamw;
+pub mod attention;
+pub mod dropout;
+pub mod elementwise;
+pub mod embedding;
+pub mod layer_norm;
 pub mod matmul;
-// TODO pub mod reduce;
-// TODO pub mod rope;
-// TODO pub mod softmax_xent;
+pub mod reduce;
+pub mod rope;
+pub mod softmax_xent;

@@ -71,9 +71,21 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
             bad.push((i, g, w));
         }
     }
-    eprintln!("{what}: {} values, max abs err {max_abs:.3e}, max rel err {max_rel:.3e} (atol {atol:e}, rtol {rtol:e})", got.len());
+    eprintln!(
+        "{what}: {} values, max abs err {max_abs:.3e}, max rel err {max_rel:.3e} (atol {atol:e}, rtol {rtol:e})",
+        got.len()
+    );
     if !bad.is_empty() {
-        let first: Vec<String> = bad.iter().take(8).map(|(i, g, w)| format!("[{i}] got {g} want {w}")).collect();
-        panic!("{what}: {} of {} values out of tolerance; first: {}", bad.len(), got.len(), first.join(", "));
+        let first: Vec<String> = bad
+            .iter()
+            .take(8)
+            .map(|(i, g, w)| format!("[{i}] got {g} want {w}"))
+            .collect();
+        panic!(
+            "{what}: {} of {} values out of tolerance; first: {}",
+            bad.len(),
+            got.len(),
+            first.join(", ")
+        );
     }
 }

@@ -1,0 +1,310 @@
+// Scaled dot-product attention with causal and key-padding masks and grouped-query attention,
+// in the FlashAttention manner: the forward keeps only the log-sum-exp per query row, and the
+// backward recomputes the probabilities from it. Memory grows with T, never T^2.
+//
+//   q, dq, out, dout:  [B, T, Hq, D]    (the layout of the projections; no transposes)
+//   k, v, dk, dv:      [B, T, Hkv, D]   query head h reads key/value head h / (Hq / Hkv)
+//   key_mask:          [B, T] u32       1 = attend, 0 = padding (only read when has_mask)
+//   stats:             [2, B, Hq, T]    row 0: lse = log sum_j exp(s_ij); row 1: delta
+//                                       (delta_i = dout_i . out_i, filled by attn_delta)
+//   s_ij = scale * q_i . k_j, masked keys (padding, or j > i when causal) are skipped.
+//
+// D (head dim) is a constant from the host-prepended header, so the per-row arrays live in
+// registers. Workgroups take 64 rows of one (batch, head) and stage 16 keys (or queries) at a
+// time in workgroup memory, 2 * 16 * D floats.
+
+struct Params {
+    batch: u32,
+    seq: u32,
+    hq: u32,
+    hkv: u32,
+    causal: u32,
+    has_mask: u32,
+    accumulate: u32,
+    scale: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+const WG: u32 = 64u;
+const KT: u32 = 16u;
+
+var<workgroup> tile_a: array<f32, KT * D>;
+var<workgroup> tile_b: array<f32, KT * D>;
+var<workgroup> tile_valid: array<u32, KT>;
+var<workgroup> tile_s0: array<f32, KT>;
+var<workgroup> tile_s1: array<f32, KT>;
+
+fn q_index(b: u32, t: u32, h: u32) -> u32 { return ((b * p.seq + t) * p.hq + h) * D; }
+fn kv_index(b: u32, t: u32, h: u32) -> u32 { return ((b * p.seq + t) * p.hkv + h) * D; }
+fn stat_index(b: u32, h: u32, t: u32) -> u32 { return (b * p.hq + h) * p.seq + t; }
+
+// ---- forward ----
+@group(0) @binding(1) var<storage, read> f_q: array<f32>;
+@group(0) @binding(2) var<storage, read> f_k: array<f32>;
+@group(0) @binding(3) var<storage, read> f_v: array<f32>;
+@group(0) @binding(4) var<storage, read> f_mask: array<u32>;
+@group(0) @binding(5) var<storage, read_write> f_out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> f_stats: array<f32>;
+
+fn f_key_valid(b: u32, j: u32) -> u32 {
+    if (j >= p.seq) { return 0u; }
+    if (p.has_mask != 0u && f_mask[b * p.seq + j] == 0u) { return 0u; }
+    return 1u;
+}
+
+@compute @workgroup_size(64)
+fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let b = wg.y / p.hq;
+    let h = wg.y % p.hq;
+    let hk = h / (p.hq / p.hkv);
+    let t = wg.x * WG + lid;
+    let row_valid = t < p.seq;
+
+    var q: array<f32, D>;
+    var acc: array<f32, D>;
+    for (var d = 0u; d < D; d++) {
+        acc[d] = 0.0;
+        q[d] = 0.0;
+        if (row_valid) { q[d] = f_q[q_index(b, t, h) + d] * p.scale; }
+    }
+    var m = -3.0e38;
+    var l = 0.0;
+    var key_end = p.seq;
+    if (p.causal != 0u) { key_end = min(p.seq, (wg.x + 1u) * WG); }
+    for (var j0 = 0u; j0 < key_end; j0 += KT) {
+        workgroupBarrier();
+        for (var i = lid; i < KT * D; i += WG) {
+            let j = j0 + i / D;
+            var kv = 0.0;
+            var vv = 0.0;
+            if (j < p.seq) {
+                kv = f_k[kv_index(b, j, hk) + i % D];
+                vv = f_v[kv_index(b, j, hk) + i % D];
+            }
+            tile_a[i] = kv;
+            tile_b[i] = vv;
+        }
+        if (lid < KT) { tile_valid[lid] = f_key_valid(b, j0 + lid); }
+        workgroupBarrier();
+        if (row_valid) {
+            for (var jj = 0u; jj < KT; jj++) {
+                let j = j0 + jj;
+                if (tile_valid[jj] == 0u || (p.causal != 0u && j > t)) { continue; }
+                var s = 0.0;
+                for (var d = 0u; d < D; d++) { s = fma(q[d], tile_a[jj * D + d], s); }
+                // Online softmax: rescale what was summed under the old max.
+                let m_new = max(m, s);
+                let corr = exp(m - m_new);
+                let e = exp(s - m_new);
+                l = l * corr + e;
+                for (var d = 0u; d < D; d++) { acc[d] = acc[d] * corr + e * tile_b[jj * D + d]; }
+                m = m_new;
+            }
+        }
+    }
+    if (!row_valid) { return; }
+    // A row with no key to attend to (all padding) outputs zeros; its lse is never used,
+    // since every pass skips the same keys.
+    var inv_l = 0.0;
+    var lse = 0.0;
+    if (l > 0.0) { inv_l = 1.0 / l; lse = m + log(l); }
+    for (var d = 0u; d < D; d++) { f_out[q_index(b, t, h) + d] = acc[d] * inv_l; }
+    f_stats[stat_index(b, h, t)] = lse;
+}
+
+// ---- backward: delta_i = dout_i . out_i ----
+@group(0) @binding(1) var<storage, read> d_dout: array<f32>;
+@group(0) @binding(2) var<storage, read> d_out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> d_stats: array<f32>;
+
+@compute @workgroup_size(64)
+fn attn_delta(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let b = wg.y / p.hq;
+    let h = wg.y % p.hq;
+    let t = wg.x * WG + lid;
+    if (t >= p.seq) { return; }
+    var s = 0.0;
+    for (var d = 0u; d < D; d++) { s += d_dout[q_index(b, t, h) + d] * d_out[q_index(b, t, h) + d]; }
+    d_stats[p.batch * p.hq * p.seq + stat_index(b, h, t)] = s;
+}
+
+// ---- backward: dq, per query row ----
+// ds_ij = p_ij (dout_i . v_j - delta_i);  dq_i = scale * sum_j ds_ij k_j
+@group(0) @binding(1) var<storage, read> q_q: array<f32>;
+@group(0) @binding(2) var<storage, read> q_k: array<f32>;
+@group(0) @binding(3) var<storage, read> q_v: array<f32>;
+@group(0) @binding(4) var<storage, read> q_mask: array<u32>;
+@group(0) @binding(5) var<storage, read> q_dout: array<f32>;
+@group(0) @binding(6) var<storage, read> q_stats: array<f32>;
+@group(0) @binding(7) var<storage, read_write> q_dq: array<f32>;
+
+@compute @workgroup_size(64)
+fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let b = wg.y / p.hq;
+    let h = wg.y % p.hq;
+    let hk = h / (p.hq / p.hkv);
+    let t = wg.x * WG + lid;
+    let row_valid = t < p.seq;
+
+    var q: array<f32, D>;
+    var dout: array<f32, D>;
+    var dq: array<f32, D>;
+    var lse = 0.0;
+    var delta = 0.0;
+    for (var d = 0u; d < D; d++) {
+        q[d] = 0.0;
+        dout[d] = 0.0;
+        dq[d] = 0.0;
+        if (row_valid) {
+            q[d] = q_q[q_index(b, t, h) + d] * p.scale;
+            dout[d] = q_dout[q_index(b, t, h) + d];
+        }
+    }
+    if (row_valid) {
+        lse = q_stats[stat_index(b, h, t)];
+        delta = q_stats[p.batch * p.hq * p.seq + stat_index(b, h, t)];
+    }
+    var key_end = p.seq;
+    if (p.causal != 0u) { key_end = min(p.seq, (wg.x + 1u) * WG); }
+    for (var j0 = 0u; j0 < key_end; j0 += KT) {
+        workgroupBarrier();
+        for (var i = lid; i < KT * D; i += WG) {
+            let j = j0 + i / D;
+            var kv = 0.0;
+            var vv = 0.0;
+            if (j < p.seq) {
+                kv = q_k[kv_index(b, j, hk) + i % D];
+                vv = q_v[kv_index(b, j, hk) + i % D];
+            }
+            tile_a[i] = kv;
+            tile_b[i] = vv;
+        }
+        if (lid < KT) {
+            let j = j0 + lid;
+            var valid = select(0u, 1u, j < p.seq);
+            if (valid == 1u && p.has_mask != 0u && q_mask[b * p.seq + j] == 0u) { valid = 0u; }
+            tile_valid[lid] = valid;
+        }
+        workgroupBarrier();
+        if (row_valid) {
+            for (var jj = 0u; jj < KT; jj++) {
+                let j = j0 + jj;
+                if (tile_valid[jj] == 0u || (p.causal != 0u && j > t)) { continue; }
+                var s = 0.0;
+                var dp = 0.0;
+                for (var d = 0u; d < D; d++) {
+                    s = fma(q[d], tile_a[jj * D + d], s);
+                    dp = fma(dout[d], tile_b[jj * D + d], dp);
+                }
+                let ds = exp(s - lse) * (dp - delta);
+                for (var d = 0u; d < D; d++) { dq[d] = fma(ds, tile_a[jj * D + d], dq[d]); }
+            }
+        }
+    }
+    if (!row_valid) { return; }
+    for (var d = 0u; d < D; d++) {
+        let idx = q_index(b, t, h) + d;
+        let v = dq[d] * p.scale;
+        if (p.accumulate != 0u) { q_dq[idx] += v; } else { q_dq[idx] = v; }
+    }
+}
+
+// ---- backward: dk, dv, per key row of one key/value head ----
+// dv_j = sum_{h in group, i} p_ij dout_i;  dk_j = scale * sum_{h in group, i} ds_ij q_i
+@group(0) @binding(1) var<storage, read> k_q: array<f32>;
+@group(0) @binding(2) var<storage, read> k_k: array<f32>;
+@group(0) @binding(3) var<storage, read> k_v: array<f32>;
+@group(0) @binding(4) var<storage, read> k_mask: array<u32>;
+@group(0) @binding(5) var<storage, read> k_dout: array<f32>;
+@group(0) @binding(6) var<storage, read> k_stats: array<f32>;
+@group(0) @binding(7) var<storage, read_write> k_dk: array<f32>;
+@group(0) @binding(8) var<storage, read_write> k_dv: array<f32>;
+
+@compute @workgroup_size(64)
+fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let b = wg.y / p.hkv;
+    let hk = wg.y % p.hkv;
+    let group = p.hq / p.hkv;
+    let j = wg.x * WG + lid;
+    var key_valid = j < p.seq;
+    if (key_valid && p.has_mask != 0u && k_mask[b * p.seq + j] == 0u) { key_valid = false; }
+
+    var k: array<f32, D>;
+    var v: array<f32, D>;
+    var dk: array<f32, D>;
+    var dv: array<f32, D>;
+    for (var d = 0u; d < D; d++) {
+        k[d] = 0.0;
+        v[d] = 0.0;
+        dk[d] = 0.0;
+        dv[d] = 0.0;
+        if (key_valid) {
+            k[d] = k_k[kv_index(b, j, hk) + d] * p.scale;
+            v[d] = k_v[kv_index(b, j, hk) + d];
+        }
+    }
+    // Causal: queries before this block's first key never see any of its keys.
+    var q_start = 0u;
+    if (p.causal != 0u) { q_start = wg.x * WG; }
+    let n_stats = p.batch * p.hq * p.seq;
+    for (var g = 0u; g < group; g++) {
+        let h = hk * group + g;
+        for (var i0 = q_start; i0 < p.seq; i0 += KT) {
+            workgroupBarrier();
+            for (var x = lid; x < KT * D; x += WG) {
+                let i = i0 + x / D;
+                var qv = 0.0;
+                var dov = 0.0;
+                if (i < p.seq) {
+                    qv = k_q[q_index(b, i, h) + x % D];
+                    dov = k_dout[q_index(b, i, h) + x % D];
+                }
+                tile_a[x] = qv;
+                tile_b[x] = dov;
+            }
+            if (lid < KT) {
+                let i = i0 + lid;
+                var lse = 0.0;
+                var delta = 0.0;
+                if (i < p.seq) {
+                    lse = k_stats[stat_index(b, h, i)];
+                    delta = k_stats[n_stats + stat_index(b, h, i)];
+                }
+                tile_s0[lid] = lse;
+                tile_s1[lid] = delta;
+            }
+            workgroupBarrier();
+            if (key_valid) {
+                for (var ii = 0u; ii < KT; ii++) {
+                    let i = i0 + ii;
+                    if (i >= p.seq || (p.causal != 0u && j > i)) { continue; }
+                    var s = 0.0;
+                    var dp = 0.0;
+                    for (var d = 0u; d < D; d++) {
+                        s = fma(k[d], tile_a[ii * D + d], s);
+                        dp = fma(v[d], tile_b[ii * D + d], dp);
+                    }
+                    let pr = exp(s - tile_s0[ii]);
+                    let ds = pr * (dp - tile_s1[ii]);
+                    for (var d = 0u; d < D; d++) {
+                        dv[d] = fma(pr, tile_b[ii * D + d], dv[d]);
+                        dk[d] = fma(ds, tile_a[ii * D + d], dk[d]);
+                    }
+                }
+            }
+        }
+    }
+    if (j >= p.seq) { return; }
+    for (var d = 0u; d < D; d++) {
+        let idx = kv_index(b, j, hk) + d;
+        let dkv = dk[d] * p.scale;
+        if (p.accumulate != 0u) {
+            k_dk[idx] += dkv;
+            k_dv[idx] += dv[d];
+        } else {
+            k_dk[idx] = dkv;
+            k_dv[idx] = dv[d];
+        }
+    }
+}

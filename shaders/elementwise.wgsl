@@ -1,0 +1,186 @@
+// Elementwise ops over flat f32 arrays of n elements (any shape; broadcasting only where said).
+//
+// One invocation per element, 256 per workgroup; the grid may be folded into y when n/256
+// passes the adapter's per-dimension limit, so the flat index is rebuilt from both axes.
+// With `accumulate` the result is added into `out` instead of overwriting it (for gradients).
+//
+//   add:            out = alpha * x + beta * y           (residual add, difference, lerp)
+//   scale:          out = alpha * x
+//   mul:            out = x * y
+//   add_bias:       out = x + y[i % cols]                 (x [rows, cols], y [cols])
+//   gelu_erf:       out = x * Phi(x)                       (BERT's "gelu")
+//   gelu_tanh:      out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (GPT-2's "gelu_new")
+//   silu:           out = x * sigmoid(x)
+//   *_bwd:          out = dy * f'(x)                       (x = binding 1, dy = binding 2)
+//   swiglu:         out = silu(gate) * up                  (gate = x, up = y)
+//   swiglu_bwd:     dgate = dy * up * silu'(gate), dup = dy * silu(gate)
+
+struct Params {
+    n: u32,
+    cols: u32,
+    alpha: f32,
+    beta: f32,
+    accumulate: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.y * nwg.x + wg.x) * 256u + lid;
+}
+
+fn store(i: u32, v: f32) {
+    if (p.accumulate != 0u) { out[i] += v; } else { out[i] = v; }
+}
+
+const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
+const INV_SQRT_2: f32 = 0.7071067811865476;
+const INV_SQRT_2PI: f32 = 0.3989422804014327;
+
+// WGSL has no erf. Abramowitz & Stegun 7.1.26 has |error| < 1.5e-7, below f32's resolution
+// of Phi near 1 (6e-8 relative), so GELU matches an exact erf to f32 rounding.
+fn erf_approx(v: f32) -> f32 {
+    let s = sign(v);
+    let a = abs(v);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    return s * (1.0 - poly * exp(-a * a));
+}
+
+fn gelu_erf_f(v: f32) -> f32 { return 0.5 * v * (1.0 + erf_approx(v * INV_SQRT_2)); }
+fn gelu_erf_grad(v: f32) -> f32 {
+    // d/dx [x Phi(x)] = Phi(x) + x phi(x)
+    return 0.5 * (1.0 + erf_approx(v * INV_SQRT_2)) + v * INV_SQRT_2PI * exp(-0.5 * v * v);
+}
+
+// tanh(u) for large |u| overflows exp in naive forms; clamp, since tanh(±10) = ±1 in f32.
+fn tanh_safe(u: f32) -> f32 { return tanh(clamp(u, -10.0, 10.0)); }
+
+fn gelu_tanh_f(v: f32) -> f32 {
+    let u = SQRT_2_OVER_PI * (v + 0.044715 * v * v * v);
+    return 0.5 * v * (1.0 + tanh_safe(u));
+}
+fn gelu_tanh_grad(v: f32) -> f32 {
+    let u = SQRT_2_OVER_PI * (v + 0.044715 * v * v * v);
+    let t = tanh_safe(u);
+    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
+    return 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du;
+}
+
+// sigmoid via exp(-|v|) so neither branch overflows.
+fn sigmoid(v: f32) -> f32 {
+    let e = exp(-abs(v));
+    return select(e / (1.0 + e), 1.0 / (1.0 + e), v >= 0.0);
+}
+fn silu_f(v: f32) -> f32 { return v * sigmoid(v); }
+fn silu_grad(v: f32) -> f32 {
+    let s = sigmoid(v);
+    return s * (1.0 + v * (1.0 - s));
+}
+
+@compute @workgroup_size(256)
+fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    store(i, p.alpha * x[i] + p.beta * y[i]);
+}
+
+@compute @workgroup_size(256)
+fn scale(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    store(i, p.alpha * x[i]);
+}
+
+@compute @workgroup_size(256)
+fn mul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    store(i, x[i] * y[i]);
+}
+
+@compute @workgroup_size(256)
+fn add_bias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    store(i, x[i] + y[i % p.cols]);
+}
+
+@compute @workgroup_size(256)
+fn gelu_erf(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    store(i, gelu_erf_f(x[i]));
+}
+
+@compute @workgroup_size(256)
+fn gelu_erf_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    store(i, y[i] * gelu_erf_grad(x[i]));
+}
+
+@compute @workgroup_size(256)
+fn gelu_tanh(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    store(i, gelu_tanh_f(x[i]));
+}
+
+@compute @workgroup_size(256)
+fn gelu_tanh_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    store(i, y[i] * gelu_tanh_grad(x[i]));
+}
+
+@compute @workgroup_size(256)
+fn silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    store(i, silu_f(x[i]));
+}
+
+@compute @workgroup_size(256)
+fn silu_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    store(i, y[i] * silu_grad(x[i]));
+}
+
+@compute @workgroup_size(256)
+fn swiglu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    store(i, silu_f(x[i]) * y[i]);
+}
+
+// swiglu_bwd has its own bindings: gate, up, dy in; dgate, dup out.
+@group(0) @binding(1) var<storage, read> sw_gate: array<f32>;
+@group(0) @binding(2) var<storage, read> sw_up: array<f32>;
+@group(0) @binding(3) var<storage, read> sw_dy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sw_dgate: array<f32>;
+@group(0) @binding(5) var<storage, read_write> sw_dup: array<f32>;
+
+@compute @workgroup_size(256)
+fn swiglu_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    let g = sw_gate[i];
+    let dy = sw_dy[i];
+    let dgate = dy * sw_up[i] * silu_grad(g);
+    let dup = dy * silu_f(g);
+    if (p.accumulate != 0u) {
+        sw_dgate[i] += dgate;
+        sw_dup[i] += dup;
+    } else {
+        sw_dgate[i] = dgate;
+        sw_dup[i] = dup;
+    }
+}

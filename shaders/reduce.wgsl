@@ -1,0 +1,77 @@
+// Reductions.
+//
+//   sum_rows:            out[c] (+)= sum_r x[r, c]       x [rows, cols], out [cols]
+//                        (bias gradients). One invocation per column walks the rows in order,
+//                        so the result is deterministic; neighbours read neighbouring columns.
+//   sum_squares_partial: partial[g] = sum of x[i]^2 over chunk g (CHUNK elements per workgroup)
+//   sum_squares_final:   out[0] (+)= sum_g partial[g]    (one workgroup)
+//                        Together: a global squared L2 norm for gradient clipping, accumulated
+//                        over tensors one at a time, with a fixed summation order.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    n: u32,
+    accumulate: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// ---- sum_rows ----
+@group(0) @binding(1) var<storage, read> sr_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sr_out: array<f32>;
+
+@compute @workgroup_size(256)
+fn sum_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if (c >= p.cols) { return; }
+    var s = 0.0;
+    for (var r = 0u; r < p.rows; r++) { s += sr_x[r * p.cols + c]; }
+    if (p.accumulate != 0u) { sr_out[c] += s; } else { sr_out[c] = s; }
+}
+
+// ---- squared L2 norm ----
+const WG: u32 = 256u;
+const CHUNK: u32 = 4096u; // elements per workgroup: 16 per invocation
+
+@group(0) @binding(1) var<storage, read> sq_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sq_partial: array<f32>;
+
+var<workgroup> scratch: array<f32, WG>;
+
+// Tree reduction of scratch[0..WG] into scratch[0].
+fn reduce_scratch(lid: u32) {
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if (lid < stride) { scratch[lid] += scratch[lid + stride]; }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(256)
+fn sum_squares_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let g = wg.y * nwg.x + wg.x;
+    let start = g * CHUNK;
+    var s = 0.0;
+    for (var i = start + lid; i < min(start + CHUNK, p.n); i += WG) {
+        let v = sq_x[i];
+        s += v * v;
+    }
+    scratch[lid] = s;
+    reduce_scratch(lid);
+    if (lid == 0u) { sq_partial[g] = scratch[0]; }
+}
+
+@group(0) @binding(1) var<storage, read> fin_partial: array<f32>;
+@group(0) @binding(2) var<storage, read_write> fin_out: array<f32>;
+
+@compute @workgroup_size(256)
+fn sum_squares_final(@builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    for (var i = lid; i < p.n; i += WG) { s += fin_partial[i]; }
+    scratch[lid] = s;
+    reduce_scratch(lid);
+    if (lid == 0u) {
+        if (p.accumulate != 0u) { fin_out[0] += scratch[0]; } else { fin_out[0] = scratch[0]; }
+    }
+}

@@ -1,0 +1,130 @@
+// Fused softmax + cross-entropy over large vocabularies, with an ignore index.
+//
+//   logits, dlogits: [rows, vocab]   targets: [rows] i32 (ignore_index rows carry no loss)
+//   row_loss, lse:   [rows]          stats: [2] = (mean loss over counted rows, counted rows)
+//   dloss: [1], the upstream gradient of the mean loss (1.0 for a plain backward)
+//
+//   xent_fwd:    one workgroup per row. lse = log sum exp(logits); row_loss = lse - logit[target].
+//   xent_mean:   one workgroup: stats = (sum row_loss / count, count).
+//   xent_bwd:    one invocation per logit: dlogits = (softmax - onehot(target)) * dloss / count.
+//
+// The forward never materialises the softmax; the backward recomputes it from lse.
+
+struct Params {
+    rows: u32,
+    vocab: u32,
+    ignore_index: i32,
+    accumulate: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+const WG: u32 = 256u;
+var<workgroup> wg_max: array<f32, WG>;
+var<workgroup> wg_sum: array<f32, WG>;
+
+// ---- forward ----
+@group(0) @binding(1) var<storage, read> f_logits: array<f32>;
+@group(0) @binding(2) var<storage, read> f_targets: array<i32>;
+@group(0) @binding(3) var<storage, read_write> f_row_loss: array<f32>;
+@group(0) @binding(4) var<storage, read_write> f_lse: array<f32>;
+
+@compute @workgroup_size(256)
+fn xent_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wg.y * nwg.x + wg.x;
+    if (row >= p.rows) { return; }
+    let base = row * p.vocab;
+    // Online softmax: each invocation keeps a running max m and sum s of exp(x - m), rescaling
+    // s when m grows, so exp never overflows and the row is read once.
+    var m = -3.0e38;
+    var s = 0.0;
+    for (var v = lid; v < p.vocab; v += WG) {
+        let x = f_logits[base + v];
+        if (x > m) {
+            s = s * exp(m - x) + 1.0;
+            m = x;
+        } else {
+            s += exp(x - m);
+        }
+    }
+    wg_max[lid] = m;
+    wg_sum[lid] = s;
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if (lid < stride) {
+            let m1 = wg_max[lid];
+            let m2 = wg_max[lid + stride];
+            let mm = max(m1, m2);
+            wg_sum[lid] = wg_sum[lid] * exp(m1 - mm) + wg_sum[lid + stride] * exp(m2 - mm);
+            wg_max[lid] = mm;
+        }
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        let lse = wg_max[0] + log(wg_sum[0]);
+        f_lse[row] = lse;
+        let t = f_targets[row];
+        if (t == p.ignore_index || t < 0 || u32(t) >= p.vocab) {
+            f_row_loss[row] = 0.0;
+        } else {
+            f_row_loss[row] = lse - f_logits[base + u32(t)];
+        }
+    }
+}
+
+// ---- mean over counted rows ----
+@group(0) @binding(1) var<storage, read> m_row_loss: array<f32>;
+@group(0) @binding(2) var<storage, read> m_targets: array<i32>;
+@group(0) @binding(3) var<storage, read_write> m_stats: array<f32>;
+
+@compute @workgroup_size(256)
+fn xent_mean(@builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    var count = 0.0;
+    for (var r = lid; r < p.rows; r += WG) {
+        let t = m_targets[r];
+        if (t != p.ignore_index && t >= 0 && u32(t) < p.vocab) {
+            s += m_row_loss[r];
+            count += 1.0;
+        }
+    }
+    wg_sum[lid] = s;
+    wg_max[lid] = count;
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if (lid < stride) {
+            wg_sum[lid] += wg_sum[lid + stride];
+            wg_max[lid] += wg_max[lid + stride];
+        }
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        // No counted rows: the loss is 0 (not NaN), and so is every gradient.
+        m_stats[0] = wg_sum[0] / max(wg_max[0], 1.0);
+        m_stats[1] = wg_max[0];
+    }
+}
+
+// ---- backward ----
+@group(0) @binding(1) var<storage, read> b_logits: array<f32>;
+@group(0) @binding(2) var<storage, read> b_targets: array<i32>;
+@group(0) @binding(3) var<storage, read> b_lse: array<f32>;
+@group(0) @binding(4) var<storage, read> b_stats: array<f32>;
+@group(0) @binding(5) var<storage, read> b_dloss: array<f32>;
+@group(0) @binding(6) var<storage, read_write> b_dlogits: array<f32>;
+
+@compute @workgroup_size(256)
+fn xent_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * nwg.x + wg.x) * WG + lid;
+    if (i >= p.rows * p.vocab) { return; }
+    let row = i / p.vocab;
+    let v = i % p.vocab;
+    let t = b_targets[row];
+    var g = 0.0;
+    if (t != p.ignore_index && t >= 0 && u32(t) < p.vocab) {
+        let scale = b_dloss[0] / max(b_stats[1], 1.0);
+        let prob = exp(b_logits[i] - b_lse[row]);
+        g = (prob - select(0.0, 1.0, u32(t) == v)) * scale;
+    }
+    if (p.accumulate != 0u) { b_dlogits[i] += g; } else { b_dlogits[i] = g; }
+}

@@ -1,0 +1,51 @@
+//! The command line: one file per subcommand, each a thin layer over library functions.
+
+pub mod bench;
+pub mod devices;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Result;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Fine-tune transformers on any GPU (wgpu + WGSL kernels)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the adapters wgpu can see, with backend, type and limits.
+    Devices(devices::DevicesArgs),
+    /// Time every kernel and print GFLOP/s or GB/s against rooflines measured in the same run.
+    Bench(bench::BenchArgs),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Devices(args) => devices::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+/// The `--adapter` flag every GPU subcommand takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AdapterArgs {
+    /// Adapter to use: an index from `kiln devices` or part of its name [env: KILN_ADAPTER]
+    /// [default: the best one: discrete GPU, then integrated, then CPU]
+    #[arg(long)]
+    pub adapter: Option<String>,
+}
+
+impl AdapterArgs {
+    pub fn open(&self) -> Result<crate::Gpu> {
+        crate::Gpu::new(&crate::gpu::AdapterChoice::from_flag_or_env(
+            self.adapter.as_deref(),
+        ))
+    }
+}

@@ -1,0 +1,293 @@
+//! Elementwise ops (`shaders/elementwise.wgsl`): add/scale/mul/bias, the activations GELU
+//! (erf and tanh forms), SiLU and SwiGLU, and their backward passes.
+//!
+//! Backward functions write `dx` (or add into it with `accumulate`), so the autograd tape can
+//! sum gradients from several uses of a tensor without extra kernels.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_numel, shader, u32_of};
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Binding, Gpu, KernelSpec};
+use crate::tensor::{DType, Tensor};
+
+/// The activations with a forward and a backward entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// x·Φ(x) with the exact erf (BERT's "gelu").
+    GeluErf,
+    /// The tanh approximation (GPT-2's "gelu_new").
+    GeluTanh,
+    /// x·sigmoid(x) (Llama's "silu").
+    Silu,
+}
+
+impl Activation {
+    fn entries(self) -> (&'static str, &'static str) {
+        match self {
+            Activation::GeluErf => ("gelu_erf", "gelu_erf_bwd"),
+            Activation::GeluTanh => ("gelu_tanh", "gelu_tanh_bwd"),
+            Activation::Silu => ("silu", "silu_bwd"),
+        }
+    }
+
+    /// The Hugging Face `hidden_act` / `activation_function` name.
+    pub fn from_hf_name(name: &str) -> Option<Self> {
+        match name {
+            "gelu" => Some(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Activation::GeluTanh),
+            "silu" | "swish" => Some(Activation::Silu),
+            _ => None,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    cols: u32,
+    alpha: f32,
+    beta: f32,
+    accumulate: u32,
+    _pad: [u32; 3],
+}
+
+const THREE: &[Access] = &[Access::Read, Access::Read, Access::ReadWrite];
+
+fn launch(
+    gpu: &Gpu,
+    op: &'static str,
+    entry: &'static str,
+    params: Params,
+    access: &[Access],
+    bindings: &[Binding],
+) -> Result<()> {
+    let spec = KernelSpec {
+        file: shader!("elementwise"),
+        entry,
+        header: "",
+        access,
+    };
+    let groups = gpu.grid_1d((params.n as u64).div_ceil(256));
+    gpu.dispatch(op, &spec, bytemuck::bytes_of(&params), bindings, groups)
+}
+
+fn params(op: &'static str, n: usize, alpha: f32, beta: f32, accumulate: bool) -> Result<Params> {
+    Ok(Params {
+        n: u32_of(op, "element count", n)?,
+        cols: 1,
+        alpha,
+        beta,
+        accumulate: accumulate as u32,
+        _pad: [0; 3],
+    })
+}
+
+fn same_numel(op: &'static str, names: [&'static str; 2], a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.numel() != b.numel() {
+        return Err(Error::Shape {
+            op,
+            tensor: names[1],
+            expected: format!("{:?} (the shape of `{}`)", a.shape(), names[0]),
+            found: b.shape().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+fn output_like(gpu: &Gpu, t: &Tensor) -> Result<Tensor> {
+    Tensor::empty(gpu, t.shape(), DType::F32)
+}
+
+/// out = alpha·x + beta·y (x and y of one shape) written into `out`, or added when `accumulate`.
+pub fn add_into(
+    gpu: &Gpu,
+    x: &Tensor,
+    y: &Tensor,
+    alpha: f32,
+    beta: f32,
+    out: &Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "add";
+    same_numel(OP, ["x", "y"], x, y)?;
+    same_numel(OP, ["x", "out"], x, out)?;
+    let p = params(OP, x.numel(), alpha, beta, accumulate)?;
+    launch(
+        gpu,
+        OP,
+        "add",
+        p,
+        THREE,
+        &[("x", Some(x)), ("y", Some(y)), ("out", Some(out))],
+    )
+}
+
+/// x + y (residual connections).
+pub fn add(gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let out = output_like(gpu, x)?;
+    add_into(gpu, x, y, 1.0, 1.0, &out, false)?;
+    Ok(out)
+}
+
+/// out += alpha·x (gradient accumulation, SGD-like updates).
+pub fn axpy(gpu: &Gpu, alpha: f32, x: &Tensor, out: &Tensor) -> Result<()> {
+    const OP: &str = "axpy";
+    same_numel(OP, ["x", "out"], x, out)?;
+    let p = params(OP, x.numel(), alpha, 0.0, true)?;
+    launch(
+        gpu,
+        OP,
+        "scale",
+        p,
+        THREE,
+        &[("x", Some(x)), ("y", None), ("out", Some(out))],
+    )
+}
+
+/// alpha·x.
+pub fn scale(gpu: &Gpu, x: &Tensor, alpha: f32) -> Result<Tensor> {
+    let out = output_like(gpu, x)?;
+    let p = params("scale", x.numel(), alpha, 0.0, false)?;
+    launch(
+        gpu,
+        "scale",
+        "scale",
+        p,
+        THREE,
+        &[("x", Some(x)), ("y", None), ("out", Some(&out))],
+    )?;
+    Ok(out)
+}
+
+/// x·y elementwise, into `out` (or added).
+pub fn mul_into(gpu: &Gpu, x: &Tensor, y: &Tensor, out: &Tensor, accumulate: bool) -> Result<()> {
+    const OP: &str = "mul";
+    same_numel(OP, ["x", "y"], x, y)?;
+    same_numel(OP, ["x", "out"], x, out)?;
+    let p = params(OP, x.numel(), 1.0, 0.0, accumulate)?;
+    launch(
+        gpu,
+        OP,
+        "mul",
+        p,
+        THREE,
+        &[("x", Some(x)), ("y", Some(y)), ("out", Some(out))],
+    )
+}
+
+/// x + bias broadcast over rows: x `[..., C]`, bias `[C]`.
+pub fn add_bias(gpu: &Gpu, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    const OP: &str = "add_bias";
+    let cols = x.shape().last().copied().unwrap_or(1);
+    expect_numel(OP, "bias", bias, cols, "the last dimension of x")?;
+    let out = output_like(gpu, x)?;
+    let mut p = params(OP, x.numel(), 1.0, 1.0, false)?;
+    p.cols = u32_of(OP, "columns", cols.max(1))?;
+    launch(
+        gpu,
+        OP,
+        "add_bias",
+        p,
+        THREE,
+        &[("x", Some(x)), ("bias", Some(bias)), ("out", Some(&out))],
+    )?;
+    Ok(out)
+}
+
+/// f(x) for an activation f.
+pub fn activation(gpu: &Gpu, act: Activation, x: &Tensor) -> Result<Tensor> {
+    let (entry, _) = act.entries();
+    let out = output_like(gpu, x)?;
+    let p = params(entry, x.numel(), 1.0, 0.0, false)?;
+    launch(
+        gpu,
+        entry,
+        entry,
+        p,
+        THREE,
+        &[("x", Some(x)), ("y", None), ("out", Some(&out))],
+    )?;
+    Ok(out)
+}
+
+/// dx = dy·f'(x), written or added into `dx`.
+pub fn activation_backward(
+    gpu: &Gpu,
+    act: Activation,
+    x: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    let (_, entry) = act.entries();
+    same_numel(entry, ["x", "dy"], x, dy)?;
+    same_numel(entry, ["x", "dx"], x, dx)?;
+    let p = params(entry, x.numel(), 1.0, 0.0, accumulate)?;
+    launch(
+        gpu,
+        entry,
+        entry,
+        p,
+        THREE,
+        &[("x", Some(x)), ("dy", Some(dy)), ("dx", Some(dx))],
+    )
+}
+
+/// silu(gate)·up (Llama's MLP).
+pub fn swiglu(gpu: &Gpu, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    const OP: &str = "swiglu";
+    same_numel(OP, ["gate", "up"], gate, up)?;
+    let out = output_like(gpu, gate)?;
+    let p = params(OP, gate.numel(), 1.0, 0.0, false)?;
+    launch(
+        gpu,
+        OP,
+        OP,
+        p,
+        THREE,
+        &[("gate", Some(gate)), ("up", Some(up)), ("out", Some(&out))],
+    )?;
+    Ok(out)
+}
+
+/// dgate = dy·up·silu'(gate), dup = dy·silu(gate), written or added.
+///
+/// Bindings: 1 gate, 2 up, 3 dy, 4 dgate, 5 dup.
+pub fn swiglu_backward(
+    gpu: &Gpu,
+    gate: &Tensor,
+    up: &Tensor,
+    dy: &Tensor,
+    dgate: &Tensor,
+    dup: &Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "swiglu_bwd";
+    for (name, t) in [("up", up), ("dy", dy), ("dgate", dgate), ("dup", dup)] {
+        same_numel(OP, ["gate", name], gate, t)?;
+    }
+    let p = params(OP, gate.numel(), 1.0, 0.0, accumulate)?;
+    let access = &[
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::ReadWrite,
+        Access::ReadWrite,
+    ];
+    launch(
+        gpu,
+        OP,
+        OP,
+        p,
+        access,
+        &[
+            ("gate", Some(gate)),
+            ("up", Some(up)),
+            ("dy", Some(dy)),
+            ("dgate", Some(dgate)),
+            ("dup", Some(dup)),
+        ],
+    )
+}

@@ -1,0 +1,216 @@
+//! LayerNorm and RMSNorm over the last dimension (`shaders/layer_norm.wgsl`).
+//!
+//! The forward returns the per-row statistics the backward needs (mean and rstd), so the
+//! backward recomputes x̂ instead of storing it.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_numel, shader, u32_of};
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Gpu, KernelSpec};
+use crate::tensor::{DType, Tensor};
+
+/// Which normalisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Norm {
+    /// (x − mean)·rstd·γ + β
+    LayerNorm,
+    /// x·rstd·γ, rstd from the mean square (no centring, no β)
+    RmsNorm,
+}
+
+/// What the forward saves for the backward: per-row mean (LayerNorm only) and 1/std.
+pub struct NormStats {
+    pub mean: Option<Tensor>,
+    pub rstd: Tensor,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    accumulate: u32,
+    rms: u32,
+    _pad: [u32; 3],
+}
+
+fn rows_cols(op: &'static str, x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
+    let cols = x
+        .shape()
+        .last()
+        .copied()
+        .ok_or_else(|| Error::invalid(op, "x must have at least one dimension"))?;
+    expect_numel(op, "gamma", gamma, cols, "the last dimension of x")?;
+    Ok((if cols == 0 { 0 } else { x.numel() / cols }, cols))
+}
+
+fn params(
+    op: &'static str,
+    norm: Norm,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+    accumulate: bool,
+) -> Result<Params> {
+    Ok(Params {
+        rows: u32_of(op, "rows", rows)?,
+        cols: u32_of(op, "cols", cols)?,
+        eps,
+        accumulate: accumulate as u32,
+        rms: (norm == Norm::RmsNorm) as u32,
+        _pad: [0; 3],
+    })
+}
+
+/// Normalises each row of x `[..., C]`; gamma (and beta, LayerNorm only) are `[C]`.
+///
+/// Bindings: 1 x, 2 gamma, 3 beta, 4 y, 5 mean, 6 rstd.
+pub fn forward(
+    gpu: &Gpu,
+    norm: Norm,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: Option<&Tensor>,
+    eps: f32,
+) -> Result<(Tensor, NormStats)> {
+    const OP: &str = "norm_fwd";
+    let (rows, cols) = rows_cols(OP, x, gamma)?;
+    match (norm, beta) {
+        (Norm::LayerNorm, Some(b)) => expect_numel(OP, "beta", b, cols, "the last dimension of x")?,
+        (Norm::LayerNorm, None) => return Err(Error::invalid(OP, "LayerNorm needs beta")),
+        (Norm::RmsNorm, _) => {}
+    }
+    let y = Tensor::empty(gpu, x.shape(), DType::F32)?;
+    let mean = match norm {
+        Norm::LayerNorm => Some(Tensor::empty(gpu, &[rows], DType::F32)?),
+        Norm::RmsNorm => None,
+    };
+    let rstd = Tensor::empty(gpu, &[rows], DType::F32)?;
+    let p = params(OP, norm, rows, cols, eps, false)?;
+    let spec = KernelSpec {
+        file: shader!("layer_norm"),
+        entry: "norm_fwd",
+        header: "",
+        access: &[
+            Access::Read,
+            Access::Read,
+            Access::Read,
+            Access::ReadWrite,
+            Access::ReadWrite,
+            Access::ReadWrite,
+        ],
+    };
+    let beta = if norm == Norm::LayerNorm { beta } else { None };
+    gpu.dispatch(
+        OP,
+        &spec,
+        bytemuck::bytes_of(&p),
+        &[
+            ("x", Some(x)),
+            ("gamma", Some(gamma)),
+            ("beta", beta),
+            ("y", Some(&y)),
+            ("mean", mean.as_ref()),
+            ("rstd", Some(&rstd)),
+        ],
+        gpu.grid_1d(rows as u64),
+    )?;
+    Ok((y, NormStats { mean, rstd }))
+}
+
+/// Gradients of a norm: writes (or adds into) dx, and dgamma/dbeta when given.
+///
+/// Bindings, dx pass: 1 x, 2 gamma, 3 dy, 4 mean, 5 rstd, 6 dx.
+/// Bindings, parameter pass: 1 x, 2 dy, 3 mean, 4 rstd, 5 dgamma, 6 dbeta.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    gpu: &Gpu,
+    norm: Norm,
+    x: &Tensor,
+    gamma: &Tensor,
+    stats: &NormStats,
+    dy: &Tensor,
+    dx: Option<&Tensor>,
+    dgamma_dbeta: Option<(&Tensor, Option<&Tensor>)>,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "norm_bwd";
+    let (rows, cols) = rows_cols(OP, x, gamma)?;
+    expect_numel(OP, "dy", dy, x.numel(), "the size of x")?;
+    expect_numel(OP, "rstd", &stats.rstd, rows, "one per row")?;
+    if norm == Norm::LayerNorm && stats.mean.is_none() {
+        return Err(Error::invalid(
+            OP,
+            "LayerNorm backward needs the saved mean",
+        ));
+    }
+    let p = params(OP, norm, rows, cols, 0.0, accumulate)?;
+    let six = &[
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::ReadWrite,
+    ];
+    if let Some(dx) = dx {
+        expect_numel(OP, "dx", dx, x.numel(), "the size of x")?;
+        let spec = KernelSpec {
+            file: shader!("layer_norm"),
+            entry: "norm_bwd_dx",
+            header: "",
+            access: six,
+        };
+        gpu.dispatch(
+            OP,
+            &spec,
+            bytemuck::bytes_of(&p),
+            &[
+                ("x", Some(x)),
+                ("gamma", Some(gamma)),
+                ("dy", Some(dy)),
+                ("mean", stats.mean.as_ref()),
+                ("rstd", Some(&stats.rstd)),
+                ("dx", Some(dx)),
+            ],
+            gpu.grid_1d(rows as u64),
+        )?;
+    }
+    if let Some((dgamma, dbeta)) = dgamma_dbeta {
+        expect_numel(OP, "dgamma", dgamma, cols, "the last dimension of x")?;
+        if let Some(db) = dbeta {
+            expect_numel(OP, "dbeta", db, cols, "the last dimension of x")?;
+        }
+        let spec = KernelSpec {
+            file: shader!("layer_norm"),
+            entry: "norm_bwd_params",
+            header: "",
+            access: &[
+                Access::Read,
+                Access::Read,
+                Access::Read,
+                Access::Read,
+                Access::ReadWrite,
+                Access::ReadWrite,
+            ],
+        };
+        let dbeta = if norm == Norm::LayerNorm { dbeta } else { None };
+        gpu.dispatch(
+            OP,
+            &spec,
+            bytemuck::bytes_of(&p),
+            &[
+                ("x", Some(x)),
+                ("dy", Some(dy)),
+                ("mean", stats.mean.as_ref()),
+                ("rstd", Some(&stats.rstd)),
+                ("dgamma", Some(dgamma)),
+                ("dbeta", dbeta),
+            ],
+            [(cols as u32).div_ceil(256), 1, 1],
+        )?;
+    }
+    Ok(())
+}

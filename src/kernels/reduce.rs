@@ -1,0 +1,109 @@
+//! Reductions (`shaders/reduce.wgsl`): column sums for bias gradients, and the squared global
+//! L2 norm of many tensors for gradient clipping, kept on the GPU (AdamW reads it there).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_numel, shader, u32_of};
+use crate::error::Result;
+use crate::gpu::{Access, Gpu, KernelSpec};
+use crate::tensor::{DType, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    n: u32,
+    accumulate: u32,
+}
+
+const RW: &[Access] = &[Access::Read, Access::ReadWrite];
+/// Elements each workgroup of `sum_squares_partial` reduces (CHUNK in the shader).
+const CHUNK: u64 = 4096;
+
+/// out[c] = Σ_r x[r, c] (or added into out): x `[..., C]`, out `[C]`.
+///
+/// Bindings: 1 x, 2 out.
+pub fn sum_rows_into(gpu: &Gpu, x: &Tensor, out: &Tensor, accumulate: bool) -> Result<()> {
+    const OP: &str = "sum_rows";
+    let cols = x.shape().last().copied().unwrap_or(1);
+    expect_numel(OP, "out", out, cols, "the last dimension of x")?;
+    let rows = if cols == 0 { 0 } else { x.numel() / cols };
+    let p = Params {
+        rows: u32_of(OP, "rows", rows)?,
+        cols: u32_of(OP, "cols", cols)?,
+        n: 0,
+        accumulate: accumulate as u32,
+    };
+    let spec = KernelSpec {
+        file: shader!("reduce"),
+        entry: "sum_rows",
+        header: "",
+        access: RW,
+    };
+    gpu.dispatch(
+        OP,
+        &spec,
+        bytemuck::bytes_of(&p),
+        &[("x", Some(x)), ("out", Some(out))],
+        [p.cols.div_ceil(256), 1, 1],
+    )
+}
+
+/// acc[0] += Σ x² (or = when not accumulating). `acc` is a one-element tensor.
+///
+/// Bindings (two passes): 1 x, 2 partial sums; then 1 partial sums, 2 acc.
+pub fn sum_squares_into(gpu: &Gpu, x: &Tensor, acc: &Tensor, accumulate: bool) -> Result<()> {
+    const OP: &str = "sum_squares";
+    expect_numel(OP, "acc", acc, 1, "a scalar")?;
+    let n = x.numel() as u64;
+    let groups = n.div_ceil(CHUNK).max(1);
+    let partial = Tensor::empty(gpu, &[groups as usize], DType::F32)?;
+    let p = Params {
+        rows: 0,
+        cols: 0,
+        n: u32_of(OP, "elements", x.numel())?,
+        accumulate: 0,
+    };
+    let spec = KernelSpec {
+        file: shader!("reduce"),
+        entry: "sum_squares_partial",
+        header: "",
+        access: RW,
+    };
+    gpu.dispatch(
+        OP,
+        &spec,
+        bytemuck::bytes_of(&p),
+        &[("x", Some(x)), ("partial", Some(&partial))],
+        gpu.grid_1d(groups),
+    )?;
+    let p = Params {
+        rows: 0,
+        cols: 0,
+        n: groups as u32,
+        accumulate: accumulate as u32,
+    };
+    let spec = KernelSpec {
+        file: shader!("reduce"),
+        entry: "sum_squares_final",
+        header: "",
+        access: RW,
+    };
+    gpu.dispatch(
+        OP,
+        &spec,
+        bytemuck::bytes_of(&p),
+        &[("partial", Some(&partial)), ("acc", Some(acc))],
+        [1, 1, 1],
+    )
+}
+
+/// Σ over tensors of Σ x², as a one-element tensor that stays on the GPU.
+pub fn global_norm_squared(gpu: &Gpu, tensors: &[&Tensor]) -> Result<Tensor> {
+    let acc = Tensor::zeros(gpu, &[1])?;
+    for t in tensors {
+        sum_squares_into(gpu, t, &acc, true)?;
+    }
+    Ok(acc)
+}

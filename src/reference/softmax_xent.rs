@@ -1,0 +1,51 @@
+//! Softmax cross-entropy, mean over rows whose target is not the ignore index.
+//!
+//! Shapes: logits [R, V]; targets [R]; lse [R].
+
+/// Returns (mean loss, lse per row, counted rows).
+pub fn forward(
+    logits: &[f64],
+    targets: &[i32],
+    vocab: usize,
+    ignore_index: i32,
+) -> (f64, Vec<f64>, usize) {
+    let rows = targets.len();
+    let (mut total, mut count, mut lses) = (0.0, 0, vec![0.0; rows]);
+    for r in 0..rows {
+        let row = &logits[r * vocab..(r + 1) * vocab];
+        // Subtract the max so exp cannot overflow.
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        lses[r] = lse;
+        let t = targets[r];
+        if t != ignore_index {
+            total += lse - row[t as usize];
+            count += 1;
+        }
+    }
+    (total / count.max(1) as f64, lses, count)
+}
+
+/// d(mean loss)/dlogits, times `dloss`.
+pub fn backward(
+    logits: &[f64],
+    targets: &[i32],
+    vocab: usize,
+    ignore_index: i32,
+    lse: &[f64],
+    count: usize,
+    dloss: f64,
+) -> Vec<f64> {
+    let mut d = vec![0.0; logits.len()];
+    for (r, &t) in targets.iter().enumerate() {
+        if t == ignore_index {
+            continue;
+        }
+        for v in 0..vocab {
+            let prob = (logits[r * vocab + v] - lse[r]).exp();
+            let onehot = if v as i32 == t { 1.0 } else { 0.0 };
+            d[r * vocab + v] = (prob - onehot) * dloss / count.max(1) as f64;
+        }
+    }
+    d
+}

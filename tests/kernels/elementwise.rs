@@ -1,0 +1,146 @@
+//! Activations, SwiGLU and the simple elementwise ops vs the reference.
+
+use kiln::Tensor;
+use kiln::kernels::elementwise::{self as ew, Activation};
+use kiln::reference::elementwise as r;
+
+use crate::common::*;
+
+// Activations: f32 evaluation of exp/tanh/erf, ~1e-6 relative.
+const ATOL: f64 = 2e-6;
+const RTOL: f64 = 2e-5;
+
+/// Sizes: 1, a prime, just past a workgroup, and one over 65535 workgroups' worth? (no: that
+/// needs 16M elements; the folded grid is exercised by `grid_folds_past_the_dimension_limit`).
+const SIZES: [usize; 4] = [1, 7 * 13, 257, 100_003];
+
+#[test]
+fn activations_forward_and_backward() {
+    let gpu = gpu();
+    let mut rng = Rng::new(20);
+    let cases: [(Activation, fn(f64) -> f64, fn(f64) -> f64); 3] = [
+        (Activation::GeluErf, r::gelu_erf, r::gelu_erf_grad),
+        (Activation::GeluTanh, r::gelu_tanh, r::gelu_tanh_grad),
+        (Activation::Silu, r::silu, r::silu_grad),
+    ];
+    for n in SIZES {
+        // Spread inputs over [-12, 12] to reach the saturated tails.
+        let x: Vec<f32> = rng.vec(n).iter().map(|v| v * 12.0).collect();
+        let dy = rng.vec(n);
+        let (xt, dyt) = (upload(&x, &[n]), upload(&dy, &[n]));
+        for (act, f, df) in cases {
+            let y = ew::activation(gpu, act, &xt).unwrap();
+            let want: Vec<f64> = x.iter().map(|&v| f(v as f64)).collect();
+            assert_close(&format!("{act:?} n={n}"), &download(&y), &want, ATOL, RTOL);
+            // Backward, accumulating onto a non-zero buffer.
+            let base = rng.vec(n);
+            let dx = upload(&base, &[n]);
+            ew::activation_backward(gpu, act, &xt, &dyt, &dx, true).unwrap();
+            let want: Vec<f64> = (0..n)
+                .map(|i| base[i] as f64 + dy[i] as f64 * df(x[i] as f64))
+                .collect();
+            assert_close(
+                &format!("{act:?} backward n={n}"),
+                &download(&dx),
+                &want,
+                ATOL,
+                RTOL,
+            );
+        }
+    }
+}
+
+#[test]
+fn swiglu_forward_and_backward() {
+    let gpu = gpu();
+    let mut rng = Rng::new(21);
+    for n in SIZES {
+        let (gate, up, dy) = (rng.vec(n), rng.vec(n), rng.vec(n));
+        let (gt, ut, dyt) = (upload(&gate, &[n]), upload(&up, &[n]), upload(&dy, &[n]));
+        let y = ew::swiglu(gpu, &gt, &ut).unwrap();
+        assert_close(
+            "swiglu",
+            &download(&y),
+            &r::swiglu(&f64s(&gate), &f64s(&up)),
+            ATOL,
+            RTOL,
+        );
+        let (dg, du) = (
+            Tensor::zeros(gpu, &[n]).unwrap(),
+            Tensor::zeros(gpu, &[n]).unwrap(),
+        );
+        ew::swiglu_backward(gpu, &gt, &ut, &dyt, &dg, &du, false).unwrap();
+        let (wg, wu) = r::swiglu_backward(&f64s(&gate), &f64s(&up), &f64s(&dy));
+        assert_close("swiglu dgate", &download(&dg), &wg, ATOL, RTOL);
+        assert_close("swiglu dup", &download(&du), &wu, ATOL, RTOL);
+    }
+}
+
+#[test]
+fn add_scale_mul_bias_axpy() {
+    let gpu = gpu();
+    let mut rng = Rng::new(22);
+    let (rows, cols) = (37, 129);
+    let n = rows * cols;
+    let (x, y, bias) = (rng.vec(n), rng.vec(n), rng.vec(cols));
+    let (xt, yt, bt) = (
+        upload(&x, &[rows, cols]),
+        upload(&y, &[rows, cols]),
+        upload(&bias, &[cols]),
+    );
+    let exact = |f: &dyn Fn(usize) -> f64| (0..n).map(f).collect::<Vec<f64>>();
+    assert_close(
+        "add",
+        &download(&ew::add(gpu, &xt, &yt).unwrap()),
+        &exact(&|i| x[i] as f64 + y[i] as f64),
+        1e-6,
+        1e-6,
+    );
+    assert_close(
+        "scale",
+        &download(&ew::scale(gpu, &xt, -0.5).unwrap()),
+        &exact(&|i| -0.5 * x[i] as f64),
+        1e-6,
+        1e-6,
+    );
+    let out = Tensor::zeros(gpu, &[rows, cols]).unwrap();
+    ew::mul_into(gpu, &xt, &yt, &out, false).unwrap();
+    assert_close(
+        "mul",
+        &download(&out),
+        &exact(&|i| x[i] as f64 * y[i] as f64),
+        1e-6,
+        1e-6,
+    );
+    assert_close(
+        "add_bias",
+        &download(&ew::add_bias(gpu, &xt, &bt).unwrap()),
+        &r::add_bias(&f64s(&x), &f64s(&bias)),
+        1e-6,
+        1e-6,
+    );
+    let acc = upload(&y, &[rows, cols]);
+    ew::axpy(gpu, 2.0, &xt, &acc).unwrap();
+    assert_close(
+        "axpy",
+        &download(&acc),
+        &exact(&|i| y[i] as f64 + 2.0 * x[i] as f64),
+        1e-6,
+        1e-6,
+    );
+    let err = ew::add(gpu, &xt, &bt).unwrap_err().to_string();
+    assert!(err.contains("tensor `y`"), "{err}");
+}
+
+#[test]
+fn grid_folds_past_the_dimension_limit() {
+    // More workgroups than one dispatch axis allows (65535 × 256 elements): the grid folds
+    // into y and every element must still be written exactly once.
+    let gpu = gpu();
+    let n = 65_536 * 256 + 777;
+    let x: Vec<f32> = (0..n).map(|i| (i % 1000) as f32).collect();
+    let y = ew::scale(gpu, &upload(&x, &[n]), 2.0).unwrap();
+    let got = download(&y);
+    let bad = (0..n).find(|&i| got[i] != 2.0 * x[i]);
+    assert_eq!(bad, None, "first wrong element");
+}
