@@ -6,12 +6,20 @@
 //   scatter_add:  dtable[uid[u], c] += sum over positions[offsets[u] .. offsets[u+1]] of dout[pos, c]
 //                 The host groups the (CPU-known) ids by value, so each output row is summed by
 //                 one invocation in a fixed order: deterministic, no float atomics.
+//
+// A table larger than one storage binding is bound in row chunks: `table` is then rows
+// row_start .. row_start + vocab of the whole table, and each dispatch handles the ids that
+// fall in its chunk (gather adds zero for the others, so the host zeroes `out` first).
 
 struct Params {
     rows: u32,
     cols: u32,
     vocab: u32,
     accumulate: u32,
+    row_start: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -29,7 +37,7 @@ fn gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let id = g_ids[n];
     // Ids are validated on the host; an out-of-range one reads zero, never out of bounds.
     var v = 0.0;
-    if (id < p.vocab) { v = g_table[id * p.cols + c]; }
+    if (id >= p.row_start && id - p.row_start < p.vocab) { v = g_table[(id - p.row_start) * p.cols + c]; }
     if (p.accumulate != 0u) { g_out[i] += v; } else { g_out[i] = v; }
 }
 
@@ -46,9 +54,11 @@ fn scatter_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     if (i >= p.rows * p.cols) { return; }
     let u = i / p.cols;
     let c = i % p.cols;
+    let id = s_uids[u];
+    if (id < p.row_start || id - p.row_start >= p.vocab) { return; }
     var s = 0.0;
     for (var k = s_offsets[u]; k < s_offsets[u + 1u]; k++) {
         s += s_dout[s_positions[k] * p.cols + c];
     }
-    s_dtable[s_uids[u] * p.cols + c] += s;
+    s_dtable[(id - p.row_start) * p.cols + c] += s;
 }

@@ -1,6 +1,9 @@
-//! Kernel timing for `kiln bench` and the tile tuner. Each figure is the median of several
-//! repetitions, each repetition `iters` dispatches recorded into one submit and waited on.
-//! Rooflines are measured in the same run: a device-to-device copy for bandwidth, the best
+//! Kernel benchmarks, shared by `kiln bench` and `benches/kernels.rs` (criterion).
+//!
+//! [`cases`] builds one [`Case`] per kernel and shape, with its inputs already on the GPU and
+//! the useful work it does (flops, or bytes that must move at least once). [`measure`] takes
+//! the median of several repetitions, each `iters` dispatches recorded into one submit and
+//! waited on. Rooflines are measured in the same run: a device copy for bandwidth, the best
 //! matmul seen for compute.
 
 use std::time::Instant;
@@ -9,8 +12,36 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::gpu::Gpu;
+use crate::kernels::adamw::{self, AdamW, Clip};
+use crate::kernels::attention::{self, AttentionSpec};
+use crate::kernels::dropout::{self, DropoutMask};
+use crate::kernels::elementwise::{self, Activation};
+use crate::kernels::embedding;
+use crate::kernels::layer_norm::{self, Norm};
 use crate::kernels::matmul::{Matmul, MatmulTile, matmul_into};
+use crate::kernels::reduce;
+use crate::kernels::rope::{self, Positions, RopeTables};
+use crate::kernels::softmax_xent::{self, IGNORE_INDEX};
 use crate::tensor::{DType, Tensor};
+
+/// What a case's figure is measured against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Bound {
+    Compute,
+    Memory,
+}
+
+/// One kernel at one shape, ready to run.
+pub struct Case<'g> {
+    pub kernel: String,
+    pub shape: String,
+    /// Floating-point operations per run (compute-bound kernels).
+    pub flops: f64,
+    /// Bytes that must be read or written at least once per run.
+    pub bytes: f64,
+    pub bound: Bound,
+    pub run: Box<dyn FnMut() -> Result<()> + 'g>,
+}
 
 /// One row of `kiln bench`'s output.
 #[derive(Clone, Debug, Serialize)]
@@ -18,22 +49,29 @@ pub struct Figure {
     pub kernel: String,
     pub shape: String,
     pub median_ms: f64,
-    /// Useful floating-point work per second (matmul-like kernels).
     pub gflops: Option<f64>,
-    /// Bytes that must move at least once (read + written), per second.
     pub gbps: Option<f64>,
     /// Percent of the roofline measured in this run: copy bandwidth for memory-bound kernels,
     /// the best matmul for compute-bound ones.
     pub roofline_pct: Option<f64>,
 }
 
+/// How big the cases are: `Small` finishes in a minute or two on lavapipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scale {
+    Small,
+    Full,
+}
+
+impl Scale {
+    /// Small on a CPU adapter, full on a GPU.
+    pub fn auto(gpu: &Gpu) -> Scale {
+        if gpu.info().device_type == wgpu::DeviceType::Cpu { Scale::Small } else { Scale::Full }
+    }
+}
+
 /// Median seconds per call of `f`, over `reps` repetitions of `iters` calls each.
-pub fn time_it(
-    gpu: &Gpu,
-    reps: usize,
-    iters: usize,
-    mut f: impl FnMut() -> Result<()>,
-) -> Result<f64> {
+pub fn time_it(gpu: &Gpu, reps: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     gpu.synchronize()?;
     let mut times = Vec::with_capacity(reps);
@@ -51,63 +89,320 @@ pub fn time_it(
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
+    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+}
+
+/// Times a case: a probe run sizes the repetitions to about 50 ms each, 5 repetitions.
+pub fn measure(gpu: &Gpu, case: &mut Case) -> Result<Figure> {
+    let probe = time_it(gpu, 1, 1, &mut case.run)?;
+    let iters = (0.05 / probe.max(1e-6)).clamp(1.0, 100.0) as usize;
+    let secs = time_it(gpu, 5, iters, &mut case.run)?;
+    Ok(Figure {
+        kernel: case.kernel.clone(),
+        shape: case.shape.clone(),
+        median_ms: secs * 1e3,
+        gflops: (case.bound == Bound::Compute).then(|| case.flops / secs / 1e9),
+        gbps: (case.bound == Bound::Memory).then(|| case.bytes / secs / 1e9),
+        roofline_pct: None,
+    })
+}
+
+/// Fills in `roofline_pct` from the copy bandwidth and the best matmul among `figures`.
+pub fn apply_rooflines(figures: &mut [Figure], copy_gbps: f64) -> f64 {
+    let best = figures.iter().filter(|f| f.kernel.starts_with("matmul")).filter_map(|f| f.gflops).fold(0.0, f64::max);
+    for f in figures.iter_mut() {
+        f.roofline_pct = match (f.gflops, f.gbps) {
+            (Some(g), _) if best > 0.0 => Some(100.0 * g / best),
+            (_, Some(b)) => Some(100.0 * b / copy_gbps),
+            _ => None,
+        };
     }
+    best
 }
 
-/// Enough repetitions for a stable median without spending minutes on lavapipe.
-pub fn iters_for(seconds_per_call_estimate: f64) -> (usize, usize) {
-    let iters = (0.05 / seconds_per_call_estimate.max(1e-6)).clamp(1.0, 50.0) as usize;
-    (5, iters)
+fn random(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_f32(gpu, &data, shape)
 }
 
-/// Device copy bandwidth in GB/s (read + write counted), the memory roofline.
-pub fn copy_bandwidth(gpu: &Gpu, bytes: usize) -> Result<Figure> {
+const F32: f64 = 4.0;
+
+/// The device copy, the memory roofline.
+pub fn copy_case(gpu: &Gpu, bytes: usize) -> Result<Case<'_>> {
     let n = bytes / 4;
     let src = Tensor::zeros(gpu, &[n])?;
     let dst = Tensor::empty(gpu, &[n], DType::F32)?;
-    let probe = time_it(gpu, 1, 1, || gpu.copy(&src, &dst))?;
-    let (reps, iters) = iters_for(probe);
-    let secs = time_it(gpu, reps, iters, || gpu.copy(&src, &dst))?;
-    let gbps = 2.0 * bytes as f64 / secs / 1e9;
-    Ok(Figure {
+    Ok(Case {
         kernel: "copy".into(),
         shape: format!("{} MiB", bytes >> 20),
-        median_ms: secs * 1e3,
-        gflops: None,
-        gbps: Some(gbps),
-        roofline_pct: Some(100.0),
+        flops: 0.0,
+        bytes: 2.0 * (n * 4) as f64,
+        bound: Bound::Memory,
+        run: Box::new(move || gpu.copy(&src, &dst)),
     })
 }
 
-/// Times one matmul shape with the adapter's current tile.
-pub fn matmul_figure(gpu: &Gpu, mm: Matmul) -> Result<Figure> {
+pub fn matmul_case(gpu: &Gpu, mm: Matmul) -> Result<Case<'_>> {
     let a = Tensor::zeros(gpu, &[mm.batch * mm.m * mm.k])?;
     let b = Tensor::zeros(gpu, &[mm.batch * mm.k * mm.n])?;
     let c = Tensor::empty(gpu, &[mm.batch * mm.m * mm.n], DType::F32)?;
-    let probe = time_it(gpu, 1, 1, || matmul_into(gpu, &mm, &a, &b, None, &c))?;
-    let (reps, iters) = iters_for(probe);
-    let secs = time_it(gpu, reps, iters, || matmul_into(gpu, &mm, &a, &b, None, &c))?;
-    let shape = if mm.batch > 1 {
-        format!("{}x{}x{}x{}", mm.batch, mm.m, mm.n, mm.k)
-    } else {
-        format!("{}x{}x{}", mm.m, mm.n, mm.k)
-    };
-    Ok(Figure {
-        kernel: format!(
-            "matmul{}{}",
-            if mm.trans_a { "_tA" } else { "" },
-            if mm.trans_b { "_tB" } else { "" }
-        ),
-        shape,
-        median_ms: secs * 1e3,
-        gflops: Some(mm.flops() / secs / 1e9),
-        gbps: None,
-        roofline_pct: None,
+    let t = |f: bool, s: &'static str| if f { s } else { "" };
+    Ok(Case {
+        kernel: format!("matmul{}{}", t(mm.trans_a, "_tA"), t(mm.trans_b, "_tB")),
+        shape: if mm.batch > 1 {
+            format!("{}x{}x{}x{}", mm.batch, mm.m, mm.n, mm.k)
+        } else {
+            format!("{}x{}x{}", mm.m, mm.n, mm.k)
+        },
+        flops: mm.flops(),
+        bytes: 0.0,
+        bound: Bound::Compute,
+        run: Box::new(move || matmul_into(gpu, &mm, &a, &b, None, &c)),
     })
+}
+
+/// Square matmul sizes and transformer shapes for a scale.
+pub fn matmul_shapes(scale: Scale) -> Vec<Matmul> {
+    let squares: &[usize] = match scale {
+        Scale::Small => &[256, 512, 1024],
+        Scale::Full => &[256, 512, 1024, 2048, 4096],
+    };
+    let tokens = if scale == Scale::Small { 1024 } else { 4096 };
+    let mut v: Vec<Matmul> = squares.iter().map(|&s| Matmul::new(s, s, s)).collect();
+    // An MLP up-projection (tokens × 384 → 1536, MiniLM's), and its two backward matmuls.
+    v.push(Matmul::new(tokens, 1536, 384));
+    v.push(Matmul::new(tokens, 384, 1536).trans_b(true));
+    v.push(Matmul::new(384, 1536, tokens).trans_a(true));
+    v
+}
+
+pub fn attention_lengths(scale: Scale) -> Vec<usize> {
+    match scale {
+        Scale::Small => vec![128, 512],
+        Scale::Full => vec![128, 512, 1024, 2048],
+    }
+}
+
+/// Attention forward and backward at sequence length `t` (12 heads of 64, causal).
+pub fn attention_cases(gpu: &Gpu, t: usize) -> Result<Vec<Case<'_>>> {
+    let (b, h, d) = (1, 12, 64);
+    let spec = AttentionSpec::new(b, t, h, h, d, true);
+    let q = random(gpu, &[b, t, h, d], 1)?;
+    let k = random(gpu, &[b, t, h, d], 2)?;
+    let v = random(gpu, &[b, t, h, d], 3)?;
+    let fwd = attention::forward(gpu, &spec, &q, &k, &v, None)?;
+    let dout = random(gpu, &[b, t, h, d], 4)?;
+    let grads = [
+        Tensor::empty(gpu, &[b, t, h, d], DType::F32)?,
+        Tensor::empty(gpu, &[b, t, h, d], DType::F32)?,
+        Tensor::empty(gpu, &[b, t, h, d], DType::F32)?,
+    ];
+    let shape = format!("b{b} h{h} t{t} d{d} causal");
+    let flops = spec.forward_flops();
+    let (q2, k2, v2) = (q.clone(), k.clone(), v.clone());
+    Ok(vec![
+        Case {
+            kernel: "attention_fwd".into(),
+            shape: shape.clone(),
+            flops,
+            bytes: 0.0,
+            bound: Bound::Compute,
+            run: Box::new(move || attention::forward(gpu, &spec, &q, &k, &v, None).map(drop)),
+        },
+        Case {
+            kernel: "attention_bwd".into(),
+            shape,
+            // FlashAttention's convention: the backward does 2.5× the forward's work.
+            flops: 2.5 * flops,
+            bytes: 0.0,
+            bound: Bound::Compute,
+            run: Box::new(move || {
+                attention::backward(
+                    gpu,
+                    &spec,
+                    &q2,
+                    &k2,
+                    &v2,
+                    None,
+                    &fwd,
+                    &dout,
+                    (&grads[0], &grads[1], &grads[2]),
+                    false,
+                )
+            }),
+        },
+    ])
+}
+
+/// The memory-bound kernels at `rows × cols` activations (and a vocabulary for the loss).
+pub fn memory_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
+    let (rows, cols) = match scale {
+        Scale::Small => (1024, 768),
+        Scale::Full => (8192, 768),
+    };
+    let (xent_rows, vocab) = match scale {
+        Scale::Small => (128, 50_257),
+        Scale::Full => (1024, 50_257),
+    };
+    let params = match scale {
+        Scale::Small => 4 << 20,
+        Scale::Full => 64 << 20,
+    };
+    let n = (rows * cols) as f64;
+    let shape = format!("{rows}x{cols}");
+    let mut cases = Vec::new();
+
+    let x = random(gpu, &[rows, cols], 5)?;
+    let gamma = random(gpu, &[cols], 6)?;
+    let beta = random(gpu, &[cols], 7)?;
+    let dy = random(gpu, &[rows, cols], 8)?;
+    for norm in [Norm::LayerNorm, Norm::RmsNorm] {
+        let name = if norm == Norm::LayerNorm { "layer_norm" } else { "rms_norm" };
+        let (x1, g1, b1) = (x.clone(), gamma.clone(), beta.clone());
+        cases.push(Case {
+            kernel: format!("{name}_fwd"),
+            shape: shape.clone(),
+            flops: 0.0,
+            bytes: 2.0 * n * F32,
+            bound: Bound::Memory,
+            run: Box::new(move || layer_norm::forward(gpu, norm, &x1, &g1, Some(&b1), 1e-5).map(drop)),
+        });
+        let (_, stats) = layer_norm::forward(gpu, norm, &x, &gamma, Some(&beta), 1e-5)?;
+        let (x2, g2, dy2) = (x.clone(), gamma.clone(), dy.clone());
+        let dx = Tensor::empty(gpu, &[rows, cols], DType::F32)?;
+        let dg = Tensor::empty(gpu, &[cols], DType::F32)?;
+        let db = Tensor::empty(gpu, &[cols], DType::F32)?;
+        cases.push(Case {
+            kernel: format!("{name}_bwd"),
+            shape: shape.clone(),
+            flops: 0.0,
+            // x and dy read, dx written: the parameter pass re-reads x and dy from cache or
+            // memory, but the minimum is one pass.
+            bytes: 3.0 * n * F32,
+            bound: Bound::Memory,
+            run: Box::new(move || {
+                layer_norm::backward(gpu, norm, &x2, &g2, &stats, &dy2, Some(&dx), Some((&dg, Some(&db))), false)
+            }),
+        });
+    }
+    for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Silu] {
+        let x1 = x.clone();
+        cases.push(Case {
+            kernel: format!("{act:?}").to_lowercase() + "_fwd",
+            shape: shape.clone(),
+            flops: 0.0,
+            bytes: 2.0 * n * F32,
+            bound: Bound::Memory,
+            run: Box::new(move || elementwise::activation(gpu, act, &x1).map(drop)),
+        });
+    }
+    let (x1, dy1) = (x.clone(), dy.clone());
+    let dx = Tensor::empty(gpu, &[rows, cols], DType::F32)?;
+    cases.push(Case {
+        kernel: "gelu_erf_bwd".into(),
+        shape: shape.clone(),
+        flops: 0.0,
+        bytes: 3.0 * n * F32,
+        bound: Bound::Memory,
+        run: Box::new(move || elementwise::activation_backward(gpu, Activation::GeluErf, &x1, &dy1, &dx, false)),
+    });
+    let x1 = x.clone();
+    cases.push(Case {
+        kernel: "dropout".into(),
+        shape: shape.clone(),
+        flops: 0.0,
+        bytes: 2.0 * n * F32,
+        bound: Bound::Memory,
+        run: Box::new(move || dropout::apply(gpu, DropoutMask { p: 0.1, seed: 1, step: 1 }, &x1).map(drop)),
+    });
+    let heads = cols / 64;
+    let tables = RopeTables::new(gpu, 64, rows, 10_000.0)?;
+    let xr = x.reshape(&[1, rows, heads, 64])?;
+    cases.push(Case {
+        kernel: "rope".into(),
+        shape: shape.clone(),
+        flops: 0.0,
+        bytes: 2.0 * n * F32,
+        bound: Bound::Memory,
+        run: Box::new(move || rope::apply(gpu, &tables, &xr, Positions::Offset(0)).map(drop)),
+    });
+    let table = random(gpu, &[50_257, cols], 9)?;
+    let ids: Vec<u32> = (0..rows as u32).map(|i| (i * 7919) % 50_257).collect();
+    let ids_t = Tensor::from_u32(gpu, &ids, &[rows])?;
+    cases.push(Case {
+        kernel: "embedding_gather".into(),
+        shape: format!("{rows} ids, 50257x{cols}"),
+        flops: 0.0,
+        bytes: 2.0 * n * F32,
+        bound: Bound::Memory,
+        run: Box::new(move || embedding::gather(gpu, &table, &ids_t).map(drop)),
+    });
+
+    let logits = random(gpu, &[xent_rows, vocab], 10)?;
+    let targets: Vec<i32> = (0..xent_rows as i32).map(|i| (i * 31) % vocab as i32).collect();
+    let targets = Tensor::from_i32(gpu, &targets, &[xent_rows])?;
+    let ln = (xent_rows * vocab) as f64;
+    let (l1, t1) = (logits.clone(), targets.clone());
+    cases.push(Case {
+        kernel: "softmax_xent_fwd".into(),
+        shape: format!("{xent_rows}x{vocab}"),
+        flops: 0.0,
+        bytes: ln * F32,
+        bound: Bound::Memory,
+        run: Box::new(move || softmax_xent::forward(gpu, &l1, &t1, IGNORE_INDEX).map(drop)),
+    });
+    let fwd = softmax_xent::forward(gpu, &logits, &targets, IGNORE_INDEX)?;
+    let dloss = Tensor::from_f32(gpu, &[1.0], &[1])?;
+    let dlogits = Tensor::empty(gpu, &[xent_rows, vocab], DType::F32)?;
+    cases.push(Case {
+        kernel: "softmax_xent_bwd".into(),
+        shape: format!("{xent_rows}x{vocab}"),
+        flops: 0.0,
+        bytes: 2.0 * ln * F32,
+        bound: Bound::Memory,
+        run: Box::new(move || {
+            softmax_xent::backward(gpu, &logits, &targets, &fwd, &dloss, &dlogits, IGNORE_INDEX, false)
+        }),
+    });
+
+    let grad = random(gpu, &[params], 11)?;
+    let param = random(gpu, &[params], 12)?;
+    let m = Tensor::zeros(gpu, &[params])?;
+    let v = Tensor::zeros(gpu, &[params])?;
+    let g1 = grad.clone();
+    cases.push(Case {
+        kernel: "global_norm".into(),
+        shape: format!("{params}"),
+        flops: 0.0,
+        bytes: params as f64 * F32,
+        bound: Bound::Memory,
+        run: Box::new(move || reduce::global_norm_squared(gpu, &[&g1]).map(drop)),
+    });
+    let norm_sq = reduce::global_norm_squared(gpu, &[&grad])?;
+    let mut step = 0;
+    cases.push(Case {
+        kernel: "adamw".into(),
+        shape: format!("{params}"),
+        flops: 0.0,
+        // grad, param, m, v read; param, m, v written.
+        bytes: 7.0 * params as f64 * F32,
+        bound: Bound::Memory,
+        run: Box::new(move || {
+            step += 1;
+            let clip = Some(Clip { norm_sq: &norm_sq, max_norm: 1.0 });
+            adamw::step(gpu, &AdamW::default(), 1e-4, step, &param, &grad, &m, &v, clip, None)
+        }),
+    });
+    Ok(cases)
 }
 
 /// Times every candidate tile that fits the adapter on `size`³ and returns them best first.
@@ -118,12 +413,11 @@ pub fn tune_matmul(
 ) -> Vec<(MatmulTile, f64)> {
     let saved = gpu.matmul_tile();
     let mut results = Vec::new();
-    for tile in MatmulTile::candidates()
-        .into_iter()
-        .filter(|t| t.fits(gpu.limits()))
-    {
+    for tile in MatmulTile::candidates().into_iter().filter(|t| t.fits(gpu.limits())) {
         gpu.set_matmul_tile(tile);
-        let r = matmul_figure(gpu, Matmul::new(size, size, size)).map(|f| f.gflops.unwrap_or(0.0));
+        let r = matmul_case(gpu, Matmul::new(size, size, size))
+            .and_then(|mut c| measure(gpu, &mut c))
+            .map(|f| f.gflops.unwrap_or(0.0));
         progress(tile, &r);
         if let Ok(g) = r {
             results.push((tile, g));

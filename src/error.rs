@@ -16,63 +16,29 @@ pub enum Error {
     #[error("adapter `{adapter}` refused a device: {reason}")]
     RequestDevice { adapter: String, reason: String },
     #[error("adapter `{adapter}` lacks feature {feature}, needed for {needed_for}")]
-    MissingFeature {
-        adapter: String,
-        feature: String,
-        needed_for: String,
-    },
+    MissingFeature { adapter: String, feature: String, needed_for: String },
 
     // ---- shapes and sizes ----
     #[error("{op}: tensor `{tensor}` has shape {found:?}, expected {expected}")]
-    Shape {
-        op: &'static str,
-        tensor: &'static str,
-        expected: String,
-        found: Vec<usize>,
-    },
+    Shape { op: &'static str, tensor: &'static str, expected: String, found: Vec<usize> },
     #[error("{op}: {message}")]
     InvalidArgument { op: &'static str, message: String },
-    #[error(
-        "{op}: tensor `{tensor}` needs {bytes} bytes, over this adapter's {limit_name} of {limit} bytes"
-    )]
-    TooLarge {
-        op: &'static str,
-        tensor: &'static str,
-        bytes: u64,
-        limit_name: &'static str,
-        limit: u64,
-    },
-    #[error(
-        "{op}: dispatch of {groups} workgroups along one axis exceeds the adapter limit {limit}"
-    )]
-    DispatchTooLarge {
-        op: &'static str,
-        groups: u64,
-        limit: u32,
-    },
+    #[error("{op}: tensor `{tensor}` needs {bytes} bytes, over this adapter's {limit_name} of {limit} bytes")]
+    TooLarge { op: &'static str, tensor: &'static str, bytes: u64, limit_name: &'static str, limit: u64 },
+    #[error("{op}: dispatch of {groups} workgroups along one axis exceeds the adapter limit {limit}")]
+    DispatchTooLarge { op: &'static str, groups: u64, limit: u32 },
     #[error("tensor has dtype {found}, {op} expects {expected}")]
-    DType {
-        op: &'static str,
-        expected: &'static str,
-        found: &'static str,
-    },
+    DType { op: &'static str, expected: &'static str, found: &'static str },
 
     // ---- GPU execution ----
     #[error("GPU error in {context}: {message}")]
     Gpu { context: String, message: String },
     #[error("shader `{file}` entry `{entry}` failed to compile: {message}")]
-    Shader {
-        file: &'static str,
-        entry: &'static str,
-        message: String,
-    },
+    Shader { file: &'static str, entry: &'static str, message: String },
 
     // ---- files ----
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
 }
@@ -82,16 +48,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     pub fn invalid(op: &'static str, message: impl Into<String>) -> Self {
-        Error::InvalidArgument {
-            op,
-            message: message.into(),
-        }
+        Error::InvalidArgument { op, message: message.into() }
     }
 }

@@ -1,7 +1,7 @@
 //! A tensor: a GPU buffer with a shape and a dtype. Always contiguous, row-major. Reshaping
-//! is free (same buffer); kernels that need a window into a tensor take element offsets in
-//! their params instead of byte-offset views, which would have to respect the adapter's
-//! storage offset alignment.
+//! is free (same buffer), and so is a view of a range of rows ([`Tensor::narrow_rows`]): it
+//! binds the same buffer at a byte offset, which must respect the adapter's storage offset
+//! alignment when a kernel binds it (checked at dispatch).
 
 use std::sync::Arc;
 
@@ -33,6 +33,8 @@ impl DType {
 #[derive(Clone)]
 pub struct Tensor {
     alloc: Arc<Allocation>,
+    /// Byte offset of element 0 in the buffer (non-zero for row views).
+    offset: u64,
     shape: Vec<usize>,
     dtype: DType,
 }
@@ -49,11 +51,7 @@ impl Tensor {
         let numel: usize = shape.iter().product();
         let bytes = (numel * dtype.size()) as u64;
         let alloc = gpu.allocate("tensor", "new tensor", bytes)?;
-        Ok(Tensor {
-            alloc: Arc::new(alloc),
-            shape: shape.to_vec(),
-            dtype,
-        })
+        Ok(Tensor { alloc: Arc::new(alloc), offset: 0, shape: shape.to_vec(), dtype })
     }
 
     pub fn zeros(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
@@ -74,20 +72,12 @@ impl Tensor {
         Self::from_pod(gpu, data, shape, DType::I32)
     }
 
-    fn from_pod<T: bytemuck::Pod>(
-        gpu: &Gpu,
-        data: &[T],
-        shape: &[usize],
-        dtype: DType,
-    ) -> Result<Tensor> {
+    fn from_pod<T: bytemuck::Pod>(gpu: &Gpu, data: &[T], shape: &[usize], dtype: DType) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
         if numel != data.len() {
             return Err(Error::invalid(
                 "upload",
-                format!(
-                    "shape {shape:?} holds {numel} elements but {} were given",
-                    data.len()
-                ),
+                format!("shape {shape:?} holds {numel} elements but {} were given", data.len()),
             ));
         }
         let t = Tensor::empty(gpu, shape, dtype)?;
@@ -101,12 +91,7 @@ impl Tensor {
         if data.len() != self.numel() {
             return Err(Error::invalid(
                 "write_f32",
-                format!(
-                    "tensor {:?} holds {} elements but {} were given",
-                    self.shape,
-                    self.numel(),
-                    data.len()
-                ),
+                format!("tensor {:?} holds {} elements but {} were given", self.shape, self.numel(), data.len()),
             ));
         }
         gpu.write_bytes(self, bytemuck::cast_slice(data))
@@ -127,18 +112,37 @@ impl Tensor {
         if numel != self.numel() {
             return Err(Error::invalid(
                 "reshape",
-                format!(
-                    "cannot view {:?} ({} elements) as {shape:?}",
-                    self.shape,
-                    self.numel()
-                ),
+                format!("cannot view {:?} ({} elements) as {shape:?}", self.shape, self.numel()),
             ));
+        }
+        Ok(Tensor { alloc: self.alloc.clone(), offset: self.offset, shape: shape.to_vec(), dtype: self.dtype })
+    }
+
+    /// Rows `start .. start + count` of the first dimension, sharing the buffer.
+    pub fn narrow_rows(&self, start: usize, count: usize) -> Result<Tensor> {
+        let rows = self.shape.first().copied().unwrap_or(1);
+        if start + count > rows {
+            return Err(Error::invalid(
+                "narrow_rows",
+                format!("rows {start}..{} of a tensor with {rows}", start + count),
+            ));
+        }
+        let row_bytes = (self.numel() / rows.max(1) * self.dtype.size()) as u64;
+        let mut shape = self.shape.clone();
+        if let Some(first) = shape.first_mut() {
+            *first = count;
         }
         Ok(Tensor {
             alloc: self.alloc.clone(),
-            shape: shape.to_vec(),
+            offset: self.offset + start as u64 * row_bytes,
+            shape,
             dtype: self.dtype,
         })
+    }
+
+    /// Byte offset of this tensor's first element in its buffer.
+    pub fn offset(&self) -> u64 {
+        self.offset
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -151,11 +155,7 @@ impl Tensor {
 
     /// Size of dimension `i`, counting from the end when negative (`dim(-1)` is the last).
     pub fn dim(&self, i: isize) -> usize {
-        let idx = if i < 0 {
-            self.shape.len() as isize + i
-        } else {
-            i
-        };
+        let idx = if i < 0 { self.shape.len() as isize + i } else { i };
         self.shape[idx as usize]
     }
 
@@ -182,11 +182,7 @@ impl Tensor {
 
     pub(crate) fn expect_dtype(&self, op: &'static str, dtype: DType) -> Result<()> {
         if self.dtype != dtype {
-            return Err(Error::DType {
-                op,
-                expected: dtype.name(),
-                found: self.dtype.name(),
-            });
+            return Err(Error::DType { op, expected: dtype.name(), found: self.dtype.name() });
         }
         Ok(())
     }

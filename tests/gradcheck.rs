@@ -28,16 +28,9 @@ fn check(what: &str, x: &[f64], analytic: &[f64], loss: impl Fn(&[f64]) -> f64) 
         let numeric = (loss(&xp) - loss(&xm)) / (2.0 * H);
         let err = (numeric - analytic[i]).abs();
         worst = worst.max(err / (1.0 + numeric.abs()));
-        assert!(
-            err <= 1e-6 * (1.0 + numeric.abs()),
-            "{what}: d/dx[{i}] analytic {} vs numeric {numeric}",
-            analytic[i]
-        );
+        assert!(err <= 1e-6 * (1.0 + numeric.abs()), "{what}: d/dx[{i}] analytic {} vs numeric {numeric}", analytic[i]);
     }
-    eprintln!(
-        "{what}: {} partials, worst scaled error {worst:.2e}",
-        x.len()
-    );
+    eprintln!("{what}: {} partials, worst scaled error {worst:.2e}", x.len());
 }
 
 fn randv(rng: &mut Rng, n: usize) -> Vec<f64> {
@@ -49,11 +42,7 @@ fn matmul_backward_by_transpose_flags() {
     // C = A·B  ⇒  dA = dC·Bᵀ (trans_b), dB = Aᵀ·dC (trans_a): the recipe autograd uses.
     let mut rng = Rng::new(10);
     let (m, n, k) = (3, 4, 5);
-    let (a, b, w) = (
-        randv(&mut rng, m * k),
-        randv(&mut rng, k * n),
-        randv(&mut rng, m * n),
-    );
+    let (a, b, w) = (randv(&mut rng, m * k), randv(&mut rng, k * n), randv(&mut rng, m * n));
     let fwd = |a: &[f64], b: &[f64]| {
         let mut c = vec![0.0; m * n];
         matmul::matmul(a, b, None, &mut c, (1, m, n, k), false, false, 1.0, false);
@@ -78,16 +67,10 @@ fn layer_norm_and_rms_norm_backward() {
         let beta_opt = (!rms).then_some(&beta[..]);
         let (_, mean, rstd) = layer_norm::forward(&x, &gamma, beta_opt, 1e-5);
         let (dx, dgamma, dbeta) = layer_norm::backward(&x, &gamma, &mean, &rstd, &w, rms);
-        check(&format!("{name} dx"), &x, &dx, |x| {
-            dot(&w, &layer_norm::forward(x, &gamma, beta_opt, 1e-5).0)
-        });
-        check(&format!("{name} dgamma"), &gamma, &dgamma, |g| {
-            dot(&w, &layer_norm::forward(&x, g, beta_opt, 1e-5).0)
-        });
+        check(&format!("{name} dx"), &x, &dx, |x| dot(&w, &layer_norm::forward(x, &gamma, beta_opt, 1e-5).0));
+        check(&format!("{name} dgamma"), &gamma, &dgamma, |g| dot(&w, &layer_norm::forward(&x, g, beta_opt, 1e-5).0));
         if !rms {
-            check("layer_norm dbeta", &beta, &dbeta, |b| {
-                dot(&w, &layer_norm::forward(&x, &gamma, Some(b), 1e-5).0)
-            });
+            check("layer_norm dbeta", &beta, &dbeta, |b| dot(&w, &layer_norm::forward(&x, &gamma, Some(b), 1e-5).0));
         }
     }
 }
@@ -99,93 +82,50 @@ fn activations_backward() {
     let w = randv(&mut rng, 20);
     type Pair = (&'static str, fn(f64) -> f64, fn(f64) -> f64);
     let pairs: [Pair; 3] = [
-        (
-            "gelu_erf",
-            elementwise::gelu_erf,
-            elementwise::gelu_erf_grad,
-        ),
-        (
-            "gelu_tanh",
-            elementwise::gelu_tanh,
-            elementwise::gelu_tanh_grad,
-        ),
+        ("gelu_erf", elementwise::gelu_erf, elementwise::gelu_erf_grad),
+        ("gelu_tanh", elementwise::gelu_tanh, elementwise::gelu_tanh_grad),
         ("silu", elementwise::silu, elementwise::silu_grad),
     ];
     for (name, f, df) in pairs {
         let analytic: Vec<f64> = x.iter().zip(&w).map(|(&x, &w)| w * df(x)).collect();
-        check(name, &x, &analytic, |x| {
-            x.iter().zip(&w).map(|(&x, &w)| w * f(x)).sum()
-        });
+        check(name, &x, &analytic, |x| x.iter().zip(&w).map(|(&x, &w)| w * f(x)).sum());
     }
     let up = randv(&mut rng, 20);
     let (dgate, dup) = elementwise::swiglu_backward(&x, &up, &w);
-    check("swiglu dgate", &x, &dgate, |g| {
-        dot(&w, &elementwise::swiglu(g, &up))
-    });
-    check("swiglu dup", &up, &dup, |u| {
-        dot(&w, &elementwise::swiglu(&x, u))
-    });
+    check("swiglu dgate", &x, &dgate, |g| dot(&w, &elementwise::swiglu(g, &up)));
+    check("swiglu dup", &up, &dup, |u| dot(&w, &elementwise::swiglu(&x, u)));
 }
 
 #[test]
 fn softmax_cross_entropy_backward() {
     let mut rng = Rng::new(13);
     let (rows, vocab) = (5, 11);
-    let logits: Vec<f64> = randv(&mut rng, rows * vocab)
-        .iter()
-        .map(|v| v * 3.0)
-        .collect();
+    let logits: Vec<f64> = randv(&mut rng, rows * vocab).iter().map(|v| v * 3.0).collect();
     let targets = [3, -100, 0, 10, 7];
     let (_, lse, count) = softmax_xent::forward(&logits, &targets, vocab, -100);
     assert_eq!(count, 4);
     let d = softmax_xent::backward(&logits, &targets, vocab, -100, &lse, count, 0.7);
-    check("cross_entropy dlogits", &logits, &d, |l| {
-        0.7 * softmax_xent::forward(l, &targets, vocab, -100).0
-    });
+    check("cross_entropy dlogits", &logits, &d, |l| 0.7 * softmax_xent::forward(l, &targets, vocab, -100).0);
 }
 
 #[test]
 fn attention_backward() {
     let mut rng = Rng::new(14);
-    for (causal, with_mask, hq, hkv) in [
-        (false, false, 2, 2),
-        (true, false, 4, 2),
-        (true, true, 3, 1),
-        (false, true, 2, 1),
-    ] {
-        let dm = attention::Dims {
-            b: 2,
-            t: 5,
-            hq,
-            hkv,
-            d: 3,
-            causal,
-            scale: 0.6,
-        };
+    for (causal, with_mask, hq, hkv) in
+        [(false, false, 2, 2), (true, false, 4, 2), (true, true, 3, 1), (false, true, 2, 1)]
+    {
+        let dm = attention::Dims { b: 2, t: 5, hq, hkv, d: 3, causal, scale: 0.6 };
         let nq = dm.b * dm.t * hq * dm.d;
         let nk = dm.b * dm.t * hkv * dm.d;
-        let (q, k, v, w) = (
-            randv(&mut rng, nq),
-            randv(&mut rng, nk),
-            randv(&mut rng, nk),
-            randv(&mut rng, nq),
-        );
+        let (q, k, v, w) = (randv(&mut rng, nq), randv(&mut rng, nk), randv(&mut rng, nk), randv(&mut rng, nq));
         // Second sequence: last two positions are padding.
-        let mask: Vec<bool> = (0..dm.b * dm.t)
-            .map(|i| !(i >= dm.t && i % dm.t >= 3))
-            .collect();
+        let mask: Vec<bool> = (0..dm.b * dm.t).map(|i| !(i >= dm.t && i % dm.t >= 3)).collect();
         let mask = with_mask.then_some(&mask[..]);
         let (dq, dk, dv) = attention::backward(&dm, &q, &k, &v, mask, &w);
         let what = format!("attention causal={causal} mask={with_mask} hq={hq} hkv={hkv}");
-        check(&format!("{what} dq"), &q, &dq, |x| {
-            dot(&w, &attention::forward(&dm, x, &k, &v, mask).0)
-        });
-        check(&format!("{what} dk"), &k, &dk, |x| {
-            dot(&w, &attention::forward(&dm, &q, x, &v, mask).0)
-        });
-        check(&format!("{what} dv"), &v, &dv, |x| {
-            dot(&w, &attention::forward(&dm, &q, &k, x, mask).0)
-        });
+        check(&format!("{what} dq"), &q, &dq, |x| dot(&w, &attention::forward(&dm, x, &k, &v, mask).0));
+        check(&format!("{what} dk"), &k, &dk, |x| dot(&w, &attention::forward(&dm, &q, x, &v, mask).0));
+        check(&format!("{what} dv"), &v, &dv, |x| dot(&w, &attention::forward(&dm, &q, &k, x, mask).0));
     }
 }
 
@@ -198,9 +138,7 @@ fn rope_backward_is_inverse_rotation() {
     let angles = kiln::kernels::rope::angles(dims.3, 8, 10000.0);
     let positions: Vec<usize> = vec![0, 1, 2, 5, 6, 7];
     let dx = rope::apply(&w, dims, &angles, &positions, true);
-    check("rope dx", &x, &dx, |x| {
-        dot(&w, &rope::apply(x, dims, &angles, &positions, false))
-    });
+    check("rope dx", &x, &dx, |x| dot(&w, &rope::apply(x, dims, &angles, &positions, false)));
 }
 
 #[test]
@@ -212,9 +150,7 @@ fn embedding_backward_is_scatter_add() {
     let w = randv(&mut rng, ids.len() * cols);
     let mut dtable = vec![0.0; vocab * cols];
     embedding::scatter_add(&w, cols, &ids, &mut dtable);
-    check("embedding dtable", &table, &dtable, |t| {
-        dot(&w, &embedding::gather(t, cols, &ids))
-    });
+    check("embedding dtable", &table, &dtable, |t| dot(&w, &embedding::gather(t, cols, &ids)));
 }
 
 #[test]
@@ -222,30 +158,16 @@ fn dropout_backward_reuses_the_mask() {
     let mut rng = Rng::new(17);
     let (x, w) = (randv(&mut rng, 50), randv(&mut rng, 50));
     let dx = dropout::apply(&w, 0.3, 7, 3);
-    check("dropout dx", &x, &dx, |x| {
-        dot(&w, &dropout::apply(x, 0.3, 7, 3))
-    });
-    let kept = dropout::apply(&vec![1.0; 10_000], 0.3, 1, 1)
-        .iter()
-        .filter(|v| **v != 0.0)
-        .count();
-    assert!(
-        (6700..7300).contains(&kept),
-        "dropout p=0.3 kept {kept} of 10000"
-    );
+    check("dropout dx", &x, &dx, |x| dot(&w, &dropout::apply(x, 0.3, 7, 3)));
+    let kept = dropout::apply(&vec![1.0; 10_000], 0.3, 1, 1).iter().filter(|v| **v != 0.0).count();
+    assert!((6700..7300).contains(&kept), "dropout p=0.3 kept {kept} of 10000");
 }
 
 #[test]
 fn bias_gradient_is_row_sum() {
     let mut rng = Rng::new(18);
     let (rows, cols) = (4, 5);
-    let (x, bias, w) = (
-        randv(&mut rng, rows * cols),
-        randv(&mut rng, cols),
-        randv(&mut rng, rows * cols),
-    );
+    let (x, bias, w) = (randv(&mut rng, rows * cols), randv(&mut rng, cols), randv(&mut rng, rows * cols));
     let dbias = reduce::sum_rows(&w, cols);
-    check("bias dbias", &bias, &dbias, |b| {
-        dot(&w, &elementwise::add_bias(&x, b))
-    });
+    check("bias dbias", &bias, &dbias, |b| dot(&w, &elementwise::add_bias(&x, b)));
 }

@@ -1,26 +1,27 @@
 //! `kiln bench`: time every kernel, print GFLOP/s or GB/s and the % of the rooflines measured
 //! in the same run. `--tune` times the matmul tile candidates and caches the best per adapter.
 
-use crate::bench::{self, Figure};
+use crate::bench::{self, Figure, Scale};
 use crate::error::Result;
-use crate::kernels::matmul::{Matmul, write_tune_cache};
+use crate::kernels::matmul::write_tune_cache;
 
 #[derive(clap::Args, Debug)]
-#[command(
-    after_help = "Examples:\n  kiln bench\n  kiln bench --tune\n  kiln bench --json --sizes 512,1024"
-)]
+#[command(after_help = "Examples:\n  kiln bench\n  kiln bench --tune\n  kiln bench --json --only matmul,attention")]
 pub struct BenchArgs {
     #[command(flatten)]
     pub adapter: super::AdapterArgs,
-    /// Time the matmul tile candidates at --tune-size³ and cache the fastest for this adapter.
+    /// Time the matmul tile candidates at --tune-size³ first and cache the fastest for this adapter.
     #[arg(long)]
     pub tune: bool,
     /// Square size used by --tune.
     #[arg(long, default_value_t = 512)]
     pub tune_size: usize,
-    /// Square matmul sizes to time.
-    #[arg(long, value_delimiter = ',', default_values_t = [256usize, 512, 1024])]
-    pub sizes: Vec<usize>,
+    /// Problem sizes [default: small on a CPU adapter such as lavapipe, full on a GPU]
+    #[arg(long, value_enum)]
+    pub scale: Option<Scale>,
+    /// Only kernels whose name starts with one of these (e.g. matmul,attention,adamw).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -29,14 +30,10 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     let gpu = args.adapter.open()?;
     if args.tune {
-        eprintln!(
-            "tuning matmul tiles on {} at {}³",
-            gpu.describe(),
-            args.tune_size
-        );
+        eprintln!("tuning matmul tiles on {} at {}³", gpu.describe(), args.tune_size);
         let ranked = bench::tune_matmul(&gpu, args.tune_size, |tile, r| match r {
-            Ok(g) => eprintln!("  {tile:<18} {g:8.1} GFLOP/s"),
-            Err(e) => eprintln!("  {tile:<18} failed: {e}"),
+            Ok(g) => eprintln!("  {:<18} {g:8.1} GFLOP/s", tile.to_string()),
+            Err(e) => eprintln!("  {:<18} failed: {e}", tile.to_string()),
         });
         if let Some((best, g)) = ranked.first() {
             let path = write_tune_cache(gpu.info(), *best)?;
@@ -44,65 +41,68 @@ pub fn run(args: BenchArgs) -> Result<()> {
             gpu.set_matmul_tile(*best);
         }
     }
+    let scale = args.scale.unwrap_or_else(|| Scale::auto(&gpu));
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.starts_with(o.as_str()));
     let mut figures: Vec<Figure> = Vec::new();
-    let copy = bench::copy_bandwidth(&gpu, 64 << 20)?;
-    let bandwidth = copy.gbps.unwrap_or(f64::NAN);
-    figures.push(copy);
-    let mut matmuls = Vec::new();
-    for &s in &args.sizes {
-        matmuls.push(Matmul::new(s, s, s));
-    }
-    // Transformer shapes: MiniLM's MLP (tokens × hidden × intermediate) and its backward.
-    matmuls.push(Matmul::new(4096, 1536, 384));
-    matmuls.push(Matmul::new(4096, 384, 1536).trans_b(true));
-    matmuls.push(Matmul::new(384, 1536, 4096).trans_a(true));
-    for mm in matmuls {
-        figures.push(bench::matmul_figure(&gpu, mm)?);
-        gpu.trim_pool();
-    }
-    let best_gflops = figures.iter().filter_map(|f| f.gflops).fold(0.0, f64::max);
-    for f in &mut figures {
-        if let Some(g) = f.gflops {
-            f.roofline_pct = Some(100.0 * g / best_gflops);
-        } else if let Some(b) = f.gbps {
-            f.roofline_pct = Some(100.0 * b / bandwidth);
+    let record = |f: Figure, figures: &mut Vec<Figure>| {
+        eprintln!("  {:<20} {:<26} {:>10.3} ms", f.kernel, f.shape, f.median_ms);
+        figures.push(f);
+    };
+    let copy =
+        bench::measure(&gpu, &mut bench::copy_case(&gpu, if scale == Scale::Small { 64 << 20 } else { 512 << 20 })?)?;
+    let copy_gbps = copy.gbps.unwrap_or(f64::NAN);
+    record(copy, &mut figures);
+    // Each group's tensors are dropped (and the pool trimmed) before the next is built.
+    for mm in bench::matmul_shapes(scale) {
+        let mut case = bench::matmul_case(&gpu, mm)?;
+        if wanted(&case.kernel) {
+            record(bench::measure(&gpu, &mut case)?, &mut figures);
         }
     }
+    gpu.trim_pool();
+    if wanted("attention") {
+        for t in bench::attention_lengths(scale) {
+            for mut case in bench::attention_cases(&gpu, t)? {
+                record(bench::measure(&gpu, &mut case)?, &mut figures);
+            }
+            gpu.trim_pool();
+        }
+    }
+    for mut case in bench::memory_cases(&gpu, scale)? {
+        if wanted(&case.kernel) {
+            record(bench::measure(&gpu, &mut case)?, &mut figures);
+        }
+    }
+    let best = bench::apply_rooflines(&mut figures, copy_gbps);
     if args.json {
         let doc = serde_json::json!({
             "adapter": gpu.describe(),
             "driver": format!("{} {}", gpu.info().driver, gpu.info().driver_info),
             "matmul_tile": gpu.matmul_tile().to_string(),
-            "copy_gbps": bandwidth,
-            "best_matmul_gflops": best_gflops,
+            "scale": format!("{scale:?}"),
+            "copy_gbps": copy_gbps,
+            "best_matmul_gflops": best,
             "figures": figures,
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).expect("figures serialise")
-        );
+        println!("{}", serde_json::to_string_pretty(&doc).expect("figures serialise"));
         return Ok(());
     }
-    println!(
-        "kiln bench on {} (matmul tile {})",
-        gpu.describe(),
-        gpu.matmul_tile()
-    );
-    println!(
-        "{:<22} {:<18} {:>10} {:>10} {:>9} {:>9}",
-        "kernel", "shape", "median ms", "GFLOP/s", "GB/s", "roofline"
-    );
+    println!("kiln bench on {} (matmul tile {}, scale {scale:?})", gpu.describe(), gpu.matmul_tile());
+    println!("{:<20} {:<26} {:>10} {:>9} {:>8} {:>9}", "kernel", "shape", "median ms", "GFLOP/s", "GB/s", "roofline");
+    let opt = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1}{unit}"));
     for f in &figures {
-        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         println!(
-            "{:<22} {:<18} {:>10.3} {:>10} {:>9} {:>8}%",
+            "{:<20} {:<26} {:>10.3} {:>9} {:>8} {:>9}",
             f.kernel,
             f.shape,
             f.median_ms,
-            opt(f.gflops),
-            opt(f.gbps),
-            opt(f.roofline_pct)
+            opt(f.gflops, ""),
+            opt(f.gbps, ""),
+            opt(f.roofline_pct, "%")
         );
     }
+    println!(
+        "roofline: compute-bound rows against the best matmul ({best:.1} GFLOP/s), memory-bound rows against the device copy ({copy_gbps:.1} GB/s)"
+    );
     Ok(())
 }

@@ -40,9 +40,7 @@ pub fn run(args: DevicesArgs) -> Result<()> {
                 name: info.name.clone(),
                 backend: format!("{:?}", info.backend),
                 device_type: format!("{:?}", info.device_type),
-                driver: format!("{} {}", info.driver, info.driver_info)
-                    .trim()
-                    .to_string(),
+                driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
                 max_buffer_size: l.max_buffer_size,
                 max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
                 max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
@@ -55,17 +53,11 @@ pub fn run(args: DevicesArgs) -> Result<()> {
         return Err(crate::Error::NoAdapter);
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).expect("rows serialise")
-        );
+        println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"));
         return Ok(());
     }
     for r in &rows {
-        println!(
-            "[{}] {} ({}, {}) driver: {}",
-            r.index, r.name, r.backend, r.device_type, r.driver
-        );
+        println!("[{}] {} ({}, {}) driver: {}", r.index, r.name, r.backend, r.device_type, r.driver);
         println!(
             "    max buffer {} MiB, max storage binding {} MiB, workgroup storage {} KiB, {} invocations/workgroup, matmul tile {}",
             r.max_buffer_size >> 20,

@@ -8,11 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::error::Result;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "kiln",
-    version,
-    about = "Fine-tune transformers on any GPU (wgpu + WGSL kernels)"
-)]
+#[command(name = "kiln", version, about = "Fine-tune transformers on any GPU (wgpu + WGSL kernels)")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -44,8 +40,6 @@ pub struct AdapterArgs {
 
 impl AdapterArgs {
     pub fn open(&self) -> Result<crate::Gpu> {
-        crate::Gpu::new(&crate::gpu::AdapterChoice::from_flag_or_env(
-            self.adapter.as_deref(),
-        ))
+        crate::Gpu::new(&crate::gpu::AdapterChoice::from_flag_or_env(self.adapter.as_deref()))
     }
 }

@@ -27,9 +27,7 @@ impl AdapterChoice {
     pub fn from_flag_or_env(flag: Option<&str>) -> Self {
         match flag {
             Some(text) => Self::parse(text),
-            None => std::env::var("KILN_ADAPTER")
-                .map(|v| Self::parse(&v))
-                .unwrap_or(AdapterChoice::Best),
+            None => std::env::var("KILN_ADAPTER").map(|v| Self::parse(&v)).unwrap_or(AdapterChoice::Best),
         }
     }
 }
@@ -47,11 +45,7 @@ pub fn list(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
     let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     adapters.sort_by_key(|a| {
         let info = a.get_info();
-        (
-            type_rank(info.device_type),
-            info.name.clone(),
-            format!("{:?}", info.backend),
-        )
+        (type_rank(info.device_type), info.name.clone(), format!("{:?}", info.backend))
     });
     adapters
 }
@@ -70,10 +64,7 @@ pub(crate) fn describe(info: &wgpu::AdapterInfo) -> String {
     format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
 }
 
-pub(crate) fn choose(
-    adapters: Vec<wgpu::Adapter>,
-    choice: &AdapterChoice,
-) -> Result<wgpu::Adapter> {
+pub(crate) fn choose(adapters: Vec<wgpu::Adapter>, choice: &AdapterChoice) -> Result<wgpu::Adapter> {
     if adapters.is_empty() {
         return Err(Error::NoAdapter);
     }
@@ -90,16 +81,11 @@ pub(crate) fn choose(
         AdapterChoice::Index(i) => (*i < adapters.len()).then_some(*i),
         AdapterChoice::Name(name) => {
             let name = name.to_lowercase();
-            adapters
-                .iter()
-                .position(|a| a.get_info().name.to_lowercase().contains(&name))
+            adapters.iter().position(|a| a.get_info().name.to_lowercase().contains(&name))
         }
     };
     match found {
         Some(i) => Ok(adapters.into_iter().nth(i).expect("index checked above")),
-        None => Err(Error::AdapterNotFound {
-            wanted: format!("{choice:?}"),
-            available: names(),
-        }),
+        None => Err(Error::AdapterNotFound { wanted: format!("{choice:?}"), available: names() }),
     }
 }

@@ -59,16 +59,11 @@ impl Gpu {
             required_limits: limits.clone(),
             ..Default::default()
         }))
-        .map_err(|e| Error::RequestDevice {
-            adapter: adapter::describe(&info),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| Error::RequestDevice { adapter: adapter::describe(&info), reason: e.to_string() })?;
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            sink.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(e.to_string());
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
         }));
         let dummies = (0..MAX_BINDINGS)
             .map(|_| {
@@ -103,6 +98,12 @@ impl Gpu {
         &self.limits
     }
 
+    /// Lowers the storage binding size kiln will use below the adapter's, to see how code
+    /// behaves on a smaller adapter (tests, and reproducing a user's limit).
+    pub fn cap_storage_binding(&mut self, bytes: u64) {
+        self.limits.max_storage_buffer_binding_size = self.limits.max_storage_buffer_binding_size.min(bytes);
+    }
+
     /// "name (backend, type)", for logs and benchmark reports.
     pub fn describe(&self) -> String {
         adapter::describe(&self.info)
@@ -131,12 +132,7 @@ impl Gpu {
     }
 
     /// A buffer of at least `bytes` from the pool; checks the adapter's buffer size limit.
-    pub(crate) fn allocate(
-        &self,
-        op: &'static str,
-        tensor: &'static str,
-        bytes: u64,
-    ) -> Result<pool::Allocation> {
+    pub(crate) fn allocate(&self, op: &'static str, tensor: &'static str, bytes: u64) -> Result<pool::Allocation> {
         if bytes > self.limits.max_buffer_size {
             return Err(Error::TooLarge {
                 op,
@@ -146,19 +142,14 @@ impl Gpu {
                 limit: self.limits.max_buffer_size,
             });
         }
-        Ok(self
-            .pool
-            .take(&self.device, bytes, self.limits.max_buffer_size))
+        Ok(self.pool.take(&self.device, bytes, self.limits.max_buffer_size))
     }
 
     /// Records into the pending encoder, creating it if needed.
     pub(crate) fn record<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
         let mut guard = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
         let encoder = guard.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("kiln step"),
-                })
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kiln step") })
         });
         f(encoder)
     }
@@ -166,32 +157,31 @@ impl Gpu {
     /// Writes bytes into a tensor's buffer through the queue. Pending commands are submitted
     /// first, because a queue write lands before any command buffer submitted after it.
     pub(crate) fn write_bytes(&self, tensor: &Tensor, data: &[u8]) -> Result<()> {
-        if self
-            .encoder
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-        {
+        let pending = self.encoder.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        if pending {
             self.submit()?;
         }
         if !data.is_empty() {
-            self.queue.write_buffer(tensor.buffer(), 0, data);
+            self.queue.write_buffer(tensor.buffer(), tensor.offset(), data);
         }
         Ok(())
     }
 
     /// Submits everything recorded so far (one `queue.submit`), and reports any error wgpu
     /// raised while recording it.
+    ///
+    /// The encoder lock is held throughout, and only buffers released before the encoder was
+    /// taken become reusable: a buffer dropped by another thread after recording into a newer
+    /// encoder must stay reserved until that encoder is submitted too.
     pub fn submit(&self) -> Result<()> {
-        let encoder = self
-            .encoder
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(encoder) = encoder {
-            self.queue.submit([encoder.finish()]);
+        {
+            let mut guard = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
+            let released = self.pool.take_pending();
+            if let Some(encoder) = guard.take() {
+                self.queue.submit([encoder.finish()]);
+            }
+            self.pool.make_free(released);
         }
-        self.pool.after_submit();
         self.check_errors("submit")
     }
 
@@ -200,10 +190,7 @@ impl Gpu {
         self.submit()?;
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu {
-                context: "synchronize".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| Error::Gpu { context: "synchronize".into(), message: e.to_string() })?;
         self.check_errors("synchronize")
     }
 
@@ -213,10 +200,7 @@ impl Gpu {
             return Ok(());
         }
         let message = errors.drain(..).collect::<Vec<_>>().join("; ");
-        Err(Error::Gpu {
-            context: context.to_string(),
-            message,
-        })
+        Err(Error::Gpu { context: context.to_string(), message })
     }
 
     /// Copies `len` bytes at `offset` of a tensor to the CPU, mapping only that range.
@@ -224,17 +208,14 @@ impl Gpu {
         if len == 0 {
             return Ok(Vec::new());
         }
-        debug_assert!(
-            offset % 4 == 0 && len % 4 == 0,
-            "readback must be 4-byte aligned"
-        );
+        debug_assert!(offset.is_multiple_of(4) && len.is_multiple_of(4), "readback must be 4-byte aligned");
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("kiln readback"),
             size: len,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.record(|enc| enc.copy_buffer_to_buffer(tensor.buffer(), offset, &staging, 0, len));
+        self.record(|enc| enc.copy_buffer_to_buffer(tensor.buffer(), tensor.offset() + offset, &staging, 0, len));
         self.submit()?;
         let slice = staging.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -243,25 +224,13 @@ impl Gpu {
         });
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu {
-                context: "readback".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| Error::Gpu { context: "readback".into(), message: e.to_string() })?;
         rx.recv()
-            .map_err(|e| Error::Gpu {
-                context: "readback".into(),
-                message: e.to_string(),
-            })?
-            .map_err(|e| Error::Gpu {
-                context: "readback map".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| Error::Gpu { context: "readback".into(), message: e.to_string() })?
+            .map_err(|e| Error::Gpu { context: "readback map".into(), message: e.to_string() })?;
         let bytes = slice
             .get_mapped_range()
-            .map_err(|e| Error::Gpu {
-                context: "readback view".into(),
-                message: e.to_string(),
-            })?
+            .map_err(|e| Error::Gpu { context: "readback view".into(), message: e.to_string() })?
             .to_vec();
         staging.unmap();
         self.check_errors("readback")?;
@@ -272,7 +241,7 @@ impl Gpu {
     pub fn clear(&self, tensor: &Tensor) {
         let bytes = tensor.byte_len().next_multiple_of(4);
         if bytes > 0 {
-            self.record(|enc| enc.clear_buffer(tensor.buffer(), 0, Some(bytes)));
+            self.record(|enc| enc.clear_buffer(tensor.buffer(), tensor.offset(), Some(bytes)));
         }
     }
 
@@ -281,16 +250,12 @@ impl Gpu {
         if src.byte_len() != dst.byte_len() {
             return Err(Error::invalid(
                 "copy",
-                format!(
-                    "source has {} bytes, destination {}",
-                    src.byte_len(),
-                    dst.byte_len()
-                ),
+                format!("source has {} bytes, destination {}", src.byte_len(), dst.byte_len()),
             ));
         }
         let bytes = src.byte_len();
         if bytes > 0 {
-            self.record(|enc| enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes));
+            self.record(|enc| enc.copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), bytes));
         }
         Ok(())
     }
@@ -310,21 +275,17 @@ impl Gpu {
         let max_groups = self.limits.max_compute_workgroups_per_dimension;
         for g in groups {
             if g > max_groups {
-                return Err(Error::DispatchTooLarge {
-                    op,
-                    groups: g as u64,
-                    limit: max_groups,
-                });
+                return Err(Error::DispatchTooLarge { op, groups: g as u64, limit: max_groups });
             }
         }
         if groups.contains(&0) {
             return Ok(());
         }
         let max_binding = self.limits.max_storage_buffer_binding_size;
+        let align = self.limits.min_storage_buffer_offset_alignment as u64;
         for (name, tensor) in bindings {
-            if let Some(t) = tensor
-                && t.byte_len() > max_binding
-            {
+            let Some(t) = tensor else { continue };
+            if t.byte_len() > max_binding {
                 return Err(Error::TooLarge {
                     op,
                     tensor: name,
@@ -333,32 +294,33 @@ impl Gpu {
                     limit: max_binding,
                 });
             }
+            if t.offset() % align != 0 {
+                return Err(Error::invalid(
+                    op,
+                    format!(
+                        "tensor `{name}` is a view at byte {}, not a multiple of the adapter's storage offset alignment {align}",
+                        t.offset()
+                    ),
+                ));
+            }
         }
         let pipeline = self.pipelines.get(&self.device, spec)?;
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(op),
-                contents: params,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
+        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(op),
+            contents: params,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
         for (i, (_, tensor)) in bindings.iter().enumerate() {
             let resource = match tensor {
                 Some(t) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: t.buffer(),
-                    offset: 0,
+                    offset: t.offset(),
                     size: wgpu::BufferSize::new(t.byte_len().max(4).next_multiple_of(4)),
                 }),
                 None => self.dummies[i].as_entire_binding(),
             };
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
-                resource,
-            });
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(op),
@@ -366,10 +328,8 @@ impl Gpu {
             entries: &entries,
         });
         self.record(|enc| {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(op),
-                timestamp_writes: None,
-            });
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op), timestamp_writes: None });
             pass.set_pipeline(&pipeline.pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -382,10 +342,6 @@ impl Gpu {
     /// `(wg.y * num_workgroups.x + wg.x)`.
     pub fn grid_1d(&self, n: u64) -> [u32; 3] {
         let max = self.limits.max_compute_workgroups_per_dimension as u64;
-        if n <= max {
-            [n as u32, 1, 1]
-        } else {
-            [max as u32, n.div_ceil(max) as u32, 1]
-        }
+        if n <= max { [n as u32, 1, 1] } else { [max as u32, n.div_ceil(max) as u32, 1] }
     }
 }

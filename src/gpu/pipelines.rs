@@ -36,10 +36,13 @@ pub struct KernelSpec<'a> {
     pub access: &'a [Access],
 }
 
+/// (shader file, constants header, entry point).
+type PipelineKey = (String, String, &'static str);
+
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     modules: Mutex<HashMap<(String, String), Arc<wgpu::ShaderModule>>>,
-    pipelines: Mutex<HashMap<(String, String, &'static str), Arc<Pipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
 }
 
 pub(crate) struct Pipeline {
@@ -49,17 +52,8 @@ pub(crate) struct Pipeline {
 
 impl PipelineCache {
     pub(crate) fn get(&self, device: &wgpu::Device, spec: &KernelSpec) -> Result<Arc<Pipeline>> {
-        let key = (
-            spec.file.name.to_string(),
-            spec.header.to_string(),
-            spec.entry,
-        );
-        if let Some(p) = self
-            .pipelines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
+        let key = (spec.file.name.to_string(), spec.header.to_string(), spec.entry);
+        if let Some(p) = self.pipelines.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(p.clone());
         }
         let module = self.module(device, spec)?;
@@ -79,17 +73,10 @@ impl PipelineCache {
             cache: None,
         });
         if let Some(err) = pollster::block_on(scope.pop()) {
-            return Err(Error::Shader {
-                file: spec.file.name,
-                entry: spec.entry,
-                message: err.to_string(),
-            });
+            return Err(Error::Shader { file: spec.file.name, entry: spec.entry, message: err.to_string() });
         }
         let p = Arc::new(Pipeline { pipeline, layout });
-        self.pipelines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, p.clone());
+        self.pipelines.lock().unwrap_or_else(|e| e.into_inner()).insert(key, p.clone());
         Ok(p)
     }
 
@@ -106,11 +93,7 @@ impl PipelineCache {
             source: wgpu::ShaderSource::Wgsl(source.into()),
         });
         if let Some(err) = pollster::block_on(scope.pop()) {
-            return Err(Error::Shader {
-                file: spec.file.name,
-                entry: spec.entry,
-                message: err.to_string(),
-            });
+            return Err(Error::Shader { file: spec.file.name, entry: spec.entry, message: err.to_string() });
         }
         let module = Arc::new(module);
         modules.insert(key, module.clone());
@@ -134,17 +117,12 @@ fn bind_group_layout(device: &wgpu::Device, spec: &KernelSpec) -> wgpu::BindGrou
             binding: i as u32 + 1,
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage {
-                    read_only: *access == Access::Read,
-                },
+                ty: wgpu::BufferBindingType::Storage { read_only: *access == Access::Read },
                 has_dynamic_offset: false,
                 min_binding_size: None,
             },
             count: None,
         });
     }
-    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some(spec.entry),
-        entries: &entries,
-    })
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(spec.entry), entries: &entries })
 }

@@ -6,14 +6,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub(crate) const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
+pub(crate) const USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 #[derive(Default)]
 struct State {
     free: HashMap<u64, Vec<wgpu::Buffer>>,
-    /// Released since the last submit; moved to `free` by [`Pool::after_submit`].
+    /// Released since the last submit; moved to `free` when the next submit is done.
     pending: Vec<(u64, wgpu::Buffer)>,
     /// Bytes held by live and pooled buffers, for `kiln devices` and memory reports.
     allocated: u64,
@@ -68,17 +67,18 @@ impl Pool {
                 })
             }
         };
-        Allocation {
-            buffer: Some(buffer),
-            bucket,
-            pool: self.clone(),
-        }
+        Allocation { buffer: Some(buffer), bucket, pool: self.clone() }
     }
 
-    pub(crate) fn after_submit(&self) {
+    /// The buffers released so far; they become reusable once the commands recorded before
+    /// their release are submitted ([`Pool::make_free`]).
+    pub(crate) fn take_pending(&self) -> Vec<(u64, wgpu::Buffer)> {
+        std::mem::take(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()).pending)
+    }
+
+    pub(crate) fn make_free(&self, released: Vec<(u64, wgpu::Buffer)>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let pending = std::mem::take(&mut state.pending);
-        for (bucket, buffer) in pending {
+        for (bucket, buffer) in released {
             state.free.entry(bucket).or_default().push(buffer);
         }
     }
@@ -92,9 +92,6 @@ impl Pool {
     }
 
     pub(crate) fn allocated_bytes(&self) -> u64 {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allocated
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).allocated
     }
 }

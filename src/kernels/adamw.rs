@@ -20,12 +20,7 @@ pub struct AdamW {
 
 impl Default for AdamW {
     fn default() -> Self {
-        AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }
+        AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
     }
 }
 
@@ -78,10 +73,7 @@ pub fn step(
 ) -> Result<()> {
     const OP: &str = "adamw";
     if step == 0 {
-        return Err(Error::invalid(
-            OP,
-            "steps count from 1 (bias correction divides by 1 - beta^step)",
-        ));
+        return Err(Error::invalid(OP, "steps count from 1 (bias correction divides by 1 - beta^step)"));
     }
     let n = param.numel();
     for (name, t) in [("grad", grad), ("m", m), ("v", v)] {

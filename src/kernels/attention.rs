@@ -23,23 +23,8 @@ pub struct AttentionSpec {
 }
 
 impl AttentionSpec {
-    pub fn new(
-        batch: usize,
-        seq: usize,
-        q_heads: usize,
-        kv_heads: usize,
-        head_dim: usize,
-        causal: bool,
-    ) -> Self {
-        AttentionSpec {
-            batch,
-            seq,
-            q_heads,
-            kv_heads,
-            head_dim,
-            causal,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-        }
+    pub fn new(batch: usize, seq: usize, q_heads: usize, kv_heads: usize, head_dim: usize, causal: bool) -> Self {
+        AttentionSpec { batch, seq, q_heads, kv_heads, head_dim, causal, scale: 1.0 / (head_dim as f32).sqrt() }
     }
 
     /// Multiply-adds of the forward (two matmuls of T×T×D per head, halved when causal).
@@ -80,20 +65,14 @@ fn check(
     v: &Tensor,
     key_mask: Option<&Tensor>,
 ) -> Result<Params> {
-    if s.q_heads == 0 || s.kv_heads == 0 || s.q_heads % s.kv_heads != 0 {
+    if s.q_heads == 0 || s.kv_heads == 0 || !s.q_heads.is_multiple_of(s.kv_heads) {
         return Err(Error::invalid(
             op,
-            format!(
-                "query heads ({}) must be a positive multiple of key/value heads ({})",
-                s.q_heads, s.kv_heads
-            ),
+            format!("query heads ({}) must be a positive multiple of key/value heads ({})", s.q_heads, s.kv_heads),
         ));
     }
     if s.head_dim == 0 || s.head_dim > MAX_HEAD_DIM {
-        return Err(Error::invalid(
-            op,
-            format!("head_dim {} is outside 1..={MAX_HEAD_DIM}", s.head_dim),
-        ));
+        return Err(Error::invalid(op, format!("head_dim {} is outside 1..={MAX_HEAD_DIM}", s.head_dim)));
     }
     let qn = s.batch * s.seq * s.q_heads * s.head_dim;
     let kn = s.batch * s.seq * s.kv_heads * s.head_dim;
@@ -126,11 +105,7 @@ fn groups(gpu: &Gpu, s: &AttentionSpec, heads: usize) -> Result<[u32; 3]> {
     let planes = u32_of("attention", "batch × heads", s.batch * heads)?;
     let max = gpu.limits().max_compute_workgroups_per_dimension;
     if planes > max {
-        return Err(Error::DispatchTooLarge {
-            op: "attention",
-            groups: planes as u64,
-            limit: max,
-        });
+        return Err(Error::DispatchTooLarge { op: "attention", groups: planes as u64, limit: max });
     }
     Ok([blocks, planes, 1])
 }
@@ -156,14 +131,7 @@ pub fn forward(
         file: shader!("attention"),
         entry: "attn_fwd",
         header: &header,
-        access: &[
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::ReadWrite,
-            Access::ReadWrite,
-        ],
+        access: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite],
     };
     gpu.dispatch(
         OP,
@@ -223,23 +191,14 @@ pub fn backward(
         OP,
         &delta,
         bytemuck::bytes_of(&p),
-        &[
-            ("dout", Some(dout)),
-            ("out", Some(&fwd.out)),
-            ("stats", Some(&fwd.stats)),
-        ],
+        &[("dout", Some(dout)), ("out", Some(&fwd.out)), ("stats", Some(&fwd.stats))],
         groups(gpu, s, s.q_heads)?,
     )?;
     p.accumulate = accumulate as u32;
     let read6 = [Access::Read; 6];
     let mut access = read6.to_vec();
     access.push(Access::ReadWrite);
-    let dq_spec = KernelSpec {
-        file,
-        entry: "attn_bwd_dq",
-        header: &header,
-        access: &access,
-    };
+    let dq_spec = KernelSpec { file, entry: "attn_bwd_dq", header: &header, access: &access };
     gpu.dispatch(
         OP,
         &dq_spec,
@@ -256,12 +215,7 @@ pub fn backward(
         groups(gpu, s, s.q_heads)?,
     )?;
     access.push(Access::ReadWrite);
-    let dkv_spec = KernelSpec {
-        file,
-        entry: "attn_bwd_dkv",
-        header: &header,
-        access: &access,
-    };
+    let dkv_spec = KernelSpec { file, entry: "attn_bwd_dkv", header: &header, access: &access };
     gpu.dispatch(
         OP,
         &dkv_spec,

@@ -39,19 +39,10 @@ impl DropoutMask {
 /// out (+)= x·mask/(1−p). Used for the forward (x) and the backward (dy) alike.
 ///
 /// Bindings: 1 x, 2 out.
-pub fn apply_into(
-    gpu: &Gpu,
-    mask: DropoutMask,
-    x: &Tensor,
-    out: &Tensor,
-    accumulate: bool,
-) -> Result<()> {
+pub fn apply_into(gpu: &Gpu, mask: DropoutMask, x: &Tensor, out: &Tensor, accumulate: bool) -> Result<()> {
     const OP: &str = "dropout";
     if !(0.0..1.0).contains(&mask.p) {
-        return Err(Error::invalid(
-            OP,
-            format!("dropout probability must be in [0, 1), got {}", mask.p),
-        ));
+        return Err(Error::invalid(OP, format!("dropout probability must be in [0, 1), got {}", mask.p)));
     }
     expect_numel(OP, "out", out, x.numel(), "the size of x")?;
     let p = Params {

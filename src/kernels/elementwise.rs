@@ -63,25 +63,13 @@ fn launch(
     access: &[Access],
     bindings: &[Binding],
 ) -> Result<()> {
-    let spec = KernelSpec {
-        file: shader!("elementwise"),
-        entry,
-        header: "",
-        access,
-    };
+    let spec = KernelSpec { file: shader!("elementwise"), entry, header: "", access };
     let groups = gpu.grid_1d((params.n as u64).div_ceil(256));
     gpu.dispatch(op, &spec, bytemuck::bytes_of(&params), bindings, groups)
 }
 
 fn params(op: &'static str, n: usize, alpha: f32, beta: f32, accumulate: bool) -> Result<Params> {
-    Ok(Params {
-        n: u32_of(op, "element count", n)?,
-        cols: 1,
-        alpha,
-        beta,
-        accumulate: accumulate as u32,
-        _pad: [0; 3],
-    })
+    Ok(Params { n: u32_of(op, "element count", n)?, cols: 1, alpha, beta, accumulate: accumulate as u32, _pad: [0; 3] })
 }
 
 fn same_numel(op: &'static str, names: [&'static str; 2], a: &Tensor, b: &Tensor) -> Result<()> {
@@ -114,14 +102,7 @@ pub fn add_into(
     same_numel(OP, ["x", "y"], x, y)?;
     same_numel(OP, ["x", "out"], x, out)?;
     let p = params(OP, x.numel(), alpha, beta, accumulate)?;
-    launch(
-        gpu,
-        OP,
-        "add",
-        p,
-        THREE,
-        &[("x", Some(x)), ("y", Some(y)), ("out", Some(out))],
-    )
+    launch(gpu, OP, "add", p, THREE, &[("x", Some(x)), ("y", Some(y)), ("out", Some(out))])
 }
 
 /// x + y (residual connections).
@@ -136,28 +117,14 @@ pub fn axpy(gpu: &Gpu, alpha: f32, x: &Tensor, out: &Tensor) -> Result<()> {
     const OP: &str = "axpy";
     same_numel(OP, ["x", "out"], x, out)?;
     let p = params(OP, x.numel(), alpha, 0.0, true)?;
-    launch(
-        gpu,
-        OP,
-        "scale",
-        p,
-        THREE,
-        &[("x", Some(x)), ("y", None), ("out", Some(out))],
-    )
+    launch(gpu, OP, "scale", p, THREE, &[("x", Some(x)), ("y", None), ("out", Some(out))])
 }
 
 /// alpha·x.
 pub fn scale(gpu: &Gpu, x: &Tensor, alpha: f32) -> Result<Tensor> {
     let out = output_like(gpu, x)?;
     let p = params("scale", x.numel(), alpha, 0.0, false)?;
-    launch(
-        gpu,
-        "scale",
-        "scale",
-        p,
-        THREE,
-        &[("x", Some(x)), ("y", None), ("out", Some(&out))],
-    )?;
+    launch(gpu, "scale", "scale", p, THREE, &[("x", Some(x)), ("y", None), ("out", Some(&out))])?;
     Ok(out)
 }
 
@@ -167,14 +134,7 @@ pub fn mul_into(gpu: &Gpu, x: &Tensor, y: &Tensor, out: &Tensor, accumulate: boo
     same_numel(OP, ["x", "y"], x, y)?;
     same_numel(OP, ["x", "out"], x, out)?;
     let p = params(OP, x.numel(), 1.0, 0.0, accumulate)?;
-    launch(
-        gpu,
-        OP,
-        "mul",
-        p,
-        THREE,
-        &[("x", Some(x)), ("y", Some(y)), ("out", Some(out))],
-    )
+    launch(gpu, OP, "mul", p, THREE, &[("x", Some(x)), ("y", Some(y)), ("out", Some(out))])
 }
 
 /// x + bias broadcast over rows: x `[..., C]`, bias `[C]`.
@@ -185,14 +145,7 @@ pub fn add_bias(gpu: &Gpu, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let out = output_like(gpu, x)?;
     let mut p = params(OP, x.numel(), 1.0, 1.0, false)?;
     p.cols = u32_of(OP, "columns", cols.max(1))?;
-    launch(
-        gpu,
-        OP,
-        "add_bias",
-        p,
-        THREE,
-        &[("x", Some(x)), ("bias", Some(bias)), ("out", Some(&out))],
-    )?;
+    launch(gpu, OP, "add_bias", p, THREE, &[("x", Some(x)), ("bias", Some(bias)), ("out", Some(&out))])?;
     Ok(out)
 }
 
@@ -201,14 +154,7 @@ pub fn activation(gpu: &Gpu, act: Activation, x: &Tensor) -> Result<Tensor> {
     let (entry, _) = act.entries();
     let out = output_like(gpu, x)?;
     let p = params(entry, x.numel(), 1.0, 0.0, false)?;
-    launch(
-        gpu,
-        entry,
-        entry,
-        p,
-        THREE,
-        &[("x", Some(x)), ("y", None), ("out", Some(&out))],
-    )?;
+    launch(gpu, entry, entry, p, THREE, &[("x", Some(x)), ("y", None), ("out", Some(&out))])?;
     Ok(out)
 }
 
@@ -225,14 +171,7 @@ pub fn activation_backward(
     same_numel(entry, ["x", "dy"], x, dy)?;
     same_numel(entry, ["x", "dx"], x, dx)?;
     let p = params(entry, x.numel(), 1.0, 0.0, accumulate)?;
-    launch(
-        gpu,
-        entry,
-        entry,
-        p,
-        THREE,
-        &[("x", Some(x)), ("dy", Some(dy)), ("dx", Some(dx))],
-    )
+    launch(gpu, entry, entry, p, THREE, &[("x", Some(x)), ("dy", Some(dy)), ("dx", Some(dx))])
 }
 
 /// silu(gate)·up (Llama's MLP).
@@ -241,14 +180,7 @@ pub fn swiglu(gpu: &Gpu, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     same_numel(OP, ["gate", "up"], gate, up)?;
     let out = output_like(gpu, gate)?;
     let p = params(OP, gate.numel(), 1.0, 0.0, false)?;
-    launch(
-        gpu,
-        OP,
-        OP,
-        p,
-        THREE,
-        &[("gate", Some(gate)), ("up", Some(up)), ("out", Some(&out))],
-    )?;
+    launch(gpu, OP, OP, p, THREE, &[("gate", Some(gate)), ("up", Some(up)), ("out", Some(&out))])?;
     Ok(out)
 }
 
@@ -269,25 +201,13 @@ pub fn swiglu_backward(
         same_numel(OP, ["gate", name], gate, t)?;
     }
     let p = params(OP, gate.numel(), 1.0, 0.0, accumulate)?;
-    let access = &[
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    ];
+    let access = &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
     launch(
         gpu,
         OP,
         OP,
         p,
         access,
-        &[
-            ("gate", Some(gate)),
-            ("up", Some(up)),
-            ("dy", Some(dy)),
-            ("dgate", Some(dgate)),
-            ("dup", Some(dup)),
-        ],
+        &[("gate", Some(gate)), ("up", Some(up)), ("dy", Some(dy)), ("dgate", Some(dgate)), ("dup", Some(dup))],
     )
 }

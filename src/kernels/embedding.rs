@@ -6,7 +6,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_numel, shader, u32_of};
+use super::{expect_numel, row_chunks, shader, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Gpu, KernelSpec};
 use crate::tensor::{DType, Tensor};
@@ -18,15 +18,13 @@ struct Params {
     cols: u32,
     vocab: u32,
     accumulate: u32,
+    row_start: u32,
+    _pad: [u32; 3],
 }
 
 /// Errors on an id outside the table, naming its position.
 pub fn check_ids(ids: &[u32], vocab: usize, what: &str) -> Result<()> {
-    if let Some((pos, id)) = ids
-        .iter()
-        .enumerate()
-        .find(|(_, id)| **id as usize >= vocab)
-    {
+    if let Some((pos, id)) = ids.iter().enumerate().find(|(_, id)| **id as usize >= vocab) {
         return Err(Error::invalid(
             "embedding",
             format!("{what} id {id} at position {pos} is outside the table of {vocab} rows"),
@@ -35,16 +33,11 @@ pub fn check_ids(ids: &[u32], vocab: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// out (+)= table[ids]: table `[V, C]`, ids `[...]` u32, out `[..., C]`.
+/// out (+)= table[ids]: table `[V, C]`, ids `[...]` u32, out `[..., C]`. A table larger
+/// than one storage binding (GPT-2's on lavapipe) is gathered in row chunks.
 ///
-/// Bindings: 1 table, 2 ids, 3 out.
-pub fn gather_into(
-    gpu: &Gpu,
-    table: &Tensor,
-    ids: &Tensor,
-    out: &Tensor,
-    accumulate: bool,
-) -> Result<()> {
+/// Bindings: 1 table (or a chunk of its rows), 2 ids, 3 out.
+pub fn gather_into(gpu: &Gpu, table: &Tensor, ids: &Tensor, out: &Tensor, accumulate: bool) -> Result<()> {
     const OP: &str = "embedding";
     if table.rank() != 2 {
         return Err(Error::Shape {
@@ -57,30 +50,37 @@ pub fn gather_into(
     ids.expect_dtype(OP, DType::U32)?;
     let (vocab, cols) = (table.dim(0), table.dim(1));
     expect_numel(OP, "out", out, ids.numel() * cols, "ids × embedding dim")?;
-    let p = Params {
-        rows: u32_of(OP, "ids", ids.numel())?,
-        cols: u32_of(OP, "dim", cols)?,
-        vocab: u32_of(OP, "vocab", vocab)?,
-        accumulate: accumulate as u32,
-    };
     let n = u32_of(OP, "ids × dim", ids.numel() * cols)? as u64;
+    u32_of(OP, "vocab", vocab)?;
+    let chunks = row_chunks(OP, gpu, vocab, (cols * 4) as u64)?;
+    // Each id is in exactly one chunk and the others add zero for it, so several chunks
+    // accumulate into a zeroed output.
+    let accumulate = if chunks.len() > 1 && !accumulate {
+        gpu.clear(out);
+        true
+    } else {
+        accumulate
+    };
     let spec = KernelSpec {
         file: shader!("embedding"),
         entry: "gather",
         header: "",
         access: &[Access::Read, Access::Read, Access::ReadWrite],
     };
-    gpu.dispatch(
-        OP,
-        &spec,
-        bytemuck::bytes_of(&p),
-        &[
-            ("table", Some(table)),
-            ("ids", Some(ids)),
-            ("out", Some(out)),
-        ],
-        gpu.grid_1d(n.div_ceil(256)),
-    )
+    for (start, count) in chunks {
+        let chunk = table.narrow_rows(start, count)?;
+        let p = Params {
+            rows: ids.numel() as u32,
+            cols: cols as u32,
+            vocab: count as u32,
+            accumulate: accumulate as u32,
+            row_start: start as u32,
+            _pad: [0; 3],
+        };
+        let bindings = [("table", Some(&chunk)), ("ids", Some(ids)), ("out", Some(out))];
+        gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), &bindings, gpu.grid_1d(n.div_ceil(256)))?;
+    }
+    Ok(())
 }
 
 /// table[ids] as a new `[..., C]` tensor.
@@ -125,49 +125,49 @@ impl GradIndex {
     }
 }
 
-/// dtable[id] += Σ dout[positions of id]: dout `[N, C]`, dtable `[V, C]`.
+/// dtable[id] += Σ dout[positions of id]: dout `[N, C]`, dtable `[V, C]` (bound in row
+/// chunks when larger than one storage binding).
 ///
-/// Bindings: 1 dout, 2 uids, 3 offsets, 4 positions, 5 dtable.
+/// Bindings: 1 dout, 2 uids, 3 offsets, 4 positions, 5 dtable (or a chunk of its rows).
 pub fn scatter_add(gpu: &Gpu, dout: &Tensor, index: &GradIndex, dtable: &Tensor) -> Result<()> {
     const OP: &str = "embedding_bwd";
-    let cols = dtable.dim(-1);
-    expect_numel(
-        OP,
-        "dout",
-        dout,
-        index.positions.numel() * cols,
-        "ids × embedding dim",
-    )?;
-    let p = Params {
-        rows: index.distinct as u32,
-        cols: u32_of(OP, "dim", cols)?,
-        vocab: u32_of(OP, "vocab", dtable.dim(0))?,
-        accumulate: 1,
-    };
+    if dtable.rank() != 2 {
+        return Err(Error::Shape {
+            op: OP,
+            tensor: "dtable",
+            expected: "[vocab, dim]".into(),
+            found: dtable.shape().to_vec(),
+        });
+    }
+    let (vocab, cols) = (dtable.dim(0), dtable.dim(1));
+    expect_numel(OP, "dout", dout, index.positions.numel() * cols, "ids × embedding dim")?;
+    u32_of(OP, "dim", cols)?;
+    u32_of(OP, "vocab", vocab)?;
     let n = (index.distinct * cols) as u64;
     let spec = KernelSpec {
         file: shader!("embedding"),
         entry: "scatter_add",
         header: "",
-        access: &[
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::ReadWrite,
-        ],
+        access: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
     };
-    gpu.dispatch(
-        OP,
-        &spec,
-        bytemuck::bytes_of(&p),
-        &[
+    for (start, count) in row_chunks(OP, gpu, vocab, (cols * 4) as u64)? {
+        let chunk = dtable.narrow_rows(start, count)?;
+        let p = Params {
+            rows: index.distinct as u32,
+            cols: cols as u32,
+            vocab: count as u32,
+            accumulate: 1,
+            row_start: start as u32,
+            _pad: [0; 3],
+        };
+        let bindings = [
             ("dout", Some(dout)),
             ("uids", Some(&index.uids)),
             ("offsets", Some(&index.offsets)),
             ("positions", Some(&index.positions)),
-            ("dtable", Some(dtable)),
-        ],
-        gpu.grid_1d(n.div_ceil(256)),
-    )
+            ("dtable", Some(&chunk)),
+        ];
+        gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), &bindings, gpu.grid_1d(n.div_ceil(256)))?;
+    }
+    Ok(())
 }

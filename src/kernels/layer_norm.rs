@@ -37,23 +37,12 @@ struct Params {
 }
 
 fn rows_cols(op: &'static str, x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
-    let cols = x
-        .shape()
-        .last()
-        .copied()
-        .ok_or_else(|| Error::invalid(op, "x must have at least one dimension"))?;
+    let cols = x.shape().last().copied().ok_or_else(|| Error::invalid(op, "x must have at least one dimension"))?;
     expect_numel(op, "gamma", gamma, cols, "the last dimension of x")?;
-    Ok((if cols == 0 { 0 } else { x.numel() / cols }, cols))
+    Ok((x.numel().checked_div(cols).unwrap_or(0), cols))
 }
 
-fn params(
-    op: &'static str,
-    norm: Norm,
-    rows: usize,
-    cols: usize,
-    eps: f32,
-    accumulate: bool,
-) -> Result<Params> {
+fn params(op: &'static str, norm: Norm, rows: usize, cols: usize, eps: f32, accumulate: bool) -> Result<Params> {
     Ok(Params {
         rows: u32_of(op, "rows", rows)?,
         cols: u32_of(op, "cols", cols)?,
@@ -93,14 +82,7 @@ pub fn forward(
         file: shader!("layer_norm"),
         entry: "norm_fwd",
         header: "",
-        access: &[
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::ReadWrite,
-            Access::ReadWrite,
-            Access::ReadWrite,
-        ],
+        access: &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite],
     };
     let beta = if norm == Norm::LayerNorm { beta } else { None };
     gpu.dispatch(
@@ -141,28 +123,13 @@ pub fn backward(
     expect_numel(OP, "dy", dy, x.numel(), "the size of x")?;
     expect_numel(OP, "rstd", &stats.rstd, rows, "one per row")?;
     if norm == Norm::LayerNorm && stats.mean.is_none() {
-        return Err(Error::invalid(
-            OP,
-            "LayerNorm backward needs the saved mean",
-        ));
+        return Err(Error::invalid(OP, "LayerNorm backward needs the saved mean"));
     }
     let p = params(OP, norm, rows, cols, 0.0, accumulate)?;
-    let six = &[
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::ReadWrite,
-    ];
+    let six = &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
     if let Some(dx) = dx {
         expect_numel(OP, "dx", dx, x.numel(), "the size of x")?;
-        let spec = KernelSpec {
-            file: shader!("layer_norm"),
-            entry: "norm_bwd_dx",
-            header: "",
-            access: six,
-        };
+        let spec = KernelSpec { file: shader!("layer_norm"), entry: "norm_bwd_dx", header: "", access: six };
         gpu.dispatch(
             OP,
             &spec,
@@ -187,14 +154,7 @@ pub fn backward(
             file: shader!("layer_norm"),
             entry: "norm_bwd_params",
             header: "",
-            access: &[
-                Access::Read,
-                Access::Read,
-                Access::Read,
-                Access::Read,
-                Access::ReadWrite,
-                Access::ReadWrite,
-            ],
+            access: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite],
         };
         let dbeta = if norm == Norm::LayerNorm { dbeta } else { None };
         gpu.dispatch(

@@ -56,10 +56,10 @@ impl MatmulTile {
 
     /// Whether the adapter can run this shape at all.
     pub fn fits(&self, limits: &wgpu::Limits) -> bool {
-        self.tm % 4 == 0
-            && self.tn % 4 == 0
-            && self.bm % self.tm == 0
-            && self.bn % self.tn == 0
+        self.tm.is_multiple_of(4)
+            && self.tn.is_multiple_of(4)
+            && self.bm.is_multiple_of(self.tm)
+            && self.bn.is_multiple_of(self.tn)
             && self.invocations() <= limits.max_compute_invocations_per_workgroup
             && self.invocations() <= limits.max_compute_workgroup_size_x
             && self.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
@@ -76,11 +76,7 @@ impl MatmulTile {
 
 impl std::fmt::Display for MatmulTile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}x{}x{}/{}x{}",
-            self.bm, self.bn, self.bk, self.tm, self.tn
-        )
+        write!(f, "{}x{}x{}/{}x{}", self.bm, self.bn, self.bk, self.tm, self.tn)
     }
 }
 
@@ -96,9 +92,7 @@ pub fn default_tile(device_type: wgpu::DeviceType) -> MatmulTile {
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os("KILN_CACHE") {
         Some(dir) => PathBuf::from(dir),
-        None => dirs::cache_dir()
-            .unwrap_or_else(std::env::temp_dir)
-            .join("kiln"),
+        None => dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("kiln"),
     }
 }
 
@@ -108,35 +102,24 @@ fn tune_file() -> PathBuf {
 
 /// The key a tuned tile is cached under: adapter name, backend and driver version.
 pub fn adapter_key(info: &wgpu::AdapterInfo) -> String {
-    format!(
-        "{} | {:?} | {} {}",
-        info.name, info.backend, info.driver, info.driver_info
-    )
+    format!("{} | {:?} | {} {}", info.name, info.backend, info.driver, info.driver_info)
 }
 
 /// The cached tile for this adapter if `kiln bench --tune` ran on it, else the default.
 /// `KILN_MATMUL_TILE=bm,bn,bk,tm,tn` overrides both (for experiments).
 pub fn tile_for_adapter(info: &wgpu::AdapterInfo) -> MatmulTile {
     if let Ok(text) = std::env::var("KILN_MATMUL_TILE") {
-        let v: Vec<u32> = text
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .collect();
+        let v: Vec<u32> = text.split(',').filter_map(|s| s.trim().parse().ok()).collect();
         if let [bm, bn, bk, tm, tn] = v[..] {
             return MatmulTile::new(bm, bn, bk, tm, tn);
         }
         eprintln!("warning: KILN_MATMUL_TILE={text:?} is not `bm,bn,bk,tm,tn`; ignored");
     }
-    read_tune_cache()
-        .remove(&adapter_key(info))
-        .unwrap_or_else(|| default_tile(info.device_type))
+    read_tune_cache().remove(&adapter_key(info)).unwrap_or_else(|| default_tile(info.device_type))
 }
 
 pub fn read_tune_cache() -> std::collections::BTreeMap<String, MatmulTile> {
-    std::fs::read_to_string(tune_file())
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default()
+    std::fs::read_to_string(tune_file()).ok().and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default()
 }
 
 /// Records the tuned tile for an adapter (written to a temporary file, then renamed).
@@ -169,16 +152,7 @@ pub struct Matmul {
 
 impl Matmul {
     pub fn new(m: usize, n: usize, k: usize) -> Self {
-        Matmul {
-            m,
-            n,
-            k,
-            batch: 1,
-            trans_a: false,
-            trans_b: false,
-            alpha: 1.0,
-            accumulate: false,
-        }
+        Matmul { m, n, k, batch: 1, trans_a: false, trans_b: false, alpha: 1.0, accumulate: false }
     }
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch;
@@ -243,14 +217,7 @@ fn batch_stride(name: &'static str, t: &Tensor, per_matrix: usize, batch: usize)
 ///
 /// Bindings: 1 `a`, 2 `b`, 3 `bias` (or nothing), 4 `c`. A and B may be one matrix shared
 /// across the batch, or one per batch entry; C is `[batch, M, N]`.
-pub fn matmul_into(
-    gpu: &Gpu,
-    mm: &Matmul,
-    a: &Tensor,
-    b: &Tensor,
-    bias: Option<&Tensor>,
-    c: &Tensor,
-) -> Result<()> {
+pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, c: &Tensor) -> Result<()> {
     for t in [a, b, c] {
         t.expect_dtype(OP, DType::F32)?;
     }
@@ -264,10 +231,7 @@ pub fn matmul_into(
         expect_numel(OP, "bias", bias, mm.n, "N")?;
     }
     if a.same_buffer(c) || b.same_buffer(c) {
-        return Err(Error::invalid(
-            OP,
-            "the output `c` must not share a buffer with `a` or `b`",
-        ));
+        return Err(Error::invalid(OP, "the output `c` must not share a buffer with `a` or `b`"));
     }
     let tile = gpu.matmul_tile();
     let params = Params {
@@ -295,21 +259,12 @@ pub fn matmul_into(
         header: &header,
         access: &[Access::Read, Access::Read, Access::Read, Access::ReadWrite],
     };
-    let groups = [
-        (mm.n as u32).div_ceil(tile.bn),
-        (mm.m as u32).div_ceil(tile.bm),
-        u32_of(OP, "batch", mm.batch)?,
-    ];
+    let groups = [(mm.n as u32).div_ceil(tile.bn), (mm.m as u32).div_ceil(tile.bm), u32_of(OP, "batch", mm.batch)?];
     gpu.dispatch(
         OP,
         &spec,
         bytemuck::bytes_of(&params),
-        &[
-            ("a", Some(a)),
-            ("b", Some(b)),
-            ("bias", bias),
-            ("c", Some(c)),
-        ],
+        &[("a", Some(a)), ("b", Some(b)), ("bias", bias), ("c", Some(c))],
         groups,
     )
 }
@@ -323,31 +278,16 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -
             op: OP,
             tensor: if a.rank() < 2 { "a" } else { "b" },
             expected: "at least 2 dims".into(),
-            found: if a.rank() < 2 {
-                a.shape().to_vec()
-            } else {
-                b.shape().to_vec()
-            },
+            found: if a.rank() < 2 { a.shape().to_vec() } else { b.shape().to_vec() },
         });
     }
-    let (m, k) = if trans_a {
-        (a.dim(-1), a.dim(-2))
-    } else {
-        (a.dim(-2), a.dim(-1))
-    };
-    let (kb, n) = if trans_b {
-        (b.dim(-1), b.dim(-2))
-    } else {
-        (b.dim(-2), b.dim(-1))
-    };
+    let (m, k) = if trans_a { (a.dim(-1), a.dim(-2)) } else { (a.dim(-2), a.dim(-1)) };
+    let (kb, n) = if trans_b { (b.dim(-1), b.dim(-2)) } else { (b.dim(-2), b.dim(-1)) };
     if k != kb {
         return Err(Error::Shape {
             op: OP,
             tensor: "b",
-            expected: format!(
-                "inner dimension {k} (a is {:?}, trans_a={trans_a}, trans_b={trans_b})",
-                a.shape()
-            ),
+            expected: format!("inner dimension {k} (a is {:?}, trans_a={trans_a}, trans_b={trans_b})", a.shape()),
             found: b.shape().to_vec(),
         });
     }
@@ -364,16 +304,6 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -
     let mut out_shape = batch_dims.to_vec();
     out_shape.extend([m, n]);
     let c = Tensor::empty(gpu, &out_shape, DType::F32)?;
-    matmul_into(
-        gpu,
-        &Matmul::new(m, n, k)
-            .batch(batch)
-            .trans_a(trans_a)
-            .trans_b(trans_b),
-        a,
-        b,
-        None,
-        &c,
-    )?;
+    matmul_into(gpu, &Matmul::new(m, n, k).batch(batch).trans_a(trans_a).trans_b(trans_b), a, b, None, &c)?;
     Ok(c)
 }

@@ -28,26 +28,15 @@ pub fn sum_rows_into(gpu: &Gpu, x: &Tensor, out: &Tensor, accumulate: bool) -> R
     const OP: &str = "sum_rows";
     let cols = x.shape().last().copied().unwrap_or(1);
     expect_numel(OP, "out", out, cols, "the last dimension of x")?;
-    let rows = if cols == 0 { 0 } else { x.numel() / cols };
+    let rows = x.numel().checked_div(cols).unwrap_or(0);
     let p = Params {
         rows: u32_of(OP, "rows", rows)?,
         cols: u32_of(OP, "cols", cols)?,
         n: 0,
         accumulate: accumulate as u32,
     };
-    let spec = KernelSpec {
-        file: shader!("reduce"),
-        entry: "sum_rows",
-        header: "",
-        access: RW,
-    };
-    gpu.dispatch(
-        OP,
-        &spec,
-        bytemuck::bytes_of(&p),
-        &[("x", Some(x)), ("out", Some(out))],
-        [p.cols.div_ceil(256), 1, 1],
-    )
+    let spec = KernelSpec { file: shader!("reduce"), entry: "sum_rows", header: "", access: RW };
+    gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), &[("x", Some(x)), ("out", Some(out))], [p.cols.div_ceil(256), 1, 1])
 }
 
 /// acc[0] += Σ x² (or = when not accumulating). `acc` is a one-element tensor.
@@ -59,18 +48,8 @@ pub fn sum_squares_into(gpu: &Gpu, x: &Tensor, acc: &Tensor, accumulate: bool) -
     let n = x.numel() as u64;
     let groups = n.div_ceil(CHUNK).max(1);
     let partial = Tensor::empty(gpu, &[groups as usize], DType::F32)?;
-    let p = Params {
-        rows: 0,
-        cols: 0,
-        n: u32_of(OP, "elements", x.numel())?,
-        accumulate: 0,
-    };
-    let spec = KernelSpec {
-        file: shader!("reduce"),
-        entry: "sum_squares_partial",
-        header: "",
-        access: RW,
-    };
+    let p = Params { rows: 0, cols: 0, n: u32_of(OP, "elements", x.numel())?, accumulate: 0 };
+    let spec = KernelSpec { file: shader!("reduce"), entry: "sum_squares_partial", header: "", access: RW };
     gpu.dispatch(
         OP,
         &spec,
@@ -78,25 +57,9 @@ pub fn sum_squares_into(gpu: &Gpu, x: &Tensor, acc: &Tensor, accumulate: bool) -
         &[("x", Some(x)), ("partial", Some(&partial))],
         gpu.grid_1d(groups),
     )?;
-    let p = Params {
-        rows: 0,
-        cols: 0,
-        n: groups as u32,
-        accumulate: accumulate as u32,
-    };
-    let spec = KernelSpec {
-        file: shader!("reduce"),
-        entry: "sum_squares_final",
-        header: "",
-        access: RW,
-    };
-    gpu.dispatch(
-        OP,
-        &spec,
-        bytemuck::bytes_of(&p),
-        &[("partial", Some(&partial)), ("acc", Some(acc))],
-        [1, 1, 1],
-    )
+    let p = Params { rows: 0, cols: 0, n: groups as u32, accumulate: accumulate as u32 };
+    let spec = KernelSpec { file: shader!("reduce"), entry: "sum_squares_final", header: "", access: RW };
+    gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), &[("partial", Some(&partial)), ("acc", Some(acc))], [1, 1, 1])
 }
 
 /// Σ over tensors of Σ x², as a one-element tensor that stays on the GPU.

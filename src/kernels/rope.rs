@@ -31,7 +31,7 @@ pub fn angles(head_dim: usize, max_positions: usize, base: f64) -> Vec<f64> {
 
 impl RopeTables {
     pub fn new(gpu: &Gpu, head_dim: usize, max_positions: usize, base: f64) -> Result<Self> {
-        if head_dim % 2 != 0 || head_dim == 0 || max_positions == 0 {
+        if !head_dim.is_multiple_of(2) || head_dim == 0 || max_positions == 0 {
             return Err(Error::invalid(
                 "rope",
                 format!(
@@ -133,13 +133,7 @@ pub fn apply_into(
         file: shader!("rope"),
         entry: "rope",
         header: "",
-        access: &[
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::ReadWrite,
-        ],
+        access: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
     };
     gpu.dispatch(
         OP,

@@ -47,10 +47,7 @@ pub fn check_targets(targets: &[i32], vocab: usize, ignore_index: i32) -> Result
 
 fn dims(op: &'static str, logits: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
     if logits.rank() < 1 {
-        return Err(Error::invalid(
-            op,
-            "logits must have a vocabulary dimension",
-        ));
+        return Err(Error::invalid(op, "logits must have a vocabulary dimension"));
     }
     targets.expect_dtype(op, DType::I32)?;
     let vocab = logits.dim(-1);
@@ -65,12 +62,7 @@ fn dims(op: &'static str, logits: &Tensor, targets: &Tensor) -> Result<(usize, u
 pub fn forward(gpu: &Gpu, logits: &Tensor, targets: &Tensor, ignore_index: i32) -> Result<Xent> {
     const OP: &str = "cross_entropy";
     let (rows, vocab) = dims(OP, logits, targets)?;
-    let p = Params {
-        rows: u32_of(OP, "rows", rows)?,
-        vocab: u32_of(OP, "vocab", vocab)?,
-        ignore_index,
-        accumulate: 0,
-    };
+    let p = Params { rows: u32_of(OP, "rows", rows)?, vocab: u32_of(OP, "vocab", vocab)?, ignore_index, accumulate: 0 };
     u32_of(OP, "rows × vocab", rows * vocab)?;
     let row_loss = Tensor::empty(gpu, &[rows], DType::F32)?;
     let lse = Tensor::empty(gpu, &[rows], DType::F32)?;
@@ -79,23 +71,13 @@ pub fn forward(gpu: &Gpu, logits: &Tensor, targets: &Tensor, ignore_index: i32) 
         file: shader!("softmax_xent"),
         entry: "xent_fwd",
         header: "",
-        access: &[
-            Access::Read,
-            Access::Read,
-            Access::ReadWrite,
-            Access::ReadWrite,
-        ],
+        access: &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite],
     };
     gpu.dispatch(
         OP,
         &spec,
         bytemuck::bytes_of(&p),
-        &[
-            ("logits", Some(logits)),
-            ("targets", Some(targets)),
-            ("row_loss", Some(&row_loss)),
-            ("lse", Some(&lse)),
-        ],
+        &[("logits", Some(logits)), ("targets", Some(targets)), ("row_loss", Some(&row_loss)), ("lse", Some(&lse))],
         gpu.grid_1d(rows as u64),
     )?;
     let spec = KernelSpec {
@@ -108,11 +90,7 @@ pub fn forward(gpu: &Gpu, logits: &Tensor, targets: &Tensor, ignore_index: i32) 
         OP,
         &spec,
         bytemuck::bytes_of(&p),
-        &[
-            ("row_loss", Some(&row_loss)),
-            ("targets", Some(targets)),
-            ("stats", Some(&stats)),
-        ],
+        &[("row_loss", Some(&row_loss)), ("targets", Some(targets)), ("stats", Some(&stats))],
         [1, 1, 1],
     )?;
     Ok(Xent { stats, lse })
@@ -122,6 +100,7 @@ pub fn forward(gpu: &Gpu, logits: &Tensor, targets: &Tensor, ignore_index: i32) 
 /// tensor on the GPU (so a scaled loss needs no readback).
 ///
 /// Bindings: 1 logits, 2 targets, 3 lse, 4 stats, 5 dloss, 6 dlogits.
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     gpu: &Gpu,
     logits: &Tensor,
@@ -136,24 +115,12 @@ pub fn backward(
     let (rows, vocab) = dims(OP, logits, targets)?;
     expect_numel(OP, "dloss", dloss, 1, "a scalar")?;
     expect_numel(OP, "dlogits", dlogits, logits.numel(), "the size of logits")?;
-    let p = Params {
-        rows: rows as u32,
-        vocab: vocab as u32,
-        ignore_index,
-        accumulate: accumulate as u32,
-    };
+    let p = Params { rows: rows as u32, vocab: vocab as u32, ignore_index, accumulate: accumulate as u32 };
     let spec = KernelSpec {
         file: shader!("softmax_xent"),
         entry: "xent_bwd",
         header: "",
-        access: &[
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::ReadWrite,
-        ],
+        access: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
     };
     gpu.dispatch(
         OP,

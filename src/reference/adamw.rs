@@ -21,9 +21,7 @@ pub fn step(
     clip: Option<(f64, f64)>,
     ewc: Option<(f64, &[f64], &[f64])>,
 ) {
-    let scale = clip.map_or(1.0, |(norm_sq, max_norm)| {
-        (max_norm / (norm_sq.sqrt() + 1e-6)).min(1.0)
-    });
+    let scale = clip.map_or(1.0, |(norm_sq, max_norm)| (max_norm / (norm_sq.sqrt() + 1e-6)).min(1.0));
     let bc1 = 1.0 - h.beta1.powi(t as i32);
     let bc2 = 1.0 - h.beta2.powi(t as i32);
     for i in 0..param.len() {
@@ -33,7 +31,6 @@ pub fn step(
         }
         m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * g;
         v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * g * g;
-        param[i] = param[i] * (1.0 - h.lr * h.weight_decay)
-            - h.lr * (m[i] / bc1) / ((v[i] / bc2).sqrt() + h.eps);
+        param[i] = param[i] * (1.0 - h.lr * h.weight_decay) - h.lr * (m[i] / bc1) / ((v[i] / bc2).sqrt() + h.eps);
     }
 }

@@ -24,51 +24,27 @@ impl Dims {
         !(self.causal && j > i) && mask.is_none_or(|m| m[b * self.t + j])
     }
     /// Probabilities of row (b, h, i) over keys j; all zero if no key is allowed.
-    fn probs(
-        &self,
-        q: &[f64],
-        k: &[f64],
-        mask: Option<&[bool]>,
-        b: usize,
-        h: usize,
-        i: usize,
-    ) -> (Vec<f64>, f64) {
+    fn probs(&self, q: &[f64], k: &[f64], mask: Option<&[bool]>, b: usize, h: usize, i: usize) -> (Vec<f64>, f64) {
         let hk = h / (self.hq / self.hkv);
         let s: Vec<Option<f64>> = (0..self.t)
             .map(|j| {
                 self.allowed(mask, b, i, j).then(|| {
-                    (0..self.d)
-                        .map(|d| q[self.qi(b, i, h) + d] * k[self.ki(b, j, hk) + d])
-                        .sum::<f64>()
-                        * self.scale
+                    (0..self.d).map(|d| q[self.qi(b, i, h) + d] * k[self.ki(b, j, hk) + d]).sum::<f64>() * self.scale
                 })
             })
             .collect();
-        let m = s
-            .iter()
-            .flatten()
-            .cloned()
-            .fold(f64::NEG_INFINITY, f64::max);
+        let m = s.iter().flatten().cloned().fold(f64::NEG_INFINITY, f64::max);
         if m == f64::NEG_INFINITY {
             return (vec![0.0; self.t], 0.0);
         }
         let sum: f64 = s.iter().flatten().map(|x| (x - m).exp()).sum();
-        let probs = s
-            .iter()
-            .map(|x| x.map_or(0.0, |x| (x - m).exp() / sum))
-            .collect();
+        let probs = s.iter().map(|x| x.map_or(0.0, |x| (x - m).exp() / sum)).collect();
         (probs, m + sum.ln())
     }
 }
 
 /// Returns (out, lse).
-pub fn forward(
-    dm: &Dims,
-    q: &[f64],
-    k: &[f64],
-    v: &[f64],
-    mask: Option<&[bool]>,
-) -> (Vec<f64>, Vec<f64>) {
+pub fn forward(dm: &Dims, q: &[f64], k: &[f64], v: &[f64], mask: Option<&[bool]>) -> (Vec<f64>, Vec<f64>) {
     let mut out = vec![0.0; q.len()];
     let mut lse = vec![0.0; dm.b * dm.hq * dm.t];
     for b in 0..dm.b {
@@ -105,11 +81,7 @@ pub fn backward(
             for i in 0..dm.t {
                 let (p, _) = dm.probs(q, k, mask, b, h, i);
                 let dp: Vec<f64> = (0..dm.t)
-                    .map(|j| {
-                        (0..dm.d)
-                            .map(|d| dout[dm.qi(b, i, h) + d] * v[dm.ki(b, j, hk) + d])
-                            .sum()
-                    })
+                    .map(|j| (0..dm.d).map(|d| dout[dm.qi(b, i, h) + d] * v[dm.ki(b, j, hk) + d]).sum())
                     .collect();
                 let delta: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
                 for j in 0..dm.t {

@@ -16,12 +16,6 @@ pub fn apply(x: &[f64], p: f64, seed: u32, step: u32) -> Vec<f64> {
     let threshold = (p * 4294967296.0).round().min(u32::MAX as f64) as u32;
     x.iter()
         .enumerate()
-        .map(|(i, &v)| {
-            if keep(seed, step, i as u32, threshold) {
-                v / (1.0 - p)
-            } else {
-                0.0
-            }
-        })
+        .map(|(i, &v)| if keep(seed, step, i as u32, threshold) { v / (1.0 - p) } else { 0.0 })
         .collect()
 }

@@ -9,8 +9,7 @@ pub fn gelu_erf(x: f64) -> f64 {
 
 /// Φ(x) + x·φ(x).
 pub fn gelu_erf_grad(x: f64) -> f64 {
-    0.5 * (1.0 + libm::erf(x * INV_SQRT_2))
-        + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
+    0.5 * (1.0 + libm::erf(x * INV_SQRT_2)) + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
 }
 
 pub fn gelu_tanh(x: f64) -> f64 {
@@ -43,20 +42,12 @@ pub fn swiglu(gate: &[f64], up: &[f64]) -> Vec<f64> {
 
 /// Returns (dgate, dup) for upstream gradient dy.
 pub fn swiglu_backward(gate: &[f64], up: &[f64], dy: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let dgate = gate
-        .iter()
-        .zip(up)
-        .zip(dy)
-        .map(|((&g, &u), &d)| d * u * silu_grad(g))
-        .collect();
+    let dgate = gate.iter().zip(up).zip(dy).map(|((&g, &u), &d)| d * u * silu_grad(g)).collect();
     let dup = gate.iter().zip(dy).map(|(&g, &d)| d * silu(g)).collect();
     (dgate, dup)
 }
 
 /// x + bias broadcast over rows: x [R, C], bias [C].
 pub fn add_bias(x: &[f64], bias: &[f64]) -> Vec<f64> {
-    x.iter()
-        .enumerate()
-        .map(|(i, &v)| v + bias[i % bias.len()])
-        .collect()
+    x.iter().enumerate().map(|(i, &v)| v + bias[i % bias.len()]).collect()
 }

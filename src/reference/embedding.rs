@@ -1,13 +1,7 @@
 //! Embedding lookup. table [V, C]; ids [N]; out, dout [N, C].
 
 pub fn gather(table: &[f64], cols: usize, ids: &[u32]) -> Vec<f64> {
-    ids.iter()
-        .flat_map(|&id| {
-            table[id as usize * cols..(id as usize + 1) * cols]
-                .iter()
-                .copied()
-        })
-        .collect()
+    ids.iter().flat_map(|&id| table[id as usize * cols..(id as usize + 1) * cols].iter().copied()).collect()
 }
 
 /// dtable[ids[n]] += dout[n].

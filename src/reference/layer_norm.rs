@@ -3,22 +3,13 @@
 //! Shapes: x, y, dy, dx [R, C]; gamma, beta [C]; mean, rstd [R].
 
 /// Returns (y, mean, rstd). `beta = None` means RMSNorm (no centring, mean reported as 0).
-pub fn forward(
-    x: &[f64],
-    gamma: &[f64],
-    beta: Option<&[f64]>,
-    eps: f64,
-) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn forward(x: &[f64], gamma: &[f64], beta: Option<&[f64]>, eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let c = gamma.len();
     let rows = x.len() / c;
     let (mut y, mut means, mut rstds) = (vec![0.0; x.len()], vec![0.0; rows], vec![0.0; rows]);
     for r in 0..rows {
         let row = &x[r * c..(r + 1) * c];
-        let mean = if beta.is_some() {
-            row.iter().sum::<f64>() / c as f64
-        } else {
-            0.0
-        };
+        let mean = if beta.is_some() { row.iter().sum::<f64>() / c as f64 } else { 0.0 };
         let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / c as f64;
         let rstd = 1.0 / (var + eps).sqrt();
         for j in 0..c {
@@ -45,11 +36,7 @@ pub fn backward(
     for r in 0..rows {
         let xhat: Vec<f64> = (0..c).map(|j| (x[r * c + j] - mean[r]) * rstd[r]).collect();
         let g: Vec<f64> = (0..c).map(|j| dy[r * c + j] * gamma[j]).collect();
-        let mean_g = if rms {
-            0.0
-        } else {
-            g.iter().sum::<f64>() / c as f64
-        };
+        let mean_g = if rms { 0.0 } else { g.iter().sum::<f64>() / c as f64 };
         let mean_gx = g.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / c as f64;
         for j in 0..c {
             dx[r * c + j] = rstd[r] * (g[j] - mean_g - xhat[j] * mean_gx);

@@ -3,12 +3,7 @@
 //! Shapes: logits [R, V]; targets [R]; lse [R].
 
 /// Returns (mean loss, lse per row, counted rows).
-pub fn forward(
-    logits: &[f64],
-    targets: &[i32],
-    vocab: usize,
-    ignore_index: i32,
-) -> (f64, Vec<f64>, usize) {
+pub fn forward(logits: &[f64], targets: &[i32], vocab: usize, ignore_index: i32) -> (f64, Vec<f64>, usize) {
     let rows = targets.len();
     let (mut total, mut count, mut lses) = (0.0, 0, vec![0.0; rows]);
     for r in 0..rows {

@@ -76,16 +76,7 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
         got.len()
     );
     if !bad.is_empty() {
-        let first: Vec<String> = bad
-            .iter()
-            .take(8)
-            .map(|(i, g, w)| format!("[{i}] got {g} want {w}"))
-            .collect();
-        panic!(
-            "{what}: {} of {} values out of tolerance; first: {}",
-            bad.len(),
-            got.len(),
-            first.join(", ")
-        );
+        let first: Vec<String> = bad.iter().take(8).map(|(i, g, w)| format!("[{i}] got {g} want {w}")).collect();
+        panic!("{what}: {} of {} values out of tolerance; first: {}", bad.len(), got.len(), first.join(", "));
     }
 }

@@ -10,80 +10,31 @@ use crate::common::*;
 const ATOL: f64 = 2e-5;
 const RTOL: f64 = 1e-4;
 
-fn case(
-    rng: &mut Rng,
-    b: usize,
-    t: usize,
-    hq: usize,
-    hkv: usize,
-    d: usize,
-    causal: bool,
-    padded: bool,
-) {
+#[allow(clippy::too_many_arguments)]
+fn case(rng: &mut Rng, b: usize, t: usize, hq: usize, hkv: usize, d: usize, causal: bool, padded: bool) {
     let gpu = gpu();
     let spec = AttentionSpec::new(b, t, hq, hkv, d, causal);
     let (nq, nk) = (b * t * hq * d, b * t * hkv * d);
     let (q, k, v, dout) = (rng.vec(nq), rng.vec(nk), rng.vec(nk), rng.vec(nq));
     // Batch entry i has its last i·3 positions as padding.
-    let mask: Vec<bool> = (0..b * t)
-        .map(|i| (i % t) + (i / t) * 3 < t || i / t == 0)
-        .collect();
+    let mask: Vec<bool> = (0..b * t).map(|i| (i % t) + (i / t) * 3 < t || i / t == 0).collect();
     let mask_u32: Vec<u32> = mask.iter().map(|&m| m as u32).collect();
     let mask_t = Tensor::from_u32(gpu, &mask_u32, &[b, t]).unwrap();
     let key_mask = padded.then_some(&mask_t);
-    let (qt, kt, vt) = (
-        upload(&q, &[b, t, hq, d]),
-        upload(&k, &[b, t, hkv, d]),
-        upload(&v, &[b, t, hkv, d]),
-    );
+    let (qt, kt, vt) = (upload(&q, &[b, t, hq, d]), upload(&k, &[b, t, hkv, d]), upload(&v, &[b, t, hkv, d]));
     let fwd = attention::forward(gpu, &spec, &qt, &kt, &vt, key_mask).unwrap();
-    let dims = r::Dims {
-        b,
-        t,
-        hq,
-        hkv,
-        d,
-        causal,
-        scale: spec.scale as f64,
-    };
+    let dims = r::Dims { b, t, hq, hkv, d, causal, scale: spec.scale as f64 };
     let m = padded.then_some(&mask[..]);
     let (want_out, want_lse) = r::forward(&dims, &f64s(&q), &f64s(&k), &f64s(&v), m);
-    let what =
-        format!("attention b={b} t={t} hq={hq} hkv={hkv} d={d} causal={causal} padded={padded}");
-    assert_close(
-        &format!("{what} out"),
-        &download(&fwd.out),
-        &want_out,
-        ATOL,
-        RTOL,
-    );
+    let what = format!("attention b={b} t={t} hq={hq} hkv={hkv} d={d} causal={causal} padded={padded}");
+    assert_close(&format!("{what} out"), &download(&fwd.out), &want_out, ATOL, RTOL);
     let stats = download(&fwd.stats);
-    assert_close(
-        &format!("{what} lse"),
-        &stats[..b * hq * t],
-        &want_lse,
-        ATOL,
-        RTOL,
-    );
+    assert_close(&format!("{what} lse"), &stats[..b * hq * t], &want_lse, ATOL, RTOL);
 
-    let (dq, dk, dv) = (
-        Tensor::zeros(gpu, &[nq]).unwrap(),
-        Tensor::zeros(gpu, &[nk]).unwrap(),
-        Tensor::zeros(gpu, &[nk]).unwrap(),
-    );
-    attention::backward(
-        gpu,
-        &spec,
-        &qt,
-        &kt,
-        &vt,
-        key_mask,
-        &fwd,
-        &upload(&dout, &[nq]),
-        (&dq, &dk, &dv),
-        false,
-    )
-    .unwrap();
+    let (dq, dk, dv) =
+        (Tensor::zeros(gpu, &[nq]).unwrap(), Tensor::zeros(gpu, &[nk]).unwrap(), Tensor::zeros(gpu, &[nk]).unwrap());
+    attention::backward(gpu, &spec, &qt, &kt, &vt, key_mask, &fwd, &upload(&dout, &[nq]), (&dq, &dk, &dv), false)
+        .unwrap();
     let (wq, wk, wv) = r::backward(&dims, &f64s(&q), &f64s(&k), &f64s(&v), m, &f64s(&dout));
     let tol = ATOL * (t as f64).sqrt();
     assert_close(&format!("{what} dq"), &download(&dq), &wq, tol, RTOL * 10.0);
@@ -113,9 +64,7 @@ fn attention_rejects_bad_heads() {
     let spec = AttentionSpec::new(1, 4, 3, 2, 8, true);
     let q = Tensor::zeros(gpu, &[1, 4, 3, 8]).unwrap();
     let k = Tensor::zeros(gpu, &[1, 4, 2, 8]).unwrap();
-    let err = attention::forward(gpu, &spec, &q, &k, &k, None)
-        .err()
-        .expect("3 query heads over 2 kv heads")
-        .to_string();
+    let err =
+        attention::forward(gpu, &spec, &q, &k, &k, None).err().expect("3 query heads over 2 kv heads").to_string();
     assert!(err.contains("multiple of key/value heads"), "{err}");
 }

@@ -18,7 +18,8 @@ const SIZES: [usize; 4] = [1, 7 * 13, 257, 100_003];
 fn activations_forward_and_backward() {
     let gpu = gpu();
     let mut rng = Rng::new(20);
-    let cases: [(Activation, fn(f64) -> f64, fn(f64) -> f64); 3] = [
+    type Case = (Activation, fn(f64) -> f64, fn(f64) -> f64);
+    let cases: [Case; 3] = [
         (Activation::GeluErf, r::gelu_erf, r::gelu_erf_grad),
         (Activation::GeluTanh, r::gelu_tanh, r::gelu_tanh_grad),
         (Activation::Silu, r::silu, r::silu_grad),
@@ -36,16 +37,8 @@ fn activations_forward_and_backward() {
             let base = rng.vec(n);
             let dx = upload(&base, &[n]);
             ew::activation_backward(gpu, act, &xt, &dyt, &dx, true).unwrap();
-            let want: Vec<f64> = (0..n)
-                .map(|i| base[i] as f64 + dy[i] as f64 * df(x[i] as f64))
-                .collect();
-            assert_close(
-                &format!("{act:?} backward n={n}"),
-                &download(&dx),
-                &want,
-                ATOL,
-                RTOL,
-            );
+            let want: Vec<f64> = (0..n).map(|i| base[i] as f64 + dy[i] as f64 * df(x[i] as f64)).collect();
+            assert_close(&format!("{act:?} backward n={n}"), &download(&dx), &want, ATOL, RTOL);
         }
     }
 }
@@ -58,17 +51,8 @@ fn swiglu_forward_and_backward() {
         let (gate, up, dy) = (rng.vec(n), rng.vec(n), rng.vec(n));
         let (gt, ut, dyt) = (upload(&gate, &[n]), upload(&up, &[n]), upload(&dy, &[n]));
         let y = ew::swiglu(gpu, &gt, &ut).unwrap();
-        assert_close(
-            "swiglu",
-            &download(&y),
-            &r::swiglu(&f64s(&gate), &f64s(&up)),
-            ATOL,
-            RTOL,
-        );
-        let (dg, du) = (
-            Tensor::zeros(gpu, &[n]).unwrap(),
-            Tensor::zeros(gpu, &[n]).unwrap(),
-        );
+        assert_close("swiglu", &download(&y), &r::swiglu(&f64s(&gate), &f64s(&up)), ATOL, RTOL);
+        let (dg, du) = (Tensor::zeros(gpu, &[n]).unwrap(), Tensor::zeros(gpu, &[n]).unwrap());
         ew::swiglu_backward(gpu, &gt, &ut, &dyt, &dg, &du, false).unwrap();
         let (wg, wu) = r::swiglu_backward(&f64s(&gate), &f64s(&up), &f64s(&dy));
         assert_close("swiglu dgate", &download(&dg), &wg, ATOL, RTOL);
@@ -83,11 +67,7 @@ fn add_scale_mul_bias_axpy() {
     let (rows, cols) = (37, 129);
     let n = rows * cols;
     let (x, y, bias) = (rng.vec(n), rng.vec(n), rng.vec(cols));
-    let (xt, yt, bt) = (
-        upload(&x, &[rows, cols]),
-        upload(&y, &[rows, cols]),
-        upload(&bias, &[cols]),
-    );
+    let (xt, yt, bt) = (upload(&x, &[rows, cols]), upload(&y, &[rows, cols]), upload(&bias, &[cols]));
     let exact = |f: &dyn Fn(usize) -> f64| (0..n).map(f).collect::<Vec<f64>>();
     assert_close(
         "add",
@@ -96,22 +76,10 @@ fn add_scale_mul_bias_axpy() {
         1e-6,
         1e-6,
     );
-    assert_close(
-        "scale",
-        &download(&ew::scale(gpu, &xt, -0.5).unwrap()),
-        &exact(&|i| -0.5 * x[i] as f64),
-        1e-6,
-        1e-6,
-    );
+    assert_close("scale", &download(&ew::scale(gpu, &xt, -0.5).unwrap()), &exact(&|i| -0.5 * x[i] as f64), 1e-6, 1e-6);
     let out = Tensor::zeros(gpu, &[rows, cols]).unwrap();
     ew::mul_into(gpu, &xt, &yt, &out, false).unwrap();
-    assert_close(
-        "mul",
-        &download(&out),
-        &exact(&|i| x[i] as f64 * y[i] as f64),
-        1e-6,
-        1e-6,
-    );
+    assert_close("mul", &download(&out), &exact(&|i| x[i] as f64 * y[i] as f64), 1e-6, 1e-6);
     assert_close(
         "add_bias",
         &download(&ew::add_bias(gpu, &xt, &bt).unwrap()),
@@ -121,13 +89,7 @@ fn add_scale_mul_bias_axpy() {
     );
     let acc = upload(&y, &[rows, cols]);
     ew::axpy(gpu, 2.0, &xt, &acc).unwrap();
-    assert_close(
-        "axpy",
-        &download(&acc),
-        &exact(&|i| y[i] as f64 + 2.0 * x[i] as f64),
-        1e-6,
-        1e-6,
-    );
+    assert_close("axpy", &download(&acc), &exact(&|i| y[i] as f64 + 2.0 * x[i] as f64), 1e-6, 1e-6);
     let err = ew::add(gpu, &xt, &bt).unwrap_err().to_string();
     assert!(err.contains("tensor `y`"), "{err}");
 }

@@ -26,18 +26,8 @@ fn gather_and_scatter_add() {
         )
         .unwrap();
         let tok = r::gather(&f64s(&table), cols, &ids);
-        let want: Vec<f64> = tok
-            .iter()
-            .zip(r::gather(&f64s(&pos_table), cols, &pos))
-            .map(|(a, b)| a + b)
-            .collect();
-        assert_close(
-            &format!("gather {vocab}x{cols} n={n}"),
-            &download(&out),
-            &want,
-            1e-6,
-            1e-6,
-        );
+        let want: Vec<f64> = tok.iter().zip(r::gather(&f64s(&pos_table), cols, &pos)).map(|(a, b)| a + b).collect();
+        assert_close(&format!("gather {vocab}x{cols} n={n}"), &download(&out), &want, 1e-6, 1e-6);
 
         let dout = rng.vec(n * cols);
         let base = rng.vec(vocab * cols);
@@ -46,13 +36,7 @@ fn gather_and_scatter_add() {
         embedding::scatter_add(gpu, &upload(&dout, &[n, cols]), &index, &dtable).unwrap();
         let mut want = f64s(&base);
         r::scatter_add(&f64s(&dout), cols, &ids, &mut want);
-        assert_close(
-            &format!("scatter_add {vocab}x{cols} n={n}"),
-            &download(&dtable),
-            &want,
-            1e-5,
-            1e-5,
-        );
+        assert_close(&format!("scatter_add {vocab}x{cols} n={n}"), &download(&dtable), &want, 1e-5, 1e-5);
     }
 }
 
@@ -71,20 +55,42 @@ fn scatter_add_is_deterministic() {
     };
     let first = run();
     for _ in 0..3 {
-        assert!(
-            run()
-                .iter()
-                .zip(&first)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "scatter_add changed between runs"
-        );
+        assert!(run().iter().zip(&first).all(|(a, b)| a.to_bits() == b.to_bits()), "scatter_add changed between runs");
     }
 }
 
 #[test]
 fn ids_outside_the_table_are_rejected() {
-    let err = embedding::check_ids(&[0, 3, 9], 5, "token")
-        .unwrap_err()
-        .to_string();
+    let err = embedding::check_ids(&[0, 3, 9], 5, "token").unwrap_err().to_string();
     assert!(err.contains("token id 9 at position 2"), "{err}");
+}
+
+#[test]
+fn tables_larger_than_one_binding_are_chunked() {
+    // A second device whose binding limit is capped at 64 KiB: a 300 × 100 table (120 KB)
+    // must be split into row chunks for both gather and scatter-add.
+    let mut small = kiln::Gpu::new(&kiln::gpu::AdapterChoice::from_flag_or_env(None)).unwrap();
+    small.cap_storage_binding(64 << 10);
+    let gpu = &small;
+    let mut rng = Rng::new(62);
+    let (vocab, cols, n) = (300, 100, 77);
+    let table = rng.vec(vocab * cols);
+    let ids: Vec<u32> =
+        (0..n).map(|i| if i % 2 == 0 { rng.below(vocab as u32) } else { (vocab - 1 - i) as u32 }).collect();
+    let tt = Tensor::from_f32(gpu, &table, &[vocab, cols]).unwrap();
+    let out = embedding::gather(gpu, &tt, &Tensor::from_u32(gpu, &ids, &[n]).unwrap()).unwrap();
+    let want = r::gather(&f64s(&table), cols, &ids);
+    assert_close("chunked gather", &out.to_f32_vec(gpu).unwrap(), &want, 0.0, 0.0);
+
+    let dout = rng.vec(n * cols);
+    let dtable = Tensor::zeros(gpu, &[vocab, cols]).unwrap();
+    let index = GradIndex::new(gpu, &ids).unwrap();
+    embedding::scatter_add(gpu, &Tensor::from_f32(gpu, &dout, &[n, cols]).unwrap(), &index, &dtable).unwrap();
+    let mut want = vec![0.0; vocab * cols];
+    r::scatter_add(&f64s(&dout), cols, &ids, &mut want);
+    assert_close("chunked scatter_add", &dtable.to_f32_vec(gpu).unwrap(), &want, 1e-6, 1e-6);
+
+    // Any other kernel given the whole table says which tensor is too large and the limit.
+    let err = kiln::kernels::elementwise::scale(gpu, &tt, 2.0).unwrap_err().to_string();
+    assert!(err.contains("tensor `x`") && err.contains("max_storage_buffer_binding_size"), "{err}");
 }

@@ -23,29 +23,15 @@ fn norms_forward_backward_awkward_shapes() {
             let (gt, bt) = (upload(&gamma, &[cols]), upload(&beta, &[cols]));
             let (y, stats) = layer_norm::forward(gpu, norm, &xt, &gt, Some(&bt), 1e-5).unwrap();
             let beta64 = f64s(&beta);
-            let (wy, wmean, wrstd) = r::forward(
-                &f64s(&x),
-                &f64s(&gamma),
-                (!rms).then_some(&beta64[..]),
-                1e-5,
-            );
+            let (wy, wmean, wrstd) = r::forward(&f64s(&x), &f64s(&gamma), (!rms).then_some(&beta64[..]), 1e-5);
             let what = format!("{norm:?} {rows}x{cols}");
             assert_close(&format!("{what} y"), &download(&y), &wy, ATOL, RTOL);
-            assert_close(
-                &format!("{what} rstd"),
-                &download(&stats.rstd),
-                &wrstd,
-                ATOL,
-                RTOL,
-            );
+            assert_close(&format!("{what} rstd"), &download(&stats.rstd), &wrstd, ATOL, RTOL);
             if let Some(mean) = &stats.mean {
                 assert_close(&format!("{what} mean"), &download(mean), &wmean, ATOL, RTOL);
             }
             let dx = Tensor::zeros(gpu, &[rows, cols]).unwrap();
-            let (dg, db) = (
-                Tensor::zeros(gpu, &[cols]).unwrap(),
-                Tensor::zeros(gpu, &[cols]).unwrap(),
-            );
+            let (dg, db) = (Tensor::zeros(gpu, &[cols]).unwrap(), Tensor::zeros(gpu, &[cols]).unwrap());
             layer_norm::backward(
                 gpu,
                 norm,
@@ -58,30 +44,11 @@ fn norms_forward_backward_awkward_shapes() {
                 false,
             )
             .unwrap();
-            let (wdx, wdg, wdb) =
-                r::backward(&f64s(&x), &f64s(&gamma), &wmean, &wrstd, &f64s(&dy), rms);
-            assert_close(
-                &format!("{what} dx"),
-                &download(&dx),
-                &wdx,
-                ATOL * 10.0,
-                RTOL * 10.0,
-            );
-            assert_close(
-                &format!("{what} dgamma"),
-                &download(&dg),
-                &wdg,
-                ATOL * rows as f64,
-                RTOL * 10.0,
-            );
+            let (wdx, wdg, wdb) = r::backward(&f64s(&x), &f64s(&gamma), &wmean, &wrstd, &f64s(&dy), rms);
+            assert_close(&format!("{what} dx"), &download(&dx), &wdx, ATOL * 10.0, RTOL * 10.0);
+            assert_close(&format!("{what} dgamma"), &download(&dg), &wdg, ATOL * rows as f64, RTOL * 10.0);
             if !rms {
-                assert_close(
-                    &format!("{what} dbeta"),
-                    &download(&db),
-                    &wdb,
-                    ATOL * rows as f64,
-                    RTOL * 10.0,
-                );
+                assert_close(&format!("{what} dbeta"), &download(&db), &wdb, ATOL * rows as f64, RTOL * 10.0);
             }
         }
     }

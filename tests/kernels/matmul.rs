@@ -20,15 +20,7 @@ fn case(rng: &mut Rng, mm: Matmul, a_shared: bool, b_shared: bool, with_bias: bo
     let c0 = rng.vec(batch * m * n);
     let c = upload(&c0, &[batch, m, n]);
     let bias_t = upload(&bias, &[n]);
-    matmul_into(
-        gpu,
-        &mm,
-        &upload(&a, &[a.len()]),
-        &upload(&b, &[b.len()]),
-        with_bias.then_some(&bias_t),
-        &c,
-    )
-    .unwrap();
+    matmul_into(gpu, &mm, &upload(&a, &[a.len()]), &upload(&b, &[b.len()]), with_bias.then_some(&bias_t), &c).unwrap();
     let mut want = f64s(&c0);
     let bias64 = f64s(&bias);
     reference::matmul::matmul(
@@ -56,65 +48,18 @@ fn awkward_shapes(tile: MatmulTile) {
     let saved = gpu.matmul_tile();
     gpu.set_matmul_tile(tile);
     let mut rng = Rng::new(1);
-    let shapes = [
-        (1, 1, 1),
-        (7, 13, 129),
-        (1, 65, 3),
-        (33, 1, 17),
-        (129, 65, 31),
-        (64, 64, 64),
-        (65, 130, 257),
-    ];
+    let shapes = [(1, 1, 1), (7, 13, 129), (1, 65, 3), (33, 1, 17), (129, 65, 31), (64, 64, 64), (65, 130, 257)];
     for &(m, n, k) in &shapes {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            case(
-                &mut rng,
-                Matmul::new(m, n, k).trans_a(ta).trans_b(tb),
-                false,
-                false,
-                false,
-            );
+            case(&mut rng, Matmul::new(m, n, k).trans_a(ta).trans_b(tb), false, false, false);
         }
     }
     // Batched, shared operands, bias, alpha and accumulate.
-    case(
-        &mut rng,
-        Matmul::new(9, 17, 33).batch(3),
-        false,
-        false,
-        true,
-    );
-    case(
-        &mut rng,
-        Matmul::new(9, 17, 33).batch(3).trans_b(true),
-        false,
-        true,
-        false,
-    );
-    case(
-        &mut rng,
-        Matmul::new(9, 17, 33).batch(2).trans_a(true),
-        true,
-        false,
-        true,
-    );
-    case(
-        &mut rng,
-        Matmul::new(31, 5, 7).alpha(0.5).accumulate(true),
-        false,
-        false,
-        true,
-    );
-    case(
-        &mut rng,
-        Matmul::new(31, 5, 7)
-            .batch(4)
-            .trans_a(true)
-            .accumulate(true),
-        false,
-        false,
-        false,
-    );
+    case(&mut rng, Matmul::new(9, 17, 33).batch(3), false, false, true);
+    case(&mut rng, Matmul::new(9, 17, 33).batch(3).trans_b(true), false, true, false);
+    case(&mut rng, Matmul::new(9, 17, 33).batch(2).trans_a(true), true, false, true);
+    case(&mut rng, Matmul::new(31, 5, 7).alpha(0.5).accumulate(true), false, false, true);
+    case(&mut rng, Matmul::new(31, 5, 7).batch(4).trans_a(true).accumulate(true), false, false, false);
     gpu.set_matmul_tile(saved);
 }
 
@@ -142,23 +87,11 @@ fn matmul_rejects_mismatched_shapes() {
     let gpu = gpu();
     let a = Tensor::zeros(gpu, &[4, 5]).unwrap();
     let b = Tensor::zeros(gpu, &[6, 3]).unwrap();
-    let err = kiln::kernels::matmul::matmul(gpu, &a, &b, false, false)
+    let err = kiln::kernels::matmul::matmul(gpu, &a, &b, false, false).unwrap_err().to_string();
+    assert!(err.contains("tensor `b`") && err.contains("inner dimension 5"), "{err}");
+    let c = Tensor::empty(gpu, &[4, 4], DType::F32).unwrap();
+    let err = matmul_into(gpu, &Matmul::new(4, 3, 5), &a, &Tensor::zeros(gpu, &[5, 3]).unwrap(), None, &c)
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains("tensor `b`") && err.contains("inner dimension 5"),
-        "{err}"
-    );
-    let c = Tensor::empty(gpu, &[4, 4], DType::F32).unwrap();
-    let err = matmul_into(
-        gpu,
-        &Matmul::new(4, 3, 5),
-        &a,
-        &Tensor::zeros(gpu, &[5, 3]).unwrap(),
-        None,
-        &c,
-    )
-    .unwrap_err()
-    .to_string();
     assert!(err.contains("tensor `c`"), "{err}");
 }

@@ -15,19 +15,9 @@ fn sum_rows_awkward_shapes() {
         let base = rng.vec(cols);
         let out = upload(&base, &[cols]);
         reduce::sum_rows_into(gpu, &upload(&x, &[rows, cols]), &out, true).unwrap();
-        let want: Vec<f64> = r::sum_rows(&f64s(&x), cols)
-            .iter()
-            .zip(&base)
-            .map(|(s, b)| s + *b as f64)
-            .collect();
+        let want: Vec<f64> = r::sum_rows(&f64s(&x), cols).iter().zip(&base).map(|(s, b)| s + *b as f64).collect();
         // Sequential f32 sum over `rows` terms.
-        assert_close(
-            &format!("sum_rows {rows}x{cols}"),
-            &download(&out),
-            &want,
-            1e-6 * rows as f64,
-            1e-5,
-        );
+        assert_close(&format!("sum_rows {rows}x{cols}"), &download(&out), &want, 1e-6 * rows as f64, 1e-5);
     }
 }
 
@@ -42,11 +32,5 @@ fn global_norm_of_several_tensors() {
     let got = download(&reduce::global_norm_squared(gpu, &refs).unwrap());
     let d64: Vec<Vec<f64>> = data.iter().map(|d| f64s(d)).collect();
     let slices: Vec<&[f64]> = d64.iter().map(|d| &d[..]).collect();
-    assert_close(
-        "global norm²",
-        &got,
-        &[r::global_norm_squared(&slices)],
-        0.0,
-        1e-5,
-    );
+    assert_close("global norm²", &got, &[r::global_norm_squared(&slices)], 0.0, 1e-5);
 }
