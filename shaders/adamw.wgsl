@@ -38,16 +38,17 @@ struct Params {
 
 @compute @workgroup_size(256)
 fn adamw(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.y * nwg.x + wg.x) * 256u + lid;
-    if (i >= p.n) { return; }
     var clip = 1.0;
     if (p.max_norm > 0.0) { clip = min(1.0, p.max_norm / (sqrt(norm_sq[0]) + 1e-6)); }
-    let w = param[i];
-    var g = grad[i] * clip;
-    if (p.has_ewc != 0u) { g += p.ewc_lambda * fisher[i] * (w - anchor[i]); }
-    let m = p.beta1 * m1[i] + (1.0 - p.beta1) * g;
-    let v = p.beta2 * m2[i] + (1.0 - p.beta2) * g * g;
-    m1[i] = m;
-    m2[i] = v;
-    param[i] = w * (1.0 - p.lr * p.weight_decay) - p.lr * (m / p.bc1) / (sqrt(v / p.bc2) + p.eps);
+    // Grid-stride loop over a host-capped number of workgroups (see elementwise.wgsl).
+    for (var i = (wg.y * nwg.x + wg.x) * 256u + lid; i < p.n; i += nwg.x * nwg.y * 256u) {
+        let w = param[i];
+        var g = grad[i] * clip;
+        if (p.has_ewc != 0u) { g += p.ewc_lambda * fisher[i] * (w - anchor[i]); }
+        let m = p.beta1 * m1[i] + (1.0 - p.beta1) * g;
+        let v = p.beta2 * m2[i] + (1.0 - p.beta2) * g * g;
+        m1[i] = m;
+        m2[i] = v;
+        param[i] = w * (1.0 - p.lr * p.weight_decay) - p.lr * (m / p.bc1) / (sqrt(v / p.bc2) + p.eps);
+    }
 }

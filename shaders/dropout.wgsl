@@ -34,9 +34,10 @@ fn keep_hash(i: u32) -> u32 {
 
 @compute @workgroup_size(256)
 fn dropout(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.y * nwg.x + wg.x) * 256u + lid;
-    if (i >= p.n) { return; }
-    var v = 0.0;
-    if (keep_hash(i) >= p.threshold) { v = x[i] * p.scale; }
-    if (p.accumulate != 0u) { out[i] += v; } else { out[i] = v; }
+    // Grid-stride loop over a host-capped number of workgroups (see elementwise.wgsl).
+    for (var i = (wg.y * nwg.x + wg.x) * 256u + lid; i < p.n; i += nwg.x * nwg.y * 256u) {
+        var v = 0.0;
+        if (keep_hash(i) >= p.threshold) { v = x[i] * p.scale; }
+        if (p.accumulate != 0u) { out[i] += v; } else { out[i] = v; }
+    }
 }

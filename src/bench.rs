@@ -297,7 +297,7 @@ pub fn memory_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
     for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Silu] {
         let x1 = x.clone();
         cases.push(Case {
-            kernel: format!("{act:?}").to_lowercase() + "_fwd",
+            kernel: format!("{}_fwd", act.name()),
             shape: shape.clone(),
             flops: 0.0,
             bytes: 2.0 * n * F32,

@@ -337,6 +337,15 @@ impl Gpu {
         Ok(())
     }
 
+    /// Workgroups for a grid-stride kernel over `n` elements, 256 per workgroup: one per 256
+    /// elements up to a cap by device type. A CPU adapter (lavapipe) pays per workgroup, and
+    /// runs elementwise kernels 2.5-3x faster with 256 workgroups looping than with one per
+    /// 256 elements (measured on Mesa 25.0.7); a GPU wants enough to fill every core.
+    pub fn grid_stride(&self, n: u64) -> [u32; 3] {
+        let cap = if self.info.device_type == wgpu::DeviceType::Cpu { 256 } else { 16_384 };
+        self.grid_1d(n.div_ceil(256).clamp(1, cap))
+    }
+
     /// Workgroup counts for `n` groups along one logical axis, folded into x and y so no axis
     /// passes the adapter's per-dimension limit. Shaders rebuild the index as
     /// `(wg.y * num_workgroups.x + wg.x)`.

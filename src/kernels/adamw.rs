@@ -127,6 +127,6 @@ pub fn step(
             ("m", Some(m)),
             ("v", Some(v)),
         ],
-        gpu.grid_1d((n as u64).div_ceil(256)),
+        gpu.grid_stride(n as u64),
     )
 }

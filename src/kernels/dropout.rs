@@ -60,13 +60,7 @@ pub fn apply_into(gpu: &Gpu, mask: DropoutMask, x: &Tensor, out: &Tensor, accumu
         header: "",
         access: &[Access::Read, Access::ReadWrite],
     };
-    gpu.dispatch(
-        OP,
-        &spec,
-        bytemuck::bytes_of(&p),
-        &[("x", Some(x)), ("out", Some(out))],
-        gpu.grid_1d((p.n as u64).div_ceil(256)),
-    )
+    gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), &[("x", Some(x)), ("out", Some(out))], gpu.grid_stride(p.n as u64))
 }
 
 pub fn apply(gpu: &Gpu, mask: DropoutMask, x: &Tensor) -> Result<Tensor> {

@@ -31,6 +31,11 @@ impl Activation {
         }
     }
 
+    /// The kernel's name: `gelu_erf`, `gelu_tanh` or `silu`.
+    pub fn name(self) -> &'static str {
+        self.entries().0
+    }
+
     /// The Hugging Face `hidden_act` / `activation_function` name.
     pub fn from_hf_name(name: &str) -> Option<Self> {
         match name {
@@ -64,7 +69,7 @@ fn launch(
     bindings: &[Binding],
 ) -> Result<()> {
     let spec = KernelSpec { file: shader!("elementwise"), entry, header: "", access };
-    let groups = gpu.grid_1d((params.n as u64).div_ceil(256));
+    let groups = gpu.grid_stride(params.n as u64);
     gpu.dispatch(op, &spec, bytemuck::bytes_of(&params), bindings, groups)
 }
 

@@ -95,14 +95,36 @@ fn add_scale_mul_bias_axpy() {
 }
 
 #[test]
-fn grid_folds_past_the_dimension_limit() {
-    // More workgroups than one dispatch axis allows (65535 × 256 elements): the grid folds
-    // into y and every element must still be written exactly once.
+fn grid_stride_covers_large_tensors() {
+    // Far more elements than invocations launched: each invocation loops, and every element
+    // must be written exactly once.
     let gpu = gpu();
     let n = 65_536 * 256 + 777;
     let x: Vec<f32> = (0..n).map(|i| (i % 1000) as f32).collect();
     let y = ew::scale(gpu, &upload(&x, &[n]), 2.0).unwrap();
     let got = download(&y);
     let bad = (0..n).find(|&i| got[i] != 2.0 * x[i]);
+    assert_eq!(bad, None, "first wrong element");
+}
+
+#[test]
+fn grid_folds_past_the_dimension_limit() {
+    // Cross-entropy's backward launches one workgroup per 256 logits: 340 × 50257 logits
+    // need more than 65535 workgroups, so the grid folds into y. With all-zero logits,
+    // dlogits = (1/V − onehot) / rows everywhere.
+    let gpu = gpu();
+    let (rows, vocab) = (340usize, 50_257usize);
+    let logits = Tensor::zeros(gpu, &[rows, vocab]).unwrap();
+    let targets: Vec<i32> = (0..rows as i32).collect();
+    let tt = Tensor::from_i32(gpu, &targets, &[rows]).unwrap();
+    let fwd = kiln::kernels::softmax_xent::forward(gpu, &logits, &tt, -100).unwrap();
+    let d = Tensor::empty(gpu, &[rows, vocab], kiln::DType::F32).unwrap();
+    kiln::kernels::softmax_xent::backward(gpu, &logits, &tt, &fwd, &upload(&[1.0], &[1]), &d, -100, false).unwrap();
+    let got = download(&d);
+    let want = |i: usize| {
+        let (r, v) = (i / vocab, i % vocab);
+        (1.0 / vocab as f64 - if v == r { 1.0 } else { 0.0 }) / rows as f64
+    };
+    let bad = (0..rows * vocab).find(|&i| (got[i] as f64 - want(i)).abs() > 1e-9);
     assert_eq!(bad, None, "first wrong element");
 }
