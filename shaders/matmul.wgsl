@@ -78,14 +78,15 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         workgroupBarrier();
 
         for (var kk = 0u; kk < BK; kk++) {
-            var av: array<vec4<f32>, TM4>;
             var bv: array<vec4<f32>, TN4>;
-            for (var i = 0u; i < TM4; i++) { av[i] = a_tile[(kk * BM + ty * TM) / 4u + i]; }
             for (var j = 0u; j < TN4; j++) { bv[j] = b_tile[(kk * BN + tx * TN) / 4u + j]; }
-            for (var i = 0u; i < TM; i++) {
-                let ai = vec4<f32>(av[i / 4u][i % 4u]);
+            for (var i4 = 0u; i4 < TM4; i4++) {
+                let a4 = a_tile[(kk * BM + ty * TM) / 4u + i4];
                 for (var j = 0u; j < TN4; j++) {
-                    acc[i * TN4 + j] = fma(ai, bv[j], acc[i * TN4 + j]);
+                    acc[(i4 * 4u + 0u) * TN4 + j] = fma(vec4<f32>(a4.x), bv[j], acc[(i4 * 4u + 0u) * TN4 + j]);
+                    acc[(i4 * 4u + 1u) * TN4 + j] = fma(vec4<f32>(a4.y), bv[j], acc[(i4 * 4u + 1u) * TN4 + j]);
+                    acc[(i4 * 4u + 2u) * TN4 + j] = fma(vec4<f32>(a4.z), bv[j], acc[(i4 * 4u + 2u) * TN4 + j]);
+                    acc[(i4 * 4u + 3u) * TN4 + j] = fma(vec4<f32>(a4.w), bv[j], acc[(i4 * 4u + 3u) * TN4 + j]);
                 }
             }
         }
