@@ -39,19 +39,38 @@ fn q_index(b: u32, t: u32, h: u32) -> u32 { return ((b * p.seq + t) * p.hq + h) 
 fn kv_index(b: u32, t: u32, h: u32) -> u32 { return ((b * p.seq + t) * p.hkv + h) * D; }
 fn stat_index(b: u32, h: u32, t: u32) -> u32 { return (b * p.hq + h) * p.seq + t; }
 
-// ---- forward ----
-@group(0) @binding(1) var<storage, read> f_q: array<f32>;
-@group(0) @binding(2) var<storage, read> f_k: array<f32>;
-@group(0) @binding(3) var<storage, read> f_v: array<f32>;
-@group(0) @binding(4) var<storage, read> f_mask: array<u32>;
-@group(0) @binding(5) var<storage, read_write> f_out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> f_stats: array<f32>;
+// Bindings 1-4 are the same in the forward and both backward passes.
+@group(0) @binding(1) var<storage, read> q_in: array<f32>;
+@group(0) @binding(2) var<storage, read> k_in: array<f32>;
+@group(0) @binding(3) var<storage, read> v_in: array<f32>;
+@group(0) @binding(4) var<storage, read> key_mask: array<u32>;
 
-fn f_key_valid(b: u32, j: u32) -> u32 {
+fn key_valid(b: u32, j: u32) -> u32 {
     if (j >= p.seq) { return 0u; }
-    if (p.has_mask != 0u && f_mask[b * p.seq + j] == 0u) { return 0u; }
+    if (p.has_mask != 0u && key_mask[b * p.seq + j] == 0u) { return 0u; }
     return 1u;
 }
+
+// Stages keys j0 .. j0+KT of key/value head hk: K into tile_a, V into tile_b (zeros past the
+// end), and whether each may be attended to into tile_valid. Call between barriers.
+fn load_kv_tile(b: u32, hk: u32, j0: u32, lid: u32) {
+    for (var i = lid; i < KT * D; i += WG) {
+        let j = j0 + i / D;
+        var kv = 0.0;
+        var vv = 0.0;
+        if (j < p.seq) {
+            kv = k_in[kv_index(b, j, hk) + i % D];
+            vv = v_in[kv_index(b, j, hk) + i % D];
+        }
+        tile_a[i] = kv;
+        tile_b[i] = vv;
+    }
+    if (lid < KT) { tile_valid[lid] = key_valid(b, j0 + lid); }
+}
+
+// ---- forward ----
+@group(0) @binding(5) var<storage, read_write> f_out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> f_stats: array<f32>;
 
 @compute @workgroup_size(64)
 fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -66,7 +85,7 @@ fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
     for (var d = 0u; d < D; d++) {
         acc[d] = 0.0;
         q[d] = 0.0;
-        if (row_valid) { q[d] = f_q[q_index(b, t, h) + d] * p.scale; }
+        if (row_valid) { q[d] = q_in[q_index(b, t, h) + d] * p.scale; }
     }
     var m = -3.0e38;
     var l = 0.0;
@@ -74,18 +93,7 @@ fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
     if (p.causal != 0u) { key_end = min(p.seq, (wg.x + 1u) * WG); }
     for (var j0 = 0u; j0 < key_end; j0 += KT) {
         workgroupBarrier();
-        for (var i = lid; i < KT * D; i += WG) {
-            let j = j0 + i / D;
-            var kv = 0.0;
-            var vv = 0.0;
-            if (j < p.seq) {
-                kv = f_k[kv_index(b, j, hk) + i % D];
-                vv = f_v[kv_index(b, j, hk) + i % D];
-            }
-            tile_a[i] = kv;
-            tile_b[i] = vv;
-        }
-        if (lid < KT) { tile_valid[lid] = f_key_valid(b, j0 + lid); }
+        load_kv_tile(b, hk, j0, lid);
         workgroupBarrier();
         if (row_valid) {
             for (var jj = 0u; jj < KT; jj++) {
@@ -131,10 +139,6 @@ fn attn_delta(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
 
 // ---- backward: dq, per query row ----
 // ds_ij = p_ij (dout_i . v_j - delta_i);  dq_i = scale * sum_j ds_ij k_j
-@group(0) @binding(1) var<storage, read> q_q: array<f32>;
-@group(0) @binding(2) var<storage, read> q_k: array<f32>;
-@group(0) @binding(3) var<storage, read> q_v: array<f32>;
-@group(0) @binding(4) var<storage, read> q_mask: array<u32>;
 @group(0) @binding(5) var<storage, read> q_dout: array<f32>;
 @group(0) @binding(6) var<storage, read> q_stats: array<f32>;
 @group(0) @binding(7) var<storage, read_write> q_dq: array<f32>;
@@ -157,7 +161,7 @@ fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         dout[d] = 0.0;
         dq[d] = 0.0;
         if (row_valid) {
-            q[d] = q_q[q_index(b, t, h) + d] * p.scale;
+            q[d] = q_in[q_index(b, t, h) + d] * p.scale;
             dout[d] = q_dout[q_index(b, t, h) + d];
         }
     }
@@ -169,23 +173,7 @@ fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     if (p.causal != 0u) { key_end = min(p.seq, (wg.x + 1u) * WG); }
     for (var j0 = 0u; j0 < key_end; j0 += KT) {
         workgroupBarrier();
-        for (var i = lid; i < KT * D; i += WG) {
-            let j = j0 + i / D;
-            var kv = 0.0;
-            var vv = 0.0;
-            if (j < p.seq) {
-                kv = q_k[kv_index(b, j, hk) + i % D];
-                vv = q_v[kv_index(b, j, hk) + i % D];
-            }
-            tile_a[i] = kv;
-            tile_b[i] = vv;
-        }
-        if (lid < KT) {
-            let j = j0 + lid;
-            var valid = select(0u, 1u, j < p.seq);
-            if (valid == 1u && p.has_mask != 0u && q_mask[b * p.seq + j] == 0u) { valid = 0u; }
-            tile_valid[lid] = valid;
-        }
+        load_kv_tile(b, hk, j0, lid);
         workgroupBarrier();
         if (row_valid) {
             for (var jj = 0u; jj < KT; jj++) {
@@ -212,10 +200,6 @@ fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 
 // ---- backward: dk, dv, per key row of one key/value head ----
 // dv_j = sum_{h in group, i} p_ij dout_i;  dk_j = scale * sum_{h in group, i} ds_ij q_i
-@group(0) @binding(1) var<storage, read> k_q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_k: array<f32>;
-@group(0) @binding(3) var<storage, read> k_v: array<f32>;
-@group(0) @binding(4) var<storage, read> k_mask: array<u32>;
 @group(0) @binding(5) var<storage, read> k_dout: array<f32>;
 @group(0) @binding(6) var<storage, read> k_stats: array<f32>;
 @group(0) @binding(7) var<storage, read_write> k_dk: array<f32>;
@@ -227,8 +211,7 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let hk = wg.y % p.hkv;
     let group = p.hq / p.hkv;
     let j = wg.x * WG + lid;
-    var key_valid = j < p.seq;
-    if (key_valid && p.has_mask != 0u && k_mask[b * p.seq + j] == 0u) { key_valid = false; }
+    let this_key_valid = key_valid(b, j) != 0u;
 
     var k: array<f32, D>;
     var v: array<f32, D>;
@@ -239,9 +222,9 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         v[d] = 0.0;
         dk[d] = 0.0;
         dv[d] = 0.0;
-        if (key_valid) {
-            k[d] = k_k[kv_index(b, j, hk) + d] * p.scale;
-            v[d] = k_v[kv_index(b, j, hk) + d];
+        if (this_key_valid) {
+            k[d] = k_in[kv_index(b, j, hk) + d] * p.scale;
+            v[d] = v_in[kv_index(b, j, hk) + d];
         }
     }
     // Causal: queries before this block's first key never see any of its keys.
@@ -257,7 +240,7 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
                 var qv = 0.0;
                 var dov = 0.0;
                 if (i < p.seq) {
-                    qv = k_q[q_index(b, i, h) + x % D];
+                    qv = q_in[q_index(b, i, h) + x % D];
                     dov = k_dout[q_index(b, i, h) + x % D];
                 }
                 tile_a[x] = qv;
@@ -275,7 +258,7 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
                 tile_s1[lid] = delta;
             }
             workgroupBarrier();
-            if (key_valid) {
+            if (this_key_valid) {
                 for (var ii = 0u; ii < KT; ii++) {
                     let i = i0 + ii;
                     if (i >= p.seq || (p.causal != 0u && j > i)) { continue; }
