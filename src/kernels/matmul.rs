@@ -273,13 +273,15 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
 /// `trans_a`), B is `[K, N]` or `[..., K, N]` (`[N, K]` forms when `trans_b`). Leading dims of
 /// A are the batch; a 2-D B is shared across it. Returns C `[..., M, N]`.
 pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
-    if a.rank() < 2 || b.rank() < 2 {
-        return Err(Error::Shape {
-            op: OP,
-            tensor: if a.rank() < 2 { "a" } else { "b" },
-            expected: "at least 2 dims".into(),
-            found: if a.rank() < 2 { a.shape().to_vec() } else { b.shape().to_vec() },
-        });
+    for (name, t) in [("a", a), ("b", b)] {
+        if t.rank() < 2 {
+            return Err(Error::Shape {
+                op: OP,
+                tensor: name,
+                expected: "at least 2 dims".into(),
+                found: t.shape().to_vec(),
+            });
+        }
     }
     let (m, k) = if trans_a { (a.dim(-1), a.dim(-2)) } else { (a.dim(-2), a.dim(-1)) };
     let (kb, n) = if trans_b { (b.dim(-1), b.dim(-2)) } else { (b.dim(-2), b.dim(-1)) };

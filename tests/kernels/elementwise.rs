@@ -10,8 +10,9 @@ use crate::common::*;
 const ATOL: f64 = 2e-6;
 const RTOL: f64 = 2e-5;
 
-/// Sizes: 1, a prime, just past a workgroup, and one over 65535 workgroups' worth? (no: that
-/// needs 16M elements; the folded grid is exercised by `grid_folds_past_the_dimension_limit`).
+/// Sizes: 1, a product of primes, just past a workgroup, and one that makes each invocation
+/// loop (larger strides: `grid_stride_covers_large_tensors`; the folded grid:
+/// `grid_folds_past_the_dimension_limit`).
 const SIZES: [usize; 4] = [1, 7 * 13, 257, 100_003];
 
 #[test]
