@@ -7,7 +7,11 @@
 //   key_mask:          [B, T] u32       1 = attend, 0 = padding (only read when has_mask)
 //   stats:             [2, B, Hq, T]    row 0: lse = log sum_j exp(s_ij); row 1: delta
 //                                       (delta_i = dout_i . out_i, filled by attn_delta)
-//   s_ij = scale * q_i . k_j, masked keys (padding, or j > i when causal) are skipped.
+//   s_ij = scale * q_i . k_j, masked keys (padding, or j > i + q_offset when causal) are skipped.
+//
+// For decoding with a KV cache the forward also takes keys that differ from the queries: k and v
+// are [B, kv_seq, Hkv, D] with the first kv_len rows in use, and query t sits at position
+// t + q_offset (the cached tokens before it). Training passes have kv_seq = kv_len = T, q_offset 0.
 //
 // D (head dim) is a constant from the host-prepended header, so the per-row arrays live in
 // registers. Workgroups take 64 rows of one (batch, head) and stage 16 keys (or queries) at a
@@ -22,6 +26,10 @@ struct Params {
     has_mask: u32,
     accumulate: u32,
     scale: f32,
+    kv_seq: u32,
+    kv_len: u32,
+    q_offset: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -36,7 +44,7 @@ var<workgroup> tile_s0: array<f32, KT>;
 var<workgroup> tile_s1: array<f32, KT>;
 
 fn q_index(b: u32, t: u32, h: u32) -> u32 { return ((b * p.seq + t) * p.hq + h) * D; }
-fn kv_index(b: u32, t: u32, h: u32) -> u32 { return ((b * p.seq + t) * p.hkv + h) * D; }
+fn kv_index(b: u32, t: u32, h: u32) -> u32 { return ((b * p.kv_seq + t) * p.hkv + h) * D; }
 fn stat_index(b: u32, h: u32, t: u32) -> u32 { return (b * p.hq + h) * p.seq + t; }
 
 // Bindings 1-4 are the same in the forward and both backward passes.
@@ -46,8 +54,8 @@ fn stat_index(b: u32, h: u32, t: u32) -> u32 { return (b * p.hq + h) * p.seq + t
 @group(0) @binding(4) var<storage, read> key_mask: array<u32>;
 
 fn key_valid(b: u32, j: u32) -> u32 {
-    if (j >= p.seq) { return 0u; }
-    if (p.has_mask != 0u && key_mask[b * p.seq + j] == 0u) { return 0u; }
+    if (j >= p.kv_len) { return 0u; }
+    if (p.has_mask != 0u && key_mask[b * p.kv_seq + j] == 0u) { return 0u; }
     return 1u;
 }
 
@@ -58,7 +66,7 @@ fn load_kv_tile(b: u32, hk: u32, j0: u32, lid: u32) {
         let j = j0 + i / D;
         var kv = 0.0;
         var vv = 0.0;
-        if (j < p.seq) {
+        if (j < p.kv_len) {
             kv = k_in[kv_index(b, j, hk) + i % D];
             vv = v_in[kv_index(b, j, hk) + i % D];
         }
@@ -89,8 +97,8 @@ fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
     }
     var m = -3.0e38;
     var l = 0.0;
-    var key_end = p.seq;
-    if (p.causal != 0u) { key_end = min(p.seq, (wg.x + 1u) * WG); }
+    var key_end = p.kv_len;
+    if (p.causal != 0u) { key_end = min(p.kv_len, (wg.x + 1u) * WG + p.q_offset); }
     for (var j0 = 0u; j0 < key_end; j0 += KT) {
         workgroupBarrier();
         load_kv_tile(b, hk, j0, lid);
@@ -98,7 +106,7 @@ fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
         if (row_valid) {
             for (var jj = 0u; jj < KT; jj++) {
                 let j = j0 + jj;
-                if (tile_valid[jj] == 0u || (p.causal != 0u && j > t)) { continue; }
+                if (tile_valid[jj] == 0u || (p.causal != 0u && j > t + p.q_offset)) { continue; }
                 var s = 0.0;
                 for (var d = 0u; d < D; d++) { s = fma(q[d], tile_a[jj * D + d], s); }
                 // Online softmax: rescale what was summed under the old max.

@@ -15,6 +15,8 @@
 //   *_bwd:          out = dy * f'(x)                       (x = binding 1, dy = binding 2)
 //   swiglu:         out = silu(gate) * up                  (gate = x, up = y)
 //   swiglu_bwd:     dgate = dy * up * silu'(gate), dup = dy * silu(gate)
+//   copy_cols:      out[r, dst_off + c] = x[r, src_off + c] for c < width (split a fused q|k|v
+//                   projection into its parts, or write a part's gradient back)
 
 struct Params {
     n: u32,
@@ -187,5 +189,31 @@ fn swiglu_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
             sw_dgate[i] = dgate;
             sw_dup[i] = dup;
         }
+    }
+}
+
+// copy_cols has its own uniform: a block of `width` columns of every row of x [rows, src_cols]
+// goes to the columns starting at dst_off of out [rows, dst_cols].
+struct SliceParams {
+    rows: u32,
+    width: u32,
+    src_cols: u32,
+    src_off: u32,
+    dst_cols: u32,
+    dst_off: u32,
+    accumulate: u32,
+    _pad: u32,
+}
+@group(0) @binding(0) var<uniform> sp: SliceParams;
+
+@compute @workgroup_size(256)
+fn copy_cols(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n = sp.rows * sp.width;
+    for (var i = flat_index(wg, nwg, lid); i < n; i += grid_stride(nwg)) {
+        let r = i / sp.width;
+        let c = i % sp.width;
+        let v = x[r * sp.src_cols + sp.src_off + c];
+        let j = r * sp.dst_cols + sp.dst_off + c;
+        if (sp.accumulate != 0u) { out[j] += v; } else { out[j] = v; }
     }
 }

@@ -4,6 +4,7 @@
 //! view of a GPU buffer; [`kernels`] dispatches one WGSL shader family each; [`reference`] holds
 //! the plain CPU versions of every kernel that the tests compare against.
 
+pub mod autograd;
 pub mod bench;
 pub mod cli;
 pub mod error;

@@ -20,11 +20,27 @@ pub struct AttentionSpec {
     pub causal: bool,
     /// Multiplies q·k; usually 1/√head_dim.
     pub scale: f32,
+    /// Key/value rows stored per sequence (the KV cache's capacity); `seq` when training.
+    pub kv_seq: usize,
+    /// Key/value rows in use (cached tokens plus the new ones); `seq` when training.
+    pub kv_len: usize,
+    /// Position of query 0 among the keys (tokens already cached); 0 when training.
+    pub q_offset: usize,
 }
 
 impl AttentionSpec {
     pub fn new(batch: usize, seq: usize, q_heads: usize, kv_heads: usize, head_dim: usize, causal: bool) -> Self {
-        AttentionSpec { batch, seq, q_heads, kv_heads, head_dim, causal, scale: 1.0 / (head_dim as f32).sqrt() }
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        AttentionSpec { batch, seq, q_heads, kv_heads, head_dim, causal, scale, kv_seq: seq, kv_len: seq, q_offset: 0 }
+    }
+
+    /// Decoding with a KV cache: `seq` new queries at positions `q_offset..`, keys and values
+    /// `[batch, kv_seq, kv_heads, head_dim]` of which the first `q_offset + seq` are in use.
+    pub fn with_cache(mut self, kv_seq: usize, q_offset: usize) -> Self {
+        self.kv_seq = kv_seq;
+        self.kv_len = q_offset + self.seq;
+        self.q_offset = q_offset;
+        self
     }
 
     /// Multiply-adds of the forward (two matmuls of T×T×D per head, halved when causal).
@@ -51,6 +67,10 @@ struct Params {
     has_mask: u32,
     accumulate: u32,
     scale: f32,
+    kv_seq: u32,
+    kv_len: u32,
+    q_offset: u32,
+    _pad: u32,
 }
 
 /// Head dims the shader is compiled for (it keeps rows of D floats in registers).
@@ -75,15 +95,25 @@ fn check(
         return Err(Error::invalid(op, format!("head_dim {} is outside 1..={MAX_HEAD_DIM}", s.head_dim)));
     }
     let qn = s.batch * s.seq * s.q_heads * s.head_dim;
-    let kn = s.batch * s.seq * s.kv_heads * s.head_dim;
+    if s.kv_len > s.kv_seq || s.q_offset + s.seq != s.kv_len {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{} cached + {} new keys do not fit a cache of {} rows (kv_len {})",
+                s.q_offset, s.seq, s.kv_seq, s.kv_len
+            ),
+        ));
+    }
+    let kn = s.batch * s.kv_seq * s.kv_heads * s.head_dim;
     expect_numel(op, "q", q, qn, "batch × seq × q_heads × head_dim")?;
     expect_numel(op, "k", k, kn, "batch × seq × kv_heads × head_dim")?;
     expect_numel(op, "v", v, kn, "batch × seq × kv_heads × head_dim")?;
     if let Some(m) = key_mask {
         m.expect_dtype(op, DType::U32)?;
-        expect_numel(op, "key_mask", m, s.batch * s.seq, "batch × seq")?;
+        expect_numel(op, "key_mask", m, s.batch * s.kv_seq, "batch × kv_seq")?;
     }
     u32_of(op, "q elements", qn)?;
+    u32_of(op, "k elements", kn)?;
     Ok(Params {
         batch: s.batch as u32,
         seq: s.seq as u32,
@@ -93,6 +123,10 @@ fn check(
         has_mask: key_mask.is_some() as u32,
         accumulate: 0,
         scale: s.scale,
+        kv_seq: s.kv_seq as u32,
+        kv_len: s.kv_len as u32,
+        q_offset: s.q_offset as u32,
+        _pad: 0,
     })
 }
 
@@ -169,6 +203,9 @@ pub fn backward(
 ) -> Result<()> {
     const OP: &str = "attention_bwd";
     let mut p = check(OP, s, q, k, v, key_mask)?;
+    if s.kv_seq != s.seq || s.q_offset != 0 {
+        return Err(Error::invalid(OP, "the backward takes keys of the same tokens as the queries (no KV cache)"));
+    }
     expect_numel(OP, "dout", dout, q.numel(), "the size of q")?;
     expect_numel(OP, "dq", dq, q.numel(), "the size of q")?;
     expect_numel(OP, "dk", dk, k.numel(), "the size of k")?;

@@ -216,3 +216,64 @@ pub fn swiglu_backward(
         &[("gate", Some(gate)), ("up", Some(up)), ("dy", Some(dy)), ("dgate", Some(dgate)), ("dup", Some(dup))],
     )
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SliceParams {
+    rows: u32,
+    width: u32,
+    src_cols: u32,
+    src_off: u32,
+    dst_cols: u32,
+    dst_off: u32,
+    accumulate: u32,
+    _pad: u32,
+}
+
+/// A block of columns between two row-major matrices with the same number of rows.
+#[derive(Clone, Copy, Debug)]
+pub struct ColumnBlock {
+    /// Columns copied from each row.
+    pub width: usize,
+    /// First column read in `x` `[rows, x_cols]`.
+    pub src_off: usize,
+    /// First column written in `out` `[rows, out_cols]`.
+    pub dst_off: usize,
+}
+
+/// out[r, dst_off + c] = x[r, src_off + c] for c < width, written or added. Splits a fused
+/// projection (GPT-2's q|k|v) into its parts; the same call with the roles swapped is the backward.
+///
+/// Bindings: 1 x, 2 unused, 3 out.
+pub fn copy_cols(gpu: &Gpu, x: &Tensor, out: &Tensor, block: ColumnBlock, accumulate: bool) -> Result<()> {
+    const OP: &str = "copy_cols";
+    let (x_cols, out_cols) = (x.dim(-1), out.dim(-1));
+    let rows = x.numel() / x_cols.max(1);
+    expect_numel(OP, "out", out, rows * out_cols, "as many rows as x")?;
+    if block.src_off + block.width > x_cols || block.dst_off + block.width > out_cols {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "columns {}..{} of x (width {x_cols}) to {}..{} of out (width {out_cols}) are out of range",
+                block.src_off,
+                block.src_off + block.width,
+                block.dst_off,
+                block.dst_off + block.width
+            ),
+        ));
+    }
+    let p = SliceParams {
+        rows: u32_of(OP, "rows", rows)?,
+        width: u32_of(OP, "width", block.width)?,
+        src_cols: x_cols as u32,
+        src_off: block.src_off as u32,
+        dst_cols: out_cols as u32,
+        dst_off: block.dst_off as u32,
+        accumulate: accumulate as u32,
+        _pad: 0,
+    };
+    u32_of(OP, "rows × width", rows * block.width)?;
+    let spec = KernelSpec { file: shader!("elementwise"), entry: OP, header: "", access: THREE };
+    let groups = gpu.grid_stride((rows * block.width) as u64);
+    gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), &[("x", Some(x)), ("y", None), ("out", Some(out))], groups)
+}

@@ -51,3 +51,25 @@ pub fn swiglu_backward(gate: &[f64], up: &[f64], dy: &[f64]) -> (Vec<f64>, Vec<f
 pub fn add_bias(x: &[f64], bias: &[f64]) -> Vec<f64> {
     x.iter().enumerate().map(|(i, &v)| v + bias[i % bias.len()]).collect()
 }
+
+/// out[r, dst_off + c] (+)= x[r, src_off + c] for c < width; x `[rows, x_cols]`, out `[rows, out_cols]`.
+#[allow(clippy::too_many_arguments)]
+pub fn copy_cols(
+    x: &[f64],
+    x_cols: usize,
+    out: &mut [f64],
+    out_cols: usize,
+    width: usize,
+    src_off: usize,
+    dst_off: usize,
+    accumulate: bool,
+) {
+    let rows = x.len() / x_cols;
+    for r in 0..rows {
+        for c in 0..width {
+            let v = x[r * x_cols + src_off + c];
+            let o = &mut out[r * out_cols + dst_off + c];
+            *o = if accumulate { *o + v } else { v };
+        }
+    }
+}

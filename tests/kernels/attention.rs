@@ -68,3 +68,51 @@ fn attention_rejects_bad_heads() {
         attention::forward(gpu, &spec, &q, &k, &k, None).err().expect("3 query heads over 2 kv heads").to_string();
     assert!(err.contains("multiple of key/value heads"), "{err}");
 }
+
+/// Decoding with a KV cache: the new rows' outputs equal the last rows of attention over the
+/// whole sequence, when the cache holds the earlier keys and has room to spare.
+#[test]
+fn attention_with_kv_cache_matches_the_full_sequence() {
+    let gpu = gpu();
+    let mut rng = Rng::new(92);
+    let (b, hq, hkv, d, cap) = (2, 4, 2, 16, 80);
+    for (t, new) in [(1, 1), (70, 1), (70, 5)] {
+        let cached = t - new;
+        let (q, k, v) = (rng.vec(b * t * hq * d), rng.vec(b * t * hkv * d), rng.vec(b * t * hkv * d));
+        let dims = r::Dims { b, t, hq, hkv, d, causal: true, scale: 1.0 / (d as f64).sqrt() };
+        let (want, _) = r::forward(&dims, &f64s(&q), &f64s(&k), &f64s(&v), None);
+        // Cache [b, cap, hkv, d] with rows 0..t filled; queries are the last `new` rows.
+        let (mut kc, mut vc) = (vec![9.0f32; b * cap * hkv * d], vec![9.0f32; b * cap * hkv * d]);
+        let mut qn = Vec::new();
+        let mut want_new = Vec::new();
+        let (row_q, row_k) = (hq * d, hkv * d);
+        for bi in 0..b {
+            for ti in 0..t {
+                let src = (bi * t + ti) * row_k;
+                let dst = (bi * cap + ti) * row_k;
+                kc[dst..dst + row_k].copy_from_slice(&k[src..src + row_k]);
+                vc[dst..dst + row_k].copy_from_slice(&v[src..src + row_k]);
+            }
+            for ti in cached..t {
+                let src = (bi * t + ti) * row_q;
+                qn.extend_from_slice(&q[src..src + row_q]);
+                want_new.extend_from_slice(&want[src..src + row_q]);
+            }
+        }
+        let spec = AttentionSpec::new(b, new, hq, hkv, d, true).with_cache(cap, cached);
+        let out = attention::forward(
+            gpu,
+            &spec,
+            &upload(&qn, &[b, new, hq, d]),
+            &upload(&kc, &[b, cap, hkv, d]),
+            &upload(&vc, &[b, cap, hkv, d]),
+            None,
+        )
+        .unwrap();
+        assert_close(&format!("kv cache t={t} new={new}"), &download(&out.out), &want_new, ATOL, RTOL);
+    }
+    let spec = AttentionSpec::new(1, 4, 1, 1, 8, true).with_cache(3, 0);
+    let z = Tensor::zeros(gpu, &[32]).unwrap();
+    let err = attention::forward(gpu, &spec, &z, &z, &z, None).err().expect("a cache too small is refused").to_string();
+    assert!(err.contains("do not fit a cache"), "{err}");
+}

@@ -129,3 +129,35 @@ fn grid_folds_past_the_dimension_limit() {
     let bad = (0..rows * vocab).find(|&i| (got[i] as f64 - want(i)).abs() > 1e-9);
     assert_eq!(bad, None, "first wrong element");
 }
+
+#[test]
+fn copy_cols_splits_and_merges_column_blocks() {
+    let gpu = gpu();
+    let mut rng = Rng::new(23);
+    // Rows: 1 and an odd count; GPT-2's fused q|k|v of odd width 3·7.
+    for rows in [1, 37] {
+        let (cols, width) = (21, 7);
+        let x = rng.vec(rows * cols);
+        let xt = upload(&x, &[rows, cols]);
+        for part in 0..3 {
+            let out = Tensor::zeros(gpu, &[rows, width]).unwrap();
+            let block = ew::ColumnBlock { width, src_off: part * width, dst_off: 0 };
+            ew::copy_cols(gpu, &xt, &out, block, false).unwrap();
+            let mut want = vec![0.0; rows * width];
+            r::copy_cols(&f64s(&x), cols, &mut want, width, width, part * width, 0, false);
+            assert_close("copy_cols split", &download(&out), &want, 0.0, 0.0);
+        }
+        // Merge back with accumulate: the backward of the split.
+        let base = rng.vec(rows * cols);
+        let merged = upload(&base, &[rows, cols]);
+        let part = upload(&x[..rows * width], &[rows, width]);
+        ew::copy_cols(gpu, &part, &merged, ew::ColumnBlock { width, src_off: 0, dst_off: 2 * width }, true).unwrap();
+        let mut want = f64s(&base);
+        r::copy_cols(&f64s(&x[..rows * width]), width, &mut want, cols, width, 0, 2 * width, true);
+        assert_close("copy_cols merge", &download(&merged), &want, 1e-7, 1e-7);
+    }
+    let out = Tensor::zeros(gpu, &[37, 7]).unwrap();
+    let bad = ew::ColumnBlock { width: 7, src_off: 15, dst_off: 0 };
+    let err = ew::copy_cols(gpu, &upload(&rng.vec(37 * 21), &[37, 21]), &out, bad, false).unwrap_err().to_string();
+    assert!(err.contains("out of range"), "{err}");
+}

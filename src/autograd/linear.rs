@@ -1,0 +1,226 @@
+//! Linear layers, optionally with a LoRA branch: y = x·W (+ b) + s·dropout(x)·Aᵀ·Bᵀ.
+//!
+//! # Shapes
+//! x `[..., in]`, y `[..., out]`; W `[out, in]` (HF `nn.Linear`) or `[in, out]` (GPT-2's `Conv1D`),
+//! b `[out]`; LoRA A `[r, in]`, B `[out, r]` (PEFT's layout whatever the base layout), s = α/r.
+
+use super::{Backward, Grads, Tape, Var, VarId};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::dropout::{self, DropoutMask};
+use crate::kernels::matmul::{Matmul, matmul_into};
+use crate::kernels::reduce;
+use crate::tensor::{DType, Tensor};
+
+/// How a weight matrix is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `[out, in]`: PyTorch's `nn.Linear` (BERT, Llama).
+    OutIn,
+    /// `[in, out]`: GPT-2's `Conv1D` (PEFT's `fan_in_fan_out`).
+    InOut,
+}
+
+impl WeightLayout {
+    /// (in, out) of a weight stored this way.
+    pub fn in_out(self, w: &Tensor) -> (usize, usize) {
+        match self {
+            WeightLayout::OutIn => (w.dim(1), w.dim(0)),
+            WeightLayout::InOut => (w.dim(0), w.dim(1)),
+        }
+    }
+}
+
+/// The LoRA branch of one linear: its two matrices, scale and dropout probability.
+pub struct Lora<'a> {
+    pub a: &'a Var,
+    pub b: &'a Var,
+    pub scale: f32,
+    pub dropout: f32,
+}
+
+/// y = x·W (+ b) (+ the LoRA branch).
+pub fn linear(
+    tape: &Tape,
+    x: &Var,
+    w: &Var,
+    layout: WeightLayout,
+    bias: Option<&Var>,
+    lora: Option<Lora>,
+) -> Result<Var> {
+    const OP: &str = "linear";
+    let gpu = tape.gpu;
+    if w.value.rank() != 2 {
+        return Err(Error::Shape { op: OP, tensor: "weight", expected: "a matrix".into(), found: w.shape().to_vec() });
+    }
+    let (d_in, d_out) = layout.in_out(&w.value);
+    if x.value.dim(-1) != d_in {
+        return Err(Error::Shape {
+            op: OP,
+            tensor: "x",
+            expected: format!("[..., {d_in}] (the weight's input size)"),
+            found: x.shape().to_vec(),
+        });
+    }
+    let rows = x.value.numel() / d_in;
+    let mut out_shape = x.shape().to_vec();
+    *out_shape.last_mut().unwrap() = d_out;
+    let y = Tensor::empty(gpu, &out_shape, DType::F32)?;
+    let mm = Matmul::new(rows, d_out, d_in).trans_b(layout == WeightLayout::OutIn);
+    matmul_into(gpu, &mm, &x.value, &w.value, bias.map(|b| &b.value), &y)?;
+
+    let mut saved_lora = None;
+    if let Some(l) = &lora {
+        let r = l.a.value.dim(0);
+        if l.a.shape() != [r, d_in] || l.b.shape() != [d_out, r] {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "LoRA A {:?} and B {:?} do not fit a {d_in}→{d_out} layer (want [r, {d_in}] and [{d_out}, r])",
+                    l.a.shape(),
+                    l.b.shape()
+                ),
+            ));
+        }
+        let mask = if tape.training() && l.dropout > 0.0 {
+            let (seed, step) = tape.next_dropout_stream();
+            Some(DropoutMask { p: l.dropout, seed, step })
+        } else {
+            None
+        };
+        let xd = match mask {
+            Some(m) => dropout::apply(gpu, m, &x.value)?,
+            None => x.value.clone(),
+        };
+        // h = xd·Aᵀ [rows, r]; y += s·h·Bᵀ.
+        let h = Tensor::empty(gpu, &[rows, r], DType::F32)?;
+        matmul_into(gpu, &Matmul::new(rows, r, d_in).trans_b(true), &xd, &l.a.value, None, &h)?;
+        let up = Matmul::new(rows, d_out, r).trans_b(true).alpha(l.scale).accumulate(true);
+        matmul_into(gpu, &up, &h, &l.b.value, None, &y)?;
+        saved_lora = Some(SavedLora {
+            a: l.a.value.clone(),
+            b: l.b.value.clone(),
+            a_id: l.a.id(),
+            b_id: l.b.id(),
+            scale: l.scale,
+            mask,
+            xd,
+            h,
+        });
+    }
+
+    let mut inputs = vec![x, w];
+    if let Some(b) = bias {
+        inputs.push(b);
+    }
+    if let Some(l) = &lora {
+        inputs.push(l.a);
+        inputs.push(l.b);
+    }
+    Ok(tape.output(y, &inputs, |out| {
+        Box::new(LinearOp {
+            out,
+            x: x.value.clone(),
+            x_id: x.id(),
+            w: w.value.clone(),
+            w_id: w.id(),
+            bias_id: bias.and_then(|b| b.id()),
+            layout,
+            rows,
+            d_in,
+            d_out,
+            lora: saved_lora,
+        })
+    }))
+}
+
+struct SavedLora {
+    a: Tensor,
+    b: Tensor,
+    a_id: Option<VarId>,
+    b_id: Option<VarId>,
+    scale: f32,
+    mask: Option<DropoutMask>,
+    /// dropout(x) (x itself without dropout) and h = xd·Aᵀ, both from the forward.
+    xd: Tensor,
+    h: Tensor,
+}
+
+struct LinearOp {
+    out: VarId,
+    x: Tensor,
+    x_id: Option<VarId>,
+    w: Tensor,
+    w_id: Option<VarId>,
+    bias_id: Option<VarId>,
+    layout: WeightLayout,
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+    lora: Option<SavedLora>,
+}
+
+impl Backward for LinearOp {
+    fn name(&self) -> &'static str {
+        if self.lora.is_some() { "linear+lora" } else { "linear" }
+    }
+
+    fn backward(&self, gpu: &Gpu, g: &mut Grads) -> Result<()> {
+        let Some(dy) = g.take(self.out) else { return Ok(()) };
+        let (rows, d_in, d_out) = (self.rows, self.d_in, self.d_out);
+        let out_in = self.layout == WeightLayout::OutIn;
+
+        // dW: [out, in] = dyᵀ·x, or [in, out] = xᵀ·dy.
+        if let Some(dw) = g.target(self.w_id, self.w.shape())? {
+            let (mm, a, b) = if out_in {
+                (Matmul::new(d_out, d_in, rows).trans_a(true), &dy, &self.x)
+            } else {
+                (Matmul::new(d_in, d_out, rows).trans_a(true), &self.x, &dy)
+            };
+            matmul_into(gpu, &mm.accumulate(dw.accumulate), a, b, None, &dw.tensor)?;
+        }
+        if let Some(db) = g.target(self.bias_id, &[d_out])? {
+            reduce::sum_rows_into(gpu, &dy.reshape(&[rows, d_out])?, &db.tensor, db.accumulate)?;
+        }
+
+        let dx = g.target(self.x_id, self.x.shape())?;
+        if let Some(dx) = &dx {
+            // dx = dy·W for [out, in], dy·Wᵀ for [in, out].
+            let mm = Matmul::new(rows, d_in, d_out).trans_b(!out_in).accumulate(dx.accumulate);
+            matmul_into(gpu, &mm, &dy, &self.w, None, &dx.tensor)?;
+        }
+
+        if let Some(l) = &self.lora {
+            let r = l.a.dim(0);
+            // dB [out, r] += s·dyᵀ·h.
+            if let Some(db) = g.target(l.b_id, l.b.shape())? {
+                let mm = Matmul::new(d_out, r, rows).trans_a(true).alpha(l.scale).accumulate(db.accumulate);
+                matmul_into(gpu, &mm, &dy, &l.h, None, &db.tensor)?;
+            }
+            let need_dh = l.a_id.is_some() || dx.is_some();
+            if need_dh {
+                // dh [rows, r] = s·dy·B.
+                let dh = Tensor::empty(gpu, &[rows, r], DType::F32)?;
+                matmul_into(gpu, &Matmul::new(rows, r, d_out).alpha(l.scale), &dy, &l.b, None, &dh)?;
+                // dA [r, in] += dhᵀ·dropout(x).
+                if let Some(da) = g.target(l.a_id, l.a.shape())? {
+                    let mm = Matmul::new(r, d_in, rows).trans_a(true).accumulate(da.accumulate);
+                    matmul_into(gpu, &mm, &dh, &l.xd, None, &da.tensor)?;
+                }
+                // dx += dropout'(dh·A): the mask again, scaled by 1/(1-p).
+                if let Some(dx) = &dx {
+                    let mm = Matmul::new(rows, d_in, r);
+                    match l.mask {
+                        None => matmul_into(gpu, &mm.accumulate(true), &dh, &l.a, None, &dx.tensor)?,
+                        Some(mask) => {
+                            let t = Tensor::empty(gpu, &[rows, d_in], DType::F32)?;
+                            matmul_into(gpu, &mm, &dh, &l.a, None, &t)?;
+                            dropout::apply_into(gpu, mask, &t, &dx.tensor, true)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
