@@ -10,6 +10,8 @@ pub mod cli;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod models;
+pub mod nn;
 pub mod reference;
 pub mod tensor;
 

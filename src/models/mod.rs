@@ -1,0 +1,173 @@
+//! Architectures, one file each, written to read like their Hugging Face source, and the code
+//! that loads their weights.
+
+pub mod gpt2;
+pub mod llama;
+pub mod weights;
+
+use std::path::Path;
+
+use crate::autograd::{self, Loss, Module, Tape, Var};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::matmul::{Matmul, matmul_into};
+use crate::nn::{KvCache, Linear, LoraConfig, Rng};
+use crate::tensor::{DType, Tensor};
+
+/// Token ids of a batch, on the host and on the GPU, with the padding mask.
+pub struct LmInput {
+    pub batch: usize,
+    pub seq: usize,
+    /// `[B, T]` row-major.
+    pub ids: Vec<u32>,
+    pub ids_gpu: Tensor,
+    /// `[B, T]` u32, 1 for real tokens and 0 for padding; None when there is no padding.
+    pub key_mask: Option<Tensor>,
+}
+
+impl LmInput {
+    pub fn new(gpu: &Gpu, ids: Vec<u32>, batch: usize, seq: usize, key_mask: Option<&[u32]>) -> Result<Self> {
+        if ids.len() != batch * seq {
+            return Err(Error::invalid("input", format!("{} ids for a batch of {batch} × {seq}", ids.len())));
+        }
+        let ids_gpu = Tensor::from_u32(gpu, &ids, &[batch, seq])?;
+        let key_mask = match key_mask {
+            Some(m) if m.iter().any(|&x| x == 0) => Some(Tensor::from_u32(gpu, m, &[batch, seq])?),
+            _ => None,
+        };
+        Ok(LmInput { batch, seq, ids, ids_gpu, key_mask })
+    }
+}
+
+/// Sizes the trainer, the KV cache and generation need.
+#[derive(Clone, Copy, Debug)]
+pub struct LmShape {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub max_positions: usize,
+}
+
+/// A decoder-only language model.
+pub trait CausalLm: Module {
+    /// `gpt2` or `llama` (config.json's `model_type`).
+    fn model_type(&self) -> &'static str;
+    fn shape(&self) -> LmShape;
+    /// The final hidden states `[B, T, C]` (after the last norm). With a cache, the input is the
+    /// tokens after the cached ones; the caller advances `cache.len`.
+    fn hidden(&self, tape: &Tape, input: &LmInput, cache: Option<&KvCache>) -> Result<Var>;
+    /// The output projection `[V, C]` (the input embedding when tied).
+    fn head(&self, tape: &Tape) -> Var;
+    /// Every linear layer (LoRA attaches to and merges from these).
+    fn linears_mut(&mut self) -> Vec<&mut Linear>;
+    /// The config as Hugging Face writes it (for exports).
+    fn config_json(&self) -> serde_json::Value;
+
+    /// Mean next-token cross-entropy over targets `[B·T]` (−100 ignored).
+    fn loss(&self, tape: &Tape, input: &LmInput, targets: &[i32]) -> Result<Loss> {
+        let h = self.hidden(tape, input, None)?;
+        let h = h.reshape(&[input.batch * input.seq, self.shape().hidden])?;
+        autograd::linear_cross_entropy(tape, &h, &self.head(tape), targets)
+    }
+
+    /// Logits `[B, V]` of the last position of each sequence (no gradients).
+    fn last_logits(&self, gpu: &Gpu, input: &LmInput, cache: Option<&KvCache>) -> Result<Tensor> {
+        let tape = Tape::no_grad(gpu);
+        let c = self.shape().hidden;
+        let h = self.hidden(&tape, input, cache)?.value.reshape(&[input.batch * input.seq, c])?;
+        let last = Tensor::empty(gpu, &[input.batch, c], DType::F32)?;
+        for b in 0..input.batch {
+            gpu.copy(&h.narrow_rows(b * input.seq + input.seq - 1, 1)?, &last.narrow_rows(b, 1)?)?;
+        }
+        let head = self.head(&tape).value;
+        let v = head.dim(0);
+        let logits = Tensor::empty(gpu, &[input.batch, v], DType::F32)?;
+        matmul_into(gpu, &Matmul::new(input.batch, v, c).trans_b(true), &last, &head, None, &logits)?;
+        Ok(logits)
+    }
+
+    /// Logits `[B, T, V]` of every position (parity tests and evaluation; no gradients).
+    fn all_logits(&self, gpu: &Gpu, input: &LmInput) -> Result<Tensor> {
+        let tape = Tape::no_grad(gpu);
+        let c = self.shape().hidden;
+        let n = input.batch * input.seq;
+        let h = self.hidden(&tape, input, None)?.value.reshape(&[n, c])?;
+        let head = self.head(&tape).value;
+        let v = head.dim(0);
+        let logits = Tensor::empty(gpu, &[input.batch, input.seq, v], DType::F32)?;
+        matmul_into(gpu, &Matmul::new(n, v, c).trans_b(true), &h, &head, None, &logits)?;
+        Ok(logits)
+    }
+
+    /// Freezes every weight, then attaches LoRA adapters (trainable) to the targeted linears.
+    /// Returns the number of adapted layers; none is an error naming what exists.
+    fn add_lora(&mut self, gpu: &Gpu, cfg: &LoraConfig, seed: u64) -> Result<usize> {
+        cfg.validate()?;
+        self.visit_params_mut(&mut |p| p.grad = None);
+        let mut rng = Rng::new(seed);
+        let mut adapted = 0;
+        let mut names = std::collections::BTreeSet::new();
+        for lin in self.linears_mut() {
+            names.insert(lin.path.rsplit('.').next().unwrap_or("").to_string());
+            adapted += lin.add_lora(gpu, cfg, &mut rng)? as usize;
+        }
+        if adapted == 0 {
+            return Err(Error::invalid(
+                "lora",
+                format!(
+                    "target modules {:?} match no layer of this {} model; its linear layers are {:?}",
+                    cfg.target_modules,
+                    self.model_type(),
+                    names
+                ),
+            ));
+        }
+        Ok(adapted)
+    }
+
+    /// Folds every adapter into its base weight.
+    fn merge_lora(&mut self, gpu: &Gpu) -> Result<()> {
+        for lin in self.linears_mut() {
+            lin.merge_lora(gpu)?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads a causal LM from a Hugging Face folder by its config's `model_type`.
+pub fn load_causal_lm(gpu: &Gpu, dir: &Path) -> Result<Box<dyn CausalLm>> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        model_type: Option<String>,
+    }
+    let probe: Probe = weights::read_config(dir)?;
+    match probe.model_type.as_deref() {
+        Some("gpt2") => Ok(Box::new(gpt2::Gpt2::load(gpu, dir)?)),
+        Some("llama") => Ok(Box::new(llama::Llama::load(gpu, dir)?)),
+        other => Err(Error::Parse {
+            path: dir.join("config.json"),
+            message: format!("model_type {other:?} is not a causal LM kiln knows (gpt2, llama)"),
+        }),
+    }
+}
+
+/// Positions `offset..offset + T` for each of B sequences, as embedding ids.
+pub(crate) fn positions(gpu: &Gpu, batch: usize, seq: usize, offset: usize) -> Result<(Vec<u32>, Tensor)> {
+    let pos: Vec<u32> = (0..batch).flat_map(|_| (offset..offset + seq).map(|p| p as u32)).collect();
+    let t = Tensor::from_u32(gpu, &pos, &[batch, seq])?;
+    Ok((pos, t))
+}
+
+/// Counts parameters: (trainable, total).
+pub fn count_params(m: &dyn Module) -> (usize, usize) {
+    let (mut trainable, mut total) = (0, 0);
+    m.visit_params(&mut |p| {
+        total += p.numel();
+        if p.trainable() {
+            trainable += p.numel();
+        }
+    });
+    (trainable, total)
+}

@@ -1,0 +1,152 @@
+//! Where a model's weights come from: a Hugging Face folder of safetensors files (one file, or
+//! shards listed by `model.safetensors.index.json`, or every `*.safetensors`), or a GGUF file.
+//! Every tensor is taken by its Hugging Face name with the shape the config implies; a missing
+//! tensor, a wrong shape, or a tensor left over at the end is an error that names it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::tensor::Tensor;
+
+/// A store of named f32 weights.
+pub trait WeightSource {
+    /// The file the weights come from (for messages).
+    fn origin(&self) -> &Path;
+    fn contains(&self, name: &str) -> bool;
+    /// The weight as f32, row-major, checked against `shape`.
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+    /// Names not taken yet.
+    fn remaining(&self) -> Vec<String>;
+
+    /// Uploads a weight to the GPU.
+    fn tensor(&mut self, gpu: &Gpu, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let data = self.take(name, shape)?;
+        Tensor::from_f32(gpu, &data, shape)
+    }
+
+    /// Errors if any tensor was not used, except names the model knowingly ignores.
+    fn finish(&self, ignored: &dyn Fn(&str) -> bool) -> Result<()> {
+        let left: Vec<String> = self.remaining().into_iter().filter(|n| !ignored(n)).collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        let shown = left.iter().take(8).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+        Err(Error::Parse {
+            path: self.origin().to_path_buf(),
+            message: format!(
+                "{} unexpected tensor(s) the model does not use: {shown}{} (is config.json for another architecture?)",
+                left.len(),
+                if left.len() > 8 { ", ..." } else { "" }
+            ),
+        })
+    }
+}
+
+/// The safetensors files of a Hugging Face folder, read into memory.
+pub struct SafetensorsSource {
+    dir: PathBuf,
+    /// name → (file, dtype, shape, bytes).
+    tensors: BTreeMap<String, (PathBuf, Dtype, Vec<usize>, Vec<u8>)>,
+    taken: BTreeSet<String>,
+}
+
+impl SafetensorsSource {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let files = shard_files(dir)?;
+        let mut tensors = BTreeMap::new();
+        for file in files {
+            let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+            let st = SafeTensors::deserialize(&bytes)
+                .map_err(|e| Error::Parse { path: file.clone(), message: format!("not a safetensors file: {e}") })?;
+            for (name, view) in st.tensors() {
+                let entry = (file.clone(), view.dtype(), view.shape().to_vec(), view.data().to_vec());
+                if tensors.insert(name.clone(), entry).is_some() {
+                    return Err(Error::Parse { path: file.clone(), message: format!("tensor `{name}` appears twice") });
+                }
+            }
+        }
+        Ok(SafetensorsSource { dir: dir.to_path_buf(), tensors, taken: BTreeSet::new() })
+    }
+}
+
+/// model.safetensors, the shards of model.safetensors.index.json, or all *.safetensors.
+fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::Parse { path: index.clone(), message: e.to_string() })?;
+        let map = json["weight_map"]
+            .as_object()
+            .ok_or_else(|| Error::Parse { path: index.clone(), message: "no `weight_map` object".into() })?;
+        let files: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Parse {
+            path: dir.to_path_buf(),
+            message: "no model.safetensors (or shards) here; kiln reads safetensors, not pytorch_model.bin".into(),
+        });
+    }
+    Ok(files)
+}
+
+impl WeightSource for SafetensorsSource {
+    fn origin(&self) -> &Path {
+        &self.dir
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let Some((file, dtype, found, bytes)) = self.tensors.get(name) else {
+            return Err(Error::Parse { path: self.dir.clone(), message: format!("missing tensor `{name}`") });
+        };
+        if found != shape {
+            return Err(Error::Parse {
+                path: file.clone(),
+                message: format!("tensor `{name}` has shape {found:?}, config says {shape:?}"),
+            });
+        }
+        let data = match dtype {
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => {
+                return Err(Error::Parse {
+                    path: file.clone(),
+                    message: format!("tensor `{name}` has dtype {other:?}; kiln reads F32, F16 and BF16 weights"),
+                });
+            }
+        };
+        self.taken.insert(name.to_string());
+        Ok(data)
+    }
+
+    fn remaining(&self) -> Vec<String> {
+        self.tensors.keys().filter(|n| !self.taken.contains(*n)).cloned().collect()
+    }
+}
+
+/// Reads and parses `config.json` of a model folder.
+pub fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Parse { path, message: format!("config: {e}") })
+}

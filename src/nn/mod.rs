@@ -1,0 +1,15 @@
+//! Modules built on the tape's ops: a config, a struct with Hugging Face field names, a thin
+//! forward. Each module lists its [`Param`](crate::autograd::Param)s through
+//! [`Module`](crate::autograd::Module).
+
+pub mod init;
+pub mod kv_cache;
+pub mod linear;
+pub mod lora;
+pub mod norm;
+
+pub use init::Rng;
+pub use kv_cache::KvCache;
+pub use linear::Linear;
+pub use lora::{LoraAdapter, LoraConfig};
+pub use norm::NormLayer;
