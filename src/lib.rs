@@ -2,13 +2,15 @@
 //!
 //! The crate is layered: [`gpu`] owns the device, buffers and pipelines; [`tensor`] is a typed
 //! view of a GPU buffer; [`kernels`] dispatches one WGSL shader family each; [`reference`] holds
-//! the plain CPU versions of every kernel that the tests compare against.
+//! the plain CPU versions of every kernel that the tests compare against. [`models`] reads
+//! pretrained checkpoints (GGUF files and the tokenizers they carry).
 
 pub mod bench;
 pub mod cli;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod models;
 pub mod reference;
 pub mod tensor;
 
