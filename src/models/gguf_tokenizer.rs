@@ -18,8 +18,9 @@
 //!
 //! For the second row llama.cpp (`llama-vocab.cpp`: `"\p{N}"` then the GPT-2 regex) and the
 //! original SmolLM2 `tokenizer.json` (`Digits(individual_digits)` then `ByteLevel`) agree;
-//! transformers' GGUF path uses the GPT-2 regex alone. The vocabulary was trained with digits
-//! split, so it has no multi-digit merges and both give the same ids.
+//! transformers' GGUF path uses the GPT-2 regex alone. SmolLM2's vocabulary was trained with
+//! digits split, so none of its 48900 merges holds an ASCII digit and both give the same ids
+//! (scripts/check_gguf.py compares them, digits included).
 //!
 //! Other pre-tokenizers (`llama-bpe`, `qwen2`, ...) use other regexes and are refused by name
 //! rather than tokenized slightly wrong.
