@@ -832,7 +832,9 @@ impl<'a> Reader<'a> {
                     t::U32 | t::I32 | t::F32 => 4,
                     t::STRING | t::U64 | t::I64 | t::F64 => 8,
                     t::ARRAY => 12,
-                    _ => 0, // reported below, on the first element
+                    other => {
+                        return Err(self.err(format!("{what} is an array of value type {other}, expected 0..=12")));
+                    }
                 };
                 self.check_count(len, min_bytes, &format!("elements of {what}"))?;
                 let mut items = Vec::with_capacity(len as usize);
@@ -1363,6 +1365,12 @@ mod tests {
         bytes[type_at..type_at + 4].copy_from_slice(&13u32.to_le_bytes());
         let e = err_text(parse(bytes));
         assert!(e.contains("the value of metadata key `k` has value type 13"), "{e}");
+        // An array of an unknown type, claiming more elements than memory holds.
+        let mut bytes = GgufBuilder::new().kv("k", strings(&[])).build();
+        bytes[type_at + 4..type_at + 8].copy_from_slice(&99u32.to_le_bytes());
+        bytes[type_at + 8..type_at + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+        let e = err_text(parse(bytes));
+        assert!(e.contains("`k` is an array of value type 99"), "{e}");
         // A bool that is not 0 or 1.
         let mut bytes = GgufBuilder::new().kv("k", GgufValue::Bool(true)).build();
         bytes[type_at + 4] = 7;
