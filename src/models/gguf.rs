@@ -1271,6 +1271,30 @@ mod tests {
         assert!(e.contains("tensor `b`"), "{e}");
     }
 
+    /// Corrupting any byte gives a file or an error, never a panic (nor a huge allocation).
+    #[test]
+    fn corrupt_bytes_never_panic() {
+        let (q, _) = quantize_q4_0(&seeded(64, 5));
+        let bytes = GgufBuilder::new()
+            .kv("general.name", GgufValue::String("tiny".into()))
+            .kv("t.nested", GgufValue::Array(vec![strings(&["x"]), strings(&["y", "z"])]))
+            .kv("t.f", GgufValue::F32(0.5))
+            .tensor("a", &[2, 2], GgmlType::F16, vec![0; 8])
+            .tensor("b", &[64], GgmlType::Q4_0, q)
+            .build();
+        for at in 0..bytes.len() {
+            for value in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+                let mut corrupt = bytes.clone();
+                corrupt[at] = value;
+                if let Ok(f) = parse(corrupt) {
+                    for t in &f.tensors {
+                        let _ = f.tensor_f32(&t.name);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn unsupported_type_is_named() -> Result<()> {
         let f = parse(
