@@ -2,7 +2,8 @@
 //!
 //! The crate is layered: [`gpu`] owns the device, buffers and pipelines; [`tensor`] is a typed
 //! view of a GPU buffer; [`kernels`] dispatches one WGSL shader family each; [`reference`] holds
-//! the plain CPU versions of every kernel that the tests compare against.
+//! the plain CPU versions of every kernel that the tests compare against. [`models`] reads
+//! pretrained checkpoints; [`autograd`] and [`nn`] build the training graph on the kernels.
 
 pub mod autograd;
 pub mod bench;
