@@ -2,6 +2,7 @@
 //! that loads their weights.
 
 pub mod gguf;
+pub mod gguf_llama;
 pub mod gguf_tokenizer;
 pub mod gpt2;
 pub mod llama;

@@ -1,0 +1,54 @@
+//! Dumps a causal LM's logits for prompts, for parity checks against transformers
+//! (`scripts/check_smollm2.py`).
+//!
+//! `cargo run --release --example lm_logits -- MODEL.gguf OUT.safetensors "prompt" ...`
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use kiln::gpu::{AdapterChoice, Gpu};
+use kiln::models::gguf::GgufFile;
+use kiln::models::gguf_llama;
+use kiln::models::gguf_tokenizer::GgufTokenizer;
+use kiln::models::{CausalLm, LmInput};
+
+fn main() -> kiln::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 4 {
+        eprintln!("usage: lm_logits MODEL.gguf OUT.safetensors PROMPT...");
+        std::process::exit(2);
+    }
+    let gpu = Gpu::new(&AdapterChoice::from_flag_or_env(None))?;
+    let file = GgufFile::open(Path::new(&args[1]))?;
+    let tok = GgufTokenizer::from_gguf(&file)?;
+    let t0 = std::time::Instant::now();
+    let model = gguf_llama::load_llama(&gpu, &file)?;
+    eprintln!("loaded in {:.1}s on {}", t0.elapsed().as_secs_f64(), gpu.describe());
+    let mut tensors: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = Vec::new();
+    for (i, prompt) in args[3..].iter().enumerate() {
+        let ids = tok.encode(prompt, false)?;
+        let n = ids.len();
+        let input = LmInput::new(&gpu, ids.clone(), 1, n, None)?;
+        let t0 = std::time::Instant::now();
+        let logits = model.all_logits(&gpu, &input)?.to_f32_vec(&gpu)?;
+        eprintln!("prompt {i}: {n} tokens, forward {:.2}s", t0.elapsed().as_secs_f64());
+        let v = model.shape().vocab;
+        tensors.push((
+            format!("logits.{i}"),
+            bytemuck::cast_slice(&logits).to_vec(),
+            vec![n, v],
+            safetensors::Dtype::F32,
+        ));
+        let ids: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
+        tensors.push((format!("ids.{i}"), bytemuck::cast_slice(&ids).to_vec(), vec![n], safetensors::Dtype::I32));
+    }
+    let views: HashMap<String, safetensors::tensor::TensorView> = tensors
+        .iter()
+        .map(|(name, bytes, shape, dt)| {
+            (name.clone(), safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes).unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(&views, None, Path::new(&args[2]))
+        .map_err(|e| kiln::Error::invalid("save", e.to_string()))?;
+    Ok(())
+}
