@@ -56,7 +56,15 @@ pub struct SafetensorsSource {
 
 impl SafetensorsSource {
     pub fn open(dir: &Path) -> Result<Self> {
-        let files = shard_files(dir)?;
+        Self::from_files(dir, shard_files(dir)?)
+    }
+
+    /// One safetensors file (an adapter).
+    pub fn open_file(file: &Path) -> Result<Self> {
+        Self::from_files(file, vec![file.to_path_buf()])
+    }
+
+    fn from_files(dir: &Path, files: Vec<PathBuf>) -> Result<Self> {
         let mut tensors = BTreeMap::new();
         for file in files {
             let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
@@ -149,4 +157,35 @@ pub fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::Parse { path, message: format!("config: {e}") })
+}
+
+/// Writes f32 tensors to a safetensors file atomically: a temporary file in the same folder,
+/// then a rename, so a crash never leaves a half-written file under the real name.
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<f32>, Vec<usize>)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, data, shape)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::Parse { path: path.to_path_buf(), message: format!("tensor `{name}`: {e}") })
+        })
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(views, metadata)
+        .map_err(|e| Error::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp{}",
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }

@@ -1,0 +1,158 @@
+//! LoRA adapters in PEFT's format: a folder with `adapter_config.json` and
+//! `adapter_model.safetensors`, keys `base_model.model.<module path>.lora_{A,B}.weight` (no
+//! adapter name), A `[r, in]`, B `[out, r]`. Loadable by `peft.PeftModel.from_pretrained`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::json;
+
+use super::CausalLm;
+use super::weights::{SafetensorsSource, WeightSource, save_safetensors, write_atomic};
+use crate::autograd::{Param, WeightLayout};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::nn::{LoraAdapter, LoraConfig};
+
+const PREFIX: &str = "base_model.model.";
+
+/// What the adapter was trained for (PEFT's `task_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskType {
+    CausalLm,
+    SeqCls,
+}
+
+impl TaskType {
+    pub fn peft_name(self) -> &'static str {
+        match self {
+            TaskType::CausalLm => "CAUSAL_LM",
+            TaskType::SeqCls => "SEQ_CLS",
+        }
+    }
+}
+
+/// Writes the model's adapters (and any extra trained modules) as a PEFT folder, replacing an
+/// existing one only once the new one is complete.
+pub fn save_adapter(
+    gpu: &Gpu,
+    model: &mut dyn CausalLm,
+    cfg: &LoraConfig,
+    task: TaskType,
+    base_model: &str,
+    dir: &Path,
+) -> Result<()> {
+    let mut tensors = Vec::new();
+    let mut fan_in_fan_out = false;
+    for lin in model.linears_mut() {
+        if let Some(l) = &lin.lora {
+            fan_in_fan_out |= lin.layout == WeightLayout::InOut;
+            for p in [&l.a, &l.b] {
+                tensors.push((format!("{PREFIX}{}", p.name), p.value.to_f32_vec(gpu)?, p.value.shape().to_vec()));
+            }
+        }
+    }
+    if tensors.is_empty() {
+        return Err(Error::invalid("save_adapter", "the model has no LoRA adapters to save"));
+    }
+    let config = json!({
+        "peft_type": "LORA",
+        "task_type": task.peft_name(),
+        "base_model_name_or_path": base_model,
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": cfg.target_modules,
+        "bias": "none",
+        "fan_in_fan_out": fan_in_fan_out,
+        "use_rslora": cfg.use_rslora,
+        "use_dora": false,
+        "modules_to_save": null,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "layers_to_transform": null,
+        "revision": null,
+    });
+    // Each file is written to a temporary name and renamed, so neither is ever half-written.
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let text = serde_json::to_string_pretty(&config).expect("json values serialize");
+    save_safetensors(&dir.join("adapter_model.safetensors"), &tensors, Some(Default::default()))?;
+    write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
+}
+
+/// Reads `adapter_config.json`, refusing PEFT options kiln does not implement.
+pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
+    let path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Parse { path: path.clone(), message: e.to_string() })?;
+    let bad = |message: String| Error::Parse { path: path.clone(), message };
+    if v["peft_type"].as_str() != Some("LORA") {
+        return Err(bad(format!("peft_type {} is not LORA", v["peft_type"])));
+    }
+    let unsupported = |key: &str| -> bool {
+        match &v[key] {
+            serde_json::Value::Null => false,
+            serde_json::Value::Bool(b) => *b,
+            serde_json::Value::Object(o) => !o.is_empty(),
+            serde_json::Value::Array(a) => !a.is_empty(),
+            serde_json::Value::String(s) => key != "bias" || s != "none",
+            _ => true,
+        }
+    };
+    for key in ["use_dora", "rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern", "bias"] {
+        if unsupported(key) {
+            return Err(bad(format!("`{key}` = {} is not supported by kiln", v[key])));
+        }
+    }
+    let target_modules = match &v["target_modules"] {
+        serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        serde_json::Value::String(s) => {
+            return Err(bad(format!("target_modules is the regex `{s}`; kiln needs a list of module names")));
+        }
+        other => return Err(bad(format!("target_modules {other} is not a list"))),
+    };
+    let r = v["r"].as_u64().ok_or_else(|| bad("no integer `r`".into()))? as usize;
+    Ok(LoraConfig {
+        r,
+        alpha: v["lora_alpha"].as_f64().unwrap_or(8.0) as f32,
+        dropout: v["lora_dropout"].as_f64().unwrap_or(0.0) as f32,
+        target_modules,
+        use_rslora: v["use_rslora"].as_bool().unwrap_or(false),
+    })
+}
+
+/// Attaches the adapter in `dir` to the model (frozen base, trainable adapters). Every key of
+/// the file must land on a layer of the model.
+pub fn load_adapter(gpu: &Gpu, model: &mut dyn CausalLm, dir: &Path) -> Result<LoraConfig> {
+    let cfg = read_adapter_config(dir)?;
+    cfg.validate()?;
+    let mut src = SafetensorsSource::open_file(&dir.join("adapter_model.safetensors"))?;
+    model.visit_params_mut(&mut |p| p.grad = None);
+    let mut found = BTreeMap::new();
+    for lin in model.linears_mut() {
+        let a_key = format!("{PREFIX}{}.lora_A.weight", lin.path);
+        if !src.contains(&a_key) {
+            continue;
+        }
+        let (d_in, d_out) = lin.in_out();
+        let a = src.tensor(gpu, &a_key, &[cfg.r, d_in])?;
+        let b = src.tensor(gpu, &format!("{PREFIX}{}.lora_B.weight", lin.path), &[d_out, cfg.r])?;
+        let mut a = Param::new(format!("{}.lora_A.weight", lin.path), a);
+        let mut b = Param::new(format!("{}.lora_B.weight", lin.path), b);
+        a.set_trainable(gpu, true)?;
+        b.set_trainable(gpu, true)?;
+        lin.lora = Some(LoraAdapter { a, b, scale: cfg.scale(), dropout: cfg.dropout });
+        found.insert(lin.path.clone(), ());
+    }
+    src.finish(&|_| false)?;
+    if found.is_empty() {
+        return Err(Error::Parse {
+            path: dir.to_path_buf(),
+            message: "no adapter weight matches a layer of this model".into(),
+        });
+    }
+    Ok(cfg)
+}
