@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Writes the small decoder fixtures that kiln's Rust tests read (they never run Python).
+
+    python3 scripts/make_fixtures.py [--out tests/fixtures]
+
+For each of two tiny random decoders (GPT-2 and Llama layouts) it writes, under `<out>/<name>/`:
+  - `config.json` + `model.safetensors`: the base model, `save_pretrained(safe_serialization=True)`;
+  - `peft_adapter/`: a PEFT LoRA adapter (`adapter_config.json` + `adapter_model.safetensors`),
+    saved by real PEFT, with non-zero random A and B;
+  - `expected.safetensors`: reference tensors computed with transformers/PEFT in fp32:
+      input_ids      int32   [2, 7]   random ids in [0, 96); row 1 right-padded (last 2 = id 0)
+      attention_mask int32   [2, 7]   row 0 all ones, row 1 ones then two zeros
+      labels         int32   [2, 7]   input_ids with -100 where attention_mask == 0
+      logits         float32 [2, 7, 96]  base model(input_ids, attention_mask)
+      loss           float32 [1]      base model loss with labels (HF shifts internally)
+      lora_logits    float32 [2, 7, 96]  base + LoRA adapter
+      lora_loss      float32 [1]
+      grad.<key>     float32          d lora_loss / d (LoRA weight), <key> as in
+                                      adapter_model.safetensors
+      merged_logits  float32 [2, 7, 96]  peft_model.merge_and_unload()
+      greedy_ids     int32   [1, 10]  base model greedy generate from input_ids[0, :4],
+                                      6 new tokens, no eos stopping (first 4 = prompt)
+
+Deterministic: fixed seeds, eval mode, all dropouts 0; running it twice gives identical bytes.
+Needs: torch, transformers (5.x), peft (0.21.x), safetensors.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+
+VOCAB = 96
+BATCH, SEQ = 2, 7
+PAD_TAIL = 2
+
+
+def init_weights(model, seed, std=0.2):
+    """Random init with a larger std than the HF default, so outputs are far from trivial.
+
+    Every parameter gets N(0, std); norm weights (LayerNorm / RMSNorm) get 1 + N(0, std).
+    Tied parameters are visited once (named_parameters deduplicates)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32) * std
+            is_norm_weight = name.endswith(".weight") and (
+                ".ln_" in name or name.startswith("transformer.ln_f")
+                or "norm" in name.split(".")[-2]
+            )
+            p.copy_(noise + 1.0 if is_norm_weight else noise)
+
+
+def make_inputs(seed):
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=g, dtype=torch.int64)
+    attention_mask = torch.ones(BATCH, SEQ, dtype=torch.int64)
+    attention_mask[1, SEQ - PAD_TAIL:] = 0
+    input_ids[attention_mask == 0] = 0
+    labels = input_ids.clone()
+    labels[attention_mask == 0] = -100
+    return input_ids, attention_mask, labels
+
+
+def adapter_key(param_name):
+    # PEFT saves `...lora_A.default.weight` as `...lora_A.weight` (no adapter name).
+    return param_name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+
+
+def build(name, model, targets, fan_in_fan_out, out_root, seed):
+    out = os.path.join(out_root, name)
+    os.makedirs(out, exist_ok=True)
+    model = model.float().eval()
+    init_weights(model, seed)
+    model.save_pretrained(out, safe_serialization=True)
+
+    input_ids, attention_mask, labels = make_inputs(seed + 1)
+    exp = {
+        "input_ids": input_ids.to(torch.int32),
+        "attention_mask": attention_mask.to(torch.int32),
+        "labels": labels.to(torch.int32),
+    }
+
+    with torch.no_grad():
+        o = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    exp["logits"] = o.logits.float().contiguous()
+    exp["loss"] = o.loss.float().reshape(1)
+
+    # Greedy decoding with the base model (before PEFT injects layers into it).
+    prompt = input_ids[:1, :4]
+    with torch.no_grad():
+        gen = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            max_new_tokens=6,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        # Cross-check with a plain argmax loop (no eos handling, no logits processors).
+        ref = prompt
+        for _ in range(6):
+            nxt = model(input_ids=ref).logits[:, -1].argmax(-1, keepdim=True)
+            ref = torch.cat([ref, nxt], dim=1)
+    assert gen.shape == (1, 10), gen.shape
+    assert torch.equal(gen, ref), (gen, ref)
+    exp["greedy_ids"] = gen.to(torch.int32)
+
+    lcfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+        target_modules=targets,
+        fan_in_fan_out=fan_in_fan_out,
+    )
+    peft_model = get_peft_model(model, lcfg)
+    peft_model.eval()
+    g = torch.Generator().manual_seed(seed + 2)
+    lora_params = {}
+    with torch.no_grad():
+        for pname, p in peft_model.named_parameters():
+            if ".lora_A." in pname or ".lora_B." in pname:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32) * 0.3)
+                lora_params[adapter_key(pname)] = p
+    adir = os.path.join(out, "peft_adapter")
+    peft_model.save_pretrained(adir)
+    # PEFT writes target_modules from a set (order depends on PYTHONHASHSEED): sort it so the
+    # output is byte-identical across runs; the model-card README it writes is not needed.
+    cpath = os.path.join(adir, "adapter_config.json")
+    with open(cpath) as f:
+        acfg = json.load(f)
+    acfg["target_modules"] = sorted(acfg["target_modules"])
+    with open(cpath, "w") as f:
+        json.dump(acfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+    readme = os.path.join(adir, "README.md")
+    if os.path.exists(readme):
+        os.remove(readme)
+
+    saved_keys = set(get_peft_model_state_dict(peft_model).keys())
+    assert saved_keys == set(lora_params), (saved_keys ^ set(lora_params))
+
+    peft_model.zero_grad(set_to_none=True)
+    o = peft_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    o.loss.backward()
+    exp["lora_logits"] = o.logits.detach().float().contiguous()
+    exp["lora_loss"] = o.loss.detach().float().reshape(1)
+    for k in sorted(lora_params):
+        grad = lora_params[k].grad
+        assert grad is not None and grad.abs().max() > 0, k
+        exp["grad." + k] = grad.detach().float().contiguous().clone()
+
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    with torch.no_grad():
+        mo = merged(input_ids=input_ids, attention_mask=attention_mask)
+    exp["merged_logits"] = mo.logits.float().contiguous()
+    err = (exp["merged_logits"] - exp["lora_logits"]).abs().max().item()
+    assert err < 1e-4, f"{name}: merged vs lora logits differ by {err}"
+
+    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(out, "expected.safetensors"))
+    return out
+
+
+def gpt2():
+    cfg = GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        summary_first_dropout=0.0,
+        tie_word_embeddings=True,
+        # GPT-2's default bos/eos (50256) lie outside this vocab; use its last id instead.
+        bos_token_id=VOCAB - 1,
+        eos_token_id=VOCAB - 1,
+    )
+    return GPT2LMHeadModel(cfg)
+
+
+def llama():
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        tie_word_embeddings=True,
+        attention_bias=False,
+        attention_dropout=0.0,
+        mlp_bias=False,
+        hidden_act="silu",
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures"))
+    args = ap.parse_args()
+    out_root = os.path.normpath(args.out)
+
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+
+    dirs = [
+        build("gpt2_tiny", gpt2(), ["c_attn", "c_proj", "c_fc"], True, out_root, seed=1234),
+        build("llama_tiny", llama(),
+              ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+              False, out_root, seed=5678),
+    ]
+    for d in dirs:
+        total = 0
+        print(d)
+        for root, _, files in sorted(os.walk(d)):
+            for f in sorted(files):
+                p = os.path.join(root, f)
+                n = os.path.getsize(p)
+                total += n
+                print(f"  {os.path.relpath(p, d):40s} {n:8d} B")
+        print(f"  {'total':40s} {total:8d} B")
+        assert total < 300_000, f"{d} is too large ({total} B)"
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
