@@ -10,12 +10,14 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod generate;
 pub mod gpu;
 pub mod kernels;
 pub mod models;
 pub mod nn;
 pub mod reference;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;

@@ -6,6 +6,7 @@ pub mod gguf_llama;
 pub mod gguf_tokenizer;
 pub mod gpt2;
 pub mod llama;
+pub mod load;
 pub mod peft;
 pub mod weights;
 

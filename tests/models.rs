@@ -1,0 +1,253 @@
+//! Whole decoders against PyTorch: tiny random GPT-2 and Llama checkpoints with logits, loss,
+//! LoRA gradients and greedy generations made by transformers + PEFT
+//! (`scripts/make_fixtures.py`; the tests read its files and never need Python).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use kiln::autograd::Tape;
+use kiln::generate::{Sampling, generate};
+use kiln::models::peft::{self, TaskType};
+use kiln::models::{CausalLm, LmInput, load_causal_lm};
+use kiln::nn::LoraConfig;
+
+use common::*;
+
+/// Logits and losses: f32 through a few layers, ~1e-6 relative on both sides.
+const LOGIT_TOL: f64 = 1e-4;
+/// LoRA gradients summed over tokens and layers.
+const GRAD_TOL: f64 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// The tensors of expected.safetensors: f32 as f64, i32 as i64.
+struct Expected {
+    f: HashMap<String, (Vec<f64>, Vec<usize>)>,
+    i: HashMap<String, Vec<i64>>,
+}
+
+impl Expected {
+    fn read(dir: &Path) -> Expected {
+        let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (mut f, mut i) = (HashMap::new(), HashMap::new());
+        for (name, v) in st.tensors() {
+            let words = v.data().chunks_exact(4).map(|b| [b[0], b[1], b[2], b[3]]);
+            match v.dtype() {
+                safetensors::Dtype::F32 => {
+                    f.insert(name, (words.map(|w| f32::from_le_bytes(w) as f64).collect(), v.shape().to_vec()));
+                }
+                safetensors::Dtype::I32 => {
+                    i.insert(name, words.map(|w| i32::from_le_bytes(w) as i64).collect());
+                }
+                other => panic!("unexpected dtype {other:?} for {name}"),
+            }
+        }
+        Expected { f, i }
+    }
+
+    fn f(&self, name: &str) -> &[f64] {
+        &self.f.get(name).unwrap_or_else(|| panic!("fixture has no `{name}`")).0
+    }
+
+    /// The batch as kiln takes it: ids, key mask, and targets shifted left (HF shifts inside).
+    fn batch(&self) -> (LmInput, Vec<i32>) {
+        let ids: Vec<u32> = self.i["input_ids"].iter().map(|&x| x as u32).collect();
+        let mask: Vec<u32> = self.i["attention_mask"].iter().map(|&x| x as u32).collect();
+        let labels = &self.i["labels"];
+        let (b, t) = (2, ids.len() / 2);
+        let targets = (0..b * t).map(|k| if k % t == t - 1 { -100 } else { labels[k + 1] as i32 }).collect();
+        (LmInput::new(gpu(), ids, b, t, Some(&mask)).unwrap(), targets)
+    }
+}
+
+/// Logits where the attention mask is 1 (padded positions' logits are implementation detail).
+fn real_positions(logits: &[f32], mask: &[i64], vocab: usize) -> Vec<f32> {
+    mask.iter()
+        .enumerate()
+        .filter(|(_, m)| **m == 1)
+        .flat_map(|(k, _)| logits[k * vocab..(k + 1) * vocab].to_vec())
+        .collect()
+}
+
+fn expected_real(e: &Expected, name: &str, vocab: usize) -> Vec<f64> {
+    let all: Vec<f32> = e.f(name).iter().map(|&x| x as f32).collect();
+    real_positions(&all, &e.i["attention_mask"], vocab).iter().map(|&x| x as f64).collect()
+}
+
+fn check_logits(what: &str, model: &dyn CausalLm, e: &Expected, name: &str) {
+    let (input, _) = e.batch();
+    let v = model.shape().vocab;
+    let got = model.all_logits(gpu(), &input).unwrap().to_f32_vec(gpu()).unwrap();
+    assert_close(what, &real_positions(&got, &e.i["attention_mask"], v), &expected_real(e, name, v), LOGIT_TOL, 1e-4);
+}
+
+fn loss_of(model: &dyn CausalLm, e: &Expected) -> f32 {
+    let (input, targets) = e.batch();
+    let tape = Tape::no_grad(gpu());
+    model.loss(&tape, &input, &targets).unwrap().read(gpu()).unwrap().0
+}
+
+fn base_matches(name: &str) {
+    let dir = fixture(name);
+    let e = Expected::read(&dir);
+    let model = load_causal_lm(gpu(), &dir).unwrap();
+    check_logits(&format!("{name} logits"), model.as_ref(), &e, "logits");
+    assert_close(&format!("{name} loss"), &[loss_of(model.as_ref(), &e)], e.f("loss"), LOGIT_TOL, 1e-5);
+}
+
+#[test]
+fn gpt2_logits_and_loss_match_transformers() {
+    base_matches("gpt2_tiny");
+}
+
+#[test]
+fn llama_logits_and_loss_match_transformers() {
+    base_matches("llama_tiny");
+}
+
+/// PEFT's adapter loads; logits, loss and every LoRA gradient match PEFT's; merging gives the
+/// merged model's logits.
+fn lora_matches(name: &str) {
+    let g = gpu();
+    let dir = fixture(name);
+    let e = Expected::read(&dir);
+    let mut model = load_causal_lm(g, &dir).unwrap();
+    peft::load_adapter(g, model.as_mut(), &dir.join("peft_adapter")).unwrap();
+    check_logits(&format!("{name} lora logits"), model.as_ref(), &e, "lora_logits");
+
+    let (input, targets) = e.batch();
+    let tape = Tape::train(g, 0, 1);
+    let loss = model.loss(&tape, &input, &targets).unwrap();
+    tape.backward(&loss, 1.0).unwrap();
+    assert_close(&format!("{name} lora loss"), &[loss.read(g).unwrap().0], e.f("lora_loss"), LOGIT_TOL, 1e-5);
+    let mut checked = 0;
+    model.visit_params(&mut |p| {
+        if let Some(grad) = &p.grad {
+            let key = format!("grad.base_model.model.{}", p.name);
+            assert_close(&format!("{name} {key}"), &grad.to_f32_vec(g).unwrap(), e.f(&key), GRAD_TOL, 1e-3);
+            checked += 1;
+        }
+    });
+    let expected_grads = e.f.keys().filter(|k| k.starts_with("grad.")).count();
+    assert_eq!(checked, expected_grads, "every LoRA matrix of the fixture has a gradient in kiln");
+
+    model.merge_lora(g).unwrap();
+    check_logits(&format!("{name} merged logits"), model.as_ref(), &e, "merged_logits");
+}
+
+#[test]
+fn gpt2_lora_matches_peft() {
+    lora_matches("gpt2_tiny");
+}
+
+#[test]
+fn llama_lora_matches_peft() {
+    lora_matches("llama_tiny");
+}
+
+/// Greedy decoding through the KV cache reproduces transformers' `generate`.
+fn greedy_matches(name: &str) {
+    let dir = fixture(name);
+    let e = Expected::read(&dir);
+    let model = load_causal_lm(gpu(), &dir).unwrap();
+    let want: Vec<u32> = e.i["greedy_ids"].iter().map(|&x| x as u32).collect();
+    let got = generate(gpu(), model.as_ref(), &want[..4], 6, Sampling::greedy(), &[], &mut |_| Ok(())).unwrap();
+    assert_eq!(got, want[4..], "{name}: greedy continuation of {:?}", &want[..4]);
+}
+
+#[test]
+fn gpt2_greedy_generation_matches_transformers() {
+    greedy_matches("gpt2_tiny");
+}
+
+#[test]
+fn llama_greedy_generation_matches_transformers() {
+    greedy_matches("llama_tiny");
+}
+
+/// An adapter kiln saves loads back (in kiln) with the same logits; `scripts/check_peft_roundtrip.py`
+/// proves real PEFT reads it too.
+#[test]
+fn adapter_save_and_load_round_trip() {
+    let g = gpu();
+    let dir = fixture("llama_tiny");
+    let e = Expected::read(&dir);
+    let mut model = load_causal_lm(g, &dir).unwrap();
+    let cfg = peft::load_adapter(g, model.as_mut(), &dir.join("peft_adapter")).unwrap();
+    let (input, _) = e.batch();
+    let before = model.all_logits(g, &input).unwrap().to_f32_vec(g).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    peft::save_adapter(g, model.as_mut(), &cfg, TaskType::CausalLm, "llama_tiny", out.path()).unwrap();
+    let mut again = load_causal_lm(g, &dir).unwrap();
+    let cfg2 = peft::load_adapter(g, again.as_mut(), out.path()).unwrap();
+    assert_eq!(cfg, cfg2);
+    let after = again.all_logits(g, &input).unwrap().to_f32_vec(g).unwrap();
+    assert_close("reloaded adapter logits", &after, &f64s(&before), 0.0, 0.0);
+}
+
+/// Only what is trainable costs anything: a frozen model records no op; LoRA on the last layer
+/// only records that layer and what follows it, nothing below.
+#[test]
+fn tape_records_only_above_the_lowest_trainable_tensor() {
+    let g = gpu();
+    let dir = fixture("llama_tiny");
+    let e = Expected::read(&dir);
+    let (input, targets) = e.batch();
+    let mut model = load_causal_lm(g, &dir).unwrap();
+    let tape = Tape::train(g, 0, 1);
+    let loss = model.loss(&tape, &input, &targets).unwrap();
+    assert_eq!(tape.recorded(), 0, "a frozen model records nothing: {:?}", tape.recorded_names());
+    let err = tape.backward(&loss, 1.0).unwrap_err().to_string();
+    assert!(err.contains("does not depend on any trainable"), "{err}");
+
+    let cfg = LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        target_modules: vec!["model.layers.1.self_attn.v_proj".into()],
+        use_rslora: false,
+    };
+    assert_eq!(model.add_lora(g, &cfg, 7).unwrap(), 1);
+    let tape = Tape::train(g, 0, 1);
+    model.loss(&tape, &input, &targets).unwrap();
+    let names = tape.recorded_names();
+    // v_proj (with LoRA), attention, o_proj, residual add, norm, MLP (gate, up, swiglu, down),
+    // residual add, final norm, the loss: no embedding, no layer 0, no q/k projections or RoPE.
+    assert_eq!(names.first(), Some(&"linear+lora"), "{names:?}");
+    assert!(!names.contains(&"embedding") && !names.contains(&"rope"), "{names:?}");
+    assert_eq!(names.iter().filter(|n| **n == "attention").count(), 1, "{names:?}");
+    assert_eq!(names.last(), Some(&"linear_cross_entropy"), "{names:?}");
+}
+
+/// Two micro-batches with seed ½ each accumulate the same gradient as one pass with seed 1.
+#[test]
+fn gradients_accumulate_across_micro_batches() {
+    let g = gpu();
+    let dir = fixture("gpt2_tiny");
+    let e = Expected::read(&dir);
+    let (input, targets) = e.batch();
+    let grads = |passes: usize| {
+        let mut model = load_causal_lm(g, &dir).unwrap();
+        peft::load_adapter(g, model.as_mut(), &dir.join("peft_adapter")).unwrap();
+        for _ in 0..passes {
+            let tape = Tape::train(g, 0, 1);
+            let loss = model.loss(&tape, &input, &targets).unwrap();
+            tape.backward(&loss, 1.0 / passes as f32).unwrap();
+        }
+        let mut out = Vec::new();
+        model.visit_params(&mut |p| {
+            if let Some(gr) = &p.grad {
+                out.extend(gr.to_f32_vec(g).unwrap());
+            }
+        });
+        out
+    };
+    let (one, two) = (grads(1), grads(2));
+    assert!(one.iter().any(|&x| x != 0.0));
+    assert_close("accumulated gradients", &two, &f64s(&one), 1e-6, 1e-5);
+}
