@@ -2,6 +2,9 @@
 
 pub mod bench;
 pub mod devices;
+pub mod export;
+pub mod generate;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -20,12 +23,21 @@ pub enum Command {
     Devices(devices::DevicesArgs),
     /// Time every kernel and print GFLOP/s or GB/s against rooflines measured in the same run.
     Bench(bench::BenchArgs),
+    /// Fine-tune a causal LM with LoRA on a jsonl folder or a built-in task.
+    Train(train::TrainArgs),
+    /// Generate text (or chat) with a model and optionally a LoRA adapter.
+    Generate(generate::GenerateArgs),
+    /// Write a model with its LoRA adapter merged as a Hugging Face folder.
+    Export(export::ExportArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices(args) => devices::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Export(args) => export::run(args),
     }
 }
 

@@ -1,1 +1,185 @@
+//! The causal-LM training loop: shuffled padded batches, gradient accumulation, AdamW with a
+//! schedule, periodic validation (loss and perplexity). One readback per optimizer step: the
+//! losses of its micro-batches, after everything of the step is submitted.
 
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::Optimizer;
+use super::schedule::{Schedule, ScheduleKind};
+use crate::autograd::Tape;
+use crate::data::lm::{Example, LmBatch, make_batches};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::adamw::AdamW;
+use crate::models::{CausalLm, LmInput};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LmTrainConfig {
+    pub epochs: usize,
+    /// Optimizer steps; overrides `epochs` when set (as in HF's Trainer).
+    pub max_steps: Option<usize>,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub lr: f32,
+    pub schedule: ScheduleKind,
+    pub warmup_ratio: f32,
+    pub weight_decay: f32,
+    pub max_grad_norm: Option<f32>,
+    /// Validate every this many optimizer steps (and at the end).
+    pub eval_every: Option<usize>,
+    /// Validation batches used each time (all when None).
+    pub eval_batches: Option<usize>,
+    pub seed: u64,
+}
+
+/// What the loop reports as it goes.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Step { step: usize, total: usize, epoch: usize, loss: f32, lr: f32, tokens: usize, seconds: f64 },
+    Eval { step: usize, val_loss: f32, val_ppl: f32, tokens: usize },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainSummary {
+    pub steps: usize,
+    /// Real (unpadded) tokens processed, and the wall time of the training steps.
+    pub tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+    pub first_loss: f32,
+    pub last_loss: f32,
+    pub evals: Vec<(usize, f32)>,
+}
+
+/// Mean loss over the targets of `batches` (no gradients), and the number of targets.
+pub fn eval_loss(gpu: &Gpu, model: &dyn CausalLm, batches: &[LmBatch]) -> Result<(f32, usize)> {
+    let (mut total, mut count) = (0.0f64, 0usize);
+    let mut losses = Vec::with_capacity(batches.len());
+    for b in batches {
+        let input = LmInput::new(gpu, b.ids.clone(), b.batch, b.seq, Some(&b.key_mask))?;
+        let tape = Tape::no_grad(gpu);
+        losses.push(model.loss(&tape, &input, &b.targets)?);
+    }
+    for l in &losses {
+        let (mean, n) = l.read(gpu)?;
+        total += mean as f64 * n as f64;
+        count += n;
+    }
+    Ok((if count > 0 { (total / count as f64) as f32 } else { 0.0 }, count))
+}
+
+pub fn train_lm(
+    gpu: &Gpu,
+    model: &mut dyn CausalLm,
+    train: &[Example],
+    valid: Option<&[Example]>,
+    pad: u32,
+    cfg: &LmTrainConfig,
+    on_event: &mut dyn FnMut(&Event) -> Result<()>,
+) -> Result<TrainSummary> {
+    if train.is_empty() {
+        return Err(Error::invalid("train", "no training examples"));
+    }
+    if cfg.batch_size == 0 || cfg.grad_accum == 0 {
+        return Err(Error::invalid("train", "batch size and gradient accumulation must be at least 1"));
+    }
+    let micro_per_epoch = train.len().div_ceil(cfg.batch_size);
+    let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);
+    let total = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
+    if total == 0 {
+        return Err(Error::invalid("train", "zero optimizer steps (epochs or steps is 0)"));
+    }
+    let schedule = Schedule {
+        kind: cfg.schedule,
+        peak: cfg.lr,
+        warmup_steps: (cfg.warmup_ratio * total as f32).ceil() as usize,
+        total_steps: total,
+    };
+    let adamw = AdamW { weight_decay: cfg.weight_decay, ..AdamW::default() };
+    let mut opt = Optimizer::new(adamw, cfg.max_grad_norm);
+    let valid_batches = match valid {
+        Some(v) if !v.is_empty() => {
+            let mut b = make_batches(v, cfg.batch_size, pad, None)?;
+            if let Some(n) = cfg.eval_batches {
+                b.truncate(n.max(1));
+            }
+            b
+        }
+        _ => Vec::new(),
+    };
+    let mut summary = TrainSummary {
+        steps: 0,
+        tokens: 0,
+        seconds: 0.0,
+        tokens_per_second: 0.0,
+        first_loss: f32::NAN,
+        last_loss: f32::NAN,
+        evals: Vec::new(),
+    };
+    let run_eval = |model: &dyn CausalLm,
+                    step: usize,
+                    summary: &mut TrainSummary,
+                    on_event: &mut dyn FnMut(&Event) -> Result<()>|
+     -> Result<()> {
+        if valid_batches.is_empty() {
+            return Ok(());
+        }
+        let (val_loss, tokens) = eval_loss(gpu, model, &valid_batches)?;
+        summary.evals.push((step, val_loss));
+        on_event(&Event::Eval { step, val_loss, val_ppl: val_loss.exp(), tokens })
+    };
+    let mut micro = 0u32;
+    let mut step = 0;
+    let start = Instant::now();
+    'epochs: for epoch in 0.. {
+        let batches = make_batches(train, cfg.batch_size, pad, Some(cfg.seed.wrapping_add(epoch as u64)))?;
+        for group in batches.chunks(cfg.grad_accum) {
+            let t0 = Instant::now();
+            let mut losses = Vec::with_capacity(group.len());
+            let mut tokens = 0;
+            for b in group {
+                micro += 1;
+                let input = LmInput::new(gpu, b.ids.clone(), b.batch, b.seq, Some(&b.key_mask))?;
+                let tape = Tape::train(gpu, cfg.seed as u32, micro);
+                let loss = model.loss(&tape, &input, &b.targets)?;
+                tape.backward(&loss, 1.0 / group.len() as f32)?;
+                losses.push(loss);
+                tokens += b.tokens;
+            }
+            let lr = schedule.lr(step);
+            opt.step(gpu, model, lr)?;
+            // The step's one readback: its micro-batch losses.
+            let mut loss = 0.0;
+            for l in &losses {
+                loss += l.read(gpu)?.0 / losses.len() as f32;
+            }
+            if !loss.is_finite() {
+                return Err(Error::invalid(
+                    "train",
+                    format!("loss became {loss} at step {}; lower the learning rate (now {lr:e})", step + 1),
+                ));
+            }
+            step += 1;
+            summary.seconds += t0.elapsed().as_secs_f64();
+            summary.tokens += tokens;
+            summary.steps = step;
+            if summary.first_loss.is_nan() {
+                summary.first_loss = loss;
+            }
+            summary.last_loss = loss;
+            on_event(&Event::Step { step, total, epoch, loss, lr, tokens, seconds: start.elapsed().as_secs_f64() })?;
+            if cfg.eval_every.is_some_and(|n| n > 0 && step % n == 0) && step < total {
+                run_eval(model, step, &mut summary, on_event)?;
+            }
+            if step >= total {
+                break 'epochs;
+            }
+        }
+    }
+    run_eval(model, step, &mut summary, on_event)?;
+    summary.tokens_per_second = summary.tokens as f64 / summary.seconds.max(1e-9);
+    Ok(summary)
+}

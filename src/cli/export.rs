@@ -1,0 +1,61 @@
+//! `kiln export --merge`: the base model with a LoRA adapter folded in, written as a Hugging
+//! Face folder (config.json, model.safetensors, tokenizer.json) that transformers loads.
+
+use std::path::PathBuf;
+
+use super::AdapterArgs;
+use crate::data::fetch::{self, Asset};
+use crate::error::{Error, Result};
+use crate::models::load::load_lm;
+use crate::models::peft;
+use crate::models::weights::{save_safetensors, write_atomic};
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  kiln export --merge --lora runs/mine/adapter --out merged-model")]
+pub struct ExportArgs {
+    /// A Hugging Face folder or a .gguf file [default: SmolLM2-135M-Instruct from the cache]
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The LoRA adapter (PEFT folder) to merge
+    #[arg(long)]
+    pub lora: PathBuf,
+    /// Fold the adapter into the base weights (the only export kiln has)
+    #[arg(long, required = true)]
+    pub merge: bool,
+    /// Output folder
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
+}
+
+pub fn run(args: ExportArgs) -> Result<()> {
+    let gpu = args.adapter.open()?;
+    let path = match &args.model {
+        Some(p) => p.clone(),
+        None => fetch::fetch(Asset::SmolLm2, &fetch::default_cache_dir())?,
+    };
+    let mut lm = load_lm(&gpu, &path)?;
+    peft::load_adapter(&gpu, lm.model.as_mut(), &args.lora)?;
+    lm.model.merge_lora(&gpu)?;
+    let mut tensors = Vec::new();
+    let mut err = None;
+    lm.model.visit_params(&mut |p| match p.value.to_f32_vec(&gpu) {
+        Ok(v) => tensors.push((p.name.clone(), v, p.value.shape().to_vec())),
+        Err(e) => err = Some(e),
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    save_safetensors(&args.out.join("model.safetensors"), &tensors, Some(meta))?;
+    let config = serde_json::to_string_pretty(&lm.model.config_json()).expect("json");
+    write_atomic(&args.out.join("config.json"), config.as_bytes())?;
+    let tok = args.out.join("tokenizer.json");
+    let tok_json = lm.tokenizer.to_string(true).map_err(|e| Error::invalid("export", e.to_string()))?;
+    write_atomic(&tok, tok_json.as_bytes())?;
+    println!("merged model written to {} ({} tensors)", args.out.display(), tensors.len());
+    Ok(())
+}

