@@ -27,7 +27,7 @@ pub struct LmTrainConfig {
     pub warmup_ratio: f32,
     pub weight_decay: f32,
     pub max_grad_norm: Option<f32>,
-    /// Validate every this many optimizer steps (and at the end).
+    /// Validate before the first step, every this many optimizer steps, and at the end.
     pub eval_every: Option<usize>,
     /// Validation batches used each time (all when None).
     pub eval_batches: Option<usize>,
@@ -131,6 +131,10 @@ pub fn train_lm(
         summary.evals.push((step, val_loss));
         on_event(&Event::Eval { step, val_loss, val_ppl: val_loss.exp(), tokens })
     };
+    // The starting point of the validation curve, so a run shows what training changed.
+    if cfg.eval_every.is_some() {
+        run_eval(model, 0, &mut summary, on_event)?;
+    }
     let mut micro = 0u32;
     let mut step = 0;
     let start = Instant::now();
