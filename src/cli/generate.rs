@@ -102,11 +102,7 @@ fn respond(
     args: &GenerateArgs,
     sampling: Sampling,
 ) -> Result<String> {
-    let mut ids: Vec<u32> = match &lm.format {
-        PromptFormat::Plain { bos: Some(b), .. } | PromptFormat::ChatMl { bos: Some(b), .. } => vec![*b],
-        _ => Vec::new(),
-    };
-    ids.extend(lm.tokenizer.encode(text, false).map_err(|e| Error::invalid("tokenize", e.to_string()))?.get_ids());
+    let ids = super::train::encode_prompt(lm, text)?;
     let mut out = std::io::stdout();
     if echo_prompt {
         print!("{text}");

@@ -284,12 +284,18 @@ fn cmudict_folder(cache: &Path, seed: u64) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The prompt tokens a completion record's prompt becomes at generation time.
+/// The prompt tokens a completion record's prompt becomes at generation time: a user turn of
+/// the chat template, or the prompt itself.
 pub fn prompt_ids(lm: &LoadedLm, prompt: &str) -> Result<Vec<u32>> {
     let text = match &lm.format {
         PromptFormat::ChatMl { .. } => lm.format.render_chat(&[Message::new(Role::User, prompt)], true)?,
         PromptFormat::Plain { .. } => prompt.to_string(),
     };
+    encode_prompt(lm, &text)
+}
+
+/// Text already in the model's prompt format as ids, with the format's bos when it has one.
+pub fn encode_prompt(lm: &LoadedLm, text: &str) -> Result<Vec<u32>> {
     let mut ids = match &lm.format {
         PromptFormat::Plain { bos: Some(b), .. } | PromptFormat::ChatMl { bos: Some(b), .. } => vec![*b],
         _ => Vec::new(),

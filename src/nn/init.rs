@@ -1,21 +1,9 @@
-//! Seeded random numbers for weight initialisation (LoRA's A, tiny test models) and shuffling.
+//! Seeded random numbers for weight initialisation (LoRA's A, sampling): the data module's
+//! SplitMix64, with the float draws initialisation needs.
 
-/// SplitMix64: tiny, fast, and identical on every platform for a given seed.
-pub struct Rng(u64);
+pub use crate::data::SplitMix64 as Rng;
 
 impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
     /// Uniform in [0, 1).
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
@@ -35,10 +23,5 @@ impl Rng {
                 ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std as f64) as f32
             })
             .collect()
-    }
-
-    /// An index in 0..n.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_f64() * n as f64) as usize
     }
 }
