@@ -81,7 +81,7 @@ impl Tensor {
             ));
         }
         let t = Tensor::empty(gpu, shape, dtype)?;
-        gpu.write_bytes(&t, bytemuck::cast_slice(data))?;
+        gpu.write_fresh(&t, bytemuck::cast_slice(data));
         Ok(t)
     }
 

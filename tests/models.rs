@@ -56,12 +56,16 @@ impl Expected {
 
     /// The batch as kiln takes it: ids, key mask, and targets shifted left (HF shifts inside).
     fn batch(&self) -> (LmInput, Vec<i32>) {
+        self.batch_on(gpu())
+    }
+
+    fn batch_on(&self, g: &kiln::Gpu) -> (LmInput, Vec<i32>) {
         let ids: Vec<u32> = self.i["input_ids"].iter().map(|&x| x as u32).collect();
         let mask: Vec<u32> = self.i["attention_mask"].iter().map(|&x| x as u32).collect();
         let labels = &self.i["labels"];
         let (b, t) = (2, ids.len() / 2);
         let targets = (0..b * t).map(|k| if k % t == t - 1 { -100 } else { labels[k + 1] as i32 }).collect();
-        (LmInput::new(gpu(), ids, b, t, Some(&mask)).unwrap(), targets)
+        (LmInput::new(g, ids, b, t, Some(&mask)).unwrap(), targets)
     }
 }
 
@@ -250,4 +254,29 @@ fn gradients_accumulate_across_micro_batches() {
     let (one, two) = (grads(1), grads(2));
     assert!(one.iter().any(|&x| x != 0.0));
     assert_close("accumulated gradients", &two, &f64s(&one), 1e-6, 1e-5);
+}
+
+/// A training step (batch upload, forward, backward, clipping, AdamW) records into one command
+/// buffer: nothing is submitted until the loss is read back, and reading it submits once.
+#[test]
+fn a_training_step_is_one_submit() {
+    // A device of its own: the other tests of this binary submit on the shared one meanwhile.
+    let own = kiln::Gpu::new(&kiln::gpu::AdapterChoice::from_flag_or_env(None)).expect("GPU tests need an adapter");
+    let g = &own;
+    let dir = fixture("llama_tiny");
+    let e = Expected::read(&dir);
+    let mut model = load_causal_lm(g, &dir).unwrap();
+    peft::load_adapter(g, model.as_mut(), &dir.join("peft_adapter")).unwrap();
+    let mut opt = kiln::train::Optimizer::new(Default::default(), Some(1.0));
+    g.synchronize().unwrap();
+    let before = g.submit_count();
+    let (input, targets) = e.batch_on(g);
+    let tape = Tape::train(g, 0, 1);
+    let loss = model.loss(&tape, &input, &targets).unwrap();
+    tape.backward(&loss, 1.0).unwrap();
+    opt.step(g, model.as_ref(), 1e-3).unwrap();
+    assert_eq!(g.submit_count(), before, "nothing submitted before the loss is read");
+    let (value, _) = loss.read(g).unwrap();
+    assert!(value.is_finite());
+    assert_eq!(g.submit_count(), before + 1, "reading the loss submits the step once");
 }

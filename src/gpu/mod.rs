@@ -36,6 +36,8 @@ pub struct Gpu {
     /// binding slot, because one buffer in two slots of a dispatch would alias a writable one.
     dummies: Vec<wgpu::Buffer>,
     matmul_tile: Mutex<MatmulTile>,
+    /// Command buffers submitted so far (a training step should add exactly one).
+    submits: std::sync::atomic::AtomicU64,
 }
 
 /// Storage bindings a kernel may have (adapters guarantee at least 8 per stage).
@@ -87,6 +89,7 @@ impl Gpu {
             errors,
             dummies,
             matmul_tile: Mutex::new(matmul_tile),
+            submits: Default::default(),
         })
     }
 
@@ -124,6 +127,11 @@ impl Gpu {
     /// Bytes held in GPU buffers by tensors and the pool.
     pub fn allocated_bytes(&self) -> u64 {
         self.pool.allocated_bytes()
+    }
+
+    /// Command buffers submitted since the device was opened.
+    pub fn submit_count(&self) -> u64 {
+        self.submits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Releases pooled buffers that no tensor uses.
@@ -173,12 +181,23 @@ impl Gpu {
     /// The encoder lock is held throughout, and only buffers released before the encoder was
     /// taken become reusable: a buffer dropped by another thread after recording into a newer
     /// encoder must stay reserved until that encoder is submitted too.
+    /// Fills a buffer just taken from the pool. No recorded command can touch it yet (the pool
+    /// hands out a buffer only once the commands that used it are submitted), so unlike
+    /// [`Gpu::write_bytes`] this needs no submit first: uploads inside a training step (ids,
+    /// targets, positions) keep the whole step in one submit.
+    pub(crate) fn write_fresh(&self, tensor: &Tensor, data: &[u8]) {
+        if !data.is_empty() {
+            self.queue.write_buffer(tensor.buffer(), tensor.offset(), data);
+        }
+    }
+
     pub fn submit(&self) -> Result<()> {
         {
             let mut guard = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
             let released = self.pool.take_pending();
             if let Some(encoder) = guard.take() {
                 self.queue.submit([encoder.finish()]);
+                self.submits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             self.pool.make_free(released);
         }
