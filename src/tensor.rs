@@ -48,9 +48,13 @@ impl std::fmt::Debug for Tensor {
 impl Tensor {
     /// An uninitialised tensor (its buffer may hold a previous tensor's data).
     pub fn empty(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Self::allocate(gpu, shape, dtype, false)
+    }
+
+    fn allocate(gpu: &Gpu, shape: &[usize], dtype: DType, for_upload: bool) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
         let bytes = (numel * dtype.size()) as u64;
-        let alloc = gpu.allocate("tensor", "new tensor", bytes)?;
+        let alloc = gpu.allocate("tensor", "new tensor", bytes, for_upload)?;
         Ok(Tensor { alloc: Arc::new(alloc), offset: 0, shape: shape.to_vec(), dtype })
     }
 
@@ -80,7 +84,7 @@ impl Tensor {
                 format!("shape {shape:?} holds {numel} elements but {} were given", data.len()),
             ));
         }
-        let t = Tensor::empty(gpu, shape, dtype)?;
+        let t = Tensor::allocate(gpu, shape, dtype, true)?;
         gpu.write_fresh(&t, bytemuck::cast_slice(data));
         Ok(t)
     }

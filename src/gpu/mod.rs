@@ -140,7 +140,14 @@ impl Gpu {
     }
 
     /// A buffer of at least `bytes` from the pool; checks the adapter's buffer size limit.
-    pub(crate) fn allocate(&self, op: &'static str, tensor: &'static str, bytes: u64) -> Result<pool::Allocation> {
+    /// `for_upload`: the buffer is about to be written through the queue ([`Gpu::write_fresh`]).
+    pub(crate) fn allocate(
+        &self,
+        op: &'static str,
+        tensor: &'static str,
+        bytes: u64,
+        for_upload: bool,
+    ) -> Result<pool::Allocation> {
         if bytes > self.limits.max_buffer_size {
             return Err(Error::TooLarge {
                 op,
@@ -150,7 +157,7 @@ impl Gpu {
                 limit: self.limits.max_buffer_size,
             });
         }
-        Ok(self.pool.take(&self.device, bytes, self.limits.max_buffer_size))
+        Ok(self.pool.take(&self.device, bytes, self.limits.max_buffer_size, for_upload))
     }
 
     /// Records into the pending encoder, creating it if needed.
@@ -181,8 +188,8 @@ impl Gpu {
     /// The encoder lock is held throughout, and only buffers released before the encoder was
     /// taken become reusable: a buffer dropped by another thread after recording into a newer
     /// encoder must stay reserved until that encoder is submitted too.
-    /// Fills a buffer just taken from the pool. No recorded command can touch it yet (the pool
-    /// hands out a buffer only once the commands that used it are submitted), so unlike
+    /// Fills a buffer just taken from the pool for an upload. No recorded command can touch it
+    /// yet (such buffers come only from commands already submitted), so unlike
     /// [`Gpu::write_bytes`] this needs no submit first: uploads inside a training step (ids,
     /// targets, positions) keep the whole step in one submit.
     pub(crate) fn write_fresh(&self, tensor: &Tensor, data: &[u8]) {

@@ -1,7 +1,11 @@
-//! A buffer pool. Buffers are bucketed by size (powers of two above 256 bytes, so a reused
-//! buffer wastes at most half), and a dropped tensor's buffer becomes reusable only after the
-//! next submit: until then commands recorded but not yet submitted may still read it, and an
-//! upload through the queue into it would land before those commands run.
+//! A buffer pool. Buffers are bucketed by size (four buckets per power of two above 256 bytes:
+//! 1, 1.25, 1.5 and 1.75 times the power below, so a buffer wastes at most a fifth of itself).
+//!
+//! A dropped tensor's buffer may still be named by commands recorded but not yet submitted. A
+//! kernel output may reuse it at once: commands of one submit run in the order recorded, so the
+//! new writes land after the old reads (wgpu puts barriers between the passes), and a training
+//! step's temporaries recycle within the step. An upload may not: a queue write lands before
+//! every command of the next submit, so uploads take only buffers freed by an earlier submit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,8 +16,8 @@ pub(crate) const USAGE: wgpu::BufferUsages =
 #[derive(Default)]
 struct State {
     free: HashMap<u64, Vec<wgpu::Buffer>>,
-    /// Released since the last submit; moved to `free` when the next submit is done.
-    pending: Vec<(u64, wgpu::Buffer)>,
+    /// Released since the last submit, by bucket; moved to `free` when the next submit is done.
+    pending: HashMap<u64, Vec<wgpu::Buffer>>,
     /// Bytes held by live and pooled buffers, for `kiln devices` and memory reports.
     allocated: u64,
 }
@@ -40,21 +44,33 @@ impl Drop for Allocation {
     fn drop(&mut self) {
         if let Some(buffer) = self.buffer.take() {
             let mut state = self.pool.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.pending.push((self.bucket, buffer));
+            state.pending.entry(self.bucket).or_default().push(buffer);
         }
     }
 }
 
 pub(crate) fn bucket_for(bytes: u64) -> u64 {
-    bytes.max(256).next_power_of_two()
+    let bytes = bytes.max(256);
+    let pow = bytes.next_power_of_two();
+    if pow <= 1024 {
+        return pow;
+    }
+    // Quarter steps of the octave below: [p/2, 5p/8, 3p/4, 7p/8, p].
+    let step = pow / 8;
+    bytes.div_ceil(step) * step
 }
 
 impl Pool {
-    pub(crate) fn take(&self, device: &wgpu::Device, bytes: u64, max_buffer: u64) -> Allocation {
-        // Round up to a power of two, but never past the adapter's largest buffer.
+    /// A buffer of at least `bytes`. `for_upload`: it will be written through the queue, so it
+    /// must not be one that unsubmitted commands still name.
+    pub(crate) fn take(&self, device: &wgpu::Device, bytes: u64, max_buffer: u64, for_upload: bool) -> Allocation {
+        // Round up to a bucket, but never past the adapter's largest buffer.
         let bucket = bucket_for(bytes).min(max_buffer.max(bytes));
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let reused = state.free.get_mut(&bucket).and_then(Vec::pop);
+        let mut reused = state.free.get_mut(&bucket).and_then(Vec::pop);
+        if reused.is_none() && !for_upload {
+            reused = state.pending.get_mut(&bucket).and_then(Vec::pop);
+        }
         let buffer = match reused {
             Some(b) => b,
             None => {
@@ -72,14 +88,14 @@ impl Pool {
 
     /// The buffers released so far; they become reusable once the commands recorded before
     /// their release are submitted ([`Pool::make_free`]).
-    pub(crate) fn take_pending(&self) -> Vec<(u64, wgpu::Buffer)> {
+    pub(crate) fn take_pending(&self) -> HashMap<u64, Vec<wgpu::Buffer>> {
         std::mem::take(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()).pending)
     }
 
-    pub(crate) fn make_free(&self, released: Vec<(u64, wgpu::Buffer)>) {
+    pub(crate) fn make_free(&self, released: HashMap<u64, Vec<wgpu::Buffer>>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        for (bucket, buffer) in released {
-            state.free.entry(bucket).or_default().push(buffer);
+        for (bucket, buffers) in released {
+            state.free.entry(bucket).or_default().extend(buffers);
         }
     }
 
@@ -93,5 +109,24 @@ impl Pool {
 
     pub(crate) fn allocated_bytes(&self) -> u64 {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).allocated
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket_for;
+
+    #[test]
+    fn buckets_waste_at_most_a_fifth() {
+        assert_eq!(bucket_for(1), 256);
+        assert_eq!(bucket_for(1000), 1024);
+        assert_eq!(bucket_for(1025), 1280);
+        assert_eq!(bucket_for(4 << 20), 4 << 20);
+        // A 2048×576 f32 activation (4.7 MB) takes 5 MiB, not 8.
+        assert_eq!(bucket_for(2048 * 576 * 4), 5 << 20);
+        for bytes in (1024..1 << 22).step_by(4093) {
+            let b = bucket_for(bytes);
+            assert!(b >= bytes && (b - bytes) * 5 <= b, "{bytes} -> {b}");
+        }
     }
 }
