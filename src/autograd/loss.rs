@@ -131,7 +131,7 @@ pub fn linear_cross_entropy(tape: &Tape, h: &Var, w: &Var, targets: &[i32]) -> R
 /// Rows per chunk: logits of one chunk fit one storage binding (and 64 MiB), and chunk starts
 /// stay 256-byte aligned (a multiple of 64 rows of 4-byte targets).
 fn chunk_rows(gpu: &Gpu, vocab: usize, rows: usize) -> usize {
-    let limit = (gpu.limits().max_storage_buffer_binding_size as u64).min(64 << 20);
+    let limit = gpu.limits().max_storage_buffer_binding_size.min(64 << 20);
     let fit = (limit / (vocab as u64 * 4)).max(64) as usize;
     let chunk = (fit / 64 * 64).max(64);
     chunk.min(rows.max(1))

@@ -36,7 +36,7 @@ impl LmInput {
         }
         let ids_gpu = Tensor::from_u32(gpu, &ids, &[batch, seq])?;
         let key_mask = match key_mask {
-            Some(m) if m.iter().any(|&x| x == 0) => Some(Tensor::from_u32(gpu, m, &[batch, seq])?),
+            Some(m) if m.contains(&0) => Some(Tensor::from_u32(gpu, m, &[batch, seq])?),
             _ => None,
         };
         Ok(LmInput { batch, seq, ids, ids_gpu, key_mask })
