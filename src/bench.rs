@@ -203,6 +203,7 @@ pub fn matmul_shapes(scale: Scale) -> Vec<Matmul> {
     v.push(Matmul::new(1, 1536, 576).trans_b(true));
     v.push(Matmul::new(1, 576, 1536).trans_b(true));
     v.push(Matmul::new(8, 1536, 576).trans_b(true));
+    v.push(Matmul::new(16, 1536, 576).trans_b(true));
     v.push(Matmul::new(1, 1536, 576));
     v
 }

@@ -18,7 +18,7 @@ pub use adapter::AdapterChoice;
 pub use pipelines::{Access, KernelSpec, ShaderFile};
 
 use crate::error::{Error, Result};
-use crate::kernels::matmul::MatmulTile;
+use crate::kernels::matmul::{MatmulTile, MatvecShape};
 use crate::tensor::Tensor;
 
 pub struct Gpu {
@@ -36,6 +36,7 @@ pub struct Gpu {
     /// binding slot, because one buffer in two slots of a dispatch would alias a writable one.
     dummies: Vec<wgpu::Buffer>,
     matmul_tile: Mutex<MatmulTile>,
+    matvec_shape: Mutex<MatvecShape>,
 }
 
 /// Storage bindings a kernel may have (adapters guarantee at least 8 per stage).
@@ -76,6 +77,7 @@ impl Gpu {
             })
             .collect();
         let matmul_tile = crate::kernels::matmul::tile_for_adapter(&info);
+        let matvec_shape = crate::kernels::matmul::matvec_shape_for_adapter(&info);
         Ok(Gpu {
             device,
             queue,
@@ -87,6 +89,7 @@ impl Gpu {
             errors,
             dummies,
             matmul_tile: Mutex::new(matmul_tile),
+            matvec_shape: Mutex::new(matvec_shape),
         })
     }
 
@@ -119,6 +122,15 @@ impl Gpu {
 
     pub fn set_matmul_tile(&self, tile: MatmulTile) {
         *self.matmul_tile.lock().unwrap_or_else(|e| e.into_inner()) = tile;
+    }
+
+    /// The workgroup shape of the skinny-M matmul path (`shaders/matvec.wgsl`).
+    pub fn matvec_shape(&self) -> MatvecShape {
+        *self.matvec_shape.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_matvec_shape(&self, shape: MatvecShape) {
+        *self.matvec_shape.lock().unwrap_or_else(|e| e.into_inner()) = shape;
     }
 
     /// Bytes held in GPU buffers by tensors and the pool.
