@@ -49,10 +49,13 @@ pub struct Figure {
     pub kernel: String,
     pub shape: String,
     pub median_ms: f64,
+    pub bound: Bound,
+    /// Set when the case counts flops (skinny matmuls count both flops and bytes).
     pub gflops: Option<f64>,
+    /// Set when the case counts bytes.
     pub gbps: Option<f64>,
     /// Percent of the roofline measured in this run: copy bandwidth for memory-bound kernels,
-    /// the best matmul for compute-bound ones.
+    /// the best compute-bound matmul for compute-bound ones.
     pub roofline_pct: Option<f64>,
 }
 
@@ -101,19 +104,25 @@ pub fn measure(gpu: &Gpu, case: &mut Case) -> Result<Figure> {
         kernel: case.kernel.clone(),
         shape: case.shape.clone(),
         median_ms: secs * 1e3,
-        gflops: (case.bound == Bound::Compute).then(|| case.flops / secs / 1e9),
-        gbps: (case.bound == Bound::Memory).then(|| case.bytes / secs / 1e9),
+        bound: case.bound,
+        gflops: (case.flops > 0.0).then(|| case.flops / secs / 1e9),
+        gbps: (case.bytes > 0.0).then(|| case.bytes / secs / 1e9),
         roofline_pct: None,
     })
 }
 
-/// Fills in `roofline_pct` from the copy bandwidth and the best matmul among `figures`.
+/// Fills in `roofline_pct` from the copy bandwidth and the best compute-bound matmul among
+/// `figures`.
 pub fn apply_rooflines(figures: &mut [Figure], copy_gbps: f64) -> f64 {
-    let best = figures.iter().filter(|f| f.kernel.starts_with("matmul")).filter_map(|f| f.gflops).fold(0.0, f64::max);
+    let best = figures
+        .iter()
+        .filter(|f| f.kernel.starts_with("matmul") && f.bound == Bound::Compute)
+        .filter_map(|f| f.gflops)
+        .fold(0.0, f64::max);
     for f in figures.iter_mut() {
-        f.roofline_pct = match (f.gflops, f.gbps) {
-            (Some(g), _) if best > 0.0 => Some(100.0 * g / best),
-            (_, Some(b)) => Some(100.0 * b / copy_gbps),
+        f.roofline_pct = match (f.bound, f.gflops, f.gbps) {
+            (Bound::Compute, Some(g), _) if best > 0.0 => Some(100.0 * g / best),
+            (Bound::Memory, _, Some(b)) => Some(100.0 * b / copy_gbps),
             _ => None,
         };
     }
@@ -151,6 +160,8 @@ pub fn copy_case(gpu: &Gpu, bytes: usize) -> Result<Case<'_>> {
     })
 }
 
+/// A matmul at `mm`. A skinny one (M ≤ [`SKINNY_BENCH_M`], token-by-token generation) is
+/// memory-bound: its bytes are A, B and C moved once, and it is held to the copy roofline.
 pub fn matmul_case(gpu: &Gpu, mm: Matmul) -> Result<Case<'_>> {
     let a = Tensor::zeros(gpu, &[mm.batch * mm.m * mm.k])?;
     let b = Tensor::zeros(gpu, &[mm.batch * mm.k * mm.n])?;
@@ -164,13 +175,16 @@ pub fn matmul_case(gpu: &Gpu, mm: Matmul) -> Result<Case<'_>> {
             format!("{}x{}x{}", mm.m, mm.n, mm.k)
         },
         flops: mm.flops(),
-        bytes: 0.0,
-        bound: Bound::Compute,
+        bytes: F32 * (mm.batch * (mm.m * mm.k + mm.k * mm.n + mm.m * mm.n)) as f64,
+        bound: if mm.m <= SKINNY_BENCH_M { Bound::Memory } else { Bound::Compute },
         run: Box::new(move || matmul_into(gpu, &mm, &a, &b, None, &c)),
     })
 }
 
-/// Square matmul sizes and transformer shapes for a scale.
+/// Rows up to which a benchmarked matmul counts as skinny (memory-bound).
+pub const SKINNY_BENCH_M: usize = 16;
+
+/// Square matmul sizes and transformer shapes for a scale, then skinny products.
 pub fn matmul_shapes(scale: Scale) -> Vec<Matmul> {
     let squares: &[usize] = match scale {
         Scale::Small => &[256, 512, 1024],
@@ -182,6 +196,15 @@ pub fn matmul_shapes(scale: Scale) -> Vec<Matmul> {
     v.push(Matmul::new(tokens, 1536, 384));
     v.push(Matmul::new(tokens, 384, 1536).trans_b(true));
     v.push(Matmul::new(384, 1536, tokens).trans_a(true));
+    // Generation with a KV cache: x[M, C]·Wᵀ with W stored [out, in] (nn.Linear), SmolLM2-135M
+    // sizes: the LM head, the MLP up and down projections, and a few rows at once; then one
+    // with W stored [in, out] (GPT-2's Conv1D).
+    v.push(Matmul::new(1, 49_152, 576).trans_b(true));
+    v.push(Matmul::new(1, 1536, 576).trans_b(true));
+    v.push(Matmul::new(1, 576, 1536).trans_b(true));
+    v.push(Matmul::new(8, 1536, 576).trans_b(true));
+    v.push(Matmul::new(16, 1536, 576).trans_b(true));
+    v.push(Matmul::new(1, 1536, 576));
     v
 }
 

@@ -6,7 +6,8 @@ mod common;
 #[path = "kernels/matmul.rs"]
 mod matmul;
 
-/// Tests that change the adapter's matmul tile hold this, so they don't race each other.
+/// Tests that change the adapter's matmul tile or matvec shape hold this, so they don't race
+/// each other.
 pub static TILE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[path = "kernels/adamw.rs"]

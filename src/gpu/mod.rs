@@ -18,7 +18,7 @@ pub use adapter::AdapterChoice;
 pub use pipelines::{Access, KernelSpec, ShaderFile};
 
 use crate::error::{Error, Result};
-use crate::kernels::matmul::MatmulTile;
+use crate::kernels::matmul::{MatmulTile, MatvecShape};
 use crate::tensor::Tensor;
 
 pub struct Gpu {
@@ -38,6 +38,7 @@ pub struct Gpu {
     matmul_tile: Mutex<MatmulTile>,
     /// Command buffers submitted so far (a training step should add exactly one).
     submits: std::sync::atomic::AtomicU64,
+    matvec_shape: Mutex<MatvecShape>,
 }
 
 /// Storage bindings a kernel may have (adapters guarantee at least 8 per stage).
@@ -78,6 +79,7 @@ impl Gpu {
             })
             .collect();
         let matmul_tile = crate::kernels::matmul::tile_for_adapter(&info);
+        let matvec_shape = crate::kernels::matmul::matvec_shape_for_adapter(&info);
         Ok(Gpu {
             device,
             queue,
@@ -90,6 +92,7 @@ impl Gpu {
             dummies,
             matmul_tile: Mutex::new(matmul_tile),
             submits: Default::default(),
+            matvec_shape: Mutex::new(matvec_shape),
         })
     }
 
@@ -122,6 +125,15 @@ impl Gpu {
 
     pub fn set_matmul_tile(&self, tile: MatmulTile) {
         *self.matmul_tile.lock().unwrap_or_else(|e| e.into_inner()) = tile;
+    }
+
+    /// The workgroup shape of the skinny-M matmul path (`shaders/matvec.wgsl`).
+    pub fn matvec_shape(&self) -> MatvecShape {
+        *self.matvec_shape.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_matvec_shape(&self, shape: MatvecShape) {
+        *self.matvec_shape.lock().unwrap_or_else(|e| e.into_inner()) = shape;
     }
 
     /// Bytes held in GPU buffers by tensors and the pool.

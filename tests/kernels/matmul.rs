@@ -1,7 +1,9 @@
 //! matmul vs the reference, on awkward shapes, every transpose, batch, bias and accumulate,
-//! for the adapter's tile and a small one (so tile edges are crossed on small inputs too).
+//! for the adapter's tile and a small one (so tile edges are crossed on small inputs too);
+//! then the skinny path (M ≤ SKINNY_M, `shaders/matvec.wgsl`) for the adapter's shape, a
+//! GPU-style one that splits K across 64 invocations, and an odd one.
 
-use kiln::kernels::matmul::{Matmul, MatmulTile, matmul_into};
+use kiln::kernels::matmul::{Matmul, MatmulTile, MatvecShape, SKINNY_M, matmul_into};
 use kiln::reference;
 use kiln::{DType, Tensor};
 
@@ -80,6 +82,75 @@ fn matmul_large() {
     let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = Rng::new(2);
     case(&mut rng, Matmul::new(300, 517, 1031), false, false, true);
+}
+
+/// Every entry point of the skinny path: `matvec_vec4` (trans_b, K % 4 == 0), `matvec_vec4n`
+/// (!trans_b, N % 4 == 0) and the scalar `matvec` (everything else, trans_a included).
+fn skinny_shapes(shape: MatvecShape) {
+    let gpu = gpu();
+    let saved = gpu.matvec_shape();
+    gpu.set_matvec_shape(shape);
+    let mut rng = Rng::new(3);
+    for m in [1, 2, 5, 8, SKINNY_M] {
+        for n in [1, 3, 4, 7, 128, 129, 577] {
+            for k in [1, 3, 4, 7, 128, 129, 576, 577] {
+                for tb in [false, true] {
+                    case(&mut rng, Matmul::new(m, n, k).trans_b(tb), false, false, false);
+                }
+            }
+        }
+    }
+    for m in [1, 5, SKINNY_M] {
+        for (n, k) in [(7, 129), (128, 33), (577, 576)] {
+            for tb in [false, true] {
+                case(&mut rng, Matmul::new(m, n, k).trans_a(true).trans_b(tb), false, false, false);
+            }
+        }
+    }
+    // Bias, alpha, accumulate; batch 2 with a shared B (a weight), per-batch B, shared A.
+    for (n, k, tb) in [(129, 576, true), (129, 577, true), (128, 129, false), (129, 7, false)] {
+        let mm = Matmul::new(5, n, k).trans_b(tb);
+        case(&mut rng, mm.batch(2).alpha(0.5).accumulate(true), false, true, true);
+        case(&mut rng, mm.batch(2), false, false, true);
+        case(&mut rng, mm.batch(2).trans_a(true).accumulate(true), true, false, false);
+        case(&mut rng, Matmul::new(1, n, k).trans_b(tb).alpha(-2.0), false, false, true);
+    }
+    // One row past the skinny path: the tiled kernel takes it.
+    case(&mut rng, Matmul::new(SKINNY_M + 1, 129, 576).trans_b(true), false, false, true);
+    gpu.set_matvec_shape(saved);
+}
+
+#[test]
+fn matmul_skinny_adapter_shape() {
+    let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    skinny_shapes(gpu().matvec_shape());
+}
+
+#[test]
+fn matmul_skinny_split_k() {
+    let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    skinny_shapes(MatvecShape::new(64, 4, 1));
+}
+
+#[test]
+fn matmul_skinny_odd_shape() {
+    let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    skinny_shapes(MatvecShape::new(4, 3, 2));
+}
+
+/// More column blocks than one grid dimension takes (65535): the grid folds into y. One
+/// column per workgroup makes that happen at a small size.
+#[test]
+fn matmul_skinny_folded_grid() {
+    let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    let saved = gpu.matvec_shape();
+    gpu.set_matvec_shape(MatvecShape::new(1, 1, 1));
+    let mut rng = Rng::new(4);
+    case(&mut rng, Matmul::new(2, 70_001, 4).trans_b(true), false, false, true);
+    case(&mut rng, Matmul::new(1, 70_001, 3).trans_b(true), false, false, false);
+    case(&mut rng, Matmul::new(2, 4 * 66_001, 2), false, false, true);
+    gpu.set_matvec_shape(saved);
 }
 
 #[test]
