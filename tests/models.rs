@@ -280,3 +280,47 @@ fn a_training_step_is_one_submit() {
     assert!(value.is_finite());
     assert_eq!(g.submit_count(), before + 1, "reading the loss submits the step once");
 }
+
+/// A checkpoint that does not fit its config is refused with the tensor named: a wrong shape,
+/// a missing tensor, an unexpected one.
+#[test]
+fn mismatched_checkpoints_name_the_tensor() {
+    let g = gpu();
+    let src = fixture("llama_tiny");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, Vec<f32>, Vec<usize>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let data = v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            (n, data, v.shape().to_vec())
+        })
+        .collect();
+    let write = |config: &serde_json::Value, tensors: &[(String, Vec<f32>, Vec<usize>)]| {
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        kiln::models::weights::save_safetensors(&dir.join("model.safetensors"), tensors, None).unwrap();
+    };
+    let load_err = || load_causal_lm(g, dir).err().expect("the checkpoint is refused").to_string();
+
+    let mut wider = config.clone();
+    wider["intermediate_size"] = 50.into();
+    write(&wider, &tensors);
+    let err = load_err();
+    assert!(err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("[48, 32]"), "{err}");
+
+    let without: Vec<_> = tensors.iter().filter(|t| t.0 != "model.norm.weight").cloned().collect();
+    write(&config, &without);
+    let err = load_err();
+    assert!(err.contains("missing tensor `model.norm.weight`"), "{err}");
+
+    let mut extra = tensors.clone();
+    extra.push(("model.layers.2.self_attn.q_proj.weight".into(), vec![0.0; 4], vec![2, 2]));
+    write(&config, &extra);
+    let err = load_err();
+    assert!(err.contains("unexpected") && err.contains("model.layers.2.self_attn.q_proj.weight"), "{err}");
+}
