@@ -100,7 +100,9 @@ pub fn linear_cross_entropy(tape: &Tape, h: &Var, w: &Var, targets: &[i32]) -> R
     let chunk = chunk_rows(gpu, vocab, rows);
     let n_chunks = rows.div_ceil(chunk);
     let stats = Tensor::empty(gpu, &[n_chunks, 2], DType::F32)?;
-    let keep = (rows * vocab * 4) as u64 <= KEEP_LOGITS_BYTES;
+    // Logits are kept only for a backward that will use them.
+    let needs_grad = h.requires_grad() || w.requires_grad();
+    let keep = needs_grad && (rows * vocab * 4) as u64 <= KEEP_LOGITS_BYTES;
     let mut chunks = Vec::with_capacity(n_chunks);
     for i in 0..n_chunks {
         let (start, len) = (i * chunk, chunk.min(rows - i * chunk));
