@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each a thin layer over library functions.
 
 pub mod bench;
+pub mod data;
 pub mod devices;
 pub mod export;
 pub mod generate;
@@ -29,6 +30,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Write a model with its LoRA adapter merged as a Hugging Face folder.
     Export(export::ExportArgs),
+    /// Import corpora into kiln's data formats.
+    Data(data::DataArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -38,6 +41,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Export(args) => export::run(args),
+        Command::Data(args) => data::run(args),
     }
 }
 

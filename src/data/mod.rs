@@ -9,6 +9,7 @@
 pub mod cmudict;
 pub mod fetch;
 pub mod lm;
+pub mod spamassassin;
 
 /// A tiny deterministic generator (SplitMix64) for shuffling data. Same seed, same order, on
 /// every platform; no dependency on a `rand` crate whose streams change between versions.
