@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::weights::{SafetensorsSource, WeightSource, read_config};
-use super::{CausalLm, LmInput, LmShape, positions};
+use super::{CausalLm, LmInput, LmShape, positions, self_attention, untied_head};
 use crate::autograd::{self, Module, Param, Tape, Var, WeightLayout};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -138,16 +138,7 @@ impl Gpt2 {
         }
         let ln_f = ln(src, format!("{p}ln_f"))?;
         // Tied checkpoints usually omit lm_head.weight; when present and tied it equals wte.
-        let lm_head = match (config.tie_word_embeddings, src.contains("lm_head.weight")) {
-            (false, _) => {
-                Some(Param::new("lm_head.weight", src.tensor(gpu, "lm_head.weight", &[config.vocab_size, c])?))
-            }
-            (true, true) => {
-                src.take("lm_head.weight", &[config.vocab_size, c])?;
-                None
-            }
-            (true, false) => None,
-        };
+        let lm_head = untied_head(gpu, src, config.tie_word_embeddings, [config.vocab_size, c])?;
         // attn.bias / attn.masked_bias are causal-mask buffers of old checkpoints, not weights.
         src.finish(&|n| n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias"))?;
         Ok(Gpt2 { config, prefix, wte, wpe, h, ln_f, lm_head, activation })
@@ -239,14 +230,7 @@ impl CausalLm for Gpt2 {
             let q = parts[0].reshape(&[b, t, nh, d])?;
             let k = parts[1].reshape(&[b, t, nh, d])?;
             let v = parts[2].reshape(&[b, t, nh, d])?;
-            let y = match cache {
-                None => autograd::attention(tape, &spec, &q, &k, &v, input.key_mask.as_ref())?,
-                Some(kc) => {
-                    kc.append(tape.gpu, i, &k.value, &v.value)?;
-                    let (kk, vv) = (Var::constant(kc.k[i].clone()), Var::constant(kc.v[i].clone()));
-                    autograd::attention(tape, &spec, &q, &kk, &vv, None)?
-                }
-            };
+            let y = self_attention(tape, &spec, &q, &k, &v, input.key_mask.as_ref(), cache, i)?;
             let y = blk.attn_c_proj.forward(tape, &y.reshape(&[b, t, c])?)?;
             let y = autograd::dropout(tape, &y, cfg.resid_pdrop)?;
             x = autograd::add(tape, &x, &y)?;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::weights::{SafetensorsSource, WeightSource, read_config};
-use super::{CausalLm, LmInput, LmShape};
+use super::{CausalLm, LmInput, LmShape, self_attention, untied_head};
 use crate::autograd::{self, Module, Param, Tape, Var, WeightLayout};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -186,14 +186,7 @@ impl Llama {
             });
         }
         let norm = rms(src, "model.norm".into())?;
-        let lm_head = match (config.tie_word_embeddings, src.contains("lm_head.weight")) {
-            (false, _) => Some(Param::new("lm_head.weight", src.tensor(gpu, "lm_head.weight", &[v, c])?)),
-            (true, true) => {
-                src.take("lm_head.weight", &[v, c])?;
-                None
-            }
-            (true, false) => None,
-        };
+        let lm_head = untied_head(gpu, src, config.tie_word_embeddings, [v, c])?;
         // rotary_emb.inv_freq is a buffer some checkpoints carry; it is recomputed from rope_theta.
         src.finish(&|n| n.ends_with("rotary_emb.inv_freq"))?;
         let rope = Arc::new(RopeTables::new(gpu, d, config.max_position_embeddings, base)?);
@@ -272,14 +265,7 @@ impl CausalLm for Llama {
             let v = l.v_proj.forward(tape, &a)?.reshape(&[b, t, hkv, d])?;
             let q = autograd::rope(tape, &self.rope, &q, offset)?;
             let k = autograd::rope(tape, &self.rope, &k, offset)?;
-            let y = match cache {
-                None => autograd::attention(tape, &spec, &q, &k, &v, input.key_mask.as_ref())?,
-                Some(kc) => {
-                    kc.append(tape.gpu, i, &k.value, &v.value)?;
-                    let (kk, vv) = (Var::constant(kc.k[i].clone()), Var::constant(kc.v[i].clone()));
-                    autograd::attention(tape, &spec, &q, &kk, &vv, None)?
-                }
-            };
+            let y = self_attention(tape, &spec, &q, &k, &v, input.key_mask.as_ref(), cache, i)?;
             let y = l.o_proj.forward(tape, &y.reshape(&[b, t, hq * d])?)?;
             x = autograd::add(tape, &x, &y)?;
             let m = l.post_attention_layernorm.forward(tape, &x)?;

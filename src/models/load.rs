@@ -49,12 +49,7 @@ fn load_gguf(gpu: &Gpu, path: &Path) -> Result<LoadedLm> {
     } else {
         PromptFormat::Plain { bos, eos: tok.eos }
     };
-    let mut stop = vec![tok.eos];
-    if let PromptFormat::ChatMl { im_end, .. } = format
-        && !stop.contains(&im_end)
-    {
-        stop.push(im_end);
-    }
+    let stop = stop_tokens(tok.eos, &format);
     let name = file.get_str("general.name")?.map(str::to_string).unwrap_or_else(|| path.display().to_string());
     Ok(LoadedLm { model, tokenizer: tok.tokenizer, format, stop, pad: tok.pad.unwrap_or(tok.eos), name })
 }
@@ -76,14 +71,20 @@ fn load_hf(gpu: &Gpu, dir: &Path) -> Result<LoadedLm> {
     } else {
         PromptFormat::Plain { bos: None, eos }
     };
+    let stop = stop_tokens(eos, &format);
+    let pad = first_id(&config["pad_token_id"]).unwrap_or(eos);
+    Ok(LoadedLm { model, tokenizer, format, stop, pad, name: dir.display().to_string() })
+}
+
+/// What ends generation: eos, and the end of a chat turn when the format is ChatML.
+fn stop_tokens(eos: u32, format: &PromptFormat) -> Vec<u32> {
     let mut stop = vec![eos];
-    if let PromptFormat::ChatMl { im_end, .. } = format
-        && !stop.contains(&im_end)
+    if let PromptFormat::ChatMl { im_end, .. } = *format
+        && im_end != eos
     {
         stop.push(im_end);
     }
-    let pad = first_id(&config["pad_token_id"]).unwrap_or(eos);
-    Ok(LoadedLm { model, tokenizer, format, stop, pad, name: dir.display().to_string() })
+    stop
 }
 
 /// tokenizer.json, or GPT-2's vocab.json + merges.txt.

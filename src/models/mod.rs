@@ -15,6 +15,7 @@ use std::path::Path;
 use crate::autograd::{self, Loss, Module, Tape, Var};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::kernels::attention::AttentionSpec;
 use crate::kernels::matmul::{Matmul, matmul_into};
 use crate::nn::{KvCache, Linear, LoraConfig, Rng};
 use crate::tensor::{DType, Tensor};
@@ -156,6 +157,47 @@ pub fn load_causal_lm(gpu: &Gpu, dir: &Path) -> Result<Box<dyn CausalLm>> {
             message: format!("model_type {other:?} is not a causal LM kiln knows (gpt2, llama)"),
         }),
     }
+}
+
+/// Self-attention of one layer: over the batch's own keys (training, prefill without a cache),
+/// or, with a cache, after appending this step's keys and values to layer `layer` of it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn self_attention(
+    tape: &Tape,
+    spec: &AttentionSpec,
+    q: &Var,
+    k: &Var,
+    v: &Var,
+    key_mask: Option<&Tensor>,
+    cache: Option<&KvCache>,
+    layer: usize,
+) -> Result<Var> {
+    match cache {
+        None => autograd::attention(tape, spec, q, k, v, key_mask),
+        Some(kc) => {
+            kc.append(tape.gpu, layer, &k.value, &v.value)?;
+            let (kk, vv) = (Var::constant(kc.k[layer].clone()), Var::constant(kc.v[layer].clone()));
+            autograd::attention(tape, spec, q, &kk, &vv, None)
+        }
+    }
+}
+
+/// `lm_head.weight` `[V, C]` when the head is not tied to the input embedding; a tied checkpoint
+/// may still carry a copy, which is taken (shape-checked) and dropped.
+pub(crate) fn untied_head(
+    gpu: &Gpu,
+    src: &mut dyn weights::WeightSource,
+    tied: bool,
+    shape: [usize; 2],
+) -> Result<Option<autograd::Param>> {
+    const NAME: &str = "lm_head.weight";
+    if !tied {
+        return Ok(Some(autograd::Param::new(NAME, src.tensor(gpu, NAME, &shape)?)));
+    }
+    if src.contains(NAME) {
+        src.take(NAME, &shape)?;
+    }
+    Ok(None)
 }
 
 /// Positions `offset..offset + T` for each of B sequences, as embedding ids.
