@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod gpu;
 pub mod kernels;

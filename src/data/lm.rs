@@ -182,7 +182,7 @@ pub fn read_folder(dir: &Path) -> Result<LmSplits> {
     Ok(LmSplits { train: read_jsonl(&train_path)?, valid: optional("valid.jsonl")?, test: optional("test.jsonl")? })
 }
 
-fn json_type(v: &Value) -> &'static str {
+pub(crate) fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

