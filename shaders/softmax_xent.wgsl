@@ -1,13 +1,19 @@
-// Fused softmax + cross-entropy over large vocabularies, with an ignore index.
+// Fused softmax + cross-entropy over large vocabularies, with an ignore index and optional
+// per-row weights (PyTorch's CrossEntropyLoss(weight=w), the host expanding w[target] per row).
 //
 //   logits, dlogits: [rows, vocab]   targets: [rows] i32 (ignore_index rows carry no loss)
-//   row_loss, lse:   [rows]          stats: [2] = (mean loss over counted rows, counted rows)
+//   row_loss, lse:   [rows]          row_weights: [rows] f32 (weighted entries only)
+//   stats: [2] = (mean loss over counted rows, counted rows)            unweighted
+//              = (Σ w·row_loss / Σ w over counted rows, Σ w)            weighted
 //   dloss: [1], the upstream gradient of the mean loss (1.0 for a plain backward)
 //
-//   xent_fwd:    one workgroup per row. lse = log sum exp(logits); row_loss = lse - logit[target].
-//   xent_mean:   one workgroup: stats = (sum row_loss / count, count).
-//   xent_bwd:    one invocation per logit: dlogits = (softmax - onehot(target)) * dloss / count.
+//   xent_fwd:           one workgroup per row. lse = log sum exp(logits); row_loss = lse - logit[target].
+//   xent_mean:          one workgroup: stats = (sum row_loss / count, count).
+//   xent_mean_weighted: one workgroup: stats = (sum w·row_loss / sum w, sum w).
+//   xent_bwd:           one invocation per logit: dlogits = (softmax - onehot(target)) * dloss / count.
+//   xent_bwd_weighted:  one invocation per logit: dlogits = (softmax - onehot(target)) * w[row] * dloss / sum w.
 //
+// Ignored rows (and out-of-range targets) are skipped by every entry, whatever their weight.
 // The forward never materialises the softmax; the backward recomputes it from lse.
 
 struct Params {
@@ -127,4 +133,70 @@ fn xent_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
         g = (prob - select(0.0, 1.0, u32(t) == v)) * scale;
     }
     if (p.accumulate != 0u) { b_dlogits[i] += g; } else { b_dlogits[i] = g; }
+}
+
+// ---- weighted mean over counted rows ----
+@group(0) @binding(1) var<storage, read> mw_row_loss: array<f32>;
+@group(0) @binding(2) var<storage, read> mw_targets: array<i32>;
+@group(0) @binding(3) var<storage, read> mw_weights: array<f32>;
+@group(0) @binding(4) var<storage, read_write> mw_stats: array<f32>;
+
+@compute @workgroup_size(256)
+fn xent_mean_weighted(@builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    var wsum = 0.0;
+    for (var r = lid; r < p.rows; r += WG) {
+        let t = mw_targets[r];
+        if (t != p.ignore_index && t >= 0 && u32(t) < p.vocab) {
+            let w = mw_weights[r];
+            s += w * mw_row_loss[r];
+            wsum += w;
+        }
+    }
+    wg_sum[lid] = s;
+    wg_max[lid] = wsum;
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if (lid < stride) {
+            wg_sum[lid] += wg_sum[lid + stride];
+            wg_max[lid] += wg_max[lid + stride];
+        }
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        // Weights may sum to less than 1, so no max(·, 1) here; a zero sum (every counted row
+        // weighted 0, or none counted) gives loss 0 rather than PyTorch's NaN.
+        let total = wg_max[0];
+        var mean = 0.0;
+        if (total > 0.0) { mean = wg_sum[0] / total; }
+        mw_stats[0] = mean;
+        mw_stats[1] = total;
+    }
+}
+
+// ---- weighted backward ----
+@group(0) @binding(1) var<storage, read> bw_logits: array<f32>;
+@group(0) @binding(2) var<storage, read> bw_targets: array<i32>;
+@group(0) @binding(3) var<storage, read> bw_weights: array<f32>;
+@group(0) @binding(4) var<storage, read> bw_lse: array<f32>;
+@group(0) @binding(5) var<storage, read> bw_stats: array<f32>;
+@group(0) @binding(6) var<storage, read> bw_dloss: array<f32>;
+@group(0) @binding(7) var<storage, read_write> bw_dlogits: array<f32>;
+
+@compute @workgroup_size(256)
+fn xent_bwd_weighted(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * nwg.x + wg.x) * WG + lid;
+    if (i >= p.rows * p.vocab) { return; }
+    let row = i / p.vocab;
+    let v = i % p.vocab;
+    let t = bw_targets[row];
+    let total = bw_stats[1];
+    var g = 0.0;
+    // total > 0 matches the forward's zero loss when no weight is counted.
+    if (t != p.ignore_index && t >= 0 && u32(t) < p.vocab && total > 0.0) {
+        let scale = bw_weights[row] * bw_dloss[0] / total;
+        let prob = exp(bw_logits[i] - bw_lse[row]);
+        g = (prob - select(0.0, 1.0, u32(t) == v)) * scale;
+    }
+    if (p.accumulate != 0u) { bw_dlogits[i] += g; } else { bw_dlogits[i] = g; }
 }

@@ -109,6 +109,54 @@ fn softmax_cross_entropy_backward() {
 }
 
 #[test]
+fn softmax_cross_entropy_weighted_backward() {
+    // L = Σᵣ w[tᵣ]·(lseᵣ − xᵣ[tᵣ]) / Σᵣ w[tᵣ] over counted rows  ⇒
+    // dL/dxᵣᵥ = w[tᵣ]·(softmax(xᵣ)ᵥ − [v = tᵣ]) / Σ w  (the weights are constants).
+    let mut rng = Rng::new(19);
+    let (rows, vocab) = (6, 4);
+    let logits: Vec<f64> = randv(&mut rng, rows * vocab).iter().map(|v| v * 3.0).collect();
+    let targets = [3, -100, 0, 1, 2, 1];
+    // Class 2 weighted 0; the ignored row would carry weight 1.5 were it counted.
+    let weights = [0.3, 1.5, 0.0, 2.0];
+    let (_, lse, wsum) = softmax_xent::forward_weighted(&logits, &targets, &weights, vocab, -100);
+    assert!((wsum - (2.0 + 0.3 + 1.5 + 0.0 + 1.5)).abs() < 1e-12, "weight sum {wsum}");
+    let d = softmax_xent::backward_weighted(&logits, &targets, &weights, vocab, -100, &lse, wsum, 0.7);
+    check("cross_entropy_weighted dlogits", &logits, &d, |l| {
+        0.7 * softmax_xent::forward_weighted(l, &targets, &weights, vocab, -100).0
+    });
+    // Row 4's class weighs 0: no gradient reaches it.
+    assert!(d[4 * vocab..5 * vocab].iter().all(|&g| g == 0.0));
+}
+
+/// The weighted reference against PyTorch (float64), with an ignored row and a zero weight:
+///
+/// ```python
+/// x = torch.tensor(LOGITS, dtype=torch.float64, requires_grad=True)
+/// loss = torch.nn.CrossEntropyLoss(weight=torch.tensor(WEIGHTS, dtype=torch.float64))(x, torch.tensor(TARGETS))
+/// loss.backward(); print(loss.item(), x.grad.flatten().tolist())
+/// ```
+#[test]
+fn softmax_cross_entropy_weighted_matches_pytorch() {
+    const LOGITS: [f64; 16] = [0.5, -1.0, 2.0, 0.0, 1.0, 1.0, -0.5, 3.0, -2.0, 0.25, 0.75, 1.5, 0.1, 0.2, 0.3, 0.4];
+    const TARGETS: [i32; 4] = [1, -100, 3, 2];
+    const WEIGHTS: [f64; 4] = [0.5, 2.0, 0.0, 1.25];
+    let torch_loss = 2.2805594443896213;
+    #[rustfmt::skip]
+    let torch_grad = [
+        0.09750443662460292, -0.5936284348253853, 0.43698456792995344, 0.05913943027082905,
+        0.0, 0.0, 0.0, 0.0,
+        0.006491856922525829, 0.06159302356836045, 0.10154972808389018, -0.16963460857477647,
+        0.0, 0.0, 0.0, 0.0,
+    ];
+    let (loss, lse, wsum) = softmax_xent::forward_weighted(&LOGITS, &TARGETS, &WEIGHTS, 4, -100);
+    let d = softmax_xent::backward_weighted(&LOGITS, &TARGETS, &WEIGHTS, 4, -100, &lse, wsum, 1.0);
+    assert!((loss - torch_loss).abs() < 1e-12, "loss {loss} vs PyTorch {torch_loss}");
+    for (i, (g, t)) in d.iter().zip(torch_grad).enumerate() {
+        assert!((g - t).abs() < 1e-12, "dlogits[{i}] {g} vs PyTorch {t}");
+    }
+}
+
+#[test]
 fn attention_backward() {
     let mut rng = Rng::new(14);
     for (causal, with_mask, hq, hkv) in

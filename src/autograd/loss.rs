@@ -1,8 +1,8 @@
 //! Losses: cross-entropy over logits, and the language-model head fused with cross-entropy in
 //! row chunks so that a `[tokens, vocab]` logits matrix never has to exist whole.
 //!
-//! The loss stays on the GPU ([`Loss::stats`], one `[mean, count]` pair per chunk) and is read
-//! back once per step by [`Loss::read`].
+//! The loss stays on the GPU ([`Loss::stats`], one `[mean, denominator]` pair per chunk) and is
+//! read back once per step by [`Loss::read`].
 
 use super::{Backward, Grads, Tape, Var, VarId};
 use crate::error::{Error, Result};
@@ -11,23 +11,29 @@ use crate::kernels::matmul::{Matmul, matmul_into};
 use crate::kernels::softmax_xent::{self as xk, IGNORE_INDEX, Xent};
 use crate::tensor::{DType, Tensor};
 
-/// A scalar loss: the mean over counted (non-ignored) rows.
+/// A scalar loss: the mean over counted (non-ignored) rows, or for [`cross_entropy_weighted`]
+/// the class-weighted mean.
 pub struct Loss {
     /// Carries the tape id; its value is the per-chunk statistics.
     pub var: Var,
-    /// `[chunks, 2]`: mean and count of each chunk.
+    /// `[chunks, 2]`: each chunk's mean and the denominator of that mean (counted rows, or the
+    /// sum of the counted rows' weights for a weighted loss).
     pub stats: Tensor,
-    /// Rows counted (targets not ignored), known on the host.
+    /// Rows counted (targets not ignored; a row whose class weight is 0 still counts), known on
+    /// the host.
     pub count: usize,
 }
 
 impl Loss {
-    /// Reads the loss back (the one readback of a training step): (mean, counted rows).
+    /// Reads the loss back (the one readback of a training step): (mean, counted rows). The
+    /// mean is Σ mean·denominator / Σ denominator over chunks, which is the plain mean for an
+    /// unweighted loss and the weighted mean for a weighted one; 0 when the denominators sum to 0.
     pub fn read(&self, gpu: &Gpu) -> Result<(f32, usize)> {
         let s = self.stats.to_f32_vec(gpu)?;
         let total: f64 = s.chunks(2).map(|c| c[0] as f64 * c[1] as f64).sum();
-        let count: f64 = s.chunks(2).map(|c| c[1] as f64).sum();
-        Ok(if count > 0.0 { ((total / count) as f32, count as usize) } else { (0.0, 0) })
+        let denominator: f64 = s.chunks(2).map(|c| c[1] as f64).sum();
+        let mean = if denominator > 0.0 { (total / denominator) as f32 } else { 0.0 };
+        Ok((mean, self.count))
     }
 }
 
@@ -37,34 +43,64 @@ fn counted(targets: &[i32]) -> usize {
 
 /// Mean cross-entropy of logits `[N, V]` against targets `[N]` (−100 ignored).
 pub fn cross_entropy(tape: &Tape, logits: &Var, targets: &[i32]) -> Result<Loss> {
+    cross_entropy_op(tape, "cross_entropy", logits, targets, None)
+}
+
+/// Class-weighted mean cross-entropy, PyTorch's `CrossEntropyLoss(weight=class_weights)`:
+/// Σᵢ w[yᵢ]·nllᵢ / Σᵢ w[yᵢ] over the rows whose target is not −100. logits `[N, V]`, targets
+/// `[N]`, class_weights `[V]` (finite, ≥ 0). Where the counted weights sum to 0 the loss and its
+/// gradient are 0 (PyTorch gives NaN).
+///
+/// [`Loss::read`] returns the weighted mean; [`Loss::count`] is still the number of rows not
+/// ignored.
+pub fn cross_entropy_weighted(tape: &Tape, logits: &Var, targets: &[i32], class_weights: &[f32]) -> Result<Loss> {
+    cross_entropy_op(tape, "cross_entropy_weighted", logits, targets, Some(class_weights))
+}
+
+fn cross_entropy_op(
+    tape: &Tape,
+    op: &'static str,
+    logits: &Var,
+    targets: &[i32],
+    class_weights: Option<&[f32]>,
+) -> Result<Loss> {
     let vocab = logits.value.dim(-1);
     let rows = logits.value.numel() / vocab.max(1);
     if targets.len() != rows {
-        return Err(Error::invalid("cross_entropy", format!("{} targets for {rows} rows of logits", targets.len())));
+        return Err(Error::invalid(op, format!("{} targets for {rows} rows of logits", targets.len())));
     }
     xk::check_targets(targets, vocab, IGNORE_INDEX)?;
     let logits2 = logits.value.reshape(&[rows, vocab])?;
     let t = Tensor::from_i32(tape.gpu, targets, &[rows])?;
-    let fwd = xk::forward(tape.gpu, &logits2, &t, IGNORE_INDEX)?;
+    let fwd = match class_weights {
+        None => xk::forward(tape.gpu, &logits2, &t, IGNORE_INDEX)?,
+        Some(cw) => {
+            xk::check_class_weights(op, cw, vocab)?;
+            let w = Tensor::from_f32(tape.gpu, &xk::row_weights(targets, cw, IGNORE_INDEX), &[rows])?;
+            xk::forward_weighted(tape.gpu, &logits2, &t, &w, IGNORE_INDEX)?
+        }
+    };
     let stats = fwd.stats.reshape(&[1, 2])?;
     let count = counted(targets);
     let var = tape.output(stats.clone(), &[logits], |out| {
-        Box::new(CrossEntropyOp { out, logits: logits2, logits_id: logits.id(), targets: t, fwd })
+        Box::new(CrossEntropyOp { op, out, logits: logits2, logits_id: logits.id(), targets: t, fwd })
     });
     Ok(Loss { var, stats, count })
 }
 
 struct CrossEntropyOp {
+    op: &'static str,
     out: VarId,
     logits: Tensor,
     logits_id: Option<VarId>,
     targets: Tensor,
+    /// Weighted or not; the backward kernel follows it.
     fwd: Xent,
 }
 
 impl Backward for CrossEntropyOp {
     fn name(&self) -> &'static str {
-        "cross_entropy"
+        self.op
     }
 
     fn backward(&self, gpu: &Gpu, g: &mut Grads) -> Result<()> {

@@ -19,7 +19,7 @@ pub use attention::attention;
 pub use elementwise::{activation, add, dropout, split_cols, swiglu};
 pub use embedding::embedding;
 pub use linear::{Lora, WeightLayout, linear};
-pub use loss::{Loss, cross_entropy, linear_cross_entropy};
+pub use loss::{Loss, cross_entropy, cross_entropy_weighted, linear_cross_entropy};
 pub use norm::norm;
 pub use rope::rope;
 

@@ -1,6 +1,10 @@
 //! Fused softmax + cross-entropy (`shaders/softmax_xent.wgsl`), mean over the rows whose
 //! target is not `ignore_index` (PyTorch's default -100: prompt tokens that carry no loss).
 //!
+//! [`forward_weighted`] is PyTorch's `CrossEntropyLoss(weight=w)`: the kernel takes one weight
+//! per row (the host expands class weights with [`row_weights`]) and divides by their sum over
+//! counted rows. [`backward`] follows whichever forward made its [`Xent`].
+//!
 //! Targets outside `[0, vocab)` that are not the ignore index are rejected on the CPU by
 //! [`check_targets`] before upload; the shader also skips them, so a bad id can never read
 //! out of bounds.
@@ -15,10 +19,15 @@ use crate::tensor::{DType, Tensor};
 /// PyTorch's default ignore index.
 pub const IGNORE_INDEX: i32 = -100;
 
-/// The forward's results: `stats` = [mean loss, counted rows]; `lse` per row for backward.
+/// The forward's results, kept for backward.
 pub struct Xent {
+    /// `[2]`: [mean loss, counted rows]; from [`forward_weighted`], [weighted mean, Σ weight
+    /// over counted rows]. Either way `stats[0]·stats[1]` is the chunk's summed (weighted) loss.
     pub stats: Tensor,
+    /// `[rows]`: log-sum-exp of each row's logits.
     pub lse: Tensor,
+    /// `[rows]`: the row weights of a weighted forward (None for [`forward`]).
+    pub row_weights: Option<Tensor>,
 }
 
 #[repr(C)]
@@ -45,6 +54,30 @@ pub fn check_targets(targets: &[i32], vocab: usize, ignore_index: i32) -> Result
     Ok(())
 }
 
+/// Errors unless there is one finite, non-negative weight per class (`vocab` of them).
+pub fn check_class_weights(op: &'static str, class_weights: &[f32], vocab: usize) -> Result<()> {
+    if class_weights.len() != vocab {
+        return Err(Error::Shape {
+            op,
+            tensor: "class_weights",
+            expected: format!("[{vocab}] (one weight per class: the last dim of logits)"),
+            found: vec![class_weights.len()],
+        });
+    }
+    for (class, &w) in class_weights.iter().enumerate() {
+        if !w.is_finite() || w < 0.0 {
+            return Err(Error::invalid(op, format!("class weight {w} at class {class} must be finite and >= 0")));
+        }
+    }
+    Ok(())
+}
+
+/// The per-row weights [`forward_weighted`] takes: `class_weights[target]` per row, 0 for an
+/// ignored row. Targets must have passed [`check_targets`].
+pub fn row_weights(targets: &[i32], class_weights: &[f32], ignore_index: i32) -> Vec<f32> {
+    targets.iter().map(|&t| if t == ignore_index { 0.0 } else { class_weights[t as usize] }).collect()
+}
+
 fn dims(op: &'static str, logits: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
     if logits.rank() < 1 {
         return Err(Error::invalid(op, "logits must have a vocabulary dimension"));
@@ -62,24 +95,9 @@ fn dims(op: &'static str, logits: &Tensor, targets: &Tensor) -> Result<(usize, u
 pub fn forward(gpu: &Gpu, logits: &Tensor, targets: &Tensor, ignore_index: i32) -> Result<Xent> {
     const OP: &str = "cross_entropy";
     let (rows, vocab) = dims(OP, logits, targets)?;
-    let p = Params { rows: u32_of(OP, "rows", rows)?, vocab: u32_of(OP, "vocab", vocab)?, ignore_index, accumulate: 0 };
-    u32_of(OP, "rows × vocab", rows * vocab)?;
-    let row_loss = Tensor::empty(gpu, &[rows], DType::F32)?;
-    let lse = Tensor::empty(gpu, &[rows], DType::F32)?;
+    let p = params(OP, rows, vocab, ignore_index)?;
+    let (row_loss, lse) = row_pass(gpu, OP, &p, logits, targets)?;
     let stats = Tensor::empty(gpu, &[2], DType::F32)?;
-    let spec = KernelSpec {
-        file: shader!("softmax_xent"),
-        entry: "xent_fwd",
-        header: "",
-        access: &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite],
-    };
-    gpu.dispatch(
-        OP,
-        &spec,
-        bytemuck::bytes_of(&p),
-        &[("logits", Some(logits)), ("targets", Some(targets)), ("row_loss", Some(&row_loss)), ("lse", Some(&lse))],
-        gpu.grid_1d(rows as u64),
-    )?;
     let spec = KernelSpec {
         file: shader!("softmax_xent"),
         entry: "xent_mean",
@@ -93,13 +111,82 @@ pub fn forward(gpu: &Gpu, logits: &Tensor, targets: &Tensor, ignore_index: i32) 
         &[("row_loss", Some(&row_loss)), ("targets", Some(targets)), ("stats", Some(&stats))],
         [1, 1, 1],
     )?;
-    Ok(Xent { stats, lse })
+    Ok(Xent { stats, lse, row_weights: None })
 }
 
-/// dlogits = (softmax − onehot)·dloss/count, written or added. `dloss` is a one-element
-/// tensor on the GPU (so a scaled loss needs no readback).
+/// Weighted mean cross-entropy: Σ w·loss / Σ w over the counted rows, with `row_weights`
+/// `[rows]` f32 (see [`row_weights`]; a weight on an ignored row is never read). A zero weight
+/// sum gives loss 0.
 ///
-/// Bindings: 1 logits, 2 targets, 3 lse, 4 stats, 5 dloss, 6 dlogits.
+/// Bindings, row pass: 1 logits, 2 targets, 3 row_loss, 4 lse. Mean pass: 1 row_loss, 2 targets,
+/// 3 row_weights, 4 stats.
+pub fn forward_weighted(
+    gpu: &Gpu,
+    logits: &Tensor,
+    targets: &Tensor,
+    row_weights: &Tensor,
+    ignore_index: i32,
+) -> Result<Xent> {
+    const OP: &str = "cross_entropy_weighted";
+    let (rows, vocab) = dims(OP, logits, targets)?;
+    row_weights.expect_dtype(OP, DType::F32)?;
+    expect_numel(OP, "row_weights", row_weights, rows, "one per row of logits")?;
+    let p = params(OP, rows, vocab, ignore_index)?;
+    let (row_loss, lse) = row_pass(gpu, OP, &p, logits, targets)?;
+    let stats = Tensor::empty(gpu, &[2], DType::F32)?;
+    let spec = KernelSpec {
+        file: shader!("softmax_xent"),
+        entry: "xent_mean_weighted",
+        header: "",
+        access: &[Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+    };
+    gpu.dispatch(
+        OP,
+        &spec,
+        bytemuck::bytes_of(&p),
+        &[
+            ("row_loss", Some(&row_loss)),
+            ("targets", Some(targets)),
+            ("row_weights", Some(row_weights)),
+            ("stats", Some(&stats)),
+        ],
+        [1, 1, 1],
+    )?;
+    Ok(Xent { stats, lse, row_weights: Some(row_weights.clone()) })
+}
+
+fn params(op: &'static str, rows: usize, vocab: usize, ignore_index: i32) -> Result<Params> {
+    u32_of(op, "rows × vocab", rows * vocab)?;
+    Ok(Params { rows: u32_of(op, "rows", rows)?, vocab: u32_of(op, "vocab", vocab)?, ignore_index, accumulate: 0 })
+}
+
+/// The row pass shared by both forwards: (row_loss, lse), each `[rows]`.
+fn row_pass(gpu: &Gpu, op: &'static str, p: &Params, logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let rows = p.rows as usize;
+    let row_loss = Tensor::empty(gpu, &[rows], DType::F32)?;
+    let lse = Tensor::empty(gpu, &[rows], DType::F32)?;
+    let spec = KernelSpec {
+        file: shader!("softmax_xent"),
+        entry: "xent_fwd",
+        header: "",
+        access: &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite],
+    };
+    gpu.dispatch(
+        op,
+        &spec,
+        bytemuck::bytes_of(p),
+        &[("logits", Some(logits)), ("targets", Some(targets)), ("row_loss", Some(&row_loss)), ("lse", Some(&lse))],
+        gpu.grid_1d(rows as u64),
+    )?;
+    Ok((row_loss, lse))
+}
+
+/// dlogits = (softmax − onehot)·dloss/count, written or added; after [`forward_weighted`],
+/// (softmax − onehot)·w[row]·dloss/Σw. `dloss` is a one-element tensor on the GPU (so a scaled
+/// loss needs no readback).
+///
+/// Bindings: 1 logits, 2 targets, 3 lse, 4 stats, 5 dloss, 6 dlogits; weighted: 1 logits,
+/// 2 targets, 3 row_weights, 4 lse, 5 stats, 6 dloss, 7 dlogits.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     gpu: &Gpu,
@@ -116,11 +203,43 @@ pub fn backward(
     expect_numel(OP, "dloss", dloss, 1, "a scalar")?;
     expect_numel(OP, "dlogits", dlogits, logits.numel(), "the size of logits")?;
     let p = Params { rows: rows as u32, vocab: vocab as u32, ignore_index, accumulate: accumulate as u32 };
+    let groups = gpu.grid_1d(((rows * vocab) as u64).div_ceil(256));
+    let Some(row_weights) = &fwd.row_weights else {
+        let spec = KernelSpec {
+            file: shader!("softmax_xent"),
+            entry: "xent_bwd",
+            header: "",
+            access: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+        };
+        return gpu.dispatch(
+            OP,
+            &spec,
+            bytemuck::bytes_of(&p),
+            &[
+                ("logits", Some(logits)),
+                ("targets", Some(targets)),
+                ("lse", Some(&fwd.lse)),
+                ("stats", Some(&fwd.stats)),
+                ("dloss", Some(dloss)),
+                ("dlogits", Some(dlogits)),
+            ],
+            groups,
+        );
+    };
+    expect_numel(OP, "row_weights", row_weights, rows, "one per row of logits")?;
     let spec = KernelSpec {
         file: shader!("softmax_xent"),
-        entry: "xent_bwd",
+        entry: "xent_bwd_weighted",
         header: "",
-        access: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+        access: &[
+            Access::Read,
+            Access::Read,
+            Access::Read,
+            Access::Read,
+            Access::Read,
+            Access::Read,
+            Access::ReadWrite,
+        ],
     };
     gpu.dispatch(
         OP,
@@ -129,11 +248,12 @@ pub fn backward(
         &[
             ("logits", Some(logits)),
             ("targets", Some(targets)),
+            ("row_weights", Some(row_weights)),
             ("lse", Some(&fwd.lse)),
             ("stats", Some(&fwd.stats)),
             ("dloss", Some(dloss)),
             ("dlogits", Some(dlogits)),
         ],
-        gpu.grid_1d(((rows * vocab) as u64).div_ceil(256)),
+        groups,
     )
 }

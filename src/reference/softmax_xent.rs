@@ -1,6 +1,7 @@
-//! Softmax cross-entropy, mean over rows whose target is not the ignore index.
+//! Softmax cross-entropy, mean over rows whose target is not the ignore index; and the
+//! class-weighted mean of PyTorch's `CrossEntropyLoss(weight=w)`.
 //!
-//! Shapes: logits [R, V]; targets [R]; lse [R].
+//! Shapes: R rows, V classes. logits [R, V]; targets [R]; class_weights [V]; lse [R].
 
 /// Returns (mean loss, lse per row, counted rows).
 pub fn forward(logits: &[f64], targets: &[i32], vocab: usize, ignore_index: i32) -> (f64, Vec<f64>, usize) {
@@ -40,6 +41,63 @@ pub fn backward(
             let prob = (logits[r * vocab + v] - lse[r]).exp();
             let onehot = if v as i32 == t { 1.0 } else { 0.0 };
             d[r * vocab + v] = (prob - onehot) * dloss / count.max(1) as f64;
+        }
+    }
+    d
+}
+
+/// Class-weighted mean: Σ w[t]·(lse − logit[t]) / Σ w[t] over counted rows (0 when the weights
+/// sum to 0). Returns (loss, lse per row, Σ w[t]).
+pub fn forward_weighted(
+    logits: &[f64],        // [R, V]
+    targets: &[i32],       // [R]
+    class_weights: &[f64], // [V]
+    vocab: usize,
+    ignore_index: i32,
+) -> (f64, Vec<f64>, f64) {
+    let rows = targets.len();
+    let (mut total, mut weight_sum, mut lses) = (0.0, 0.0, vec![0.0; rows]);
+    for r in 0..rows {
+        let row = &logits[r * vocab..(r + 1) * vocab];
+        // Subtract the max so exp cannot overflow.
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        lses[r] = lse;
+        let t = targets[r];
+        if t != ignore_index {
+            let w = class_weights[t as usize];
+            total += w * (lse - row[t as usize]);
+            weight_sum += w;
+        }
+    }
+    (if weight_sum > 0.0 { total / weight_sum } else { 0.0 }, lses, weight_sum)
+}
+
+/// d(weighted mean loss)/dlogits, times `dloss`: w[t_r]·(softmax − onehot(t_r))·dloss / Σ w.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_weighted(
+    logits: &[f64],        // [R, V]
+    targets: &[i32],       // [R]
+    class_weights: &[f64], // [V]
+    vocab: usize,
+    ignore_index: i32,
+    lse: &[f64], // [R]
+    weight_sum: f64,
+    dloss: f64,
+) -> Vec<f64> {
+    let mut d = vec![0.0; logits.len()];
+    if weight_sum <= 0.0 {
+        return d;
+    }
+    for (r, &t) in targets.iter().enumerate() {
+        if t == ignore_index {
+            continue;
+        }
+        let scale = class_weights[t as usize] * dloss / weight_sum;
+        for v in 0..vocab {
+            let prob = (logits[r * vocab + v] - lse[r]).exp();
+            let onehot = if v as i32 == t { 1.0 } else { 0.0 };
+            d[r * vocab + v] += (prob - onehot) * scale;
         }
     }
     d

@@ -1,6 +1,8 @@
-//! Fused softmax + cross-entropy with ignore index vs the reference, up to a 50k vocabulary.
+//! Fused softmax + cross-entropy with ignore index vs the reference, up to a 50k vocabulary;
+//! the class-weighted variant vs its reference, and through the tape against the unweighted loss.
 
 use kiln::Tensor;
+use kiln::autograd::{Param, Tape, cross_entropy, cross_entropy_weighted};
 use kiln::kernels::softmax_xent::{self as xent, IGNORE_INDEX};
 use kiln::reference::softmax_xent as r;
 
@@ -42,4 +44,152 @@ fn cross_entropy_all_ignored_is_zero_not_nan() {
 fn cross_entropy_rejects_bad_targets() {
     let err = xent::check_targets(&[0, 5, -100], 5, IGNORE_INDEX).unwrap_err().to_string();
     assert!(err.contains("target 5 at row 1"), "{err}");
+}
+
+/// Loss and dlogits tolerances of the weighted kernel against the f64 reference.
+const WEIGHTED_LOSS_TOL: (f64, f64) = (1e-4, 1e-5);
+const WEIGHTED_GRAD_TOL: (f64, f64) = (1e-6, 1e-4);
+
+/// Targets with every 4th row (from row 1) ignored and every 5th (from row 2) of class 0, whose
+/// weight the weighted tests set to 0.
+fn weighted_targets(rng: &mut Rng, rows: usize, classes: usize) -> Vec<i32> {
+    (0..rows)
+        .map(|i| match i {
+            _ if i % 4 == 1 => IGNORE_INDEX,
+            _ if i % 5 == 2 => 0,
+            _ => rng.below(classes as u32) as i32,
+        })
+        .collect()
+}
+
+/// Class weights in [0, 2), class 0 weighted 0.
+fn weighted_classes(rng: &mut Rng, classes: usize) -> Vec<f32> {
+    let mut w: Vec<f32> = rng.vec(classes).iter().map(|v| v + 1.0).collect();
+    w[0] = 0.0;
+    w
+}
+
+#[test]
+fn cross_entropy_weighted_forward_backward() {
+    let gpu = gpu();
+    let mut rng = Rng::new(51);
+    for rows in [1, 7, 300] {
+        for classes in [2, 3, 1000] {
+            let logits: Vec<f32> = rng.vec(rows * classes).iter().map(|v| v * 8.0).collect();
+            let targets = weighted_targets(&mut rng, rows, classes);
+            let class_w = weighted_classes(&mut rng, classes);
+            // The kernel must skip ignored rows whatever their weight: give them garbage.
+            let mut row_w = xent::row_weights(&targets, &class_w, IGNORE_INDEX);
+            for (w, &t) in row_w.iter_mut().zip(&targets) {
+                if t == IGNORE_INDEX {
+                    *w = 7.0;
+                }
+            }
+            let lt = upload(&logits, &[rows, classes]);
+            let tt = Tensor::from_i32(gpu, &targets, &[rows]).unwrap();
+            let wt = upload(&row_w, &[rows]);
+            let fwd = xent::forward_weighted(gpu, &lt, &tt, &wt, IGNORE_INDEX).unwrap();
+            let (loss, lse, wsum) =
+                r::forward_weighted(&f64s(&logits), &targets, &f64s(&class_w), classes, IGNORE_INDEX);
+            let what = format!("weighted xent {rows}x{classes}");
+            let (atol, rtol) = WEIGHTED_LOSS_TOL;
+            assert_close(&format!("{what} stats"), &download(&fwd.stats), &[loss, wsum], atol, rtol);
+            assert_close(&format!("{what} lse"), &download(&fwd.lse), &lse, atol, rtol);
+
+            let want =
+                r::backward_weighted(&f64s(&logits), &targets, &f64s(&class_w), classes, IGNORE_INDEX, &lse, wsum, 0.5);
+            let dloss = upload(&[0.5], &[1]);
+            let d = Tensor::zeros(gpu, &[rows, classes]).unwrap();
+            let (atol, rtol) = WEIGHTED_GRAD_TOL;
+            xent::backward(gpu, &lt, &tt, &fwd, &dloss, &d, IGNORE_INDEX, false).unwrap();
+            assert_close(&format!("{what} dlogits"), &download(&d), &want, atol, rtol);
+            // Accumulating adds the same gradient again.
+            xent::backward(gpu, &lt, &tt, &fwd, &dloss, &d, IGNORE_INDEX, true).unwrap();
+            let twice: Vec<f64> = want.iter().map(|g| 2.0 * g).collect();
+            assert_close(&format!("{what} dlogits accumulated"), &download(&d), &twice, atol, rtol);
+        }
+    }
+}
+
+/// Every counted row weighted 0: loss and gradient 0, not NaN (PyTorch gives NaN here).
+#[test]
+fn cross_entropy_weighted_zero_weight_sum_is_zero_not_nan() {
+    let gpu = gpu();
+    let lt = upload(&[1.0, 2.0, 3.0, 4.0, 0.5, -1.0], &[3, 2]);
+    let targets = [0, IGNORE_INDEX, 0];
+    let tt = Tensor::from_i32(gpu, &targets, &[3]).unwrap();
+    let wt = upload(&xent::row_weights(&targets, &[0.0, 3.0], IGNORE_INDEX), &[3]);
+    let fwd = xent::forward_weighted(gpu, &lt, &tt, &wt, IGNORE_INDEX).unwrap();
+    assert_eq!(download(&fwd.stats), vec![0.0, 0.0]);
+    let d = upload(&[9.0; 6], &[3, 2]);
+    xent::backward(gpu, &lt, &tt, &fwd, &upload(&[1.0], &[1]), &d, IGNORE_INDEX, false).unwrap();
+    assert_eq!(download(&d), vec![0.0; 6]);
+}
+
+/// Runs `loss` on a fresh tape over trainable logits; returns (loss, count, dlogits, op names).
+fn through_tape(
+    logits: &[f32],
+    shape: &[usize],
+    loss: impl Fn(&Tape, &kiln::autograd::Var) -> kiln::Result<kiln::autograd::Loss>,
+) -> (f32, usize, Vec<f32>, Vec<&'static str>) {
+    let g = gpu();
+    let mut p = Param::new("logits", upload(logits, shape));
+    p.set_trainable(g, true).unwrap();
+    let tape = Tape::train(g, 0, 1);
+    let l = loss(&tape, &tape.param(&p)).unwrap();
+    let names = tape.recorded_names();
+    tape.backward(&l, 1.0).unwrap();
+    let (mean, count) = l.read(g).unwrap();
+    (mean, count, download(p.grad.as_ref().unwrap()), names)
+}
+
+/// With every class weight 1 the weighted loss is the plain one: same value, count and gradient.
+#[test]
+fn cross_entropy_weighted_all_ones_equals_cross_entropy() {
+    let mut rng = Rng::new(52);
+    let (rows, classes) = (7, 3);
+    let logits: Vec<f32> = rng.vec(rows * classes).iter().map(|v| v * 4.0).collect();
+    let targets = weighted_targets(&mut rng, rows, classes);
+    let ones = vec![1.0; classes];
+    let (plain, plain_n, plain_d, _) = through_tape(&logits, &[rows, classes], |t, x| cross_entropy(t, x, &targets));
+    let (weighted, n, d, names) =
+        through_tape(&logits, &[rows, classes], |t, x| cross_entropy_weighted(t, x, &targets, &ones));
+    assert_eq!(names, vec!["cross_entropy_weighted"]);
+    assert_eq!((n, plain_n), (5, 5), "counted rows");
+    assert_close("weighted(ones) loss vs cross_entropy", &[weighted], &[plain as f64], 1e-6, 1e-6);
+    assert_close("weighted(ones) dlogits vs cross_entropy", &d, &f64s(&plain_d), 1e-7, 1e-6);
+}
+
+/// Through the tape, with a zero class weight and ignored rows: value, count and gradient match
+/// the reference.
+#[test]
+fn cross_entropy_weighted_autograd_matches_reference() {
+    let mut rng = Rng::new(53);
+    let (rows, classes) = (300, 3);
+    let logits: Vec<f32> = rng.vec(rows * classes).iter().map(|v| v * 4.0).collect();
+    let targets = weighted_targets(&mut rng, rows, classes);
+    let class_w = weighted_classes(&mut rng, classes);
+    let (mean, count, d, _) =
+        through_tape(&logits, &[rows, classes], |t, x| cross_entropy_weighted(t, x, &targets, &class_w));
+    let (loss, lse, wsum) = r::forward_weighted(&f64s(&logits), &targets, &f64s(&class_w), classes, IGNORE_INDEX);
+    let want = r::backward_weighted(&f64s(&logits), &targets, &f64s(&class_w), classes, IGNORE_INDEX, &lse, wsum, 1.0);
+    assert_eq!(count, targets.iter().filter(|&&t| t != IGNORE_INDEX).count(), "Loss::read count is counted rows");
+    let (atol, rtol) = WEIGHTED_LOSS_TOL;
+    assert_close("cross_entropy_weighted loss", &[mean], &[loss], atol, rtol);
+    let (atol, rtol) = WEIGHTED_GRAD_TOL;
+    assert_close("cross_entropy_weighted dlogits", &d, &want, atol, rtol);
+}
+
+#[test]
+fn cross_entropy_weighted_rejects_bad_class_weights() {
+    let g = gpu();
+    let tape = Tape::no_grad(g);
+    let x = kiln::autograd::Var::constant(upload(&[0.0; 6], &[2, 3]));
+    let err = |w: &[f32]| cross_entropy_weighted(&tape, &x, &[0, 2], w).err().expect("an error").to_string();
+    let e = err(&[1.0, 1.0]);
+    assert!(e.contains("class_weights") && e.contains("[2]") && e.contains("expected [3]"), "{e}");
+    let e = err(&[1.0, -0.5, 1.0]);
+    assert!(e.contains("class weight -0.5 at class 1"), "{e}");
+    let e = err(&[1.0, 1.0, f32::NAN]);
+    assert!(e.contains("class weight NaN at class 2"), "{e}");
 }
