@@ -21,6 +21,24 @@ For each of two tiny random decoders (GPT-2 and Llama layouts) it writes, under 
       greedy_ids     int32   [1, 10]  base model greedy generate from input_ids[0, :4],
                                       6 new tokens, no eos stopping (first 4 = prompt)
 
+For a tiny random BERT (`bert_tiny/`, a `BertForSequenceClassification` with 3 labels, so its
+checkpoint has the `bert.` prefix, a pooler and a classifier) it writes the model, a PEFT SEQ_CLS
+adapter (`peft_adapter/`: LoRA on query/key/value/dense, classifier in modules_to_save) and
+`expected.safetensors` with:
+      input_ids, token_type_ids, attention_mask int32 [2, 7]  (row 0 two segments, row 1 padded)
+      labels         int32   [2]      class_weights float32 [3]
+      hidden         float32 [2, 7, 32]  BertModel last_hidden_state
+      pooled_mean    float32 [2, 32]  masked mean of hidden (sentence-transformers' pooling)
+      pooled_cls     float32 [2, 32]  hidden[:, 0]
+      logits_mean, logits_cls  float32 [2, 3]  the checkpoint's classifier on each pooling
+      loss_mean      float32 [1]      CrossEntropyLoss on logits_mean
+      loss_weighted  float32 [1]      CrossEntropyLoss(weight=class_weights) on logits_mean
+      grad.<name>    float32          d loss_mean / d parameter (classifier, layer 1 query, word
+                                      embeddings), every parameter trainable
+      lora_logits    float32 [2, 3]   base + adapter, mean pooling, adapter's classifier
+      lora_loss      float32 [1]
+      lora_grad.<key> float32         d lora_loss / d adapter weight, keys as in the adapter file
+
 Deterministic: fixed seeds, eval mode, all dropouts 0; running it twice gives identical bytes.
 Needs: torch, transformers (5.x), peft (0.21.x), safetensors.
 """
@@ -32,7 +50,7 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
 VOCAB = 96
@@ -209,6 +227,124 @@ def llama():
     return LlamaForCausalLM(cfg)
 
 
+BERT_LABELS = 3
+
+
+def bert_tiny():
+    cfg = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=32,
+        type_vocab_size=2,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        layer_norm_eps=1e-12,
+        num_labels=BERT_LABELS,
+        pad_token_id=0,
+    )
+    return BertForSequenceClassification(cfg)
+
+
+def mean_pool(hidden, mask):
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def build_bert(out_root, seed):
+    out = os.path.join(out_root, "bert_tiny")
+    os.makedirs(out, exist_ok=True)
+    model = bert_tiny().float().eval()
+    init_weights(model, seed)
+    model.save_pretrained(out, safe_serialization=True)
+
+    input_ids, attention_mask, _ = make_inputs(seed + 1)
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[0, 4:] = 1
+    labels = torch.tensor([2, 0])
+    class_weights = torch.tensor([0.5, 1.0, 3.0])
+    exp = {
+        "input_ids": input_ids.to(torch.int32),
+        "token_type_ids": token_type_ids.to(torch.int32),
+        "attention_mask": attention_mask.to(torch.int32),
+        "labels": labels.to(torch.int32),
+        "class_weights": class_weights,
+    }
+    kw = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+    def forward(m, pooling):
+        hidden = m.bert(**kw).last_hidden_state
+        pooled = mean_pool(hidden, attention_mask) if pooling == "mean" else hidden[:, 0]
+        return hidden, pooled, m.classifier(pooled)
+
+    hidden, pooled, logits = forward(model, "mean")
+    loss = torch.nn.functional.cross_entropy(logits, labels)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    exp["hidden"] = hidden.detach().contiguous()
+    exp["pooled_mean"] = pooled.detach().contiguous()
+    exp["logits_mean"] = logits.detach().contiguous()
+    exp["loss_mean"] = loss.detach().reshape(1)
+    params = dict(model.named_parameters())
+    for name in ["classifier.weight", "classifier.bias", "bert.encoder.layer.1.attention.self.query.weight",
+                 "bert.encoder.layer.1.output.LayerNorm.weight", "bert.embeddings.word_embeddings.weight"]:
+        exp["grad." + name] = params[name].grad.detach().contiguous().clone()
+    with torch.no_grad():
+        exp["loss_weighted"] = torch.nn.functional.cross_entropy(logits, labels, weight=class_weights).reshape(1)
+        _, pooled_cls, logits_cls = forward(model, "cls")
+    exp["pooled_cls"] = pooled_cls.contiguous()
+    exp["logits_cls"] = logits_cls.contiguous()
+
+    lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", task_type="SEQ_CLS",
+                      target_modules=["query", "key", "value", "dense"])
+    peft_model = get_peft_model(model, lcfg)
+    peft_model.eval()
+    g = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        for pname, p in peft_model.named_parameters():
+            if ".lora_A." in pname or ".lora_B." in pname or "modules_to_save" in pname:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32) * 0.3)
+    adir = os.path.join(out, "peft_adapter")
+    peft_model.save_pretrained(adir)
+    cpath = os.path.join(adir, "adapter_config.json")
+    with open(cpath) as f:
+        acfg = json.load(f)
+    acfg["target_modules"] = sorted(acfg["target_modules"])
+    acfg["modules_to_save"] = sorted(acfg["modules_to_save"])
+    with open(cpath, "w") as f:
+        json.dump(acfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+    readme = os.path.join(adir, "README.md")
+    if os.path.exists(readme):
+        os.remove(readme)
+
+    saved = get_peft_model_state_dict(peft_model)
+    trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+    peft_model.zero_grad(set_to_none=True)
+    inner = peft_model.base_model.model
+    _, _, lora_logits = forward(inner, "mean")
+    lora_loss = torch.nn.functional.cross_entropy(lora_logits, labels)
+    lora_loss.backward()
+    exp["lora_logits"] = lora_logits.detach().contiguous()
+    exp["lora_loss"] = lora_loss.detach().reshape(1)
+    for name, p in trainable.items():
+        key = adapter_key(name).replace(".modules_to_save.default.", ".")
+        assert key in saved, (key, sorted(saved))
+        if p.grad is None:
+            # `dense` also matches the pooler, which mean pooling never uses.
+            assert ".pooler." in key, key
+            continue
+        exp["lora_grad." + key] = p.grad.detach().contiguous().clone()
+    got = {k[len("lora_grad."):] for k in exp if k.startswith("lora_grad.")}
+    assert {k for k in saved if ".pooler." not in k} == got, sorted(saved)
+
+    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(out, "expected.safetensors"))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     here = os.path.dirname(os.path.abspath(__file__))
@@ -225,6 +361,7 @@ def main():
         build("llama_tiny", llama(),
               ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
               False, out_root, seed=5678),
+        build_bert(out_root, seed=4321),
     ]
     for d in dirs:
         total = 0

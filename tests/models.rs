@@ -324,3 +324,6 @@ fn mismatched_checkpoints_name_the_tensor() {
     let err = load_err();
     assert!(err.contains("unexpected") && err.contains("model.layers.2.self_attn.q_proj.weight"), "{err}");
 }
+
+#[path = "models/encoder.rs"]
+mod encoder;

@@ -13,6 +13,7 @@ mod embedding;
 mod linear;
 mod loss;
 mod norm;
+mod pool;
 mod rope;
 
 pub use attention::attention;
@@ -21,6 +22,7 @@ pub use embedding::embedding;
 pub use linear::{Lora, WeightLayout, linear};
 pub use loss::{Loss, cross_entropy, cross_entropy_weighted, linear_cross_entropy};
 pub use norm::norm;
+pub use pool::{first_token_weights, mean_weights, pool};
 pub use rope::rope;
 
 use std::cell::{Cell, RefCell};

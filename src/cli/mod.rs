@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each a thin layer over library functions.
 
 pub mod bench;
+pub mod classify;
 pub mod data;
 pub mod devices;
 pub mod export;
@@ -24,8 +25,9 @@ pub enum Command {
     Devices(devices::DevicesArgs),
     /// Time every kernel and print GFLOP/s or GB/s against rooflines measured in the same run.
     Bench(bench::BenchArgs),
-    /// Fine-tune a causal LM with LoRA on a jsonl folder or a built-in task.
-    Train(train::TrainArgs),
+    /// Fine-tune: a classifier on an encoder (head, top:N, LoRA or full) or a causal LM with
+    /// LoRA, on a jsonl/csv folder or a built-in task.
+    Train(Box<train::TrainArgs>),
     /// Generate text (or chat) with a model and optionally a LoRA adapter.
     Generate(generate::GenerateArgs),
     /// Write a model with its LoRA adapter merged as a Hugging Face folder.
@@ -38,7 +40,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices(args) => devices::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Generate(args) => generate::run(args),
         Command::Export(args) => export::run(args),
         Command::Data(args) => data::run(args),

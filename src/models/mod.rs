@@ -1,6 +1,8 @@
 //! Architectures, one file each, written to read like their Hugging Face source, and the code
 //! that loads their weights.
 
+pub mod bert;
+pub mod classifier;
 pub mod gguf;
 pub mod gguf_llama;
 pub mod gguf_tokenizer;

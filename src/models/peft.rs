@@ -2,17 +2,17 @@
 //! `adapter_model.safetensors`, keys `base_model.model.<module path>.lora_{A,B}.weight` (no
 //! adapter name), A `[r, in]`, B `[out, r]`. Loadable by `peft.PeftModel.from_pretrained`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::json;
 
 use super::CausalLm;
+use super::classifier::{Pooling, SequenceClassifier};
 use super::weights::{SafetensorsSource, WeightSource, save_safetensors, write_atomic};
-use crate::autograd::{Param, WeightLayout};
+use crate::autograd::{Module, Param, WeightLayout};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::nn::{LoraAdapter, LoraConfig};
+use crate::nn::{Linear, LoraAdapter, LoraConfig};
 
 const PREFIX: &str = "base_model.model.";
 
@@ -32,8 +32,8 @@ impl TaskType {
     }
 }
 
-/// Writes the model's adapters (and any extra trained modules) as a PEFT folder, replacing an
-/// existing one only once the new one is complete.
+/// Writes the model's adapters as a PEFT folder, replacing an existing one only once the new
+/// one is complete.
 pub fn save_adapter(
     gpu: &Gpu,
     model: &mut dyn CausalLm,
@@ -42,9 +42,67 @@ pub fn save_adapter(
     base_model: &str,
     dir: &Path,
 ) -> Result<()> {
+    write_adapter(gpu, model.linears_mut(), &[], cfg, task, base_model, dir)
+}
+
+/// Writes a classifier's adapters and its head (PEFT's `modules_to_save`, saved under
+/// `base_model.model.classifier.{weight,bias}`) as a SEQ_CLS adapter, plus `kiln_classifier.json`
+/// (labels and pooling, which PEFT's config has no place for).
+pub fn save_classifier_adapter(
+    gpu: &Gpu,
+    model: &mut SequenceClassifier,
+    cfg: &LoraConfig,
+    base_model: &str,
+    dir: &Path,
+) -> Result<()> {
+    let mut head = Vec::new();
+    model.classifier.visit_params(&mut |p| head.push((p.name.clone(), p.value.clone())));
+    let head = head
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_f32_vec(gpu)?, t.shape().to_vec())))
+        .collect::<Result<Vec<_>>>()?;
+    let meta = classifier_meta(model);
+    write_adapter(gpu, model.body.linears_mut(), &head, cfg, TaskType::SeqCls, base_model, dir)?;
+    let text = serde_json::to_string_pretty(&meta).expect("json values serialize");
+    write_atomic(&dir.join(CLASSIFIER_META), text.as_bytes())
+}
+
+/// Labels and pooling of a classifier, kept beside its adapter or checkpoint.
+pub const CLASSIFIER_META: &str = "kiln_classifier.json";
+
+pub fn classifier_meta(model: &SequenceClassifier) -> serde_json::Value {
+    json!({ "labels": model.labels, "pooling": model.pooling })
+}
+
+/// Reads `kiln_classifier.json`: (labels, pooling).
+pub fn read_classifier_meta(dir: &Path) -> Result<(Vec<String>, Pooling)> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        labels: Vec<String>,
+        pooling: Pooling,
+    }
+    let path = dir.join(CLASSIFIER_META);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let m: Meta =
+        serde_json::from_str(&text).map_err(|e| Error::Parse { path: path.clone(), message: e.to_string() })?;
+    Ok((m.labels, m.pooling))
+}
+
+/// `modules_to_save`: (parameter name, values, shape) of fully trained modules saved whole.
+type SavedModule = (String, Vec<f32>, Vec<usize>);
+
+fn write_adapter(
+    gpu: &Gpu,
+    linears: Vec<&mut Linear>,
+    saved_modules: &[SavedModule],
+    cfg: &LoraConfig,
+    task: TaskType,
+    base_model: &str,
+    dir: &Path,
+) -> Result<()> {
     let mut tensors = Vec::new();
     let mut fan_in_fan_out = false;
-    for lin in model.linears_mut() {
+    for lin in linears {
         if let Some(l) = &lin.lora {
             fan_in_fan_out |= lin.layout == WeightLayout::InOut;
             for p in [&l.a, &l.b] {
@@ -54,6 +112,14 @@ pub fn save_adapter(
     }
     if tensors.is_empty() {
         return Err(Error::invalid("save_adapter", "the model has no LoRA adapters to save"));
+    }
+    let mut modules: Vec<String> = Vec::new();
+    for (name, data, shape) in saved_modules {
+        let module = name.rsplit_once('.').map_or(name.as_str(), |(m, _)| m).to_string();
+        if !modules.contains(&module) {
+            modules.push(module);
+        }
+        tensors.push((format!("{PREFIX}{name}"), data.clone(), shape.clone()));
     }
     let config = json!({
         "peft_type": "LORA",
@@ -67,7 +133,7 @@ pub fn save_adapter(
         "fan_in_fan_out": fan_in_fan_out,
         "use_rslora": cfg.use_rslora,
         "use_dora": false,
-        "modules_to_save": null,
+        "modules_to_save": if modules.is_empty() { serde_json::Value::Null } else { json!(modules) },
         "init_lora_weights": true,
         "inference_mode": true,
         "rank_pattern": {},
@@ -131,8 +197,43 @@ pub fn load_adapter(gpu: &Gpu, model: &mut dyn CausalLm, dir: &Path) -> Result<L
     cfg.validate()?;
     let mut src = SafetensorsSource::open_file(&dir.join("adapter_model.safetensors"))?;
     model.visit_params_mut(&mut |p| p.grad = None);
-    let mut found = BTreeMap::new();
-    for lin in model.linears_mut() {
+    attach(gpu, model.linears_mut(), &mut src, &cfg, dir)?;
+    src.finish(&|_| false)?;
+    Ok(cfg)
+}
+
+/// Attaches a SEQ_CLS adapter to a classifier: LoRA on the encoder, and the head from the
+/// adapter's `modules_to_save` when it has one. Adapters on BERT's pooler (PEFT puts them there
+/// when `dense` is targeted) are skipped: kiln's pooling does not use the pooler.
+pub fn load_classifier_adapter(gpu: &Gpu, model: &mut SequenceClassifier, dir: &Path) -> Result<LoraConfig> {
+    let cfg = read_adapter_config(dir)?;
+    cfg.validate()?;
+    let mut src = SafetensorsSource::open_file(&dir.join("adapter_model.safetensors"))?;
+    model.visit_params_mut(&mut |p| p.grad = None);
+    attach(gpu, model.body.linears_mut(), &mut src, &cfg, dir)?;
+    let head = &mut model.classifier;
+    let (k, c) = (head.weight.value.dim(0), head.weight.value.dim(1));
+    let w_key = format!("{PREFIX}{}", head.weight.name);
+    if src.contains(&w_key) {
+        head.weight.value = src.tensor(gpu, &w_key, &[k, c])?;
+        if let Some(b) = &mut head.bias {
+            b.value = src.tensor(gpu, &format!("{PREFIX}{}", b.name), &[k])?;
+        }
+    }
+    src.finish(&|n| n.contains(".pooler."))?;
+    Ok(cfg)
+}
+
+/// Puts the file's `lora_A`/`lora_B` pairs on the linears they name; none found is an error.
+fn attach(
+    gpu: &Gpu,
+    linears: Vec<&mut Linear>,
+    src: &mut SafetensorsSource,
+    cfg: &LoraConfig,
+    dir: &Path,
+) -> Result<()> {
+    let mut found = 0;
+    for lin in linears {
         let a_key = format!("{PREFIX}{}.lora_A.weight", lin.path);
         if !src.contains(&a_key) {
             continue;
@@ -145,14 +246,13 @@ pub fn load_adapter(gpu: &Gpu, model: &mut dyn CausalLm, dir: &Path) -> Result<L
         a.set_trainable(gpu, true)?;
         b.set_trainable(gpu, true)?;
         lin.lora = Some(LoraAdapter { a, b, scale: cfg.scale(), dropout: cfg.dropout });
-        found.insert(lin.path.clone(), ());
+        found += 1;
     }
-    src.finish(&|_| false)?;
-    if found.is_empty() {
+    if found == 0 {
         return Err(Error::Parse {
             path: dir.to_path_buf(),
             message: "no adapter weight matches a layer of this model".into(),
         });
     }
-    Ok(cfg)
+    Ok(())
 }

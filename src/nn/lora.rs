@@ -24,10 +24,14 @@ impl LoraConfig {
         if self.use_rslora { self.alpha / (self.r as f32).sqrt() } else { self.alpha / self.r as f32 }
     }
 
-    /// Whether the layer at `path` (e.g. `model.layers.0.self_attn.q_proj`) is targeted.
+    /// Whether the layer at `path` (e.g. `model.layers.0.self_attn.q_proj`) is targeted: as in
+    /// PEFT, a target names the whole path or a suffix of it at a dot (`q_proj`,
+    /// `attention.output.dense`).
     pub fn targets(&self, path: &str) -> bool {
-        let last = path.rsplit('.').next().unwrap_or(path);
-        self.target_modules.iter().any(|t| t == last || t == path)
+        self.target_modules.iter().any(|t| {
+            path == t
+                || (path.len() > t.len() && path.ends_with(t.as_str()) && path[..path.len() - t.len()].ends_with('.'))
+        })
     }
 
     pub fn validate(&self) -> Result<()> {

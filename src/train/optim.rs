@@ -10,12 +10,20 @@ use crate::kernels::adamw::{self, AdamW, Clip};
 use crate::kernels::reduce;
 use crate::tensor::Tensor;
 
+struct Moments {
+    m: Tensor,
+    v: Tensor,
+    steps: u32,
+}
+
 pub struct Optimizer {
     pub cfg: AdamW,
     /// Clip the global gradient norm to this (HF Trainer's `max_grad_norm`, 1.0 by default).
     pub max_grad_norm: Option<f32>,
-    /// First and second moments by parameter name.
-    moments: HashMap<String, (Tensor, Tensor)>,
+    /// First and second moments and the steps taken, by parameter name. Each parameter counts
+    /// its own steps (as PyTorch's AdamW state does), so one unfrozen late starts its bias
+    /// correction from 1.
+    moments: HashMap<String, Moments>,
     /// Steps taken (AdamW's bias correction counts from 1).
     pub steps: u32,
 }
@@ -27,6 +35,12 @@ impl Optimizer {
 
     /// One update of every trainable parameter of `model` at learning rate `lr`.
     pub fn step(&mut self, gpu: &Gpu, model: &dyn Module, lr: f32) -> Result<()> {
+        self.step_scaled(gpu, model, lr, &|_| 1.0)
+    }
+
+    /// One update where each parameter's learning rate is `lr` times `scale(name)`
+    /// (discriminative learning rates: lower for the blocks nearer the input).
+    pub fn step_scaled(&mut self, gpu: &Gpu, model: &dyn Module, lr: f32, scale: &dyn Fn(&str) -> f32) -> Result<()> {
         let mut params = Vec::new();
         model.visit_params(&mut |p| {
             if let Some(g) = &p.grad {
@@ -45,19 +59,18 @@ impl Optimizer {
             None => None,
         };
         for (name, value, grad) in &params {
-            let (m, v) = match self.moments.get(name) {
-                Some(mv) => mv.clone(),
-                None => {
-                    let mv = (Tensor::zeros(gpu, value.shape())?, Tensor::zeros(gpu, value.shape())?);
-                    self.moments.insert(name.clone(), mv.clone());
-                    mv
-                }
-            };
+            if !self.moments.contains_key(name) {
+                let fresh =
+                    Moments { m: Tensor::zeros(gpu, value.shape())?, v: Tensor::zeros(gpu, value.shape())?, steps: 0 };
+                self.moments.insert(name.clone(), fresh);
+            }
+            let state = self.moments.get_mut(name).expect("inserted above");
+            state.steps += 1;
             let clip = match (&norm_sq, self.max_grad_norm) {
                 (Some(n), Some(max_norm)) => Some(Clip { norm_sq: n, max_norm }),
                 _ => None,
             };
-            adamw::step(gpu, &self.cfg, lr, self.steps, value, grad, &m, &v, clip, None)?;
+            adamw::step(gpu, &self.cfg, lr * scale(name), state.steps, value, grad, &state.m, &state.v, clip, None)?;
             gpu.clear(grad);
         }
         Ok(())

@@ -1,0 +1,355 @@
+//! `kiln train` for sequence classification: an encoder (all-MiniLM-L6-v2 by default) with a
+//! head, trained by one of the strategies on a jsonl/csv folder or on SpamAssassin, then scored
+//! on the test set. Writes a run folder: settings.json, metrics.jsonl, report.json, and the
+//! PEFT adapter (`lora`) or the whole model (other strategies).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use super::train::{TrainArgs, write_json};
+use crate::data::classify::{self, Example, LabelSet, Splits};
+use crate::data::encode::{Encoded, encode_texts, encoder_tokenizer, pad_id};
+use crate::data::fetch::{self, Asset};
+use crate::data::spamassassin;
+use crate::error::{Error, Result};
+use crate::eval::{Metrics, group_accuracy};
+use crate::gpu::Gpu;
+use crate::models::classifier::{Pooling, SequenceClassifier};
+use crate::models::count_params;
+use crate::models::peft;
+use crate::nn::LoraConfig;
+use crate::train::classify::{
+    ClassifyConfig, Event, LabeledSet, Strategy, Unfreeze, UnfreezeUnit, predict, train_classifier,
+};
+
+/// The main job's default subsample of SpamAssassin (lavapipe finishes it in minutes):
+/// training, validation and test e-mails. `--full` uses every e-mail of each split.
+pub const SPAM_TRAIN: usize = 400;
+pub const SPAM_VALID: usize = 100;
+pub const SPAM_TEST: usize = 400;
+/// The split of the whole corpus: 70% train, 10% validation, 20% test, stratified by folder.
+const SPAM_VALID_FRAC: f64 = 0.1;
+const SPAM_TEST_FRAC: f64 = 0.2;
+
+/// Flags only classifiers use.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClassifyArgs {
+    /// What trains: head (frozen body, cached features), top:N (the top N layers and the head),
+    /// lora (adapters on query/key/value/dense, the head whole) or full
+    #[arg(long, default_value = "lora")]
+    pub strategy: String,
+    /// How token states become one vector: the masked mean (sentence-transformers) or [CLS]
+    #[arg(long, value_enum, default_value_t = Pooling::Mean)]
+    pub pooling: Pooling,
+    /// Progressive unfreezing: start with the head, let one more block train every N units
+    #[arg(long)]
+    pub unfreeze_every: Option<usize>,
+    #[arg(long, value_enum, default_value_t = UnfreezeUnit::Epoch)]
+    pub unfreeze_unit: UnfreezeUnit,
+    /// Discriminative learning rates: a block d blocks below the head trains at lr·decay^d
+    #[arg(long, default_value_t = 1.0)]
+    pub layer_lr_decay: f32,
+    /// Loss weights per class: `balanced` (n / (classes · count)) or one number per label, in
+    /// label order
+    #[arg(long)]
+    pub class_weights: Option<String>,
+    /// Held-out share of train when the data has no validation file
+    #[arg(long, default_value_t = 0.1)]
+    pub valid_frac: f64,
+    /// SpamAssassin: every e-mail (4233 train, 604 valid, 1209 test) instead of the default
+    /// subsample (400 / 100 / 400)
+    #[arg(long)]
+    pub full: bool,
+}
+
+/// A classifier job: the spamassassin task, an encoder model, or a data folder with labels.
+pub fn is_classification(args: &TrainArgs) -> Result<bool> {
+    match args.task.as_deref() {
+        Some("spamassassin") => return Ok(true),
+        Some(_) => return Ok(false),
+        None => {}
+    }
+    if let Some(model) = &args.model
+        && model.is_dir()
+    {
+        let v: serde_json::Value = crate::models::weights::read_config(model)?;
+        return Ok(v["model_type"].as_str() == Some("bert"));
+    }
+    match &args.data {
+        Some(dir) => Ok(has_labels(dir)),
+        None => Ok(args.model.is_none()),
+    }
+}
+
+/// Whether a data folder holds labelled texts (train.csv, or a train.jsonl with `label`).
+fn has_labels(dir: &Path) -> bool {
+    if dir.join("train.csv").is_file() {
+        return true;
+    }
+    let Ok(text) = std::fs::read_to_string(dir.join("train.jsonl")) else { return false };
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .is_some_and(|v| v.get("label").is_some())
+}
+
+pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
+    let c = &args.classify;
+    let strategy: Strategy = c.strategy.parse()?;
+    let cache = fetch::default_cache_dir();
+    let model_dir = match &args.model {
+        Some(p) => p.clone(),
+        None => fetch::fetch(Asset::MiniLm, &cache)?,
+    };
+    let (splits, data_name) = load_splits(args, &cache)?;
+    let labels = LabelSet::from_examples(&splits.train);
+    let max_len = args.max_len.unwrap_or(128);
+    let tokenizer = encoder_tokenizer(&model_dir, max_len)?;
+    let pad = pad_id(&tokenizer);
+    let encode = |set: &[Example], name: &str| -> Result<(Vec<Encoded>, Vec<usize>)> {
+        let texts: Vec<&str> = set.iter().map(|e| e.text.as_str()).collect();
+        Ok((encode_texts(&tokenizer, &texts, max_len)?, labels.ids(set, name)?))
+    };
+    let (train_x, train_y) = encode(&splits.train, "train")?;
+    let (valid_x, valid_y) = encode(&splits.valid, "valid")?;
+    let (test_x, test_y) = encode(&splits.test, "test")?;
+    let truncated = train_x.iter().filter(|e| e.ids.len() >= max_len).count();
+
+    let t0 = Instant::now();
+    let mut model = SequenceClassifier::load(gpu, &model_dir, labels.names.clone(), c.pooling, args.seed)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let class_weights = match c.class_weights.as_deref() {
+        None | Some("none") => None,
+        Some("balanced") => Some(classify::balanced_class_weights(&classify::label_counts(&splits.train, &labels))),
+        Some(list) => Some(parse_weights(list, labels.len())?),
+    };
+    let lora = LoraConfig {
+        r: args.lora_r,
+        alpha: args.lora_alpha,
+        dropout: args.lora_dropout,
+        target_modules: if args.target_modules.is_empty() {
+            ["query", "key", "value", "dense"].map(String::from).to_vec()
+        } else {
+            args.target_modules.clone()
+        },
+        use_rslora: false,
+    };
+    let cfg = ClassifyConfig {
+        strategy,
+        lora: lora.clone(),
+        epochs: args.epochs.unwrap_or(if strategy == Strategy::Head { 20 } else { 1 }),
+        max_steps: args.steps,
+        batch_size: args.batch_size,
+        lr: args.lr.unwrap_or(match strategy {
+            Strategy::Head => 1e-3,
+            Strategy::Lora => 5e-4,
+            Strategy::Top(_) | Strategy::Full => 5e-5,
+        }),
+        schedule: args.schedule,
+        warmup_ratio: args.warmup_ratio,
+        weight_decay: args.weight_decay,
+        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        layer_lr_decay: c.layer_lr_decay,
+        unfreeze: c.unfreeze_every.map(|every| Unfreeze { every, unit: c.unfreeze_unit }),
+        class_weights,
+        eval_every: (args.eval_every > 0).then_some(args.eval_every),
+        seed: args.seed,
+    };
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!("runs/train-{}", std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_secs()))
+    });
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let (_, total_params) = count_params(&model);
+    let settings = json!({
+        "task": "sequence-classification", "model": model_dir, "data": data_name, "device": gpu.describe(),
+        "labels": labels.names, "pooling": c.pooling, "max_len": max_len, "train": cfg,
+        "lora": (strategy == Strategy::Lora).then(|| json!({"r": lora.r, "alpha": lora.alpha,
+            "dropout": lora.dropout, "target_modules": lora.target_modules})),
+        "examples": {"train": train_x.len(), "valid": valid_x.len(), "test": test_x.len(),
+            "train_truncated": truncated},
+    });
+    write_json(&out.join("settings.json"), &settings)?;
+    let counts = classify::label_counts(&splits.train, &labels);
+    eprintln!("kiln train (classification) on {}", gpu.describe());
+    eprintln!("  model     {} ({total_params} parameters, loaded in {load_s:.1}s)", model_dir.display());
+    eprintln!(
+        "  data      {data_name}: {} train ({}), {} valid, {} test; {truncated} truncated to {max_len} tokens",
+        train_x.len(),
+        labels.names.iter().zip(&counts).map(|(l, n)| format!("{n} {l}")).collect::<Vec<_>>().join(", "),
+        valid_x.len(),
+        test_x.len(),
+    );
+    eprintln!("  strategy  {strategy}, {} pooling, lr {:.1e}, {} epochs", json!(c.pooling), cfg.lr, cfg.epochs);
+    eprintln!("  run       {}", out.display());
+
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics_file = std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
+            .expect("a valid template"),
+    );
+    let mut seen = 0usize;
+    let mut trainable = 0usize;
+    let train_set = LabeledSet { items: &train_x, labels: &train_y };
+    let valid_set = (!valid_x.is_empty()).then_some(LabeledSet { items: &valid_x, labels: &valid_y });
+    let summary = train_classifier(gpu, &mut model, train_set, valid_set, pad, &cfg, &mut |e| {
+        writeln!(metrics_file, "{}", serde_json::to_string(e).expect("events serialize"))
+            .map_err(|err| Error::io(&metrics_path, err))?;
+        match e {
+            Event::Features { examples, seconds } => {
+                bar.println(format!("features of {examples} texts from the frozen body in {seconds:.1}s"));
+            }
+            Event::Trainable { step, depth, params } => {
+                trainable = *params;
+                bar.println(format!(
+                    "step {step}: {params} trainable parameters ({:.2}%), blocks down to depth {depth}",
+                    100.0 * *params as f64 / total_params as f64
+                ));
+            }
+            Event::Step { step, total, loss, lr, examples, seconds, .. } => {
+                seen += examples;
+                bar.set_length(*total as u64);
+                bar.set_position(*step as u64);
+                bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {:.1} ex/s", seen as f64 / seconds));
+            }
+            Event::Eval { step, val_loss, accuracy, macro_f1 } => {
+                bar.println(format!(
+                    "step {step}: validation loss {val_loss:.4}, accuracy {:.1}%, macro-F1 {macro_f1:.4}",
+                    100.0 * accuracy
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    bar.finish();
+
+    let t_test = Instant::now();
+    let (test_metrics, groups) = if test_x.is_empty() {
+        (None, None)
+    } else {
+        let p = predict(gpu, &model, &test_x, Some(&test_y), args.batch_size, pad)?;
+        let groups: Vec<Option<String>> = splits.test.iter().map(|e| e.group.clone()).collect();
+        (Some(Metrics::compute(&test_y, &p.pred, labels.len())?), Some(group_accuracy(&test_y, &p.pred, &groups)?))
+    };
+    let test_s = t_test.elapsed().as_secs_f64();
+    let saved = save(gpu, &mut model, strategy, &lora, &model_dir, &out)?;
+    let report = json!({
+        "strategy": strategy, "trainable_parameters": trainable, "total_parameters": total_params,
+        "steps": summary.steps, "train_seconds": summary.seconds,
+        "examples_per_second": summary.examples_per_second, "first_loss": summary.first_loss,
+        "last_loss": summary.last_loss, "evals": summary.evals, "test_seconds": test_s,
+        "test": test_metrics, "test_groups": groups, "saved": saved,
+        "peak_gpu_bytes": gpu.allocated_bytes(),
+    });
+    write_json(&out.join("report.json"), &report)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+        return Ok(());
+    }
+    println!(
+        "trained {} steps in {:.1}s ({:.1} examples/s); loss {:.4} -> {:.4}; {trainable} trainable parameters",
+        summary.steps, summary.seconds, summary.examples_per_second, summary.first_loss, summary.last_loss
+    );
+    if let (Some(m), Some(g)) = (&test_metrics, &groups) {
+        println!("test set ({} texts):\n{}", m.count, m.report(&labels.names));
+        for (name, s) in g {
+            println!("  {name:>12}: {}/{} correct ({:.1}%)", s.correct, s.total, 100.0 * s.accuracy());
+        }
+    }
+    println!("saved: {}", saved.display());
+    Ok(())
+}
+
+/// The task's or folder's train/valid/test sets, and a name for them.
+fn load_splits(args: &TrainArgs, cache: &Path) -> Result<(Splits, String)> {
+    let c = &args.classify;
+    let mut splits = match (&args.data, args.task.as_deref()) {
+        (Some(dir), _) => {
+            let mut s = classify::read_folder(dir)?;
+            if s.valid.is_empty() {
+                let t = classify::stratified_split(std::mem::take(&mut s.train), c.valid_frac, 0.0, args.seed);
+                s.train = t.train;
+                s.valid = t.valid;
+            }
+            (s, dir.display().to_string())
+        }
+        _ => (spamassassin_splits(cache, c.full, args.seed)?, "SpamAssassin".to_string()),
+    };
+    if let Some(n) = args.train_limit {
+        splits.0.train = classify::stratified_subsample(&splits.0.train, n, args.seed);
+    }
+    Ok(splits)
+}
+
+/// SpamAssassin split 70/10/20 by folder (so the 250 hard-ham e-mails, 4% of the corpus, are
+/// in every split), then subsampled the same way unless `full`.
+fn spamassassin_splits(cache: &Path, full: bool, seed: u64) -> Result<Splits> {
+    let jsonl = cache.join("tasks/spamassassin.jsonl");
+    if !jsonl.is_file() {
+        let data = fetch::fetch(Asset::SpamAssassin, cache)?;
+        std::fs::create_dir_all(cache.join("tasks")).map_err(|e| Error::io(cache, e))?;
+        spamassassin::import(&data, &jsonl, false)?;
+    }
+    let all = classify::read_examples(&jsonl)?;
+    let by_group = |set: Vec<Example>| -> Vec<Example> {
+        set.into_iter().map(|e| Example { label: e.group.clone().unwrap_or_default(), ..e }).collect()
+    };
+    let restore = |set: Vec<Example>, n: Option<usize>| -> Vec<Example> {
+        let set = match n {
+            Some(n) => classify::stratified_subsample(&set, n, seed),
+            None => set,
+        };
+        set.into_iter().map(|e| Example { label: label_of_group(e.group.as_deref()), ..e }).collect()
+    };
+    let s = classify::stratified_split(by_group(all), SPAM_VALID_FRAC, SPAM_TEST_FRAC, seed);
+    let sub = |n: usize| (!full).then_some(n);
+    Ok(Splits {
+        train: restore(s.train, sub(SPAM_TRAIN)),
+        valid: restore(s.valid, sub(SPAM_VALID)),
+        test: restore(s.test, sub(SPAM_TEST)),
+    })
+}
+
+fn label_of_group(group: Option<&str>) -> String {
+    if group.is_some_and(|g| g.starts_with("spam")) { "spam" } else { "ham" }.to_string()
+}
+
+fn parse_weights(list: &str, n: usize) -> Result<Vec<f32>> {
+    let w: Vec<f32> = list
+        .split(',')
+        .map(|x| x.trim().parse::<f32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::invalid("--class-weights", format!("`{list}`: {e}")))?;
+    if w.len() != n || w.iter().any(|x| !x.is_finite() || *x < 0.0) {
+        return Err(Error::invalid(
+            "--class-weights",
+            format!("`{list}` must be {n} non-negative numbers (one per label), `balanced` or `none`"),
+        ));
+    }
+    Ok(w)
+}
+
+/// The PEFT adapter (`lora`), or the whole classifier as a Hugging Face folder (other
+/// strategies): config.json with the labels, model.safetensors, the tokenizer.
+fn save(
+    gpu: &Gpu,
+    model: &mut SequenceClassifier,
+    strategy: Strategy,
+    lora: &LoraConfig,
+    base: &Path,
+    out: &Path,
+) -> Result<PathBuf> {
+    if strategy == Strategy::Lora {
+        let dir = out.join("adapter");
+        peft::save_classifier_adapter(gpu, model, lora, &base.display().to_string(), &dir)?;
+        return Ok(dir);
+    }
+    let dir = out.join("model");
+    crate::models::classifier::save_pretrained(gpu, model, base, &dir)?;
+    Ok(dir)
+}

@@ -1,0 +1,226 @@
+//! Sequence classification on an encoder: pool the last hidden states (masked mean, as
+//! sentence-transformers does, or the first token, as BERT's CLS), dropout, a linear head.
+//! The head is named `classifier` as in `BertForSequenceClassification`.
+//!
+//! # Shapes
+//! hidden `[B, T, C]` → pooled `[B, C]` → logits `[B, K]` for K labels.
+
+use std::path::Path;
+
+use super::bert::{self, Bert, BertConfig, EncoderInput};
+use super::weights::{SafetensorsSource, WeightSource, read_config, save_safetensors, write_atomic};
+use crate::autograd::{self, Loss, Module, Param, Tape, Var, WeightLayout};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::nn::{Linear, LoraConfig, Rng};
+use crate::tensor::Tensor;
+
+/// How a sequence's token states become one vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The mean over real (unpadded) tokens: what all-MiniLM-L6-v2 was trained with.
+    Mean,
+    /// The first token (`[CLS]`).
+    Cls,
+}
+
+/// HF's `initializer_range` default: the head starts as N(0, 0.02), bias 0.
+const HEAD_INIT_STD: f32 = 0.02;
+
+pub struct SequenceClassifier {
+    pub body: Bert,
+    pub pooling: Pooling,
+    /// Dropout on the pooled vector before the head.
+    pub dropout: f32,
+    /// `classifier.weight` `[K, C]`, `classifier.bias` `[K]`.
+    pub classifier: Linear,
+    pub labels: Vec<String>,
+}
+
+impl SequenceClassifier {
+    /// The encoder of `dir` with a head for `labels`: the checkpoint's own `classifier` when it
+    /// has one of the right shape (a model fine-tuned before), else a fresh one from `seed`.
+    pub fn load(gpu: &Gpu, dir: &Path, labels: Vec<String>, pooling: Pooling, seed: u64) -> Result<Self> {
+        let config: BertConfig = read_config(dir)?;
+        let mut src = SafetensorsSource::open(dir)?;
+        let body = Bert::from_source(gpu, config, &mut src, &dir.join("config.json"))?;
+        let c = body.hidden_size();
+        let k = labels.len();
+        let classifier = if src.contains("classifier.weight") {
+            let w = src.tensor(gpu, "classifier.weight", &[k, c])?;
+            let b = src.tensor(gpu, "classifier.bias", &[k])?;
+            Linear::new("classifier", w, Some(b), WeightLayout::OutIn)
+        } else {
+            fresh_head(gpu, c, k, seed)?
+        };
+        src.finish(&bert::ignored_by_encoder)?;
+        Self::assemble(body, classifier, labels, pooling)
+    }
+
+    /// An encoder with a fresh head.
+    pub fn new(gpu: &Gpu, body: Bert, labels: Vec<String>, pooling: Pooling, seed: u64) -> Result<Self> {
+        let head = fresh_head(gpu, body.hidden_size(), labels.len(), seed)?;
+        Self::assemble(body, head, labels, pooling)
+    }
+
+    fn assemble(body: Bert, classifier: Linear, labels: Vec<String>, pooling: Pooling) -> Result<Self> {
+        if labels.len() < 2 {
+            return Err(Error::invalid("classifier", format!("needs at least 2 labels, found {labels:?}")));
+        }
+        let dropout = body.config.classifier_dropout.unwrap_or(body.config.hidden_dropout_prob);
+        Ok(SequenceClassifier { body, pooling, dropout, classifier, labels })
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// The pooled vectors `[B, C]`.
+    pub fn pooled(&self, tape: &Tape, input: &EncoderInput) -> Result<Var> {
+        let h = self.body.forward(tape, input)?;
+        let weights = match self.pooling {
+            Pooling::Mean => autograd::mean_weights(&input.mask, input.batch, input.seq),
+            Pooling::Cls => autograd::first_token_weights(input.batch, input.seq),
+        };
+        autograd::pool(tape, &h, &weights)
+    }
+
+    /// Logits `[B, K]` from pooled vectors (dropout when the tape trains).
+    pub fn head(&self, tape: &Tape, pooled: &Var) -> Result<Var> {
+        let x = autograd::dropout(tape, pooled, self.dropout)?;
+        self.classifier.forward(tape, &x)
+    }
+
+    pub fn logits(&self, tape: &Tape, input: &EncoderInput) -> Result<Var> {
+        let pooled = self.pooled(tape, input)?;
+        self.head(tape, &pooled)
+    }
+
+    /// Mean cross-entropy of the logits against `targets` (label ids), optionally weighted per
+    /// class (PyTorch's `CrossEntropyLoss(weight=...)`).
+    pub fn loss(&self, tape: &Tape, logits: &Var, targets: &[usize], class_weights: Option<&[f32]>) -> Result<Loss> {
+        let t: Vec<i32> = targets.iter().map(|&x| x as i32).collect();
+        match class_weights {
+            None => autograd::cross_entropy(tape, logits, &t),
+            Some(w) => autograd::cross_entropy_weighted(tape, logits, &t, w),
+        }
+    }
+
+    /// Logits of a batch on the host, row-major `[B, K]` (no gradients, no dropout).
+    pub fn predict(&self, gpu: &Gpu, input: &EncoderInput) -> Result<Vec<f32>> {
+        self.logits(&Tape::no_grad(gpu), input)?.value.to_f32_vec(gpu)
+    }
+
+    /// Blocks counted from the output: 0 the head, 1 the top encoder layer, ..., L the first
+    /// layer, L + 1 the embeddings. Progressive unfreezing and per-block learning rates use it.
+    pub fn depth(&self, param_name: &str) -> usize {
+        block_depth(param_name, self.body.layers.len())
+    }
+
+    /// The deepest block: the embeddings.
+    pub fn max_depth(&self) -> usize {
+        self.body.layers.len() + 1
+    }
+
+    /// Freezes everything, then attaches LoRA (trainable) to the targeted encoder linears.
+    pub fn add_lora(&mut self, gpu: &Gpu, cfg: &LoraConfig, seed: u64) -> Result<usize> {
+        cfg.validate()?;
+        self.visit_params_mut(&mut |p| p.grad = None);
+        let mut rng = Rng::new(seed);
+        let mut adapted = 0;
+        for lin in self.body.linears_mut() {
+            adapted += lin.add_lora(gpu, cfg, &mut rng)? as usize;
+        }
+        if adapted == 0 {
+            return Err(Error::invalid(
+                "lora",
+                format!(
+                    "target modules {:?} match no layer of this BERT model; its linear layers are \
+                     [\"query\", \"key\", \"value\", \"dense\"]",
+                    cfg.target_modules
+                ),
+            ));
+        }
+        Ok(adapted)
+    }
+
+    /// Makes exactly the parameters `keep` accepts trainable (fresh zeroed gradients for newly
+    /// trainable ones; frozen ones drop theirs).
+    pub fn set_trainable(&mut self, gpu: &Gpu, keep: &dyn Fn(&str) -> bool) -> Result<()> {
+        let mut result = Ok(());
+        self.visit_params_mut(&mut |p| {
+            let k = keep(&p.name);
+            if result.is_ok() {
+                result = p.set_trainable(gpu, k);
+            }
+        });
+        result
+    }
+}
+
+/// Writes the classifier as a Hugging Face `BertForSequenceClassification` folder (config.json
+/// with the labels, model.safetensors, the base's tokenizer files) plus `kiln_classifier.json`
+/// (the pooling). Any LoRA adapter is merged first. transformers loads the folder; its own head
+/// pools with BERT's pooler, so kiln's mean pooling is reproduced by pooling by hand.
+pub fn save_pretrained(gpu: &Gpu, model: &mut SequenceClassifier, base: &Path, dir: &Path) -> Result<()> {
+    for lin in model.body.linears_mut() {
+        lin.merge_lora(gpu)?;
+    }
+    let mut params = Vec::new();
+    model.visit_params(&mut |p| params.push((p.name.clone(), p.value.clone())));
+    let tensors = params
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_f32_vec(gpu)?, t.shape().to_vec())))
+        .collect::<Result<Vec<_>>>()?;
+    let mut config = serde_json::to_value(&model.body.config).expect("configs serialize");
+    config["model_type"] = "bert".into();
+    config["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
+    config["num_labels"] = model.labels.len().into();
+    let ids = model.labels.iter().enumerate();
+    config["id2label"] = ids.clone().map(|(i, l)| (i.to_string(), serde_json::Value::from(l.as_str()))).collect();
+    config["label2id"] = ids.map(|(i, l)| (l.clone(), serde_json::Value::from(i))).collect();
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    save_safetensors(&dir.join("model.safetensors"), &tensors, Some(Default::default()))?;
+    write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config).expect("json").as_bytes())?;
+    let meta = super::peft::classifier_meta(model);
+    write_atomic(
+        &dir.join(super::peft::CLASSIFIER_META),
+        serde_json::to_string_pretty(&meta).expect("json").as_bytes(),
+    )?;
+    for name in ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"] {
+        let from = base.join(name);
+        if from.is_file() {
+            let bytes = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
+            write_atomic(&dir.join(name), &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// [`SequenceClassifier::depth`] for a model of `layers` encoder layers.
+pub fn block_depth(param_name: &str, layers: usize) -> usize {
+    let Some(rest) = param_name.strip_prefix(bert::PREFIX) else { return 0 };
+    match rest.strip_prefix("encoder.layer.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok()) {
+        Some(i) => layers - i.min(layers.saturating_sub(1)),
+        None => layers + 1,
+    }
+}
+
+fn fresh_head(gpu: &Gpu, c: usize, k: usize, seed: u64) -> Result<Linear> {
+    let mut rng = Rng::new(seed ^ 0xC1A5_51F1);
+    let w = Tensor::from_f32(gpu, &rng.normal(k * c, HEAD_INIT_STD), &[k, c])?;
+    Ok(Linear::new("classifier", w, Some(Tensor::zeros(gpu, &[k])?), WeightLayout::OutIn))
+}
+
+impl Module for SequenceClassifier {
+    fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
+        self.body.visit_params(f);
+        self.classifier.visit_params(f);
+    }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.body.visit_params_mut(f);
+        self.classifier.visit_params_mut(f);
+    }
+}
