@@ -1,6 +1,9 @@
 //! The command line end to end on the tiny Llama fixture: `kiln train` writes its run folder
 //! and learns, `kiln generate` runs with the adapter, `kiln export --merge` writes a model that
-//! loads back with the adapter's logits.
+//! loads back with the adapter's logits. And on a tiny BERT: `kiln train` on labelled texts
+//! with each strategy, scoring the test set.
+
+mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -144,4 +147,134 @@ fn bad_data_line_is_an_error_naming_file_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("train.jsonl") && err.contains("line 2"), "{err}");
+}
+
+/// A tiny BERT (transformers-scale weights) with a word-level tokenizer: `[PAD] [UNK] [CLS]
+/// [SEP]` then `w4 .. w95`, texts wrapped as `[CLS] text [SEP]`.
+fn tiny_bert(dir: &Path) {
+    use tokenizers::processors::template::TemplateProcessing;
+    common::hf_initialised_bert(dir);
+    let mut vocab: HashMap<String, u32> = (4..96).map(|i| (format!("w{i}"), i)).collect();
+    for (i, t) in ["[PAD]", "[UNK]", "[CLS]", "[SEP]"].iter().enumerate() {
+        vocab.insert(t.to_string(), i as u32);
+    }
+    let model = WordLevel::builder().vocab(vocab.into_iter().collect()).unk_token("[UNK]".into()).build().unwrap();
+    let mut tok = Tokenizer::new(model);
+    tok.with_pre_tokenizer(Some(Whitespace {}));
+    let template = TemplateProcessing::builder()
+        .try_single("[CLS] $A [SEP]")
+        .unwrap()
+        .special_tokens(vec![("[CLS]", 2), ("[SEP]", 3)])
+        .build()
+        .unwrap();
+    tok.with_post_processor(Some(template));
+    tok.save(dir.join("tokenizer.json"), false).unwrap();
+}
+
+/// "pos" texts carry w10 twice, "neg" texts w60; the rest are filler words. The group says
+/// which filler range was used, so per-group scores have something to report.
+fn labelled_data(dir: &Path) {
+    let line = |i: usize| {
+        let (label, marker) = if i % 2 == 0 { ("pos", 10) } else { ("neg", 60) };
+        let filler: Vec<String> = (0..3).map(|k| format!("w{}", 20 + (i * 7 + k * 13) % 30)).collect();
+        let group = if i % 3 == 0 { "a" } else { "b" };
+        format!(
+            "{{\"text\": \"w{marker} {} w{marker}\", \"label\": \"{label}\", \"group\": \"{group}\"}}\n",
+            filler.join(" ")
+        )
+    };
+    std::fs::write(dir.join("train.jsonl"), (0..64).map(line).collect::<String>()).unwrap();
+    std::fs::write(dir.join("test.jsonl"), (64..96).map(line).collect::<String>()).unwrap();
+}
+
+#[test]
+fn train_classifier_end_to_end_with_each_strategy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
+    for d in [&model, &data] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    tiny_bert(&model);
+    labelled_data(&data);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    for (strategy, epochs, saved) in [("lora", "6", "adapter"), ("head", "30", "model"), ("top:1", "4", "model")] {
+        let run = tmp.path().join(format!("run-{}", strategy.replace(':', "")));
+        let (out, _) = kiln(&[
+            "train",
+            "--model",
+            &s(&model),
+            "--data",
+            &s(&data),
+            "--out",
+            &s(&run),
+            "--strategy",
+            strategy,
+            "--epochs",
+            epochs,
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-2",
+            "--lora-dropout",
+            "0",
+            "--eval-every",
+            "0",
+            "--class-weights",
+            "balanced",
+            "--json",
+        ]);
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let f1 = report["test"]["macro_f1"].as_f64().unwrap();
+        assert!(f1 >= 0.9, "{strategy}: test macro-F1 {f1}: {report}");
+        assert_eq!(report["test"]["count"], 32);
+        assert_eq!(report["test_groups"]["a"]["total"], 10, "{strategy}: per-group scores");
+        for f in ["settings.json", "metrics.jsonl", "report.json"] {
+            assert!(run.join(f).is_file(), "{strategy}: missing {f}");
+        }
+        assert_eq!(report["saved"], s(&run.join(saved)));
+        let settings: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("settings.json")).unwrap()).unwrap();
+        assert_eq!(settings["labels"], serde_json::json!(["neg", "pos"]));
+        // 64 training texts, 10% held out for validation (stratified).
+        assert_eq!(settings["examples"]["valid"], 6, "{settings}");
+    }
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("run-lora/adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["task_type"], "SEQ_CLS");
+    assert_eq!(cfg["modules_to_save"], serde_json::json!(["classifier"]));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("run-head/model/config.json")).unwrap()).unwrap();
+    assert_eq!(config["id2label"], serde_json::json!({"0": "neg", "1": "pos"}));
+}
+
+#[test]
+fn classifier_data_errors_name_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
+    for d in [&model, &data] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    tiny_bert(&model);
+    let run = |files: &[(&str, &str)], extra: &[&str]| -> String {
+        for (name, text) in files {
+            std::fs::write(data.join(name), text).unwrap();
+        }
+        let mut args = vec!["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()];
+        args.extend(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(&args).env("XDG_RUNTIME_DIR", "/tmp").output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let ok = "{\"text\": \"w4 w5\", \"label\": \"a\"}\n{\"text\": \"w6\", \"label\": \"b\"}\n";
+    let err = run(&[("train.jsonl", &format!("{ok}{{\"text\": \"w7\"}}\n"))], &[]);
+    assert!(err.contains("train.jsonl") && err.contains("line 3") && err.contains("label"), "{err}");
+    let err = run(&[("train.jsonl", ok), ("test.jsonl", "{\"text\": \"w7\", \"label\": \"c\"}\n")], &[]);
+    assert!(err.contains("test") && err.contains("`c`"), "{err}");
+    std::fs::remove_file(data.join("test.jsonl")).unwrap();
+    let err = run(&[("train.jsonl", ok)], &["--strategy", "top:x"]);
+    assert!(err.contains("top:x"), "{err}");
+    let err = run(&[("train.jsonl", ok)], &["--class-weights", "1,2,3"]);
+    assert!(err.contains("class-weights") && err.contains("2"), "{err}");
 }

@@ -98,6 +98,7 @@ fn has_labels(dir: &Path) -> bool {
 }
 
 pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
+    let run_start = Instant::now();
     let c = &args.classify;
     let strategy: Strategy = c.strategy.parse()?;
     let cache = fetch::default_cache_dir();
@@ -183,7 +184,12 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
         valid_x.len(),
         test_x.len(),
     );
-    eprintln!("  strategy  {strategy}, {} pooling, lr {:.1e}, {} epochs", json!(c.pooling), cfg.lr, cfg.epochs);
+    let pooling = match c.pooling {
+        Pooling::Mean => "mean",
+        Pooling::Cls => "CLS",
+    };
+    let head = if model.head_from_checkpoint { "the checkpoint's head" } else { "a new head" };
+    eprintln!("  strategy  {strategy}, {pooling} pooling, {head}, lr {:.1e}, {} epochs", cfg.lr, cfg.epochs);
     eprintln!("  run       {}", out.display());
 
     let metrics_path = out.join("metrics.jsonl");
@@ -244,7 +250,8 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
         "examples_per_second": summary.examples_per_second, "first_loss": summary.first_loss,
         "last_loss": summary.last_loss, "evals": summary.evals, "test_seconds": test_s,
         "test": test_metrics, "test_groups": groups, "saved": saved,
-        "peak_gpu_bytes": gpu.allocated_bytes(),
+        "peak_gpu_bytes": gpu.allocated_bytes(), "wall_seconds": run_start.elapsed().as_secs_f64(),
+        "device": gpu.describe(),
     });
     write_json(&out.join("report.json"), &report)?;
     if args.json {
@@ -261,7 +268,7 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
             println!("  {name:>12}: {}/{} correct ({:.1}%)", s.correct, s.total, 100.0 * s.accuracy());
         }
     }
-    println!("saved: {}", saved.display());
+    println!("saved: {}  (whole run {:.0}s)", saved.display(), run_start.elapsed().as_secs_f64());
     Ok(())
 }
 

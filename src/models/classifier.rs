@@ -36,26 +36,33 @@ pub struct SequenceClassifier {
     /// `classifier.weight` `[K, C]`, `classifier.bias` `[K]`.
     pub classifier: Linear,
     pub labels: Vec<String>,
+    /// Whether the head came trained from the checkpoint (else it is fresh).
+    pub head_from_checkpoint: bool,
 }
 
 impl SequenceClassifier {
     /// The encoder of `dir` with a head for `labels`: the checkpoint's own `classifier` when it
-    /// has one of the right shape (a model fine-tuned before), else a fresh one from `seed`.
+    /// has one for as many labels (a model fine-tuned before), else a fresh one from `seed`.
     pub fn load(gpu: &Gpu, dir: &Path, labels: Vec<String>, pooling: Pooling, seed: u64) -> Result<Self> {
         let config: BertConfig = read_config(dir)?;
         let mut src = SafetensorsSource::open(dir)?;
         let body = Bert::from_source(gpu, config, &mut src, &dir.join("config.json"))?;
         let c = body.hidden_size();
         let k = labels.len();
-        let classifier = if src.contains("classifier.weight") {
+        let reuse = src.shape_of("classifier.weight") == Some(&[k, c][..]);
+        let classifier = if reuse {
             let w = src.tensor(gpu, "classifier.weight", &[k, c])?;
             let b = src.tensor(gpu, "classifier.bias", &[k])?;
             Linear::new("classifier", w, Some(b), WeightLayout::OutIn)
         } else {
             fresh_head(gpu, c, k, seed)?
         };
-        src.finish(&bert::ignored_by_encoder)?;
-        Self::assemble(body, classifier, labels, pooling)
+        // A head for another number of labels is replaced, as transformers does with
+        // `ignore_mismatched_sizes`.
+        src.finish(&|n| bert::ignored_by_encoder(n) || n.starts_with("classifier."))?;
+        let mut model = Self::assemble(body, classifier, labels, pooling)?;
+        model.head_from_checkpoint = reuse;
+        Ok(model)
     }
 
     /// An encoder with a fresh head.
@@ -69,7 +76,7 @@ impl SequenceClassifier {
             return Err(Error::invalid("classifier", format!("needs at least 2 labels, found {labels:?}")));
         }
         let dropout = body.config.classifier_dropout.unwrap_or(body.config.hidden_dropout_prob);
-        Ok(SequenceClassifier { body, pooling, dropout, classifier, labels })
+        Ok(SequenceClassifier { body, pooling, dropout, classifier, labels, head_from_checkpoint: false })
     }
 
     pub fn num_labels(&self) -> usize {

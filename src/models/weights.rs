@@ -113,6 +113,13 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+impl SafetensorsSource {
+    /// The stored shape of a tensor, if there is one by that name.
+    pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|t| t.2.as_slice())
+    }
+}
+
 impl WeightSource for SafetensorsSource {
     fn origin(&self) -> &Path {
         &self.dir

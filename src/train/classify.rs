@@ -171,7 +171,9 @@ pub enum Event {
 #[derive(Clone, Debug, Serialize)]
 pub struct ClassifySummary {
     pub steps: usize,
-    /// Wall time of the training steps (and of the feature pass, for `head`).
+    /// Examples the steps went through (an example seen twice counts twice).
+    pub examples: usize,
+    /// Wall time of the training steps and, for `head`, of the feature pass (not validation).
     pub seconds: f64,
     pub examples_per_second: f64,
     pub first_loss: f32,
@@ -311,6 +313,7 @@ pub fn train_classifier(
     let start = Instant::now();
     let mut summary = ClassifySummary {
         steps: 0,
+        examples: 0,
         seconds: 0.0,
         examples_per_second: 0.0,
         first_loss: f32::NAN,
@@ -326,6 +329,7 @@ pub fn train_classifier(
             None => None,
         };
         let examples = n + valid.map_or(0, |v| v.items.len());
+        summary.seconds += t0.elapsed().as_secs_f64();
         on_event(&Event::Features { examples, seconds: t0.elapsed().as_secs_f64() })?;
         (Some(tf), vf)
     } else {
@@ -411,6 +415,7 @@ pub fn train_classifier(
             step += 1;
             summary.seconds += t0.elapsed().as_secs_f64();
             summary.steps = step;
+            summary.examples += idx.len();
             if summary.first_loss.is_nan() {
                 summary.first_loss = loss;
             }
@@ -426,9 +431,7 @@ pub fn train_classifier(
         }
     }
     run_eval(model, step, &mut summary, on_event)?;
-    summary.seconds = start.elapsed().as_secs_f64();
-    summary.examples_per_second =
-        (step * cfg.batch_size).min(total * cfg.batch_size) as f64 / summary.seconds.max(1e-9);
+    summary.examples_per_second = summary.examples as f64 / summary.seconds.max(1e-9);
     Ok(summary)
 }
 

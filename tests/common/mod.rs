@@ -80,3 +80,32 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
         panic!("{what}: {} of {} values out of tolerance; first: {}", bad.len(), got.len(), first.join(", "));
     }
 }
+
+/// The `bert_tiny` fixture's shapes (no head, no pooler) with weights of transformers' scale
+/// (std 0.02, norms 1 and 0) written to `dir`: its pooled features still tell texts apart,
+/// unlike the fixture's deliberately large random weights, whose features barely depend on
+/// the input. Training tests start from it.
+pub fn hf_initialised_bert(dir: &std::path::Path) {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert_tiny");
+    let bytes = std::fs::read(fixture.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut rng = Rng::new(11);
+    let mut tensors = Vec::new();
+    for (name, v) in st.tensors() {
+        if name.starts_with("classifier.") || name.contains("pooler") {
+            continue;
+        }
+        let n: usize = v.shape().iter().product();
+        let data = if name.contains("LayerNorm") {
+            vec![if name.ends_with(".weight") { 1.0 } else { 0.0 }; n]
+        } else if name.ends_with(".bias") {
+            vec![0.0; n]
+        } else {
+            // Uniform in ±0.034: standard deviation 0.02.
+            (0..n).map(|_| 0.02 * 3f32.sqrt() * rng.uniform()).collect()
+        };
+        tensors.push((name.to_string(), data, v.shape().to_vec()));
+    }
+    kiln::models::weights::save_safetensors(&dir.join("model.safetensors"), &tensors, None).unwrap();
+    std::fs::copy(fixture.join("config.json"), dir.join("config.json")).unwrap();
+}

@@ -160,3 +160,210 @@ fn classifier_adapter_save_and_load_round_trip() {
     assert_eq!(cfg, cfg2);
     assert_close("reloaded classifier logits", &again.predict(g, &input).unwrap(), &f64s(&before), 0.0, 0.0);
 }
+
+// ---- training strategies on the tiny model ----
+
+use kiln::data::encode::Encoded;
+use kiln::train::classify::{ClassifyConfig, Event, LabeledSet, Strategy, Unfreeze, UnfreezeUnit, train_classifier};
+use kiln::train::schedule::ScheduleKind;
+
+/// Texts of 3–6 words between [CLS]=2 and [SEP]=3: a class's marker word (10 or 60) twice,
+/// the rest random words from ids 4..96.
+fn toy_set(n: usize, seed: u64) -> (Vec<Encoded>, Vec<usize>) {
+    let mut rng = Rng::new(seed);
+    let (mut items, mut labels) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let y = i % 2;
+        let len = 3 + rng.below(4) as usize;
+        let mut ids = vec![2, 10 + 50 * y as u32];
+        ids.extend((0..len - 2).map(|_| 4 + rng.below(92)));
+        ids.extend([10 + 50 * y as u32, 3]);
+        items.push(Encoded { types: vec![0; ids.len()], ids });
+        labels.push(y);
+    }
+    (items, labels)
+}
+
+/// The tiny encoder with a fresh two-label head.
+fn toy_classifier() -> SequenceClassifier {
+    let labels = vec!["a".to_string(), "b".to_string()];
+    SequenceClassifier::load(gpu(), &fixture("bert_tiny"), labels, Pooling::Mean, 5).unwrap()
+}
+
+fn toy_config(strategy: Strategy, steps: usize) -> ClassifyConfig {
+    ClassifyConfig {
+        strategy,
+        lora: LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: ["query", "key", "value", "dense"].map(String::from).to_vec(),
+            use_rslora: false,
+        },
+        epochs: 1,
+        max_steps: Some(steps),
+        batch_size: 8,
+        lr: 1e-2,
+        schedule: ScheduleKind::Constant,
+        warmup_ratio: 0.0,
+        weight_decay: 0.0,
+        max_grad_norm: Some(1.0),
+        layer_lr_decay: 1.0,
+        unfreeze: None,
+        class_weights: None,
+        eval_every: None,
+        seed: 3,
+    }
+}
+
+/// Every parameter's values by name.
+fn snapshot(model: &SequenceClassifier) -> HashMap<String, Vec<f32>> {
+    let mut out = HashMap::new();
+    model.visit_params(&mut |p| {
+        out.insert(p.name.clone(), p.value.to_f32_vec(gpu()).unwrap());
+    });
+    out
+}
+
+fn max_change(before: &HashMap<String, Vec<f32>>, after: &HashMap<String, Vec<f32>>, name: &str) -> f32 {
+    before[name].iter().zip(&after[name]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+fn train_toy(model: &mut SequenceClassifier, cfg: &ClassifyConfig) -> Vec<Event> {
+    let (x, y) = toy_set(32, 1);
+    let (vx, vy) = toy_set(8, 2);
+    let mut events = Vec::new();
+    let train = LabeledSet { items: &x, labels: &y };
+    let valid = Some(LabeledSet { items: &vx, labels: &vy });
+    train_classifier(gpu(), model, train, valid, 0, cfg, &mut |e| {
+        events.push(e.clone());
+        Ok(())
+    })
+    .unwrap();
+    events
+}
+
+/// Each strategy changes exactly the parameters it trains and leaves the rest bit-identical.
+#[test]
+fn strategies_train_exactly_their_blocks() {
+    for strategy in [Strategy::Head, Strategy::Top(1), Strategy::Lora, Strategy::Full] {
+        let mut model = toy_classifier();
+        let before = snapshot(&model);
+        let events = train_toy(&mut model, &toy_config(strategy, 4));
+        let after = snapshot(&model);
+        assert_eq!(
+            events.iter().any(|e| matches!(e, Event::Features { .. })),
+            strategy == Strategy::Head,
+            "{strategy}: features are cached for the head strategy only"
+        );
+        for name in before.keys() {
+            let changed = max_change(&before, &after, name) > 0.0;
+            let should = match strategy {
+                Strategy::Head => name.starts_with("classifier."),
+                // LoRA leaves every base weight as it was (its A and B are new tensors).
+                Strategy::Lora => name.starts_with("classifier."),
+                Strategy::Top(_) => name.starts_with("classifier.") || name.starts_with("bert.encoder.layer.1."),
+                // Unused embedding rows (ids never in the toy texts) keep their values, but
+                // each table as a whole moves.
+                Strategy::Full => true,
+            };
+            assert_eq!(changed, should, "{strategy}: `{name}` changed = {changed}");
+        }
+        if strategy == Strategy::Lora {
+            let mut lora_moved = 0;
+            model.visit_params(&mut |p| {
+                if p.name.contains(".lora_B.") && p.value.to_f32_vec(gpu()).unwrap().iter().any(|&v| v != 0.0) {
+                    lora_moved += 1;
+                }
+            });
+            assert_eq!(lora_moved, 2 * 6, "every adapter's B left zero: 6 linears in each of 2 layers");
+        }
+    }
+}
+
+/// A frozen block records nothing: with top:1 the tape holds no embedding and one attention.
+#[test]
+fn frozen_blocks_record_nothing_on_the_tape() {
+    let g = gpu();
+    let (mut model, e) = classifier(Pooling::Mean);
+    model.set_trainable(g, &|n| Strategy::Top(1).trains(n, 2)).unwrap();
+    let tape = Tape::train(g, 0, 1);
+    let logits = model.logits(&tape, &e.encoder_input()).unwrap();
+    let names = tape.recorded_names();
+    assert!(!names.contains(&"embedding"), "{names:?}");
+    assert_eq!(names.iter().filter(|n| **n == "attention").count(), 1, "{names:?}");
+    let loss = model.loss(&tape, &logits, &e.targets(), None).unwrap();
+    tape.backward(&loss, 1.0).unwrap();
+}
+
+/// Progressive unfreezing: the head first, then one more block every 2 steps, down to the
+/// embeddings; each block trains only from its turn on.
+#[test]
+fn progressive_unfreezing_adds_one_block_every_k_steps() {
+    let mut model = toy_classifier();
+    let mut cfg = toy_config(Strategy::Full, 7);
+    cfg.unfreeze = Some(Unfreeze { every: 2, unit: UnfreezeUnit::Step });
+    let before = snapshot(&model);
+    let events = train_toy(&mut model, &cfg);
+    let stages: Vec<(usize, usize, usize)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Trainable { step, depth, params } => Some((*step, *depth, *params)),
+            _ => None,
+        })
+        .collect();
+    let steps_depths: Vec<(usize, usize)> = stages.iter().map(|s| (s.0, s.1)).collect();
+    assert_eq!(steps_depths, [(0, 0), (2, 1), (4, 2), (6, 3)]);
+    assert!(stages.windows(2).all(|w| w[1].2 > w[0].2), "trainable parameters grow: {stages:?}");
+    assert_eq!(stages[0].2, 32 * 2 + 2, "the head alone: weight [2, 32] and bias");
+    let after = snapshot(&model);
+    for name in ["classifier.weight", "bert.encoder.layer.0.output.dense.weight", "bert.embeddings.LayerNorm.weight"] {
+        assert!(max_change(&before, &after, name) > 0.0, "{name} trained once its turn came");
+    }
+}
+
+/// With a per-block decay of 1/2, the first AdamW step moves each weight by lr·(1/2)^depth (the
+/// first Adam step has magnitude lr wherever the gradient is not zero).
+#[test]
+fn discriminative_learning_rates_scale_each_block() {
+    let mut model = toy_classifier();
+    let mut cfg = toy_config(Strategy::Full, 1);
+    cfg.layer_lr_decay = 0.5;
+    let before = snapshot(&model);
+    train_toy(&mut model, &cfg);
+    let after = snapshot(&model);
+    for (name, depth) in [
+        ("classifier.weight", 0),
+        ("bert.encoder.layer.1.attention.self.query.weight", 1),
+        ("bert.encoder.layer.0.intermediate.dense.weight", 2),
+        ("bert.embeddings.position_embeddings.weight", 3),
+    ] {
+        let want = cfg.lr * 0.5f32.powi(depth);
+        let got = max_change(&before, &after, name);
+        assert!((got - want).abs() < 0.02 * want, "{name}: moved {got}, expected lr·0.5^{depth} = {want}");
+    }
+}
+
+fn hf_initialised_classifier(dir: &Path) -> SequenceClassifier {
+    hf_initialised_bert(dir);
+    SequenceClassifier::load(gpu(), dir, vec!["a".into(), "b".into()], Pooling::Mean, 5).unwrap()
+}
+
+/// Training separates the toy classes (validation macro-F1 rises to near 1).
+#[test]
+fn lora_classifier_learns_the_toy_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut model = hf_initialised_classifier(tmp.path());
+    let mut cfg = toy_config(Strategy::Lora, 24);
+    cfg.eval_every = Some(100);
+    let events = train_toy(&mut model, &cfg);
+    let f1: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Eval { macro_f1, .. } => Some(*macro_f1),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(f1.len(), 2, "before the first step and at the end");
+    assert!(f1[1] >= 0.85 && f1[1] > f1[0], "validation macro-F1 {f1:?}");
+}
