@@ -175,9 +175,9 @@ fn tiny_bert(dir: &Path) {
 /// which filler range was used, so per-group scores have something to report.
 fn labelled_data(dir: &Path) {
     let line = |i: usize| {
-        let (label, marker) = if i % 2 == 0 { ("pos", 10) } else { ("neg", 60) };
+        let (label, marker) = if i.is_multiple_of(2) { ("pos", 10) } else { ("neg", 60) };
         let filler: Vec<String> = (0..3).map(|k| format!("w{}", 20 + (i * 7 + k * 13) % 30)).collect();
-        let group = if i % 3 == 0 { "a" } else { "b" };
+        let group = if i.is_multiple_of(3) { "a" } else { "b" };
         format!(
             "{{\"text\": \"w{marker} {} w{marker}\", \"label\": \"{label}\", \"group\": \"{group}\"}}\n",
             filler.join(" ")
