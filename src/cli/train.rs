@@ -41,7 +41,8 @@ pub struct TrainArgs {
     /// Use at most this many training examples (a quick run)
     #[arg(long)]
     pub train_limit: Option<usize>,
-    /// Tokens per example; longer ones are truncated [default: 256 for LMs, 128 for classifiers]
+    /// Tokens per example; longer ones are truncated [default: 256 for LMs, 128 for classifiers, 64 for
+    /// the SpamAssassin subsample]
     #[arg(long)]
     pub max_len: Option<usize>,
     #[arg(long, default_value_t = 8)]
@@ -55,7 +56,7 @@ pub struct TrainArgs {
     /// Optimizer steps (overrides --epochs)
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Peak learning rate [default: 2e-4 for LM LoRA; classifiers: 1e-3 head, 5e-4 lora, 5e-5 top:N and full]
+    /// Peak learning rate [default: 2e-4 for LM LoRA; classifiers: 1e-3 head, 5e-4 lora, 1e-4 top:N and full]
     #[arg(long)]
     pub lr: Option<f32>,
     #[arg(long, value_enum, default_value_t = ScheduleKind::Linear)]
