@@ -62,7 +62,7 @@ pub struct ClassifyArgs {
     /// Held-out share of train when the data has no validation file
     #[arg(long, default_value_t = 0.1)]
     pub valid_frac: f64,
-    /// SpamAssassin: every e-mail (4233 train, 604 valid, 1209 test) at 128 tokens instead of
+    /// SpamAssassin: every e-mail (4232 train, 605 valid, 1209 test) at 128 tokens instead of
     /// the default subsample (400 / 100 / 400 at 64 tokens)
     #[arg(long)]
     pub full: bool,
