@@ -90,6 +90,24 @@ def adapter_key(param_name):
     return param_name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
 
 
+def tidy_adapter_dir(adir):
+    """PEFT writes target_modules and modules_to_save from sets (order depends on
+    PYTHONHASHSEED): sort them so the output is byte-identical across runs; the model-card
+    README it writes is not needed."""
+    cpath = os.path.join(adir, "adapter_config.json")
+    with open(cpath) as f:
+        acfg = json.load(f)
+    for key in ["target_modules", "modules_to_save"]:
+        if acfg.get(key) is not None:
+            acfg[key] = sorted(acfg[key])
+    with open(cpath, "w") as f:
+        json.dump(acfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+    readme = os.path.join(adir, "README.md")
+    if os.path.exists(readme):
+        os.remove(readme)
+
+
 def build(name, model, targets, fan_in_fan_out, out_root, seed):
     out = os.path.join(out_root, name)
     os.makedirs(out, exist_ok=True)
@@ -149,18 +167,7 @@ def build(name, model, targets, fan_in_fan_out, out_root, seed):
                 lora_params[adapter_key(pname)] = p
     adir = os.path.join(out, "peft_adapter")
     peft_model.save_pretrained(adir)
-    # PEFT writes target_modules from a set (order depends on PYTHONHASHSEED): sort it so the
-    # output is byte-identical across runs; the model-card README it writes is not needed.
-    cpath = os.path.join(adir, "adapter_config.json")
-    with open(cpath) as f:
-        acfg = json.load(f)
-    acfg["target_modules"] = sorted(acfg["target_modules"])
-    with open(cpath, "w") as f:
-        json.dump(acfg, f, indent=2, sort_keys=True)
-        f.write("\n")
-    readme = os.path.join(adir, "README.md")
-    if os.path.exists(readme):
-        os.remove(readme)
+    tidy_adapter_dir(adir)
 
     saved_keys = set(get_peft_model_state_dict(peft_model).keys())
     assert saved_keys == set(lora_params), (saved_keys ^ set(lora_params))
@@ -309,17 +316,7 @@ def build_bert(out_root, seed):
                 p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32) * 0.3)
     adir = os.path.join(out, "peft_adapter")
     peft_model.save_pretrained(adir)
-    cpath = os.path.join(adir, "adapter_config.json")
-    with open(cpath) as f:
-        acfg = json.load(f)
-    acfg["target_modules"] = sorted(acfg["target_modules"])
-    acfg["modules_to_save"] = sorted(acfg["modules_to_save"])
-    with open(cpath, "w") as f:
-        json.dump(acfg, f, indent=2, sort_keys=True)
-        f.write("\n")
-    readme = os.path.join(adir, "README.md")
-    if os.path.exists(readme):
-        os.remove(readme)
+    tidy_adapter_dir(adir)
 
     saved = get_peft_model_state_dict(peft_model)
     trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}

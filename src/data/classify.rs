@@ -16,12 +16,13 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use crate::data::SplitMix64;
+use crate::data::line_error;
 use crate::data::lm::json_type;
 use crate::error::{Error, Result};
 
@@ -40,10 +41,6 @@ pub struct Splits {
     pub train: Vec<Example>,
     pub valid: Vec<Example>,
     pub test: Vec<Example>,
-}
-
-fn line_error(path: &Path, line: usize, message: impl std::fmt::Display) -> Error {
-    Error::Parse { path: path.to_path_buf(), message: format!("line {line}: {message}") }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -72,24 +69,11 @@ pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
 }
 
 fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::new(file);
-    let mut buf = Vec::new();
     let mut examples = Vec::new();
-    let mut line_no = 0;
-    loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(path, e))? == 0 {
-            break;
-        }
-        line_no += 1;
-        let line = std::str::from_utf8(&buf).map_err(|e| line_error(path, line_no, format!("not UTF-8 ({e})")))?;
-        let line = line.trim_start_matches('\u{feff}').trim();
-        if line.is_empty() {
-            continue;
-        }
+    super::for_each_line(path, |line_no, line| {
         examples.push(parse_json_example(line).map_err(|m| line_error(path, line_no, m))?);
-    }
+        Ok(())
+    })?;
     Ok(examples)
 }
 

@@ -15,13 +15,12 @@
 //!
 //! Shapes: `B` batch, `T` tokens (the longest example of the batch).
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use tokenizers::Tokenizer;
 
+use super::line_error;
 use crate::data::SplitMix64;
 use crate::error::{Error, Result};
 use crate::kernels::softmax_xent::IGNORE_INDEX;
@@ -111,29 +110,11 @@ pub struct LmSplits {
     pub test: Option<Vec<Record>>,
 }
 
-fn line_error(path: &Path, line: usize, message: impl std::fmt::Display) -> Error {
-    Error::Parse { path: path.to_path_buf(), message: format!("line {line}: {message}") }
-}
-
 /// Reads one jsonl file: one record per non-blank line, all of one format.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::new(file);
-    let mut buf = Vec::new();
     let mut records = Vec::new();
     let mut first: Option<(&'static str, usize)> = None;
-    let mut line_no = 0;
-    loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(path, e))? == 0 {
-            break;
-        }
-        line_no += 1;
-        let line = std::str::from_utf8(&buf).map_err(|e| line_error(path, line_no, format!("not UTF-8 ({e})")))?;
-        let line = line.trim_start_matches('\u{feff}').trim();
-        if line.is_empty() {
-            continue;
-        }
+    super::for_each_line(path, |line_no, line| {
         let record = parse_record(line).map_err(|m| line_error(path, line_no, m))?;
         match first {
             None => first = Some((record.kind(), line_no)),
@@ -150,7 +131,8 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
             Some(_) => {}
         }
         records.push(record);
-    }
+        Ok(())
+    })?;
     if records.is_empty() {
         return Err(Error::Parse {
             path: path.to_path_buf(),
@@ -631,7 +613,7 @@ mod tests {
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);
-        File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+        std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
         path
     }
 

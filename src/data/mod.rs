@@ -53,6 +53,37 @@ impl SplitMix64 {
     }
 }
 
+/// An error in a data file at a line: `path: line N: message`.
+pub(crate) fn line_error(path: &std::path::Path, line: usize, message: impl std::fmt::Display) -> crate::Error {
+    crate::Error::Parse { path: path.to_path_buf(), message: format!("line {line}: {message}") }
+}
+
+/// Calls `f(line number, line)` for every non-blank line of a text file (a leading BOM and the
+/// surrounding whitespace trimmed), reading it line by line; a line that is not UTF-8 is an
+/// error naming it.
+pub(crate) fn for_each_line(
+    path: &std::path::Path,
+    mut f: impl FnMut(usize, &str) -> crate::Result<()>,
+) -> crate::Result<()> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).map_err(|e| crate::Error::io(path, e))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut line_no = 0;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).map_err(|e| crate::Error::io(path, e))? == 0 {
+            return Ok(());
+        }
+        line_no += 1;
+        let line = std::str::from_utf8(&buf).map_err(|e| line_error(path, line_no, format!("not UTF-8 ({e})")))?;
+        let line = line.trim_start_matches('\u{feff}').trim();
+        if !line.is_empty() {
+            f(line_no, line)?;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::SplitMix64;

@@ -406,12 +406,7 @@ pub fn train_classifier(
             let lr = schedule.lr(step);
             opt.step_scaled(gpu, model, lr, &lr_scale)?;
             let loss = loss.read(gpu)?.0;
-            if !loss.is_finite() {
-                return Err(Error::invalid(
-                    "train",
-                    format!("loss became {loss} at step {}; lower the learning rate (now {lr:e})", step + 1),
-                ));
-            }
+            super::check_loss(loss, step + 1, lr)?;
             step += 1;
             summary.seconds += t0.elapsed().as_secs_f64();
             summary.steps = step;

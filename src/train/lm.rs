@@ -160,12 +160,7 @@ pub fn train_lm(
             for l in &losses {
                 loss += l.read(gpu)?.0 / losses.len() as f32;
             }
-            if !loss.is_finite() {
-                return Err(Error::invalid(
-                    "train",
-                    format!("loss became {loss} at step {}; lower the learning rate (now {lr:e})", step + 1),
-                ));
-            }
+            super::check_loss(loss, step + 1, lr)?;
             step += 1;
             summary.seconds += t0.elapsed().as_secs_f64();
             summary.tokens += tokens;

@@ -8,3 +8,14 @@ pub mod schedule;
 
 pub use optim::Optimizer;
 pub use schedule::Schedule;
+
+/// A NaN or infinite loss stops training with the step and what to try.
+pub(crate) fn check_loss(loss: f32, step: usize, lr: f32) -> crate::Result<()> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    Err(crate::Error::invalid(
+        "train",
+        format!("loss became {loss} at step {step}; lower the learning rate (now {lr:e})"),
+    ))
+}
