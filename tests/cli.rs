@@ -278,3 +278,52 @@ fn classifier_data_errors_name_the_problem() {
     let err = run(&[("train.jsonl", ok)], &["--class-weights", "1,2,3"]);
     assert!(err.contains("class-weights") && err.contains("2"), "{err}");
 }
+
+/// Early stopping on a language model: patience 1 with a min_delta nothing can beat stops at
+/// the first evaluation after step 0, and the saved adapter is step 0's (every lora_B zero).
+#[test]
+fn lm_early_stopping_restores_the_best_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data, run) = (tmp.path().join("model"), tmp.path().join("data"), tmp.path().join("run"));
+    for d in [&model, &data] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    tiny_model(&model);
+    counting_data(&data);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (out, _) = kiln(&[
+        "train",
+        "--model",
+        &s(&model),
+        "--data",
+        &s(&data),
+        "--out",
+        &s(&run),
+        "--steps",
+        "20",
+        "--lr",
+        "3e-2",
+        "--eval-every",
+        "5",
+        "--patience",
+        "1",
+        "--min-delta",
+        "100",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["steps"], 5, "{report}");
+    assert_eq!(report["stopped_early_at"], 5);
+    assert_eq!(report["best"]["step"], 0);
+    assert_eq!(report["best"]["metric"], "val_loss");
+    let bytes = std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut b_matrices = 0;
+    for (name, t) in st.tensors() {
+        if name.contains(".lora_B.") {
+            b_matrices += 1;
+            assert!(t.data().iter().all(|&b| b == 0), "{name} is back to its initial zeros");
+        }
+    }
+    assert!(b_matrices > 0);
+}

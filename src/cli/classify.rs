@@ -25,6 +25,7 @@ use crate::nn::LoraConfig;
 use crate::train::classify::{
     ClassifyConfig, Event, LabeledSet, Strategy, Unfreeze, UnfreezeUnit, predict, train_classifier,
 };
+use crate::train::stopping::StopMetric;
 
 /// The main job's default subsample of SpamAssassin (lavapipe finishes it in about 4.5
 /// minutes): training, validation and test e-mails, and tokens per e-mail. `--full` uses every
@@ -163,6 +164,7 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
         unfreeze: c.unfreeze_every.map(|every| Unfreeze { every, unit: c.unfreeze_unit }),
         class_weights,
         eval_every: (args.eval_every > 0).then_some(args.eval_every),
+        stop: args.stop_settings(StopMetric::MacroF1),
         seed: args.seed,
     };
     let out = args.out.clone().unwrap_or_else(|| {
@@ -254,6 +256,9 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
         "strategy": strategy, "trainable_parameters": trainable, "total_parameters": total_params,
         "steps": summary.steps, "train_seconds": summary.seconds,
         "examples_per_second": summary.examples_per_second, "first_loss": summary.first_loss,
+        "best": summary.best.map(|(step, value)| json!({"step": step, "metric": cfg.stop.metric, "value": value,
+            "restored": cfg.stop.restore_best})),
+        "stopped_early_at": summary.stopped_early_at,
         "last_loss": summary.last_loss, "evals": summary.evals, "test_seconds": test_s,
         "test": test_metrics, "test_groups": groups, "saved": saved,
         "peak_gpu_bytes": gpu.allocated_bytes(), "wall_seconds": run_start.elapsed().as_secs_f64(),
@@ -274,6 +279,7 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
             println!("  {name:>12}: {}/{} correct ({:.1}%)", s.correct, s.total, 100.0 * s.accuracy());
         }
     }
+    super::train::print_best(&cfg.stop, summary.best, summary.stopped_early_at);
     println!("saved: {}  (whole run {:.0}s)", saved.display(), run_start.elapsed().as_secs_f64());
     Ok(())
 }

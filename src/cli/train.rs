@@ -21,6 +21,7 @@ use crate::models::peft::{self, TaskType};
 use crate::nn::LoraConfig;
 use crate::train::lm::{Event, LmTrainConfig, train_lm};
 use crate::train::schedule::ScheduleKind;
+use crate::train::stopping::{StopMetric, StopSettings};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  kiln train --task cmudict --steps 100\n  \
@@ -88,6 +89,18 @@ pub struct TrainArgs {
     /// Held-out words scored by generation before and after training (cmudict)
     #[arg(long, default_value_t = 100)]
     pub test_words: usize,
+    /// The validation metric for early stopping and the best checkpoint: val-loss, perplexity
+    /// (LMs), accuracy, macro-f1 (classifiers) [default: macro-f1 for classifiers, val-loss for LMs]
+    #[arg(long, value_enum)]
+    pub metric: Option<StopMetric>,
+    /// Stop after this many evaluations without an improvement of more than --min-delta
+    #[arg(long)]
+    pub patience: Option<usize>,
+    #[arg(long, default_value_t = 0.0)]
+    pub min_delta: f64,
+    /// Keep the last weights instead of restoring those of the best evaluation
+    #[arg(long)]
+    pub no_restore_best: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
@@ -158,6 +171,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
         eval_every: (args.eval_every > 0).then_some(args.eval_every),
         eval_batches: Some(args.eval_batches),
+        stop: args.stop_settings(StopMetric::ValLoss),
         seed: args.seed,
     };
     let out = args.out.clone().unwrap_or_else(|| {
@@ -237,6 +251,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "steps": summary.steps, "tokens": summary.tokens, "train_seconds": summary.seconds,
         "tokens_per_second": summary.tokens_per_second, "first_loss": summary.first_loss,
         "last_loss": summary.last_loss, "evals": summary.evals,
+        "best": summary.best.map(|(step, value)| json!({"step": step, "metric": cfg.stop.metric, "value": value,
+            "restored": cfg.stop.restore_best})),
+        "stopped_early_at": summary.stopped_early_at,
         "peak_gpu_bytes": gpu.allocated_bytes(),
         "cmudict": before.as_ref().zip(after.as_ref()).map(|(b, a)| json!({
             "test_words": a.words,
@@ -271,6 +288,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 100.0 * a.phoneme_error_rate()
             );
         }
+        print_best(&cfg.stop, summary.best, summary.stopped_early_at);
         println!("adapter (PEFT format): {}", adapter_dir.display());
     }
     Ok(())
@@ -348,6 +366,30 @@ pub fn complete(gpu: &Gpu, lm: &LoadedLm, prompt: &str, max_new: usize) -> Resul
         out.pop();
     }
     lm.tokenizer.decode(&out, true).map_err(|e| Error::invalid("decode", e.to_string()))
+}
+
+/// Where training stopped and which weights the run ends with.
+pub(super) fn print_best(stop: &StopSettings, best: Option<(usize, f64)>, stopped_early_at: Option<usize>) {
+    if let Some(step) = stopped_early_at {
+        let patience = stop.patience.unwrap_or(0);
+        println!("stopped early at step {step}: {patience} evaluations without a better {}", stop.metric.name());
+    }
+    if let Some((step, value)) = best {
+        let what = if stop.restore_best { "its weights restored" } else { "the last weights kept" };
+        println!("best validation {} {value:.4} at step {step}; {what}", stop.metric.name());
+    }
+}
+
+impl TrainArgs {
+    /// Early stopping as the flags say, with `default` as the metric when none is given.
+    pub fn stop_settings(&self, default: StopMetric) -> StopSettings {
+        StopSettings {
+            metric: self.metric.unwrap_or(default),
+            patience: self.patience,
+            min_delta: self.min_delta,
+            restore_best: !self.no_restore_best,
+        }
+    }
 }
 
 pub(super) fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use super::Optimizer;
 use super::schedule::{Schedule, ScheduleKind};
+use super::stopping::{StopMetric, StopSettings};
 use crate::autograd::{Tape, Var};
 use crate::data::SplitMix64;
 use crate::data::encode::{Encoded, length_sorted_batches, make_input};
@@ -126,6 +127,8 @@ pub struct ClassifyConfig {
     pub class_weights: Option<Vec<f32>>,
     /// Validate before the first step, every this many steps, and at the end.
     pub eval_every: Option<usize>,
+    /// Early stopping and the best checkpoint (metric: val_loss, accuracy or macro_f1).
+    pub stop: StopSettings,
     pub seed: u64,
 }
 
@@ -180,6 +183,11 @@ pub struct ClassifySummary {
     pub last_loss: f32,
     /// (step, validation loss, macro-F1).
     pub evals: Vec<(usize, f32, f64)>,
+    /// The best evaluation (step, value of the stop metric); its weights are the model's at the
+    /// end when restoring.
+    pub best: Option<(usize, f64)>,
+    /// The step at which patience ran out, if it did.
+    pub stopped_early_at: Option<usize>,
 }
 
 /// Logits, predictions and (with labels) the mean loss of a set.
@@ -319,7 +327,18 @@ pub fn train_classifier(
         first_loss: f32::NAN,
         last_loss: f32::NAN,
         evals: Vec::new(),
+        best: None,
+        stopped_early_at: None,
     };
+    if cfg.stop.metric == StopMetric::Perplexity {
+        return Err(Error::invalid(
+            "--metric",
+            "perplexity is for language models; use val_loss, accuracy or macro_f1",
+        ));
+    }
+    let mut tracker = cfg.stop.tracker();
+    // Every parameter the run may change (progressive unfreezing adds some later).
+    let may_train = |name: &str| cfg.strategy.trains(name, layers);
     // The head strategy's cache: the body never runs again during training.
     let (train_feats, valid_feats) = if head_only {
         let t0 = Instant::now();
@@ -337,12 +356,13 @@ pub fn train_classifier(
     };
     let c = model.body.hidden_size();
 
-    let run_eval = |model: &SequenceClassifier,
-                    step: usize,
-                    summary: &mut ClassifySummary,
-                    on_event: &mut dyn FnMut(&Event) -> Result<()>|
-     -> Result<()> {
-        let Some(v) = valid.filter(|v| !v.items.is_empty()) else { return Ok(()) };
+    // Validates, records, and says whether patience ran out.
+    let mut run_eval = |model: &SequenceClassifier,
+                        step: usize,
+                        summary: &mut ClassifySummary,
+                        on_event: &mut dyn FnMut(&Event) -> Result<()>|
+     -> Result<bool> {
+        let Some(v) = valid.filter(|v| !v.items.is_empty()) else { return Ok(false) };
         let p = match &valid_feats {
             Some(f) => Predictions::from_logits(head_logits(gpu, model, f, v.items.len())?, k, Some(v.labels)),
             None => predict(gpu, model, v.items, Some(v.labels), cfg.batch_size, pad)?,
@@ -350,7 +370,13 @@ pub fn train_classifier(
         let m = Metrics::compute(v.labels, &p.pred, k)?;
         let val_loss = p.loss.unwrap_or(f32::NAN);
         summary.evals.push((step, val_loss, m.macro_f1));
-        on_event(&Event::Eval { step, val_loss, accuracy: m.accuracy, macro_f1: m.macro_f1 })
+        on_event(&Event::Eval { step, val_loss, accuracy: m.accuracy, macro_f1: m.macro_f1 })?;
+        let value = match cfg.stop.metric {
+            StopMetric::ValLoss | StopMetric::Perplexity => val_loss as f64,
+            StopMetric::Accuracy => m.accuracy,
+            StopMetric::MacroF1 => m.macro_f1,
+        };
+        Ok(tracker.observe(gpu, model, &may_train, step, value)?.stop)
     };
 
     // Progressive unfreezing starts from the head alone.
@@ -382,6 +408,7 @@ pub fn train_classifier(
     }
 
     let mut step = 0;
+    let mut evaluated_at = None;
     let mut order: Vec<usize> = (0..n).collect();
     'epochs: for epoch in 0.. {
         SplitMix64::new(cfg.seed.wrapping_add(epoch as u64)).shuffle(&mut order);
@@ -418,14 +445,22 @@ pub fn train_classifier(
             let seconds = start.elapsed().as_secs_f64();
             on_event(&Event::Step { step, total, epoch, loss, lr, examples: idx.len(), seconds })?;
             if cfg.eval_every.is_some_and(|e| e > 0 && step % e == 0) && step < total {
-                run_eval(model, step, &mut summary, on_event)?;
+                evaluated_at = Some(step);
+                if run_eval(model, step, &mut summary, on_event)? {
+                    summary.stopped_early_at = Some(step);
+                    break 'epochs;
+                }
             }
             if step >= total {
                 break 'epochs;
             }
         }
     }
-    run_eval(model, step, &mut summary, on_event)?;
+    if evaluated_at != Some(step) {
+        run_eval(model, step, &mut summary, on_event)?;
+    }
+    drop(run_eval);
+    summary.best = tracker.finish(gpu, model)?;
     summary.examples_per_second = summary.examples as f64 / summary.seconds.max(1e-9);
     Ok(summary)
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::Optimizer;
 use super::schedule::{Schedule, ScheduleKind};
+use super::stopping::{StopMetric, StopSettings};
 use crate::autograd::Tape;
 use crate::data::lm::{Example, LmBatch, make_batches};
 use crate::error::{Error, Result};
@@ -31,6 +32,8 @@ pub struct LmTrainConfig {
     pub eval_every: Option<usize>,
     /// Validation batches used each time (all when None).
     pub eval_batches: Option<usize>,
+    /// Early stopping and the best checkpoint (metric: val_loss or perplexity).
+    pub stop: StopSettings,
     pub seed: u64,
 }
 
@@ -52,6 +55,11 @@ pub struct TrainSummary {
     pub first_loss: f32,
     pub last_loss: f32,
     pub evals: Vec<(usize, f32)>,
+    /// The best evaluation (step, value of the stop metric); its weights are the model's at the
+    /// end when restoring.
+    pub best: Option<(usize, f64)>,
+    /// The step at which patience ran out, if it did.
+    pub stopped_early_at: Option<usize>,
 }
 
 /// Mean loss over the targets of `batches` (no gradients), and the number of targets.
@@ -118,18 +126,33 @@ pub fn train_lm(
         first_loss: f32::NAN,
         last_loss: f32::NAN,
         evals: Vec::new(),
+        best: None,
+        stopped_early_at: None,
     };
-    let run_eval = |model: &dyn CausalLm,
-                    step: usize,
-                    summary: &mut TrainSummary,
-                    on_event: &mut dyn FnMut(&Event) -> Result<()>|
-     -> Result<()> {
+    if matches!(cfg.stop.metric, StopMetric::Accuracy | StopMetric::MacroF1) {
+        return Err(Error::invalid("--metric", "a language model is judged by val_loss or perplexity"));
+    }
+    let mut tracker = cfg.stop.tracker();
+    // Validates, records, and says whether patience ran out.
+    let mut run_eval = |model: &dyn CausalLm,
+                        step: usize,
+                        summary: &mut TrainSummary,
+                        on_event: &mut dyn FnMut(&Event) -> Result<()>|
+     -> Result<bool> {
         if valid_batches.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let (val_loss, tokens) = eval_loss(gpu, model, &valid_batches)?;
         summary.evals.push((step, val_loss));
-        on_event(&Event::Eval { step, val_loss, val_ppl: val_loss.exp(), tokens })
+        on_event(&Event::Eval { step, val_loss, val_ppl: val_loss.exp(), tokens })?;
+        // The trainable set is fixed for the run; perplexity orders evaluations as the loss does.
+        let mut trainable = std::collections::HashSet::new();
+        model.visit_params(&mut |p| {
+            if p.trainable() {
+                trainable.insert(p.name.clone());
+            }
+        });
+        Ok(tracker.observe(gpu, model, &|n| trainable.contains(n), step, val_loss as f64)?.stop)
     };
     // The starting point of the validation curve, so a run shows what training changed.
     if cfg.eval_every.is_some() {
@@ -137,6 +160,7 @@ pub fn train_lm(
     }
     let mut micro = 0u32;
     let mut step = 0;
+    let mut evaluated_at = None;
     let start = Instant::now();
     'epochs: for epoch in 0.. {
         let batches = make_batches(train, cfg.batch_size, pad, Some(cfg.seed.wrapping_add(epoch as u64)))?;
@@ -171,14 +195,22 @@ pub fn train_lm(
             summary.last_loss = loss;
             on_event(&Event::Step { step, total, epoch, loss, lr, tokens, seconds: start.elapsed().as_secs_f64() })?;
             if cfg.eval_every.is_some_and(|n| n > 0 && step % n == 0) && step < total {
-                run_eval(model, step, &mut summary, on_event)?;
+                evaluated_at = Some(step);
+                if run_eval(model, step, &mut summary, on_event)? {
+                    summary.stopped_early_at = Some(step);
+                    break 'epochs;
+                }
             }
             if step >= total {
                 break 'epochs;
             }
         }
     }
-    run_eval(model, step, &mut summary, on_event)?;
+    if evaluated_at != Some(step) {
+        run_eval(model, step, &mut summary, on_event)?;
+    }
+    drop(run_eval);
+    summary.best = tracker.finish(gpu, model)?;
     summary.tokens_per_second = summary.tokens as f64 / summary.seconds.max(1e-9);
     Ok(summary)
 }

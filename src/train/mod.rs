@@ -5,6 +5,7 @@ pub mod classify;
 pub mod lm;
 pub mod optim;
 pub mod schedule;
+pub mod stopping;
 
 pub use optim::Optimizer;
 pub use schedule::Schedule;

@@ -28,6 +28,16 @@ pub struct Optimizer {
     pub steps: u32,
 }
 
+/// Whether weight decay applies to a parameter: not to biases and not to normalisation weights
+/// (LayerNorm, RMSNorm: `ln_1`, `input_layernorm`, `model.norm`, BERT's `LayerNorm`), as
+/// Hugging Face's Trainer excludes them.
+pub fn decays(name: &str) -> bool {
+    let mut parts = name.rsplit('.');
+    let last = parts.next().unwrap_or("");
+    let module = parts.next().unwrap_or("").to_ascii_lowercase();
+    !(last == "bias" || module.contains("norm") || module.starts_with("ln_"))
+}
+
 impl Optimizer {
     pub fn new(cfg: AdamW, max_grad_norm: Option<f32>) -> Self {
         Optimizer { cfg, max_grad_norm, moments: HashMap::new(), steps: 0 }
@@ -70,9 +80,40 @@ impl Optimizer {
                 (Some(n), Some(max_norm)) => Some(Clip { norm_sq: n, max_norm }),
                 _ => None,
             };
-            adamw::step(gpu, &self.cfg, lr * scale(name), state.steps, value, grad, &state.m, &state.v, clip, None)?;
+            let cfg = if decays(name) { self.cfg } else { AdamW { weight_decay: 0.0, ..self.cfg } };
+            adamw::step(gpu, &cfg, lr * scale(name), state.steps, value, grad, &state.m, &state.v, clip, None)?;
             gpu.clear(grad);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decays;
+
+    #[test]
+    fn weight_decay_skips_biases_and_norms() {
+        for name in [
+            "bert.encoder.layer.0.attention.self.query.weight",
+            "model.layers.3.mlp.down_proj.weight",
+            "transformer.h.0.attn.c_attn.lora_A.weight",
+            "bert.embeddings.word_embeddings.weight",
+            "classifier.weight",
+        ] {
+            assert!(decays(name), "{name}");
+        }
+        for name in [
+            "classifier.bias",
+            "bert.encoder.layer.0.output.LayerNorm.weight",
+            "bert.embeddings.LayerNorm.bias",
+            "model.layers.0.input_layernorm.weight",
+            "model.layers.0.post_attention_layernorm.weight",
+            "model.norm.weight",
+            "transformer.h.0.ln_1.weight",
+            "transformer.ln_f.weight",
+        ] {
+            assert!(!decays(name), "{name}");
+        }
     }
 }

@@ -166,6 +166,7 @@ fn classifier_adapter_save_and_load_round_trip() {
 use kiln::data::encode::Encoded;
 use kiln::train::classify::{ClassifyConfig, Event, LabeledSet, Strategy, Unfreeze, UnfreezeUnit, train_classifier};
 use kiln::train::schedule::ScheduleKind;
+use kiln::train::stopping::{StopMetric, StopSettings};
 
 /// Texts of 3–6 words between [CLS]=2 and [SEP]=3: a class's marker word (10 or 60) twice,
 /// the rest random words from ids 4..96.
@@ -212,6 +213,7 @@ fn toy_config(strategy: Strategy, steps: usize) -> ClassifyConfig {
         unfreeze: None,
         class_weights: None,
         eval_every: None,
+        stop: StopSettings { metric: StopMetric::MacroF1, patience: None, min_delta: 0.0, restore_best: false },
         seed: 3,
     }
 }
@@ -366,4 +368,34 @@ fn lora_classifier_learns_the_toy_task() {
         .collect();
     assert_eq!(f1.len(), 2, "before the first step and at the end");
     assert!(f1[1] >= 0.85 && f1[1] > f1[0], "validation macro-F1 {f1:?}");
+}
+
+/// Patience 1 and a min_delta no change can beat: the first evaluation after step 0 ends the
+/// run, and the weights of step 0 (the best) are put back bit for bit.
+#[test]
+fn early_stopping_stops_and_restores_the_best_weights() {
+    let mut model = toy_classifier();
+    let mut cfg = toy_config(Strategy::Full, 10);
+    cfg.eval_every = Some(2);
+    cfg.stop = StopSettings { metric: StopMetric::ValLoss, patience: Some(1), min_delta: 1e9, restore_best: true };
+    let before = snapshot(&model);
+    let (x, y) = toy_set(32, 1);
+    let (vx, vy) = toy_set(8, 2);
+    let summary = train_classifier(
+        gpu(),
+        &mut model,
+        LabeledSet { items: &x, labels: &y },
+        Some(LabeledSet { items: &vx, labels: &vy }),
+        0,
+        &cfg,
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert_eq!((summary.steps, summary.stopped_early_at), (2, Some(2)));
+    assert_eq!(summary.best.map(|b| b.0), Some(0));
+    assert_eq!(summary.evals.len(), 2, "step 0 and step 2, no extra evaluation after stopping");
+    let after = snapshot(&model);
+    for name in before.keys() {
+        assert_eq!(max_change(&before, &after, name), 0.0, "{name} is back to its step-0 value");
+    }
 }
