@@ -459,7 +459,6 @@ pub fn train_classifier(
     if evaluated_at != Some(step) {
         run_eval(model, step, &mut summary, on_event)?;
     }
-    drop(run_eval);
     summary.best = tracker.finish(gpu, model)?;
     summary.examples_per_second = summary.examples as f64 / summary.seconds.max(1e-9);
     Ok(summary)

@@ -209,7 +209,6 @@ pub fn train_lm(
     if evaluated_at != Some(step) {
         run_eval(model, step, &mut summary, on_event)?;
     }
-    drop(run_eval);
     summary.best = tracker.finish(gpu, model)?;
     summary.tokens_per_second = summary.tokens as f64 / summary.seconds.max(1e-9);
     Ok(summary)
