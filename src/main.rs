@@ -4,7 +4,14 @@
 use clap::Parser;
 
 fn main() {
-    let cli = kiln::cli::Cli::parse();
+    let args = match kiln::cli::config::expand(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let cli = kiln::cli::Cli::parse_from(args);
     if let Err(e) = kiln::cli::run(cli) {
         eprintln!("error: {e}");
         std::process::exit(1);

@@ -327,3 +327,38 @@ fn lm_early_stopping_restores_the_best_adapter() {
     }
     assert!(b_matrices > 0);
 }
+
+/// `--config run.toml` sets flags, the command line overrides them, and the run folder's
+/// config.toml reproduces the run's settings when read back.
+#[test]
+fn config_file_sets_flags_and_the_run_folder_keeps_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
+    for d in [&model, &data] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    tiny_bert(&model);
+    labelled_data(&data);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let config = tmp.path().join("run.toml");
+    let toml = format!(
+        "model = {:?}\ndata = {:?}\nstrategy = \"head\"\nepochs = 3\nlr = 0.05\nbatch_size = 16\neval_every = 0\n\
+         metric = \"accuracy\"\n",
+        s(&model),
+        s(&data)
+    );
+    std::fs::write(&config, toml).unwrap();
+    let (run1, run2) = (tmp.path().join("run1"), tmp.path().join("run2"));
+    kiln(&["train", "--config", &s(&config), "--lr", "0.02", "--out", &s(&run1)]);
+    let settings = |run: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("settings.json")).unwrap()).unwrap()
+    };
+    let first = settings(&run1);
+    assert_eq!(first["train"]["strategy"], "head");
+    assert_eq!(first["train"]["epochs"], 3);
+    assert_eq!(first["train"]["batch_size"], 16);
+    assert_eq!(first["train"]["lr"].as_f64().unwrap() as f32, 0.02, "the command line wins over the file");
+    assert_eq!(first["train"]["stop"]["metric"], "accuracy");
+    kiln(&["train", "--config", &s(&run1.join("config.toml")), "--out", &s(&run2)]);
+    assert_eq!(settings(&run2)["train"], first["train"], "config.toml reproduces the settings");
+}

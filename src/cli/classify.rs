@@ -39,7 +39,7 @@ const SPAM_VALID_FRAC: f64 = 0.1;
 const SPAM_TEST_FRAC: f64 = 0.2;
 
 /// Flags only classifiers use.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct ClassifyArgs {
     /// What trains: head (frozen body, cached features), top:N (the top N layers and the head),
     /// lora (adapters on query/key/value/dense, the head whole) or full
@@ -182,6 +182,7 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     });
     write_json(&out.join("settings.json"), &settings)?;
     write_data(&out.join("data"), &splits)?;
+    super::config::write_resolved(&out.join("config.toml"), args)?;
     let counts = classify::label_counts(&splits.train, &labels);
     eprintln!("kiln train (classification) on {}", gpu.describe());
     eprintln!("  model     {} ({total_params} parameters, loaded in {load_s:.1}s)", model_dir.display());

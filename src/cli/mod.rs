@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod classify;
+pub mod config;
 pub mod data;
 pub mod devices;
 pub mod export;
@@ -14,6 +15,8 @@ use crate::error::Result;
 
 #[derive(Parser, Debug)]
 #[command(name = "kiln", version, about = "Fine-tune transformers on any GPU (wgpu + WGSL kernels)")]
+// A flag given twice keeps its last value: `--config` files put theirs first.
+#[command(args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -48,7 +51,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// The `--adapter` flag every GPU subcommand takes.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct AdapterArgs {
     /// Adapter to use: an index from `kiln devices` or part of its name [env: KILN_ADAPTER]
     /// [default: the best one: discrete GPU, then integrated, then CPU]

@@ -23,7 +23,7 @@ use crate::train::lm::{Event, LmTrainConfig, train_lm};
 use crate::train::schedule::ScheduleKind;
 use crate::train::stopping::{StopMetric, StopSettings};
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, serde::Serialize)]
 #[command(after_help = "Examples:\n  kiln train --task cmudict --steps 100\n  \
     kiln train --model path/to/model.gguf --data my_jsonl_folder --epochs 2 --out runs/mine")]
 pub struct TrainArgs {
@@ -104,14 +104,23 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
+    #[serde(flatten)]
     pub classify: super::classify::ClassifyArgs,
     /// Run folder [default: runs/train-<unix time>]
     #[arg(long)]
+    #[serde(skip)]
     pub out: Option<PathBuf>,
     /// Print the summary as JSON
     #[arg(long)]
+    #[serde(skip)]
     pub json: bool,
+    /// Settings from a TOML file, one key per flag (`lr = 5e-4`); flags given here win. Every run
+    /// folder holds its resolved settings as config.toml
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub adapter: AdapterArgs,
 }
 
@@ -189,6 +198,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "parameters": { "trainable": trainable, "total": total },
     });
     write_json(&out.join("settings.json"), &settings)?;
+    super::config::write_resolved(&out.join("config.toml"), &args)?;
     eprintln!("kiln train on {}", gpu.describe());
     eprintln!("  model     {} ({} parameters, loaded in {load_s:.1}s)", model_path.display(), total);
     eprintln!(

@@ -2,6 +2,7 @@
 //! constant, linear decay to 0, or cosine decay to 0.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
     Constant,
     Linear,

@@ -13,9 +13,11 @@ use crate::tensor::Tensor;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopMetric {
+    #[value(alias = "val_loss")]
     ValLoss,
     Perplexity,
     Accuracy,
+    #[value(alias = "macro_f1")]
     MacroF1,
 }
 

@@ -1,0 +1,129 @@
+//! `--config run.toml`: a run's settings in a file. Each key is a flag of the subcommand
+//! (`lr = 5e-4`, `strategy = "lora"`, `target_modules = ["query", "value"]`, `full = true`);
+//! the file's flags are placed right after the subcommand, so flags given on the command line
+//! come later and win. Every run folder gets the resolved settings back as `config.toml`, which
+//! `--config` reads again.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The command line with the flags of any `--config FILE` inserted after the subcommand.
+pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
+    let Some(path) = config_path(&args) else { return Ok(args) };
+    let flags = flags_of(&path)?;
+    let mut out = args;
+    let at = out.len().min(2);
+    out.splice(at..at, flags);
+    Ok(out)
+}
+
+fn config_path(args: &[OsString]) -> Option<PathBuf> {
+    let mut it = args.iter().map(|a| a.to_string_lossy());
+    while let Some(a) = it.next() {
+        if a == "--config" {
+            return it.next().map(|p| PathBuf::from(p.as_ref()));
+        }
+        if let Some(p) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(p));
+        }
+    }
+    None
+}
+
+/// The flags a TOML file stands for, in key order.
+fn flags_of(path: &Path) -> Result<Vec<OsString>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let table: toml::Table =
+        text.parse().map_err(|e: toml::de::Error| Error::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+    let bad = |key: &str, what: &str| Error::Parse {
+        path: path.to_path_buf(),
+        message: format!("`{key}`: {what} (keys are the subcommand's flags: strings, numbers, booleans, lists)"),
+    };
+    let mut flags = Vec::new();
+    for (key, value) in &table {
+        if key == "config" {
+            return Err(bad(key, "a config file cannot name another"));
+        }
+        let flag = format!("--{}", key.replace('_', "-"));
+        let scalar = |v: &toml::Value| -> Result<String> {
+            match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                toml::Value::Float(f) => Ok(f.to_string()),
+                _ => Err(bad(key, "expected a string or a number")),
+            }
+        };
+        match value {
+            toml::Value::Boolean(true) => flags.push(flag.into()),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) if items.is_empty() => {}
+            toml::Value::Array(items) => {
+                let parts = items.iter().map(scalar).collect::<Result<Vec<_>>>()?;
+                flags.push(flag.into());
+                flags.push(parts.join(",").into());
+            }
+            toml::Value::Table(_) | toml::Value::Datetime(_) => return Err(bad(key, "not a flag value")),
+            v => {
+                flags.push(flag.into());
+                flags.push(scalar(v)?.into());
+            }
+        }
+    }
+    Ok(flags)
+}
+
+/// Writes settings (a serializable flag struct) as TOML that `--config` reads back.
+pub fn write_resolved(path: &Path, settings: &impl serde::Serialize) -> Result<()> {
+    let text = toml::to_string(settings)
+        .map_err(|e| Error::invalid("config", format!("cannot write the settings as TOML: {e}")))?;
+    crate::models::weights::write_atomic(path, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_flags_go_after_the_subcommand() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, "lr = 0.001\nstrategy = \"top:2\"\ntarget_modules = [\"query\", \"value\"]\nfull = true\nno_restore_best = false\nepochs = 3\n").unwrap();
+        let args: Vec<OsString> =
+            ["kiln", "train", "--config", path.to_str().unwrap(), "--lr", "0.5"].iter().map(OsString::from).collect();
+        let out: Vec<String> = expand(args).unwrap().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let p = path.to_str().unwrap();
+        assert_eq!(
+            out,
+            [
+                "kiln",
+                "train",
+                "--epochs",
+                "3",
+                "--full",
+                "--lr",
+                "0.001",
+                "--strategy",
+                "top:2",
+                "--target-modules",
+                "query,value",
+                "--config",
+                p,
+                "--lr",
+                "0.5"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_config_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, "[train]\nlr = 1\n").unwrap();
+        let args: Vec<OsString> =
+            ["kiln", "train", "--config", path.to_str().unwrap()].iter().map(OsString::from).collect();
+        let err = expand(args).unwrap_err().to_string();
+        assert!(err.contains("run.toml") && err.contains("`train`"), "{err}");
+    }
+}
