@@ -160,6 +160,8 @@ pub enum Event {
         epoch: usize,
         loss: f32,
         lr: f32,
+        /// The global gradient norm before clipping.
+        grad_norm: Option<f32>,
         examples: usize,
         seconds: f64,
     },
@@ -433,6 +435,7 @@ pub fn train_classifier(
             let lr = schedule.lr(step);
             opt.step_scaled(gpu, model, lr, &lr_scale)?;
             let loss = loss.read(gpu)?.0;
+            let grad_norm = opt.last_grad_norm(gpu)?;
             super::check_loss(loss, step + 1, lr)?;
             step += 1;
             summary.seconds += t0.elapsed().as_secs_f64();
@@ -443,7 +446,7 @@ pub fn train_classifier(
             }
             summary.last_loss = loss;
             let seconds = start.elapsed().as_secs_f64();
-            on_event(&Event::Step { step, total, epoch, loss, lr, examples: idx.len(), seconds })?;
+            on_event(&Event::Step { step, total, epoch, loss, lr, grad_norm, examples: idx.len(), seconds })?;
             if cfg.eval_every.is_some_and(|e| e > 0 && step % e == 0) && step < total {
                 evaluated_at = Some(step);
                 if run_eval(model, step, &mut summary, on_event)? {

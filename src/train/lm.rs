@@ -41,8 +41,23 @@ pub struct LmTrainConfig {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Step { step: usize, total: usize, epoch: usize, loss: f32, lr: f32, tokens: usize, seconds: f64 },
-    Eval { step: usize, val_loss: f32, val_ppl: f32, tokens: usize },
+    Step {
+        step: usize,
+        total: usize,
+        epoch: usize,
+        loss: f32,
+        lr: f32,
+        /// The global gradient norm before clipping.
+        grad_norm: Option<f32>,
+        tokens: usize,
+        seconds: f64,
+    },
+    Eval {
+        step: usize,
+        val_loss: f32,
+        val_ppl: f32,
+        tokens: usize,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -179,11 +194,12 @@ pub fn train_lm(
             }
             let lr = schedule.lr(step);
             opt.step(gpu, model, lr)?;
-            // The step's one readback: its micro-batch losses.
+            // The step's readbacks, after everything is submitted: its losses and gradient norm.
             let mut loss = 0.0;
             for l in &losses {
                 loss += l.read(gpu)?.0 / losses.len() as f32;
             }
+            let grad_norm = opt.last_grad_norm(gpu)?;
             super::check_loss(loss, step + 1, lr)?;
             step += 1;
             summary.seconds += t0.elapsed().as_secs_f64();
@@ -193,7 +209,8 @@ pub fn train_lm(
                 summary.first_loss = loss;
             }
             summary.last_loss = loss;
-            on_event(&Event::Step { step, total, epoch, loss, lr, tokens, seconds: start.elapsed().as_secs_f64() })?;
+            let seconds = start.elapsed().as_secs_f64();
+            on_event(&Event::Step { step, total, epoch, loss, lr, grad_norm, tokens, seconds })?;
             if cfg.eval_every.is_some_and(|n| n > 0 && step % n == 0) && step < total {
                 evaluated_at = Some(step);
                 if run_eval(model, step, &mut summary, on_event)? {

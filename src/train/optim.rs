@@ -26,6 +26,9 @@ pub struct Optimizer {
     moments: HashMap<String, Moments>,
     /// Steps taken (AdamW's bias correction counts from 1).
     pub steps: u32,
+    /// The squared global gradient norm of the last step (before clipping), on the GPU: always
+    /// computed, since clipping needs it and the curves show it.
+    last_norm_sq: Option<Tensor>,
 }
 
 /// Whether weight decay applies to a parameter: not to biases and not to normalisation weights
@@ -40,7 +43,7 @@ pub fn decays(name: &str) -> bool {
 
 impl Optimizer {
     pub fn new(cfg: AdamW, max_grad_norm: Option<f32>) -> Self {
-        Optimizer { cfg, max_grad_norm, moments: HashMap::new(), steps: 0 }
+        Optimizer { cfg, max_grad_norm, moments: HashMap::new(), steps: 0, last_norm_sq: None }
     }
 
     /// One update of every trainable parameter of `model` at learning rate `lr`.
@@ -61,13 +64,8 @@ impl Optimizer {
             return Err(Error::invalid("optimizer", "no trainable parameters"));
         }
         self.steps += 1;
-        let norm_sq = match self.max_grad_norm {
-            Some(_) => {
-                let grads: Vec<&Tensor> = params.iter().map(|p| &p.2).collect();
-                Some(reduce::global_norm_squared(gpu, &grads)?)
-            }
-            None => None,
-        };
+        let grads: Vec<&Tensor> = params.iter().map(|p| &p.2).collect();
+        let norm_sq = reduce::global_norm_squared(gpu, &grads)?;
         for (name, value, grad) in &params {
             if !self.moments.contains_key(name) {
                 let fresh =
@@ -76,15 +74,21 @@ impl Optimizer {
             }
             let state = self.moments.get_mut(name).expect("inserted above");
             state.steps += 1;
-            let clip = match (&norm_sq, self.max_grad_norm) {
-                (Some(n), Some(max_norm)) => Some(Clip { norm_sq: n, max_norm }),
-                _ => None,
-            };
+            let clip = self.max_grad_norm.map(|max_norm| Clip { norm_sq: &norm_sq, max_norm });
             let cfg = if decays(name) { self.cfg } else { AdamW { weight_decay: 0.0, ..self.cfg } };
             adamw::step(gpu, &cfg, lr * scale(name), state.steps, value, grad, &state.m, &state.v, clip, None)?;
             gpu.clear(grad);
         }
+        self.last_norm_sq = Some(norm_sq);
         Ok(())
+    }
+
+    /// The global gradient norm of the last step, before clipping (a readback).
+    pub fn last_grad_norm(&self, gpu: &Gpu) -> Result<Option<f32>> {
+        match &self.last_norm_sq {
+            Some(t) => Ok(Some(t.to_f32_vec(gpu)?[0].sqrt())),
+            None => Ok(None),
+        }
     }
 }
 

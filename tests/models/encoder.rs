@@ -399,3 +399,24 @@ fn early_stopping_stops_and_restores_the_best_weights() {
         assert_eq!(max_change(&before, &after, name), 0.0, "{name} is back to its step-0 value");
     }
 }
+
+/// The gradient norm the curves report is the global L2 norm of every trainable gradient,
+/// before clipping.
+#[test]
+fn optimizer_reports_the_global_gradient_norm() {
+    let g = gpu();
+    let (mut model, e) = classifier(Pooling::Mean);
+    model.set_trainable(g, &|_| true).unwrap();
+    let tape = Tape::train(g, 0, 1);
+    let logits = model.logits(&tape, &e.encoder_input()).unwrap();
+    let loss = model.loss(&tape, &logits, &e.targets(), None).unwrap();
+    tape.backward(&loss, 1.0).unwrap();
+    let mut sum_sq = 0.0f64;
+    model.visit_params(&mut |p| {
+        sum_sq += p.grad.as_ref().unwrap().to_f32_vec(g).unwrap().iter().map(|&x| (x as f64).powi(2)).sum::<f64>();
+    });
+    let mut opt = kiln::train::Optimizer::new(Default::default(), Some(1e-3));
+    opt.step(g, &model, 1e-3).unwrap();
+    let got = opt.last_grad_norm(g).unwrap().unwrap() as f64;
+    assert!((got - sum_sq.sqrt()).abs() <= 1e-5 * sum_sq.sqrt(), "{got} vs {}", sum_sq.sqrt());
+}
