@@ -362,3 +362,77 @@ fn config_file_sets_flags_and_the_run_folder_keeps_them() {
     kiln(&["train", "--config", &s(&run1.join("config.toml")), "--out", &s(&run2)]);
     assert_eq!(settings(&run2)["train"], first["train"], "config.toml reproduces the settings");
 }
+
+/// A run halted right after the checkpoint of step 6 and resumed with `--resume` gives the
+/// uninterrupted run's curve: the same loss, learning rate and gradient norm at every step, the
+/// same validations, the same test scores (dropout on, so the masks must line up too).
+#[test]
+fn killed_and_resumed_run_equals_the_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
+    for d in [&model, &data] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    tiny_bert(&model);
+    labelled_data(&data);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (whole, halted) = (tmp.path().join("whole"), tmp.path().join("halted"));
+    let common = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--model",
+            &s(&model),
+            "--data",
+            &s(&data),
+            "--out",
+            &s(out),
+            "--strategy",
+            "lora",
+            "--steps",
+            "10",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-2",
+            "--lora-dropout",
+            "0.1",
+            "--eval-every",
+            "4",
+            "--save-every",
+            "3",
+            "--json",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let args: Vec<String> = common(&whole);
+    kiln(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut args = common(&halted);
+    args.extend(["--halt-after".to_string(), "6".to_string()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(&args).env("XDG_RUNTIME_DIR", "/tmp").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("halted after step 6"));
+    kiln(&["train", "--resume", &s(&halted), "--json"]);
+
+    let curve = |run: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["event"] == "step" || e["event"] == "eval")
+            .map(|mut e| {
+                e.as_object_mut().unwrap().remove("seconds");
+                e
+            })
+            .collect()
+    };
+    let (a, b) = (curve(&whole), curve(&halted));
+    assert_eq!(a.iter().filter(|e| e["event"] == "step").count(), 10);
+    assert_eq!(a, b, "the resumed curve equals the uninterrupted one");
+    let report = |run: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap()
+    };
+    assert_eq!(report(&whole)["test"], report(&halted)["test"]);
+    assert_eq!(report(&whole)["best"], report(&halted)["best"]);
+}

@@ -145,6 +145,8 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
         },
         use_rslora: false,
     };
+    let out = args.run_dir();
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let cfg = ClassifyConfig {
         strategy,
         lora: lora.clone(),
@@ -165,12 +167,9 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
         class_weights,
         eval_every: (args.eval_every > 0).then_some(args.eval_every),
         stop: args.stop_settings(StopMetric::MacroF1),
+        checkpoints: args.checkpoint_settings(&out),
         seed: args.seed,
     };
-    let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(format!("runs/train-{}", std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_secs()))
-    });
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let (_, total_params) = count_params(&model);
     let settings = json!({
         "task": "sequence-classification", "model": model_dir, "data": data_name, "device": gpu.describe(),
@@ -202,7 +201,7 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     eprintln!("  run       {}", out.display());
 
     let metrics_path = out.join("metrics.jsonl");
-    let mut metrics_file = std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    let mut metrics_file = args.open_metrics(&metrics_path)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")

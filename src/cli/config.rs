@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// The command line with the flags of any `--config FILE` inserted after the subcommand.
+/// The command line with the flags of any `--config FILE` inserted after the subcommand;
+/// `--resume RUN` reads `RUN/config.toml` the same way.
 pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
-    let Some(path) = config_path(&args) else { return Ok(args) };
+    let Some(path) = config_path(&args).or_else(|| flag_value(&args, "--resume").map(|r| r.join("config.toml"))) else {
+        return Ok(args);
+    };
     let flags = flags_of(&path)?;
     let mut out = args;
     let at = out.len().min(2);
@@ -20,12 +23,17 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
 }
 
 fn config_path(args: &[OsString]) -> Option<PathBuf> {
+    flag_value(args, "--config")
+}
+
+/// The value of `flag` (`--flag V` or `--flag=V`), if given.
+fn flag_value(args: &[OsString], flag: &str) -> Option<PathBuf> {
     let mut it = args.iter().map(|a| a.to_string_lossy());
     while let Some(a) = it.next() {
-        if a == "--config" {
+        if a == flag {
             return it.next().map(|p| PathBuf::from(p.as_ref()));
         }
-        if let Some(p) = a.strip_prefix("--config=") {
+        if let Some(p) = a.strip_prefix(&format!("{flag}=")) {
             return Some(PathBuf::from(p));
         }
     }

@@ -19,6 +19,7 @@ use crate::models::count_params;
 use crate::models::load::{LoadedLm, load_lm};
 use crate::models::peft::{self, TaskType};
 use crate::nn::LoraConfig;
+use crate::train::checkpoint::CheckpointSettings;
 use crate::train::lm::{Event, LmTrainConfig, train_lm};
 use crate::train::schedule::ScheduleKind;
 use crate::train::stopping::{StopMetric, StopSettings};
@@ -114,6 +115,21 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub json: bool,
+    /// Write a checkpoint (trainable weights, optimizer, position) every N steps
+    /// [default: at each evaluation]; 0 writes none
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    /// Checkpoints kept (the newest; the best evaluation's is kept apart)
+    #[arg(long, default_value_t = 2)]
+    pub keep_checkpoints: usize,
+    /// Continue the run in this folder from its newest checkpoint, with its config.toml
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: Option<PathBuf>,
+    /// Stop with an error right after the checkpoint of step N, as if killed (resume tests)
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub halt_after: Option<usize>,
     /// Settings from a TOML file, one key per flag (`lr = 5e-4`); flags given here win. Every run
     /// folder holds its resolved settings as config.toml
     #[arg(long)]
@@ -128,6 +144,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let gpu = args.adapter.open()?;
     if super::classify::is_classification(&args)? {
         return super::classify::run(&args, &gpu);
+    }
+    if args.resume.is_some() {
+        return Err(Error::invalid(
+            "--resume",
+            "resuming is implemented for classifiers so far, not for language models",
+        ));
     }
     let cache = fetch::default_cache_dir();
     let model_path = match &args.model {
@@ -391,6 +413,36 @@ pub(super) fn print_best(stop: &StopSettings, best: Option<(usize, f64)>, stoppe
 }
 
 impl TrainArgs {
+    /// Checkpoints under `out/checkpoints` as the flags say (None when switched off).
+    pub fn checkpoint_settings(&self, out: &Path) -> Option<CheckpointSettings> {
+        let every = self.save_every.unwrap_or(self.eval_every);
+        (every > 0 || self.resume.is_some()).then(|| CheckpointSettings {
+            dir: out.join("checkpoints"),
+            every,
+            keep: self.keep_checkpoints,
+            resume: self.resume.is_some(),
+            halt_after: self.halt_after,
+        })
+    }
+
+    /// The run folder: `--resume`'s, `--out`, or a new `runs/train-<time>`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.resume.clone().or_else(|| self.out.clone()).unwrap_or_else(|| {
+            PathBuf::from(format!("runs/train-{}", std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_secs()))
+        })
+    }
+
+    /// metrics.jsonl: appended to when resuming, else new.
+    pub fn open_metrics(&self, path: &Path) -> Result<std::fs::File> {
+        let mut o = std::fs::OpenOptions::new();
+        if self.resume.is_some() {
+            o.append(true)
+        } else {
+            o.write(true).truncate(true)
+        };
+        o.create(true).open(path).map_err(|e| Error::io(path, e))
+    }
+
     /// Early stopping as the flags say, with `default` as the metric when none is given.
     pub fn stop_settings(&self, default: StopMetric) -> StopSettings {
         StopSettings {

@@ -17,8 +17,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::Optimizer;
+use super::checkpoint::{self, CheckpointSettings, LoopState};
 use super::schedule::{Schedule, ScheduleKind};
-use super::stopping::{StopMetric, StopSettings};
+use super::stopping::{BestTracker, Snapshot, StopMetric, StopSettings};
 use crate::autograd::{Tape, Var};
 use crate::data::SplitMix64;
 use crate::data::encode::{Encoded, length_sorted_batches, make_input};
@@ -129,6 +130,8 @@ pub struct ClassifyConfig {
     pub eval_every: Option<usize>,
     /// Early stopping and the best checkpoint (metric: val_loss, accuracy or macro_f1).
     pub stop: StopSettings,
+    /// Checkpoints and resuming; None writes none.
+    pub checkpoints: Option<CheckpointSettings>,
     pub seed: u64,
 }
 
@@ -173,7 +176,7 @@ pub enum Event {
     },
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ClassifySummary {
     pub steps: usize,
     /// Examples the steps went through (an example seen twice counts twice).
@@ -358,13 +361,13 @@ pub fn train_classifier(
     };
     let c = model.body.hidden_size();
 
-    // Validates, records, and says whether patience ran out.
-    let mut run_eval = |model: &SequenceClassifier,
-                        step: usize,
-                        summary: &mut ClassifySummary,
-                        on_event: &mut dyn FnMut(&Event) -> Result<()>|
-     -> Result<bool> {
-        let Some(v) = valid.filter(|v| !v.items.is_empty()) else { return Ok(false) };
+    // Validates, records, and returns the stop metric's value (None without validation data).
+    let run_eval = |model: &SequenceClassifier,
+                    step: usize,
+                    summary: &mut ClassifySummary,
+                    on_event: &mut dyn FnMut(&Event) -> Result<()>|
+     -> Result<Option<f64>> {
+        let Some(v) = valid.filter(|v| !v.items.is_empty()) else { return Ok(None) };
         let p = match &valid_feats {
             Some(f) => Predictions::from_logits(head_logits(gpu, model, f, v.items.len())?, k, Some(v.labels)),
             None => predict(gpu, model, v.items, Some(v.labels), cfg.batch_size, pad)?,
@@ -373,12 +376,40 @@ pub fn train_classifier(
         let val_loss = p.loss.unwrap_or(f32::NAN);
         summary.evals.push((step, val_loss, m.macro_f1));
         on_event(&Event::Eval { step, val_loss, accuracy: m.accuracy, macro_f1: m.macro_f1 })?;
-        let value = match cfg.stop.metric {
+        Ok(Some(match cfg.stop.metric {
             StopMetric::ValLoss | StopMetric::Perplexity => val_loss as f64,
             StopMetric::Accuracy => m.accuracy,
             StopMetric::MacroF1 => m.macro_f1,
-        };
-        Ok(tracker.observe(gpu, model, &may_train, step, value)?.stop)
+        }))
+    };
+    // Where the loop is, for a checkpoint.
+    let state_at = |(step, epoch, batch_in_epoch): (usize, usize, usize),
+                    tracker: &BestTracker,
+                    summary: &ClassifySummary| LoopState {
+        step,
+        epoch,
+        batch_in_epoch,
+        best: tracker.stopping.best,
+        since_best: tracker.stopping.since_best,
+        summary: serde_json::to_value(summary).expect("summaries serialize"),
+    };
+    // Records an evaluation for early stopping (a checkpoint of the best when checkpointing);
+    // says whether patience ran out.
+    let judge = |tracker: &mut BestTracker,
+                 model: &SequenceClassifier,
+                 opt: &Optimizer,
+                 summary: &ClassifySummary,
+                 at: (usize, usize, usize),
+                 value: Option<f64>|
+     -> Result<bool> {
+        let Some(value) = value else { return Ok(false) };
+        let verdict = tracker.observe(gpu, model, &may_train, at.0, value)?;
+        if let Some(ck) = &cfg.checkpoints
+            && verdict.improved
+        {
+            checkpoint::save(gpu, &ck.best_dir(), model, opt, &state_at(at, tracker, summary), 1)?;
+        }
+        Ok(verdict.stop)
     };
 
     // Progressive unfreezing starts from the head alone.
@@ -404,17 +435,47 @@ pub fn train_classifier(
         let (params, _) = crate::models::count_params(model);
         on_event(&Event::Trainable { step, depth: s, params })
     };
-    set_stage(model, stage_of(0, 0), 0, on_event)?;
-    if cfg.eval_every.is_some() {
-        run_eval(model, 0, &mut summary, on_event)?;
+    // Where to start: the beginning, or the newest checkpoint.
+    let mut step = 0;
+    let mut resume_at = (0, 0);
+    match cfg.checkpoints.as_ref().filter(|c| c.resume) {
+        Some(ck) => {
+            let newest = checkpoint::list(&ck.dir)?.pop();
+            let Some((_, dir)) = newest else {
+                return Err(Error::invalid("resume", format!("no checkpoint under {}", ck.dir.display())));
+            };
+            let peek = checkpoint::read_state(&dir)?;
+            // The trainable set of the checkpoint's step, so its weights have somewhere to go.
+            set_stage(model, stage_of(peek.step, peek.epoch), peek.step, on_event)?;
+            let state = checkpoint::restore_latest(gpu, &ck.dir, model, &mut opt)?;
+            summary = serde_json::from_value(state.summary.clone())
+                .map_err(|e| Error::invalid("resume", format!("checkpoint summary: {e}")))?;
+            let best = match checkpoint::list(&ck.best_dir())?.pop() {
+                Some((_, d)) if cfg.stop.restore_best => Some(Snapshot::from_checkpoint(gpu, &d)?),
+                _ => None,
+            };
+            tracker.resume(state.best, state.since_best, best);
+            step = state.step;
+            resume_at = (state.epoch, state.batch_in_epoch);
+        }
+        None => {
+            set_stage(model, stage_of(0, 0), 0, on_event)?;
+            if cfg.eval_every.is_some() {
+                let value = run_eval(model, 0, &mut summary, on_event)?;
+                judge(&mut tracker, model, &opt, &summary, (0, 0, 0), value)?;
+            }
+        }
     }
 
-    let mut step = 0;
     let mut evaluated_at = None;
     let mut order: Vec<usize> = (0..n).collect();
     'epochs: for epoch in 0.. {
         SplitMix64::new(cfg.seed.wrapping_add(epoch as u64)).shuffle(&mut order);
-        for idx in order.chunks(cfg.batch_size) {
+        for (batch_index, idx) in order.chunks(cfg.batch_size).enumerate() {
+            // A resumed run replays the data order up to where the checkpoint was.
+            if (epoch, batch_index) < resume_at {
+                continue;
+            }
             set_stage(model, stage_of(step, epoch), step, on_event)?;
             let t0 = Instant::now();
             let tape = Tape::train(gpu, cfg.seed as u32, step as u32 + 1);
@@ -447,20 +508,33 @@ pub fn train_classifier(
             summary.last_loss = loss;
             let seconds = start.elapsed().as_secs_f64();
             on_event(&Event::Step { step, total, epoch, loss, lr, grad_norm, examples: idx.len(), seconds })?;
+            let mut stop = false;
             if cfg.eval_every.is_some_and(|e| e > 0 && step % e == 0) && step < total {
                 evaluated_at = Some(step);
-                if run_eval(model, step, &mut summary, on_event)? {
+                let value = run_eval(model, step, &mut summary, on_event)?;
+                stop = judge(&mut tracker, model, &opt, &summary, (step, epoch, batch_index + 1), value)?;
+                if stop {
                     summary.stopped_early_at = Some(step);
-                    break 'epochs;
                 }
             }
-            if step >= total {
+            if let Some(ck) = &cfg.checkpoints
+                && ck.every > 0
+                && step % ck.every == 0
+            {
+                let state = state_at((step, epoch, batch_index + 1), &tracker, &summary);
+                checkpoint::save(gpu, &ck.dir, model, &opt, &state, ck.keep)?;
+                if ck.halt_after == Some(step) {
+                    return Err(Error::invalid("train", format!("halted after step {step}, as --halt-after asked")));
+                }
+            }
+            if stop || step >= total {
                 break 'epochs;
             }
         }
     }
     if evaluated_at != Some(step) {
-        run_eval(model, step, &mut summary, on_event)?;
+        let value = run_eval(model, step, &mut summary, on_event)?;
+        judge(&mut tracker, model, &opt, &summary, (step, 0, 0), value)?;
     }
     summary.best = tracker.finish(gpu, model)?;
     summary.examples_per_second = summary.examples as f64 / summary.seconds.max(1e-9);

@@ -1,6 +1,7 @@
 //! Training: the optimizer over a module's trainable parameters, learning-rate schedules, and
 //! the loops that drive a model through its data.
 
+pub mod checkpoint;
 pub mod classify;
 pub mod lm;
 pub mod optim;

@@ -16,6 +16,9 @@ struct Moments {
     steps: u32,
 }
 
+/// One parameter's AdamW state on the host: (name, m, v, shape, steps taken).
+pub type SavedMoments = (String, Vec<f32>, Vec<f32>, Vec<usize>, u32);
+
 pub struct Optimizer {
     pub cfg: AdamW,
     /// Clip the global gradient norm to this (HF Trainer's `max_grad_norm`, 1.0 by default).
@@ -80,6 +83,34 @@ impl Optimizer {
             gpu.clear(grad);
         }
         self.last_norm_sq = Some(norm_sq);
+        Ok(())
+    }
+
+    /// The moments as host tensors, for a checkpoint, sorted by name.
+    pub fn export_state(&self, gpu: &Gpu) -> Result<Vec<SavedMoments>> {
+        let mut names: Vec<&String> = self.moments.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| {
+                let s = &self.moments[n];
+                Ok((n.clone(), s.m.to_f32_vec(gpu)?, s.v.to_f32_vec(gpu)?, s.m.shape().to_vec(), s.steps))
+            })
+            .collect()
+    }
+
+    /// Puts back one parameter's moments from a checkpoint.
+    pub fn import_state(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        m: &[f32],
+        v: &[f32],
+        shape: &[usize],
+        steps: u32,
+    ) -> Result<()> {
+        let state = Moments { m: Tensor::from_f32(gpu, m, shape)?, v: Tensor::from_f32(gpu, v, shape)?, steps };
+        self.moments.insert(name.to_string(), state);
         Ok(())
     }
 

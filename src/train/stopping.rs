@@ -102,6 +102,19 @@ impl Snapshot {
         Ok(Snapshot { tensors })
     }
 
+    /// The weights of a checkpoint folder (`state.safetensors`, tensors `param.<name>`).
+    pub fn from_checkpoint(gpu: &Gpu, dir: &std::path::Path) -> Result<Snapshot> {
+        use crate::models::weights::{SafetensorsSource, WeightSource};
+        let mut src = SafetensorsSource::open_file(&dir.join("state.safetensors"))?;
+        let mut tensors = Vec::new();
+        for key in src.remaining() {
+            let Some(name) = key.strip_prefix("param.") else { continue };
+            let shape = src.shape_of(&key).map(<[usize]>::to_vec).unwrap_or_default();
+            tensors.push((name.to_string(), src.tensor(gpu, &key, &shape)?));
+        }
+        Ok(Snapshot { tensors })
+    }
+
     /// Writes the saved values back into the parameters of the same names.
     pub fn restore(&self, gpu: &Gpu, model: &mut dyn Module) -> Result<()> {
         let mut result = Ok(());
@@ -160,6 +173,13 @@ impl BestTracker {
             self.snapshot = Some(Snapshot::take(gpu, model, keep)?);
         }
         Ok(verdict)
+    }
+
+    /// Continues from a checkpoint: the best so far, evaluations since, and its weights.
+    pub fn resume(&mut self, best: Option<(usize, f64)>, since_best: usize, snapshot: Option<Snapshot>) {
+        self.stopping.best = best;
+        self.stopping.since_best = since_best;
+        self.snapshot = snapshot;
     }
 
     /// Puts the best evaluation's weights back (when restoring and there was one); returns

@@ -214,6 +214,7 @@ fn toy_config(strategy: Strategy, steps: usize) -> ClassifyConfig {
         class_weights: None,
         eval_every: None,
         stop: StopSettings { metric: StopMetric::MacroF1, patience: None, min_delta: 0.0, restore_best: false },
+        checkpoints: None,
         seed: 3,
     }
 }

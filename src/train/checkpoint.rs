@@ -1,0 +1,177 @@
+//! Checkpoints: what resuming a run needs to continue exactly as if it had never stopped.
+//!
+//! `RUN/checkpoints/step-NNNNNNN/` holds `state.safetensors` (every trainable weight as
+//! `param.<name>`, AdamW's moments as `m.<name>` / `v.<name>`) and `state.json` (the step, the
+//! data position, each parameter's AdamW step count, early stopping's state, the summary so far).
+//! The folder is written under a temporary name and renamed, so a checkpoint is whole or absent;
+//! older ones beyond `keep` are deleted afterwards. Dropout masks, the data order and the
+//! learning rate are functions of the seed and the step, so they need no saving.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::Optimizer;
+use crate::autograd::Module;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::models::weights::{SafetensorsSource, WeightSource, save_safetensors, write_atomic};
+
+/// When to write checkpoints, where, and whether to continue from the newest one.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckpointSettings {
+    /// `RUN/checkpoints`; the best evaluation's goes to `RUN/checkpoints/best`.
+    pub dir: PathBuf,
+    /// Every this many optimizer steps.
+    pub every: usize,
+    /// How many of the newest to keep (the best one is kept apart).
+    pub keep: usize,
+    /// Continue from the newest checkpoint under `dir`.
+    pub resume: bool,
+    /// Stop the run with an error right after writing the checkpoint of this step, as if it had
+    /// been killed there (tests of resuming).
+    pub halt_after: Option<usize>,
+}
+
+impl CheckpointSettings {
+    pub fn best_dir(&self) -> PathBuf {
+        self.dir.join("best")
+    }
+}
+
+/// Where the loop was, and what it had seen.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoopState {
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// The epoch in progress and how many of its batches are done.
+    pub epoch: usize,
+    pub batch_in_epoch: usize,
+    /// Early stopping: the best (step, value) and evaluations since it.
+    pub best: Option<(usize, f64)>,
+    pub since_best: usize,
+    /// The loop's running summary (its own JSON shape).
+    pub summary: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    state: LoopState,
+    /// AdamW's per-parameter step counts.
+    adam_steps: Vec<(String, u32)>,
+    optimizer_steps: u32,
+}
+
+fn step_dir(root: &Path, step: usize) -> PathBuf {
+    root.join(format!("step-{step:07}"))
+}
+
+/// Writes a checkpoint of the trainable weights, the optimizer and the loop's state under
+/// `root`, then deletes all but the newest `keep`.
+pub fn save(
+    gpu: &Gpu,
+    root: &Path,
+    model: &dyn Module,
+    opt: &Optimizer,
+    state: &LoopState,
+    keep: usize,
+) -> Result<PathBuf> {
+    let mut params = Vec::new();
+    model.visit_params(&mut |p| {
+        if p.trainable() {
+            params.push((p.name.clone(), p.value.clone()));
+        }
+    });
+    let mut tensors = Vec::new();
+    for (name, value) in params {
+        tensors.push((format!("param.{name}"), value.to_f32_vec(gpu)?, value.shape().to_vec()));
+    }
+    let mut adam_steps = Vec::new();
+    for (name, m, v, shape, steps) in opt.export_state(gpu)? {
+        tensors.push((format!("m.{name}"), m, shape.clone()));
+        tensors.push((format!("v.{name}"), v, shape));
+        adam_steps.push((name, steps));
+    }
+    let file = StateFile { state: state.clone(), adam_steps, optimizer_steps: opt.steps };
+    let dir = step_dir(root, state.step);
+    let tmp = root.join(format!(".tmp-step-{:07}-{}", state.step, std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    save_safetensors(&tmp.join("state.safetensors"), &tensors, None)?;
+    let json = serde_json::to_string_pretty(&file).expect("checkpoint state serializes");
+    write_atomic(&tmp.join("state.json"), json.as_bytes())?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    let all = list(root)?;
+    for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
+        std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+    }
+    Ok(dir)
+}
+
+/// Complete checkpoints under `root`, oldest first.
+pub fn list(root: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Ok(Vec::new()) };
+    let mut found = Vec::new();
+    for e in entries {
+        let path = e.map_err(|e| Error::io(root, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok())
+            && path.join("state.json").is_file()
+        {
+            found.push((step, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The loop state of one checkpoint folder (without loading its tensors).
+pub fn read_state(dir: &Path) -> Result<LoopState> {
+    Ok(read_file(dir)?.state)
+}
+
+fn read_file(dir: &Path) -> Result<StateFile> {
+    let json_path = dir.join("state.json");
+    let text = std::fs::read_to_string(&json_path).map_err(|e| Error::io(&json_path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Parse { path: json_path.clone(), message: e.to_string() })
+}
+
+/// Loads the newest checkpoint under `root` into the model (trainable weights, by name; the
+/// model must already have the run's trainable set) and the optimizer; returns the loop state.
+pub fn restore_latest(gpu: &Gpu, root: &Path, model: &mut dyn Module, opt: &mut Optimizer) -> Result<LoopState> {
+    let Some((_, dir)) = list(root)?.pop() else {
+        return Err(Error::invalid("resume", format!("no checkpoint under {}", root.display())));
+    };
+    let file = read_file(&dir)?;
+    let mut src = SafetensorsSource::open_file(&dir.join("state.safetensors"))?;
+    let mut shapes = Vec::new();
+    model.visit_params(&mut |p| {
+        if p.trainable() {
+            shapes.push((p.name.clone(), p.value.shape().to_vec()));
+        }
+    });
+    let mut values = Vec::new();
+    for (name, shape) in &shapes {
+        values.push((name.clone(), src.take(&format!("param.{name}"), shape)?));
+    }
+    let mut result = Ok(());
+    model.visit_params_mut(&mut |p| {
+        if let Some((_, v)) = values.iter().find(|(n, _)| *n == p.name)
+            && result.is_ok()
+        {
+            result = p.value.write_f32(gpu, v);
+        }
+    });
+    result?;
+    for (name, steps) in &file.adam_steps {
+        let shape = src.shape_of(&format!("m.{name}")).map(<[usize]>::to_vec).unwrap_or_default();
+        let m = src.take(&format!("m.{name}"), &shape)?;
+        let v = src.take(&format!("v.{name}"), &shape)?;
+        opt.import_state(gpu, name, &m, &v, &shape, *steps)?;
+    }
+    opt.steps = file.optimizer_steps;
+    src.finish(&|_| false)?;
+    Ok(file.state)
+}
