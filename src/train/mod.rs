@@ -4,6 +4,7 @@
 pub mod classify;
 pub mod lm;
 pub mod optim;
+pub mod report;
 pub mod schedule;
 
 pub use optim::Optimizer;
