@@ -9,12 +9,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 /// The scores of one class.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClassScore {
     pub precision: f64,
     pub recall: f64,
@@ -24,7 +24,7 @@ pub struct ClassScore {
 }
 
 /// The scores of a set of predictions.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Metrics {
     pub accuracy: f64,
     pub macro_f1: f64,
@@ -143,7 +143,7 @@ impl Metrics {
 }
 
 /// Correct predictions out of the examples of one group.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupScore {
     pub correct: usize,
     pub total: usize,

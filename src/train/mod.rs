@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod classify;
 pub mod lm;
 pub mod optim;
+pub mod report;
 pub mod schedule;
 pub mod stopping;
 
