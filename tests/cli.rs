@@ -87,8 +87,12 @@ fn train_generate_export_end_to_end() {
     // The run folder: settings, one line per step and evaluation, a report, the adapter.
     for f in [
         "settings.json",
+        "config.toml",
         "metrics.jsonl",
         "report.json",
+        "report.md",
+        "loss.png",
+        "metric.png",
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
     ] {
@@ -228,7 +232,8 @@ fn train_classifier_end_to_end_with_each_strategy() {
         assert!(f1 >= 0.9, "{strategy}: test macro-F1 {f1}: {report}");
         assert_eq!(report["test"]["count"], 32);
         assert_eq!(report["test_groups"]["a"]["total"], 10, "{strategy}: per-group scores");
-        for f in ["settings.json", "metrics.jsonl", "report.json"] {
+        for f in ["settings.json", "config.toml", "metrics.jsonl", "report.json", "report.md", "loss.png", "metric.png"]
+        {
             assert!(run.join(f).is_file(), "{strategy}: missing {f}");
         }
         assert_eq!(report["saved"], s(&run.join(saved)));

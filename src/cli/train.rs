@@ -295,6 +295,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "adapter": adapter_dir,
     });
     write_json(&out.join("report.json"), &report)?;
+    // The curves and a readable summary beside the JSON (report.md links the plots).
+    crate::train::report::plot_curves(&out)?;
+    crate::train::report::write_report(&out)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("json"));
     } else {
