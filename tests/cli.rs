@@ -191,8 +191,8 @@ fn labelled_data(dir: &Path) {
     std::fs::write(dir.join("test.jsonl"), (64..96).map(line).collect::<String>()).unwrap();
 }
 
-#[test]
-fn train_classifier_end_to_end_with_each_strategy() {
+/// A temporary folder with `model/` (the tiny BERT) and `data/` (the labelled texts).
+fn bert_workspace() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
     for d in [&model, &data] {
@@ -200,6 +200,12 @@ fn train_classifier_end_to_end_with_each_strategy() {
     }
     tiny_bert(&model);
     labelled_data(&data);
+    (tmp, model, data)
+}
+
+#[test]
+fn train_classifier_end_to_end_with_each_strategy() {
+    let (tmp, model, data) = bert_workspace();
     let s = |p: &Path| p.to_str().unwrap().to_string();
     for (strategy, epochs, saved) in [("lora", "6", "adapter"), ("head", "30", "model"), ("top:1", "4", "model")] {
         let run = tmp.path().join(format!("run-{}", strategy.replace(':', "")));
@@ -337,13 +343,7 @@ fn lm_early_stopping_restores_the_best_adapter() {
 /// config.toml reproduces the run's settings when read back.
 #[test]
 fn config_file_sets_flags_and_the_run_folder_keeps_them() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
-    for d in [&model, &data] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    tiny_bert(&model);
-    labelled_data(&data);
+    let (tmp, model, data) = bert_workspace();
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let config = tmp.path().join("run.toml");
     let toml = format!(
@@ -373,13 +373,7 @@ fn config_file_sets_flags_and_the_run_folder_keeps_them() {
 /// same validations, the same test scores (dropout on, so the masks must line up too).
 #[test]
 fn killed_and_resumed_run_equals_the_uninterrupted_one() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
-    for d in [&model, &data] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    tiny_bert(&model);
-    labelled_data(&data);
+    let (tmp, model, data) = bert_workspace();
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let (whole, halted) = (tmp.path().join("whole"), tmp.path().join("halted"));
     let common = |out: &Path| -> Vec<String> {

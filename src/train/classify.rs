@@ -313,12 +313,7 @@ pub fn train_classifier(
     if total == 0 {
         return Err(Error::invalid("train", "zero optimizer steps (epochs or steps is 0)"));
     }
-    let schedule = Schedule {
-        kind: cfg.schedule,
-        peak: cfg.lr,
-        warmup_steps: (cfg.warmup_ratio * total as f32).ceil() as usize,
-        total_steps: total,
-    };
+    let schedule = Schedule::for_run(cfg.schedule, cfg.lr, cfg.warmup_ratio, total);
     let mut opt = Optimizer::new(AdamW { weight_decay: cfg.weight_decay, ..AdamW::default() }, cfg.max_grad_norm);
     let layers = model.body.layers.len();
     let lr_scale = |name: &str| cfg.layer_lr_decay.powi(block_depth(name, layers) as i32);

@@ -115,12 +115,7 @@ pub fn train_lm(
     if total == 0 {
         return Err(Error::invalid("train", "zero optimizer steps (epochs or steps is 0)"));
     }
-    let schedule = Schedule {
-        kind: cfg.schedule,
-        peak: cfg.lr,
-        warmup_steps: (cfg.warmup_ratio * total as f32).ceil() as usize,
-        total_steps: total,
-    };
+    let schedule = Schedule::for_run(cfg.schedule, cfg.lr, cfg.warmup_ratio, total);
     let adamw = AdamW { weight_decay: cfg.weight_decay, ..AdamW::default() };
     let mut opt = Optimizer::new(adamw, cfg.max_grad_norm);
     let valid_batches = match valid {

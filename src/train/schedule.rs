@@ -18,6 +18,11 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// A run of `total` steps with the first `warmup_ratio` of them warming up (rounded up).
+    pub fn for_run(kind: ScheduleKind, peak: f32, warmup_ratio: f32, total: usize) -> Self {
+        Schedule { kind, peak, warmup_steps: (warmup_ratio * total as f32).ceil() as usize, total_steps: total }
+    }
+
     /// The learning rate of optimizer step `step` (counting from 0).
     pub fn lr(&self, step: usize) -> f32 {
         if step < self.warmup_steps {

@@ -91,7 +91,10 @@ pub fn hf_initialised_bert(dir: &std::path::Path) {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut rng = Rng::new(11);
     let mut tensors = Vec::new();
-    for (name, v) in st.tensors() {
+    // In name order: safetensors lists tensors in hash order, and the draws must not depend on it.
+    let mut stored = st.tensors();
+    stored.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, v) in stored {
         if name.starts_with("classifier.") || name.contains("pooler") {
             continue;
         }
