@@ -368,6 +368,30 @@ fn config_file_sets_flags_and_the_run_folder_keeps_them() {
     assert_eq!(settings(&run2)["train"], first["train"], "config.toml reproduces the settings");
 }
 
+/// The step and validation events of a run, without their wall-clock times.
+fn curve(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "step" || e["event"] == "eval")
+        .map(|mut e| {
+            e.as_object_mut().unwrap().remove("seconds");
+            e
+        })
+        .collect()
+}
+
+/// Runs `kiln train ARGS --halt-after STEP`, which must fail as asked, then `--resume`s it.
+fn halt_and_resume(args: &[String], run: &Path, step: usize) {
+    let mut halted: Vec<String> = args.to_vec();
+    halted.extend(["--halt-after".to_string(), step.to_string()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(&halted).env("XDG_RUNTIME_DIR", "/tmp").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("halted after step {step}")));
+    kiln(&["train", "--resume", run.to_str().unwrap(), "--json"]);
+}
+
 /// A run halted right after the checkpoint of step 6 and resumed with `--resume` gives the
 /// uninterrupted run's curve: the same loss, learning rate and gradient norm at every step, the
 /// same validations, the same test scores (dropout on, so the masks must line up too).
@@ -407,25 +431,8 @@ fn killed_and_resumed_run_equals_the_uninterrupted_one() {
     };
     let args: Vec<String> = common(&whole);
     kiln(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let mut args = common(&halted);
-    args.extend(["--halt-after".to_string(), "6".to_string()]);
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(&args).env("XDG_RUNTIME_DIR", "/tmp").output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("halted after step 6"));
-    kiln(&["train", "--resume", &s(&halted), "--json"]);
+    halt_and_resume(&common(&halted), &halted, 6);
 
-    let curve = |run: &Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|e| e["event"] == "step" || e["event"] == "eval")
-            .map(|mut e| {
-                e.as_object_mut().unwrap().remove("seconds");
-                e
-            })
-            .collect()
-    };
     let (a, b) = (curve(&whole), curve(&halted));
     assert_eq!(a.iter().filter(|e| e["event"] == "step").count(), 10);
     assert_eq!(a, b, "the resumed curve equals the uninterrupted one");
@@ -434,4 +441,56 @@ fn killed_and_resumed_run_equals_the_uninterrupted_one() {
     };
     assert_eq!(report(&whole)["test"], report(&halted)["test"]);
     assert_eq!(report(&whole)["best"], report(&halted)["best"]);
+}
+
+/// The same for a language model, with gradient accumulation and LoRA dropout: halted after step
+/// 4 and resumed, the curve and the adapter equal the uninterrupted run's.
+#[test]
+fn killed_and_resumed_lm_run_equals_the_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
+    for d in [&model, &data] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    tiny_model(&model);
+    counting_data(&data);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (whole, halted) = (tmp.path().join("whole"), tmp.path().join("halted"));
+    let common = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--model",
+            &s(&model),
+            "--data",
+            &s(&data),
+            "--out",
+            &s(out),
+            "--steps",
+            "8",
+            "--batch-size",
+            "4",
+            "--grad-accum",
+            "2",
+            "--lr",
+            "3e-2",
+            "--lora-dropout",
+            "0.1",
+            "--eval-every",
+            "3",
+            "--save-every",
+            "2",
+            "--json",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let args = common(&whole);
+    kiln(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    halt_and_resume(&common(&halted), &halted, 4);
+    let (a, b) = (curve(&whole), curve(&halted));
+    assert_eq!(a.iter().filter(|e| e["event"] == "step").count(), 8);
+    assert_eq!(a, b, "the resumed curve equals the uninterrupted one");
+    let adapter = |run: &Path| std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap();
+    assert!(adapter(&whole) == adapter(&halted), "the same adapter, byte for byte");
 }

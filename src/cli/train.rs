@@ -145,12 +145,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if super::classify::is_classification(&args)? {
         return super::classify::run(&args, &gpu);
     }
-    if args.resume.is_some() {
-        return Err(Error::invalid(
-            "--resume",
-            "resuming is implemented for classifiers so far, not for language models",
-        ));
-    }
     let cache = fetch::default_cache_dir();
     let model_path = match &args.model {
         Some(p) => p.clone(),
@@ -190,6 +184,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(v) => Some(lm::tokenize_all(v, &lm.tokenizer, &lm.format, max_len)?.examples),
         None => None,
     };
+    let out = args.run_dir();
     let cfg = LmTrainConfig {
         epochs: args.epochs.unwrap_or(1),
         max_steps: args.steps,
@@ -203,11 +198,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eval_every: (args.eval_every > 0).then_some(args.eval_every),
         eval_batches: Some(args.eval_batches),
         stop: args.stop_settings(StopMetric::ValLoss),
+        checkpoints: args.checkpoint_settings(&out),
         seed: args.seed,
     };
-    let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(format!("runs/train-{}", std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_secs()))
-    });
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let (trainable, total) = count_params(lm.model.as_ref());
     let settings = json!({
@@ -251,8 +244,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let before = score_pronunciations(&gpu, &lm, &test_words, "before")?;
 
-    let mut metrics =
-        std::fs::File::create(out.join("metrics.jsonl")).map_err(|e| Error::io(out.join("metrics.jsonl"), e))?;
+    let mut metrics = args.open_metrics(&out.join("metrics.jsonl"))?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")

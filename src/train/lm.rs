@@ -7,8 +7,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::Optimizer;
+use super::checkpoint::{self, CheckpointSettings, LoopState};
 use super::schedule::{Schedule, ScheduleKind};
-use super::stopping::{StopMetric, StopSettings};
+use super::stopping::{BestTracker, Snapshot, StopMetric, StopSettings};
 use crate::autograd::Tape;
 use crate::data::lm::{Example, LmBatch, make_batches};
 use crate::error::{Error, Result};
@@ -34,6 +35,8 @@ pub struct LmTrainConfig {
     pub eval_batches: Option<usize>,
     /// Early stopping and the best checkpoint (metric: val_loss or perplexity).
     pub stop: StopSettings,
+    /// Checkpoints and resuming; None writes none.
+    pub checkpoints: Option<CheckpointSettings>,
     pub seed: u64,
 }
 
@@ -60,7 +63,7 @@ pub enum Event {
     },
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct TrainSummary {
     pub steps: usize,
     /// Real (unpadded) tokens processed, and the wall time of the training steps.
@@ -143,41 +146,93 @@ pub fn train_lm(
         return Err(Error::invalid("--metric", "a language model is judged by val_loss or perplexity"));
     }
     let mut tracker = cfg.stop.tracker();
-    // Validates, records, and says whether patience ran out.
-    let mut run_eval = |model: &dyn CausalLm,
-                        step: usize,
-                        summary: &mut TrainSummary,
-                        on_event: &mut dyn FnMut(&Event) -> Result<()>|
-     -> Result<bool> {
+    // The trainable set is fixed for the run: the parameters a checkpoint holds.
+    let mut trainable = std::collections::HashSet::new();
+    model.visit_params(&mut |p| {
+        if p.trainable() {
+            trainable.insert(p.name.clone());
+        }
+    });
+    let may_train = |n: &str| trainable.contains(n);
+    // Validates, records, and returns the loss (None without validation data).
+    let run_eval = |model: &dyn CausalLm,
+                    step: usize,
+                    summary: &mut TrainSummary,
+                    on_event: &mut dyn FnMut(&Event) -> Result<()>|
+     -> Result<Option<f64>> {
         if valid_batches.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         let (val_loss, tokens) = eval_loss(gpu, model, &valid_batches)?;
         summary.evals.push((step, val_loss));
         on_event(&Event::Eval { step, val_loss, val_ppl: val_loss.exp(), tokens })?;
-        // The trainable set is fixed for the run; perplexity orders evaluations as the loss does.
-        let mut trainable = std::collections::HashSet::new();
-        model.visit_params(&mut |p| {
-            if p.trainable() {
-                trainable.insert(p.name.clone());
-            }
-        });
-        Ok(tracker.observe(gpu, model, &|n| trainable.contains(n), step, val_loss as f64)?.stop)
+        // Perplexity orders evaluations as the loss does.
+        Ok(Some(val_loss as f64))
     };
-    // The starting point of the validation curve, so a run shows what training changed.
-    if cfg.eval_every.is_some() {
-        run_eval(model, 0, &mut summary, on_event)?;
-    }
-    let mut micro = 0u32;
+    let state_at = |(step, epoch, batch_in_epoch): (usize, usize, usize),
+                    tracker: &BestTracker,
+                    summary: &TrainSummary| LoopState {
+        step,
+        epoch,
+        batch_in_epoch,
+        best: tracker.stopping.best,
+        since_best: tracker.stopping.since_best,
+        summary: serde_json::to_value(summary).expect("summaries serialize"),
+    };
+    // Records an evaluation for early stopping (a checkpoint of the best when checkpointing);
+    // says whether patience ran out.
+    let judge = |tracker: &mut BestTracker,
+                 model: &dyn CausalLm,
+                 opt: &Optimizer,
+                 summary: &TrainSummary,
+                 at: (usize, usize, usize),
+                 value: Option<f64>|
+     -> Result<bool> {
+        let Some(value) = value else { return Ok(false) };
+        let verdict = tracker.observe(gpu, model, &may_train, at.0, value)?;
+        if let Some(ck) = &cfg.checkpoints
+            && verdict.improved
+        {
+            checkpoint::save(gpu, &ck.best_dir(), model, opt, &state_at(at, tracker, summary), 1)?;
+        }
+        Ok(verdict.stop)
+    };
     let mut step = 0;
+    let mut resume_at = (0, 0);
+    match cfg.checkpoints.as_ref().filter(|c| c.resume) {
+        Some(ck) => {
+            let state = checkpoint::restore_latest(gpu, &ck.dir, model, &mut opt)?;
+            summary = serde_json::from_value(state.summary.clone())
+                .map_err(|e| Error::invalid("resume", format!("checkpoint summary: {e}")))?;
+            let best = match checkpoint::list(&ck.best_dir())?.pop() {
+                Some((_, d)) if cfg.stop.restore_best => Some(Snapshot::from_checkpoint(gpu, &d)?),
+                _ => None,
+            };
+            tracker.resume(state.best, state.since_best, best);
+            step = state.step;
+            resume_at = (state.epoch, state.batch_in_epoch);
+        }
+        // The starting point of the validation curve, so a run shows what training changed.
+        None if cfg.eval_every.is_some() => {
+            let value = run_eval(model, 0, &mut summary, on_event)?;
+            judge(&mut tracker, model, &opt, &summary, (0, 0, 0), value)?;
+        }
+        None => {}
+    }
     let mut evaluated_at = None;
     let start = Instant::now();
     'epochs: for epoch in 0.. {
         let batches = make_batches(train, cfg.batch_size, pad, Some(cfg.seed.wrapping_add(epoch as u64)))?;
-        for group in batches.chunks(cfg.grad_accum) {
+        for (group_index, group) in batches.chunks(cfg.grad_accum).enumerate() {
+            // A resumed run replays the data order up to where the checkpoint was.
+            if (epoch, group_index) < resume_at {
+                continue;
+            }
             let t0 = Instant::now();
             let mut losses = Vec::with_capacity(group.len());
             let mut tokens = 0;
+            // Micro-batches before this group, counting from 1: the dropout stream of each.
+            let mut micro = (epoch * micro_per_epoch + group_index * cfg.grad_accum) as u32;
             for b in group {
                 micro += 1;
                 let input = LmInput::new(gpu, b.ids.clone(), b.batch, b.seq, Some(&b.key_mask))?;
@@ -206,20 +261,33 @@ pub fn train_lm(
             summary.last_loss = loss;
             let seconds = start.elapsed().as_secs_f64();
             on_event(&Event::Step { step, total, epoch, loss, lr, grad_norm, tokens, seconds })?;
+            let mut stop = false;
             if cfg.eval_every.is_some_and(|n| n > 0 && step % n == 0) && step < total {
                 evaluated_at = Some(step);
-                if run_eval(model, step, &mut summary, on_event)? {
+                let value = run_eval(model, step, &mut summary, on_event)?;
+                stop = judge(&mut tracker, model, &opt, &summary, (step, epoch, group_index + 1), value)?;
+                if stop {
                     summary.stopped_early_at = Some(step);
-                    break 'epochs;
                 }
             }
-            if step >= total {
+            if let Some(ck) = &cfg.checkpoints
+                && ck.every > 0
+                && step % ck.every == 0
+            {
+                let state = state_at((step, epoch, group_index + 1), &tracker, &summary);
+                checkpoint::save(gpu, &ck.dir, model, &opt, &state, ck.keep)?;
+                if ck.halt_after == Some(step) {
+                    return Err(Error::invalid("train", format!("halted after step {step}, as --halt-after asked")));
+                }
+            }
+            if stop || step >= total {
                 break 'epochs;
             }
         }
     }
     if evaluated_at != Some(step) {
-        run_eval(model, step, &mut summary, on_event)?;
+        let value = run_eval(model, step, &mut summary, on_event)?;
+        judge(&mut tracker, model, &opt, &summary, (step, 0, 0), value)?;
     }
     summary.best = tracker.finish(gpu, model)?;
     summary.tokens_per_second = summary.tokens as f64 / summary.seconds.max(1e-9);
