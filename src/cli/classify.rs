@@ -168,6 +168,7 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
         eval_every: (args.eval_every > 0).then_some(args.eval_every),
         stop: args.stop_settings(StopMetric::MacroF1),
         checkpoints: args.checkpoint_settings(&out),
+        l2sp: args.l2sp,
         seed: args.seed,
     };
     let (_, total_params) = count_params(&model);

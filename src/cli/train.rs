@@ -115,6 +115,10 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub json: bool,
+    /// L2-SP against forgetting: pull each trainable weight towards its starting value with
+    /// strength λ (added to the gradient as λ·(θ − θ₀) in the AdamW pass)
+    #[arg(long)]
+    pub l2sp: Option<f32>,
     /// Write a checkpoint (trainable weights, optimizer, position) every N steps
     /// [default: at each evaluation]; 0 writes none
     #[arg(long)]
@@ -199,6 +203,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eval_batches: Some(args.eval_batches),
         stop: args.stop_settings(StopMetric::ValLoss),
         checkpoints: args.checkpoint_settings(&out),
+        l2sp: args.l2sp,
         seed: args.seed,
     };
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;

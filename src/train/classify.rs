@@ -132,6 +132,8 @@ pub struct ClassifyConfig {
     pub stop: StopSettings,
     /// Checkpoints and resuming; None writes none.
     pub checkpoints: Option<CheckpointSettings>,
+    /// L2-SP: pull every trainable weight towards its starting value with this strength.
+    pub l2sp: Option<f32>,
     pub seed: u64,
 }
 
@@ -339,6 +341,10 @@ pub fn train_classifier(
     let mut tracker = cfg.stop.tracker();
     // Every parameter the run may change (progressive unfreezing adds some later).
     let may_train = |name: &str| cfg.strategy.trains(name, layers);
+    if let Some(lambda) = cfg.l2sp {
+        // Anchored before any step or checkpoint: θ₀ is the loaded (or freshly adapted) model.
+        opt.anchor_l2sp(gpu, model, lambda, &may_train)?;
+    }
     // The head strategy's cache: the body never runs again during training.
     let (train_feats, valid_feats) = if head_only {
         let t0 = Instant::now();

@@ -37,6 +37,8 @@ pub struct LmTrainConfig {
     pub stop: StopSettings,
     /// Checkpoints and resuming; None writes none.
     pub checkpoints: Option<CheckpointSettings>,
+    /// L2-SP: pull every trainable weight towards its starting value with this strength.
+    pub l2sp: Option<f32>,
     pub seed: u64,
 }
 
@@ -154,6 +156,10 @@ pub fn train_lm(
         }
     });
     let may_train = |n: &str| trainable.contains(n);
+    if let Some(lambda) = cfg.l2sp {
+        // Anchored before any step or checkpoint: θ₀ is the loaded (or freshly adapted) model.
+        opt.anchor_l2sp(gpu, model, lambda, &may_train)?;
+    }
     // Validates, records, and returns the loss (None without validation data).
     let run_eval = |model: &dyn CausalLm,
                     step: usize,

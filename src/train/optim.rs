@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use crate::autograd::Module;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::adamw::{self, AdamW, Clip};
+use crate::kernels::adamw::{self, AdamW, Clip, Ewc};
 use crate::kernels::reduce;
 use crate::tensor::Tensor;
 
@@ -32,6 +32,8 @@ pub struct Optimizer {
     /// The squared global gradient norm of the last step (before clipping), on the GPU: always
     /// computed, since clipping needs it and the curves show it.
     last_norm_sq: Option<Tensor>,
+    /// A pull towards starting weights: λ and, by parameter name, (importance, anchor).
+    penalty: Option<(f32, HashMap<String, (Tensor, Tensor)>)>,
 }
 
 /// Whether weight decay applies to a parameter: not to biases and not to normalisation weights
@@ -46,7 +48,34 @@ pub fn decays(name: &str) -> bool {
 
 impl Optimizer {
     pub fn new(cfg: AdamW, max_grad_norm: Option<f32>) -> Self {
-        Optimizer { cfg, max_grad_norm, moments: HashMap::new(), steps: 0, last_norm_sq: None }
+        Optimizer { cfg, max_grad_norm, moments: HashMap::new(), steps: 0, last_norm_sq: None, penalty: None }
+    }
+
+    /// L2-SP (Li et al. 2018): every later step adds λ·(θ − θ₀) to the gradient of each
+    /// parameter `keep` accepts, θ₀ being its value now (call before training). The same term as
+    /// EWC with every importance 1, folded into the fused AdamW pass.
+    pub fn anchor_l2sp(
+        &mut self,
+        gpu: &Gpu,
+        model: &dyn Module,
+        lambda: f32,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<()> {
+        let mut params = Vec::new();
+        model.visit_params(&mut |p| {
+            if keep(&p.name) {
+                params.push((p.name.clone(), p.value.clone()));
+            }
+        });
+        let mut anchors = HashMap::new();
+        for (name, value) in params {
+            let anchor = Tensor::empty(gpu, value.shape(), value.dtype())?;
+            gpu.copy(&value, &anchor)?;
+            let ones = Tensor::from_f32(gpu, &vec![1.0; value.numel()], value.shape())?;
+            anchors.insert(name, (ones, anchor));
+        }
+        self.penalty = Some((lambda, anchors));
+        Ok(())
     }
 
     /// One update of every trainable parameter of `model` at learning rate `lr`.
@@ -79,7 +108,10 @@ impl Optimizer {
             state.steps += 1;
             let clip = self.max_grad_norm.map(|max_norm| Clip { norm_sq: &norm_sq, max_norm });
             let cfg = if decays(name) { self.cfg } else { AdamW { weight_decay: 0.0, ..self.cfg } };
-            adamw::step(gpu, &cfg, lr * scale(name), state.steps, value, grad, &state.m, &state.v, clip, None)?;
+            let pull = self.penalty.as_ref().and_then(|(lambda, anchors)| {
+                anchors.get(name).map(|(fisher, anchor)| Ewc { lambda: *lambda, fisher, anchor })
+            });
+            adamw::step(gpu, &cfg, lr * scale(name), state.steps, value, grad, &state.m, &state.v, clip, pull)?;
             gpu.clear(grad);
         }
         self.last_norm_sq = Some(norm_sq);

@@ -215,6 +215,7 @@ fn toy_config(strategy: Strategy, steps: usize) -> ClassifyConfig {
         eval_every: None,
         stop: StopSettings { metric: StopMetric::MacroF1, patience: None, min_delta: 0.0, restore_best: false },
         checkpoints: None,
+        l2sp: None,
         seed: 3,
     }
 }
@@ -422,4 +423,28 @@ fn optimizer_reports_the_global_gradient_norm() {
     opt.step(g, &model, 1e-3).unwrap();
     let got = opt.last_grad_norm(g).unwrap().unwrap() as f64;
     assert!((got - sum_sq.sqrt()).abs() <= 1e-5 * sum_sq.sqrt(), "{got} vs {}", sum_sq.sqrt());
+}
+
+/// L2-SP keeps a fully fine-tuned model near where it started: the same run with a strong pull
+/// drifts much less from the starting weights than without it.
+#[test]
+fn l2sp_reduces_drift_from_the_starting_weights() {
+    let drift = |l2sp: Option<f32>| -> f64 {
+        let mut model = toy_classifier();
+        let before = snapshot(&model);
+        let mut cfg = toy_config(Strategy::Full, 12);
+        cfg.lr = 3e-3;
+        cfg.l2sp = l2sp;
+        train_toy(&mut model, &cfg);
+        let after = snapshot(&model);
+        before
+            .iter()
+            .filter(|(name, _)| name.starts_with("bert.encoder."))
+            .map(|(name, b)| b.iter().zip(&after[name]).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>())
+            .sum::<f64>()
+            .sqrt()
+    };
+    let (free, pulled) = (drift(None), drift(Some(50.0)));
+    eprintln!("encoder drift: {free:.4} without L2-SP, {pulled:.4} with λ = 50");
+    assert!(free > 0.0 && pulled < 0.5 * free, "encoder drift {pulled} with L2-SP vs {free} without");
 }
