@@ -19,6 +19,12 @@ struct Moments {
 /// One parameter's AdamW state on the host: (name, m, v, shape, steps taken).
 pub type SavedMoments = (String, Vec<f32>, Vec<f32>, Vec<usize>, u32);
 
+/// λ and, by parameter name, (importance, anchor): the gradient gains λ·F·(θ − θ*).
+struct Penalty {
+    lambda: f32,
+    anchors: HashMap<String, (Tensor, Tensor)>,
+}
+
 pub struct Optimizer {
     pub cfg: AdamW,
     /// Clip the global gradient norm to this (HF Trainer's `max_grad_norm`, 1.0 by default).
@@ -32,8 +38,8 @@ pub struct Optimizer {
     /// The squared global gradient norm of the last step (before clipping), on the GPU: always
     /// computed, since clipping needs it and the curves show it.
     last_norm_sq: Option<Tensor>,
-    /// A pull towards starting weights: λ and, by parameter name, (importance, anchor).
-    penalty: Option<(f32, HashMap<String, (Tensor, Tensor)>)>,
+    /// A pull towards starting weights (L2-SP, EWC).
+    penalty: Option<Penalty>,
 }
 
 /// Whether weight decay applies to a parameter: not to biases and not to normalisation weights
@@ -74,7 +80,7 @@ impl Optimizer {
             let ones = Tensor::from_f32(gpu, &vec![1.0; value.numel()], value.shape())?;
             anchors.insert(name, (ones, anchor));
         }
-        self.penalty = Some((lambda, anchors));
+        self.penalty = Some(Penalty { lambda, anchors });
         Ok(())
     }
 
@@ -108,9 +114,10 @@ impl Optimizer {
             state.steps += 1;
             let clip = self.max_grad_norm.map(|max_norm| Clip { norm_sq: &norm_sq, max_norm });
             let cfg = if decays(name) { self.cfg } else { AdamW { weight_decay: 0.0, ..self.cfg } };
-            let pull = self.penalty.as_ref().and_then(|(lambda, anchors)| {
-                anchors.get(name).map(|(fisher, anchor)| Ewc { lambda: *lambda, fisher, anchor })
-            });
+            let pull = self
+                .penalty
+                .as_ref()
+                .and_then(|p| p.anchors.get(name).map(|(fisher, anchor)| Ewc { lambda: p.lambda, fisher, anchor }));
             adamw::step(gpu, &cfg, lr * scale(name), state.steps, value, grad, &state.m, &state.v, clip, pull)?;
             gpu.clear(grad);
         }
