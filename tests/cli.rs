@@ -288,6 +288,8 @@ fn classifier_data_errors_name_the_problem() {
     assert!(err.contains("top:x"), "{err}");
     let err = run(&[("train.jsonl", ok)], &["--class-weights", "1,2,3"]);
     assert!(err.contains("class-weights") && err.contains("2"), "{err}");
+    let err = run(&[("train.jsonl", ok)], &["--dropout", "1.5"]);
+    assert!(err.contains("--dropout") && err.contains("1.5"), "{err}");
 }
 
 /// Early stopping on a language model: patience 1 with a min_delta nothing can beat stops at
@@ -493,4 +495,42 @@ fn killed_and_resumed_lm_run_equals_the_uninterrupted_one() {
     assert_eq!(a, b, "the resumed curve equals the uninterrupted one");
     let adapter = |run: &Path| std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap();
     assert!(adapter(&whole) == adapter(&halted), "the same adapter, byte for byte");
+}
+
+/// A loss that is no longer finite stops the run with the step and points at the last good
+/// checkpoint.
+#[test]
+fn non_finite_loss_names_the_step_and_the_last_good_checkpoint() {
+    let (tmp, model, data) = bert_workspace();
+    let run = tmp.path().join("run");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "train",
+            "--model",
+            &s(&model),
+            "--data",
+            &s(&data),
+            "--out",
+            &s(&run),
+            "--strategy",
+            "full",
+            "--lr",
+            "1e38",
+            "--steps",
+            "8",
+            "--save-every",
+            "1",
+            "--max-grad-norm",
+            "0",
+            "--warmup-ratio",
+            "0",
+        ])
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("loss became") && err.contains("at step"), "{err}");
+    assert!(err.contains("last good checkpoint is step") && err.contains("checkpoints"), "{err}");
 }

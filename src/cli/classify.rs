@@ -60,6 +60,10 @@ pub struct ClassifyArgs {
     /// label order
     #[arg(long)]
     pub class_weights: Option<String>,
+    /// Dropout of the encoder's hidden states and before the head [default: the model's
+    /// hidden_dropout_prob / classifier_dropout]
+    #[arg(long)]
+    pub dropout: Option<f32>,
     /// Held-out share of train when the data has no validation file
     #[arg(long, default_value_t = 0.1)]
     pub valid_frac: f64,
@@ -129,6 +133,13 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     let t0 = Instant::now();
     let mut model = SequenceClassifier::load(gpu, &model_dir, labels.names.clone(), c.pooling, args.seed)?;
     let load_s = t0.elapsed().as_secs_f64();
+    if let Some(p) = c.dropout {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::invalid("--dropout", format!("{p} is outside [0, 1)")));
+        }
+        model.body.config.hidden_dropout_prob = p;
+        model.dropout = p;
+    }
     let class_weights = match c.class_weights.as_deref() {
         None | Some("none") => None,
         Some("balanced") => Some(classify::balanced_class_weights(&classify::label_counts(&splits.train, &labels))),

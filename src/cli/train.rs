@@ -149,6 +149,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if super::classify::is_classification(&args)? {
         return super::classify::run(&args, &gpu);
     }
+    if args.classify.dropout.is_some() {
+        return Err(Error::invalid(
+            "--dropout",
+            "sets an encoder's dropout; a language model's LoRA takes --lora-dropout",
+        ));
+    }
     let cache = fetch::default_cache_dir();
     let model_path = match &args.model {
         Some(p) => p.clone(),

@@ -498,7 +498,7 @@ pub fn train_classifier(
             opt.step_scaled(gpu, model, lr, &lr_scale)?;
             let loss = loss.read(gpu)?.0;
             let grad_norm = opt.last_grad_norm(gpu)?;
-            super::check_loss(loss, step + 1, lr)?;
+            super::check_loss(loss, step + 1, lr, cfg.checkpoints.as_ref().map(|c| c.dir.as_path()))?;
             step += 1;
             summary.seconds += t0.elapsed().as_secs_f64();
             summary.steps = step;

@@ -256,7 +256,7 @@ pub fn train_lm(
                 loss += l.read(gpu)?.0 / losses.len() as f32;
             }
             let grad_norm = opt.last_grad_norm(gpu)?;
-            super::check_loss(loss, step + 1, lr)?;
+            super::check_loss(loss, step + 1, lr, cfg.checkpoints.as_ref().map(|c| c.dir.as_path()))?;
             step += 1;
             summary.seconds += t0.elapsed().as_secs_f64();
             summary.tokens += tokens;

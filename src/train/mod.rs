@@ -12,13 +12,19 @@ pub mod stopping;
 pub use optim::Optimizer;
 pub use schedule::Schedule;
 
-/// A NaN or infinite loss stops training with the step and what to try.
-pub(crate) fn check_loss(loss: f32, step: usize, lr: f32) -> crate::Result<()> {
+/// A NaN or infinite loss stops training with the step, what to try, and the newest checkpoint
+/// under `checkpoints` (the last good weights) when there is one.
+pub(crate) fn check_loss(loss: f32, step: usize, lr: f32, checkpoints: Option<&std::path::Path>) -> crate::Result<()> {
     if loss.is_finite() {
         return Ok(());
     }
+    let last = checkpoints.and_then(|dir| checkpoint::list(dir).ok()).and_then(|mut l| l.pop());
+    let resume = match last {
+        Some((good, dir)) => format!("; the last good checkpoint is step {good} ({})", dir.display()),
+        None => String::new(),
+    };
     Err(crate::Error::invalid(
         "train",
-        format!("loss became {loss} at step {step}; lower the learning rate (now {lr:e})"),
+        format!("loss became {loss} at step {step}; lower the learning rate (now {lr:e}){resume}"),
     ))
 }
