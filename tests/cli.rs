@@ -534,3 +534,78 @@ fn non_finite_loss_names_the_step_and_the_last_good_checkpoint() {
     assert!(err.contains("loss became") && err.contains("at step"), "{err}");
     assert!(err.contains("last good checkpoint is step") && err.contains("checkpoints"), "{err}");
 }
+
+/// A retain set is scored before and after training (forgetting in report.json), for both
+/// model families, and `--ewc` estimates its Fisher from it; `--ewc` without one is an error.
+#[test]
+fn retain_sets_measure_forgetting_and_feed_ewc() {
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    // A language model: retain text is the validation file.
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data, run) = (tmp.path().join("model"), tmp.path().join("data"), tmp.path().join("run"));
+    for d in [&model, &data] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    tiny_model(&model);
+    counting_data(&data);
+    let retain = s(&data.join("valid.jsonl"));
+    let (out, _) = kiln(&[
+        "train",
+        "--model",
+        &s(&model),
+        "--data",
+        &s(&data),
+        "--out",
+        &s(&run),
+        "--steps",
+        "6",
+        "--lr",
+        "3e-2",
+        "--retain",
+        &retain,
+        "--ewc",
+        "100",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let f = &report["forgetting"];
+    assert!(f["retain_tokens"].as_u64().unwrap() > 0, "{report}");
+    assert!(f["perplexity_before"].as_f64().unwrap() > 1.0 && f["perplexity_after"].as_f64().unwrap() > 1.0);
+    let fail = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["train", "--model", &s(&model), "--data", &s(&data), "--steps", "1", "--ewc", "1"])
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    assert!(!fail.status.success());
+    assert!(String::from_utf8_lossy(&fail.stderr).contains("retain"));
+
+    // A classifier: retain texts are labelled.
+    let (tmp, model, data) = bert_workspace();
+    let run = tmp.path().join("run");
+    let (out, _) = kiln(&[
+        "train",
+        "--model",
+        &s(&model),
+        "--data",
+        &s(&data),
+        "--out",
+        &s(&run),
+        "--strategy",
+        "full",
+        "--steps",
+        "4",
+        "--lr",
+        "1e-3",
+        "--retain",
+        &s(&data.join("test.jsonl")),
+        "--ewc",
+        "1000",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let f = &report["forgetting"];
+    assert_eq!(f["retain_examples"], 32, "{report}");
+    for k in ["accuracy_before", "accuracy_after", "macro_f1_before", "macro_f1_after"] {
+        assert!((0.0..=1.0).contains(&f[k].as_f64().unwrap()), "{k}: {report}");
+    }
+}

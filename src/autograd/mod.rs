@@ -138,6 +138,12 @@ impl<'g> Tape<'g> {
         Tape::make(gpu, true, true, seed, step)
     }
 
+    /// Records ops for gradients with dropout off (gradients of the model as evaluated, e.g.
+    /// for a Fisher estimate).
+    pub fn grad_only(gpu: &'g Gpu) -> Tape<'g> {
+        Tape::make(gpu, true, false, 0, 0)
+    }
+
     /// An evaluation pass: nothing recorded, dropout off.
     pub fn no_grad(gpu: &'g Gpu) -> Tape<'g> {
         Tape::make(gpu, false, false, 0, 0)

@@ -128,6 +128,12 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     let (train_x, train_y) = encode(&splits.train, "train")?;
     let (valid_x, valid_y) = encode(&splits.valid, "valid")?;
     let (test_x, test_y) = encode(&splits.test, "test")?;
+    let retain = match &args.retain {
+        Some(path) => classify::read_examples(path)?,
+        None => Vec::new(),
+    };
+    let (retain_x, retain_y) =
+        encode(&retain, &args.retain.as_ref().map_or("retain".into(), |p| p.display().to_string()))?;
     let truncated = train_x.iter().filter(|e| e.ids.len() >= max_len).count();
 
     let t0 = Instant::now();
@@ -180,6 +186,7 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
         stop: args.stop_settings(StopMetric::MacroF1),
         checkpoints: args.checkpoint_settings(&out),
         l2sp: args.l2sp,
+        ewc: args.ewc,
         seed: args.seed,
     };
     let (_, total_params) = count_params(&model);
@@ -223,7 +230,19 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     let mut trainable = 0usize;
     let train_set = LabeledSet { items: &train_x, labels: &train_y };
     let valid_set = (!valid_x.is_empty()).then_some(LabeledSet { items: &valid_x, labels: &valid_y });
-    let summary = train_classifier(gpu, &mut model, train_set, valid_set, pad, &cfg, &mut |e| {
+    let retain_set = (!retain_x.is_empty()).then_some(LabeledSet { items: &retain_x, labels: &retain_y });
+    // Forgetting: the retain set scored before training and again at the end.
+    let score_retain = |model: &SequenceClassifier| -> Result<Option<Metrics>> {
+        match retain_set {
+            Some(r) => {
+                let p = predict(gpu, model, r.items, Some(r.labels), args.batch_size, pad)?;
+                Ok(Some(Metrics::compute(r.labels, &p.pred, labels.len())?))
+            }
+            None => Ok(None),
+        }
+    };
+    let retain_before = score_retain(&model)?;
+    let summary = train_classifier(gpu, &mut model, train_set, valid_set, retain_set, pad, &cfg, &mut |e| {
         writeln!(metrics_file, "{}", serde_json::to_string(e).expect("events serialize"))
             .map_err(|err| Error::io(&metrics_path, err))?;
         match e {
@@ -263,6 +282,14 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
         (Some(Metrics::compute(&test_y, &p.pred, labels.len())?), Some(group_accuracy(&test_y, &p.pred, &groups)?))
     };
     let test_s = t_test.elapsed().as_secs_f64();
+    let forgetting = match (&retain_before, score_retain(&model)?) {
+        (Some(b), Some(a)) => Some(json!({
+            "retain_examples": a.count,
+            "accuracy_before": b.accuracy, "accuracy_after": a.accuracy,
+            "macro_f1_before": b.macro_f1, "macro_f1_after": a.macro_f1,
+        })),
+        _ => None,
+    };
     let saved = save(gpu, &mut model, strategy, &lora, &model_dir, &out)?;
     let report = json!({
         "strategy": strategy, "trainable_parameters": trainable, "total_parameters": total_params,
@@ -272,7 +299,7 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
             "restored": cfg.stop.restore_best})),
         "stopped_early_at": summary.stopped_early_at,
         "last_loss": summary.last_loss, "evals": summary.evals, "test_seconds": test_s,
-        "test": test_metrics, "test_groups": groups, "saved": saved,
+        "test": test_metrics, "test_groups": groups, "saved": saved, "forgetting": forgetting,
         "peak_gpu_bytes": gpu.allocated_bytes(), "wall_seconds": run_start.elapsed().as_secs_f64(),
         "device": gpu.describe(),
     });
@@ -295,6 +322,16 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
         }
     }
     super::train::print_best(&cfg.stop, summary.best, summary.stopped_early_at);
+    if let Some(f) = &forgetting {
+        println!(
+            "retain set ({} texts): accuracy {:.1}% -> {:.1}%, macro-F1 {:.4} -> {:.4}",
+            f["retain_examples"],
+            100.0 * f["accuracy_before"].as_f64().unwrap_or(0.0),
+            100.0 * f["accuracy_after"].as_f64().unwrap_or(0.0),
+            f["macro_f1_before"].as_f64().unwrap_or(0.0),
+            f["macro_f1_after"].as_f64().unwrap_or(0.0)
+        );
+    }
     println!("saved: {}  (whole run {:.0}s)", saved.display(), run_start.elapsed().as_secs_f64());
     Ok(())
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::AdapterArgs;
 use crate::data::cmudict::{self, PronunciationScore};
 use crate::data::fetch::{self, Asset};
-use crate::data::lm::{self, Message, PromptFormat, Record, Role};
+use crate::data::lm::{self, Message, PromptFormat, Record, Role, make_batches};
 use crate::error::{Error, Result};
 use crate::generate::{Sampling, generate};
 use crate::gpu::Gpu;
@@ -20,7 +20,7 @@ use crate::models::load::{LoadedLm, load_lm};
 use crate::models::peft::{self, TaskType};
 use crate::nn::LoraConfig;
 use crate::train::checkpoint::CheckpointSettings;
-use crate::train::lm::{Event, LmTrainConfig, train_lm};
+use crate::train::lm::{Event, LmTrainConfig, eval_loss, train_lm};
 use crate::train::schedule::ScheduleKind;
 use crate::train::stopping::{StopMetric, StopSettings};
 
@@ -119,6 +119,15 @@ pub struct TrainArgs {
     /// strength λ (added to the gradient as λ·(θ − θ₀) in the AdamW pass)
     #[arg(long)]
     pub l2sp: Option<f32>,
+    /// EWC against forgetting: like --l2sp, weighted per weight by its Fisher information on
+    /// --retain (estimated from the starting model)
+    #[arg(long)]
+    pub ewc: Option<f32>,
+    /// A retain set: what the model should keep doing, scored before and after training and
+    /// used by --ewc (classifiers: labelled texts, .jsonl or .csv; LMs: a jsonl file in the
+    /// training formats, its loss and perplexity)
+    #[arg(long)]
+    pub retain: Option<PathBuf>,
     /// Write a checkpoint (trainable weights, optimizer, position) every N steps
     /// [default: at each evaluation]; 0 writes none
     #[arg(long)]
@@ -194,6 +203,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(v) => Some(lm::tokenize_all(v, &lm.tokenizer, &lm.format, max_len)?.examples),
         None => None,
     };
+    let retain = match &args.retain {
+        Some(path) => Some(lm::tokenize_all(&lm::read_jsonl(path)?, &lm.tokenizer, &lm.format, max_len)?.examples),
+        None => None,
+    };
+    // Forgetting: the retain text's loss before training and again at the end.
+    let retain_batches = match &retain {
+        Some(r) => make_batches(r, args.batch_size, lm.pad, None)?,
+        None => Vec::new(),
+    };
+    let retain_before =
+        if retain_batches.is_empty() { None } else { Some(eval_loss(&gpu, lm.model.as_ref(), &retain_batches)?) };
     let out = args.run_dir();
     let cfg = LmTrainConfig {
         epochs: args.epochs.unwrap_or(1),
@@ -210,6 +230,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         stop: args.stop_settings(StopMetric::ValLoss),
         checkpoints: args.checkpoint_settings(&out),
         l2sp: args.l2sp,
+        ewc: args.ewc,
         seed: args.seed,
     };
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
@@ -262,28 +283,45 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .expect("a valid template"),
     );
     let mut tokens_seen = 0usize;
-    let summary = train_lm(&gpu, lm.model.as_mut(), &train.examples, valid.as_deref(), lm.pad, &cfg, &mut |e| {
-        writeln!(metrics, "{}", serde_json::to_string(e).expect("events serialize"))
-            .map_err(|err| Error::io(out.join("metrics.jsonl"), err))?;
-        match e {
-            Event::Step { step, total, loss, lr, tokens, seconds, .. } => {
-                tokens_seen += tokens;
-                bar.set_length(*total as u64);
-                bar.set_position(*step as u64);
-                bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {:.0} tok/s", tokens_seen as f64 / seconds));
+    let summary = train_lm(
+        &gpu,
+        lm.model.as_mut(),
+        &train.examples,
+        valid.as_deref(),
+        retain.as_deref(),
+        lm.pad,
+        &cfg,
+        &mut |e| {
+            writeln!(metrics, "{}", serde_json::to_string(e).expect("events serialize"))
+                .map_err(|err| Error::io(out.join("metrics.jsonl"), err))?;
+            match e {
+                Event::Step { step, total, loss, lr, tokens, seconds, .. } => {
+                    tokens_seen += tokens;
+                    bar.set_length(*total as u64);
+                    bar.set_position(*step as u64);
+                    bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {:.0} tok/s", tokens_seen as f64 / seconds));
+                }
+                Event::Eval { step, val_loss, val_ppl, .. } => {
+                    bar.println(format!("step {step}: validation loss {val_loss:.4}, perplexity {val_ppl:.2}"));
+                }
             }
-            Event::Eval { step, val_loss, val_ppl, .. } => {
-                bar.println(format!("step {step}: validation loss {val_loss:.4}, perplexity {val_ppl:.2}"));
-            }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     bar.finish();
     let adapter_dir = out.join("adapter");
     peft::save_adapter(&gpu, lm.model.as_mut(), &lora, TaskType::CausalLm, &lm.name, &adapter_dir)?;
     let after = score_pronunciations(&gpu, &lm, &test_words, "after")?;
+    let forgetting = match retain_before {
+        Some((before, tokens)) => {
+            let (after, _) = eval_loss(&gpu, lm.model.as_ref(), &retain_batches)?;
+            Some(json!({"retain_tokens": tokens, "loss_before": before, "perplexity_before": before.exp(),
+                "loss_after": after, "perplexity_after": after.exp()}))
+        }
+        None => None,
+    };
     let report = json!({
-        "steps": summary.steps, "tokens": summary.tokens, "train_seconds": summary.seconds,
+        "forgetting": forgetting, "steps": summary.steps, "tokens": summary.tokens, "train_seconds": summary.seconds,
         "tokens_per_second": summary.tokens_per_second, "first_loss": summary.first_loss,
         "last_loss": summary.last_loss, "evals": summary.evals,
         "best": summary.best.map(|(step, value)| json!({"step": step, "metric": cfg.stop.metric, "value": value,
@@ -327,6 +365,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
             );
         }
         print_best(&cfg.stop, summary.best, summary.stopped_early_at);
+        if let Some(f) = &forgetting {
+            println!(
+                "retain text ({} tokens): perplexity {:.2} -> {:.2}",
+                f["retain_tokens"],
+                f["perplexity_before"].as_f64().unwrap_or(f64::NAN),
+                f["perplexity_after"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
         println!("adapter (PEFT format): {}", adapter_dir.display());
     }
     Ok(())

@@ -134,6 +134,9 @@ pub struct ClassifyConfig {
     pub checkpoints: Option<CheckpointSettings>,
     /// L2-SP: pull every trainable weight towards its starting value with this strength.
     pub l2sp: Option<f32>,
+    /// EWC: pull weights towards their starting values in proportion to their Fisher
+    /// information on the retain set, with this strength.
+    pub ewc: Option<f32>,
     pub seed: u64,
 }
 
@@ -271,11 +274,13 @@ fn head_logits(gpu: &Gpu, model: &SequenceClassifier, feats: &[f32], n: usize) -
 
 /// Trains `model` on `train`, validating on `valid`; the caller has loaded it (and for
 /// [`Strategy::Lora`] nothing else: the adapters are attached here).
+#[allow(clippy::too_many_arguments)]
 pub fn train_classifier(
     gpu: &Gpu,
     model: &mut SequenceClassifier,
     train: LabeledSet,
     valid: Option<LabeledSet>,
+    retain: Option<LabeledSet>,
     pad: u32,
     cfg: &ClassifyConfig,
     on_event: &mut dyn FnMut(&Event) -> Result<()>,
@@ -341,9 +346,25 @@ pub fn train_classifier(
     let mut tracker = cfg.stop.tracker();
     // Every parameter the run may change (progressive unfreezing adds some later).
     let may_train = |name: &str| cfg.strategy.trains(name, layers);
+    if cfg.l2sp.is_some() && cfg.ewc.is_some() {
+        return Err(Error::invalid("train", "choose one of --l2sp and --ewc"));
+    }
+    // Anchored before any step or checkpoint: θ₀ is the loaded (or freshly adapted) model.
     if let Some(lambda) = cfg.l2sp {
-        // Anchored before any step or checkpoint: θ₀ is the loaded (or freshly adapted) model.
         opt.anchor_l2sp(gpu, model, lambda, &may_train)?;
+    }
+    if let Some(lambda) = cfg.ewc {
+        let Some(r) = retain.filter(|r| !r.items.is_empty()) else {
+            return Err(Error::invalid(
+                "--ewc",
+                "needs a retain set (--retain FILE) to estimate the Fisher information",
+            ));
+        };
+        let fisher = super::ewc::fisher_diagonal(gpu, model, &may_train, r.items.len(), &mut |tape, m, i| {
+            let logits = m.logits(tape, &make_input(gpu, &[&r.items[i]], pad)?)?;
+            m.loss(tape, &logits, &[r.labels[i]], None)
+        })?;
+        opt.anchor_ewc(gpu, model, lambda, fisher)?;
     }
     // The head strategy's cache: the body never runs again during training.
     let (train_feats, valid_feats) = if head_only {

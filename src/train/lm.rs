@@ -39,6 +39,9 @@ pub struct LmTrainConfig {
     pub checkpoints: Option<CheckpointSettings>,
     /// L2-SP: pull every trainable weight towards its starting value with this strength.
     pub l2sp: Option<f32>,
+    /// EWC: pull weights towards their starting values in proportion to their Fisher
+    /// information on the retain set, with this strength.
+    pub ewc: Option<f32>,
     pub seed: u64,
 }
 
@@ -99,11 +102,13 @@ pub fn eval_loss(gpu: &Gpu, model: &dyn CausalLm, batches: &[LmBatch]) -> Result
     Ok((if count > 0 { (total / count as f64) as f32 } else { 0.0 }, count))
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn train_lm(
     gpu: &Gpu,
     model: &mut dyn CausalLm,
     train: &[Example],
     valid: Option<&[Example]>,
+    retain: Option<&[Example]>,
     pad: u32,
     cfg: &LmTrainConfig,
     on_event: &mut dyn FnMut(&Event) -> Result<()>,
@@ -156,9 +161,26 @@ pub fn train_lm(
         }
     });
     let may_train = |n: &str| trainable.contains(n);
+    if cfg.l2sp.is_some() && cfg.ewc.is_some() {
+        return Err(Error::invalid("train", "choose one of --l2sp and --ewc"));
+    }
+    // Anchored before any step or checkpoint: θ₀ is the loaded (or freshly adapted) model.
     if let Some(lambda) = cfg.l2sp {
-        // Anchored before any step or checkpoint: θ₀ is the loaded (or freshly adapted) model.
         opt.anchor_l2sp(gpu, model, lambda, &may_train)?;
+    }
+    if let Some(lambda) = cfg.ewc {
+        let Some(r) = retain.filter(|r| !r.is_empty()) else {
+            return Err(Error::invalid(
+                "--ewc",
+                "needs a retain set (--retain FILE) to estimate the Fisher information",
+            ));
+        };
+        let fisher = super::ewc::fisher_diagonal(gpu, model, &may_train, r.len(), &mut |tape, m, i| {
+            let b = &make_batches(&r[i..i + 1], 1, pad, None)?[0];
+            let input = LmInput::new(gpu, b.ids.clone(), b.batch, b.seq, Some(&b.key_mask))?;
+            m.loss(tape, &input, &b.targets)
+        })?;
+        opt.anchor_ewc(gpu, model, lambda, fisher)?;
     }
     // Validates, records, and returns the loss (None without validation data).
     let run_eval = |model: &dyn CausalLm,

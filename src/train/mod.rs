@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod classify;
+pub mod ewc;
 pub mod lm;
 pub mod optim;
 pub mod report;

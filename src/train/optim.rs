@@ -84,6 +84,31 @@ impl Optimizer {
         Ok(())
     }
 
+    /// EWC: every later step adds λ·F·(θ − θ₀) to the gradient of each parameter `fisher` has,
+    /// θ₀ being its value now (call before training).
+    pub fn anchor_ewc(
+        &mut self,
+        gpu: &Gpu,
+        model: &dyn Module,
+        lambda: f32,
+        fisher: HashMap<String, Tensor>,
+    ) -> Result<()> {
+        let mut params = Vec::new();
+        model.visit_params(&mut |p| {
+            if fisher.contains_key(&p.name) {
+                params.push((p.name.clone(), p.value.clone()));
+            }
+        });
+        let mut anchors = HashMap::new();
+        for (name, value) in params {
+            let anchor = Tensor::empty(gpu, value.shape(), value.dtype())?;
+            gpu.copy(&value, &anchor)?;
+            anchors.insert(name.clone(), (fisher[&name].clone(), anchor));
+        }
+        self.penalty = Some(Penalty { lambda, anchors });
+        Ok(())
+    }
+
     /// One update of every trainable parameter of `model` at learning rate `lr`.
     pub fn step(&mut self, gpu: &Gpu, model: &dyn Module, lr: f32) -> Result<()> {
         self.step_scaled(gpu, model, lr, &|_| 1.0)

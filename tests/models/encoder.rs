@@ -216,6 +216,7 @@ fn toy_config(strategy: Strategy, steps: usize) -> ClassifyConfig {
         stop: StopSettings { metric: StopMetric::MacroF1, patience: None, min_delta: 0.0, restore_best: false },
         checkpoints: None,
         l2sp: None,
+        ewc: None,
         seed: 3,
     }
 }
@@ -239,7 +240,7 @@ fn train_toy(model: &mut SequenceClassifier, cfg: &ClassifyConfig) -> Vec<Event>
     let mut events = Vec::new();
     let train = LabeledSet { items: &x, labels: &y };
     let valid = Some(LabeledSet { items: &vx, labels: &vy });
-    train_classifier(gpu(), model, train, valid, 0, cfg, &mut |e| {
+    train_classifier(gpu(), model, train, valid, None, 0, cfg, &mut |e| {
         events.push(e.clone());
         Ok(())
     })
@@ -390,6 +391,7 @@ fn early_stopping_stops_and_restores_the_best_weights() {
         &mut model,
         LabeledSet { items: &x, labels: &y },
         Some(LabeledSet { items: &vx, labels: &vy }),
+        None,
         0,
         &cfg,
         &mut |_| Ok(()),
@@ -447,4 +449,46 @@ fn l2sp_reduces_drift_from_the_starting_weights() {
     let (free, pulled) = (drift(None), drift(Some(50.0)));
     eprintln!("encoder drift: {free:.4} without L2-SP, {pulled:.4} with λ = 50");
     assert!(free > 0.0 && pulled < 0.5 * free, "encoder drift {pulled} with L2-SP vs {free} without");
+}
+
+/// EWC: the Fisher information of the starting model on a retain set weights the pull, so with
+/// a strong EWC term the Fisher-weighted drift Σ F·(θ − θ₀)² (what EWC penalises) is far smaller
+/// than without it; weights the retain set does not care about may still move.
+#[test]
+fn ewc_reduces_fisher_weighted_drift() {
+    let (rx, ry) = toy_set(16, 9);
+    let mut start = toy_classifier();
+    let fisher = kiln::train::ewc::fisher_diagonal(gpu(), &mut start, &|_| true, rx.len(), &mut |tape, m, i| {
+        let input = kiln::data::encode::make_input(gpu(), &[&rx[i]], 0)?;
+        let logits = m.logits(tape, &input)?;
+        m.loss(tape, &logits, &[ry[i]], None)
+    })
+    .unwrap();
+    let fisher: HashMap<String, Vec<f32>> =
+        fisher.iter().map(|(n, t)| (n.clone(), t.to_f32_vec(gpu()).unwrap())).collect();
+    assert!(fisher.values().flatten().any(|&f| f > 0.0) && fisher.values().flatten().all(|&f| f >= 0.0));
+    let drift = |ewc: Option<f32>| -> f64 {
+        let mut model = toy_classifier();
+        let before = snapshot(&model);
+        let mut cfg = toy_config(Strategy::Full, 12);
+        cfg.lr = 3e-3;
+        cfg.ewc = ewc;
+        let (x, y) = toy_set(32, 1);
+        let retain = Some(LabeledSet { items: &rx, labels: &ry });
+        train_classifier(gpu(), &mut model, LabeledSet { items: &x, labels: &y }, None, retain, 0, &cfg, &mut |_| {
+            Ok(())
+        })
+        .unwrap();
+        let after = snapshot(&model);
+        before
+            .iter()
+            .map(|(name, b)| {
+                let f = &fisher[name];
+                b.iter().zip(&after[name]).zip(f).map(|((x, y), f)| *f as f64 * ((x - y) as f64).powi(2)).sum::<f64>()
+            })
+            .sum::<f64>()
+    };
+    let (free, pulled) = (drift(None), drift(Some(1e6)));
+    eprintln!("Fisher-weighted drift: {free:.3e} without EWC, {pulled:.3e} with λ = 1e6");
+    assert!(free > 0.0 && pulled < 0.5 * free, "Fisher-weighted drift {pulled} with EWC vs {free} without");
 }
