@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::Optimizer;
+use super::stopping::{BestTracker, Snapshot, StopSettings};
 use crate::autograd::Module;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -174,4 +175,102 @@ pub fn restore_latest(gpu: &Gpu, root: &Path, model: &mut dyn Module, opt: &mut 
     opt.steps = file.optimizer_steps;
     src.finish(&|_| false)?;
     Ok(file.state)
+}
+
+/// What both training loops do around evaluations and checkpoints: early stopping with the
+/// best weights (saved under `best/` when checkpointing), periodic checkpoints, resuming.
+pub struct RunKeeper<'a> {
+    gpu: &'a Gpu,
+    pub tracker: BestTracker,
+    checkpoints: Option<&'a CheckpointSettings>,
+    /// Every parameter the run may change (what the best snapshot keeps).
+    may_train: &'a dyn Fn(&str) -> bool,
+}
+
+/// A position in the data: (optimizer step, epoch, batches of that epoch done).
+pub type Position = (usize, usize, usize);
+
+impl<'a> RunKeeper<'a> {
+    pub fn new(
+        gpu: &'a Gpu,
+        stop: &StopSettings,
+        checkpoints: Option<&'a CheckpointSettings>,
+        may_train: &'a dyn Fn(&str) -> bool,
+    ) -> Self {
+        RunKeeper { gpu, tracker: stop.tracker(), checkpoints, may_train }
+    }
+
+    fn state(&self, (step, epoch, batch_in_epoch): Position, summary: &impl Serialize) -> LoopState {
+        LoopState {
+            step,
+            epoch,
+            batch_in_epoch,
+            best: self.tracker.stopping.best,
+            since_best: self.tracker.stopping.since_best,
+            summary: serde_json::to_value(summary).expect("summaries serialize"),
+        }
+    }
+
+    /// Records an evaluation's value of the stop metric (None: there was no validation data);
+    /// says whether patience ran out.
+    pub fn judge(
+        &mut self,
+        model: &dyn Module,
+        opt: &Optimizer,
+        summary: &impl Serialize,
+        at: Position,
+        value: Option<f64>,
+    ) -> Result<bool> {
+        let Some(value) = value else { return Ok(false) };
+        let verdict = self.tracker.observe(self.gpu, model, self.may_train, at.0, value)?;
+        if let Some(ck) = self.checkpoints
+            && verdict.improved
+        {
+            save(self.gpu, &ck.best_dir(), model, opt, &self.state(at, summary), 1)?;
+        }
+        Ok(verdict.stop)
+    }
+
+    /// Writes the periodic checkpoint when `at` is due one (and halts after it when asked).
+    pub fn checkpoint(
+        &self,
+        model: &dyn Module,
+        opt: &Optimizer,
+        summary: &impl Serialize,
+        at: Position,
+    ) -> Result<()> {
+        let Some(ck) = self.checkpoints.filter(|c| c.every > 0 && at.0.is_multiple_of(c.every)) else { return Ok(()) };
+        save(self.gpu, &ck.dir, model, opt, &self.state(at, summary), ck.keep)?;
+        if ck.halt_after == Some(at.0) {
+            return Err(Error::invalid("train", format!("halted after step {}, as --halt-after asked", at.0)));
+        }
+        Ok(())
+    }
+
+    /// When resuming: loads the newest checkpoint into the model and the optimizer, and early
+    /// stopping's state with the best weights; returns the loop state (None: not resuming).
+    pub fn resume(&mut self, model: &mut dyn Module, opt: &mut Optimizer) -> Result<Option<LoopState>> {
+        let Some(ck) = self.checkpoints.filter(|c| c.resume) else { return Ok(None) };
+        let state = restore_latest(self.gpu, &ck.dir, model, opt)?;
+        let best = match list(&ck.best_dir())?.pop() {
+            Some((_, d)) if self.tracker.restore_best => Some(Snapshot::from_checkpoint(self.gpu, &d)?),
+            _ => None,
+        };
+        self.tracker.resume(state.best, state.since_best, best);
+        Ok(Some(state))
+    }
+
+    /// The newest checkpoint's state, without loading it (None: not resuming).
+    pub fn peek(&self) -> Result<Option<LoopState>> {
+        let Some(ck) = self.checkpoints.filter(|c| c.resume) else { return Ok(None) };
+        match list(&ck.dir)?.pop() {
+            Some((_, dir)) => Ok(Some(read_state(&dir)?)),
+            None => Err(Error::invalid("resume", format!("no checkpoint under {}", ck.dir.display()))),
+        }
+    }
+
+    /// Puts the best evaluation's weights back (when restoring); the best (step, value).
+    pub fn finish(&self, model: &mut dyn Module) -> Result<Option<(usize, f64)>> {
+        self.tracker.finish(self.gpu, model)
+    }
 }

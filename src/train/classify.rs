@@ -17,9 +17,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::Optimizer;
-use super::checkpoint::{self, CheckpointSettings, LoopState};
+use super::checkpoint::{CheckpointSettings, RunKeeper};
 use super::schedule::{Schedule, ScheduleKind};
-use super::stopping::{BestTracker, Snapshot, StopMetric, StopSettings};
+use super::stopping::{StopMetric, StopSettings};
 use crate::autograd::{Tape, Var};
 use crate::data::SplitMix64;
 use crate::data::encode::{Encoded, length_sorted_batches, make_input};
@@ -343,7 +343,6 @@ pub fn train_classifier(
             "perplexity is for language models; use val_loss, accuracy or macro_f1",
         ));
     }
-    let mut tracker = cfg.stop.tracker();
     // Every parameter the run may change (progressive unfreezing adds some later).
     let may_train = |name: &str| cfg.strategy.trains(name, layers);
     if cfg.l2sp.is_some() && cfg.ewc.is_some() {
@@ -404,35 +403,7 @@ pub fn train_classifier(
             StopMetric::MacroF1 => m.macro_f1,
         }))
     };
-    // Where the loop is, for a checkpoint.
-    let state_at = |(step, epoch, batch_in_epoch): (usize, usize, usize),
-                    tracker: &BestTracker,
-                    summary: &ClassifySummary| LoopState {
-        step,
-        epoch,
-        batch_in_epoch,
-        best: tracker.stopping.best,
-        since_best: tracker.stopping.since_best,
-        summary: serde_json::to_value(summary).expect("summaries serialize"),
-    };
-    // Records an evaluation for early stopping (a checkpoint of the best when checkpointing);
-    // says whether patience ran out.
-    let judge = |tracker: &mut BestTracker,
-                 model: &SequenceClassifier,
-                 opt: &Optimizer,
-                 summary: &ClassifySummary,
-                 at: (usize, usize, usize),
-                 value: Option<f64>|
-     -> Result<bool> {
-        let Some(value) = value else { return Ok(false) };
-        let verdict = tracker.observe(gpu, model, &may_train, at.0, value)?;
-        if let Some(ck) = &cfg.checkpoints
-            && verdict.improved
-        {
-            checkpoint::save(gpu, &ck.best_dir(), model, opt, &state_at(at, tracker, summary), 1)?;
-        }
-        Ok(verdict.stop)
-    };
+    let mut keeper = RunKeeper::new(gpu, &cfg.stop, cfg.checkpoints.as_ref(), &may_train);
 
     // Progressive unfreezing starts from the head alone.
     let max_depth = model.max_depth();
@@ -460,23 +431,13 @@ pub fn train_classifier(
     // Where to start: the beginning, or the newest checkpoint.
     let mut step = 0;
     let mut resume_at = (0, 0);
-    match cfg.checkpoints.as_ref().filter(|c| c.resume) {
-        Some(ck) => {
-            let newest = checkpoint::list(&ck.dir)?.pop();
-            let Some((_, dir)) = newest else {
-                return Err(Error::invalid("resume", format!("no checkpoint under {}", ck.dir.display())));
-            };
-            let peek = checkpoint::read_state(&dir)?;
+    match keeper.peek()? {
+        Some(peek) => {
             // The trainable set of the checkpoint's step, so its weights have somewhere to go.
             set_stage(model, stage_of(peek.step, peek.epoch), peek.step, on_event)?;
-            let state = checkpoint::restore_latest(gpu, &ck.dir, model, &mut opt)?;
+            let state = keeper.resume(model, &mut opt)?.expect("resuming");
             summary = serde_json::from_value(state.summary.clone())
                 .map_err(|e| Error::invalid("resume", format!("checkpoint summary: {e}")))?;
-            let best = match checkpoint::list(&ck.best_dir())?.pop() {
-                Some((_, d)) if cfg.stop.restore_best => Some(Snapshot::from_checkpoint(gpu, &d)?),
-                _ => None,
-            };
-            tracker.resume(state.best, state.since_best, best);
             step = state.step;
             resume_at = (state.epoch, state.batch_in_epoch);
         }
@@ -484,7 +445,7 @@ pub fn train_classifier(
             set_stage(model, stage_of(0, 0), 0, on_event)?;
             if cfg.eval_every.is_some() {
                 let value = run_eval(model, 0, &mut summary, on_event)?;
-                judge(&mut tracker, model, &opt, &summary, (0, 0, 0), value)?;
+                keeper.judge(model, &opt, &summary, (0, 0, 0), value)?;
             }
         }
     }
@@ -534,21 +495,12 @@ pub fn train_classifier(
             if cfg.eval_every.is_some_and(|e| e > 0 && step % e == 0) && step < total {
                 evaluated_at = Some(step);
                 let value = run_eval(model, step, &mut summary, on_event)?;
-                stop = judge(&mut tracker, model, &opt, &summary, (step, epoch, batch_index + 1), value)?;
+                stop = keeper.judge(model, &opt, &summary, (step, epoch, batch_index + 1), value)?;
                 if stop {
                     summary.stopped_early_at = Some(step);
                 }
             }
-            if let Some(ck) = &cfg.checkpoints
-                && ck.every > 0
-                && step % ck.every == 0
-            {
-                let state = state_at((step, epoch, batch_index + 1), &tracker, &summary);
-                checkpoint::save(gpu, &ck.dir, model, &opt, &state, ck.keep)?;
-                if ck.halt_after == Some(step) {
-                    return Err(Error::invalid("train", format!("halted after step {step}, as --halt-after asked")));
-                }
-            }
+            keeper.checkpoint(model, &opt, &summary, (step, epoch, batch_index + 1))?;
             if stop || step >= total {
                 break 'epochs;
             }
@@ -556,9 +508,9 @@ pub fn train_classifier(
     }
     if evaluated_at != Some(step) {
         let value = run_eval(model, step, &mut summary, on_event)?;
-        judge(&mut tracker, model, &opt, &summary, (step, 0, 0), value)?;
+        keeper.judge(model, &opt, &summary, (step, 0, 0), value)?;
     }
-    summary.best = tracker.finish(gpu, model)?;
+    summary.best = keeper.finish(model)?;
     summary.examples_per_second = summary.examples as f64 / summary.seconds.max(1e-9);
     Ok(summary)
 }

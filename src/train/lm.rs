@@ -7,9 +7,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::Optimizer;
-use super::checkpoint::{self, CheckpointSettings, LoopState};
+use super::checkpoint::{CheckpointSettings, RunKeeper};
 use super::schedule::{Schedule, ScheduleKind};
-use super::stopping::{BestTracker, Snapshot, StopMetric, StopSettings};
+use super::stopping::{StopMetric, StopSettings};
 use crate::autograd::Tape;
 use crate::data::lm::{Example, LmBatch, make_batches};
 use crate::error::{Error, Result};
@@ -152,7 +152,6 @@ pub fn train_lm(
     if matches!(cfg.stop.metric, StopMetric::Accuracy | StopMetric::MacroF1) {
         return Err(Error::invalid("--metric", "a language model is judged by val_loss or perplexity"));
     }
-    let mut tracker = cfg.stop.tracker();
     // The trainable set is fixed for the run: the parameters a checkpoint holds.
     let mut trainable = std::collections::HashSet::new();
     model.visit_params(&mut |p| {
@@ -197,53 +196,21 @@ pub fn train_lm(
         // Perplexity orders evaluations as the loss does.
         Ok(Some(val_loss as f64))
     };
-    let state_at = |(step, epoch, batch_in_epoch): (usize, usize, usize),
-                    tracker: &BestTracker,
-                    summary: &TrainSummary| LoopState {
-        step,
-        epoch,
-        batch_in_epoch,
-        best: tracker.stopping.best,
-        since_best: tracker.stopping.since_best,
-        summary: serde_json::to_value(summary).expect("summaries serialize"),
-    };
-    // Records an evaluation for early stopping (a checkpoint of the best when checkpointing);
-    // says whether patience ran out.
-    let judge = |tracker: &mut BestTracker,
-                 model: &dyn CausalLm,
-                 opt: &Optimizer,
-                 summary: &TrainSummary,
-                 at: (usize, usize, usize),
-                 value: Option<f64>|
-     -> Result<bool> {
-        let Some(value) = value else { return Ok(false) };
-        let verdict = tracker.observe(gpu, model, &may_train, at.0, value)?;
-        if let Some(ck) = &cfg.checkpoints
-            && verdict.improved
-        {
-            checkpoint::save(gpu, &ck.best_dir(), model, opt, &state_at(at, tracker, summary), 1)?;
-        }
-        Ok(verdict.stop)
-    };
+    let mut keeper = RunKeeper::new(gpu, &cfg.stop, cfg.checkpoints.as_ref(), &may_train);
+    // Where to start: the beginning, or the newest checkpoint.
     let mut step = 0;
     let mut resume_at = (0, 0);
-    match cfg.checkpoints.as_ref().filter(|c| c.resume) {
-        Some(ck) => {
-            let state = checkpoint::restore_latest(gpu, &ck.dir, model, &mut opt)?;
+    match keeper.resume(model, &mut opt)? {
+        Some(state) => {
             summary = serde_json::from_value(state.summary.clone())
                 .map_err(|e| Error::invalid("resume", format!("checkpoint summary: {e}")))?;
-            let best = match checkpoint::list(&ck.best_dir())?.pop() {
-                Some((_, d)) if cfg.stop.restore_best => Some(Snapshot::from_checkpoint(gpu, &d)?),
-                _ => None,
-            };
-            tracker.resume(state.best, state.since_best, best);
             step = state.step;
             resume_at = (state.epoch, state.batch_in_epoch);
         }
         // The starting point of the validation curve, so a run shows what training changed.
         None if cfg.eval_every.is_some() => {
             let value = run_eval(model, 0, &mut summary, on_event)?;
-            judge(&mut tracker, model, &opt, &summary, (0, 0, 0), value)?;
+            keeper.judge(model, &opt, &summary, (0, 0, 0), value)?;
         }
         None => {}
     }
@@ -293,21 +260,12 @@ pub fn train_lm(
             if cfg.eval_every.is_some_and(|n| n > 0 && step % n == 0) && step < total {
                 evaluated_at = Some(step);
                 let value = run_eval(model, step, &mut summary, on_event)?;
-                stop = judge(&mut tracker, model, &opt, &summary, (step, epoch, group_index + 1), value)?;
+                stop = keeper.judge(model, &opt, &summary, (step, epoch, group_index + 1), value)?;
                 if stop {
                     summary.stopped_early_at = Some(step);
                 }
             }
-            if let Some(ck) = &cfg.checkpoints
-                && ck.every > 0
-                && step % ck.every == 0
-            {
-                let state = state_at((step, epoch, group_index + 1), &tracker, &summary);
-                checkpoint::save(gpu, &ck.dir, model, &opt, &state, ck.keep)?;
-                if ck.halt_after == Some(step) {
-                    return Err(Error::invalid("train", format!("halted after step {step}, as --halt-after asked")));
-                }
-            }
+            keeper.checkpoint(model, &opt, &summary, (step, epoch, group_index + 1))?;
             if stop || step >= total {
                 break 'epochs;
             }
@@ -315,9 +273,9 @@ pub fn train_lm(
     }
     if evaluated_at != Some(step) {
         let value = run_eval(model, step, &mut summary, on_event)?;
-        judge(&mut tracker, model, &opt, &summary, (step, 0, 0), value)?;
+        keeper.judge(model, &opt, &summary, (step, 0, 0), value)?;
     }
-    summary.best = tracker.finish(gpu, model)?;
+    summary.best = keeper.finish(model)?;
     summary.tokens_per_second = summary.tokens as f64 / summary.seconds.max(1e-9);
     Ok(summary)
 }
