@@ -109,6 +109,9 @@ struct RunReport {
     test_groups: Option<BTreeMap<String, GroupScore>>,
     /// The language model's pronunciation test: `{test_words, before: {...}, after: {...}}`.
     cmudict: Option<Value>,
+    /// The retain set before and after training: `{retain_examples | retain_tokens,
+    /// <metric>_before, <metric>_after, ...}`.
+    forgetting: Option<Value>,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -396,6 +399,9 @@ pub fn write_report(run_dir: &Path) -> Result<PathBuf> {
     if let Some(cmudict) = &report.cmudict {
         cmudict_section(&mut md, cmudict);
     }
+    if let Some(forgetting) = report.forgetting.as_ref().filter(|f| f.is_object()) {
+        forgetting_section(&mut md, forgetting);
+    }
 
     let path = run_dir.join("report.md");
     write_atomic(&path, md.as_bytes())?;
@@ -538,6 +544,23 @@ fn cmudict_section(md: &mut String, cmudict: &Value) {
     }
 }
 
+/// The retain set's scores before and after training: one row per `<metric>_before` /
+/// `<metric>_after` pair.
+fn forgetting_section(md: &mut String, f: &Value) {
+    let size = match (&f["retain_examples"], &f["retain_tokens"]) {
+        (Value::Number(n), _) => format!("{} examples", number(n)),
+        (_, Value::Number(n)) => format!("{} tokens", number(n)),
+        _ => "the retain set".to_string(),
+    };
+    let _ = writeln!(md, "\n## Forgetting (retain set: {size})\n");
+    md.push_str("| metric | before training | after training |\n|---|---|---|\n");
+    let Value::Object(map) = f else { return };
+    for (key, before) in map {
+        let Some(metric) = key.strip_suffix("_before") else { continue };
+        let _ = writeln!(md, "| {metric} | {} | {} |", plain(before), plain(&f[format!("{metric}_after")]));
+    }
+}
+
 /// Every leaf of `value` as a (dotted key, text) row, objects in key order.
 fn flatten(key: &str, value: &Value, rows: &mut Vec<(String, String)>) {
     match value {
@@ -633,6 +656,8 @@ mod tests {
                     {"precision": 0.9490909090909091, "recall": 0.9490909090909091, "f1": 0.9490909090909091, "support": 275},
                     {"precision": 0.888, "recall": 0.888, "f1": 0.888, "support": 125}]},
             "test_groups": {"easy-ham-1": {"correct": 158, "total": 165}, "hard-ham-1": {"correct": 13, "total": 17}},
+            "forgetting": {"retain_examples": 32, "accuracy_before": 0.5, "accuracy_after": 0.75,
+                "macro_f1_before": 0.4, "macro_f1_after": 0.7},
         });
         write(dir, "report.json", &report.to_string());
     }
@@ -765,6 +790,9 @@ mod tests {
             "| gold \\ predicted | ham | spam |",
             "| spam | 14 | 111 |",
             "| hard-ham-1 | 13 | 17 | 76.5% |",
+            "## Forgetting (retain set: 32 examples)",
+            "| accuracy | 0.5 | 0.75 |",
+            "| macro_f1 | 0.4 | 0.7 |",
             "![loss](loss.png)",
             "![validation metric](metric.png)",
         ] {
