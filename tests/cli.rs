@@ -443,6 +443,10 @@ fn killed_and_resumed_run_equals_the_uninterrupted_one() {
     };
     assert_eq!(report(&whole)["test"], report(&halted)["test"]);
     assert_eq!(report(&whole)["best"], report(&halted)["best"]);
+    // Resuming a finished run trains no further step.
+    kiln(&["train", "--resume", &s(&whole), "--json"]);
+    assert_eq!(curve(&whole).iter().filter(|e| e["event"] == "step").count(), 10);
+    assert_eq!(report(&whole)["steps"], 10);
 }
 
 /// The same for a language model, with gradient accumulation and LoRA dropout: halted after step

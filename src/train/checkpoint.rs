@@ -247,6 +247,22 @@ impl<'a> RunKeeper<'a> {
         Ok(())
     }
 
+    /// At the end of a run: a checkpoint of its last step unless the periodic one was it, so
+    /// that `--resume` on a finished run knows there is nothing left to train.
+    pub fn checkpoint_last(
+        &self,
+        model: &dyn Module,
+        opt: &Optimizer,
+        summary: &impl Serialize,
+        step: usize,
+    ) -> Result<()> {
+        let Some(ck) = self.checkpoints.filter(|c| c.every > 0 && !step.is_multiple_of(c.every)) else {
+            return Ok(());
+        };
+        // The data position no longer matters: a resumed run stops before its first batch.
+        save(self.gpu, &ck.dir, model, opt, &self.state((step, 0, 0), summary), ck.keep).map(|_| ())
+    }
+
     /// When resuming: loads the newest checkpoint into the model and the optimizer, and early
     /// stopping's state with the best weights; returns the loop state (None: not resuming).
     pub fn resume(&mut self, model: &mut dyn Module, opt: &mut Optimizer) -> Result<Option<LoopState>> {

@@ -450,7 +450,6 @@ pub fn train_classifier(
         }
     }
 
-    let mut evaluated_at = None;
     let mut order: Vec<usize> = (0..n).collect();
     'epochs: for epoch in 0.. {
         SplitMix64::new(cfg.seed.wrapping_add(epoch as u64)).shuffle(&mut order);
@@ -458,6 +457,10 @@ pub fn train_classifier(
             // A resumed run replays the data order up to where the checkpoint was.
             if (epoch, batch_index) < resume_at {
                 continue;
+            }
+            // A resumed run that had already finished (or stopped early) trains no further.
+            if step >= total || summary.stopped_early_at.is_some() {
+                break 'epochs;
             }
             set_stage(model, stage_of(step, epoch), step, on_event)?;
             let t0 = Instant::now();
@@ -493,7 +496,6 @@ pub fn train_classifier(
             on_event(&Event::Step { step, total, epoch, loss, lr, grad_norm, examples: idx.len(), seconds })?;
             let mut stop = false;
             if cfg.eval_every.is_some_and(|e| e > 0 && step % e == 0) && step < total {
-                evaluated_at = Some(step);
                 let value = run_eval(model, step, &mut summary, on_event)?;
                 stop = keeper.judge(model, &opt, &summary, (step, epoch, batch_index + 1), value)?;
                 if stop {
@@ -506,10 +508,12 @@ pub fn train_classifier(
             }
         }
     }
-    if evaluated_at != Some(step) {
+    // The last step's validation, unless early stopping just made it.
+    if summary.stopped_early_at.is_none() {
         let value = run_eval(model, step, &mut summary, on_event)?;
         keeper.judge(model, &opt, &summary, (step, 0, 0), value)?;
     }
+    keeper.checkpoint_last(model, &opt, &summary, step)?;
     summary.best = keeper.finish(model)?;
     summary.examples_per_second = summary.examples as f64 / summary.seconds.max(1e-9);
     Ok(summary)

@@ -214,7 +214,6 @@ pub fn train_lm(
         }
         None => {}
     }
-    let mut evaluated_at = None;
     let start = Instant::now();
     'epochs: for epoch in 0.. {
         let batches = make_batches(train, cfg.batch_size, pad, Some(cfg.seed.wrapping_add(epoch as u64)))?;
@@ -222,6 +221,10 @@ pub fn train_lm(
             // A resumed run replays the data order up to where the checkpoint was.
             if (epoch, group_index) < resume_at {
                 continue;
+            }
+            // A resumed run that had already finished (or stopped early) trains no further.
+            if step >= total || summary.stopped_early_at.is_some() {
+                break 'epochs;
             }
             let t0 = Instant::now();
             let mut losses = Vec::with_capacity(group.len());
@@ -258,7 +261,6 @@ pub fn train_lm(
             on_event(&Event::Step { step, total, epoch, loss, lr, grad_norm, tokens, seconds })?;
             let mut stop = false;
             if cfg.eval_every.is_some_and(|n| n > 0 && step % n == 0) && step < total {
-                evaluated_at = Some(step);
                 let value = run_eval(model, step, &mut summary, on_event)?;
                 stop = keeper.judge(model, &opt, &summary, (step, epoch, group_index + 1), value)?;
                 if stop {
@@ -271,10 +273,12 @@ pub fn train_lm(
             }
         }
     }
-    if evaluated_at != Some(step) {
+    // The last step's validation, unless early stopping just made it.
+    if summary.stopped_early_at.is_none() {
         let value = run_eval(model, step, &mut summary, on_event)?;
         keeper.judge(model, &opt, &summary, (step, 0, 0), value)?;
     }
+    keeper.checkpoint_last(model, &opt, &summary, step)?;
     summary.best = keeper.finish(model)?;
     summary.tokens_per_second = summary.tokens as f64 / summary.seconds.max(1e-9);
     Ok(summary)
