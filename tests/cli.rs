@@ -583,6 +583,51 @@ fn retain_sets_measure_forgetting_and_feed_ewc() {
     assert!(!fail.status.success());
     assert!(String::from_utf8_lossy(&fail.stderr).contains("retain"));
 
+    // A retain set drawn from the base model: written to the run folder, scored, and the mean KL
+    // from the base after training is above 0 (the adapter moved the distribution).
+    let run = tmp.path().join("run-generated");
+    let (out, _) = kiln(&[
+        "train",
+        "--model",
+        &s(&model),
+        "--data",
+        &s(&data),
+        "--out",
+        &s(&run),
+        "--steps",
+        "6",
+        "--lr",
+        "3e-2",
+        "--retain-generate",
+        "5",
+        "--retain-sample-len",
+        "8",
+        "--ewc",
+        "100",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let f = &report["forgetting"];
+    assert_eq!(f["retain_examples"], 5, "{report}");
+    assert_eq!(f["kl_from_base_before"], 0.0, "{report}");
+    assert!(f["kl_from_base_after"].as_f64().unwrap() > 1e-4, "{report}");
+    let samples = std::fs::read_to_string(run.join("data/retain.jsonl")).unwrap();
+    assert_eq!(samples.lines().count(), 5, "{samples}");
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(md.contains("| kl_from_base |"), "{md}");
+    // Llama has no dropout layers of its own: --dropout says so instead of doing nothing.
+    let fail = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["train", "--model", &s(&model), "--data", &s(&data), "--steps", "1", "--dropout", "0.1"])
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    assert!(!fail.status.success());
+    assert!(
+        String::from_utf8_lossy(&fail.stderr).contains("no dropout layers"),
+        "{}",
+        String::from_utf8_lossy(&fail.stderr)
+    );
+
     // A classifier: retain texts are labelled.
     let (tmp, model, data) = bert_workspace();
     let run = tmp.path().join("run");

@@ -8,10 +8,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use kiln::autograd::Tape;
+use kiln::data::lm::Example;
 use kiln::generate::{Sampling, generate};
 use kiln::models::peft::{self, TaskType};
 use kiln::models::{CausalLm, LmInput, load_causal_lm};
 use kiln::nn::LoraConfig;
+use kiln::train::forgetting;
 
 use common::*;
 
@@ -172,6 +174,100 @@ fn gpt2_greedy_generation_matches_transformers() {
 #[test]
 fn llama_greedy_generation_matches_transformers() {
     greedy_matches("llama_tiny");
+}
+
+/// With its adapters switched off a LoRA model is its base; the mean KL from the base equals the
+/// one computed from the fixture's transformers (base) and PEFT (adapted) logits.
+fn kl_from_base_matches(name: &str) {
+    let g = gpu();
+    let dir = fixture(name);
+    let e = Expected::read(&dir);
+    let mut model = load_causal_lm(g, &dir).unwrap();
+    peft::load_adapter(g, model.as_mut(), &dir.join("peft_adapter")).unwrap();
+    let (input, _) = e.batch();
+    let off = forgetting::with_adapters_off(model.as_mut(), |m| m.all_logits(g, &input)?.to_f32_vec(g)).unwrap();
+    let base = load_causal_lm(g, &dir).unwrap().all_logits(g, &input).unwrap().to_f32_vec(g).unwrap();
+    assert_close(&format!("{name} logits with adapters off"), &off, &f64s(&base), 1e-6, 0.0);
+    // Switched back on: PEFT's logits again.
+    check_logits(&format!("{name} lora logits after switching back"), model.as_ref(), &e, "lora_logits");
+
+    let (v, t) = (model.shape().vocab, 7);
+    let (ids, mask) = (&e.i["input_ids"], &e.i["attention_mask"]);
+    let (mut examples, mut want, mut rows) = (Vec::new(), 0.0, 0);
+    for r in 0..2 {
+        let len = mask[r * t..(r + 1) * t].iter().filter(|&&m| m == 1).count();
+        let row_ids: Vec<u32> = ids[r * t..r * t + len].iter().map(|&x| x as u32).collect();
+        let mut loss_mask = vec![true; len];
+        loss_mask[0] = false;
+        examples.push(Example { ids: row_ids, loss_mask, truncated: false });
+        for pos in 0..len - 1 {
+            let k = (r * t + pos) * v;
+            let row = |key: &str| e.f(key)[k..k + v].iter().map(|&x| x as f32).collect::<Vec<_>>();
+            want += forgetting::kl_divergence(&row("logits"), &row("lora_logits"));
+            rows += 1;
+        }
+    }
+    let got = forgetting::mean_kl_from_base(g, model.as_mut(), &examples).unwrap();
+    want /= rows as f64;
+    assert!(want > 1e-4, "{name}: the fixture's adapter moves the distribution ({want})");
+    assert!(
+        (got - want).abs() < 1e-4 * want.max(1.0),
+        "{name}: mean KL from the base {got}, PyTorch's logits give {want}"
+    );
+}
+
+#[test]
+fn gpt2_kl_from_base_matches_pytorch() {
+    kl_from_base_matches("gpt2_tiny");
+}
+
+#[test]
+fn llama_kl_from_base_matches_pytorch() {
+    kl_from_base_matches("llama_tiny");
+}
+
+/// Retain samples are the model's own: seeded, one start token untrained, every sampled token a
+/// target, at most the asked length, ending at a stop token when one comes.
+#[test]
+fn retain_samples_are_seeded_draws_of_the_model() {
+    let g = gpu();
+    let model = load_causal_lm(g, &fixture("llama_tiny")).unwrap();
+    let draw = |seed| forgetting::sample_retain_set(g, model.as_ref(), 1, &[2], 6, 9, seed, &mut |_| Ok(())).unwrap();
+    let (a, b, c) = (draw(7), draw(7), draw(8));
+    let ids = |s: &[Example]| s.iter().map(|x| x.ids.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&a), ids(&b), "the same seed draws the same samples");
+    assert_ne!(ids(&a), ids(&c), "another seed draws others");
+    assert_eq!(a.len(), 6);
+    let distinct: std::collections::HashSet<_> = ids(&a).into_iter().collect();
+    assert!(distinct.len() > 1, "samples differ from one another: {:?}", ids(&a));
+    for x in &a {
+        assert_eq!(x.ids[0], 1);
+        assert!(x.ids.len() >= 2 && x.ids.len() <= 10, "{:?}", x.ids);
+        assert!(!x.loss_mask[0]);
+        assert!(x.loss_mask[1..].iter().all(|&m| m));
+        // A stop token ends a sample.
+        if let Some(p) = x.ids[1..].iter().position(|&t| t == 2) {
+            assert_eq!(p + 2, x.ids.len(), "{:?}", x.ids);
+        }
+    }
+}
+
+/// `--dropout` reaches GPT-2's own layers: at 0 a training tape computes the inference loss, at
+/// 0.5 it does not; Llama has none to set and says so.
+#[test]
+fn gpt2_dropout_is_settable_and_llama_refuses() {
+    let g = gpu();
+    let e = Expected::read(&fixture("gpt2_tiny"));
+    let mut model = load_causal_lm(g, &fixture("gpt2_tiny")).unwrap();
+    let (input, targets) = e.batch();
+    let loss = |m: &dyn CausalLm, tape: &Tape| m.loss(tape, &input, &targets).unwrap().read(g).unwrap().0;
+    let eval = loss(model.as_ref(), &Tape::no_grad(g));
+    model.set_dropout(0.0).unwrap();
+    assert_eq!(loss(model.as_ref(), &Tape::train(g, 0, 1)), eval);
+    model.set_dropout(0.5).unwrap();
+    assert_ne!(loss(model.as_ref(), &Tape::train(g, 0, 1)), eval);
+    let mut llama = load_causal_lm(g, &fixture("llama_tiny")).unwrap();
+    assert!(llama.set_dropout(0.1).unwrap_err().to_string().contains("no dropout layers"));
 }
 
 /// An adapter kiln saves loads back (in kiln) with the same logits; `scripts/check_peft_roundtrip.py`

@@ -60,10 +60,6 @@ pub struct ClassifyArgs {
     /// label order
     #[arg(long)]
     pub class_weights: Option<String>,
-    /// Dropout of the encoder's hidden states and before the head [default: the model's
-    /// hidden_dropout_prob / classifier_dropout]
-    #[arg(long)]
-    pub dropout: Option<f32>,
     /// Held-out share of train when the data has no validation file
     #[arg(long, default_value_t = 0.1)]
     pub valid_frac: f64,
@@ -108,6 +104,12 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     let run_start = Instant::now();
     let c = &args.classify;
     let strategy: Strategy = c.strategy.parse()?;
+    if args.retain_generate.is_some() {
+        return Err(Error::invalid(
+            "--retain-generate",
+            "samples a language model's own text; a classifier's retain set is labelled texts (--retain FILE)",
+        ));
+    }
     let cache = fetch::default_cache_dir();
     let model_dir = match &args.model {
         Some(p) => p.clone(),
@@ -139,10 +141,7 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     let t0 = Instant::now();
     let mut model = SequenceClassifier::load(gpu, &model_dir, labels.names.clone(), c.pooling, args.seed)?;
     let load_s = t0.elapsed().as_secs_f64();
-    if let Some(p) = c.dropout {
-        if !(0.0..1.0).contains(&p) {
-            return Err(Error::invalid("--dropout", format!("{p} is outside [0, 1)")));
-        }
+    if let Some(p) = args.dropout()? {
         model.body.config.hidden_dropout_prob = p;
         model.dropout = p;
     }

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::AdapterArgs;
 use crate::data::cmudict::{self, PronunciationScore};
 use crate::data::fetch::{self, Asset};
-use crate::data::lm::{self, Message, PromptFormat, Record, Role, make_batches};
+use crate::data::lm::{self, Example, Message, PromptFormat, Record, Role, make_batches};
 use crate::error::{Error, Result};
 use crate::generate::{Sampling, generate};
 use crate::gpu::Gpu;
@@ -20,6 +20,7 @@ use crate::models::load::{LoadedLm, load_lm};
 use crate::models::peft::{self, TaskType};
 use crate::nn::LoraConfig;
 use crate::train::checkpoint::CheckpointSettings;
+use crate::train::forgetting;
 use crate::train::lm::{Event, LmTrainConfig, eval_loss, train_lm};
 use crate::train::schedule::ScheduleKind;
 use crate::train::stopping::{StopMetric, StopSettings};
@@ -104,6 +105,11 @@ pub struct TrainArgs {
     pub no_restore_best: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Dropout rate of the model's own layers: an encoder's hidden states and the input of its
+    /// head [default: hidden_dropout_prob / classifier_dropout]; GPT-2's embedding and residual
+    /// dropout [default: embd_pdrop / resid_pdrop]. Llama has none (LoRA's is --lora-dropout)
+    #[arg(long)]
+    pub dropout: Option<f32>,
     #[command(flatten)]
     #[serde(flatten)]
     pub classify: super::classify::ClassifyArgs,
@@ -128,6 +134,13 @@ pub struct TrainArgs {
     /// training formats, its loss and perplexity)
     #[arg(long)]
     pub retain: Option<PathBuf>,
+    /// A retain set drawn from the base model itself (LMs): N samples of its own text at
+    /// temperature 1 from a document start, saved in the run folder as data/retain.jsonl
+    #[arg(long, conflicts_with = "retain")]
+    pub retain_generate: Option<usize>,
+    /// New tokens per --retain-generate sample (fewer when it ends its text)
+    #[arg(long, default_value_t = 64)]
+    pub retain_sample_len: usize,
     /// Write a checkpoint (trainable weights, optimizer, position) every N steps
     /// [default: at each evaluation]; 0 writes none
     #[arg(long)]
@@ -158,12 +171,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if super::classify::is_classification(&args)? {
         return super::classify::run(&args, &gpu);
     }
-    if args.classify.dropout.is_some() {
-        return Err(Error::invalid(
-            "--dropout",
-            "sets an encoder's dropout; a language model's LoRA takes --lora-dropout",
-        ));
-    }
     let cache = fetch::default_cache_dir();
     let model_path = match &args.model {
         Some(p) => p.clone(),
@@ -181,6 +188,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let t0 = Instant::now();
     let mut lm = load_lm(&gpu, &model_path)?;
     let load_s = t0.elapsed().as_secs_f64();
+    if let Some(p) = args.dropout()? {
+        lm.model.set_dropout(p)?;
+    }
     let lora = LoraConfig {
         r: args.lora_r,
         alpha: args.lora_alpha,
@@ -203,10 +213,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(v) => Some(lm::tokenize_all(v, &lm.tokenizer, &lm.format, max_len)?.examples),
         None => None,
     };
-    let retain = match &args.retain {
-        Some(path) => Some(lm::tokenize_all(&lm::read_jsonl(path)?, &lm.tokenizer, &lm.format, max_len)?.examples),
-        None => None,
-    };
+    let out = args.run_dir();
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let (retain, retain_source) = retain_set(&args, &gpu, &lm, max_len, &out)?;
     // Forgetting: the retain text's loss before training and again at the end.
     let retain_batches = match &retain {
         Some(r) => make_batches(r, args.batch_size, lm.pad, None)?,
@@ -214,7 +223,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let retain_before =
         if retain_batches.is_empty() { None } else { Some(eval_loss(&gpu, lm.model.as_ref(), &retain_batches)?) };
-    let out = args.run_dir();
     let cfg = LmTrainConfig {
         epochs: args.epochs.unwrap_or(1),
         max_steps: args.steps,
@@ -233,13 +241,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ewc: args.ewc,
         seed: args.seed,
     };
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let (trainable, total) = count_params(lm.model.as_ref());
     let settings = json!({
         "model": model_path, "data": data_dir, "device": gpu.describe(), "lora": {
             "r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules,
             "adapted_layers": adapted },
-        "train": cfg, "max_len": max_len, "train_examples": train.examples.len(),
+        "train": cfg, "max_len": max_len, "dropout": args.dropout, "train_examples": train.examples.len(),
         "truncated": train.truncated, "dropped": train.dropped,
         "valid_examples": valid.as_ref().map_or(0, |v| v.len()),
         "parameters": { "trainable": trainable, "total": total },
@@ -315,8 +322,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let forgetting = match retain_before {
         Some((before, tokens)) => {
             let (after, _) = eval_loss(&gpu, lm.model.as_ref(), &retain_batches)?;
-            Some(json!({"retain_tokens": tokens, "loss_before": before, "perplexity_before": before.exp(),
-                "loss_after": after, "perplexity_after": after.exp()}))
+            // The run starts from the base (LoRA's B is zero), so the KL before training is 0.
+            let kl = forgetting::mean_kl_from_base(&gpu, lm.model.as_mut(), retain.as_deref().unwrap_or_default())?;
+            Some(json!({"retain": retain_source, "retain_examples": retain.as_ref().map_or(0, |r| r.len()),
+                "retain_tokens": tokens, "loss_before": before, "perplexity_before": before.exp(),
+                "loss_after": after, "perplexity_after": after.exp(),
+                "kl_from_base_before": 0.0, "kl_from_base_after": kl}))
         }
         None => None,
     };
@@ -366,16 +377,64 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         print_best(&cfg.stop, summary.best, summary.stopped_early_at);
         if let Some(f) = &forgetting {
+            let num = |k: &str| f[k].as_f64().unwrap_or(f64::NAN);
             println!(
-                "retain text ({} tokens): perplexity {:.2} -> {:.2}",
+                "retain text ({} tokens): perplexity {:.2} -> {:.2}; mean KL from the base's next-token distribution {:.4} nats",
                 f["retain_tokens"],
-                f["perplexity_before"].as_f64().unwrap_or(f64::NAN),
-                f["perplexity_after"].as_f64().unwrap_or(f64::NAN)
+                num("perplexity_before"),
+                num("perplexity_after"),
+                num("kl_from_base_after")
             );
         }
         println!("adapter (PEFT format): {}", adapter_dir.display());
     }
     Ok(())
+}
+
+/// The retain set (tokenized) and where it came from: `--retain FILE`, samples of the base
+/// model (`--retain-generate N`, also written to `out/data/retain.jsonl`), or none.
+fn retain_set(
+    args: &TrainArgs,
+    gpu: &Gpu,
+    lm: &LoadedLm,
+    max_len: usize,
+    out: &Path,
+) -> Result<(Option<Vec<Example>>, serde_json::Value)> {
+    if let Some(path) = &args.retain {
+        let examples = lm::tokenize_all(&lm::read_jsonl(path)?, &lm.tokenizer, &lm.format, max_len)?.examples;
+        return Ok((Some(examples), json!(path)));
+    }
+    let Some(count) = args.retain_generate else { return Ok((None, serde_json::Value::Null)) };
+    // A document starts after the format's bos, or after the end of another one.
+    let start = match lm.format {
+        PromptFormat::Plain { bos: Some(b), .. } | PromptFormat::ChatMl { bos: Some(b), .. } => b,
+        PromptFormat::Plain { eos, .. } => eos,
+        PromptFormat::ChatMl { .. } => lm.stop[0],
+    };
+    let len = args.retain_sample_len.min(max_len.saturating_sub(1));
+    let bar = ProgressBar::new(count as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} retain samples from the base model").expect("template"),
+    );
+    // Its own seed stream, so the samples do not move with the LoRA initialisation.
+    let seed = args.seed ^ 0x5245_5441_494e; // "RETAIN"
+    let examples =
+        forgetting::sample_retain_set(gpu, lm.model.as_ref(), start, &lm.stop, count, len, seed, &mut |i| {
+            bar.set_position(i as u64);
+            Ok(())
+        })?;
+    bar.finish_and_clear();
+    let dir = out.join("data");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut text = String::new();
+    for ex in &examples {
+        let decoded = lm.tokenizer.decode(&ex.ids[1..], false).map_err(|e| Error::invalid("decode", e.to_string()))?;
+        text.push_str(&json!({ "text": decoded }).to_string());
+        text.push('\n');
+    }
+    crate::models::weights::write_atomic(&dir.join("retain.jsonl"), text.as_bytes())?;
+    let source = json!(format!("{count} samples of the base model, up to {len} tokens each (data/retain.jsonl)"));
+    Ok((Some(examples), source))
 }
 
 /// LoRA targets when none are given: the attention projections.
@@ -493,6 +552,14 @@ impl TrainArgs {
             o.write(true).truncate(true)
         };
         o.create(true).open(path).map_err(|e| Error::io(path, e))
+    }
+
+    /// `--dropout`, checked to be a probability.
+    pub fn dropout(&self) -> Result<Option<f32>> {
+        match self.dropout {
+            Some(p) if !(0.0..1.0).contains(&p) => Err(Error::invalid("--dropout", format!("{p} is outside [0, 1)"))),
+            p => Ok(p),
+        }
     }
 
     /// Early stopping as the flags say, with `default` as the metric when none is given.

@@ -252,6 +252,14 @@ impl CausalLm for Gpt2 {
         self.h.iter_mut().flat_map(|b| [&mut b.c_attn, &mut b.attn_c_proj, &mut b.c_fc, &mut b.mlp_c_proj]).collect()
     }
 
+    /// Embedding and residual dropout. GPT-2's attention-probability dropout (`attn_pdrop`) is
+    /// not applied by kiln's fused attention, in training or not.
+    fn set_dropout(&mut self, p: f32) -> Result<()> {
+        self.config.embd_pdrop = p;
+        self.config.resid_pdrop = p;
+        Ok(())
+    }
+
     fn config_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.config).unwrap_or_default();
         v["model_type"] = "gpt2".into();

@@ -73,6 +73,16 @@ pub trait CausalLm: Module {
     /// The config as Hugging Face writes it (for exports).
     fn config_json(&self) -> serde_json::Value;
 
+    /// Sets the dropout rate of the model's own layers (not LoRA's). Only GPT-2 has any: its
+    /// embedding and residual dropout.
+    fn set_dropout(&mut self, p: f32) -> Result<()> {
+        let _ = p;
+        Err(Error::invalid(
+            "--dropout",
+            format!("a {} model has no dropout layers to set; LoRA's dropout is --lora-dropout", self.model_type()),
+        ))
+    }
+
     /// Mean next-token cross-entropy over targets `[B·T]` (−100 ignored).
     fn loss(&self, tape: &Tape, input: &LmInput, targets: &[i32]) -> Result<Loss> {
         let h = self.hidden(tape, input, None)?;
