@@ -22,6 +22,12 @@
 //! So the reported pairs have Jaccard ≥ threshold exactly; a pair above the threshold can be
 //! missed only by LSH, with the probability `lsh_params` documents (about 13% of pairs right at
 //! 0.8 with the defaults, 2.5% at 0.85, less above).
+//!
+//! Cost: MinHash dominates, about 15 µs per 50-word text on one core (100k short documents in
+//! 1.5 s, `examples/near_dup_scale.rs`), memory linear in the corpus. What is not linear is the
+//! output itself: a family of m distinct but near-identical texts (a template with a changing
+//! order number) yields all m(m−1)/2 pairs; 4,000 such texts give 8M pairs in 4.4 s and 0.5 GB.
+//! Only identical texts are collapsed into a star.
 
 use crate::curate::exact::exact_duplicates;
 use crate::curate::hash::{fnv1a64, mix64};
@@ -231,11 +237,20 @@ pub fn near_duplicate_pairs(texts: &[&str], cfg: &NearDupConfig) -> Result<Vec<N
     let keys: Vec<Option<&[u64]>> = sketches.iter().map(|s| s.as_ref().map(|s| &*s.keys)).collect();
     let candidates = candidate_pairs(&keys, bands);
 
-    let checked = par_map(candidates.len(), |c| {
-        let (i, j) = (candidates[c].0 as usize, candidates[c].1 as usize);
-        let (Some(x), Some(y)) = (&sketches[i], &sketches[j]) else { return None };
-        let jaccard = set_jaccard(&x.shingles, &y.shingles);
-        (jaccard >= cfg.threshold).then_some(NearPair { a: reps[i], b: reps[j], jaccard })
+    // Checked in chunks that keep only the pairs that pass, so a mostly rejected candidate list
+    // costs no result slot per candidate.
+    const CHECK_CHUNK: usize = 1024;
+    let checked: Vec<Vec<NearPair>> = par_map(candidates.len().div_ceil(CHECK_CHUNK), |c| {
+        let chunk = &candidates[c * CHECK_CHUNK..((c + 1) * CHECK_CHUNK).min(candidates.len())];
+        chunk
+            .iter()
+            .filter_map(|&(i, j)| {
+                let (i, j) = (i as usize, j as usize);
+                let (x, y) = (sketches[i].as_ref()?, sketches[j].as_ref()?);
+                let jaccard = set_jaccard(&x.shingles, &y.shingles);
+                (jaccard >= cfg.threshold).then_some(NearPair { a: reps[i], b: reps[j], jaccard })
+            })
+            .collect()
     });
     pairs.extend(checked.into_iter().flatten());
     pairs.sort_unstable_by_key(|p| (p.a, p.b));
