@@ -283,7 +283,7 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     let test_s = t_test.elapsed().as_secs_f64();
     let forgetting = match (&retain_before, score_retain(&model)?) {
         (Some(b), Some(a)) => Some(json!({
-            "retain_examples": a.count,
+            "retain": args.retain, "retain_examples": a.count,
             "accuracy_before": b.accuracy, "accuracy_after": a.accuracy,
             "macro_f1_before": b.macro_f1, "macro_f1_after": a.macro_f1,
         })),

@@ -553,6 +553,12 @@ fn forgetting_section(md: &mut String, f: &Value) {
         _ => "the retain set".to_string(),
     };
     let _ = writeln!(md, "\n## Forgetting (retain set: {size})\n");
+    if let Value::String(source) = &f["retain"] {
+        let _ = writeln!(md, "Retain set: {source}.\n");
+    }
+    if f.get("kl_from_base_after").is_some() {
+        md.push_str("kl_from_base is the mean KL(base ‖ tuned) of the next-token distributions over the retain tokens, in nats.\n\n");
+    }
     md.push_str("| metric | before training | after training |\n|---|---|---|\n");
     let Value::Object(map) = f else { return };
     for (key, before) in map {
