@@ -611,6 +611,16 @@ fn retain_sets_measure_forgetting_and_feed_ewc() {
     assert_eq!(f["retain_examples"], 5, "{report}");
     assert_eq!(f["kl_from_base_before"], 0.0, "{report}");
     assert!(f["kl_from_base_after"].as_f64().unwrap() > 1e-4, "{report}");
+    // The Fisher's size is logged, so λ can be chosen.
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let fisher: serde_json::Value = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .find(|e: &serde_json::Value| e["event"] == "fisher")
+        .unwrap();
+    assert_eq!(fisher["retain_examples"], 5);
+    assert!(fisher["stats"]["max"].as_f64().unwrap() >= fisher["stats"]["mean"].as_f64().unwrap());
+    assert!(fisher["stats"]["weights"].as_u64().unwrap() > 0);
     let samples = std::fs::read_to_string(run.join("data/retain.jsonl")).unwrap();
     assert_eq!(samples.lines().count(), 5, "{samples}");
     let md = std::fs::read_to_string(run.join("report.md")).unwrap();

@@ -246,14 +246,17 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
             .map_err(|err| Error::io(&metrics_path, err))?;
         match e {
             Event::Features { examples, seconds } => {
-                bar.println(format!("features of {examples} texts from the frozen body in {seconds:.1}s"));
+                super::say(&bar, format!("features of {examples} texts from the frozen body in {seconds:.1}s"));
             }
             Event::Trainable { step, depth, params } => {
                 trainable = *params;
-                bar.println(format!(
-                    "step {step}: {params} trainable parameters ({:.2}%), blocks down to depth {depth}",
-                    100.0 * *params as f64 / total_params as f64
-                ));
+                super::say(
+                    &bar,
+                    format!(
+                        "step {step}: {params} trainable parameters ({:.2}%), blocks down to depth {depth}",
+                        100.0 * *params as f64 / total_params as f64
+                    ),
+                );
             }
             Event::Step { step, total, loss, lr, examples, seconds, .. } => {
                 seen += examples;
@@ -261,11 +264,17 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
                 bar.set_position(*step as u64);
                 bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {:.1} ex/s", seen as f64 / seconds));
             }
+            Event::Fisher { retain_examples, lambda, stats } => {
+                super::say(&bar, super::train::fisher_line(*retain_examples, *lambda, stats));
+            }
             Event::Eval { step, val_loss, accuracy, macro_f1 } => {
-                bar.println(format!(
-                    "step {step}: validation loss {val_loss:.4}, accuracy {:.1}%, macro-F1 {macro_f1:.4}",
-                    100.0 * accuracy
-                ));
+                super::say(
+                    &bar,
+                    format!(
+                        "step {step}: validation loss {val_loss:.4}, accuracy {:.1}%, macro-F1 {macro_f1:.4}",
+                        100.0 * accuracy
+                    ),
+                );
             }
         }
         Ok(())

@@ -50,6 +50,16 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// A line beside a progress bar: above it on a terminal, on stderr when the bar is hidden
+/// (output piped to a log), where `ProgressBar::println` would drop it.
+pub(crate) fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 /// The `--adapter` flag every GPU subcommand takes.
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct AdapterArgs {

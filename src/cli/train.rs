@@ -309,7 +309,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {:.0} tok/s", tokens_seen as f64 / seconds));
                 }
                 Event::Eval { step, val_loss, val_ppl, .. } => {
-                    bar.println(format!("step {step}: validation loss {val_loss:.4}, perplexity {val_ppl:.2}"));
+                    super::say(&bar, format!("step {step}: validation loss {val_loss:.4}, perplexity {val_ppl:.2}"));
+                }
+                Event::Fisher { retain_examples, lambda, stats } => {
+                    super::say(&bar, fisher_line(*retain_examples, *lambda, stats))
                 }
             }
             Ok(())
@@ -509,6 +512,18 @@ pub fn complete(gpu: &Gpu, lm: &LoadedLm, prompt: &str, max_new: usize) -> Resul
         out.pop();
     }
     lm.tokenizer.decode(&out, true).map_err(|e| Error::invalid("decode", e.to_string()))
+}
+
+/// EWC's Fisher on one line: its size and how hard λ pulls (λ·F is the pull per unit of drift).
+pub(super) fn fisher_line(retain: usize, lambda: f32, s: &crate::train::ewc::FisherStats) -> String {
+    format!(
+        "EWC: Fisher of {} weights from {retain} retain examples: mean {:.3e}, max {:.3e}; λ·F mean {:.3e}, max {:.3e}",
+        s.weights,
+        s.mean,
+        s.max,
+        lambda as f64 * s.mean,
+        lambda as f64 * s.max
+    )
 }
 
 /// Where training stopped and which weights the run ends with.

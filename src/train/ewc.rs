@@ -74,3 +74,24 @@ pub fn fisher_diagonal<M: Module + ?Sized>(
     result?;
     Ok(mean)
 }
+
+/// The size of a Fisher diagonal, for choosing λ: the pull on a weight is λ·F·(θ − θ₀), next to
+/// a loss gradient of the same units, so λ·mean and λ·max say how strong it is.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct FisherStats {
+    pub weights: usize,
+    pub mean: f64,
+    pub max: f64,
+}
+
+pub fn fisher_stats(gpu: &Gpu, fisher: &HashMap<String, Tensor>) -> Result<FisherStats> {
+    let (mut weights, mut sum, mut max) = (0usize, 0.0f64, 0.0f64);
+    for f in fisher.values() {
+        for x in f.to_f32_vec(gpu)? {
+            weights += 1;
+            sum += x as f64;
+            max = max.max(x as f64);
+        }
+    }
+    Ok(FisherStats { weights, mean: sum / weights.max(1) as f64, max })
+}

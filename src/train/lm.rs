@@ -66,6 +66,12 @@ pub enum Event {
         val_ppl: f32,
         tokens: usize,
     },
+    /// EWC's Fisher diagonal was estimated on the retain set (before the first step).
+    Fisher {
+        retain_examples: usize,
+        lambda: f32,
+        stats: super::ewc::FisherStats,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -179,6 +185,8 @@ pub fn train_lm(
             let input = LmInput::new(gpu, b.ids.clone(), b.batch, b.seq, Some(&b.key_mask))?;
             m.loss(tape, &input, &b.targets)
         })?;
+        let stats = super::ewc::fisher_stats(gpu, &fisher)?;
+        on_event(&Event::Fisher { retain_examples: r.len(), lambda, stats })?;
         opt.anchor_ewc(gpu, model, lambda, fisher)?;
     }
     // Validates, records, and returns the loss (None without validation data).
