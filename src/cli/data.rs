@@ -206,9 +206,18 @@ fn length_tokenizer(model: &Path) -> Result<Tokenizer> {
 
 fn run_inspect(a: InspectArgs) -> Result<()> {
     let files = read_all(&a.files)?;
-    let tok = a.model.as_deref().map(length_tokenizer).transpose()?;
+    // --suspicious needs an encoder; its tokenizer then measures lengths too.
+    let model = match (&a.model, a.suspicious) {
+        (Some(m), _) => Some(m.clone()),
+        (None, true) => Some(fetch::fetch(Asset::MiniLm, &fetch::default_cache_dir())?),
+        (None, false) => None,
+    };
+    let tok = model.as_deref().map(length_tokenizer).transpose()?;
     let ins = inspect(&files, &a.near.config(a.seed), tok.as_ref().map(|t| (t, a.max_len)))?;
-    let suspects = if a.suspicious { Some(suspicious_labels(&a, &files, &ins)?) } else { None };
+    let suspects = match (&model, a.suspicious) {
+        (Some(m), true) => Some(suspicious_labels(&a, m, &files, &ins)?),
+        _ => None,
+    };
     if let Some(path) = &a.report {
         let md = report::markdown(&files, &ins, suspects.as_deref(), a.examples);
         crate::models::weights::write_atomic(path, md.as_bytes())?;
@@ -255,7 +264,12 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
 
 /// Out-of-fold head fits on the encoder's mean-pooled features of every labelled row that is
 /// not empty or junk (those are findings of their own, and their features say little).
-fn suspicious_labels(a: &InspectArgs, files: &[DataFile], ins: &Inspection) -> Result<Vec<SuspectRow>> {
+fn suspicious_labels(
+    a: &InspectArgs,
+    model_dir: &Path,
+    files: &[DataFile],
+    ins: &Inspection,
+) -> Result<Vec<SuspectRow>> {
     let rows: Vec<_> = ins
         .rows
         .iter()
@@ -274,13 +288,9 @@ fn suspicious_labels(a: &InspectArgs, files: &[DataFile], ins: &Inspection) -> R
     }
     let labels: Vec<usize> =
         rows.iter().map(|id| names.binary_search(row(id).label.as_ref().expect("labelled")).expect("known")).collect();
-    let model_dir = match &a.model {
-        Some(m) => m.clone(),
-        None => fetch::fetch(Asset::MiniLm, &fetch::default_cache_dir())?,
-    };
     let gpu = a.adapter.open()?;
-    let model = SequenceClassifier::load(&gpu, &model_dir, names.clone(), Pooling::Mean, a.seed)?;
-    let tok = encoder_tokenizer(&model_dir, a.max_len)?;
+    let model = SequenceClassifier::load(&gpu, model_dir, names.clone(), Pooling::Mean, a.seed)?;
+    let tok = encoder_tokenizer(model_dir, a.max_len)?;
     let texts: Vec<&str> = rows.iter().map(|id| row(id).text.as_str()).collect();
     eprintln!(
         "features of {} rows ({} at most {} tokens) on {}",
