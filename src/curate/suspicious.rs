@@ -163,10 +163,7 @@ fn gather(features: &[f32], dim: usize, rows: &[usize]) -> Vec<f32> {
 }
 
 fn softmax(row: &[f32]) -> Vec<f32> {
-    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let e: Vec<f64> = row.iter().map(|&x| ((x - m) as f64).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.iter().map(|&x| (x / s) as f32).collect()
+    crate::train::forgetting::log_softmax(row).iter().map(|&l| l.exp() as f32).collect()
 }
 
 /// The rows whose labels the out-of-fold probabilities `probs` (`[N, K]`) doubt, lowest

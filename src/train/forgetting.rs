@@ -72,7 +72,8 @@ pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
     log_p.iter().zip(&log_q).map(|(&lp, &lq)| if lp == f64::NEG_INFINITY { 0.0 } else { lp.exp() * (lp - lq) }).sum()
 }
 
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
+/// log softmax of one row of logits, in f64 (the max subtracted first, so exp cannot overflow).
+pub(crate) fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
     let log_sum = logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
     logits.iter().map(|&x| x as f64 - log_sum).collect()
