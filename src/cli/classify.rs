@@ -264,9 +264,7 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
                 bar.set_position(*step as u64);
                 bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {:.1} ex/s", seen as f64 / seconds));
             }
-            Event::Fisher { retain_examples, lambda, stats } => {
-                super::say(&bar, super::train::fisher_line(*retain_examples, *lambda, stats));
-            }
+            Event::Fisher(stats) => super::say(&bar, super::train::fisher_line(stats)),
             Event::Eval { step, val_loss, accuracy, macro_f1 } => {
                 super::say(
                     &bar,

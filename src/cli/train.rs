@@ -311,9 +311,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 Event::Eval { step, val_loss, val_ppl, .. } => {
                     super::say(&bar, format!("step {step}: validation loss {val_loss:.4}, perplexity {val_ppl:.2}"));
                 }
-                Event::Fisher { retain_examples, lambda, stats } => {
-                    super::say(&bar, fisher_line(*retain_examples, *lambda, stats))
-                }
+                Event::Fisher(stats) => super::say(&bar, fisher_line(stats)),
             }
             Ok(())
         },
@@ -515,14 +513,15 @@ pub fn complete(gpu: &Gpu, lm: &LoadedLm, prompt: &str, max_new: usize) -> Resul
 }
 
 /// EWC's Fisher on one line: its size and how hard λ pulls (λ·F is the pull per unit of drift).
-pub(super) fn fisher_line(retain: usize, lambda: f32, s: &crate::train::ewc::FisherStats) -> String {
+pub(super) fn fisher_line(s: &crate::train::ewc::FisherStats) -> String {
     format!(
-        "EWC: Fisher of {} weights from {retain} retain examples: mean {:.3e}, max {:.3e}; λ·F mean {:.3e}, max {:.3e}",
+        "EWC: Fisher of {} weights from {} retain examples: mean {:.3e}, max {:.3e}; λ·F mean {:.3e}, max {:.3e}",
         s.weights,
+        s.retain_examples,
         s.mean,
         s.max,
-        lambda as f64 * s.mean,
-        lambda as f64 * s.max
+        s.lambda as f64 * s.mean,
+        s.lambda as f64 * s.max
     )
 }
 

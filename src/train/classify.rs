@@ -180,11 +180,7 @@ pub enum Event {
         macro_f1: f64,
     },
     /// EWC's Fisher diagonal was estimated on the retain set (before the first step).
-    Fisher {
-        retain_examples: usize,
-        lambda: f32,
-        stats: super::ewc::FisherStats,
-    },
+    Fisher(super::ewc::FisherStats),
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -369,8 +365,7 @@ pub fn train_classifier(
             let logits = m.logits(tape, &make_input(gpu, &[&r.items[i]], pad)?)?;
             m.loss(tape, &logits, &[r.labels[i]], None)
         })?;
-        let stats = super::ewc::fisher_stats(gpu, &fisher)?;
-        on_event(&Event::Fisher { retain_examples: r.items.len(), lambda, stats })?;
+        on_event(&Event::Fisher(super::ewc::fisher_stats(gpu, &fisher, r.items.len(), lambda)?))?;
         opt.anchor_ewc(gpu, model, lambda, fisher)?;
     }
     // The head strategy's cache: the body never runs again during training.

@@ -79,12 +79,20 @@ pub fn fisher_diagonal<M: Module + ?Sized>(
 /// a loss gradient of the same units, so λ·mean and λ·max say how strong it is.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct FisherStats {
+    pub retain_examples: usize,
+    pub lambda: f32,
     pub weights: usize,
     pub mean: f64,
     pub max: f64,
 }
 
-pub fn fisher_stats(gpu: &Gpu, fisher: &HashMap<String, Tensor>) -> Result<FisherStats> {
+/// The statistics of `fisher`, estimated on `retain_examples` examples, for EWC at `lambda`.
+pub fn fisher_stats(
+    gpu: &Gpu,
+    fisher: &HashMap<String, Tensor>,
+    retain_examples: usize,
+    lambda: f32,
+) -> Result<FisherStats> {
     let (mut weights, mut sum, mut max) = (0usize, 0.0f64, 0.0f64);
     for f in fisher.values() {
         for x in f.to_f32_vec(gpu)? {
@@ -93,5 +101,5 @@ pub fn fisher_stats(gpu: &Gpu, fisher: &HashMap<String, Tensor>) -> Result<Fishe
             max = max.max(x as f64);
         }
     }
-    Ok(FisherStats { weights, mean: sum / weights.max(1) as f64, max })
+    Ok(FisherStats { retain_examples, lambda, weights, mean: sum / weights.max(1) as f64, max })
 }

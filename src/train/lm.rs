@@ -67,11 +67,7 @@ pub enum Event {
         tokens: usize,
     },
     /// EWC's Fisher diagonal was estimated on the retain set (before the first step).
-    Fisher {
-        retain_examples: usize,
-        lambda: f32,
-        stats: super::ewc::FisherStats,
-    },
+    Fisher(super::ewc::FisherStats),
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -185,8 +181,7 @@ pub fn train_lm(
             let input = LmInput::new(gpu, b.ids.clone(), b.batch, b.seq, Some(&b.key_mask))?;
             m.loss(tape, &input, &b.targets)
         })?;
-        let stats = super::ewc::fisher_stats(gpu, &fisher)?;
-        on_event(&Event::Fisher { retain_examples: r.len(), lambda, stats })?;
+        on_event(&Event::Fisher(super::ewc::fisher_stats(gpu, &fisher, r.len(), lambda)?))?;
         opt.anchor_ewc(gpu, model, lambda, fisher)?;
     }
     // Validates, records, and returns the loss (None without validation data).
