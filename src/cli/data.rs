@@ -325,17 +325,20 @@ fn outputs(inputs: &[PathBuf], names: &[String], out: &Path) -> Result<Vec<PathB
             return Err(Error::invalid("--out", format!("two inputs are named {name}; they would share one output")));
         }
         let target = out.join(name);
-        if let (Ok(a), Ok(b)) = (target.canonicalize(), input.canonicalize())
-            && a == b
-        {
-            return Err(Error::invalid(
-                "--out",
-                format!("{} would overwrite the input {}", out.display(), input.display()),
-            ));
-        }
+        refuse_overwrite(&target, input)?;
         paths.push(target);
     }
     Ok(paths)
+}
+
+/// An error when writing `target` would replace `input` (the same file by another path too).
+fn refuse_overwrite(target: &Path, input: &Path) -> Result<()> {
+    match (target.canonicalize(), input.canonicalize()) {
+        (Ok(a), Ok(b)) if a == b => {
+            Err(Error::invalid("--out", format!("{} would overwrite the input {}", target.display(), input.display())))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn run_clean(a: CleanArgs) -> Result<()> {
@@ -401,20 +404,22 @@ fn run_split(a: SplitArgs) -> Result<()> {
     let cfg = SplitConfig { valid: a.valid, test: a.test, seed: a.seed, group_aware: !a.no_group };
     let split = assign(&labels, &ins.cluster, &cfg);
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    // All three checked before any is written.
+    let names = ["train", "valid", "test"];
+    let paths: Vec<PathBuf> = names.iter().map(|n| a.out.join(format!("{n}.{ext}"))).collect();
+    for path in &paths {
+        refuse_overwrite(path, &a.file)?;
+    }
     let mut counts = Vec::new();
-    for (s, name) in ["train", "valid", "test"].iter().enumerate() {
+    for (s, (name, path)) in names.iter().zip(&paths).enumerate() {
         let rows: Vec<_> =
             file.rows.iter().zip(&split).filter(|(_, x)| **x as usize == s).map(|(r, _)| r.clone()).collect();
-        let path = a.out.join(format!("{name}.{ext}"));
-        if path.canonicalize().ok() == a.file.canonicalize().ok() && path.exists() {
-            return Err(Error::invalid("--out", format!("{} would overwrite the input", path.display())));
-        }
         let mut by_label: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
         for r in &rows {
             *by_label.entry(r.label.clone().unwrap_or_else(|| "(none)".into())).or_insert(0) += 1;
         }
         counts.push(json!({"split": name, "rows": rows.len(), "labels": by_label, "path": path}));
-        write_rows(&file.with_rows(rows), &path)?;
+        write_rows(&file.with_rows(rows), path)?;
     }
     let clusters = ins.cluster.iter().enumerate().filter(|(k, c)| *k != **c).count();
     if a.json {

@@ -6,7 +6,7 @@
 //! order, so list files by priority (train first: a test row that copies a training row is the
 //! one removed); then the first file (the training set) may be rebalanced.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 use tokenizers::Tokenizer;
@@ -122,7 +122,6 @@ pub fn clean(
     for (k, &c) in inspection.cluster.iter().enumerate() {
         clusters.entry(c).or_default().push(k);
     }
-    let exact_group = exact_groups(inspection);
     for members in clusters.values().filter(|m| m.len() > 1) {
         let alive: Vec<usize> = members.iter().copied().filter(|&k| reason[k].is_none()).collect();
         // Label conflicts first, so deduplication keeps a row with the agreed label.
@@ -154,7 +153,7 @@ pub fn clean(
         let alive: Vec<usize> = members.iter().copied().filter(|&k| reason[k].is_none()).collect();
         for k in alive {
             // The kept row this one duplicates: exactly (same normalised text), or nearly.
-            let same = kept.iter().copied().find(|&j| exact_group[j].is_some() && exact_group[j] == exact_group[k]);
+            let same = kept.iter().copied().find(|&j| inspection.exact_of[j] == inspection.exact_of[k]);
             match (same, kept.first().copied()) {
                 (Some(j), _) => reason[k] = Some(("exact duplicate".into(), Some(place(&ids[j])))),
                 (None, Some(j)) if cfg.dedupe == Dedupe::Near => {
@@ -189,19 +188,6 @@ pub fn clean(
     }
     let files = files.iter().zip(kept_rows).map(|(f, rows)| f.with_rows(rows)).collect();
     Ok(Cleaned { files, removed, added })
-}
-
-/// Each row's exact-duplicate group (its first row's index into `inspection.rows`), if any.
-fn exact_groups(inspection: &Inspection) -> Vec<Option<usize>> {
-    let index: HashMap<RowId, usize> = inspection.rows.iter().enumerate().map(|(k, id)| (*id, k)).collect();
-    let mut group = vec![None; inspection.rows.len()];
-    for g in &inspection.exact_duplicates {
-        let first = index[&g[0]];
-        for id in g {
-            group[index[id]] = Some(first);
-        }
-    }
-    group
 }
 
 fn rebalance(

@@ -79,6 +79,10 @@ pub struct Inspection {
     /// Every row, files in order.
     #[serde(skip)]
     pub rows: Vec<RowId>,
+    /// The exact-duplicate group of each row of `rows`: the index of its group's first row, or
+    /// its own index when no other row has its normalised text.
+    #[serde(skip)]
+    pub exact_of: Vec<usize>,
     /// The duplicate cluster of each row of `rows`: the index (into `rows`) of its first member.
     #[serde(skip)]
     pub cluster: Vec<usize>,
@@ -193,6 +197,7 @@ pub fn inspect(files: &[DataFile], near: &NearDupConfig, tokens: Option<(&Tokeni
         file_leaks,
         group_leaks,
         rows: ids,
+        exact_of: representative,
         cluster,
     })
 }
