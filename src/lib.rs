@@ -12,6 +12,7 @@ pub mod curate;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod fuzz;
 pub mod generate;
 pub mod gpu;
 pub mod kernels;

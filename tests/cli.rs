@@ -5,28 +5,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
+use common::{tiny_bert, tiny_model};
 use kiln::gpu::AdapterChoice;
 use kiln::models::{LmInput, load_causal_lm, peft};
-use tokenizers::Tokenizer;
-use tokenizers::models::wordlevel::WordLevel;
-use tokenizers::pre_tokenizers::whitespace::Whitespace;
-
-/// A copy of the fixture model with a word-level tokenizer `w0 .. w95` (id = number).
-fn tiny_model(dir: &Path) {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_tiny");
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
-    }
-    let vocab: HashMap<String, u32> = (0..96).map(|i| (format!("w{i}"), i)).collect();
-    let model = WordLevel::builder().vocab(vocab.into_iter().collect()).unk_token("w0".into()).build().unwrap();
-    let mut tok = Tokenizer::new(model);
-    tok.with_pre_tokenizer(Some(Whitespace {}));
-    tok.save(dir.join("tokenizer.json"), false).unwrap();
-}
 
 /// Counting tasks: prompt `w{s} w{s+1} w{s+2}`, completion the next three numbers.
 fn counting_data(dir: &Path) {
@@ -151,28 +135,6 @@ fn bad_data_line_is_an_error_naming_file_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("train.jsonl") && err.contains("line 2"), "{err}");
-}
-
-/// A tiny BERT (transformers-scale weights) with a word-level tokenizer: `[PAD] [UNK] [CLS]
-/// [SEP]` then `w4 .. w95`, texts wrapped as `[CLS] text [SEP]`.
-fn tiny_bert(dir: &Path) {
-    use tokenizers::processors::template::TemplateProcessing;
-    common::hf_initialised_bert(dir);
-    let mut vocab: HashMap<String, u32> = (4..96).map(|i| (format!("w{i}"), i)).collect();
-    for (i, t) in ["[PAD]", "[UNK]", "[CLS]", "[SEP]"].iter().enumerate() {
-        vocab.insert(t.to_string(), i as u32);
-    }
-    let model = WordLevel::builder().vocab(vocab.into_iter().collect()).unk_token("[UNK]".into()).build().unwrap();
-    let mut tok = Tokenizer::new(model);
-    tok.with_pre_tokenizer(Some(Whitespace {}));
-    let template = TemplateProcessing::builder()
-        .try_single("[CLS] $A [SEP]")
-        .unwrap()
-        .special_tokens(vec![("[CLS]", 2), ("[SEP]", 3)])
-        .build()
-        .unwrap();
-    tok.with_post_processor(Some(template));
-    tok.save(dir.join("tokenizer.json"), false).unwrap();
 }
 
 /// "pos" texts carry w10 twice, "neg" texts w60; the rest are filler words. The group says

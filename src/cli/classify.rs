@@ -117,6 +117,26 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     };
     let (splits, data_name) = load_splits(args, &cache)?;
     let labels = LabelSet::from_examples(&splits.train);
+    // Where each split came from, for errors that name a line: the data folder's file, or the
+    // split's name for built-in tasks.
+    let source = |split: &str| -> String {
+        let Some(dir) = &args.data else { return split.to_string() };
+        ["jsonl", "csv"]
+            .iter()
+            .map(|ext| dir.join(format!("{split}.{ext}")))
+            .find(|p| p.is_file())
+            .map_or(split.to_string(), |p| p.display().to_string())
+    };
+    if labels.len() < 2 {
+        return Err(Error::Parse {
+            path: source("train").into(),
+            message: format!(
+                "every one of the {} training examples has the label {:?}; a classifier needs at least two labels",
+                splits.train.len(),
+                labels.names
+            ),
+        });
+    }
     // The main job's documented default: 64 tokens (subject and the start of the body) keep
     // it within minutes on a CPU; --full and other data sets take 128.
     let spam_subsample = args.data.is_none() && !c.full;
@@ -127,9 +147,9 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
         let texts: Vec<&str> = set.iter().map(|e| e.text.as_str()).collect();
         Ok((encode_texts(&tokenizer, &texts, max_len)?, labels.ids(set, name)?))
     };
-    let (train_x, train_y) = encode(&splits.train, "train")?;
-    let (valid_x, valid_y) = encode(&splits.valid, "valid")?;
-    let (test_x, test_y) = encode(&splits.test, "test")?;
+    let (train_x, train_y) = encode(&splits.train, &source("train"))?;
+    let (valid_x, valid_y) = encode(&splits.valid, &source("valid"))?;
+    let (test_x, test_y) = encode(&splits.test, &source("test"))?;
     let retain = match &args.retain {
         Some(path) => classify::read_examples(path)?,
         None => Vec::new(),

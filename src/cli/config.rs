@@ -16,6 +16,9 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
         return Ok(args);
     };
     let flags = flags_of(&path)?;
+    if let Some(sub) = args.get(1).and_then(|a| a.to_str()) {
+        check_flags(&path, sub, &flags)?;
+    }
     let mut out = args;
     let at = out.len().min(2);
     out.splice(at..at, flags);
@@ -80,6 +83,47 @@ fn flags_of(path: &Path) -> Result<Vec<OsString>> {
         }
     }
     Ok(flags)
+}
+
+/// Parses each key's flags alone as `kiln SUB --flag value`, so an unknown key or a value of the
+/// wrong type is reported with the file and the key instead of as a bare command-line error.
+fn check_flags(path: &Path, sub: &str, flags: &[OsString]) -> Result<()> {
+    use clap::error::ErrorKind;
+    let mut i = 0;
+    while i < flags.len() {
+        // A flag is followed by its value unless the next item is the next flag (booleans).
+        let takes_value = flags.get(i + 1).is_some_and(|v| !v.to_string_lossy().starts_with("--"));
+        let n = if takes_value { 2 } else { 1 };
+        let one: Vec<OsString> =
+            ["kiln".into(), sub.into()].into_iter().chain(flags[i..i + n].iter().cloned()).collect();
+        if let Err(e) = <super::Cli as clap::Parser>::try_parse_from(&one) {
+            let key = flags[i].to_string_lossy().trim_start_matches("--").replace('-', "_");
+            let message = match e.kind() {
+                ErrorKind::UnknownArgument => {
+                    format!(
+                        "`{key}` is not a setting of `kiln {sub}` (the keys are its flags, see `kiln {sub} --help`)"
+                    )
+                }
+                ErrorKind::InvalidValue
+                | ErrorKind::ValueValidation
+                | ErrorKind::NoEquals
+                | ErrorKind::TooManyValues
+                | ErrorKind::TooFewValues
+                | ErrorKind::WrongNumberOfValues => {
+                    let clap_says = e.to_string();
+                    let first = clap_says.lines().next().unwrap_or_default().trim_start_matches("error: ");
+                    format!("`{key}`: {first}")
+                }
+                _ => {
+                    i += n;
+                    continue;
+                }
+            };
+            return Err(Error::Parse { path: path.to_path_buf(), message });
+        }
+        i += n;
+    }
+    Ok(())
 }
 
 /// Writes settings (a serializable flag struct) as TOML that `--config` reads back.

@@ -167,6 +167,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    args.validate()?;
     let gpu = args.adapter.open()?;
     if super::classify::is_classification(&args)? {
         return super::classify::run(&args, &gpu);
@@ -207,7 +208,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(n) = args.train_limit {
         train_records.truncate(n);
     }
-    let max_len = args.max_len.unwrap_or(256);
+    let max_positions = lm.model.shape().max_positions;
+    let max_len = args.max_len.unwrap_or(256.min(max_positions));
+    if max_len > max_positions {
+        return Err(Error::invalid(
+            "--max-len",
+            format!("{max_len} tokens is beyond this model's {max_positions} positions (max_position_embeddings)"),
+        ));
+    }
     let train = lm::tokenize_all(&train_records, &lm.tokenizer, &lm.format, max_len)?;
     let valid = match &splits.valid {
         Some(v) => Some(lm::tokenize_all(v, &lm.tokenizer, &lm.format, max_len)?.examples),
@@ -566,6 +574,67 @@ impl TrainArgs {
             o.write(true).truncate(true)
         };
         o.create(true).open(path).map_err(|e| Error::io(path, e))
+    }
+
+    /// Checks every numeric setting before anything is loaded, so a bad value is named at once
+    /// instead of surfacing as a NaN loss or a kernel error minutes later.
+    pub fn validate(&self) -> Result<()> {
+        fn positive(flag: &'static str, v: f32) -> Result<()> {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::invalid(flag, format!("{v}; expected a positive number")))
+            }
+        }
+        fn non_negative(flag: &'static str, v: f64) -> Result<()> {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(Error::invalid(flag, format!("{v}; expected a number ≥ 0")))
+            }
+        }
+        fn probability(flag: &'static str, v: f32) -> Result<()> {
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::invalid(flag, format!("{v}; expected a value in [0, 1)")))
+            }
+        }
+        fn at_least_one(flag: &'static str, v: usize) -> Result<()> {
+            if v >= 1 { Ok(()) } else { Err(Error::invalid(flag, "0; expected at least 1".to_string())) }
+        }
+        if let Some(lr) = self.lr {
+            positive("--lr", lr)?;
+        }
+        at_least_one("--batch-size", self.batch_size)?;
+        at_least_one("--grad-accum", self.grad_accum)?;
+        at_least_one("--lora-r", self.lora_r)?;
+        at_least_one("--keep-checkpoints", self.keep_checkpoints)?;
+        for (flag, v) in [
+            ("--epochs", self.epochs),
+            ("--steps", self.steps),
+            ("--max-len", self.max_len),
+            ("--train-limit", self.train_limit),
+        ] {
+            if let Some(v) = v {
+                at_least_one(flag, v)?;
+            }
+        }
+        positive("--lora-alpha", self.lora_alpha)?;
+        probability("--lora-dropout", self.lora_dropout)?;
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return Err(Error::invalid("--warmup-ratio", format!("{}; expected a value in [0, 1]", self.warmup_ratio)));
+        }
+        non_negative("--weight-decay", self.weight_decay as f64)?;
+        non_negative("--max-grad-norm", self.max_grad_norm as f64)?;
+        non_negative("--min-delta", self.min_delta)?;
+        for (flag, v) in [("--l2sp", self.l2sp), ("--ewc", self.ewc)] {
+            if let Some(v) = v {
+                non_negative(flag, v as f64)?;
+            }
+        }
+        self.dropout()?;
+        Ok(())
     }
 
     /// `--dropout`, checked to be a probability.

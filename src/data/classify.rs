@@ -33,6 +33,8 @@ pub struct Example {
     /// The label as written; an integer label in jsonl is kept as its decimal string.
     pub label: String,
     pub group: Option<String>,
+    /// The line of its file it was read from (a csv row's first line); 0 when not from a file.
+    pub line: usize,
 }
 
 /// The splits of a data folder; a split that is absent is empty.
@@ -71,7 +73,8 @@ pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
 fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
     let mut examples = Vec::new();
     super::for_each_line(path, |line_no, line| {
-        examples.push(parse_json_example(line).map_err(|m| line_error(path, line_no, m))?);
+        let example = parse_json_example(line).map_err(|m| line_error(path, line_no, m))?;
+        examples.push(Example { line: line_no, ..example });
         Ok(())
     })?;
     Ok(examples)
@@ -102,7 +105,7 @@ fn parse_json_example(line: &str) -> std::result::Result<Example, String> {
         Some(v) => return Err(format!("`group` must be a string, found {}", json_type(v))),
     };
     check_fields(&text, &label)?;
-    Ok(Example { text, label, group })
+    Ok(Example { text, label, group, line: 0 })
 }
 
 fn check_fields(text: &str, label: &str) -> std::result::Result<(), String> {
@@ -136,7 +139,7 @@ fn read_csv(path: &Path) -> Result<Vec<Example>> {
         let (text, label) = (field(text_col), field(label_col));
         check_fields(&text, &label).map_err(|m| line_error(path, line, m))?;
         let group = group_col.map(field).filter(|g| !g.is_empty());
-        examples.push(Example { text, label, group });
+        examples.push(Example { text, label, group, line });
     }
     Ok(examples)
 }
@@ -237,8 +240,8 @@ impl LabelSet {
                 self.id(&e.label).ok_or_else(|| Error::Parse {
                     path: PathBuf::from(path_for_errors),
                     message: format!(
-                        "example {}: label `{}` is not one of the training labels {:?}",
-                        i + 1,
+                        "{}: label `{}` is not in the training labels {:?}",
+                        if e.line > 0 { format!("line {}", e.line) } else { format!("example {}", i + 1) },
                         e.label,
                         self.names
                     ),
@@ -354,7 +357,7 @@ mod tests {
     use super::*;
 
     fn ex(text: &str, label: &str) -> Example {
-        Example { text: text.into(), label: label.into(), group: None }
+        Example { text: text.into(), label: label.into(), group: None, line: 0 }
     }
 
     /// `counts[k]` examples of label `labels[k]`, texts numbered in input order.
@@ -391,9 +394,9 @@ mod tests {
         assert_eq!(
             examples,
             vec![
-                Example { text: "hello".into(), label: "ham".into(), group: Some("easy".into()) },
-                ex("buy", "1"),
-                ex("x", "-3"),
+                Example { text: "hello".into(), label: "ham".into(), group: Some("easy".into()), line: 1 },
+                Example { line: 4, ..ex("buy", "1") },
+                Example { line: 5, ..ex("x", "-3") },
             ]
         );
     }
@@ -442,13 +445,13 @@ mod tests {
         assert_eq!(
             examples,
             vec![
-                Example { text: "Cheap, now".into(), label: "spam".into(), group: Some("spam-1".into()) },
-                ex("line one\nline \"two\"", "ham"),
-                Example { text: "plain".into(), label: "0".into(), group: Some("easy".into()) },
+                Example { text: "Cheap, now".into(), label: "spam".into(), group: Some("spam-1".into()), line: 2 },
+                Example { line: 3, ..ex("line one\nline \"two\"", "ham") },
+                Example { text: "plain".into(), label: "0".into(), group: Some("easy".into()), line: 6 },
             ]
         );
         let no_group = write(tmp.path(), "b.csv", "text,label\nhi,a\n");
-        assert_eq!(read_examples(&no_group).unwrap(), vec![ex("hi", "a")]);
+        assert_eq!(read_examples(&no_group).unwrap(), vec![Example { line: 2, ..ex("hi", "a") }]);
     }
 
     #[test]

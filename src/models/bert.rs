@@ -207,6 +207,18 @@ impl Bert {
     pub fn from_source(gpu: &Gpu, config: BertConfig, src: &mut dyn WeightSource, config_path: &Path) -> Result<Bert> {
         let bad = |message: String| Error::Parse { path: config_path.to_path_buf(), message };
         let c = config.hidden_size;
+        super::weights::check_dims(
+            config_path,
+            &[
+                ("vocab_size", config.vocab_size),
+                ("hidden_size", c),
+                ("num_hidden_layers", config.num_hidden_layers),
+                ("num_attention_heads", config.num_attention_heads),
+                ("intermediate_size", config.intermediate_size),
+                ("max_position_embeddings", config.max_position_embeddings),
+                ("type_vocab_size", config.type_vocab_size),
+            ],
+        )?;
         if config.num_attention_heads == 0 || !c.is_multiple_of(config.num_attention_heads) {
             return Err(bad(format!(
                 "hidden_size {c} is not a multiple of num_attention_heads {}",

@@ -854,8 +854,10 @@ impl<'a> Reader<'a> {
 }
 
 /// A GGUF writer for tests: builds files in memory, including broken ones.
-#[cfg(test)]
-pub(crate) mod testing {
+/// Builders of GGUF files (valid and deliberately broken) and reference quantizers, for tests,
+/// the bad-input suite and the fuzzers' seed corpus.
+#[doc(hidden)]
+pub mod testing {
     use super::{GgmlType, GgufValue, value_type as t};
     use half::{bf16, f16};
 

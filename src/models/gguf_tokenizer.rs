@@ -229,7 +229,7 @@ fn pre_tokenizer(pre: Option<&str>) -> Option<PreTokenizerWrapper> {
 
 /// GPT-2's byte-to-character table: byte `b` is written as `table[b]`. Printable bytes stand
 /// for themselves; the rest map to U+0100 and up, so every token is printable text.
-fn bytes_to_unicode() -> [char; 256] {
+pub(crate) fn bytes_to_unicode() -> [char; 256] {
     let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
     let mut table = ['\0'; 256];
     let mut next = 256u32;

@@ -93,6 +93,17 @@ impl Gpt2 {
 
     pub fn from_source(gpu: &Gpu, config: Gpt2Config, src: &mut dyn WeightSource, config_path: &Path) -> Result<Gpt2> {
         let c = config.n_embd;
+        super::weights::check_dims(
+            config_path,
+            &[
+                ("vocab_size", config.vocab_size),
+                ("n_positions", config.n_positions),
+                ("n_embd", c),
+                ("n_layer", config.n_layer),
+                ("n_head", config.n_head),
+                ("n_inner", config.n_inner.unwrap_or(4 * c)),
+            ],
+        )?;
         if config.n_head == 0 || !c.is_multiple_of(config.n_head) {
             return Err(Error::Parse {
                 path: config_path.to_path_buf(),

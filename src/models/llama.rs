@@ -99,6 +99,19 @@ impl LlamaConfig {
 
     fn check(&self, path: &Path) -> Result<()> {
         let bad = |message: String| Err(Error::Parse { path: path.to_path_buf(), message });
+        super::weights::check_dims(
+            path,
+            &[
+                ("vocab_size", self.vocab_size),
+                ("hidden_size", self.hidden_size),
+                ("intermediate_size", self.intermediate_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("num_attention_heads", self.num_attention_heads),
+                ("num_key_value_heads", self.kv_heads()),
+                ("head_dim", self.head_dim()),
+                ("max_position_embeddings", self.max_position_embeddings),
+            ],
+        )?;
         if self.hidden_act != "silu" {
             return bad(format!("hidden_act `{}`: kiln's Llama MLP is SwiGLU (silu)", self.hidden_act));
         }
@@ -130,6 +143,9 @@ pub struct Layer {
     pub up_proj: Linear,
     pub down_proj: Linear,
 }
+
+/// Positions the RoPE table is built for, at most (see [`Llama::from_source`]).
+const MAX_ROPE_POSITIONS: usize = 1 << 17;
 
 pub struct Llama {
     pub config: LlamaConfig,
@@ -189,7 +205,10 @@ impl Llama {
         let lm_head = untied_head(gpu, src, config.tie_word_embeddings, [v, c])?;
         // rotary_emb.inv_freq is a buffer some checkpoints carry; it is recomputed from rope_theta.
         src.finish(&|n| n.ends_with("rotary_emb.inv_freq"))?;
-        let rope = Arc::new(RopeTables::new(gpu, d, config.max_position_embeddings, base)?);
+        // The table covers at most MAX_ROPE_POSITIONS: a model claiming millions of positions
+        // should not cost gigabytes up front; longer inputs are refused by the RoPE kernel.
+        let positions = config.max_position_embeddings.min(MAX_ROPE_POSITIONS);
+        let rope = Arc::new(RopeTables::new(gpu, d, positions, base)?);
         Ok(Llama { config, embed_tokens, layers, norm, lm_head, rope })
     }
 }

@@ -39,8 +39,9 @@ pub fn load_lm(gpu: &Gpu, path: &Path) -> Result<LoadedLm> {
 
 fn load_gguf(gpu: &Gpu, path: &Path) -> Result<LoadedLm> {
     let file = GgufFile::open(path)?;
-    let tok = GgufTokenizer::from_gguf(&file)?;
+    // The model first: its architecture and sizes are the likelier mistake to report.
     let model = Box::new(gguf_llama::load_llama(gpu, &file)?);
+    let tok = GgufTokenizer::from_gguf(&file)?;
     let bos = if tok.add_bos { tok.bos } else { None };
     let template = tok.chat_template.clone().unwrap_or_default();
     let format = if template.contains(IM_START) {

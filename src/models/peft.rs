@@ -181,20 +181,21 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
         other => return Err(bad(format!("target_modules {other} is not a list"))),
     };
     let r = v["r"].as_u64().ok_or_else(|| bad("no integer `r`".into()))? as usize;
-    Ok(LoraConfig {
+    let cfg = LoraConfig {
         r,
         alpha: v["lora_alpha"].as_f64().unwrap_or(8.0) as f32,
         dropout: v["lora_dropout"].as_f64().unwrap_or(0.0) as f32,
         target_modules,
         use_rslora: v["use_rslora"].as_bool().unwrap_or(false),
-    })
+    };
+    cfg.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(cfg)
 }
 
 /// Attaches the adapter in `dir` to the model (frozen base, trainable adapters). Every key of
 /// the file must land on a layer of the model.
 pub fn load_adapter(gpu: &Gpu, model: &mut dyn CausalLm, dir: &Path) -> Result<LoraConfig> {
     let cfg = read_adapter_config(dir)?;
-    cfg.validate()?;
     let mut src = SafetensorsSource::open_file(&dir.join("adapter_model.safetensors"))?;
     model.visit_params_mut(&mut |p| p.grad = None);
     attach(gpu, model.linears_mut(), &mut src, &cfg, dir)?;
@@ -207,7 +208,6 @@ pub fn load_adapter(gpu: &Gpu, model: &mut dyn CausalLm, dir: &Path) -> Result<L
 /// when `dense` is targeted) are skipped: kiln's pooling does not use the pooler.
 pub fn load_classifier_adapter(gpu: &Gpu, model: &mut SequenceClassifier, dir: &Path) -> Result<LoraConfig> {
     let cfg = read_adapter_config(dir)?;
-    cfg.validate()?;
     let mut src = SafetensorsSource::open_file(&dir.join("adapter_model.safetensors"))?;
     model.visit_params_mut(&mut |p| p.grad = None);
     attach(gpu, model.body.linears_mut(), &mut src, &cfg, dir)?;
@@ -232,6 +232,21 @@ fn attach(
     cfg: &LoraConfig,
     dir: &Path,
 ) -> Result<()> {
+    // Every target must name a layer of this model: an adapter made for another architecture
+    // would otherwise load "successfully" with its foreign weights silently unused.
+    let paths: Vec<String> = linears.iter().map(|l| l.path.clone()).collect();
+    for target in &cfg.target_modules {
+        let one = LoraConfig { target_modules: vec![target.clone()], ..cfg.clone() };
+        if !paths.iter().any(|p| one.targets(p)) {
+            let mut names: Vec<&str> = paths.iter().filter_map(|p| p.rsplit('.').next()).collect();
+            names.sort();
+            names.dedup();
+            return Err(Error::Parse {
+                path: dir.join("adapter_config.json"),
+                message: format!("target module `{target}` is no layer of this model; its linear layers are {names:?}"),
+            });
+        }
+    }
     let mut found = 0;
     for lin in linears {
         let a_key = format!("{PREFIX}{}.lora_A.weight", lin.path);

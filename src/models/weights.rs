@@ -21,6 +21,11 @@ pub trait WeightSource {
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
     /// Names not taken yet.
     fn remaining(&self) -> Vec<String>;
+    /// The file that holds tensor `name` (for messages).
+    fn file_of(&self, name: &str) -> PathBuf {
+        let _ = name;
+        self.origin().to_path_buf()
+    }
 
     /// Uploads a weight to the GPU.
     fn tensor(&mut self, gpu: &Gpu, name: &str, shape: &[usize]) -> Result<Tensor> {
@@ -36,7 +41,7 @@ pub trait WeightSource {
         }
         let shown = left.iter().take(8).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
         Err(Error::Parse {
-            path: self.origin().to_path_buf(),
+            path: self.file_of(&left[0]),
             message: format!(
                 "{} unexpected tensor(s) the model does not use: {shown}{} (is config.json for another architecture?)",
                 left.len(),
@@ -64,20 +69,43 @@ impl SafetensorsSource {
         Self::from_files(file, vec![file.to_path_buf()])
     }
 
+    /// One safetensors file held in memory; `path` only names it in errors.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let mut source =
+            SafetensorsSource { dir: path.to_path_buf(), tensors: BTreeMap::new(), taken: BTreeSet::new() };
+        source.add_file(path, bytes)?;
+        Ok(source)
+    }
+
     fn from_files(dir: &Path, files: Vec<PathBuf>) -> Result<Self> {
-        let mut tensors = BTreeMap::new();
+        let mut source = SafetensorsSource { dir: dir.to_path_buf(), tensors: BTreeMap::new(), taken: BTreeSet::new() };
         for file in files {
             let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
-            let st = SafeTensors::deserialize(&bytes)
-                .map_err(|e| Error::Parse { path: file.clone(), message: format!("not a safetensors file: {e}") })?;
-            for (name, view) in st.tensors() {
-                let entry = (file.clone(), view.dtype(), view.shape().to_vec(), view.data().to_vec());
-                if tensors.insert(name.clone(), entry).is_some() {
-                    return Err(Error::Parse { path: file.clone(), message: format!("tensor `{name}` appears twice") });
-                }
+            source.add_file(&file, &bytes)?;
+        }
+        Ok(source)
+    }
+
+    fn add_file(&mut self, file: &Path, bytes: &[u8]) -> Result<()> {
+        // The crate checks the header length, every offset and each tensor's byte count against
+        // the file before it hands out a view.
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| Error::Parse { path: file.to_path_buf(), message: format!("not a safetensors file: {e}") })?;
+        for (name, view) in st.tensors() {
+            let entry = (file.to_path_buf(), view.dtype(), view.shape().to_vec(), view.data().to_vec());
+            if self.tensors.insert(name.clone(), entry).is_some() {
+                return Err(Error::Parse {
+                    path: file.to_path_buf(),
+                    message: format!("tensor `{name}` appears twice"),
+                });
             }
         }
-        Ok(SafetensorsSource { dir: dir.to_path_buf(), tensors, taken: BTreeSet::new() })
+        Ok(())
+    }
+
+    /// The names of all tensors, taken or not.
+    pub fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
     }
 }
 
@@ -157,6 +185,28 @@ impl WeightSource for SafetensorsSource {
     fn remaining(&self) -> Vec<String> {
         self.tensors.keys().filter(|n| !self.taken.contains(*n)).cloned().collect()
     }
+
+    fn file_of(&self, name: &str) -> PathBuf {
+        self.tensors.get(name).map_or_else(|| self.dir.clone(), |t| t.0.clone())
+    }
+}
+
+/// The largest size kiln accepts for one dimension of a config (vocabulary, width, layers,
+/// positions): far above any real model, low enough that no product of two overflows or asks
+/// for an absurd allocation before a tensor shape could disagree.
+pub const MAX_CONFIG_DIM: usize = 1 << 24;
+
+/// Checks that each named size of a config is at least 1 and at most [`MAX_CONFIG_DIM`].
+pub fn check_dims(config_path: &Path, dims: &[(&str, usize)]) -> Result<()> {
+    for &(key, v) in dims {
+        if v == 0 || v > MAX_CONFIG_DIM {
+            return Err(Error::Parse {
+                path: config_path.to_path_buf(),
+                message: format!("`{key}` is {v}; expected a size from 1 to {MAX_CONFIG_DIM}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Reads and parses `config.json` of a model folder.

@@ -2,10 +2,15 @@
 //! seeded inputs, and a comparison that prints how close the kernel came.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use kiln::gpu::AdapterChoice;
 use kiln::{Gpu, Tensor};
+use tokenizers::Tokenizer;
+use tokenizers::models::wordlevel::WordLevel;
+use tokenizers::pre_tokenizers::whitespace::Whitespace;
 
 /// The adapter every test in this binary uses. Panics with the reason when there is none:
 /// a GPU test must never pass by not running.
@@ -111,4 +116,39 @@ pub fn hf_initialised_bert(dir: &std::path::Path) {
     }
     kiln::models::weights::save_safetensors(&dir.join("model.safetensors"), &tensors, None).unwrap();
     std::fs::copy(fixture.join("config.json"), dir.join("config.json")).unwrap();
+}
+
+/// A copy of the fixture model with a word-level tokenizer `w0 .. w95` (id = number).
+pub fn tiny_model(dir: &Path) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_tiny");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
+    }
+    let vocab: HashMap<String, u32> = (0..96).map(|i| (format!("w{i}"), i)).collect();
+    let model = WordLevel::builder().vocab(vocab.into_iter().collect()).unk_token("w0".into()).build().unwrap();
+    let mut tok = Tokenizer::new(model);
+    tok.with_pre_tokenizer(Some(Whitespace {}));
+    tok.save(dir.join("tokenizer.json"), false).unwrap();
+}
+
+/// A tiny BERT (transformers-scale weights) with a word-level tokenizer: `[PAD] [UNK] [CLS]
+/// [SEP]` then `w4 .. w95`, texts wrapped as `[CLS] text [SEP]`.
+pub fn tiny_bert(dir: &Path) {
+    use tokenizers::processors::template::TemplateProcessing;
+    hf_initialised_bert(dir);
+    let mut vocab: HashMap<String, u32> = (4..96).map(|i| (format!("w{i}"), i)).collect();
+    for (i, t) in ["[PAD]", "[UNK]", "[CLS]", "[SEP]"].iter().enumerate() {
+        vocab.insert(t.to_string(), i as u32);
+    }
+    let model = WordLevel::builder().vocab(vocab.into_iter().collect()).unk_token("[UNK]".into()).build().unwrap();
+    let mut tok = Tokenizer::new(model);
+    tok.with_pre_tokenizer(Some(Whitespace {}));
+    let template = TemplateProcessing::builder()
+        .try_single("[CLS] $A [SEP]")
+        .unwrap()
+        .special_tokens(vec![("[CLS]", 2), ("[SEP]", 3)])
+        .build()
+        .unwrap();
+    tok.with_post_processor(Some(template));
+    tok.save(dir.join("tokenizer.json"), false).unwrap();
 }
