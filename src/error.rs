@@ -41,6 +41,13 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
+
+    // ---- runs ----
+    #[error("interrupted after step {step}; {}", match run {
+        Some(run) => format!("checkpoint written; continue with `kiln train --resume {}`", run.display()),
+        None => "no checkpoint was written (checkpoints are off: --save-every 0)".to_string(),
+    })]
+    Interrupted { step: usize, run: Option<PathBuf> },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -14,6 +14,10 @@ fn main() {
     let cli = kiln::cli::Cli::parse_from(args);
     if let Err(e) = kiln::cli::run(cli) {
         eprintln!("error: {e}");
-        std::process::exit(1);
+        let code = match e {
+            kiln::Error::Interrupted { .. } => kiln::train::interrupt::EXIT_CODE,
+            _ => 1,
+        };
+        std::process::exit(code);
     }
 }

@@ -168,6 +168,7 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     args.validate()?;
+    crate::train::interrupt::install();
     let gpu = args.adapter.open()?;
     if super::classify::is_classification(&args)? {
         return super::classify::run(&args, &gpu);
@@ -568,7 +569,9 @@ impl TrainArgs {
     /// metrics.jsonl: appended to when resuming, else new.
     pub fn open_metrics(&self, path: &Path) -> Result<std::fs::File> {
         let mut o = std::fs::OpenOptions::new();
-        if self.resume.is_some() {
+        if let Some(run) = &self.resume {
+            let resumed_at = crate::train::checkpoint::list(&run.join("checkpoints"))?.pop().map_or(0, |(s, _)| s);
+            trim_metrics(path, resumed_at)?;
             o.append(true)
         } else {
             o.write(true).truncate(true)
@@ -654,6 +657,24 @@ impl TrainArgs {
             restore_best: !self.no_restore_best,
         }
     }
+}
+
+/// Before a resumed run appends to metrics.jsonl: drops what a killed run logged after the
+/// checkpoint it resumes from (those steps run again) and a last line cut off mid-write.
+fn trim_metrics(path: &Path, resumed_at: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let mut kept = String::new();
+    for line in text.split_inclusive('\n') {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else { break };
+        if !line.ends_with('\n') || event["step"].as_u64().is_some_and(|s| s as usize > resumed_at) {
+            break;
+        }
+        kept.push_str(line);
+    }
+    if kept.len() < text.len() {
+        crate::models::weights::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
 }
 
 pub(super) fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {

@@ -95,6 +95,7 @@ pub fn save(
     }
     let file = StateFile { state: state.clone(), adam_steps, optimizer_steps: opt.steps };
     let dir = step_dir(root, state.step);
+    remove_stale_temps(root);
     let tmp = root.join(format!(".tmp-step-{:07}-{}", state.step, std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     save_safetensors(&tmp.join("state.safetensors"), &tensors, None)?;
@@ -109,6 +110,18 @@ pub fn save(
         std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
     }
     Ok(dir)
+}
+
+/// Half-written checkpoints of runs that were killed: never listed, removed at the next save.
+fn remove_stale_temps(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let mine = format!("-{}", std::process::id());
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-step-") && !name.ends_with(&mine) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Complete checkpoints under `root`, oldest first.
@@ -239,8 +252,16 @@ impl<'a> RunKeeper<'a> {
         summary: &impl Serialize,
         at: Position,
     ) -> Result<()> {
-        let Some(ck) = self.checkpoints.filter(|c| c.every > 0 && at.0.is_multiple_of(c.every)) else { return Ok(()) };
-        save(self.gpu, &ck.dir, model, opt, &self.state(at, summary), ck.keep)?;
+        let interrupted = super::interrupt::requested();
+        let Some(ck) = self.checkpoints.filter(|c| c.every > 0) else {
+            return if interrupted { Err(Error::Interrupted { step: at.0, run: None }) } else { Ok(()) };
+        };
+        if at.0.is_multiple_of(ck.every) || interrupted {
+            save(self.gpu, &ck.dir, model, opt, &self.state(at, summary), ck.keep)?;
+        }
+        if interrupted {
+            return Err(Error::Interrupted { step: at.0, run: ck.dir.parent().map(Path::to_path_buf) });
+        }
         if ck.halt_after == Some(at.0) {
             return Err(Error::invalid("train", format!("halted after step {}, as --halt-after asked", at.0)));
         }

@@ -287,6 +287,8 @@ pub fn train_classifier(
     cfg: &ClassifyConfig,
     on_event: &mut dyn FnMut(&Event) -> Result<()>,
 ) -> Result<ClassifySummary> {
+    // Ctrl-C from here on finishes the step and checkpoints (see train::interrupt).
+    let _armed = super::interrupt::arm();
     let n = train.items.len();
     if n == 0 || train.labels.len() != n {
         return Err(Error::invalid("train", format!("{n} training texts with {} labels", train.labels.len())));

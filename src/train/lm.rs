@@ -115,6 +115,8 @@ pub fn train_lm(
     cfg: &LmTrainConfig,
     on_event: &mut dyn FnMut(&Event) -> Result<()>,
 ) -> Result<TrainSummary> {
+    // Ctrl-C from here on finishes the step and checkpoints (see train::interrupt).
+    let _armed = super::interrupt::arm();
     if train.is_empty() {
         return Err(Error::invalid("train", "no training examples"));
     }

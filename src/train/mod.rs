@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod classify;
 pub mod ewc;
 pub mod forgetting;
+pub mod interrupt;
 pub mod lm;
 pub mod optim;
 pub mod report;

@@ -1,8 +1,9 @@
-//! Bad input from everywhere: broken model files, adapters, data and settings. Every case must
-//! end with a non-zero exit, no panic, and one message that names the file and the line, tensor
-//! or key and says what was expected. Then the fuzzers' regressions: every input they found
-//! (`tests/fixtures/fuzz/`) and seeded mutations of their seed corpus go through the readers
-//! without a panic.
+//! Hardening. Bad input from everywhere: broken model files, adapters, data and settings; every
+//! case must end with a non-zero exit, no panic, and one message that names the file and the
+//! line, tensor or key and says what was expected. The fuzzers' regressions: every input they
+//! found (`tests/fixtures/fuzz/`) and seeded mutations of their seed corpus go through the
+//! readers without a panic. Interruptions: Ctrl-C checkpoints and exits cleanly, `kill -9` at
+//! random moments always leaves a checkpoint that resumes.
 
 mod common;
 
@@ -622,4 +623,114 @@ fn mutate(seed: &[u8], rng: &mut kiln::data::SplitMix64) -> Vec<u8> {
         }
     }
     m
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interruption
+// ---------------------------------------------------------------------------------------------
+
+fn spawn_kiln(args: &[String]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The steps of metrics.jsonl's complete `step` events, in file order.
+fn logged_steps(run: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "step")
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect()
+}
+
+/// Waits until the run has logged `n` steps; the child must still be running.
+fn wait_for_steps(child: &mut std::process::Child, run: &Path, n: usize) {
+    let start = std::time::Instant::now();
+    while logged_steps(run).len() < n {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before logging {n} steps");
+        }
+        assert!(start.elapsed().as_secs() < 300, "no {n} steps within 5 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let status = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
+    assert!(status.success(), "kill {sig} failed");
+}
+
+fn interrupt_args(ws: &Workspace, run: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = train_lm(&ws.path("llama"), &ws.path("lm_data"));
+    let steps = args.iter().position(|a| a == "--steps").unwrap();
+    args[steps + 1] = "60".into();
+    with(args, &[&["--out", run.to_str().unwrap(), "--batch-size", "4", "--lr", "1e-2"], extra].concat())
+}
+
+fn resume(run: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["train", "--resume", run.to_str().unwrap()])
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn ctrl_c_finishes_the_step_checkpoints_and_resumes() {
+    let ws = Workspace::new();
+    let run = ws.root.join("run");
+    // Checkpoints on, but none periodic before the interrupt: the one found is the interrupt's.
+    let mut child = spawn_kiln(&interrupt_args(&ws, &run, &["--save-every", "1000"]));
+    wait_for_steps(&mut child, &run, 5);
+    signal(&child, "-INT");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted after step") && stderr.contains("--resume"), "{stderr}");
+    let steps = logged_steps(&run);
+    let (saved, dir) = kiln::train::checkpoint::list(&run.join("checkpoints")).unwrap().pop().expect("a checkpoint");
+    assert_eq!(saved as u64, *steps.last().unwrap(), "the checkpoint is of the last finished step");
+    assert_eq!(kiln::train::checkpoint::read_state(&dir).unwrap().step, saved);
+
+    let out = resume(&run);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(logged_steps(&run), (1..=60).collect::<Vec<u64>>(), "every step once, in order");
+    assert!(run.join("adapter/adapter_model.safetensors").is_file());
+}
+
+#[test]
+fn kill_9_at_random_moments_always_leaves_a_resumable_checkpoint() {
+    let ws = Workspace::new();
+    let run = ws.root.join("run");
+    let mut rng = kiln::data::SplitMix64::new(9);
+    // A checkpoint every step, so kills land in the middle of writing one as well.
+    let mut args = interrupt_args(&ws, &run, &["--save-every", "1", "--keep-checkpoints", "2"]);
+    let mut kills = Vec::new();
+    for round in 0..3 {
+        let mut child = spawn_kiln(&args);
+        let before = logged_steps(&run).len();
+        wait_for_steps(&mut child, &run, before + 2 + rng.below(6));
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(150) as u64));
+        signal(&child, "-KILL");
+        child.wait().unwrap();
+        let (step, dir) = kiln::train::checkpoint::list(&run.join("checkpoints"))
+            .unwrap()
+            .pop()
+            .unwrap_or_else(|| panic!("round {round}: no complete checkpoint"));
+        assert_eq!(kiln::train::checkpoint::read_state(&dir).unwrap().step, step, "round {round}");
+        kills.push(step);
+        args = vec!["train".into(), "--resume".into(), run.to_str().unwrap().into()];
+    }
+    eprintln!("killed with checkpoints at steps {kills:?}");
+    let out = resume(&run);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(logged_steps(&run), (1..=60).collect::<Vec<u64>>(), "every step once, in order");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["steps"], 60, "{report}");
 }
