@@ -516,6 +516,70 @@ fn bad_settings_name_the_flag_or_key_and_the_valid_range() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Outputs
+// ---------------------------------------------------------------------------------------------
+
+/// An existing run folder, export, cleaned file or report is never replaced without
+/// `--overwrite`; with it, a run folder's stale checkpoints go too.
+#[test]
+fn existing_outputs_need_overwrite() {
+    let ws = Workspace::new();
+    let (llama, data) = (ws.path("llama"), ws.path("lm_data"));
+    let taken = ws.root.join("taken");
+    std::fs::create_dir_all(taken.join("checkpoints/step-0000007")).unwrap();
+    std::fs::write(taken.join("precious.txt"), "keep me").unwrap();
+    let rows = ws.root.join("rows.jsonl");
+    std::fs::write(&rows, "{\"text\": \"w4 w5\", \"label\": \"a\"}\n{\"text\": \"w6\", \"label\": \"b\"}\n").unwrap();
+    let report = ws.root.join("report.md");
+    std::fs::write(&report, "an old report").unwrap();
+    let split_out = ws.root.join("split");
+    std::fs::create_dir_all(&split_out).unwrap();
+    std::fs::write(split_out.join("train.jsonl"), "old").unwrap();
+    std::fs::write(split_out.join("rows.jsonl"), "old").unwrap();
+    let t = s(&taken);
+    run_cases(vec![
+        case_args("train_into_existing", with(train_lm(&llama, &data), &["--out", &t]), &["taken", "--overwrite"]),
+        case(
+            "export_into_existing",
+            &["export", "--merge", "--model", &llama, "--lora", &ws.path("adapter"), "--out", &t],
+            &["taken", "--overwrite"],
+        ),
+        case(
+            "clean_into_existing",
+            &["data", "clean", &s(&rows), "--out", &s(&split_out)],
+            &["rows.jsonl", "--overwrite"],
+        ),
+        case(
+            "split_into_existing",
+            &["data", "split", &s(&rows), "--out", &s(&split_out)],
+            &["train.jsonl", "--overwrite"],
+        ),
+        case(
+            "report_over_existing",
+            &["data", "inspect", &s(&rows), "--report", &s(&report)],
+            &["report.md", "--overwrite"],
+        ),
+        case(
+            "import_over_existing",
+            &["data", "import", "spamassassin", &ws.path("nowhere"), "--out", &s(&report)],
+            &["report.md", "--overwrite"],
+        ),
+    ]);
+    assert_eq!(std::fs::read_to_string(taken.join("precious.txt")).unwrap(), "keep me");
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), "an old report");
+    assert_eq!(std::fs::read_to_string(split_out.join("train.jsonl")).unwrap(), "old");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(with(train_lm(&llama, &data), &["--out", &t, "--overwrite"]))
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!taken.join("checkpoints/step-0000007").exists(), "the replaced run's checkpoint is gone");
+    assert!(taken.join("adapter/adapter_model.safetensors").is_file());
+}
+
+// ---------------------------------------------------------------------------------------------
 // Fuzz regressions
 // ---------------------------------------------------------------------------------------------
 

@@ -44,6 +44,9 @@ pub enum DataCommand {
         /// Keep the raw headers (default: only the subject, then the body)
         #[arg(long)]
         keep_headers: bool,
+        /// Replace an existing output file
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Counts, label balance, token lengths, empty and junk texts, exact and near duplicates,
     /// duplicates whose labels disagree, leakage across files and groups, suspicious labels
@@ -106,6 +109,9 @@ pub struct InspectArgs {
     /// Print the findings as JSON
     #[arg(long)]
     pub json: bool,
+    /// Replace an existing --report file
+    #[arg(long)]
+    pub overwrite: bool,
     #[command(flatten)]
     pub adapter: super::AdapterArgs,
 }
@@ -143,6 +149,9 @@ pub struct CleanArgs {
     pub seed: u64,
     #[arg(long)]
     pub json: bool,
+    /// Replace existing output files in --out (never an input)
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -165,11 +174,15 @@ pub struct SplitArgs {
     pub seed: u64,
     #[arg(long)]
     pub json: bool,
+    /// Replace existing output files in --out (never the input)
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn run(args: DataArgs) -> Result<()> {
     match args.command {
-        DataCommand::Import { corpus, dir, out, keep_headers } => {
+        DataCommand::Import { corpus, dir, out, keep_headers, overwrite } => {
+            super::check_output(&out, overwrite)?;
             if corpus != "spamassassin" {
                 return Err(Error::invalid("data import", format!("unknown corpus `{corpus}` (known: spamassassin)")));
             }
@@ -205,6 +218,9 @@ fn length_tokenizer(model: &Path) -> Result<Tokenizer> {
 }
 
 fn run_inspect(a: InspectArgs) -> Result<()> {
+    if let Some(report) = &a.report {
+        super::check_output(report, a.overwrite)?;
+    }
     let files = read_all(&a.files)?;
     // --suspicious needs an encoder; its tokenizer then measures lengths too.
     let model = match (&a.model, a.suspicious) {
@@ -316,7 +332,7 @@ fn suspicious_labels(
 
 /// The output path of each input inside `out`, refusing to overwrite an input or to write two
 /// inputs to one name.
-fn outputs(inputs: &[PathBuf], names: &[String], out: &Path) -> Result<Vec<PathBuf>> {
+fn outputs(inputs: &[PathBuf], names: &[String], out: &Path, overwrite: bool) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut seen = std::collections::HashSet::new();
     let mut paths = Vec::new();
@@ -326,6 +342,7 @@ fn outputs(inputs: &[PathBuf], names: &[String], out: &Path) -> Result<Vec<PathB
         }
         let target = out.join(name);
         refuse_overwrite(&target, input)?;
+        super::check_output(&target, overwrite)?;
         paths.push(target);
     }
     Ok(paths)
@@ -344,7 +361,8 @@ fn refuse_overwrite(target: &Path, input: &Path) -> Result<()> {
 fn run_clean(a: CleanArgs) -> Result<()> {
     let files = read_all(&a.files)?;
     let names: Vec<String> = files.iter().map(DataFile::name).collect();
-    let targets = outputs(&a.files, &names, &a.out)?;
+    let targets = outputs(&a.files, &names, &a.out, a.overwrite)?;
+    super::check_output(&a.out.join("removed.jsonl"), a.overwrite)?;
     let tok = a.model.as_deref().map(length_tokenizer).transpose()?;
     let ins = inspect(&files, &a.near.config(a.seed), None)?;
     let cfg = CleanConfig {
@@ -409,6 +427,7 @@ fn run_split(a: SplitArgs) -> Result<()> {
     let paths: Vec<PathBuf> = names.iter().map(|n| a.out.join(format!("{n}.{ext}"))).collect();
     for path in &paths {
         refuse_overwrite(path, &a.file)?;
+        super::check_output(path, a.overwrite)?;
     }
     let mut counts = Vec::new();
     for (s, (name, path)) in names.iter().zip(&paths).enumerate() {

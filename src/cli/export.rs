@@ -22,14 +22,18 @@ pub struct ExportArgs {
     /// Fold the adapter into the base weights (the only export kiln has)
     #[arg(long, required = true)]
     pub merge: bool,
-    /// Output folder
+    /// Output folder (written under a temporary name, then renamed)
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace an existing output folder
+    #[arg(long)]
+    pub overwrite: bool,
     #[command(flatten)]
     pub adapter: AdapterArgs,
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
+    super::check_output(&args.out, args.overwrite)?;
     let gpu = args.adapter.open()?;
     let path = match &args.model {
         Some(p) => p.clone(),
@@ -47,15 +51,22 @@ pub fn run(args: ExportArgs) -> Result<()> {
     if let Some(e) = err {
         return Err(e);
     }
-    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    // The whole folder is written beside the target and renamed, so a crash never leaves a
+    // model folder with some of its files.
+    let name = args.out.file_name().map_or("export".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = args.out.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    save_safetensors(&args.out.join("model.safetensors"), &tensors, Some(meta))?;
+    save_safetensors(&tmp.join("model.safetensors"), &tensors, Some(meta))?;
     let config = serde_json::to_string_pretty(&lm.model.config_json()).expect("json");
-    write_atomic(&args.out.join("config.json"), config.as_bytes())?;
-    let tok = args.out.join("tokenizer.json");
+    write_atomic(&tmp.join("config.json"), config.as_bytes())?;
     let tok_json = lm.tokenizer.to_string(true).map_err(|e| Error::invalid("export", e.to_string()))?;
-    write_atomic(&tok, tok_json.as_bytes())?;
+    write_atomic(&tmp.join("tokenizer.json"), tok_json.as_bytes())?;
+    if args.out.exists() {
+        std::fs::remove_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    }
+    std::fs::rename(&tmp, &args.out).map_err(|e| Error::io(&args.out, e))?;
     println!("merged model written to {} ({} tensors)", args.out.display(), tensors.len());
     Ok(())
 }

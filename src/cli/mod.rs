@@ -60,6 +60,22 @@ pub(crate) fn say(bar: &indicatif::ProgressBar, line: String) {
     }
 }
 
+/// Refuses to replace an existing output (a file, or a folder with anything in it) unless the
+/// user passed `--overwrite`: nothing the user had is lost by accident.
+pub(crate) fn check_output(path: &std::path::Path, overwrite: bool) -> Result<()> {
+    let occupied = match std::fs::read_dir(path) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(_) => path.exists(),
+    };
+    if occupied && !overwrite {
+        return Err(crate::Error::invalid(
+            "--out",
+            format!("{} already exists; pass --overwrite to replace it", path.display()),
+        ));
+    }
+    Ok(())
+}
+
 /// The `--adapter` flag every GPU subcommand takes.
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct AdapterArgs {

@@ -156,6 +156,10 @@ pub struct TrainArgs {
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub halt_after: Option<usize>,
+    /// Replace an existing run folder given by --out (its old checkpoints are deleted)
+    #[arg(long)]
+    #[serde(skip)]
+    pub overwrite: bool,
     /// Settings from a TOML file, one key per flag (`lr = 5e-4`); flags given here win. Every run
     /// folder holds its resolved settings as config.toml
     #[arg(long)]
@@ -168,6 +172,15 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     args.validate()?;
+    if args.resume.is_none() {
+        let out = args.run_dir();
+        super::check_output(&out, args.overwrite)?;
+        // A stale checkpoint of the replaced run must never be resumed as this one's.
+        let old = out.join("checkpoints");
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+    }
     crate::train::interrupt::install();
     let gpu = args.adapter.open()?;
     if super::classify::is_classification(&args)? {
