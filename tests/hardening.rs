@@ -580,6 +580,56 @@ fn existing_outputs_need_overwrite() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Numerical faults
+// ---------------------------------------------------------------------------------------------
+
+/// A NaN in one gradient shows in the global norm (computed on the GPU), and the per-tensor
+/// norms kept beside it name that tensor, nearest the loss first.
+#[test]
+fn a_non_finite_gradient_is_named() {
+    use kiln::models::load_causal_lm;
+    use kiln::nn::LoraConfig;
+    use kiln::train::optim::Optimizer;
+    let gpu = common::gpu();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_tiny");
+    let mut model = load_causal_lm(gpu, &fixture).unwrap();
+    let lora = LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, target_modules: vec!["q_proj".into()], use_rslora: false };
+    model.add_lora(gpu, &lora, 0).unwrap();
+    let poisoned = ["model.layers.0.self_attn.q_proj.lora_A.weight", "model.layers.1.self_attn.q_proj.lora_B.weight"];
+    let mut names = Vec::new();
+    model.visit_params(&mut |p| {
+        if let Some(g) = &p.grad {
+            let mut values = vec![0.01f32; g.numel()];
+            if poisoned.contains(&p.name.as_str()) {
+                values[g.numel() / 2] = if p.name.contains("lora_A") { f32::NAN } else { f32::INFINITY };
+            }
+            g.write_f32(gpu, &values).unwrap();
+            names.push(p.name.clone());
+        }
+    });
+    assert_eq!(names.len(), 4, "{names:?}");
+    let mut opt = Optimizer::new(Default::default(), Some(1.0));
+    opt.step(gpu, model.as_ref(), 1e-3).unwrap();
+    assert!(!opt.last_grad_norm(gpu).unwrap().unwrap().is_finite());
+    // Backward order: layer 1 (nearer the loss) before layer 0.
+    assert_eq!(opt.non_finite_grads(gpu).unwrap(), [poisoned[1], poisoned[0]]);
+
+    // A clean step afterwards: finite norm, nothing named.
+    model.visit_params(&mut |p| {
+        if let Some(g) = &p.grad {
+            g.write_f32(gpu, &vec![0.5; g.numel()]).unwrap();
+        }
+    });
+    opt.step(gpu, model.as_ref(), 1e-3).unwrap();
+    let mut elements = 0;
+    model.visit_params(&mut |p| elements += p.grad.as_ref().map_or(0, |g| g.numel()));
+    let norm = opt.last_grad_norm(gpu).unwrap().unwrap();
+    let expected = 0.5 * (elements as f32).sqrt();
+    assert!((norm - expected).abs() < 1e-4 * expected, "norm {norm}, expected {expected}");
+    assert!(opt.non_finite_grads(gpu).unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
 // Fuzz regressions
 // ---------------------------------------------------------------------------------------------
 

@@ -285,6 +285,7 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
                 bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {:.1} ex/s", seen as f64 / seconds));
             }
             Event::Fisher(stats) => super::say(&bar, super::train::fisher_line(stats)),
+            Event::Warning { step, message } => super::say(&bar, format!("warning at step {step}: {message}")),
             Event::Eval { step, val_loss, accuracy, macro_f1 } => {
                 super::say(
                     &bar,

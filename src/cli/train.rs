@@ -334,6 +334,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     super::say(&bar, format!("step {step}: validation loss {val_loss:.4}, perplexity {val_ppl:.2}"));
                 }
                 Event::Fisher(stats) => super::say(&bar, fisher_line(stats)),
+                Event::Warning { step, message } => super::say(&bar, format!("warning at step {step}: {message}")),
             }
             Ok(())
         },

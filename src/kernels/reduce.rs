@@ -64,9 +64,39 @@ pub fn sum_squares_into(gpu: &Gpu, x: &Tensor, acc: &Tensor, accumulate: bool) -
 
 /// Σ over tensors of Σ x², as a one-element tensor that stays on the GPU.
 pub fn global_norm_squared(gpu: &Gpu, tensors: &[&Tensor]) -> Result<Tensor> {
-    let acc = Tensor::zeros(gpu, &[1])?;
-    for t in tensors {
-        sum_squares_into(gpu, t, &acc, true)?;
+    Ok(norms_squared(gpu, tensors)?.global)
+}
+
+/// Floats between two tensors' slots in [`NormsSquared::per_tensor`]: storage bindings must
+/// start at a multiple of 256 bytes.
+pub const SLOT_STRIDE: usize = 64;
+
+/// Squared L2 norms kept on the GPU: each tensor's (for naming the first bad one when the
+/// global norm is not finite) and their sum.
+pub struct NormsSquared {
+    /// `[n, SLOT_STRIDE]`: tensor i's Σ x² in column 0 of row i, the rest zero.
+    pub per_tensor: Tensor,
+    /// `[1]`: the sum over tensors.
+    pub global: Tensor,
+}
+
+impl NormsSquared {
+    /// Tensor i's Σ x² (a readback).
+    pub fn read_per_tensor(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        Ok(self.per_tensor.to_f32_vec(gpu)?.chunks(SLOT_STRIDE).map(|row| row[0]).collect())
     }
-    Ok(acc)
+}
+
+/// Each tensor's Σ x² into its own slot, then the slots summed: one more dispatch than a single
+/// accumulator, and the per-tensor values are there when something goes wrong.
+pub fn norms_squared(gpu: &Gpu, tensors: &[&Tensor]) -> Result<NormsSquared> {
+    let n = tensors.len().max(1);
+    let per_tensor = Tensor::zeros(gpu, &[n * SLOT_STRIDE])?;
+    for (i, t) in tensors.iter().enumerate() {
+        sum_squares_into(gpu, t, &per_tensor.narrow_rows(i * SLOT_STRIDE, 1)?, false)?;
+    }
+    let per_tensor = per_tensor.reshape(&[n, SLOT_STRIDE])?;
+    let columns = Tensor::empty(gpu, &[SLOT_STRIDE], DType::F32)?;
+    sum_rows_into(gpu, &per_tensor, &columns, false)?;
+    Ok(NormsSquared { global: columns.narrow_rows(0, 1)?, per_tensor })
 }

@@ -181,6 +181,11 @@ pub enum Event {
     },
     /// EWC's Fisher diagonal was estimated on the retain set (before the first step).
     Fisher(super::ewc::FisherStats),
+    /// Something worth a look that does not stop the run (a rising loss).
+    Warning {
+        step: usize,
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -289,6 +294,7 @@ pub fn train_classifier(
 ) -> Result<ClassifySummary> {
     // Ctrl-C from here on finishes the step and checkpoints (see train::interrupt).
     let _armed = super::interrupt::arm();
+    let mut divergence = super::DivergenceWatch::default();
     let n = train.items.len();
     if n == 0 || train.labels.len() != n {
         return Err(Error::invalid("train", format!("{n} training texts with {} labels", train.labels.len())));
@@ -488,7 +494,12 @@ pub fn train_classifier(
             opt.step_scaled(gpu, model, lr, &lr_scale)?;
             let loss = loss.read(gpu)?.0;
             let grad_norm = opt.last_grad_norm(gpu)?;
-            super::check_loss(loss, step + 1, lr, cfg.checkpoints.as_ref().map(|c| c.dir.as_path()))?;
+            let checkpoints = cfg.checkpoints.as_ref().map(|c| c.dir.as_path());
+            super::check_loss(loss, step + 1, lr, checkpoints)?;
+            super::check_grads(gpu, &opt, grad_norm, step + 1, lr, checkpoints)?;
+            if let Some(message) = divergence.observe(loss, step + 1, lr) {
+                on_event(&Event::Warning { step: step + 1, message })?;
+            }
             step += 1;
             summary.seconds += t0.elapsed().as_secs_f64();
             summary.steps = step;

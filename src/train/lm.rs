@@ -68,6 +68,11 @@ pub enum Event {
     },
     /// EWC's Fisher diagonal was estimated on the retain set (before the first step).
     Fisher(super::ewc::FisherStats),
+    /// Something worth a look that does not stop the run (a rising loss).
+    Warning {
+        step: usize,
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -117,6 +122,7 @@ pub fn train_lm(
 ) -> Result<TrainSummary> {
     // Ctrl-C from here on finishes the step and checkpoints (see train::interrupt).
     let _armed = super::interrupt::arm();
+    let mut divergence = super::DivergenceWatch::default();
     if train.is_empty() {
         return Err(Error::invalid("train", "no training examples"));
     }
@@ -253,7 +259,12 @@ pub fn train_lm(
                 loss += l.read(gpu)?.0 / losses.len() as f32;
             }
             let grad_norm = opt.last_grad_norm(gpu)?;
-            super::check_loss(loss, step + 1, lr, cfg.checkpoints.as_ref().map(|c| c.dir.as_path()))?;
+            let checkpoints = cfg.checkpoints.as_ref().map(|c| c.dir.as_path());
+            super::check_loss(loss, step + 1, lr, checkpoints)?;
+            super::check_grads(gpu, &opt, grad_norm, step + 1, lr, checkpoints)?;
+            if let Some(message) = divergence.observe(loss, step + 1, lr) {
+                on_event(&Event::Warning { step: step + 1, message })?;
+            }
             step += 1;
             summary.seconds += t0.elapsed().as_secs_f64();
             summary.tokens += tokens;

@@ -38,6 +38,9 @@ pub struct Optimizer {
     /// The squared global gradient norm of the last step (before clipping), on the GPU: always
     /// computed, since clipping needs it and the curves show it.
     last_norm_sq: Option<Tensor>,
+    /// The last step's gradients' names and squared norms, read only when the global norm
+    /// was not finite.
+    last_norms: Option<(Vec<String>, reduce::NormsSquared)>,
     /// A pull towards starting weights (L2-SP, EWC).
     penalty: Option<Penalty>,
 }
@@ -54,7 +57,15 @@ pub fn decays(name: &str) -> bool {
 
 impl Optimizer {
     pub fn new(cfg: AdamW, max_grad_norm: Option<f32>) -> Self {
-        Optimizer { cfg, max_grad_norm, moments: HashMap::new(), steps: 0, last_norm_sq: None, penalty: None }
+        Optimizer {
+            cfg,
+            max_grad_norm,
+            moments: HashMap::new(),
+            steps: 0,
+            last_norm_sq: None,
+            last_norms: None,
+            penalty: None,
+        }
     }
 
     /// L2-SP (Li et al. 2018): every later step adds λ·(θ − θ₀) to the gradient of each
@@ -128,7 +139,8 @@ impl Optimizer {
         }
         self.steps += 1;
         let grads: Vec<&Tensor> = params.iter().map(|p| &p.2).collect();
-        let norm_sq = reduce::global_norm_squared(gpu, &grads)?;
+        let norms = reduce::norms_squared(gpu, &grads)?;
+        let norm_sq = norms.global.clone();
         for (name, value, grad) in &params {
             if !self.moments.contains_key(name) {
                 let fresh =
@@ -147,6 +159,7 @@ impl Optimizer {
             gpu.clear(grad);
         }
         self.last_norm_sq = Some(norm_sq);
+        self.last_norms = Some((params.into_iter().map(|p| p.0).collect(), norms));
         Ok(())
     }
 
@@ -176,6 +189,14 @@ impl Optimizer {
         let state = Moments { m: Tensor::from_f32(gpu, m, shape)?, v: Tensor::from_f32(gpu, v, shape)?, steps };
         self.moments.insert(name.to_string(), state);
         Ok(())
+    }
+
+    /// The parameters whose last gradient held a NaN or an infinity, in backward order (the
+    /// nearest the loss first, where such a value usually starts); a readback.
+    pub fn non_finite_grads(&self, gpu: &Gpu) -> Result<Vec<String>> {
+        let Some((names, norms)) = &self.last_norms else { return Ok(Vec::new()) };
+        let per_tensor = norms.read_per_tensor(gpu)?;
+        Ok(names.iter().zip(per_tensor).rev().filter(|(_, n)| !n.is_finite()).map(|(name, _)| name.clone()).collect())
     }
 
     /// The global gradient norm of the last step, before clipping (a readback).
