@@ -33,6 +33,12 @@ pub enum Error {
     // ---- GPU execution ----
     #[error("GPU error in {context}: {message}")]
     Gpu { context: String, message: String },
+    #[error(
+        "the GPU device `{adapter}` was lost ({reason}): the driver reset it or it ran out of memory. Rerun \
+         (`kiln train --resume RUN` continues from the last checkpoint), with a smaller --batch-size or \
+         --max-len if memory was short"
+    )]
+    DeviceLost { adapter: String, reason: String },
     #[error("shader `{file}` entry `{entry}` failed to compile: {message}")]
     Shader { file: &'static str, entry: &'static str, message: String },
 

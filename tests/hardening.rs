@@ -629,6 +629,23 @@ fn a_non_finite_gradient_is_named() {
     assert!(opt.non_finite_grads(gpu).unwrap().is_empty());
 }
 
+/// A lost device (what a driver reset looks like to wgpu) is an error that says so, not a hang:
+/// the work runs on its own thread and must come back within a minute.
+#[test]
+fn a_lost_device_is_reported_not_waited_on() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let gpu = kiln::Gpu::new(&kiln::gpu::AdapterChoice::from_flag_or_env(None)).expect("a GPU adapter");
+        let t = kiln::Tensor::from_f32(&gpu, &[1.0, 2.0, 3.0], &[3]).unwrap();
+        assert_eq!(t.to_f32_vec(&gpu).unwrap(), [1.0, 2.0, 3.0]);
+        gpu.lose_device_for_tests();
+        let _ = tx.send(t.to_f32_vec(&gpu).map_err(|e| e.to_string()));
+    });
+    let result = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("a readback on a lost device hung");
+    let err = result.expect_err("a readback on a lost device succeeded");
+    assert!(err.contains("was lost") && err.contains("--resume"), "{err}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fuzz regressions
 // ---------------------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ pub struct Gpu {
     /// Errors wgpu reports asynchronously (validation, out of memory), surfaced at the next
     /// submit instead of wgpu's default panic.
     errors: Arc<Mutex<Vec<String>>>,
+    /// Why the device was lost (driver reset, out of memory, destroyed), once it is: every wait
+    /// on the GPU checks it, so a lost device is an error instead of a hang.
+    lost: Arc<Mutex<Option<String>>>,
     /// Bound where a kernel has an optional input that is absent (e.g. no bias); one per
     /// binding slot, because one buffer in two slots of a dispatch would alias a writable one.
     dummies: Vec<wgpu::Buffer>,
@@ -68,6 +71,11 @@ impl Gpu {
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
         }));
+        let lost = Arc::new(Mutex::new(None));
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            *lost_sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{reason:?}: {message}"));
+        });
         let dummies = (0..MAX_BINDINGS)
             .map(|_| {
                 device.create_buffer(&wgpu::BufferDescriptor {
@@ -89,6 +97,7 @@ impl Gpu {
             pool: Default::default(),
             encoder: Mutex::new(None),
             errors,
+            lost,
             dummies,
             matmul_tile: Mutex::new(matmul_tile),
             submits: Default::default(),
@@ -226,13 +235,43 @@ impl Gpu {
     /// Submits and blocks until the GPU has finished everything (for timing).
     pub fn synchronize(&self) -> Result<()> {
         self.submit()?;
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu { context: "synchronize".into(), message: e.to_string() })?;
+        self.wait("synchronize")?;
         self.check_errors("synchronize")
     }
 
+    /// Blocks until the GPU has finished what was submitted. Waits in slices (a long kernel on
+    /// lavapipe takes seconds) and between them checks whether the device was lost, so a
+    /// driver reset ends in an error instead of a wait forever.
+    fn wait(&self, context: &str) -> Result<()> {
+        const SLICE: std::time::Duration = std::time::Duration::from_millis(500);
+        loop {
+            if let Some(lost) = self.lost_error() {
+                return Err(lost);
+            }
+            match self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(SLICE) }) {
+                Ok(_) => return Ok(()),
+                Err(wgpu::PollError::Timeout) => continue,
+                Err(e) => return Err(Error::Gpu { context: context.into(), message: e.to_string() }),
+            }
+        }
+    }
+
+    /// The error to report once the device is lost: it explains every failure after it.
+    fn lost_error(&self) -> Option<Error> {
+        let reason = self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        Some(Error::DeviceLost { adapter: self.describe(), reason })
+    }
+
+    /// Destroys the device as a driver reset would lose it (tests of the lost-device path).
+    #[doc(hidden)]
+    pub fn lose_device_for_tests(&self) {
+        self.device.destroy();
+    }
+
     fn check_errors(&self, context: &str) -> Result<()> {
+        if let Some(lost) = self.lost_error() {
+            return Err(lost);
+        }
         let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         if errors.is_empty() {
             return Ok(());
@@ -260,12 +299,10 @@ impl Gpu {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu { context: "readback".into(), message: e.to_string() })?;
-        rx.recv()
-            .map_err(|e| Error::Gpu { context: "readback".into(), message: e.to_string() })?
-            .map_err(|e| Error::Gpu { context: "readback map".into(), message: e.to_string() })?;
+        self.wait("readback")?;
+        rx.recv().map_err(|e| Error::Gpu { context: "readback".into(), message: e.to_string() })?.map_err(|e| {
+            self.lost_error().unwrap_or(Error::Gpu { context: "readback map".into(), message: e.to_string() })
+        })?;
         let bytes = slice
             .get_mapped_range()
             .map_err(|e| Error::Gpu { context: "readback view".into(), message: e.to_string() })?
