@@ -91,8 +91,11 @@ impl Drop for ScratchFile {
     }
 }
 
+/// A reader of untrusted bytes.
+pub type Reader = fn(&[u8]);
+
 /// The readers above, by the names of the fuzz targets.
-pub const TARGETS: [(&str, fn(&[u8])); 5] =
+pub const TARGETS: [(&str, Reader); 5] =
     [("gguf", gguf), ("safetensors", safetensors), ("jsonl", jsonl), ("csv", csv), ("toml", toml)];
 
 /// Small valid inputs for `target` that reach deep into its reader: the fuzzers start from them

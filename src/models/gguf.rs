@@ -876,6 +876,12 @@ pub mod testing {
         pub tensors: Vec<TensorSpec>,
     }
 
+    impl Default for GgufBuilder {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
     impl GgufBuilder {
         pub fn new() -> Self {
             GgufBuilder { version: 3, kvs: Vec::new(), tensors: Vec::new() }
