@@ -7,3 +7,13 @@
 pub mod metrics;
 
 pub use metrics::{ClassScore, GroupScore, Metrics, group_accuracy};
+pub mod bootstrap;
+pub mod calibration;
+pub mod classifier;
+pub mod counterfactual;
+pub mod edge_cases;
+pub mod language_model;
+pub mod latency;
+pub mod plots;
+pub mod report;
+pub mod slices;
