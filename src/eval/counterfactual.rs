@@ -197,9 +197,15 @@ fn with_case_of(found: &str, replacement: &str) -> String {
         replacement.to_lowercase()
     } else if letters.len() > 1 && letters.iter().all(|c| c.is_uppercase()) {
         replacement.to_uppercase()
-    } else if letters[0].is_uppercase() && letters[1..].iter().all(|c| c.is_lowercase()) {
-        let mut chars = replacement.chars();
-        chars.next().map_or_else(String::new, |f| f.to_uppercase().chain(chars.flat_map(char::to_lowercase)).collect())
+    } else if found.split_whitespace().all(is_capitalized) {
+        // Mary → John, New York → Los Angeles.
+        let capitalize = |w: &str| {
+            let mut chars = w.chars();
+            chars
+                .next()
+                .map_or_else(String::new, |f| f.to_uppercase().chain(chars.flat_map(char::to_lowercase)).collect())
+        };
+        replacement.split(' ').map(capitalize).collect::<Vec<_>>().join(" ")
     } else {
         replacement.to_string()
     }
