@@ -6,6 +6,7 @@ pub mod classify;
 pub mod ewc;
 pub mod forgetting;
 pub mod lm;
+pub mod memory;
 pub mod optim;
 pub mod report;
 pub mod schedule;
