@@ -51,6 +51,65 @@ fn kernels(c: &mut Criterion) {
     for case in bench::memory_cases(&gpu, scale).expect("memory cases") {
         run_case(c, &gpu, case);
     }
+    for case in quant_cases(&gpu, scale) {
+        run_case(c, &gpu, case);
+    }
+}
+
+/// The frozen-base products of LoRA on a quantized model (`shaders/qmatmul.wgsl`), at
+/// SmolLM2-135M's MLP up-projection [1536, 576]: the forward x·Wᵀ over a batch of tokens, the
+/// backward dy·W, and one token (generation); the same W in f32 through `matmul` beside them.
+/// FLOP/s as elements; the work is the same, the bytes of W are 5/32 (Q4_1) of f32's.
+fn quant_cases(gpu: &Gpu, scale: Scale) -> Vec<Case<'_>> {
+    use kiln::kernels::matmul::{Matmul, matmul_into};
+    use kiln::kernels::qmatmul::{qmatmul_dx_into, qmatmul_into};
+    use kiln::quant::{QuantTensor, QuantType, QuantWeights};
+    use kiln::{DType, Tensor};
+    let tokens = if scale == Scale::Small { 512 } else { 4096 };
+    let (n, k) = (1536, 576);
+    let data: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let w32 = Tensor::from_f32(gpu, &data, &[n, k]).expect("upload");
+    let mut cases = Vec::new();
+    for m in [tokens, 1] {
+        let x = Tensor::zeros(gpu, &[m, k]).expect("x");
+        let y = Tensor::empty(gpu, &[m, n], DType::F32).expect("y");
+        let flops = 2.0 * (m * n * k) as f64;
+        let (x2, y2, w2) = (x.clone(), y.clone(), w32.clone());
+        let mm = Matmul::new(m, n, k).trans_b(true);
+        cases.push(Case {
+            kernel: "qmatmul_f32_ref".into(),
+            shape: format!("{m}x{n}x{k}"),
+            flops,
+            bytes: 4.0 * (m * k + n * k + m * n) as f64,
+            bound: Bound::Compute,
+            run: Box::new(move || matmul_into(gpu, &mm, &x2, &w2, None, &y2)),
+        });
+        for kind in QuantType::ALL {
+            let w = QuantTensor::upload(gpu, &QuantWeights::quantize(kind, &data, n, k, "w").expect("quantize"))
+                .expect("upload");
+            let (x2, y2, w2) = (x.clone(), y.clone(), w.clone());
+            cases.push(Case {
+                kernel: format!("qmatmul_{kind}"),
+                shape: format!("{m}x{n}x{k}"),
+                flops,
+                bytes: 4.0 * (m * k + m * n) as f64 + w.byte_len() as f64,
+                bound: Bound::Compute,
+                run: Box::new(move || qmatmul_into(gpu, &x2, &w2, None, &y2, 1.0, false)),
+            });
+            if m > 1 {
+                let (dy, dx) = (y.clone(), Tensor::empty(gpu, &[m, k], DType::F32).expect("dx"));
+                cases.push(Case {
+                    kernel: format!("qmatmul_dx_{kind}"),
+                    shape: format!("{m}x{n}x{k}"),
+                    flops,
+                    bytes: 4.0 * (m * k + m * n) as f64 + w.byte_len() as f64,
+                    bound: Bound::Compute,
+                    run: Box::new(move || qmatmul_dx_into(gpu, &dy, &w, &dx, 1.0, false)),
+                });
+            }
+        }
+    }
+    cases
 }
 
 criterion_group!(benches, kernels);

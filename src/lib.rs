@@ -18,6 +18,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod models;
 pub mod nn;
+pub mod quant;
 pub mod reference;
 pub mod tensor;
 pub mod train;

@@ -1186,3 +1186,76 @@ fn eval_errors_name_the_problem() {
     let err = fail(&["--model", &m, "--data", &test, "--batch-sizes", "1,x"]);
     assert!(err.contains("--batch-sizes"), "{err}");
 }
+
+/// LoRA on a base quantized on load (`--quantize q4_0`): the error per tensor type and the
+/// validation perplexity before and after are reported, the memory table is printed, the
+/// adapter learns, generation runs on the quantized base; a budget the run cannot fit is
+/// refused before any work, saying what to lower.
+#[test]
+fn train_on_a_quantized_base_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data, run) = (tmp.path().join("model"), tmp.path().join("data"), tmp.path().join("run"));
+    for d in [&model, &data] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    tiny_model(&model);
+    counting_data(&data);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (m, d, r) = (s(&model), s(&data), s(&run));
+    let common = [
+        "train",
+        "--model",
+        &m,
+        "--data",
+        &d,
+        "--quantize",
+        "q4_0",
+        "--steps",
+        "60",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-2",
+        "--eval-every",
+        "0",
+        "--lora-dropout",
+        "0",
+    ];
+    let (_, err) = kiln(&[&common[..], &["--out", &r]].concat());
+    // intermediate_size 48: down_proj stays f32, the other 12 linears are quantized.
+    for want in [
+        "quantized 12 linear weights to q4_0",
+        "kept f32: model.layers.0.mlp.down_proj.weight",
+        "q_proj",
+        "validation perplexity",
+        "GPU memory (estimate)",
+        "weights quantized",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let q = &report["quantize"];
+    let (before, after) = (q["val_ppl_f32"].as_f64().unwrap(), q["val_ppl_quantized"].as_f64().unwrap());
+    assert!(before > 1.0 && (after / before - 1.0).abs() < 0.2, "perplexity {before} -> {after}");
+    assert!(q["report"]["by_type"]["q_proj"]["max_abs"].as_f64().unwrap() > 0.0);
+    assert!(report["memory_estimate_bytes"].as_u64().unwrap() > 0);
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("settings.json")).unwrap()).unwrap();
+    assert_eq!(settings["base_quantized"]["q4_0"][0], 12);
+    let evals = report["evals"].as_array().unwrap();
+    let last_val = evals.last().unwrap()[1].as_f64().unwrap();
+    let first_val = q["val_loss_quantized"].as_f64().unwrap();
+    assert!(last_val < first_val - 0.5, "validation loss fell on the quantized base: {first_val} -> {evals:?}");
+
+    // Refused before training: the budget is far below the estimate.
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([&common[..], &["--out", &s(&tmp.path().join("run2")), "--gpu-memory", "0"]].concat())
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("lower --batch-size (now 8)") && err.contains("--gpu-memory"), "{err}");
+    assert!(!tmp.path().join("run2/metrics.jsonl").exists(), "refused before the run started");
+}

@@ -219,3 +219,23 @@ fn bias_gradient_is_row_sum() {
     let dbias = reduce::sum_rows(&w, cols);
     check("bias dbias", &bias, &dbias, |b| dot(&w, &elementwise::add_bias(&x, b)));
 }
+
+#[test]
+fn qmatmul_dx_through_a_frozen_quantized_weight() {
+    // y = x·Wᵀ with W the dequantized blocks (constant)  ⇒  dL/dx = dy·W; W gets no gradient.
+    use kiln::quant::{QuantType, QuantWeights};
+    let mut rng = Rng::new(40);
+    let (m, n, k) = (3, 5, 64);
+    for kind in QuantType::ALL {
+        let w = QuantWeights::quantize(kind, &rng.vec(n * k), n, k, "w").unwrap();
+        let (x, dy) = (randv(&mut rng, m * k), randv(&mut rng, m * n));
+        let fwd = |x: &[f64]| {
+            let mut y = vec![0.0; m * n];
+            quant::qmatmul(x, kind, &w.blocks, None, &mut y, (m, n, k), 1.0, false);
+            y
+        };
+        let mut dx = vec![0.0; m * k];
+        quant::qmatmul_dx(&dy, kind, &w.blocks, &mut dx, (m, n, k), 1.0, false);
+        check(&format!("qmatmul {kind} dx"), &x, &dx, |x| dot(&dy, &fwd(x)));
+    }
+}

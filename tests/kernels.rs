@@ -22,6 +22,8 @@ mod elementwise;
 mod embedding;
 #[path = "kernels/layer_norm.rs"]
 mod layer_norm;
+#[path = "kernels/qmatmul.rs"]
+mod qmatmul;
 #[path = "kernels/reduce.rs"]
 mod reduce;
 #[path = "kernels/rope.rs"]

@@ -11,8 +11,10 @@ use kiln::autograd::Tape;
 use kiln::data::lm::Example;
 use kiln::generate::{Sampling, generate};
 use kiln::models::peft::{self, TaskType};
+use kiln::models::quantize;
 use kiln::models::{CausalLm, LmInput, load_causal_lm};
 use kiln::nn::LoraConfig;
+use kiln::quant::QuantType;
 use kiln::train::forgetting;
 
 use common::*;
@@ -423,3 +425,120 @@ fn mismatched_checkpoints_name_the_tensor() {
 
 #[path = "models/encoder.rs"]
 mod encoder;
+
+/// A quantized base computes what its dequantized f32 copy computes: logits (tiled and skinny
+/// paths), the LoRA loss and every LoRA gradient (which flow back through the quantized layers'
+/// dX kernel: layer 0's adapters see the gradient through layer 1's frozen blocks), and the
+/// merge (which dequantizes). GPT-2's Conv1D weights are transposed to [out, in] blocks.
+fn quantized_base_equals_its_dequantized_copy(name: &str, kind: QuantType) {
+    let g = gpu();
+    let dir = fixture(name);
+    let e = Expected::read(&dir);
+    let mut q = load_causal_lm(g, &dir).unwrap();
+    let f32_loss = loss_of(q.as_ref(), &e);
+    let report = quantize::quantize_linears(g, q.as_mut(), kind).unwrap();
+    eprintln!("{name} {kind}: {}", report.lines().join("\n"));
+    let mut d = load_causal_lm(g, &dir).unwrap();
+    quantize::quantize_linears(g, d.as_mut(), kind).unwrap();
+    assert!(quantize::dequantize_linears(g, d.as_mut()).unwrap() > 0);
+    assert!(quantize::quantized_summary(d.as_mut()).is_empty());
+    let quant_loss = loss_of(q.as_ref(), &e);
+    eprintln!("{name} {kind}: loss {f32_loss} (f32) -> {quant_loss}");
+    assert!((quant_loss - f32_loss).abs() < 0.05 * f32_loss, "{kind} moved the loss from {f32_loss} to {quant_loss}");
+    for m in [&mut q, &mut d] {
+        peft::load_adapter(g, m.as_mut(), &dir.join("peft_adapter")).unwrap();
+    }
+    let (input, targets) = e.batch();
+    let what = format!("{name} {kind}");
+    let logits = |m: &dyn CausalLm| m.all_logits(g, &input).unwrap().to_f32_vec(g).unwrap();
+    assert_close(&format!("{what} logits"), &logits(q.as_ref()), &f64s(&logits(d.as_ref())), LOGIT_TOL, 1e-4);
+    let last = |m: &dyn CausalLm| m.last_logits(g, &input, None).unwrap().to_f32_vec(g).unwrap();
+    assert_close(&format!("{what} last logits"), &last(q.as_ref()), &f64s(&last(d.as_ref())), LOGIT_TOL, 1e-4);
+    let mut grads = Vec::new();
+    for m in [&q, &d] {
+        let tape = Tape::train(g, 0, 1);
+        let loss = m.loss(&tape, &input, &targets).unwrap();
+        tape.backward(&loss, 1.0).unwrap();
+        let mut gs = Vec::new();
+        m.visit_params(&mut |p| {
+            if let Some(grad) = &p.grad {
+                gs.push((p.name.clone(), grad.to_f32_vec(g).unwrap()));
+            }
+        });
+        grads.push(gs);
+    }
+    assert!(!grads[0].is_empty() && grads[0].len() == grads[1].len());
+    for ((nq, gq), (nd, gd)) in grads[0].iter().zip(&grads[1]) {
+        assert_eq!(nq, nd);
+        assert!(gq.iter().any(|&v| v != 0.0), "{nq}: zero gradient");
+        assert_close(&format!("{what} {nq}"), gq, &f64s(gd), GRAD_TOL, 1e-3);
+    }
+    q.merge_lora(g).unwrap();
+    d.merge_lora(g).unwrap();
+    assert_close(&format!("{what} merged logits"), &logits(q.as_ref()), &f64s(&logits(d.as_ref())), LOGIT_TOL, 1e-4);
+}
+
+#[test]
+fn llama_quantized_base_lora_equals_dequantized() {
+    for kind in QuantType::ALL {
+        quantized_base_equals_its_dequantized_copy("llama_tiny", kind);
+    }
+}
+
+#[test]
+fn gpt2_quantized_base_lora_equals_dequantized() {
+    quantized_base_equals_its_dequantized_copy("gpt2_tiny", QuantType::Q4_1);
+}
+
+#[test]
+fn llama_rows_off_the_block_size_stay_f32_and_are_named() {
+    let g = gpu();
+    let mut m = load_causal_lm(g, &fixture("llama_tiny")).unwrap();
+    let r = quantize::quantize_linears(g, m.as_mut(), QuantType::Q8_0).unwrap();
+    // intermediate_size 48: down_proj's rows of 48 inputs are not whole blocks of 32.
+    assert_eq!(r.tensors, 2 * 6);
+    assert_eq!(r.kept_f32.len(), 2);
+    assert!(r.kept_f32[0].contains("mlp.down_proj.weight") && r.kept_f32[0].contains("48"), "{:?}", r.kept_f32);
+    assert_eq!(r.by_type.keys().collect::<Vec<_>>(), ["gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]);
+    assert!(r.bytes_quantized * 3 < r.bytes_f32);
+}
+
+/// The memory estimate: LoRA's state is 3× its parameters (gradient and two moments), a
+/// quantized base shrinks the weights, and a budget or a binding limit it does not fit is
+/// refused with a message that names what to lower.
+#[test]
+fn memory_estimate_and_refusal() {
+    use kiln::train::memory::{check_fits, estimate_lm};
+    let g = gpu();
+    let cfg = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        target_modules: vec!["q_proj".into(), "v_proj".into()],
+        use_rslora: false,
+    };
+    let mut m = load_causal_lm(g, &fixture("llama_tiny")).unwrap();
+    m.add_lora(g, &cfg, 0).unwrap();
+    let f = estimate_lm(m.as_mut(), 4, 16);
+    quantize::quantize_linears(g, m.as_mut(), QuantType::Q4_1).unwrap();
+    let q = estimate_lm(m.as_mut(), 4, 16);
+    // 2 layers × (q: 4·32 + 32·4, v: 4·32 + 16·4) LoRA weights.
+    let lora = 2 * (4 * 32 + 32 * 4 + 4 * 32 + 16 * 4) as u64;
+    assert_eq!(f.trainable_params, lora);
+    assert_eq!((f.gradients, f.optimizer), (4 * lora, 8 * lora));
+    assert_eq!(f.weights_quantized, 0);
+    assert!(q.weights_quantized > 0 && q.weights_f32 + q.weights_quantized < f.weights_f32);
+    assert_eq!(q.activations, f.activations);
+    eprintln!("{}\n{}", f.table(), q.table());
+    assert!(f.table().contains("AdamW moments"));
+    let limits = g.limits().clone();
+    check_fits(&f, &limits, Some((1 << 30, "test")), false).unwrap();
+    let e = check_fits(&f, &limits, Some((f.total() - 1, "test budget")), false).unwrap_err().to_string();
+    assert!(e.contains("lower --batch-size (now 4) or --max-len (now 16)") && e.contains("--quantize"), "{e}");
+    let e = check_fits(&q, &limits, Some((q.total() - 1, "test budget")), true).unwrap_err().to_string();
+    assert!(!e.contains("--quantize") && e.contains("test budget"), "{e}");
+    let mut small = limits.clone();
+    small.max_storage_buffer_binding_size = 1024;
+    let e = check_fits(&f, &small, None, false).unwrap_err().to_string();
+    assert!(e.contains("max_storage_buffer_binding_size") && e.contains('`'), "{e}");
+}

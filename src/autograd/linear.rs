@@ -9,7 +9,9 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::dropout::{self, DropoutMask};
 use crate::kernels::matmul::{Matmul, matmul_into};
+use crate::kernels::qmatmul::{qmatmul_dx_into, qmatmul_into};
 use crate::kernels::reduce;
+use crate::quant::QuantTensor;
 use crate::tensor::{DType, Tensor};
 
 /// How a weight matrix is stored.
@@ -48,12 +50,35 @@ pub fn linear(
     bias: Option<&Var>,
     lora: Option<Lora>,
 ) -> Result<Var> {
+    if w.value.rank() != 2 {
+        return Err(Error::Shape {
+            op: "linear",
+            tensor: "weight",
+            expected: "a matrix".into(),
+            found: w.shape().to_vec(),
+        });
+    }
+    linear_impl(tape, x, Base::Dense { w, layout }, bias, lora)
+}
+
+/// y = x·Wᵀ (+ b) (+ the LoRA branch) with W `[out, in]` frozen and quantized.
+pub fn linear_quant(tape: &Tape, x: &Var, w: &QuantTensor, bias: Option<&Var>, lora: Option<Lora>) -> Result<Var> {
+    linear_impl(tape, x, Base::Quant(w), bias, lora)
+}
+
+/// The base weight of a linear: an f32 matrix (maybe trainable) or a frozen quantized one.
+enum Base<'a> {
+    Dense { w: &'a Var, layout: WeightLayout },
+    Quant(&'a QuantTensor),
+}
+
+fn linear_impl(tape: &Tape, x: &Var, base: Base, bias: Option<&Var>, lora: Option<Lora>) -> Result<Var> {
     const OP: &str = "linear";
     let gpu = tape.gpu;
-    if w.value.rank() != 2 {
-        return Err(Error::Shape { op: OP, tensor: "weight", expected: "a matrix".into(), found: w.shape().to_vec() });
-    }
-    let (d_in, d_out) = layout.in_out(&w.value);
+    let (d_in, d_out) = match &base {
+        Base::Dense { w, layout } => layout.in_out(&w.value),
+        Base::Quant(q) => (q.cols, q.rows),
+    };
     if x.value.dim(-1) != d_in {
         return Err(Error::Shape {
             op: OP,
@@ -66,8 +91,13 @@ pub fn linear(
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().unwrap() = d_out;
     let y = Tensor::empty(gpu, &out_shape, DType::F32)?;
-    let mm = Matmul::new(rows, d_out, d_in).trans_b(layout == WeightLayout::OutIn);
-    matmul_into(gpu, &mm, &x.value, &w.value, bias.map(|b| &b.value), &y)?;
+    match &base {
+        Base::Dense { w, layout } => {
+            let mm = Matmul::new(rows, d_out, d_in).trans_b(*layout == WeightLayout::OutIn);
+            matmul_into(gpu, &mm, &x.value, &w.value, bias.map(|b| &b.value), &y)?;
+        }
+        Base::Quant(q) => qmatmul_into(gpu, &x.value, q, bias.map(|b| &b.value), &y, 1.0, false)?,
+    }
 
     let mut saved_lora = None;
     if let Some(l) = &lora {
@@ -109,7 +139,10 @@ pub fn linear(
         });
     }
 
-    let mut inputs = vec![x, w];
+    let mut inputs = vec![x];
+    if let Base::Dense { w, .. } = &base {
+        inputs.push(w);
+    }
     if let Some(b) = bias {
         inputs.push(b);
     }
@@ -122,10 +155,11 @@ pub fn linear(
             out,
             x: x.value.clone(),
             x_id: x.id(),
-            w: w.value.clone(),
-            w_id: w.id(),
+            w: match base {
+                Base::Dense { w, layout } => SavedBase::Dense { w: w.value.clone(), w_id: w.id(), layout },
+                Base::Quant(q) => SavedBase::Quant(q.clone()),
+            },
             bias_id: bias.and_then(|b| b.id()),
-            layout,
             rows,
             d_in,
             d_out,
@@ -146,14 +180,22 @@ struct SavedLora {
     h: Tensor,
 }
 
+enum SavedBase {
+    Dense {
+        w: Tensor,
+        w_id: Option<VarId>,
+        layout: WeightLayout,
+    },
+    /// Frozen: only dx flows through it.
+    Quant(QuantTensor),
+}
+
 struct LinearOp {
     out: VarId,
     x: Tensor,
     x_id: Option<VarId>,
-    w: Tensor,
-    w_id: Option<VarId>,
+    w: SavedBase,
     bias_id: Option<VarId>,
-    layout: WeightLayout,
     rows: usize,
     d_in: usize,
     d_out: usize,
@@ -168,11 +210,12 @@ impl Backward for LinearOp {
     fn backward(&self, gpu: &Gpu, g: &mut Grads) -> Result<()> {
         let Some(dy) = g.take(self.out) else { return Ok(()) };
         let (rows, d_in, d_out) = (self.rows, self.d_in, self.d_out);
-        let out_in = self.layout == WeightLayout::OutIn;
 
         // dW: [out, in] = dyᵀ·x, or [in, out] = xᵀ·dy.
-        if let Some(dw) = g.target(self.w_id, self.w.shape())? {
-            let (mm, a, b) = if out_in {
+        if let SavedBase::Dense { w, w_id, layout } = &self.w
+            && let Some(dw) = g.target(*w_id, w.shape())?
+        {
+            let (mm, a, b) = if *layout == WeightLayout::OutIn {
                 (Matmul::new(d_out, d_in, rows).trans_a(true), &dy, &self.x)
             } else {
                 (Matmul::new(d_in, d_out, rows).trans_a(true), &self.x, &dy)
@@ -186,8 +229,14 @@ impl Backward for LinearOp {
         let dx = g.target(self.x_id, self.x.shape())?;
         if let Some(dx) = &dx {
             // dx = dy·W for [out, in], dy·Wᵀ for [in, out].
-            let mm = Matmul::new(rows, d_in, d_out).trans_b(!out_in).accumulate(dx.accumulate);
-            matmul_into(gpu, &mm, &dy, &self.w, None, &dx.tensor)?;
+            match &self.w {
+                SavedBase::Dense { w, layout, .. } => {
+                    let out_in = *layout == WeightLayout::OutIn;
+                    let mm = Matmul::new(rows, d_in, d_out).trans_b(!out_in).accumulate(dx.accumulate);
+                    matmul_into(gpu, &mm, &dy, w, None, &dx.tensor)?;
+                }
+                SavedBase::Quant(q) => qmatmul_dx_into(gpu, &dy, q, &dx.tensor, 1.0, dx.accumulate)?,
+            }
         }
 
         if let Some(l) = &self.lora {

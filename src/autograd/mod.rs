@@ -19,7 +19,7 @@ mod rope;
 pub use attention::attention;
 pub use elementwise::{activation, add, dropout, split_cols, swiglu};
 pub use embedding::embedding;
-pub use linear::{Lora, WeightLayout, linear};
+pub use linear::{Lora, WeightLayout, linear, linear_quant};
 pub use loss::{Loss, cross_entropy, cross_entropy_weighted, linear_cross_entropy};
 pub use norm::norm;
 pub use pool::{first_token_weights, mean_weights, pool};

@@ -41,6 +41,8 @@ pub fn run(args: ExportArgs) -> Result<()> {
     };
     let mut lm = load_lm(&gpu, &path)?;
     peft::load_adapter(&gpu, lm.model.as_mut(), &args.lora)?;
+    // The export is an f32 Hugging Face folder: a quantized base is dequantized first.
+    crate::models::quantize::dequantize_linears(&gpu, lm.model.as_mut())?;
     lm.model.merge_lora(&gpu)?;
     let mut tensors = Vec::new();
     let mut err = None;

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::generate::{Sampling, generate};
 use crate::gpu::Gpu;
 use crate::models::count_params;
-use crate::models::load::{LoadedLm, load_lm};
+use crate::models::load::{LoadedLm, load_lm_with};
 use crate::models::peft::{self, TaskType};
 use crate::nn::LoraConfig;
 use crate::train::checkpoint::CheckpointSettings;
@@ -165,9 +165,31 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// How a quantized GGUF base is held: `auto` keeps its Q8_0/Q4_0/Q4_1 linear weights
+    /// quantized on the GPU (frozen; LoRA trains in f32 on top), `f32` dequantizes them on load
+    #[arg(long, value_enum, default_value_t = BaseDtype::Auto)]
+    pub base_dtype: BaseDtype,
+    /// Quantize an f32/f16 base's linear weights on load (q8_0, q4_0, q4_1), reporting the error
+    /// per tensor type and the validation perplexity before and after
+    #[arg(long, value_enum)]
+    pub quantize: Option<crate::quant::QuantType>,
+    /// GPU memory kiln may plan for, in MiB (wgpu cannot report it; on a CPU adapter the
+    /// system's available memory is used)
+    #[arg(long)]
+    pub gpu_memory: Option<u64>,
     #[command(flatten)]
     #[serde(flatten)]
     pub adapter: AdapterArgs,
+}
+
+/// How the frozen base's weights are held on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseDtype {
+    /// As the file stores them: GGUF blocks stay blocks, safetensors load as f32
+    Auto,
+    /// Everything dequantized to f32
+    F32,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -201,7 +223,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let splits = lm::read_folder(&data_dir)?;
     let t0 = Instant::now();
-    let mut lm = load_lm(&gpu, &model_path)?;
+    if args.quantize.is_some() && args.base_dtype == BaseDtype::F32 {
+        return Err(Error::invalid("train", "--quantize keeps the base quantized; it cannot go with --base-dtype f32"));
+    }
+    let mut lm = load_lm_with(&gpu, &model_path, args.base_dtype != BaseDtype::F32)?;
     let load_s = t0.elapsed().as_secs_f64();
     if let Some(p) = args.dropout()? {
         lm.model.set_dropout(p)?;
@@ -235,6 +260,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(v) => Some(lm::tokenize_all(v, &lm.tokenizer, &lm.format, max_len)?.examples),
         None => None,
     };
+    let quantization = match args.quantize {
+        Some(kind) => Some(quantize_base(&gpu, &mut lm, kind, valid.as_deref(), &args)?),
+        None => None,
+    };
+    let base = crate::models::quantize::quantized_summary(lm.model.as_mut());
+    // Memory: estimated from the shapes, printed, and refused here if it cannot fit.
+    let seq = train.examples.iter().map(|e| e.ids.len()).max().unwrap_or(max_len);
+    let memory = crate::train::memory::estimate_lm(lm.model.as_mut(), args.batch_size, seq);
+    let budget = crate::train::memory::device_budget(gpu.info().device_type, args.gpu_memory);
+    crate::train::memory::check_fits(&memory, gpu.limits(), budget, !base.is_empty())?;
     let out = args.run_dir();
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let (retain, retain_source) = retain_set(&args, &gpu, &lm, max_len, &out)?;
@@ -264,7 +299,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         seed: args.seed,
     };
     let (trainable, total) = count_params(lm.model.as_ref());
-    let settings = json!({
+    let total = total + base.values().map(|v| v.1).sum::<usize>();
+    let mut settings = json!({
         "model": model_path, "data": data_dir, "device": gpu.describe(), "lora": {
             "r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules,
             "adapted_layers": adapted },
@@ -273,6 +309,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "valid_examples": valid.as_ref().map_or(0, |v| v.len()),
         "parameters": { "trainable": trainable, "total": total },
     });
+    settings["base_quantized"] = json!(base);
+    settings["quantize"] = json!(quantization);
+    settings["memory_estimate"] = json!(memory);
     write_json(&out.join("settings.json"), &settings)?;
     super::config::write_resolved(&out.join("config.toml"), &args)?;
     eprintln!("kiln train on {}", gpu.describe());
@@ -295,6 +334,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         valid.as_ref().map_or(0, |v| v.len())
     );
     eprintln!("  run       {}", out.display());
+    for (kind, (n, _, bytes)) in &base {
+        eprintln!("  base      {n} linear weights kept {kind} on the GPU ({:.1} MiB)", *bytes as f64 / 1048576.0);
+    }
+    eprintln!("{}", memory.table());
+    if let Some((b, source)) = budget {
+        eprintln!("    checked against {:.0} MiB ({source})", b as f64 / 1048576.0);
+    }
 
     let test_words = if args.task.as_deref() == Some("cmudict") && args.test_words > 0 {
         let mut t = splits.test.clone().unwrap_or_default();
@@ -355,7 +401,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         None => None,
     };
-    let report = json!({
+    let mut report = json!({
         "forgetting": forgetting, "steps": summary.steps, "tokens": summary.tokens, "train_seconds": summary.seconds,
         "tokens_per_second": summary.tokens_per_second, "first_loss": summary.first_loss,
         "last_loss": summary.last_loss, "evals": summary.evals,
@@ -370,6 +416,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         })),
         "adapter": adapter_dir,
     });
+    report["memory_estimate_bytes"] = json!(memory.total());
+    report["quantize"] = json!(quantization);
     write_json(&out.join("report.json"), &report)?;
     // The curves and a readable summary beside the JSON (report.md links the plots).
     crate::train::report::plot_curves(&out)?;
@@ -413,6 +461,41 @@ pub fn run(args: TrainArgs) -> Result<()> {
         println!("adapter (PEFT format): {}", adapter_dir.display());
     }
     Ok(())
+}
+
+/// `--quantize`: validation loss of the f32 base, quantization of its linears (errors per tensor
+/// type printed), and the validation loss again.
+fn quantize_base(
+    gpu: &Gpu,
+    lm: &mut LoadedLm,
+    kind: crate::quant::QuantType,
+    valid: Option<&[Example]>,
+    args: &TrainArgs,
+) -> Result<serde_json::Value> {
+    let mut batches = match valid {
+        Some(v) => make_batches(v, args.batch_size, lm.pad, None)?,
+        None => Vec::new(),
+    };
+    batches.truncate(args.eval_batches);
+    let loss = |lm: &LoadedLm| -> Result<Option<f32>> {
+        if batches.is_empty() { Ok(None) } else { Ok(Some(eval_loss(gpu, lm.model.as_ref(), &batches)?.0)) }
+    };
+    let before = loss(lm)?;
+    let report = crate::models::quantize::quantize_linears(gpu, lm.model.as_mut(), kind)?;
+    let after = loss(lm)?;
+    for line in report.lines() {
+        eprintln!("  {line}");
+    }
+    if let (Some(b), Some(a)) = (before, after) {
+        eprintln!(
+            "  validation perplexity {:.3} (f32) -> {:.3} ({kind}) over {} batches",
+            (b as f64).exp(),
+            (a as f64).exp(),
+            batches.len()
+        );
+    }
+    Ok(json!({"kind": kind, "report": report, "val_loss_f32": before, "val_loss_quantized": after,
+        "val_ppl_f32": before.map(|b| (b as f64).exp()), "val_ppl_quantized": after.map(|a| (a as f64).exp())}))
 }
 
 /// The retain set (tokenized) and where it came from: `--retain FILE`, samples of the base

@@ -10,11 +10,21 @@ use super::llama::{Llama, LlamaConfig};
 use super::weights::WeightSource;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::quant::{QuantType, QuantWeights};
 
-/// Reads the model in `file` (a `llama` architecture GGUF).
+/// Reads the model in `file` (a `llama` architecture GGUF), every weight dequantized to f32.
 pub fn load_llama(gpu: &Gpu, file: &GgufFile) -> Result<Llama> {
+    load_llama_with(gpu, file, false)
+}
+
+/// Reads the model in `file`; with `keep_quantized`, linear weights stored as Q8_0, Q4_0 or
+/// Q4_1 go to the GPU as they are (frozen, in blocks) instead of being dequantized. The token
+/// embedding (Q8_0 in SmolLM2's file) is dequantized either way: the embedding lookup and the
+/// tied LM head read f32.
+pub fn load_llama_with(gpu: &Gpu, file: &GgufFile, keep_quantized: bool) -> Result<Llama> {
     let config = config_from_metadata(file)?;
     let mut src = GgufSource::new(file, &config);
+    src.keep_quantized = keep_quantized;
     Llama::from_source(gpu, config, &mut src, &file.path)
 }
 
@@ -77,6 +87,8 @@ pub struct GgufSource<'a> {
     n_head: usize,
     n_kv_head: usize,
     taken: BTreeSet<String>,
+    /// Hand Q8_0/Q4_0/Q4_1 linear weights out as blocks ([`WeightSource::quantized`]).
+    pub keep_quantized: bool,
 }
 
 impl<'a> GgufSource<'a> {
@@ -87,6 +99,7 @@ impl<'a> GgufSource<'a> {
             n_head: config.num_attention_heads,
             n_kv_head: config.kv_heads(),
             taken: BTreeSet::new(),
+            keep_quantized: false,
         }
     }
 }
@@ -137,6 +150,21 @@ pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> V
     out
 }
 
+/// The row order [`unpermute_rows`] produces: row `i` of the result is row `order[i]` of the
+/// file.
+pub fn unpermute_order(rows: usize, heads: usize) -> Vec<usize> {
+    let half = rows / heads / 2;
+    let mut order = vec![0; rows];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                order[h * 2 * half + j * half + i] = h * 2 * half + 2 * i + j;
+            }
+        }
+    }
+    order
+}
+
 impl WeightSource for GgufSource<'_> {
     fn origin(&self) -> &Path {
         &self.path
@@ -178,6 +206,35 @@ impl WeightSource for GgufSource<'_> {
     fn remaining(&self) -> Vec<String> {
         self.file.tensors.iter().map(|t| t.name.clone()).filter(|n| !self.taken.contains(n)).collect()
     }
+
+    fn quantized(&mut self, name: &str, shape: &[usize]) -> Result<Option<QuantWeights>> {
+        let Some(g) = gguf_name(name) else { return Ok(None) };
+        let Some(info) = self.file.tensor_info(&g) else { return Ok(None) };
+        let Some(kind) = QuantType::from_ggml(info.ggml_type) else { return Ok(None) };
+        if !self.keep_quantized || g == "token_embd.weight" {
+            return Ok(None);
+        }
+        let found = info.shape();
+        if found != shape {
+            return Err(Error::Parse {
+                path: self.path.clone(),
+                message: format!("tensor `{g}` has shape {found:?}, config says {shape:?}"),
+            });
+        }
+        let bytes = self.file.tensor_bytes(&g)?.to_vec();
+        let w = QuantWeights::new(kind, shape[0], shape[1], bytes, &g)
+            .map_err(|e| Error::Parse { path: self.path.clone(), message: e.to_string() })?;
+        // llama.cpp's Q/K row permutation moves whole rows, so it is undone on the blocks.
+        let w = if g.ends_with("attn_q.weight") {
+            w.permute_rows(&unpermute_order(shape[0], self.n_head))
+        } else if g.ends_with("attn_k.weight") {
+            w.permute_rows(&unpermute_order(shape[0], self.n_kv_head))
+        } else {
+            w
+        };
+        self.taken.insert(g);
+        Ok(Some(w))
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +266,47 @@ mod tests {
         // Row 1 of head 0 in GGUF order (pair 0, second element) is Hugging Face row `half`.
         let p = permute(&data, rows, cols, heads);
         assert_eq!(p[cols..2 * cols], data[4 * cols..5 * cols]);
+    }
+
+    #[test]
+    fn kept_blocks_are_the_files_with_q_and_k_rows_unpermuted_like_the_f32_path() {
+        use crate::models::gguf::GgmlType;
+        use crate::models::gguf::testing::*;
+        let (rows, cols) = (16, 64);
+        let x = seeded(rows * cols, 3);
+        for (ty, bytes) in [
+            (GgmlType::Q4_1, quantize_q4_1(&x).0),
+            (GgmlType::Q4_0, quantize_q4_0(&x).0),
+            (GgmlType::Q8_0, quantize_q8_0(&x).0),
+        ] {
+            let mut b = GgufBuilder::new();
+            for t in ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.ffn_up.weight", "token_embd.weight"] {
+                b = b.tensor(t, &[cols as u64, rows as u64], ty, bytes.clone());
+            }
+            let file = GgufFile::parse(b.build(), "tiny.gguf").unwrap();
+            let source = |keep| GgufSource {
+                file: &file,
+                path: file.path.clone(),
+                n_head: 4,
+                n_kv_head: 2,
+                taken: BTreeSet::new(),
+                keep_quantized: keep,
+            };
+            let (mut kept, mut plain) = (source(true), source(false));
+            for hf in [
+                "model.layers.0.self_attn.q_proj.weight",
+                "model.layers.0.self_attn.k_proj.weight",
+                "model.layers.0.mlp.up_proj.weight",
+            ] {
+                let q = kept.quantized(hf, &[rows, cols]).unwrap().expect("kept quantized");
+                assert_eq!(q.dequantize(), plain.take(hf, &[rows, cols]).unwrap(), "{ty} {hf}");
+                assert!(plain.quantized(hf, &[rows, cols]).unwrap().is_none());
+            }
+            // The embedding is looked up in f32; a wrong shape names the tensor.
+            assert!(kept.quantized("model.embed_tokens.weight", &[rows, cols]).unwrap().is_none());
+            let e = source(true).quantized("model.layers.0.mlp.up_proj.weight", &[cols, rows]).unwrap_err();
+            assert!(e.to_string().contains("blk.0.ffn_up.weight") && e.to_string().contains("config says"), "{e}");
+        }
     }
 
     #[test]

@@ -181,6 +181,10 @@ impl Llama {
             Ok(NormLayer { kind: Norm::RmsNorm, weight: Param::new(format!("{path}.weight"), w), bias: None, eps })
         };
         let linear = |src: &mut dyn WeightSource, path: String, d_in: usize, d_out: usize| -> Result<Linear> {
+            // A quantized file's blocks stay blocks on the GPU when the source keeps them.
+            if let Some(q) = src.quantized(&format!("{path}.weight"), &[d_out, d_in])? {
+                return Ok(Linear::quantized(&path, crate::quant::QuantTensor::upload(gpu, &q)?, None));
+            }
             let w = src.tensor(gpu, &format!("{path}.weight"), &[d_out, d_in])?;
             Ok(Linear::new(&path, w, None, WeightLayout::OutIn))
         };

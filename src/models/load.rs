@@ -24,9 +24,16 @@ pub struct LoadedLm {
     pub name: String,
 }
 
+/// Opens a model; a GGUF file's Q8_0/Q4_0/Q4_1 linear weights stay quantized on the GPU.
 pub fn load_lm(gpu: &Gpu, path: &Path) -> Result<LoadedLm> {
+    load_lm_with(gpu, path, true)
+}
+
+/// Opens a model; `keep_quantized: false` dequantizes a GGUF file's weights to f32 on load
+/// (`--base-dtype f32`).
+pub fn load_lm_with(gpu: &Gpu, path: &Path, keep_quantized: bool) -> Result<LoadedLm> {
     if path.extension().is_some_and(|e| e == "gguf") {
-        load_gguf(gpu, path)
+        load_gguf(gpu, path, keep_quantized)
     } else if path.is_dir() {
         load_hf(gpu, path)
     } else {
@@ -37,10 +44,10 @@ pub fn load_lm(gpu: &Gpu, path: &Path) -> Result<LoadedLm> {
     }
 }
 
-fn load_gguf(gpu: &Gpu, path: &Path) -> Result<LoadedLm> {
+fn load_gguf(gpu: &Gpu, path: &Path, keep_quantized: bool) -> Result<LoadedLm> {
     let file = GgufFile::open(path)?;
     // The model first: its architecture and sizes are the likelier mistake to report.
-    let model = Box::new(gguf_llama::load_llama(gpu, &file)?);
+    let model = Box::new(gguf_llama::load_llama_with(gpu, &file, keep_quantized)?);
     let tok = GgufTokenizer::from_gguf(&file)?;
     let bos = if tok.add_bos { tok.bos } else { None };
     let template = tok.chat_template.clone().unwrap_or_default();

@@ -10,6 +10,7 @@ pub mod gpt2;
 pub mod llama;
 pub mod load;
 pub mod peft;
+pub mod quantize;
 pub mod weights;
 
 use std::path::Path;

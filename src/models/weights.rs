@@ -27,6 +27,14 @@ pub trait WeightSource {
         self.origin().to_path_buf()
     }
 
+    /// The weight `name` (`[out, in]`, checked against `shape`) in the block format the source
+    /// stores it in, when the source keeps such weights quantized; None means "take it as f32"
+    /// (the default: safetensors hold f32/f16/bf16). A source answering Some has taken it.
+    fn quantized(&mut self, name: &str, shape: &[usize]) -> Result<Option<crate::quant::QuantWeights>> {
+        let _ = (name, shape);
+        Ok(None)
+    }
+
     /// Uploads a weight to the GPU.
     fn tensor(&mut self, gpu: &Gpu, name: &str, shape: &[usize]) -> Result<Tensor> {
         let data = self.take(name, shape)?;

@@ -2,12 +2,18 @@
 //!
 //! # Shapes
 //! x `[..., in]` → `[..., out]`; weight `[out, in]` or `[in, out]` per [`WeightLayout`].
+//!
+//! The base weight may be kept quantized (`quant`, `[out, in]` in GGUF blocks whatever the
+//! checkpoint's layout): it is then frozen, multiplied by the quantized kernels, and not one of
+//! the module's parameters (`weight` holds its packed words only so the struct keeps its
+//! shape; `visit_params` skips it). [`Linear::dequantize`] turns it back into an f32 weight.
 
 use crate::autograd::{self, Lora, Param, Tape, Var, WeightLayout};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::kernels::matmul::{Matmul, matmul_into};
 use crate::nn::{LoraAdapter, LoraConfig, Rng};
+use crate::quant::QuantTensor;
 use crate::tensor::Tensor;
 
 pub struct Linear {
@@ -17,6 +23,8 @@ pub struct Linear {
     pub bias: Option<Param>,
     pub layout: WeightLayout,
     pub lora: Option<LoraAdapter>,
+    /// The frozen quantized base, when the weight is kept quantized.
+    pub quant: Option<QuantTensor>,
 }
 
 impl Linear {
@@ -27,17 +35,50 @@ impl Linear {
             bias: bias.map(|b| Param::new(format!("{path}.bias"), b)),
             layout,
             lora: None,
+            quant: None,
         }
+    }
+
+    /// A layer whose base weight stays quantized (frozen): `w` is `[out, in]`.
+    pub fn quantized(path: &str, w: QuantTensor, bias: Option<Tensor>) -> Linear {
+        let mut lin = Linear::new(path, w.words.clone(), bias, WeightLayout::OutIn);
+        lin.quant = Some(w);
+        lin
     }
 
     /// (in, out).
     pub fn in_out(&self) -> (usize, usize) {
-        self.layout.in_out(&self.weight.value)
+        match &self.quant {
+            Some(q) => (q.cols, q.rows),
+            None => self.layout.in_out(&self.weight.value),
+        }
+    }
+
+    /// Replaces a quantized base with its f32 values (`[out, in]`); no-op when it is f32.
+    pub fn dequantize(&mut self, gpu: &Gpu) -> Result<()> {
+        if let Some(q) = self.quant.take() {
+            self.weight.value = q.dequantize(gpu)?;
+            self.layout = WeightLayout::OutIn;
+        }
+        Ok(())
+    }
+
+    /// Replaces the f32 base with `w` (`[out, in]`, quantized from it).
+    pub fn set_quantized(&mut self, w: QuantTensor) {
+        self.weight.value = w.words.clone();
+        self.weight.grad = None;
+        self.layout = WeightLayout::OutIn;
+        self.quant = Some(w);
     }
 
     pub fn forward(&self, tape: &Tape, x: &Var) -> Result<Var> {
-        let w = tape.param(&self.weight);
         let b = self.bias.as_ref().map(|b| tape.param(b));
+        if let Some(q) = &self.quant {
+            let lora = self.lora.as_ref().map(|l| (tape.param(&l.a), tape.param(&l.b), l.scale, l.dropout));
+            let lora = lora.as_ref().map(|(a, bm, scale, dropout)| Lora { a, b: bm, scale: *scale, dropout: *dropout });
+            return autograd::linear_quant(tape, x, q, b.as_ref(), lora);
+        }
+        let w = tape.param(&self.weight);
         match &self.lora {
             None => autograd::linear(tape, x, &w, self.layout, b.as_ref(), None),
             Some(l) => {
@@ -59,7 +100,12 @@ impl Linear {
     }
 
     /// Folds the adapter into the weight (W += s·B·A, transposed for `[in, out]`) and drops it.
+    /// A quantized base is dequantized first: the merged layer is f32.
     pub fn merge_lora(&mut self, gpu: &Gpu) -> Result<()> {
+        if self.lora.is_none() {
+            return Ok(());
+        }
+        self.dequantize(gpu)?;
         let Some(l) = self.lora.take() else { return Ok(()) };
         let (d_in, d_out) = self.in_out();
         let r = l.a.value.dim(0);
@@ -79,7 +125,9 @@ impl Linear {
     }
 
     pub fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
-        f(&self.weight);
+        if self.quant.is_none() {
+            f(&self.weight);
+        }
         if let Some(b) = &self.bias {
             f(b);
         }
@@ -90,7 +138,9 @@ impl Linear {
     }
 
     pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        f(&mut self.weight);
+        if self.quant.is_none() {
+            f(&mut self.weight);
+        }
         if let Some(b) = &mut self.bias {
             f(b);
         }

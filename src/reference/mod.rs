@@ -11,6 +11,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod layer_norm;
 pub mod matmul;
+pub mod quant;
 pub mod reduce;
 pub mod rope;
 pub mod softmax_xent;

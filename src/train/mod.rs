@@ -7,6 +7,7 @@ pub mod ewc;
 pub mod forgetting;
 pub mod interrupt;
 pub mod lm;
+pub mod memory;
 pub mod optim;
 pub mod report;
 pub mod schedule;

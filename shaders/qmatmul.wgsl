@@ -1,0 +1,262 @@
+// Matmul through a frozen block-quantized weight W [N, K] (Q8_0, Q4_0 or Q4_1), dequantized
+// in the inner loop; W is never expanded to f32 in memory.
+//
+//   qmatmul     y  [M, N] = alpha * x [M, K] · Wᵀ (+ bias [N]) (+ y when accumulating)
+//   qmatmul_dx  dx [M, K] = alpha * dy [M, N] · W               (+ dx when accumulating)
+//   qmatvec     as qmatmul, for M ≤ MR rows (generation)
+//
+// W's layout (src/quant.rs): GGUF's blocks of 32 weights along K, repacked into u32 words with
+// the same bits. Quants first: block i's quant bytes at word i*QW (QW = 4 for Q4, 8 for Q8_0),
+// in file order. Then, from word p.scale_off, the f16 scales: Q4_1 one word per block (d low,
+// m high); Q4_0 and Q8_0 two blocks' d per word (block i in half i % 2). Block i is row
+// i / (K/32), block i % (K/32) of that row. WGSL has no f16 storage type without the `f16`
+// extension (not every adapter has it), so scales are read as u32 words and split with
+// unpack2x16float, and quants are read as words and split with shifts. K is a multiple of 32.
+//
+// Constants from the host's header: QTYPE (GGUF's type number: 2 = Q4_0, 3 = Q4_1,
+// 8 = Q8_0; branches on it fold away), QW, and BM, BN, TM, TN (tiled entries) or MR (qmatvec).
+//
+// Tiling, as in matmul.wgsl: a workgroup computes a BM x BN block of the output with
+// (BM/TM)*(BN/TN) invocations, each keeping TM x TN accumulators in registers. The reduction
+// steps BK = 32 at a time, one block: per step the workgroup stages the f32 operand and the
+// dequantized W slice in workgroup memory (k-major), then every invocation reads TM and TN
+// values as vec4s. Dequantizing while staging costs once per element of W per workgroup row,
+// like a load, and the multiply-adds never see quantized data. Outside the matrix: zeros.
+
+struct Params {
+    m: u32, n: u32, k: u32, alpha: f32,
+    has_bias: u32, accumulate: u32, scale_off: u32, _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+// x as vec4s, for qmatvec (K % 32 == 0, so every row starts 16-byte aligned).
+@group(0) @binding(2) var<storage, read> x4: array<vec4<f32>>;
+
+const BK: u32 = 32u;
+
+// d (and m for Q4_1) of block `blk`.
+fn scales(blk: u32) -> vec2<f32> {
+    if (QTYPE == 3u) {
+        return unpack2x16float(w[p.scale_off + blk]);
+    }
+    let pair = unpack2x16float(w[p.scale_off + blk / 2u]);
+    return vec2<f32>(select(pair.x, pair.y, (blk & 1u) == 1u), 0.0);
+}
+
+// Eight weights of block `blk`, part 0..3: `lo` is the weights at k offsets lo_k(part)+0..3
+// of the block, `hi` those at hi_k(part)+0..3.
+struct Eight {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+// Q4: quant word `part` holds bytes 4·part..4·part+3, whose low nibbles are weights
+// 4·part+0..3 and high nibbles weights 16+4·part+0..3. Q8_0: words 2·part, 2·part+1 hold
+// weights 8·part+0..7, one signed byte each.
+fn lo_k(part: u32) -> u32 {
+    if (QTYPE == 8u) { return 8u * part; }
+    return 4u * part;
+}
+
+fn hi_k(part: u32) -> u32 {
+    if (QTYPE == 8u) { return 8u * part + 4u; }
+    return 16u + 4u * part;
+}
+
+fn dequant8(blk: u32, part: u32) -> Eight {
+    let s = scales(blk);
+    if (QTYPE == 8u) {
+        // Shift each byte to the top, then an arithmetic shift back sign-extends it.
+        let up = vec4<u32>(24u, 16u, 8u, 0u);
+        let q0 = bitcast<vec4<i32>>(vec4<u32>(w[blk * QW + 2u * part]) << up) >> vec4<u32>(24u);
+        let q1 = bitcast<vec4<i32>>(vec4<u32>(w[blk * QW + 2u * part + 1u]) << up) >> vec4<u32>(24u);
+        return Eight(s.x * vec4<f32>(q0), s.x * vec4<f32>(q1));
+    }
+    let bytes = vec4<u32>(w[blk * QW + part]) >> vec4<u32>(0u, 8u, 16u, 24u);
+    let lo = vec4<f32>(bytes & vec4<u32>(15u));
+    let hi = vec4<f32>((bytes >> vec4<u32>(4u)) & vec4<u32>(15u));
+    if (QTYPE == 2u) {
+        return Eight(s.x * (lo - 8.0), s.x * (hi - 8.0));
+    }
+    return Eight(fma(vec4<f32>(s.x), lo, vec4<f32>(s.y)), fma(vec4<f32>(s.x), hi, vec4<f32>(s.y)));
+}
+
+// ---- tiled entries ----
+
+const WG_X: u32 = BN / TN;
+const WG_Y: u32 = BM / TM;
+const WG: u32 = WG_X * WG_Y;
+const TM4: u32 = TM / 4u;
+const TN4: u32 = TN / 4u;
+
+var<workgroup> a_tile: array<vec4<f32>, BK * BM / 4u>; // [BK][BM]: the f32 operand
+var<workgroup> b_tile: array<vec4<f32>, BK * BN / 4u>; // [BK][BN]: dequantized W
+
+fn set_a(t: u32, v: f32) {
+    a_tile[t / 4u][t % 4u] = v;
+}
+
+fn set_b(t: u32, v: f32) {
+    b_tile[t / 4u][t % 4u] = v;
+}
+
+// acc[i][j] += Σ_kk a_tile[kk][ty·TM + i] · b_tile[kk][tx·TN + j] over the staged step.
+fn multiply_tiles(tx: u32, ty: u32, acc: ptr<function, array<vec4<f32>, TM * TN4>>) {
+    for (var kk = 0u; kk < BK; kk++) {
+        var bv: array<vec4<f32>, TN4>;
+        for (var j = 0u; j < TN4; j++) { bv[j] = b_tile[(kk * BN + tx * TN) / 4u + j]; }
+        for (var i4 = 0u; i4 < TM4; i4++) {
+            let a4 = a_tile[(kk * BM + ty * TM) / 4u + i4];
+            for (var j = 0u; j < TN4; j++) {
+                (*acc)[(i4 * 4u + 0u) * TN4 + j] = fma(vec4<f32>(a4.x), bv[j], (*acc)[(i4 * 4u + 0u) * TN4 + j]);
+                (*acc)[(i4 * 4u + 1u) * TN4 + j] = fma(vec4<f32>(a4.y), bv[j], (*acc)[(i4 * 4u + 1u) * TN4 + j]);
+                (*acc)[(i4 * 4u + 2u) * TN4 + j] = fma(vec4<f32>(a4.z), bv[j], (*acc)[(i4 * 4u + 2u) * TN4 + j]);
+                (*acc)[(i4 * 4u + 3u) * TN4 + j] = fma(vec4<f32>(a4.w), bv[j], (*acc)[(i4 * 4u + 3u) * TN4 + j]);
+            }
+        }
+    }
+}
+
+// Writes the invocation's TM x TN outputs of a [rows, cols] result (bias only for qmatmul).
+fn store(row0: u32, col0: u32, rows: u32, cols: u32, with_bias: bool, acc: ptr<function, array<vec4<f32>, TM * TN4>>) {
+    for (var i = 0u; i < TM; i++) {
+        let row = row0 + i;
+        if (row >= rows) { break; }
+        for (var j = 0u; j < TN; j++) {
+            let col = col0 + j;
+            if (col >= cols) { break; }
+            var v = p.alpha * (*acc)[i * TN4 + j / 4u][j % 4u];
+            if (with_bias) { v += bias[col]; }
+            let idx = row * cols + col;
+            if (p.accumulate != 0u) { v += out[idx]; }
+            out[idx] = v;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let tx = lid % WG_X;
+    let ty = lid / WG_X;
+    let row0 = wg.y * BM; // rows of x and y
+    let col0 = wg.x * BN; // rows of W = columns of y
+    let bpr = p.k / BK;
+
+    var acc: array<vec4<f32>, TM * TN4>;
+    for (var i = 0u; i < TM * TN4; i++) { acc[i] = vec4<f32>(0.0); }
+
+    for (var kb = 0u; kb < bpr; kb++) {
+        // x[row0.., kb·32..] as a_tile[kk][mm]; consecutive invocations read along a row of x.
+        for (var i = lid; i < BM * BK; i += WG) {
+            let kk = i % BK;
+            let gm = row0 + i / BK;
+            var v = 0.0;
+            if (gm < p.m) { v = x[gm * p.k + kb * BK + kk]; }
+            set_a(kk * BM + i / BK, v);
+        }
+        // Block kb of W's rows col0.. as b_tile[kk][nn]: four tasks of eight weights per row.
+        for (var t = lid; t < BN * 4u; t += WG) {
+            let nn = t / 4u;
+            let part = t % 4u;
+            var e = Eight(vec4<f32>(0.0), vec4<f32>(0.0));
+            if (col0 + nn < p.n) { e = dequant8((col0 + nn) * bpr + kb, part); }
+            let kl = lo_k(part);
+            let kh = hi_k(part);
+            for (var i = 0u; i < 4u; i++) {
+                set_b((kl + i) * BN + nn, e.lo[i]);
+                set_b((kh + i) * BN + nn, e.hi[i]);
+            }
+        }
+        workgroupBarrier();
+        multiply_tiles(tx, ty, &acc);
+        workgroupBarrier();
+    }
+    store(row0 + ty * TM, col0 + tx * TN, p.m, p.n, p.has_bias != 0u, &acc);
+}
+
+// dx = dy·W: the output's columns are W's columns (K), and the sum runs over W's rows (N), 32
+// rows per step. BN is a multiple of 32, so a workgroup's columns are whole blocks.
+@compute @workgroup_size(WG)
+fn qmatmul_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let tx = lid % WG_X;
+    let ty = lid / WG_X;
+    let row0 = wg.y * BM; // rows of dy and dx
+    let col0 = wg.x * BN; // columns of W and dx
+    let bpr = p.k / BK;
+    const BLOCKS: u32 = BN / BK; // blocks of a W row in this workgroup's columns
+
+    var acc: array<vec4<f32>, TM * TN4>;
+    for (var i = 0u; i < TM * TN4; i++) { acc[i] = vec4<f32>(0.0); }
+
+    for (var n0 = 0u; n0 < p.n; n0 += BK) {
+        // dy[row0.., n0..] as a_tile[kk][mm].
+        for (var i = lid; i < BM * BK; i += WG) {
+            let kk = i % BK;
+            let gm = row0 + i / BK;
+            var v = 0.0;
+            if (gm < p.m && n0 + kk < p.n) { v = x[gm * p.n + n0 + kk]; }
+            set_a(kk * BM + i / BK, v);
+        }
+        // W[n0.., col0..] as b_tile[kk][jj]: four consecutive k are four adjacent columns, so
+        // each half of a task is one aligned vec4 store.
+        for (var t = lid; t < BK * BLOCKS * 4u; t += WG) {
+            let part = t % 4u;
+            let bb = (t / 4u) % BLOCKS;
+            let kk = t / (4u * BLOCKS);
+            let kb = col0 / BK + bb;
+            var e = Eight(vec4<f32>(0.0), vec4<f32>(0.0));
+            if (n0 + kk < p.n && kb < bpr) { e = dequant8((n0 + kk) * bpr + kb, part); }
+            let base = kk * BN + bb * BK;
+            b_tile[(base + lo_k(part)) / 4u] = e.lo;
+            b_tile[(base + hi_k(part)) / 4u] = e.hi;
+        }
+        workgroupBarrier();
+        multiply_tiles(tx, ty, &acc);
+        workgroupBarrier();
+    }
+    store(row0 + ty * TM, col0 + tx * TN, p.m, p.k, false, &acc);
+}
+
+// ---- skinny entry: M ≤ MR rows (one token at a time with a KV cache) ----
+// One invocation per output column: it walks its W row block by block, dequantizes eight
+// weights at a time and multiplies them into every row of x (read as vec4s), so W is read once
+// whatever M is. MR is M rounded up to a power of two; rows M..MR-1 repeat row M-1 and are
+// never stored, so the row loops have constant bounds.
+const MV_WG: u32 = 64u;
+
+@compute @workgroup_size(MV_WG)
+fn qmatvec(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let col = (wg.y * nwg.x + wg.x) * MV_WG + lid;
+    if (col >= p.n) { return; }
+    let bpr = p.k / BK;
+    let k4 = p.k / 4u;
+    var xrow: array<u32, MR>;
+    for (var m = 0u; m < MR; m++) { xrow[m] = min(m, p.m - 1u) * k4; }
+    var acc: array<f32, MR>;
+    for (var m = 0u; m < MR; m++) { acc[m] = 0.0; }
+    for (var kb = 0u; kb < bpr; kb++) {
+        for (var part = 0u; part < 4u; part++) {
+            let e = dequant8(col * bpr + kb, part);
+            let il = (kb * BK + lo_k(part)) / 4u;
+            let ih = (kb * BK + hi_k(part)) / 4u;
+            for (var m = 0u; m < MR; m++) {
+                acc[m] += dot(e.lo, x4[xrow[m] + il]) + dot(e.hi, x4[xrow[m] + ih]);
+            }
+        }
+    }
+    for (var m = 0u; m < p.m; m++) {
+        var v = p.alpha * acc[m];
+        if (p.has_bias != 0u) { v += bias[col]; }
+        let idx = m * p.n + col;
+        if (p.accumulate != 0u) { v += out[idx]; }
+        out[idx] = v;
+    }
+}

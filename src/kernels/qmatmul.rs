@@ -1,0 +1,236 @@
+//! Matmul through a frozen quantized weight (`shaders/qmatmul.wgsl`), dequantizing in the
+//! inner loop: the forward y = x·Wᵀ of a linear layer whose W `[out, in]` is a
+//! [`QuantTensor`], and the backward dx = dy·W. W never gets a gradient.
+//!
+//! Up to [`SKINNY_M`] rows (generation) the forward takes `qmatvec`, one invocation per output
+//! column reading W once; more rows take the tiled `qmatmul`. The tile is BK = 32 (one block)
+//! deep and 64×64 wide: the two staged slices then take exactly the 16 KiB of workgroup memory
+//! every adapter has. On a CPU adapter 64 invocations with 8×8 register tiles (as the f32
+//! matmul's lavapipe default), on a GPU 256 with 4×4; `KILN_QMATMUL_TILE=bm,bn,tm,tn`
+//! overrides it (not tuned per adapter yet).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::matmul::SKINNY_M;
+use super::{expect_numel, shader, u32_of};
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Gpu, KernelSpec};
+use crate::quant::{BLOCK, QuantTensor};
+use crate::tensor::{DType, Tensor};
+
+const OP: &str = "qmatmul";
+
+/// A tile of the tiled entries: a workgroup computes `bm`×`bn` outputs, each invocation
+/// `tm`×`tn`; the reduction steps one block (32) at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QTile {
+    pub bm: u32,
+    pub bn: u32,
+    pub tm: u32,
+    pub tn: u32,
+}
+
+impl QTile {
+    pub const fn new(bm: u32, bn: u32, tm: u32, tn: u32) -> Self {
+        QTile { bm, bn, tm, tn }
+    }
+
+    pub fn invocations(&self) -> u32 {
+        (self.bm / self.tm) * (self.bn / self.tn)
+    }
+
+    /// Whether the adapter can run it (and the shader's assumptions hold: `bn` whole blocks,
+    /// register tiles of vec4s).
+    pub fn fits(&self, limits: &wgpu::Limits) -> bool {
+        self.tm.is_multiple_of(4)
+            && self.tn.is_multiple_of(4)
+            && self.bm.is_multiple_of(self.tm)
+            && self.bn.is_multiple_of(self.tn)
+            && self.bn.is_multiple_of(BLOCK as u32)
+            && self.invocations() <= limits.max_compute_invocations_per_workgroup
+            && self.invocations() <= limits.max_compute_workgroup_size_x
+            && 4 * BLOCK as u32 * (self.bm + self.bn) <= limits.max_compute_workgroup_storage_size
+    }
+}
+
+/// The tile for this adapter: `KILN_QMATMUL_TILE`, else by device type; a shape the adapter
+/// cannot run falls back to 32×32 with 4×4 register tiles.
+pub fn tile_for(gpu: &Gpu) -> QTile {
+    let mut tile = match gpu.info().device_type {
+        wgpu::DeviceType::Cpu => QTile::new(64, 64, 8, 8),
+        _ => QTile::new(64, 64, 4, 4),
+    };
+    if let Ok(text) = std::env::var("KILN_QMATMUL_TILE") {
+        let v: Vec<u32> = text.split(',').filter_map(|s| s.trim().parse().ok()).collect();
+        match v[..] {
+            [bm, bn, tm, tn] => tile = QTile::new(bm, bn, tm, tn),
+            _ => eprintln!("warning: KILN_QMATMUL_TILE={text:?} is not `bm,bn,tm,tn`; ignored"),
+        }
+    }
+    if tile.fits(gpu.limits()) { tile } else { QTile::new(32, 32, 4, 4) }
+}
+
+fn header(w: &QuantTensor, tile: QTile, mr: usize) -> String {
+    format!(
+        "const QTYPE: u32 = {}u;\nconst QW: u32 = {}u;\nconst BM: u32 = {}u;\nconst BN: u32 = {}u;\n\
+         const TM: u32 = {}u;\nconst TN: u32 = {}u;\nconst MR: u32 = {}u;\n",
+        w.kind.shader_id(),
+        w.kind.quant_words(),
+        tile.bm,
+        tile.bn,
+        tile.tm,
+        tile.tn,
+        mr
+    )
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    alpha: f32,
+    has_bias: u32,
+    accumulate: u32,
+    scale_off: u32,
+    _pad: u32,
+}
+
+fn params(w: &QuantTensor, m: usize, alpha: f32, has_bias: bool, accumulate: bool) -> Result<Params> {
+    Ok(Params {
+        m: u32_of(OP, "M", m)?,
+        n: u32_of(OP, "N (W's rows)", w.rows)?,
+        k: u32_of(OP, "K (W's columns)", w.cols)?,
+        alpha,
+        has_bias: has_bias as u32,
+        accumulate: accumulate as u32,
+        scale_off: u32_of(OP, "W's words", w.scale_offset)?,
+        _pad: 0,
+    })
+}
+
+const ACCESS: &[Access] = &[Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+
+/// Records y = alpha·x·Wᵀ (+ bias) (+ y when `accumulate`): x `[M, K]` (any shape with K
+/// last), W `[N, K]`, y `[M, N]`, bias `[N]`.
+///
+/// Bindings: 1 `w` (u32 words), 2 `x`, 3 `bias` (or nothing), 4 `y`.
+pub fn qmatmul_into(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &QuantTensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    alpha: f32,
+    accumulate: bool,
+) -> Result<()> {
+    let (n, k) = (w.rows, w.cols);
+    for t in [x, y] {
+        t.expect_dtype(OP, DType::F32)?;
+    }
+    if !x.numel().is_multiple_of(k) {
+        return Err(Error::Shape {
+            op: OP,
+            tensor: "x",
+            expected: format!("[..., {k}] (W's columns)"),
+            found: x.shape().to_vec(),
+        });
+    }
+    let m = x.numel() / k;
+    expect_numel(OP, "y", y, m * n, "M × N")?;
+    if let Some(b) = bias {
+        expect_numel(OP, "bias", b, n, "N")?;
+    }
+    if x.same_buffer(y) {
+        return Err(Error::invalid(OP, "the output `y` must not share a buffer with `x`"));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let p = params(w, m, alpha, bias.is_some(), accumulate)?;
+    let tile = tile_for(gpu);
+    let (header, entry, groups);
+    if m <= SKINNY_M {
+        header = self::header(w, tile, m.next_power_of_two());
+        entry = "qmatvec";
+        groups = gpu.grid_1d((n as u64).div_ceil(64));
+    } else {
+        header = self::header(w, tile, 1);
+        entry = "qmatmul";
+        groups = [(n as u32).div_ceil(tile.bn), (m as u32).div_ceil(tile.bm), 1];
+    }
+    let spec = KernelSpec { file: shader!("qmatmul"), entry, header: &header, access: ACCESS };
+    gpu.dispatch(
+        OP,
+        &spec,
+        bytemuck::bytes_of(&p),
+        &[("w", Some(&w.words)), ("x", Some(x)), ("bias", bias), ("y", Some(y))],
+        groups,
+    )
+}
+
+/// Records dx = alpha·dy·W (+ dx when `accumulate`): dy `[M, N]`, W `[N, K]`, dx `[M, K]`.
+///
+/// Bindings: 1 `w` (u32 words), 2 `dy`, 3 nothing, 4 `dx`.
+pub fn qmatmul_dx_into(
+    gpu: &Gpu,
+    dy: &Tensor,
+    w: &QuantTensor,
+    dx: &Tensor,
+    alpha: f32,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "qmatmul_dx";
+    let (n, k) = (w.rows, w.cols);
+    for t in [dy, dx] {
+        t.expect_dtype(OP, DType::F32)?;
+    }
+    if !dy.numel().is_multiple_of(n) {
+        return Err(Error::Shape {
+            op: OP,
+            tensor: "dy",
+            expected: format!("[..., {n}] (W's rows)"),
+            found: dy.shape().to_vec(),
+        });
+    }
+    let m = dy.numel().checked_div(n).unwrap_or(0);
+    expect_numel(OP, "dx", dx, m * k, "M × K")?;
+    if dy.same_buffer(dx) {
+        return Err(Error::invalid(OP, "the output `dx` must not share a buffer with `dy`"));
+    }
+    if m == 0 {
+        return Ok(());
+    }
+    let p = params(w, m, alpha, false, accumulate)?;
+    let tile = tile_for(gpu);
+    let header = header(w, tile, 1);
+    let spec = KernelSpec { file: shader!("qmatmul"), entry: "qmatmul_dx", header: &header, access: ACCESS };
+    let groups = [(k as u32).div_ceil(tile.bn), (m as u32).div_ceil(tile.bm), 1];
+    gpu.dispatch(
+        OP,
+        &spec,
+        bytemuck::bytes_of(&p),
+        &[("w", Some(&w.words)), ("dy", Some(dy)), ("bias", None), ("dx", Some(dx))],
+        groups,
+    )
+}
+
+/// y = x·Wᵀ, shaped `[..., N]` like x with its last dim replaced.
+pub fn qmatmul(gpu: &Gpu, x: &Tensor, w: &QuantTensor) -> Result<Tensor> {
+    let mut shape = x.shape().to_vec();
+    match shape.last_mut() {
+        Some(last) if *last == w.cols => *last = w.rows,
+        _ => {
+            return Err(Error::Shape {
+                op: OP,
+                tensor: "x",
+                expected: format!("[..., {}] (W's columns)", w.cols),
+                found: x.shape().to_vec(),
+            });
+        }
+    }
+    let y = Tensor::empty(gpu, &shape, DType::F32)?;
+    qmatmul_into(gpu, x, w, None, &y, 1.0, false)?;
+    Ok(y)
+}

@@ -1,0 +1,186 @@
+//! How much GPU memory LoRA fine-tuning of a causal LM will take, estimated from shapes before
+//! the first step, and whether the adapter can hold it: `kiln train` prints the table and
+//! refuses early with a message that says what to lower, instead of a driver error mid-run.
+//!
+//! The estimate counts
+//!   weights      every parameter by its dtype (f32), plus quantized bases at their block size;
+//!   trainable    LoRA (and any other trainable) parameters: the weights themselves are in
+//!                `weights`; here their gradients (f32) and AdamW's two moments (f32 each);
+//!   activations  what the tape saves for backward, per token: each linear's input and output
+//!                (B·T·(in + out) floats; shared inputs such as q/k/v's counted once per layer
+//!                by the generous side), LoRA's dropout copy of each adapted input, and per
+//!                layer four hidden-size tensors for the norms and residual adds;
+//!   logits       the LM head's logits, kept whole when they fit 256 MiB (as
+//!                `linear_cross_entropy` does), else one 64 MiB chunk, twice (the logits and
+//!                their gradient).
+//! The buffer pool rounds each buffer up by at most a fifth, so the measured peak
+//! (`peak_gpu_bytes`) can be up to 20% above the sum; `total_with_pool` allows for it.
+//!
+//! What wgpu can tell: the largest buffer (`max_buffer_size`) and the largest binding of one
+//! kernel (`max_storage_buffer_binding_size`), checked against the largest tensor. What it can
+//! not: the device's memory (no wgpu API reports VRAM). On a CPU adapter (lavapipe) GPU memory
+//! is system memory, so `MemAvailable` from /proc/meminfo stands in; elsewhere the budget is
+//! the user's `--gpu-memory` (MiB), or unchecked.
+
+use crate::error::{Error, Result};
+use crate::models::CausalLm;
+
+/// The estimate, in bytes.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct MemoryEstimate {
+    pub weights_f32: u64,
+    pub weights_quantized: u64,
+    pub trainable_params: u64,
+    pub gradients: u64,
+    pub optimizer: u64,
+    pub activations: u64,
+    pub logits: u64,
+    /// The largest single tensor (weights, the logits chunk, one activation) and its name.
+    pub largest_tensor: (String, u64),
+    pub batch: usize,
+    pub seq: usize,
+}
+
+impl MemoryEstimate {
+    pub fn total(&self) -> u64 {
+        self.weights_f32 + self.weights_quantized + self.gradients + self.optimizer + self.activations + self.logits
+    }
+
+    /// The total with the pool's rounding (buckets waste at most a fifth of a buffer).
+    pub fn total_with_pool(&self) -> u64 {
+        self.total() + self.total() / 5
+    }
+
+    /// The table printed before training.
+    pub fn table(&self) -> String {
+        let mib = |b: u64| format!("{:>9.1} MiB", b as f64 / 1048576.0);
+        let mut s = String::from("  GPU memory (estimate)\n");
+        for (what, b) in [
+            ("weights f32", self.weights_f32),
+            ("weights quantized", self.weights_quantized),
+            ("LoRA/trainable grads", self.gradients),
+            ("AdamW moments", self.optimizer),
+            (&*format!("activations B={} T={}", self.batch, self.seq), self.activations),
+            ("logits", self.logits),
+        ] {
+            s.push_str(&format!("    {what:<26}{}\n", mib(b)));
+        }
+        s.push_str(&format!(
+            "    {:<26}{} (up to {} with the pool's rounding)",
+            "total",
+            mib(self.total()),
+            mib(self.total_with_pool()).trim()
+        ));
+        s
+    }
+}
+
+/// Estimates LoRA training of `model` at `batch` sequences of `seq` tokens (the model as it
+/// will train: adapters attached, trainable set chosen).
+pub fn estimate_lm(model: &mut dyn CausalLm, batch: usize, seq: usize) -> MemoryEstimate {
+    let mut e = MemoryEstimate { batch, seq, ..Default::default() };
+    let mut largest = (String::new(), 0u64);
+    let mut bigger = |name: &str, bytes: u64| {
+        if bytes > largest.1 {
+            largest = (name.to_string(), bytes);
+        }
+    };
+    model.visit_params(&mut |p| {
+        let bytes = p.value.byte_len();
+        e.weights_f32 += bytes;
+        bigger(&p.name, bytes);
+        if p.trainable() {
+            e.trainable_params += p.numel() as u64;
+        }
+    });
+    e.gradients = 4 * e.trainable_params;
+    e.optimizer = 8 * e.trainable_params;
+    let tokens = (batch * seq) as u64;
+    let shape = model.shape();
+    let mut per_token = 4 * shape.layers as u64 * shape.hidden as u64 + shape.hidden as u64;
+    let mut widest = shape.hidden as u64;
+    for lin in model.linears_mut() {
+        if let Some(q) = &lin.quant {
+            e.weights_quantized += q.byte_len();
+            bigger(&format!("{}.weight", lin.path), q.byte_len());
+        }
+        let (d_in, d_out) = lin.in_out();
+        per_token += (d_in + d_out) as u64;
+        if lin.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
+            per_token += d_in as u64;
+        }
+        widest = widest.max(d_out as u64);
+    }
+    e.activations = 4 * tokens * per_token;
+    bigger("one activation [B·T, widest]", 4 * tokens * widest);
+    let logits = 4 * tokens * shape.vocab as u64;
+    let chunk = if logits <= 256 << 20 { logits } else { logits.min(64 << 20) };
+    e.logits = 2 * chunk;
+    bigger("logits (one chunk)", chunk);
+    e.largest_tensor = largest;
+    e
+}
+
+/// The memory kiln may use on this adapter, if anything can tell: the user's budget, else
+/// MemAvailable on a CPU adapter. None when unknown.
+pub fn device_budget(device_type: wgpu::DeviceType, user_mib: Option<u64>) -> Option<(u64, &'static str)> {
+    if let Some(m) = user_mib {
+        return Some((m << 20, "--gpu-memory"));
+    }
+    if device_type == wgpu::DeviceType::Cpu {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        return Some((kb << 10, "system MemAvailable (a CPU adapter's memory)"));
+    }
+    None
+}
+
+/// Refuses a run the adapter cannot hold, saying what to lower. `quantized` says whether the
+/// base is already quantized (else `--quantize` is suggested).
+pub fn check_fits(
+    e: &MemoryEstimate,
+    limits: &wgpu::Limits,
+    budget: Option<(u64, &str)>,
+    quantized: bool,
+) -> Result<()> {
+    let mib = |b: u64| format!("{:.0} MiB", b as f64 / 1048576.0);
+    let advice = format!(
+        "lower --batch-size (now {}) or --max-len (now {}){}",
+        e.batch,
+        e.seq,
+        if quantized { "" } else { ", or keep the base quantized (--quantize q4_1)" }
+    );
+    let (name, bytes) = &e.largest_tensor;
+    for (limit_name, limit) in [
+        ("max_buffer_size", limits.max_buffer_size),
+        ("max_storage_buffer_binding_size", limits.max_storage_buffer_binding_size),
+    ] {
+        if *bytes > limit {
+            return Err(Error::invalid(
+                "memory",
+                format!(
+                    "`{name}` needs {} in one buffer, over this adapter's {limit_name} of {}: {advice}",
+                    mib(*bytes),
+                    mib(limit)
+                ),
+            ));
+        }
+    }
+    if let Some((budget, source)) = budget
+        && e.total() > budget
+    {
+        return Err(Error::invalid(
+            "memory",
+            format!(
+                "training needs about {} of GPU memory (weights {}, activations {}, logits {}), over the {} that {source} allows: {advice}",
+                mib(e.total()),
+                mib(e.weights_f32 + e.weights_quantized),
+                mib(e.activations),
+                mib(e.logits),
+                mib(budget)
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! The quantized matmul kernels (`shaders/qmatmul.wgsl`) against the reference: dequantize the
+//! same blocks, then multiply in f64. Every format, awkward shapes (M and N off the 64-wide
+//! tile, size 1, K one block and many), the skinny path (M ≤ 16), bias, alpha and accumulate.
+
+use kiln::kernels::qmatmul::{qmatmul_dx_into, qmatmul_into};
+use kiln::quant::{QuantTensor, QuantType, QuantWeights, repack};
+use kiln::reference;
+
+use crate::common::*;
+
+// The kernel multiplies exactly the dequantized values the reference uses (d·q is exact in f32;
+// Q4_1's d·q + m rounds once), so the error is f32 accumulation over K terms: ~sqrt(K)·eps·|w|.
+const ATOL: f64 = 1e-4;
+const RTOL: f64 = 1e-4;
+
+fn weights(rng: &mut Rng, kind: QuantType, n: usize, k: usize) -> QuantWeights {
+    // Rows of different scales, so a wrong block's scale shows.
+    let data: Vec<f32> = (0..n * k).map(|i| rng.uniform() * (1.0 + (i / k % 5) as f32)).collect();
+    QuantWeights::quantize(kind, &data, n, k, "w").unwrap()
+}
+
+fn forward_case(rng: &mut Rng, kind: QuantType, (m, n, k): (usize, usize, usize), bias: bool, alpha: f32, acc: bool) {
+    let gpu = gpu();
+    let w = weights(rng, kind, n, k);
+    let qt = QuantTensor::upload(gpu, &w).unwrap();
+    let x = rng.vec(m * k);
+    let b = rng.vec(n);
+    let y0 = rng.vec(m * n);
+    let y = upload(&y0, &[m, n]);
+    let bias_t = upload(&b, &[n]);
+    qmatmul_into(gpu, &upload(&x, &[m, k]), &qt, bias.then_some(&bias_t), &y, alpha, acc).unwrap();
+    let mut want = f64s(&y0);
+    let b64 = f64s(&b);
+    reference::quant::qmatmul(
+        &f64s(&x),
+        kind,
+        &w.blocks,
+        bias.then_some(&b64[..]),
+        &mut want,
+        (m, n, k),
+        alpha as f64,
+        acc,
+    );
+    let what = format!("qmatmul {kind} m={m} n={n} k={k} bias={bias} alpha={alpha} acc={acc}");
+    assert_close(&what, &download(&y), &want, ATOL * (k as f64).sqrt() * 5.0, RTOL);
+}
+
+fn dx_case(rng: &mut Rng, kind: QuantType, (m, n, k): (usize, usize, usize), alpha: f32, acc: bool) {
+    let gpu = gpu();
+    let w = weights(rng, kind, n, k);
+    let qt = QuantTensor::upload(gpu, &w).unwrap();
+    let dy = rng.vec(m * n);
+    let dx0 = rng.vec(m * k);
+    let dx = upload(&dx0, &[m, k]);
+    qmatmul_dx_into(gpu, &upload(&dy, &[m, n]), &qt, &dx, alpha, acc).unwrap();
+    let mut want = f64s(&dx0);
+    reference::quant::qmatmul_dx(&f64s(&dy), kind, &w.blocks, &mut want, (m, n, k), alpha as f64, acc);
+    let what = format!("qmatmul_dx {kind} m={m} n={n} k={k} alpha={alpha} acc={acc}");
+    assert_close(&what, &download(&dx), &want, ATOL * (n as f64).sqrt() * 5.0, RTOL);
+}
+
+/// (M, N, K): one of everything, shapes off the tile, the skinny path's edges (16, 17 rows),
+/// and a SmolLM2-sized K = 576.
+const SHAPES: [(usize, usize, usize); 9] = [
+    (1, 1, 32),
+    (3, 7, 32),
+    (5, 65, 96),
+    (16, 129, 64),
+    (17, 33, 160),
+    (65, 130, 96),
+    (129, 65, 320),
+    (2, 192, 576),
+    (70, 100, 576),
+];
+
+#[test]
+fn qmatmul_forward_every_format_awkward_shapes() {
+    let mut rng = Rng::new(40);
+    for kind in QuantType::ALL {
+        for &shape in &SHAPES {
+            forward_case(&mut rng, kind, shape, false, 1.0, false);
+        }
+        // Bias, alpha, accumulate on both paths.
+        forward_case(&mut rng, kind, (7, 33, 64), true, 0.5, true);
+        forward_case(&mut rng, kind, (67, 33, 64), true, -2.0, true);
+    }
+}
+
+#[test]
+fn qmatmul_dx_every_format_awkward_shapes() {
+    let mut rng = Rng::new(41);
+    for kind in QuantType::ALL {
+        for &shape in &SHAPES {
+            dx_case(&mut rng, kind, shape, 1.0, false);
+        }
+        dx_case(&mut rng, kind, (9, 45, 96), 0.5, true);
+    }
+}
+
+#[test]
+fn qmatmul_large() {
+    let mut rng = Rng::new(42);
+    forward_case(&mut rng, QuantType::Q4_1, (300, 517, 1024), true, 1.0, false);
+    dx_case(&mut rng, QuantType::Q4_1, (300, 517, 1024), 1.0, false);
+}
+
+#[test]
+fn quant_tensor_round_trips_through_the_gpu() {
+    let gpu = gpu();
+    let mut rng = Rng::new(43);
+    for kind in QuantType::ALL {
+        let w = weights(&mut rng, kind, 5, 64);
+        let qt = QuantTensor::upload(gpu, &w).unwrap();
+        assert_eq!(qt.download(gpu).unwrap(), w, "{kind}");
+        // On the GPU it takes the file's bytes, rounded up to whole words.
+        assert_eq!(qt.byte_len() as usize, repack(&w).0.len() * 4);
+        assert!(qt.byte_len() as usize - w.blocks.len() <= 2);
+        assert_eq!(download(&qt.dequantize(gpu).unwrap()), w.dequantize());
+    }
+}
+
+#[test]
+fn qmatmul_shape_errors_name_the_tensor() {
+    let gpu = gpu();
+    let mut rng = Rng::new(44);
+    let qt = QuantTensor::upload(gpu, &weights(&mut rng, QuantType::Q8_0, 4, 64)).unwrap();
+    let e = qmatmul_into(gpu, &upload(&rng.vec(3 * 60), &[3, 60]), &qt, None, &upload(&[0.0; 12], &[3, 4]), 1.0, false)
+        .unwrap_err();
+    assert!(e.to_string().contains("`x`") && e.to_string().contains("64"), "{e}");
+    let e =
+        qmatmul_dx_into(gpu, &upload(&rng.vec(12), &[3, 4]), &qt, &upload(&[0.0; 3], &[3]), 1.0, false).unwrap_err();
+    assert!(e.to_string().contains("`dx`"), "{e}");
+}
