@@ -20,6 +20,7 @@ pub mod nn;
 pub mod reference;
 pub mod tensor;
 pub mod train;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;

@@ -8,6 +8,7 @@ pub mod devices;
 pub mod export;
 pub mod generate;
 pub mod train;
+pub mod tune;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,9 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Import corpora into kiln's data formats.
     Data(data::DataArgs),
+    /// Hyperparameter search over `kiln train`: random, grid or TPE sampling, successive
+    /// halving, a resumable study folder with a results table, the best config and a plot.
+    Tune(Box<tune::TuneArgs>),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -47,6 +51,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Export(args) => export::run(args),
         Command::Data(args) => data::run(args),
+        Command::Tune(args) => tune::run(*args),
     }
 }
 

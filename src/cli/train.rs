@@ -164,10 +164,22 @@ pub struct TrainArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub adapter: AdapterArgs,
+    /// Print nothing on stdout (the run folder has it all): `kiln tune`'s trials.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub quiet: bool,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let gpu = args.adapter.open()?;
+    run_on(args, &gpu)
+}
+
+/// `kiln train` on an adapter already open (`kiln tune` runs its trials on one).
+// The body was `run`'s, written for an owned `Gpu`; its `&gpu`s are left as they were so that
+// branches editing it merge cleanly.
+#[allow(clippy::needless_borrow)]
+pub fn run_on(args: TrainArgs, gpu: &Gpu) -> Result<()> {
     if super::classify::is_classification(&args)? {
         return super::classify::run(&args, &gpu);
     }
@@ -351,6 +363,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // The curves and a readable summary beside the JSON (report.md links the plots).
     crate::train::report::plot_curves(&out)?;
     crate::train::report::write_report(&out)?;
+    if args.quiet {
+        return Ok(());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("json"));
     } else {

@@ -40,6 +40,14 @@ impl CheckpointSettings {
     }
 }
 
+const HALTED: &str = "halted after step";
+
+/// Whether `e` is the stop `halt_after` asked for (the run is whole up to its checkpoint), rather
+/// than a failure: `kiln tune` pauses trials at a rung this way.
+pub fn is_halt(e: &Error) -> bool {
+    matches!(e, Error::InvalidArgument { op: "train", message } if message.starts_with(HALTED))
+}
+
 /// Where the loop was, and what it had seen.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LoopState {
@@ -242,7 +250,7 @@ impl<'a> RunKeeper<'a> {
         let Some(ck) = self.checkpoints.filter(|c| c.every > 0 && at.0.is_multiple_of(c.every)) else { return Ok(()) };
         save(self.gpu, &ck.dir, model, opt, &self.state(at, summary), ck.keep)?;
         if ck.halt_after == Some(at.0) {
-            return Err(Error::invalid("train", format!("halted after step {}, as --halt-after asked", at.0)));
+            return Err(Error::invalid("train", format!("{HALTED} {}, as --halt-after asked", at.0)));
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod classify;
 pub mod ewc;
+pub mod feature_cache;
 pub mod forgetting;
 pub mod lm;
 pub mod optim;

@@ -133,7 +133,7 @@ fn read_json(path: &Path) -> Result<Value> {
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-subset.ttf");
 
 /// Registers [`FONT`] as plotters' "sans-serif" (the family its axes and legends ask for), once.
-fn register_font() -> Result<()> {
+pub(crate) fn register_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
     if ok { Ok(()) } else { Err(Error::invalid("plot_curves", "the embedded font does not parse")) }
@@ -141,14 +141,14 @@ fn register_font() -> Result<()> {
 
 const SIZE: (u32, u32) = (960, 540);
 // matplotlib's first colours, so the pictures look familiar.
-const BLUE: RGBColor = RGBColor(31, 119, 180);
-const ORANGE: RGBColor = RGBColor(255, 127, 14);
-const GREEN: RGBColor = RGBColor(44, 160, 44);
-const RED: RGBColor = RGBColor(214, 39, 40);
-const PURPLE: RGBColor = RGBColor(148, 103, 189);
+pub(crate) const BLUE: RGBColor = RGBColor(31, 119, 180);
+pub(crate) const ORANGE: RGBColor = RGBColor(255, 127, 14);
+pub(crate) const GREEN: RGBColor = RGBColor(44, 160, 44);
+pub(crate) const RED: RGBColor = RGBColor(214, 39, 40);
+pub(crate) const PURPLE: RGBColor = RGBColor(148, 103, 189);
 
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
-type DrawResult = std::result::Result<(), Box<dyn StdError>>;
+pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+pub(crate) type DrawResult = std::result::Result<(), Box<dyn StdError>>;
 
 /// Writes `run_dir/loss.png` and, when the evals carry a task metric, `run_dir/metric.png`, from
 /// `run_dir/metrics.jsonl`; returns the paths written. A run without a training step gets no
@@ -178,7 +178,7 @@ pub fn plot_curves(run_dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Draws a chart into an RGB buffer, encodes it as PNG and writes it atomically.
-fn write_png(path: &Path, draw: impl FnOnce(&Area) -> DrawResult) -> Result<()> {
+pub(crate) fn write_png(path: &Path, draw: impl FnOnce(&Area) -> DrawResult) -> Result<()> {
     let fail = |e: &dyn std::fmt::Display| Error::invalid("plot_curves", format!("{}: {e}", path.display()));
     let (width, height) = SIZE;
     let mut rgb = vec![0u8; (width * height * 3) as usize];
@@ -213,7 +213,7 @@ fn moving_average(values: &[f64], window: usize) -> Vec<f64> {
 }
 
 /// The range of the finite `values` with 5% room on both sides (a unit around a single value).
-fn padded_range(values: impl IntoIterator<Item = f64>) -> std::ops::Range<f64> {
+pub(crate) fn padded_range(values: impl IntoIterator<Item = f64>) -> std::ops::Range<f64> {
     let (lo, hi) = values
         .into_iter()
         .filter(|v| v.is_finite())
@@ -226,7 +226,7 @@ fn padded_range(values: impl IntoIterator<Item = f64>) -> std::ops::Range<f64> {
 }
 
 /// A short line in the series' colour for the legend.
-fn legend_mark(color: impl Color) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+pub(crate) fn legend_mark(color: impl Color) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
     let style = color.stroke_width(2);
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style)
 }
