@@ -292,7 +292,12 @@ fn draw_per_trial(area: &Area, rows: &[Row], metric: &str) -> DrawResult {
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(-0.5f64..n as f64 - 0.5, y)?;
-    chart.configure_mesh().x_desc("trial").y_desc(format!("validation {metric}")).draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("trial")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_desc(format!("validation {metric}"))
+        .draw()?;
     for (label, status, color) in [
         ("full budget", Status::Complete, BLUE),
         ("stopped early", Status::StoppedEarly, GREEN),
@@ -354,4 +359,73 @@ fn draw_against(area: &Area, rows: &[Row], metric: &str, name: &str, log: bool) 
         chart.draw_series(points.iter().map(|&(x, y, c)| Circle::new((x, y), 5, c.filled())))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tune::halving::Halving;
+    use crate::tune::sampler::SamplerKind;
+    use crate::tune::study::StudySettings;
+
+    /// Three trials logged by hand: 0 pruned at step 10 with the best objective of all, 1
+    /// finished, 2 failed at step 3 (steps spent: 10 + 30 + 3). The best config is the finished trial's (a pruned trial was measured
+    /// on fewer steps), the table ranks by rung then objective, the plot is a PNG.
+    #[test]
+    fn writes_the_table_the_best_config_and_the_plot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let flags = vec!["lr".to_string()];
+        let space =
+            Space::parse(&tmp.path().join("s.toml"), "[params]\nlr = { log_uniform = [1e-4, 1e-1] }", &flags).unwrap();
+        let settings = StudySettings {
+            space: space.path.clone(),
+            space_fingerprint: space.fingerprint.clone(),
+            sampler: SamplerKind::Random,
+            trials: 3,
+            halving: Some(Halving::new(10, 3, 30).unwrap()),
+            metric: "macro_f1".into(),
+            higher_is_better: true,
+            seed: 0,
+            train_flags: vec![],
+        };
+        let dir = tmp.path().join("study");
+        let params = |lr: f64| super::super::space::Params::from([("lr".to_string(), Value::from(lr))]);
+        let log = [
+            json!({"event": "trial", "trial": 0, "params": {"lr": 1e-3}}),
+            json!({"event": "rung", "trial": 0, "rung": 0, "steps": 10, "objective": 0.99, "status": "paused", "seconds": 1.0}),
+            json!({"event": "trial", "trial": 1, "params": {"lr": 1e-2}}),
+            json!({"event": "rung", "trial": 1, "rung": 0, "steps": 10, "objective": 0.8, "status": "paused", "seconds": 1.0}),
+            json!({"event": "trial", "trial": 2, "params": {"lr": 1e-1}}),
+            json!({"event": "rung", "trial": 2, "rung": 0, "steps": 3, "objective": null, "status": "failed", "seconds": 1.0,
+                "error": "loss became NaN"}),
+            json!({"event": "rung", "trial": 1, "rung": 1, "steps": 30, "objective": 0.9, "status": "complete", "seconds": 2.5,
+                "test": 0.88}),
+        ];
+        std::fs::create_dir_all(trial_dir(&dir, 1)).unwrap();
+        std::fs::write(trial_dir(&dir, 1).join("config.toml"), "lr = 0.01\nseed = 0\n").unwrap();
+        std::fs::write(dir.join("trials.jsonl"), log.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        let study = Study::open(&dir, settings).unwrap();
+        assert_eq!(study.params(1), Some(&params(1e-2)));
+        write_all(&study, &space, true).unwrap();
+
+        let md = std::fs::read_to_string(dir.join("results.md")).unwrap();
+        let table: Vec<&str> = md.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| rank")).collect();
+        assert_eq!(table.len(), 3, "{md}");
+        assert!(table[0].starts_with("| 1 | 1 | 0.01 | 0.9000 | 0.8800 | 30 | 3.5 | complete |"), "{md}");
+        assert!(table[1].starts_with("| 2 | 0 | 1.000e-3 | 0.9900 | — | 10 | 1.0 | pruned at step 10 |"), "{md}");
+        assert!(table[2].contains("failed: loss became NaN"), "{md}");
+        assert!(md.contains("43 optimizer steps") && md.contains("would be 90 steps (48% spent)"), "{md}");
+        let best = std::fs::read_to_string(dir.join("best.toml")).unwrap();
+        assert!(best.starts_with("# kiln tune: trial 1 of") && best.ends_with("lr = 0.01\nseed = 0\n"), "{best}");
+        let toml: toml::Table = best.parse().unwrap();
+        assert_eq!(toml["lr"].as_float(), Some(0.01));
+
+        let png = std::fs::read(dir.join("study.png")).unwrap();
+        let decoder = png::Decoder::new(std::io::Cursor::new(png));
+        let info = decoder.read_info().unwrap().info().clone();
+        assert_eq!((info.width, info.height), (960, 540));
+        let summary = summary(&study, true);
+        assert_eq!(summary["best"]["trial"], 1);
+        assert_eq!(summary["compute"]["fraction_of_full"].as_f64().map(|f| (f * 90.0).round()), Some(43.0));
+    }
 }
