@@ -481,6 +481,15 @@ mod tests {
         assert!(err.contains("space file's contents changed") && err.contains("trials: 9 -> 10"), "{err}");
     }
 
+    /// Objectives and checkpoint states go through JSON; without serde_json's `float_roundtrip`
+    /// this value read back one bit off, and a resumed trial's score no longer equalled its
+    /// reproduction's (seen on the README's study).
+    #[test]
+    fn floats_read_back_exactly() {
+        let x = 0.9410307819318315f64;
+        assert_eq!(serde_json::from_str::<f64>(&serde_json::to_string(&x).unwrap()).unwrap().to_bits(), x.to_bits());
+    }
+
     #[test]
     fn a_bad_line_in_the_middle_of_the_log_is_an_error_naming_it() {
         let tmp = tempfile::tempdir().unwrap();
