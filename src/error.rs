@@ -49,6 +49,10 @@ pub enum Error {
     Parse { path: PathBuf, message: String },
 
     // ---- runs ----
+    /// The loss or a gradient became NaN or infinite: the message has the step, the learning
+    /// rate, what went bad and the last good checkpoint.
+    #[error("train: {message}")]
+    Diverged { step: usize, message: String },
     #[error("interrupted after step {step}; {}", match run {
         Some(run) => format!("checkpoint written; continue with `kiln train --resume {}`", run.display()),
         None => "no checkpoint was written (checkpoints are off: --save-every 0)".to_string(),

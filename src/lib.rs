@@ -22,6 +22,7 @@ pub mod quant;
 pub mod reference;
 pub mod tensor;
 pub mod train;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;

@@ -334,6 +334,9 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     // The curves and a readable summary beside the JSON (report.md links the plots).
     crate::train::report::plot_curves(&out)?;
     crate::train::report::write_report(&out)?;
+    if args.quiet {
+        return Ok(());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("json"));
         return Ok(());

@@ -31,7 +31,8 @@ fn config_path(args: &[OsString]) -> Option<PathBuf> {
 
 /// The value of `flag` (`--flag V` or `--flag=V`), if given.
 fn flag_value(args: &[OsString], flag: &str) -> Option<PathBuf> {
-    let mut it = args.iter().map(|a| a.to_string_lossy());
+    // Not past `--`: what follows it is another command's flags (`kiln tune ... -- TRAIN FLAGS`).
+    let mut it = args.iter().map(|a| a.to_string_lossy()).take_while(|a| a != "--");
     while let Some(a) = it.next() {
         if a == flag {
             return it.next().map(|p| PathBuf::from(p.as_ref()));
@@ -48,12 +49,17 @@ fn flags_of(path: &Path) -> Result<Vec<OsString>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let table: toml::Table =
         text.parse().map_err(|e: toml::de::Error| Error::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+    table_flags(path, &table)
+}
+
+/// The flags a table of settings stands for, in key order (`path` names it in errors).
+pub fn table_flags(path: &Path, table: &toml::Table) -> Result<Vec<OsString>> {
     let bad = |key: &str, what: &str| Error::Parse {
         path: path.to_path_buf(),
         message: format!("`{key}`: {what} (keys are the subcommand's flags: strings, numbers, booleans, lists)"),
     };
     let mut flags = Vec::new();
-    for (key, value) in &table {
+    for (key, value) in table {
         if key == "config" {
             return Err(bad(key, "a config file cannot name another"));
         }

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod train;
+pub mod tune;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +42,9 @@ pub enum Command {
     /// Evaluate a finished model: scores, per-group gaps, counterfactual swaps, edge cases,
     /// latency and throughput, in one report.
     Eval(Box<eval::EvalArgs>),
+    /// Hyperparameter search over `kiln train`: random, grid or TPE sampling, successive
+    /// halving, a resumable study folder with a results table, the best config and a plot.
+    Tune(Box<tune::TuneArgs>),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -52,6 +56,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => export::run(args),
         Command::Data(args) => data::run(args),
         Command::Eval(args) => eval::run(*args),
+        Command::Tune(args) => tune::run(*args),
     }
 }
 

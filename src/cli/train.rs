@@ -180,6 +180,10 @@ pub struct TrainArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub adapter: AdapterArgs,
+    /// Print nothing on stdout (the run folder has it all): `kiln tune`'s trials.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub quiet: bool,
 }
 
 /// How the frozen base's weights are held on the GPU.
@@ -194,6 +198,17 @@ pub enum BaseDtype {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     args.validate()?;
+    crate::train::interrupt::install();
+    let gpu = args.adapter.open()?;
+    run_on(args, &gpu)
+}
+
+/// `kiln train` on an adapter already open (`kiln tune` runs its trials on one).
+// The body was `run`'s, written for an owned `Gpu`; its `&gpu`s are left as they were so that
+// branches editing it merge cleanly.
+#[allow(clippy::needless_borrow)]
+pub fn run_on(args: TrainArgs, gpu: &Gpu) -> Result<()> {
+    args.validate()?;
     if args.resume.is_none() {
         let out = args.run_dir();
         super::check_output(&out, args.overwrite)?;
@@ -203,8 +218,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
             std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
         }
     }
-    crate::train::interrupt::install();
-    let gpu = args.adapter.open()?;
     if super::classify::is_classification(&args)? {
         return super::classify::run(&args, &gpu);
     }
@@ -422,6 +435,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // The curves and a readable summary beside the JSON (report.md links the plots).
     crate::train::report::plot_curves(&out)?;
     crate::train::report::write_report(&out)?;
+    if args.quiet {
+        return Ok(());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("json"));
     } else {

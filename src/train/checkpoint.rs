@@ -40,6 +40,14 @@ impl CheckpointSettings {
     }
 }
 
+const HALTED: &str = "halted after step";
+
+/// Whether `e` is the stop `halt_after` asked for (the run is whole up to its checkpoint), rather
+/// than a failure: `kiln tune` pauses trials at a rung this way.
+pub fn is_halt(e: &Error) -> bool {
+    matches!(e, Error::InvalidArgument { op: "train", message } if message.starts_with(HALTED))
+}
+
 /// Where the loop was, and what it had seen.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LoopState {
@@ -263,7 +271,7 @@ impl<'a> RunKeeper<'a> {
             return Err(Error::Interrupted { step: at.0, run: ck.dir.parent().map(Path::to_path_buf) });
         }
         if ck.halt_after == Some(at.0) {
-            return Err(Error::invalid("train", format!("halted after step {}, as --halt-after asked", at.0)));
+            return Err(Error::invalid("train", format!("{HALTED} {}, as --halt-after asked", at.0)));
         }
         Ok(())
     }

@@ -379,9 +379,10 @@ pub fn train_classifier(
     // The head strategy's cache: the body never runs again during training.
     let (train_feats, valid_feats) = if head_only {
         let t0 = Instant::now();
-        let tf = features(gpu, model, train.items, cfg.batch_size, pad)?;
+        // Through the cache `kiln tune` turns on (a plain run computes them).
+        let tf = super::feature_cache::features(gpu, model, train.items, cfg.batch_size, pad)?;
         let vf = match valid {
-            Some(v) => Some(features(gpu, model, v.items, cfg.batch_size, pad)?),
+            Some(v) => Some(super::feature_cache::features(gpu, model, v.items, cfg.batch_size, pad)?),
             None => None,
         };
         let examples = n + valid.map_or(0, |v| v.items.len());

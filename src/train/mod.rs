@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod classify;
 pub mod ewc;
+pub mod feature_cache;
 pub mod forgetting;
 pub mod interrupt;
 pub mod lm;
@@ -22,10 +23,13 @@ pub(crate) fn check_loss(loss: f32, step: usize, lr: f32, checkpoints: Option<&s
     if loss.is_finite() {
         return Ok(());
     }
-    Err(crate::Error::invalid(
-        "train",
-        format!("loss became {loss} at step {step}; lower the learning rate (now {lr:e}){}", last_good(checkpoints)),
-    ))
+    Err(crate::Error::Diverged {
+        step,
+        message: format!(
+            "loss became {loss} at step {step}; lower the learning rate (now {lr:e}){}",
+            last_good(checkpoints)
+        ),
+    })
 }
 
 /// A NaN or infinite gradient with a finite loss (an overflow in a backward pass): the global
@@ -44,16 +48,16 @@ pub(crate) fn check_grads(
     }
     let bad = opt.non_finite_grads(gpu)?;
     let first = bad.first().map_or("an unnamed tensor".to_string(), |n| format!("`{n}`"));
-    Err(crate::Error::invalid(
-        "train",
-        format!(
+    Err(crate::Error::Diverged {
+        step,
+        message: format!(
             "the gradient norm became {} at step {step}: the gradient of {first} (nearest the loss; {} tensor(s) in \
              all) holds NaN or infinite values; lower the learning rate (now {lr:e}) or --max-len{}",
             grad_norm.unwrap_or(f32::NAN),
             bad.len(),
             last_good(checkpoints)
         ),
-    ))
+    })
 }
 
 /// Watches the training loss for a learning rate that is too high: when its moving average

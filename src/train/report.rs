@@ -145,7 +145,7 @@ pub(crate) const BLUE: RGBColor = RGBColor(31, 119, 180);
 pub(crate) const ORANGE: RGBColor = RGBColor(255, 127, 14);
 pub(crate) const GREEN: RGBColor = RGBColor(44, 160, 44);
 pub(crate) const RED: RGBColor = RGBColor(214, 39, 40);
-const PURPLE: RGBColor = RGBColor(148, 103, 189);
+pub(crate) const PURPLE: RGBColor = RGBColor(148, 103, 189);
 
 pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 pub(crate) type DrawResult = std::result::Result<(), Box<dyn StdError>>;
@@ -213,7 +213,7 @@ fn moving_average(values: &[f64], window: usize) -> Vec<f64> {
 }
 
 /// The range of the finite `values` with 5% room on both sides (a unit around a single value).
-fn padded_range(values: impl IntoIterator<Item = f64>) -> std::ops::Range<f64> {
+pub(crate) fn padded_range(values: impl IntoIterator<Item = f64>) -> std::ops::Range<f64> {
     let (lo, hi) = values
         .into_iter()
         .filter(|v| v.is_finite())
@@ -226,7 +226,7 @@ fn padded_range(values: impl IntoIterator<Item = f64>) -> std::ops::Range<f64> {
 }
 
 /// A short line in the series' colour for the legend.
-fn legend_mark(color: impl Color) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+pub(crate) fn legend_mark(color: impl Color) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
     let style = color.stroke_width(2);
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style)
 }
