@@ -507,6 +507,12 @@ fn bad_settings_name_the_flag_or_key_and_the_valid_range() {
         case_args("max_len_beyond_model", with(base.clone(), &["--max-len", "1000"]), &["--max-len", "1000", "64"]),
         case_args("unknown_target_module", with(base.clone(), &["--target-modules", "qkv"]), &["qkv", "q_proj"]),
         case_args(
+            "classifier_over_memory_budget",
+            with(train_lm(&ws.path("bert"), &ws.path("cls_data")), &["--gpu-memory", "0"]),
+            &["--gpu-memory", "lower --batch-size (now 8)"],
+        ),
+        case_args("lm_over_memory_budget", with(base.clone(), &["--gpu-memory", "0"]), &["--gpu-memory", "--quantize"]),
+        case_args(
             "resume_without_run",
             ["train", "--resume", &ws.path("nowhere")].map(String::from).to_vec(),
             &["nowhere", "config.toml"],

@@ -181,6 +181,11 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
         },
         use_rslora: false,
     };
+    // Refuse a run the adapter cannot hold before anything is written (quantization is for
+    // decoders, so it is not suggested).
+    let memory = crate::train::memory::estimate_classifier(&mut model, strategy, &lora, args.batch_size, max_len);
+    let budget = crate::train::memory::device_budget(gpu.info().device_type, args.gpu_memory);
+    crate::train::memory::check_fits(&memory, gpu.limits(), budget, true)?;
     let out = args.run_dir();
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let cfg = ClassifyConfig {
@@ -237,6 +242,7 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     let head = if model.head_from_checkpoint { "the checkpoint's head" } else { "a new head" };
     eprintln!("  strategy  {strategy}, {pooling} pooling, {head}, lr {:.1e}, {} epochs", cfg.lr, cfg.epochs);
     eprintln!("  run       {}", out.display());
+    eprintln!("{}", memory.table());
 
     let metrics_path = out.join("metrics.jsonl");
     let mut metrics_file = args.open_metrics(&metrics_path)?;

@@ -121,6 +121,55 @@ pub fn estimate_lm(model: &mut dyn CausalLm, batch: usize, seq: usize) -> Memory
     e
 }
 
+/// Estimates training a classifier under `strategy` (LoRA's adapters, not attached yet, counted
+/// from `lora`) at `batch` texts of `seq` tokens. `head` trains on features computed once without
+/// a tape, so it keeps no body activations; the other strategies are counted as if every layer's
+/// activations were kept (an upper bound for `top:N`, whose frozen lower layers record nothing).
+pub fn estimate_classifier(
+    model: &mut crate::models::classifier::SequenceClassifier,
+    strategy: super::classify::Strategy,
+    lora: &crate::nn::LoraConfig,
+    batch: usize,
+    seq: usize,
+) -> MemoryEstimate {
+    use super::classify::Strategy;
+    use crate::autograd::Module;
+    let mut e = MemoryEstimate { batch, seq, ..Default::default() };
+    let mut largest = (String::new(), 0u64);
+    let layers = model.max_depth().saturating_sub(1);
+    model.visit_params(&mut |p| {
+        let bytes = p.value.byte_len();
+        e.weights_f32 += bytes;
+        if bytes > largest.1 {
+            largest = (p.name.clone(), bytes);
+        }
+        if strategy.trains(&p.name, layers) {
+            e.trainable_params += p.numel() as u64;
+        }
+    });
+    let hidden = model.body.hidden_size() as u64;
+    let tokens = (batch * seq) as u64;
+    let mut per_token = 4 * layers as u64 * hidden + hidden;
+    for lin in model.body.linears_mut() {
+        let (d_in, d_out) = lin.in_out();
+        per_token += (d_in + d_out) as u64;
+        if strategy == Strategy::Lora && lora.targets(&lin.path) {
+            let adapter = (lora.r * (d_in + d_out)) as u64;
+            e.weights_f32 += 4 * adapter;
+            e.trainable_params += adapter;
+            if lora.dropout > 0.0 {
+                per_token += d_in as u64;
+            }
+        }
+    }
+    e.gradients = 4 * e.trainable_params;
+    e.optimizer = 8 * e.trainable_params;
+    e.activations = if strategy == Strategy::Head { 4 * batch as u64 * hidden } else { 4 * tokens * per_token };
+    e.logits = 2 * 4 * (batch * model.num_labels()) as u64;
+    e.largest_tensor = largest;
+    e
+}
+
 /// The memory kiln may use on this adapter, if anything can tell: the user's budget, else
 /// MemAvailable on a CPU adapter. None when unknown.
 pub fn device_budget(device_type: wgpu::DeviceType, user_mib: Option<u64>) -> Option<(u64, &'static str)> {
