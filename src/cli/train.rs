@@ -197,7 +197,6 @@ pub enum BaseDtype {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    args.validate()?;
     crate::train::interrupt::install();
     let gpu = args.adapter.open()?;
     run_on(args, &gpu)
