@@ -7,7 +7,7 @@ use tokenizers::Tokenizer;
 
 use super::calibration::{expected_calibration_error, softmax};
 use super::counterfactual::{Outcome, Variant};
-use super::edge_cases::{EdgeCase, EdgeResult, preview};
+use super::edge_cases::{EdgeCase, EdgeResult};
 use super::latency::{Percentiles, ThroughputPoint};
 use super::metrics::Metrics;
 use super::report::ClassificationScores;
@@ -116,17 +116,7 @@ impl ClassifierEval<'_> {
     /// Each case's prediction, or the error it gave; the input's token count before and after
     /// truncation.
     pub fn edge_case(&self, case: &EdgeCase) -> EdgeResult {
-        let mut r = EdgeResult {
-            name: case.name.clone(),
-            input: preview(&case.text, 48),
-            input_chars: case.text.chars().count(),
-            tokens: None,
-            tokens_before_truncation: None,
-            note: None,
-            output: None,
-            probability: None,
-            error: None,
-        };
+        let mut r = EdgeResult::new(case);
         let mut full = self.tokenizer.clone();
         let _ = full.with_truncation(None);
         let before = full.encode(case.text.as_str(), true).map(|e| e.get_ids().len());

@@ -92,6 +92,23 @@ pub struct EdgeResult {
     pub error: Option<String>,
 }
 
+impl EdgeResult {
+    /// The case's name and input preview, with nothing answered yet.
+    pub fn new(case: &EdgeCase) -> EdgeResult {
+        EdgeResult {
+            name: case.name.clone(),
+            input: preview(&case.text, 48),
+            input_chars: case.text.chars().count(),
+            tokens: None,
+            tokens_before_truncation: None,
+            note: None,
+            output: None,
+            probability: None,
+            error: None,
+        }
+    }
+}
+
 /// The first `n` characters of a text with control characters escaped, for a table cell.
 pub fn preview(text: &str, n: usize) -> String {
     let mut s: String = text.chars().take(n).flat_map(char::escape_debug).collect();

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::counterfactual::{Outcome, Variant};
-use super::edge_cases::{EdgeCase, EdgeResult, preview};
+use super::edge_cases::{EdgeCase, EdgeResult};
 use super::latency::{Percentiles, ThroughputPoint};
 use super::report::GenerationTiming;
 use crate::cli::train::{encode_prompt, prompt_ids};
@@ -174,17 +174,7 @@ impl LmEval<'_> {
     /// The case as a prompt (a user turn with a chat template) and its greedy completion. A
     /// prompt that leaves no room for `gen_tokens` within `--max-len` is cut, and the note says so.
     pub fn edge_case(&self, case: &EdgeCase) -> EdgeResult {
-        let mut r = EdgeResult {
-            name: case.name.clone(),
-            input: preview(&case.text, 48),
-            input_chars: case.text.chars().count(),
-            tokens: None,
-            tokens_before_truncation: None,
-            note: None,
-            output: None,
-            probability: None,
-            error: None,
-        };
+        let mut r = EdgeResult::new(case);
         let result = (|| -> Result<()> {
             let mut ids = prompt_ids(&self.lm, &case.text)?;
             r.tokens_before_truncation = Some(ids.len());
