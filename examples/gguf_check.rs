@@ -2,7 +2,7 @@
 //! and `transformers` (scripts/check_gguf.py runs this and compares).
 //!
 //! ```text
-//! cargo run --release --example gguf_check -- ~/.cache/kiln/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+//! cargo run --release --example gguf_check -- ~/.cache/kiln/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
 //! cargo run --release --example gguf_check -- FILE --dump DIR   # also write DIR/kiln.safetensors, DIR/kiln_tokens.json
 //! ```
 

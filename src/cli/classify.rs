@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::train::{TrainArgs, write_json};
+use crate::data::catalog::{self, ModelKind};
 use crate::data::classify::{self, Example, LabelSet, Splits};
 use crate::data::encode::{Encoded, encode_texts, encoder_tokenizer, pad_id};
 use crate::data::fetch::{self, Asset};
@@ -76,6 +77,12 @@ pub fn is_classification(args: &TrainArgs) -> Result<bool> {
         None => {}
     }
     if let Some(model) = &args.model
+        && !model.exists()
+        && let Some(m) = model.to_str().map(catalog::find).transpose()?.flatten()
+    {
+        return Ok(m.kind == ModelKind::Encoder);
+    }
+    if let Some(model) = &args.model
         && model.is_dir()
     {
         let v: serde_json::Value = crate::formats::safetensors::read_config(model)?;
@@ -110,10 +117,7 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
         ));
     }
     let cache = fetch::default_cache_dir();
-    let model_dir = match &args.model {
-        Some(p) => p.clone(),
-        None => fetch::fetch(Asset::MiniLm, &cache)?,
-    };
+    let model_dir = catalog::resolve(args.model.as_deref(), "minilm", &cache)?;
     let (splits, data_name) = load_splits(args, &cache)?;
     let labels = LabelSet::from_examples(&splits.train);
     // Where each split came from, for errors that name a line: the data folder's file, or the

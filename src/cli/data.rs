@@ -13,6 +13,7 @@ use crate::curate::report::{self, SuspectRow};
 use crate::curate::rows::{DataFile, read_rows, write_rows};
 use crate::curate::split::{SplitConfig, assign};
 use crate::curate::suspicious::{HeadFit, find_suspects, out_of_fold_probabilities};
+use crate::data::catalog;
 use crate::data::encode::{encode_texts, encoder_tokenizer, pad_id};
 use crate::data::fetch::{self, Asset};
 use crate::data::spamassassin;
@@ -224,8 +225,8 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
     let files = read_all(&a.files)?;
     // --suspicious needs an encoder; its tokenizer then measures lengths too.
     let model = match (&a.model, a.suspicious) {
-        (Some(m), _) => Some(m.clone()),
-        (None, true) => Some(fetch::fetch(Asset::MiniLm, &fetch::default_cache_dir())?),
+        (Some(m), _) => Some(catalog::resolve(Some(m), "minilm", &fetch::default_cache_dir())?),
+        (None, true) => Some(catalog::resolve(None, "minilm", &fetch::default_cache_dir())?),
         (None, false) => None,
     };
     let tok = model.as_deref().map(length_tokenizer).transpose()?;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::AdapterArgs;
+use crate::data::catalog;
 use crate::data::classify::{self, LabelSet};
 use crate::data::cmudict::PronunciationScore;
 use crate::data::encode::{encoder_tokenizer, pad_id};
@@ -177,7 +178,7 @@ fn is_classifier_adapter(adapter: &Path) -> Result<bool> {
 
 /// Decides the family the way `train` does: from the adapter's task and the model's config.
 fn family(args: &EvalArgs) -> Result<Family> {
-    let mut model = args.model.clone();
+    let mut model = catalog::resolve(Some(&args.model), "smollm2-135m", &fetch::default_cache_dir())?;
     let mut run = None;
     // A kiln run folder: its adapter or model.
     if model.join("settings.json").is_file() {

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use super::AdapterArgs;
-use crate::data::fetch::{self, Asset};
+use crate::data::catalog;
+use crate::data::fetch;
 use crate::error::{Error, Result};
 use crate::formats::safetensors::save_safetensors;
 use crate::models::load::load_lm;
@@ -35,10 +36,7 @@ pub struct ExportArgs {
 pub fn run(args: ExportArgs) -> Result<()> {
     super::check_output(&args.out, args.overwrite)?;
     let gpu = args.adapter.open()?;
-    let path = match &args.model {
-        Some(p) => p.clone(),
-        None => fetch::fetch(Asset::SmolLm2, &fetch::default_cache_dir())?,
-    };
+    let path = catalog::resolve(args.model.as_deref(), "smollm2-135m", &fetch::default_cache_dir())?;
     let mut lm = load_lm(&gpu, &path)?;
     lm.model.load_adapter(&gpu, &args.lora)?;
     // The export is an f32 Hugging Face folder: a quantized base is dequantized first.

@@ -5,7 +5,8 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use super::AdapterArgs;
-use crate::data::fetch::{self, Asset};
+use crate::data::catalog;
+use crate::data::fetch;
 use crate::data::lm::{Message, PromptFormat, Role};
 use crate::error::{Error, Result};
 use crate::generate::{Sampling, generate};
@@ -50,10 +51,7 @@ pub struct GenerateArgs {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let gpu = args.adapter.open()?;
-    let path = match &args.model {
-        Some(p) => p.clone(),
-        None => fetch::fetch(Asset::SmolLm2, &fetch::default_cache_dir())?,
-    };
+    let path = catalog::resolve(args.model.as_deref(), "smollm2-135m", &fetch::default_cache_dir())?;
     let mut lm = load_lm(&gpu, &path)?;
     if let Some(dir) = &args.lora {
         lm.model.load_adapter(&gpu, dir)?;

@@ -8,6 +8,7 @@ pub mod devices;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod models;
 pub mod train;
 pub mod tune;
 
@@ -28,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// List the adapters wgpu can see, with backend, type and limits.
     Devices(devices::DevicesArgs),
+    /// The models kiln knows by name: size, whether cached; `fetch NAME` downloads one.
+    Models(models::ModelsArgs),
     /// Time every kernel and print GFLOP/s or GB/s against rooflines measured in the same run.
     Bench(bench::BenchArgs),
     /// Fine-tune: a classifier on an encoder (head, top:N, LoRA or full) or a causal LM with
@@ -50,6 +53,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices(args) => devices::run(args),
+        Command::Models(args) => models::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(*args),
         Command::Generate(args) => generate::run(args),

