@@ -6,4 +6,5 @@
 pub mod gguf;
 pub mod peft;
 pub mod safetensors;
+pub mod sentencepiece;
 pub mod tokenizer;

@@ -1,6 +1,10 @@
 //! A `tokenizers::Tokenizer` rebuilt from the tokenizer a GGUF file carries in its metadata.
 //!
 //! A GGUF has no `tokenizer.json`; llama.cpp stores the vocabulary under `tokenizer.ggml.*` keys.
+//! SentencePiece vocabularies (`tokenizer.ggml.model = "llama"`: Gemma, Llama 2, Mistral v0.1,
+//! Phi-3) are built by [`crate::formats::sentencepiece`]; the rest of this module is the BPE path
+//! and what both share (special ids, BOS, the chat template).
+//!
 //! kiln reads byte-level BPE vocabularies (`tokenizer.ggml.model = "gpt2"`), the kind GPT-2,
 //! SmolLM, Qwen and Llama 3 use. It follows transformers' GGUF converter
 //! (`transformers/integrations/gguf/gguf_tokenizer_mapping.py`, `byte_level_tokenizer`):
@@ -36,6 +40,7 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::{Error, Result};
 use crate::formats::gguf::GgufFile;
+use crate::formats::sentencepiece;
 
 /// `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -76,95 +81,28 @@ impl GgufTokenizer {
         let err = |message: String| Error::Parse { path: file.path.clone(), message };
 
         let model = file.require_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            let kind = match model {
-                "llama" => " (SentencePiece BPE)",
-                "bert" => " (WordPiece)",
-                "t5" => " (Unigram)",
-                "rwkv" => " (RWKV)",
-                _ => "",
-            };
-            return Err(err(format!(
-                "tokenizer.ggml.model is `{model}`{kind}; kiln builds tokenizers from GGUF only for \
-                 `gpt2` (byte-level BPE)"
-            )));
-        }
-
         let tokens = file.require_str_array("tokenizer.ggml.tokens")?;
-        let merges = file.require_str_array("tokenizer.ggml.merges")?;
-        let token_types = file.get_i64_array("tokenizer.ggml.token_type")?;
-        if let Some(types) = &token_types
-            && types.len() != tokens.len()
-        {
-            return Err(err(format!(
-                "tokenizer.ggml.token_type has {} entries, tokenizer.ggml.tokens has {}",
-                types.len(),
-                tokens.len()
-            )));
-        }
-
-        // The vocabulary, every token in the byte-level alphabet. llama.cpp writes gpt2 tokens
-        // that way already; one that is not (a mislabelled added token) is respelled from its
-        // UTF-8 bytes, as transformers does.
-        let byte_chars = bytes_to_unicode();
-        let in_alphabet = |t: &str| t.chars().all(|c| byte_chars.contains(&c));
-        let mut vocab = Vocab::with_capacity(tokens.len());
-        for (id, &token) in tokens.iter().enumerate() {
-            let spelled = if in_alphabet(token) {
-                token.to_string()
-            } else {
-                token.bytes().map(|b| byte_chars[b as usize]).collect()
-            };
-            if let Some(first) = vocab.insert(spelled, id as u32) {
-                return Err(err(format!("tokenizer.ggml.tokens holds `{token}` twice, at ids {first} and {id}")));
+        let (tokenizer, add_bos_default) = match model {
+            "gpt2" => (byte_level_bpe(file)?, false),
+            // llama.cpp and transformers add BOS to a SentencePiece vocabulary unless told not to.
+            "llama" => {
+                let arch = file.get_str("general.architecture")?.unwrap_or("llama");
+                (sentencepiece::build(file, sentencepiece::Flavor::for_architecture(arch))?, true)
             }
-        }
-
-        let merges = merges
-            .iter()
-            .enumerate()
-            .map(|(i, m)| match m.split_once(' ') {
-                Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => {
-                    Ok((a.to_string(), b.to_string()))
-                }
-                _ => Err(err(format!(
-                    "tokenizer.ggml.merges entry {i} is `{m}`, expected two tokens separated by \
-                     one space"
-                ))),
-            })
-            .collect::<Result<Vec<_>>>()?;
-
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| err(format!("building the BPE model from tokenizer.ggml.*: {e}")))?;
-        let mut tokenizer = Tokenizer::new(bpe);
-
-        let pre = file.get_str("tokenizer.ggml.pre")?;
-        tokenizer.with_pre_tokenizer(Some(pre_tokenizer(pre).ok_or_else(|| {
-            err(format!(
-                "tokenizer.ggml.pre is `{}`; kiln knows the byte-level pre-tokenizers default, \
-                 gpt2, smollm, starcoder, refact, codeshell",
-                pre.unwrap_or_default()
-            ))
-        })?));
-        tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
-
-        // Control tokens (`<|im_start|>`) are special: matched whole, skipped when decoding with
-        // skip_special_tokens. One outside the byte alphabet is a llama.cpp mislabel and is left
-        // out, as transformers does (adding it would grow the vocabulary past the model's).
-        if let Some(types) = &token_types {
-            let of_type =
-                |wanted: i64| tokens.iter().zip(types).filter(move |&(t, &ty)| ty == wanted && in_alphabet(t));
-            let control: Vec<AddedToken> =
-                of_type(TOKEN_TYPE_CONTROL).map(|(t, _)| AddedToken::from(*t, true).normalized(false)).collect();
-            let user: Vec<AddedToken> =
-                of_type(TOKEN_TYPE_USER_DEFINED).map(|(t, _)| AddedToken::from(*t, false).normalized(false)).collect();
-            let tok_err = |e: tokenizers::Error| err(format!("adding special tokens: {e}"));
-            tokenizer.add_special_tokens(control).map_err(tok_err)?;
-            tokenizer.add_tokens(user).map_err(tok_err)?;
-        }
-
+            _ => {
+                let kind = match model {
+                    "bert" => " (WordPiece)",
+                    "t5" => " (Unigram)",
+                    "rwkv" => " (RWKV)",
+                    _ => "",
+                };
+                return Err(err(format!(
+                    "tokenizer.ggml.model is `{model}`{kind}; kiln builds tokenizers from GGUF for \
+                     `gpt2` (byte-level BPE) and `llama` (SentencePiece)"
+                )));
+            }
+        };
+        let mut tokenizer = tokenizer;
         let n_tokens = tokens.len() as u64;
         let id = |key: &str| -> Result<Option<u32>> {
             match file.get_u64(key)? {
@@ -178,7 +116,7 @@ impl GgufTokenizer {
             .ok_or_else(|| err("metadata key `tokenizer.ggml.eos_token_id` is missing".into()))?;
         let pad = id("tokenizer.ggml.padding_token_id")?;
         id("tokenizer.ggml.unknown_token_id")?; // checked, unused: byte-level BPE has no unknowns
-        let add_bos = file.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+        let add_bos = file.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(add_bos_default);
 
         if add_bos {
             let bos = bos.ok_or_else(|| {
@@ -212,6 +150,83 @@ impl GgufTokenizer {
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.tokenizer.decode(ids, skip_special).map_err(|e| Error::invalid("tokenizer decode", e.to_string()))
     }
+}
+
+/// The byte-level BPE of a `gpt2` vocabulary (model, pre-tokenizer, decoder, special tokens).
+fn byte_level_bpe(file: &GgufFile) -> Result<Tokenizer> {
+    let err = |message: String| Error::Parse { path: file.path.clone(), message };
+    let tokens = file.require_str_array("tokenizer.ggml.tokens")?;
+    let merges = file.require_str_array("tokenizer.ggml.merges")?;
+    let token_types = file.get_i64_array("tokenizer.ggml.token_type")?;
+    if let Some(types) = &token_types
+        && types.len() != tokens.len()
+    {
+        return Err(err(format!(
+            "tokenizer.ggml.token_type has {} entries, tokenizer.ggml.tokens has {}",
+            types.len(),
+            tokens.len()
+        )));
+    }
+
+    // The vocabulary, every token in the byte-level alphabet. llama.cpp writes gpt2 tokens
+    // that way already; one that is not (a mislabelled added token) is respelled from its
+    // UTF-8 bytes, as transformers does.
+    let byte_chars = bytes_to_unicode();
+    let in_alphabet = |t: &str| t.chars().all(|c| byte_chars.contains(&c));
+    let mut vocab = Vocab::with_capacity(tokens.len());
+    for (id, &token) in tokens.iter().enumerate() {
+        let spelled = if in_alphabet(token) {
+            token.to_string()
+        } else {
+            token.bytes().map(|b| byte_chars[b as usize]).collect()
+        };
+        if let Some(first) = vocab.insert(spelled, id as u32) {
+            return Err(err(format!("tokenizer.ggml.tokens holds `{token}` twice, at ids {first} and {id}")));
+        }
+    }
+
+    let merges = merges
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match m.split_once(' ') {
+            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => Ok((a.to_string(), b.to_string())),
+            _ => Err(err(format!(
+                "tokenizer.ggml.merges entry {i} is `{m}`, expected two tokens separated by \
+                     one space"
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| err(format!("building the BPE model from tokenizer.ggml.*: {e}")))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+
+    let pre = file.get_str("tokenizer.ggml.pre")?;
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer(pre).ok_or_else(|| {
+        err(format!(
+            "tokenizer.ggml.pre is `{}`; kiln knows the byte-level pre-tokenizers default, \
+                 gpt2, smollm, starcoder, refact, codeshell",
+            pre.unwrap_or_default()
+        ))
+    })?));
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+
+    // Control tokens (`<|im_start|>`) are special: matched whole, skipped when decoding with
+    // skip_special_tokens. One outside the byte alphabet is a llama.cpp mislabel and is left
+    // out, as transformers does (adding it would grow the vocabulary past the model's).
+    if let Some(types) = &token_types {
+        let of_type = |wanted: i64| tokens.iter().zip(types).filter(move |&(t, &ty)| ty == wanted && in_alphabet(t));
+        let control: Vec<AddedToken> =
+            of_type(TOKEN_TYPE_CONTROL).map(|(t, _)| AddedToken::from(*t, true).normalized(false)).collect();
+        let user: Vec<AddedToken> =
+            of_type(TOKEN_TYPE_USER_DEFINED).map(|(t, _)| AddedToken::from(*t, false).normalized(false)).collect();
+        let tok_err = |e: tokenizers::Error| err(format!("adding special tokens: {e}"));
+        tokenizer.add_special_tokens(control).map_err(tok_err)?;
+        tokenizer.add_tokens(user).map_err(tok_err)?;
+    }
+    Ok(tokenizer)
 }
 
 /// The pre-tokenizer for a `tokenizer.ggml.pre` name; None when kiln does not know it.
@@ -386,9 +401,9 @@ mod tests {
 
     #[test]
     fn refuses_unsupported_models_by_name() -> Result<()> {
-        let e = GgufTokenizer::from_gguf(&tiny_file("llama", None, false)?).unwrap_err();
+        let e = GgufTokenizer::from_gguf(&tiny_file("t5", None, false)?).unwrap_err();
         let e = e.to_string();
-        assert!(e.contains("tiny.gguf") && e.contains("`llama` (SentencePiece BPE)"), "{e}");
+        assert!(e.contains("tiny.gguf") && e.contains("`t5` (Unigram)"), "{e}");
         let e = GgufTokenizer::from_gguf(&tiny_file("gpt2", Some("qwen2"), false)?).unwrap_err();
         assert!(e.to_string().contains("tokenizer.ggml.pre is `qwen2`"), "{e}");
         Ok(())
