@@ -7,6 +7,7 @@
 //! one `queue.submit`, and the CPU waits only where it reads.
 
 pub mod adapter;
+pub mod backend_check;
 pub(crate) mod pipelines;
 pub(crate) mod pool;
 

@@ -87,6 +87,13 @@ impl PipelineCache {
             return Ok(m.clone());
         }
         let source = format!("{}\n{}", spec.header, spec.file.source);
+        if super::backend_check::enabled() {
+            super::backend_check::translate(&source).map_err(|message| Error::Shader {
+                file: spec.file.name,
+                entry: spec.entry,
+                message,
+            })?;
+        }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(spec.file.name),

@@ -16,6 +16,9 @@ use tokenizers::pre_tokenizers::whitespace::Whitespace;
 /// a GPU test must never pass by not running.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
+    // Every shader the tests compile is also translated to Metal and DX12 (naga), so a construct
+    // those back ends reject fails here.
+    kiln::gpu::backend_check::enable();
     GPU.get_or_init(|| match Gpu::new(&AdapterChoice::from_flag_or_env(None)) {
         Ok(gpu) => {
             eprintln!("kernel tests run on {}", gpu.describe());
