@@ -7,8 +7,10 @@ use std::path::PathBuf;
 pub enum Error {
     // ---- adapters and devices ----
     #[error(
-        "no GPU adapter found (wgpu enumerated none). On Linux without a GPU install lavapipe: \
-         `apt-get install mesa-vulkan-drivers`"
+        "no GPU adapter found (wgpu enumerated none). On Linux without a GPU install lavapipe from \
+         Mesa 25 (bookworm's own 22.3 runs kiln's kernels 3-4x slower): add `bookworm-backports` \
+         to the apt sources, then `apt-get update && apt-get install -t bookworm-backports \
+         mesa-vulkan-drivers` (README, first section; `.ci/run` does exactly this)"
     )]
     NoAdapter,
     #[error("no adapter matches `{wanted}`; available: {available}")]
