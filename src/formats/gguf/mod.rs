@@ -440,7 +440,7 @@ impl GgufFile {
     }
 
     /// Tensor `name` dequantized to f32, with its row-major shape (the file's dims reversed).
-    /// Reads F32, F16, BF16, Q8_0, Q4_0 and Q4_1; any other type is an error.
+    /// Reads the types of [`READABLE_TYPES`]; any other type is an error.
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let info = self.require_tensor(name)?;
         if !info.ggml_type.is_readable() {
