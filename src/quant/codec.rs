@@ -2,22 +2,27 @@
 //! and the word layout the GPU reads.
 //!
 //! # GPU layout: the same bits, repacked into aligned words
-//! A block of 18, 20 or 34 bytes puts most blocks at offsets that are not multiples of 4, and
-//! WGSL reads storage buffers in u32 words (no byte or f16 loads without extensions). Rather
-//! than assembling each word from two unaligned ones in the inner loop, the upload splits the
-//! blocks into two regions of one u32 buffer, keeping every bit and adding at most 2 bytes:
-//!   quants: block i's 16 (Q4) or 32 (Q8_0) quant bytes at word `i·QW` (QW = 4 or 8), in file
-//!           order, so one vec4<u32> (Q4) or two (Q8_0) hold a block's quants;
-//!   scales: after the quants (word `scale_offset`): Q4_1 one word per block, d in the low
-//!           half and m in the high half; Q4_0 and Q8_0 two blocks' d per word (block i in
-//!           half i % 2). The shader unpacks them with `unpack2x16float`.
-//! Blocks are numbered row-major: row r's block b is block r·(K/32) + b. So a Q4_1 weight takes
-//! 20 bytes per block on the GPU, exactly as in the file; Q4_0 and Q8_0 too, plus 2 bytes when
-//! the block count is odd. Nothing is dequantized on load.
+//! A block of 18, 20, 22, 34 or 210 bytes puts most blocks at offsets that are not multiples of
+//! 4, and WGSL reads storage buffers in u32 words (no byte or f16 loads without extensions).
+//! Rather than assembling each word from two unaligned ones in the inner loop, the upload splits
+//! each block's bytes ([`GpuLayout`]: three disjoint byte ranges that cover the block) into three
+//! regions of one u32 buffer, keeping every bit and adding at most 2 bytes:
+//!   quants: block i's quant bytes at word `i·QW`, in file order (Q4_0/Q4_1 16 bytes, Q8_0 32,
+//!           Q5_0/Q5_1 the 4 bytes of fifth bits then 16 of nibbles, Q4_K 128 bytes of nibbles,
+//!           Q5_K 32 bytes of fifth bits then 128 of nibbles, Q6_K 128 bytes of low nibbles
+//!           then 64 of high bit pairs);
+//!   scales: from word `scale_offset`, block i's whole scale words at `scale_offset + i·SW`
+//!           (Q4_1/Q5_1 d and m; Q4_K/Q5_K d, dmin and the 12 bytes of 6-bit scales and mins;
+//!           Q6_K the 16 int8 scales);
+//!   halves: after those, a lone f16 field (Q4_0/Q5_0/Q8_0's d, Q6_K's d) of two blocks per
+//!           word, block i in half i % 2.
+//! The shader unpacks f16 pairs with `unpack2x16float`. Blocks are numbered row-major: row r's
+//! block b is block r·(K/B) + b (B = 32, or 256 for the K-quants' super-blocks). Nothing is
+//! dequantized on load.
 
 use half::{bf16, f16};
 
-use super::{BLOCK, GgmlType, QuantType, QuantWeights};
+use super::{GgmlType, QuantType, QuantWeights};
 
 /// The values of `bytes` stored as type `ty`, in order, exactly (every readable type's values
 /// are f64 products and sums of f16 fields and small integers). The caller checks that `ty` is
@@ -174,7 +179,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
     dequantize_f64(ty, bytes).into_iter().map(|v| v as f32).collect()
 }
 
-/// Appends one block of 32 values, as ggml's `quantize_row_*_ref` encodes it.
+/// Appends one block (32 values, or 256 for the K-quants), as ggml's `quantize_row_*_ref`
+/// encodes it.
 pub(super) fn quantize_block(kind: QuantType, x: &[f32], out: &mut Vec<u8>) {
     match kind {
         QuantType::Q8_0 => {
@@ -206,25 +212,58 @@ pub(super) fn quantize_block(kind: QuantType, x: &[f32], out: &mut Vec<u8>) {
             out.extend(f16::from_f32(min).to_le_bytes());
             out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
         }
+        QuantType::Q5_0 => {
+            // As Q4_0 with 16 levels each side: d = (largest magnitude) / −16,
+            // q = min(31, trunc(x / d + 16.5)).
+            let max = x.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let d = max / -16.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let q: Vec<u8> = x.iter().map(|&v| ((v * id + 16.5) as i8).min(31) as u8).collect();
+            out.extend(f16::from_f32(d).to_le_bytes());
+            push_q5(&q, out);
+        }
+        QuantType::Q5_1 => {
+            // As Q4_1 with 32 levels: d = (max − min) / 31, q = trunc((x − m) / d + 0.5).
+            let min = x.iter().fold(f32::INFINITY, |a, &v| a.min(v));
+            let max = x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            let d = (max - min) / 31.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let q: Vec<u8> = x.iter().map(|&v| (((v - min) * id + 0.5) as u8).min(31)).collect();
+            out.extend(f16::from_f32(d).to_le_bytes());
+            out.extend(f16::from_f32(min).to_le_bytes());
+            push_q5(&q, out);
+        }
+        QuantType::Q4_K => super::kquant::quantize_q45_k(x, false, out),
+        QuantType::Q5_K => super::kquant::quantize_q45_k(x, true, out),
+        QuantType::Q6_K => super::kquant::quantize_q6_k(x, out),
     }
 }
 
-/// The GPU words of `w` (see the module doc): quants, then scales. Returns (words, scale offset).
+/// The quants of a Q5_0/Q5_1 block: bit 4 of weight j at bit j of a u32 (qh), then the low
+/// nibbles as in Q4 (byte j: weight j low, weight j + 16 high).
+fn push_q5(q: &[u8], out: &mut Vec<u8>) {
+    let qh = q.iter().enumerate().fold(0u32, |h, (j, &v)| h | (((v >> 4) & 1) as u32) << j);
+    out.extend(qh.to_le_bytes());
+    out.extend((0..16).map(|j| (q[j] & 0xf) | ((q[j + 16] & 0xf) << 4)));
+}
+
+/// The GPU words of `w` (see the module doc): quants, then whole scale words, then the
+/// paired f16 fields. Returns (words, scale offset).
 pub fn repack(w: &QuantWeights) -> (Vec<u32>, usize) {
-    let (bb, qw, sb) = (w.kind.block_bytes(), w.kind.quant_words(), w.kind.scale_bytes());
-    let n = w.blocks.len() / bb;
-    let scale_words = if w.kind == QuantType::Q4_1 { n } else { n.div_ceil(2) };
-    let mut words = vec![0u32; n * qw + scale_words];
-    for (i, block) in w.blocks.chunks_exact(bb).enumerate() {
-        for (j, q) in block[sb..].chunks_exact(4).enumerate() {
-            words[i * qw + j] = u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
+    let g = w.kind.gpu_layout();
+    let n = w.blocks.len() / w.kind.block_bytes();
+    let (qw, sw) = (g.quant_words(), g.scale_words());
+    let halves = if g.half.is_some() { n.div_ceil(2) } else { 0 };
+    let mut words = vec![0u32; n * (qw + sw) + halves];
+    for (i, block) in w.blocks.chunks_exact(w.kind.block_bytes()).enumerate() {
+        for j in 0..qw {
+            words[i * qw + j] = u32_at(block, g.quants.0 + 4 * j);
         }
-        let d = u16::from_le_bytes([block[0], block[1]]) as u32;
-        if w.kind == QuantType::Q4_1 {
-            let m = u16::from_le_bytes([block[2], block[3]]) as u32;
-            words[n * qw + i] = d | (m << 16);
-        } else {
-            words[n * qw + i / 2] |= d << (16 * (i % 2));
+        for j in 0..sw {
+            words[n * qw + i * sw + j] = u32_at(block, g.scales.0 + 4 * j);
+        }
+        if let Some(h) = g.half {
+            words[n * (qw + sw) + i / 2] |= (u16::from_le_bytes([block[h], block[h + 1]]) as u32) << (16 * (i % 2));
         }
     }
     (words, n * qw)
@@ -232,16 +271,20 @@ pub fn repack(w: &QuantWeights) -> (Vec<u32>, usize) {
 
 /// The inverse of [`repack`]: GGUF block bytes from the GPU words of a `[rows, cols]` matrix.
 pub fn unpack(kind: QuantType, rows: usize, cols: usize, words: &[u32]) -> Vec<u8> {
-    let (qw, n) = (kind.quant_words(), rows * cols / BLOCK);
-    let mut out = Vec::with_capacity(n * kind.block_bytes());
-    for i in 0..n {
-        if kind == QuantType::Q4_1 {
-            out.extend(words[n * qw + i].to_le_bytes());
-        } else {
-            out.extend(((words[n * qw + i / 2] >> (16 * (i % 2))) as u16).to_le_bytes());
+    let g = kind.gpu_layout();
+    let n = rows * cols / kind.block_weights();
+    let (qw, sw) = (g.quant_words(), g.scale_words());
+    let mut out = vec![0u8; n * kind.block_bytes()];
+    for (i, block) in out.chunks_exact_mut(kind.block_bytes()).enumerate() {
+        for j in 0..qw {
+            block[g.quants.0 + 4 * j..][..4].copy_from_slice(&words[i * qw + j].to_le_bytes());
         }
-        for w in &words[i * qw..(i + 1) * qw] {
-            out.extend(w.to_le_bytes());
+        for j in 0..sw {
+            block[g.scales.0 + 4 * j..][..4].copy_from_slice(&words[n * qw + i * sw + j].to_le_bytes());
+        }
+        if let Some(h) = g.half {
+            let v = (words[n * (qw + sw) + i / 2] >> (16 * (i % 2))) as u16;
+            block[h..h + 2].copy_from_slice(&v.to_le_bytes());
         }
     }
     out
