@@ -480,7 +480,8 @@ fn quantized_base_equals_its_dequantized_copy(name: &str, kind: QuantType) {
 
 #[test]
 fn llama_quantized_base_lora_equals_dequantized() {
-    for kind in QuantType::ALL {
+    // The K-quants need rows of 256: `llama_k_quantized_base_lora_equals_dequantized`.
+    for kind in QuantType::ALL.into_iter().filter(|k| !k.is_k_quant()) {
         quantized_base_equals_its_dequantized_copy("llama_tiny", kind);
     }
 }
