@@ -2,8 +2,10 @@
 //! ggml-quants.c, without an importance matrix), written from their description: per sub-block
 //! a weighted least-squares search for scale (and min), then the sub-block scales themselves
 //! quantized to 6 or 8 bits against one f16 super-scale, then every weight re-rounded against
-//! the scale it will really be decoded with. Everything is f32 in ggml's order of operations,
-//! so a file kiln writes should match llama-quantize's reference path.
+//! the scale it will really be decoded with. Everything is f32 in ggml's order of operations:
+//! on 104 super-blocks of varied data (normal, uniform, heavy-tailed, one-signed, constant,
+//! zero, tiny) the blocks were byte-identical to those of ggml's reference functions compiled
+//! without floating-point contraction (a one-off check; that C code is not part of kiln).
 //!
 //! Block layouts (256 weights):
 //!   Q4_K 144 bytes: d, dmin (f16), 12 bytes of 6-bit scales/mins, 128 bytes of nibbles

@@ -51,10 +51,13 @@ pub enum QuantType {
     #[value(name = "q5_1")]
     Q5_1,
     #[value(name = "q4_k")]
+    #[serde(rename = "q4_k")]
     Q4_K,
     #[value(name = "q5_k")]
+    #[serde(rename = "q5_k")]
     Q5_K,
     #[value(name = "q6_k")]
+    #[serde(rename = "q6_k")]
     Q6_K,
 }
 
@@ -359,6 +362,18 @@ mod tests {
             |k| QuantError::measure(&x, &QuantWeights::quantize(k, &x, 5, 256, "w").unwrap().dequantize()).mean_abs;
         assert!(mean(QuantType::Q6_K) < mean(QuantType::Q5_K) && mean(QuantType::Q5_K) < mean(QuantType::Q4_K));
         assert!(mean(QuantType::Q4_K) < mean(QuantType::Q4_1) && mean(QuantType::Q5_1) < mean(QuantType::Q4_1));
+    }
+
+    #[test]
+    fn names_are_the_same_in_flags_configs_and_ggml() {
+        use clap::ValueEnum;
+        for kind in QuantType::ALL {
+            let flag = kind.to_possible_value().unwrap();
+            assert_eq!(flag.get_name(), kind.name());
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{}\"", kind.name()));
+            assert_eq!(kind.ggml().to_string().to_lowercase(), kind.name());
+            assert_eq!(QuantType::from_ggml(kind.ggml()), Some(kind));
+        }
     }
 
     #[test]
