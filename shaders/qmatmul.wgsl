@@ -1,5 +1,5 @@
-// Matmul through a frozen block-quantized weight W [N, K] (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K,
-// Q5_K or Q6_K), dequantized in the inner loop; W is never expanded to f32 in memory.
+// Matmul through a frozen block-quantized weight W [N, K] (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
+// Q3_K, Q4_K, Q5_K or Q6_K), dequantized in the inner loop; W is never expanded to f32.
 //
 //   qmatmul     y  [M, N] = alpha * x [M, K] · Wᵀ (+ bias [N]) (+ y when accumulating)
 //   qmatmul_dx  dx [M, K] = alpha * dy [M, N] · W               (+ dx when accumulating)
@@ -9,8 +9,8 @@
 // super-blocks), repacked into u32 words with the same bits, in three regions:
 //   quants  block i's quant bytes at word i*QW, in file order;
 //   scales  from word p.scale_off, block i's whole scale words at p.scale_off + i*SW;
-//   halves  from word p.half_off, a lone f16 field (Q4_0/Q5_0/Q8_0 d, Q6_K d), two blocks per
-//           word, block i in half i % 2.
+//   halves  from word p.half_off, a lone f16 field (the d of Q4_0, Q5_0, Q8_0, Q3_K, Q6_K),
+//           two blocks per word, block i in half i % 2.
 // Block i is row i / (K/B), block i % (K/B) of that row. WGSL has no f16 storage type without
 // the `f16` extension (not every adapter has it), so f16 fields are read as u32 words and split
 // with unpack2x16float, and quants are read as words and split with shifts. K is a multiple of
@@ -20,7 +20,8 @@
 // K-quant super-block c / 8. dequant8(c, part) gives eight weights of chunk c.
 //
 // Constants from the host's header: QTYPE (GGUF's type number: 2 = Q4_0, 3 = Q4_1, 6 = Q5_0,
-// 7 = Q5_1, 8 = Q8_0, 12 = Q4_K, 13 = Q5_K, 14 = Q6_K; branches on it fold away), QW, SW, and
+// 7 = Q5_1, 8 = Q8_0, 10 = Q2_K, 11 = Q3_K, 12 = Q4_K, 13 = Q5_K, 14 = Q6_K; branches on it
+// fold away), QW, SW, and
 // BM, BN, TM, TN (tiled entries) or MR (qmatvec).
 //
 // Tiling, as in matmul.wgsl: a workgroup computes a BM x BN block of the output with
@@ -52,6 +53,11 @@ fn half_of(blk: u32) -> f32 {
     return select(pair.x, pair.y, (blk & 1u) == 1u);
 }
 
+// Byte i of the words from `word0` on.
+fn byte_at(word0: u32, i: u32) -> u32 {
+    return (w[word0 + i / 4u] >> (8u * (i % 4u))) & 255u;
+}
+
 // Byte i of block `blk`'s scale words.
 fn scale_byte(blk: u32, i: u32) -> u32 {
     return (w[p.scale_off + blk * SW + i / 4u] >> (8u * (i % 4u))) & 255u;
@@ -73,12 +79,12 @@ struct Eight {
 // nibbles are weights 4·part+0..3 and high nibbles weights 16+4·part+0..3. Q8_0 and the
 // K-quants: two words hold eight consecutive weights 8·part+0..7.
 fn lo_k(part: u32) -> u32 {
-    if (QTYPE == 8u || QTYPE >= 12u) { return 8u * part; }
+    if (QTYPE == 8u || QTYPE >= 10u) { return 8u * part; }
     return 4u * part;
 }
 
 fn hi_k(part: u32) -> u32 {
-    if (QTYPE == 8u || QTYPE >= 12u) { return 8u * part + 4u; }
+    if (QTYPE == 8u || QTYPE >= 10u) { return 8u * part + 4u; }
     return 16u + 4u * part;
 }
 
@@ -116,6 +122,33 @@ fn dequant8(c: u32, part: u32) -> Eight {
     // K-quants: chunk c is sub-block j of super-block sb.
     let sb = c / 8u;
     let j = c % 8u;
+    if (QTYPE == 10u || QTYPE == 11u) {
+        // 16 groups of 16 (this part's group: 2j + part / 2). The 2-bit quants of weight
+        // 32j + l sit in byte 32·(j / 4) + l at bits 2·(j % 4), after Q2_K's 16 bytes of scales
+        // or Q3_K's 32 bytes of high bits.
+        let blk = sb * QW;
+        let g = 2u * j + part / 2u;
+        let qw = blk + select(4u, 8u, QTYPE == 11u) + 8u * (j / 4u) + 2u * part;
+        let q0 = fields(w[qw], 2u * (j % 4u), 3u);
+        let q1 = fields(w[qw + 1u], 2u * (j % 4u), 3u);
+        if (QTYPE == 10u) {
+            // Q2_K: scale byte g = 4-bit scale | 4-bit min << 4; w = d·sc·q − dmin·mn.
+            let sc = byte_at(blk, g);
+            let dd = unpack2x16float(w[p.scale_off + sb * SW]);
+            let dl = dd.x * f32(sc & 15u);
+            let ml = dd.y * f32(sc >> 4u);
+            return Eight(dl * vec4<f32>(q0) - ml, dl * vec4<f32>(q1) - ml);
+        }
+        // Q3_K: q − 4 unless the high bit (bit j of hmask byte l) is set; the 6-bit scale (low
+        // nibble in byte 96 + g % 8 at 4·(g / 8), top bits in byte 104 + g % 4 at 2·(g / 4))
+        // minus 32; w = d·sc·q.
+        let h0 = vec4<f32>(fields(w[blk + 2u * part], j, 1u));
+        let h1 = vec4<f32>(fields(w[blk + 2u * part + 1u], j, 1u));
+        let lo = (byte_at(blk, 96u + g % 8u) >> (4u * (g / 8u))) & 15u;
+        let hi = (byte_at(blk, 104u + g % 4u) >> (2u * (g / 4u))) & 3u;
+        let dl = half_of(sb) * f32(i32(lo | (hi << 4u)) - 32);
+        return Eight(dl * (vec4<f32>(q0) - 4.0 * (1.0 - h0)), dl * (vec4<f32>(q1) - 4.0 * (1.0 - h1)));
+    }
     if (QTYPE == 12u || QTYPE == 13u) {
         // Scale words: d and dmin, then 12 bytes of 6-bit scales and mins (bytes 4..15): for
         // j < 4 the low 6 bits of bytes 4 + j (scale) and 8 + j (min); for j ≥ 4 the nibbles

@@ -548,7 +548,8 @@ fn memory_estimate_and_refusal() {
 /// seeded random weights: the tiny fixture's rows of 32 and 48 cannot hold 256-weight blocks.
 /// Its K-quantized base computes what its dequantized f32 copy computes: logits (tiled and
 /// skinny paths), the loss, every LoRA gradient (through the frozen blocks' dX kernel) and the
-/// merge. For Q6_K, Q5_K and Q4_K, which a Q4_K_M/Q5_K_M file mixes.
+/// merge. For every K-quant (Q4_K_M/Q5_K_M files mix Q4_K/Q5_K with Q6_K; Q3_K_M and Q2_K
+/// files add Q3_K and Q2_K).
 #[test]
 fn llama_k_quantized_base_lora_equals_dequantized() {
     let g = gpu();
@@ -602,7 +603,7 @@ fn llama_k_quantized_base_lora_equals_dequantized() {
     let ids: Vec<u32> = (0..b * t).map(|i| (i * 37 % vocab) as u32).collect();
     let targets: Vec<i32> = (0..b * t).map(|i| if i % t == t - 1 { -100 } else { (i * 11 % vocab) as i32 }).collect();
     let input = LmInput::new(g, ids, b, t, None).unwrap();
-    for kind in [QuantType::Q6_K, QuantType::Q5_K, QuantType::Q4_K] {
+    for kind in QuantType::ALL.into_iter().filter(|k| k.is_k_quant()) {
         let what = format!("llama 256 {kind}");
         let mut models = Vec::new();
         for dequantized in [false, true] {

@@ -2,20 +2,22 @@
 //! and the word layout the GPU reads.
 //!
 //! # GPU layout: the same bits, repacked into aligned words
-//! A block of 18, 20, 22, 34 or 210 bytes puts most blocks at offsets that are not multiples of
-//! 4, and WGSL reads storage buffers in u32 words (no byte or f16 loads without extensions).
-//! Rather than assembling each word from two unaligned ones in the inner loop, the upload splits
-//! each block's bytes ([`GpuLayout`]: three disjoint byte ranges that cover the block) into three
-//! regions of one u32 buffer, keeping every bit and adding at most 2 bytes:
-//!   quants: block i's quant bytes at word `i·QW`, in file order (Q4_0/Q4_1 16 bytes, Q8_0 32,
-//!           Q5_0/Q5_1 the 4 bytes of fifth bits then 16 of nibbles, Q4_K 128 bytes of nibbles,
-//!           Q5_K 32 bytes of fifth bits then 128 of nibbles, Q6_K 128 bytes of low nibbles
-//!           then 64 of high bit pairs);
-//!   scales: from word `scale_offset`, block i's whole scale words at `scale_offset + i·SW`
-//!           (Q4_1/Q5_1 d and m; Q4_K/Q5_K d, dmin and the 12 bytes of 6-bit scales and mins;
-//!           Q6_K the 16 int8 scales);
-//!   halves: after those, a lone f16 field (Q4_0/Q5_0/Q8_0's d, Q6_K's d) of two blocks per
-//!           word, block i in half i % 2.
+//! A block of 18, 20, 22, 34, 84, 110 or 210 bytes puts most blocks at offsets that are not
+//! multiples of 4, and WGSL reads storage buffers in u32 words (no byte or f16 loads without
+//! extensions). Rather than assembling each word from two unaligned ones in the inner loop, the
+//! upload splits each block's bytes ([`GpuLayout`](super::GpuLayout): three disjoint byte
+//! ranges that cover the block) into three regions of one u32 buffer, keeping every bit and
+//! adding at most 2 bytes:
+//!   quants: block i's quant bytes at word `i·QW`, in file order: Q4_0/Q4_1 16 bytes, Q8_0 32,
+//!           Q5_0/Q5_1 the 4 bytes of fifth bits then 16 of nibbles, Q2_K its 16 bytes of
+//!           scales and 64 of 2-bit quants, Q3_K its first 108 bytes (high bits, 2-bit quants,
+//!           scales), Q4_K 128 bytes of nibbles, Q5_K 32 bytes of fifth bits then 128 of
+//!           nibbles, Q6_K 128 bytes of low nibbles then 64 of high bit pairs;
+//!   scales: from word `scale_offset`, block i's whole scale words at `scale_offset + i·SW`:
+//!           Q4_1/Q5_1 d and m; Q2_K d and dmin; Q4_K/Q5_K d, dmin and the 12 bytes of 6-bit
+//!           scales and mins; Q6_K the 16 int8 scales;
+//!   halves: after those, a lone f16 field (the d of Q4_0, Q5_0, Q8_0, Q3_K and Q6_K), two
+//!           blocks per word, block i in half i % 2.
 //! The shader unpacks f16 pairs with `unpack2x16float`. Blocks are numbered row-major: row r's
 //! block b is block r·(K/B) + b (B = 32, or 256 for the K-quants' super-blocks). Nothing is
 //! dequantized on load.
@@ -233,6 +235,8 @@ pub(super) fn quantize_block(kind: QuantType, x: &[f32], out: &mut Vec<u8>) {
             out.extend(f16::from_f32(min).to_le_bytes());
             push_q5(&q, out);
         }
+        QuantType::Q2_K => super::kquant::quantize_q2_k(x, out),
+        QuantType::Q3_K => super::kquant::quantize_q3_k(x, out),
         QuantType::Q4_K => super::kquant::quantize_q45_k(x, false, out),
         QuantType::Q5_K => super::kquant::quantize_q45_k(x, true, out),
         QuantType::Q6_K => super::kquant::quantize_q6_k(x, out),

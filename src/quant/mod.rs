@@ -16,7 +16,8 @@
 //!   Q4_K: 144 bytes, 8 × 32, 6-bit scale sc and min mn;    w = d·sc·q − dmin·mn, q 4 bits
 //!   Q5_K: 176 bytes, as Q4_K with 5-bit q
 //!   Q6_K: 210 bytes, 16 × 16, int8 scale sc;               w = d·sc·(q − 32), q 6 bits
-//!   Q2_K, Q3_K (read, dequantized on load; not kept on the GPU)
+//!   Q3_K: 110 bytes, 16 × 16, 6-bit signed scale sc;      w = d·sc·q, q in −4..3
+//!   Q2_K:  84 bytes, 16 × 16, 4-bit scale sc and min mn;  w = d·sc·q − dmin·mn, q 2 bits
 //! `codec::dequantize_f64` spells out where each weight's bits sit.
 
 pub mod codec;
@@ -50,6 +51,12 @@ pub enum QuantType {
     Q5_0,
     #[value(name = "q5_1")]
     Q5_1,
+    #[value(name = "q2_k")]
+    #[serde(rename = "q2_k")]
+    Q2_K,
+    #[value(name = "q3_k")]
+    #[serde(rename = "q3_k")]
+    Q3_K,
     #[value(name = "q4_k")]
     #[serde(rename = "q4_k")]
     Q4_K,
@@ -82,12 +89,14 @@ impl GpuLayout {
 }
 
 impl QuantType {
-    pub const ALL: [QuantType; 8] = [
+    pub const ALL: [QuantType; 10] = [
         QuantType::Q8_0,
         QuantType::Q4_0,
         QuantType::Q4_1,
         QuantType::Q5_0,
         QuantType::Q5_1,
+        QuantType::Q2_K,
+        QuantType::Q3_K,
         QuantType::Q4_K,
         QuantType::Q5_K,
         QuantType::Q6_K,
@@ -100,6 +109,8 @@ impl QuantType {
             QuantType::Q4_1 => "q4_1",
             QuantType::Q5_0 => "q5_0",
             QuantType::Q5_1 => "q5_1",
+            QuantType::Q2_K => "q2_k",
+            QuantType::Q3_K => "q3_k",
             QuantType::Q4_K => "q4_k",
             QuantType::Q5_K => "q5_k",
             QuantType::Q6_K => "q6_k",
@@ -119,6 +130,8 @@ impl QuantType {
             QuantType::Q4_1 => GgmlType::Q4_1,
             QuantType::Q5_0 => GgmlType::Q5_0,
             QuantType::Q5_1 => GgmlType::Q5_1,
+            QuantType::Q2_K => GgmlType::Q2_K,
+            QuantType::Q3_K => GgmlType::Q3_K,
             QuantType::Q4_K => GgmlType::Q4_K,
             QuantType::Q5_K => GgmlType::Q5_K,
             QuantType::Q6_K => GgmlType::Q6_K,
@@ -127,7 +140,7 @@ impl QuantType {
 
     /// Whether the blocks are 256-weight super-blocks.
     pub fn is_k_quant(self) -> bool {
-        matches!(self, QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K)
+        matches!(self, QuantType::Q2_K | QuantType::Q3_K | QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K)
     }
 
     /// Weights per block: 32, or 256 for the K-quants.
@@ -148,6 +161,10 @@ impl QuantType {
             QuantType::Q4_1 => ((4, 20), (0, 4), None),
             QuantType::Q5_0 => ((2, 22), (0, 0), Some(0)),
             QuantType::Q5_1 => ((4, 24), (0, 4), None),
+            // The sub-block scales travel with the quants (they precede them in the block);
+            // the scale words are d and dmin.
+            QuantType::Q2_K => ((0, 80), (80, 84), None),
+            QuantType::Q3_K => ((0, 108), (0, 0), Some(108)),
             QuantType::Q4_K => ((16, 144), (0, 16), None),
             QuantType::Q5_K => ((16, 176), (0, 16), None),
             QuantType::Q6_K => ((0, 192), (192, 208), Some(208)),
@@ -347,6 +364,8 @@ mod tests {
             (QuantType::Q4_1, 0.51 * 6.0 / 15.0 + 3.0 / 1024.0),
             (QuantType::Q5_0, 1.01 * 3.0 / 16.0),
             (QuantType::Q5_1, 0.51 * 6.0 / 31.0 + 3.0 / 1024.0),
+            (QuantType::Q2_K, 1.1 * 6.0 / 3.0),
+            (QuantType::Q3_K, 1.1 * 3.0 / 4.0),
             (QuantType::Q4_K, 1.1 * 6.0 / 15.0),
             (QuantType::Q5_K, 1.1 * 6.0 / 31.0),
             (QuantType::Q6_K, 1.1 * 3.0 / 32.0),
@@ -361,6 +380,7 @@ mod tests {
         let mean =
             |k| QuantError::measure(&x, &QuantWeights::quantize(k, &x, 5, 256, "w").unwrap().dequantize()).mean_abs;
         assert!(mean(QuantType::Q6_K) < mean(QuantType::Q5_K) && mean(QuantType::Q5_K) < mean(QuantType::Q4_K));
+        assert!(mean(QuantType::Q4_K) < mean(QuantType::Q3_K) && mean(QuantType::Q3_K) < mean(QuantType::Q2_K));
         assert!(mean(QuantType::Q4_K) < mean(QuantType::Q4_1) && mean(QuantType::Q5_1) < mean(QuantType::Q4_1));
     }
 
