@@ -363,12 +363,12 @@ pub(super) fn quantize_q2_k(x: &[f32], out: &mut Vec<u8>) {
         }
         dmin = f16::from_f32(max_min / Q4SCALE);
     }
-    for j in 0..16 {
-        let dl = d.to_f32() * (packed[j] & 0xf) as f32;
+    for (j, &sc) in packed.iter().enumerate() {
+        let dl = d.to_f32() * (sc & 0xf) as f32;
         if dl == 0.0 {
             continue;
         }
-        let dm = dmin.to_f32() * (packed[j] >> 4) as f32;
+        let dm = dmin.to_f32() * (sc >> 4) as f32;
         for i in 16 * j..16 * (j + 1) {
             l[i] = nearest_int((x[i] + dm) / dl).clamp(0, 3) as u8;
         }
