@@ -39,6 +39,11 @@ adapter (`peft_adapter/`: LoRA on query/key/value/dense, classifier in modules_t
       lora_loss      float32 [1]
       lora_grad.<key> float32         d lora_loss / d adapter weight, keys as in the adapter file
 
+For the GGUF block codecs (`quant/`): per block type T (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k,
+q4_k, q5_k, q6_k), `T.blocks` (random but valid blocks: random quant bytes, f16 scales drawn from
+sane magnitudes of both signs, some zero) and `T.f32` (little-endian f32: gguf-py's
+`gguf.quants.dequantize` of them, the values kiln must equal bit for bit).
+
 Deterministic: fixed seeds, eval mode, all dropouts 0; running it twice gives identical bytes.
 Needs: torch, transformers (5.x), peft (0.21.x), safetensors.
 """
@@ -342,6 +347,39 @@ def build_bert(out_root, seed):
     return out
 
 
+# Byte offsets of the f16 scale fields in one block of each type (ggml-common.h).
+QUANT_F16_FIELDS = {
+    "q8_0": [0], "q4_0": [0], "q4_1": [0, 2], "q5_0": [0], "q5_1": [0, 2],
+    "q2_k": [80, 82], "q3_k": [108], "q4_k": [0, 2], "q5_k": [0, 2], "q6_k": [208],
+}
+
+
+def build_quant(out_root, seed):
+    """Random valid blocks of every block type kiln reads, and gguf-py's dequantization."""
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    out = os.path.join(out_root, "quant")
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name, fields in QUANT_F16_FIELDS.items():
+        qtype = GGMLQuantizationType[name.upper()]
+        block, block_bytes = GGML_QUANT_SIZES[qtype]
+        n_blocks = 2048 // block  # 2048 weights of each type
+        blocks = rng.integers(0, 256, size=(n_blocks, block_bytes), dtype=np.uint8)
+        # Scales: magnitudes 2^-14 .. 2^3 (normal f16s), both signs, and some exact zeros.
+        mag = np.exp2(rng.uniform(-14, 3, size=(n_blocks, len(fields))))
+        scales = (mag * rng.choice([-1.0, 1.0, 0.0], size=mag.shape, p=[0.45, 0.45, 0.1])).astype(np.float16)
+        for i, off in enumerate(fields):
+            blocks[:, off:off + 2] = scales[:, i:i + 1].view(np.uint8)
+        values = dequantize(blocks.reshape(-1), qtype).astype("<f4")
+        assert values.shape == (n_blocks * block,)
+        blocks.tofile(os.path.join(out, f"{name}.blocks"))
+        values.tofile(os.path.join(out, f"{name}.f32"))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     here = os.path.dirname(os.path.abspath(__file__))
@@ -359,6 +397,7 @@ def main():
               ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
               False, out_root, seed=5678),
         build_bert(out_root, seed=4321),
+        build_quant(out_root, seed=2468),
     ]
     for d in dirs:
         total = 0

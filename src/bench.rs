@@ -181,6 +181,52 @@ pub fn matmul_case(gpu: &Gpu, mm: Matmul) -> Result<Case<'_>> {
     })
 }
 
+/// The quantized matmul of a frozen base weight W `[n, k]` in every block format kiln keeps on
+/// the GPU: the tiled forward and dX at `m` rows, and the skinny forward at one row (generation,
+/// memory-bound: W's blocks are most of its bytes). W is quantized on the CPU first.
+pub fn qmatmul_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
+    use crate::kernels::qmatmul::{QuantTensor, qmatmul_dx_into, qmatmul_into};
+    use crate::quant::{QuantType, QuantWeights};
+    let (m, n, k) = match scale {
+        Scale::Small => (256, 1024, 1024),
+        Scale::Full => (512, 4096, 4096),
+    };
+    let data = random(gpu, &[n, k], 7)?.to_f32_vec(gpu)?;
+    let mut cases = Vec::new();
+    for kind in QuantType::ALL {
+        let w = QuantTensor::upload(gpu, &QuantWeights::quantize(kind, &data, n, k, "bench")?)?;
+        for rows in [m, 1] {
+            let x = Tensor::zeros(gpu, &[rows, k])?;
+            let y = Tensor::empty(gpu, &[rows, n], DType::F32)?;
+            let bytes = F32 * (rows * (k + n)) as f64 + w.byte_len() as f64;
+            let flops = 2.0 * (rows * n * k) as f64;
+            let bound = if rows <= SKINNY_BENCH_M { Bound::Memory } else { Bound::Compute };
+            let shape = format!("{rows}x{n}x{k}");
+            if rows > 1 {
+                let (dy, dx, w) = (y.clone(), Tensor::empty(gpu, &[rows, k], DType::F32)?, w.clone());
+                cases.push(Case {
+                    kernel: format!("qmatmul_dx_{kind}"),
+                    shape: shape.clone(),
+                    flops,
+                    bytes,
+                    bound,
+                    run: Box::new(move || qmatmul_dx_into(gpu, &dy, &w, &dx, 1.0, false)),
+                });
+            }
+            let w = w.clone();
+            cases.push(Case {
+                kernel: format!("qmatmul_{kind}"),
+                shape,
+                flops,
+                bytes,
+                bound,
+                run: Box::new(move || qmatmul_into(gpu, &x, &w, None, &y, 1.0, false)),
+            });
+        }
+    }
+    Ok(cases)
+}
+
 /// Rows up to which a benchmarked matmul counts as skinny (memory-bound).
 pub const SKINNY_BENCH_M: usize = 16;
 

@@ -225,8 +225,9 @@ fn qmatmul_dx_through_a_frozen_quantized_weight() {
     // y = x·Wᵀ with W the dequantized blocks (constant)  ⇒  dL/dx = dy·W; W gets no gradient.
     use kiln::quant::{QuantType, QuantWeights};
     let mut rng = Rng::new(40);
-    let (m, n, k) = (3, 5, 64);
     for kind in QuantType::ALL {
+        // Two blocks per row: 64 weights, or 512 for the K-quants' super-blocks.
+        let (m, n, k) = (3, 5, 2 * kind.block_weights());
         let w = QuantWeights::quantize(kind, &rng.vec(n * k), n, k, "w").unwrap();
         let (x, dy) = (randv(&mut rng, m * k), randv(&mut rng, m * n));
         let fwd = |x: &[f64]| {

@@ -68,6 +68,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             gpu.trim_pool();
         }
     }
+    // The group runs when `--only` names it or one of its kernels (`qmatmul_q4_k`).
+    if args.only.is_empty() || args.only.iter().any(|o| o.starts_with("qmatmul") || "qmatmul".starts_with(o.as_str())) {
+        for mut case in bench::qmatmul_cases(&gpu, scale)? {
+            if wanted(&case.kernel) {
+                record(bench::measure(&gpu, &mut case)?, &mut figures);
+            }
+        }
+        gpu.trim_pool();
+    }
     for mut case in bench::memory_cases(&gpu, scale)? {
         if wanted(&case.kernel) {
             record(bench::measure(&gpu, &mut case)?, &mut figures);

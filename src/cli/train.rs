@@ -166,12 +166,14 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// How a quantized GGUF base is held: `auto` keeps its Q8_0/Q4_0/Q4_1 linear weights
-    /// quantized on the GPU (frozen; LoRA trains in f32 on top), `f32` dequantizes them on load
+    /// How a quantized GGUF base is held: `auto` keeps its Q8_0/Q4_*/Q5_*/Q4_K/Q5_K/Q6_K linear
+    /// weights quantized on the GPU (frozen; LoRA trains in f32 on top), `f32` dequantizes them
+    /// on load
     #[arg(long, value_enum, default_value_t = BaseDtype::Auto)]
     pub base_dtype: BaseDtype,
-    /// Quantize an f32/f16 base's linear weights on load (q8_0, q4_0, q4_1), reporting the error
-    /// per tensor type and the validation perplexity before and after
+    /// Quantize an f32/f16 base's linear weights on load (ggml's reference rounding; the K-quants
+    /// need rows of 256 inputs, other layers stay f32), reporting the error per tensor type and
+    /// the validation perplexity before and after
     #[arg(long, value_enum)]
     pub quantize: Option<crate::quant::QuantType>,
     /// GPU memory kiln may plan for, in MiB (wgpu cannot report it; on a CPU adapter the

@@ -27,8 +27,10 @@ pub struct QuantTensor {
     pub cols: usize,
     /// The repacked words (`DType::U32`).
     pub words: Tensor,
-    /// Word index where the scales start.
+    /// Word index where the scale words start.
     pub scale_offset: usize,
+    /// Word index where the paired f16 fields start (after the scale words).
+    pub half_offset: usize,
 }
 
 impl std::fmt::Debug for QuantTensor {
@@ -41,12 +43,14 @@ impl QuantTensor {
     pub fn upload(gpu: &Gpu, w: &QuantWeights) -> Result<QuantTensor> {
         let (words, scale_offset) = repack(w);
         let n = words.len();
+        let blocks = w.rows * w.cols / w.kind.block_weights();
         Ok(QuantTensor {
             kind: w.kind,
             rows: w.rows,
             cols: w.cols,
             words: Tensor::from_u32(gpu, &words, &[n])?,
             scale_offset,
+            half_offset: scale_offset + blocks * w.kind.gpu_layout().scale_words(),
         })
     }
 
@@ -136,10 +140,11 @@ pub fn tile_for(gpu: &Gpu) -> QTile {
 
 fn header(w: &QuantTensor, tile: QTile, mr: usize) -> String {
     format!(
-        "const QTYPE: u32 = {}u;\nconst QW: u32 = {}u;\nconst BM: u32 = {}u;\nconst BN: u32 = {}u;\n\
-         const TM: u32 = {}u;\nconst TN: u32 = {}u;\nconst MR: u32 = {}u;\n",
+        "const QTYPE: u32 = {}u;\nconst QW: u32 = {}u;\nconst SW: u32 = {}u;\nconst BM: u32 = {}u;\n\
+         const BN: u32 = {}u;\nconst TM: u32 = {}u;\nconst TN: u32 = {}u;\nconst MR: u32 = {}u;\n",
         w.kind.shader_id(),
         w.kind.quant_words(),
+        w.kind.gpu_layout().scale_words(),
         tile.bm,
         tile.bn,
         tile.tm,
@@ -158,7 +163,7 @@ struct Params {
     has_bias: u32,
     accumulate: u32,
     scale_off: u32,
-    _pad: u32,
+    half_off: u32,
 }
 
 fn params(w: &QuantTensor, m: usize, alpha: f32, has_bias: bool, accumulate: bool) -> Result<Params> {
@@ -170,7 +175,7 @@ fn params(w: &QuantTensor, m: usize, alpha: f32, has_bias: bool, accumulate: boo
         has_bias: has_bias as u32,
         accumulate: accumulate as u32,
         scale_off: u32_of(OP, "W's words", w.scale_offset)?,
-        _pad: 0,
+        half_off: u32_of(OP, "W's words", w.half_offset)?,
     })
 }
 

@@ -17,10 +17,11 @@ pub fn load_llama(gpu: &Gpu, file: &GgufFile) -> Result<Llama> {
     load_llama_with(gpu, file, false)
 }
 
-/// Reads the model in `file`; with `keep_quantized`, linear weights stored as Q8_0, Q4_0 or
-/// Q4_1 go to the GPU as they are (frozen, in blocks) instead of being dequantized. The token
-/// embedding (Q8_0 in SmolLM2's file) is dequantized either way: the embedding lookup and the
-/// tied LM head read f32.
+/// Reads the model in `file`; with `keep_quantized`, linear weights stored in a block format
+/// kiln keeps on the GPU (`QuantType`: Q8_0, Q4_0/1, Q5_0/1, Q4_K, Q5_K, Q6_K) go to the GPU
+/// as they are (frozen, in blocks) instead of being dequantized. The token embedding (Q8_0 in
+/// SmolLM2's file) is dequantized either way: the embedding lookup and the tied LM head read
+/// f32.
 pub fn load_llama_with(gpu: &Gpu, file: &GgufFile, keep_quantized: bool) -> Result<Llama> {
     let config = config_from_metadata(file)?;
     let mut src = GgufSource::new(file, &config);

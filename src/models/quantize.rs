@@ -10,7 +10,7 @@ use crate::autograd::WeightLayout;
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::kernels::qmatmul::QuantTensor;
-use crate::quant::{BLOCK, QuantError, QuantType, QuantWeights};
+use crate::quant::{QuantError, QuantType, QuantWeights};
 
 /// What [`quantize_linears`] did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -51,7 +51,8 @@ impl QuantizeReport {
 }
 
 /// Quantizes every f32 linear base weight of `model` to `kind` (adapters and already quantized
-/// layers are left alone). A layer whose input size is not a multiple of 32 stays f32 and is
+/// layers are left alone). A layer whose input size is not whole blocks (32, or 256 for the
+/// K-quants) stays f32 and is
 /// listed in the report, as llama.cpp falls back for such tensors. Pooled buffers the f32
 /// weights freed are released.
 pub fn quantize_linears(gpu: &Gpu, model: &mut dyn CausalLm, kind: QuantType) -> Result<QuantizeReport> {
@@ -61,9 +62,10 @@ pub fn quantize_linears(gpu: &Gpu, model: &mut dyn CausalLm, kind: QuantType) ->
             continue;
         }
         let (d_in, d_out) = lin.in_out();
-        if !d_in.is_multiple_of(BLOCK) {
+        let block = kind.block_weights();
+        if !d_in.is_multiple_of(block) {
             report.kept_f32.push(format!(
-                "{}.weight (rows of {d_in} inputs are not a multiple of the block size {BLOCK})",
+                "{}.weight (rows of {d_in} inputs are not a multiple of the block size {block})",
                 lin.path
             ));
             continue;

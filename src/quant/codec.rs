@@ -2,22 +2,29 @@
 //! and the word layout the GPU reads.
 //!
 //! # GPU layout: the same bits, repacked into aligned words
-//! A block of 18, 20 or 34 bytes puts most blocks at offsets that are not multiples of 4, and
-//! WGSL reads storage buffers in u32 words (no byte or f16 loads without extensions). Rather
-//! than assembling each word from two unaligned ones in the inner loop, the upload splits the
-//! blocks into two regions of one u32 buffer, keeping every bit and adding at most 2 bytes:
-//!   quants: block i's 16 (Q4) or 32 (Q8_0) quant bytes at word `i·QW` (QW = 4 or 8), in file
-//!           order, so one vec4<u32> (Q4) or two (Q8_0) hold a block's quants;
-//!   scales: after the quants (word `scale_offset`): Q4_1 one word per block, d in the low
-//!           half and m in the high half; Q4_0 and Q8_0 two blocks' d per word (block i in
-//!           half i % 2). The shader unpacks them with `unpack2x16float`.
-//! Blocks are numbered row-major: row r's block b is block r·(K/32) + b. So a Q4_1 weight takes
-//! 20 bytes per block on the GPU, exactly as in the file; Q4_0 and Q8_0 too, plus 2 bytes when
-//! the block count is odd. Nothing is dequantized on load.
+//! A block of 18, 20, 22, 34, 84, 110 or 210 bytes puts most blocks at offsets that are not
+//! multiples of 4, and WGSL reads storage buffers in u32 words (no byte or f16 loads without
+//! extensions). Rather than assembling each word from two unaligned ones in the inner loop, the
+//! upload splits each block's bytes ([`GpuLayout`](super::GpuLayout): three disjoint byte
+//! ranges that cover the block) into three regions of one u32 buffer, keeping every bit and
+//! adding at most 2 bytes:
+//!   quants: block i's quant bytes at word `i·QW`, in file order: Q4_0/Q4_1 16 bytes, Q8_0 32,
+//!           Q5_0/Q5_1 the 4 bytes of fifth bits then 16 of nibbles, Q2_K its 16 bytes of
+//!           scales and 64 of 2-bit quants, Q3_K its first 108 bytes (high bits, 2-bit quants,
+//!           scales), Q4_K 128 bytes of nibbles, Q5_K 32 bytes of fifth bits then 128 of
+//!           nibbles, Q6_K 128 bytes of low nibbles then 64 of high bit pairs;
+//!   scales: from word `scale_offset`, block i's whole scale words at `scale_offset + i·SW`:
+//!           Q4_1/Q5_1 d and m; Q2_K d and dmin; Q4_K/Q5_K d, dmin and the 12 bytes of 6-bit
+//!           scales and mins; Q6_K the 16 int8 scales;
+//!   halves: after those, a lone f16 field (the d of Q4_0, Q5_0, Q8_0, Q3_K and Q6_K), two
+//!           blocks per word, block i in half i % 2.
+//! The shader unpacks f16 pairs with `unpack2x16float`. Blocks are numbered row-major: row r's
+//! block b is block r·(K/B) + b (B = 32, or 256 for the K-quants' super-blocks). Nothing is
+//! dequantized on load.
 
 use half::{bf16, f16};
 
-use super::{BLOCK, GgmlType, QuantType, QuantWeights};
+use super::{GgmlType, QuantType, QuantWeights};
 
 /// The values of `bytes` stored as type `ty`, in order, exactly (every readable type's values
 /// are f64 products and sums of f16 fields and small integers). The caller checks that `ty` is
@@ -51,9 +58,121 @@ pub fn dequantize_f64(ty: GgmlType, bytes: &[u8]) -> Vec<f64> {
                 out.extend(block[4..].iter().map(|&b| d * (b >> 4) as f64 + m));
             }
         }
+        GgmlType::Q5_0 => {
+            for block in bytes.chunks_exact(22) {
+                let d = f16_at(block, 0);
+                let qh = u32_at(block, 2);
+                for (i, q) in nibbles(&block[6..]).enumerate() {
+                    out.push(d * ((q | ((qh >> i) & 1) << 4) as f64 - 16.0));
+                }
+            }
+        }
+        GgmlType::Q5_1 => {
+            for block in bytes.chunks_exact(24) {
+                let (d, m) = (f16_at(block, 0), f16_at(block, 2));
+                let qh = u32_at(block, 4);
+                for (i, q) in nibbles(&block[8..]).enumerate() {
+                    out.push(d * (q | ((qh >> i) & 1) << 4) as f64 + m);
+                }
+            }
+        }
+        GgmlType::Q2_K => {
+            // 16 groups of 16: scales[g] = sc | m << 4 (4 bits each); qs byte 32·h + l holds
+            // weights 128·h + 32·s + l at bits 2s (s = 0..3), h the 128-half.
+            for block in bytes.chunks_exact(84) {
+                let (sc, qs) = (&block[..16], &block[16..80]);
+                let (d, dmin) = (f16_at(block, 80), f16_at(block, 82));
+                for i in 0..QK_K {
+                    let (h, s, l) = (i / 128, (i / 32) % 4, i % 32);
+                    let g = i / 16;
+                    let q = (qs[32 * h + l] >> (2 * s)) & 3;
+                    out.push(d * (sc[g] & 15) as f64 * q as f64 - dmin * (sc[g] >> 4) as f64);
+                }
+            }
+        }
+        GgmlType::Q3_K => {
+            // As Q2_K's low bits, plus a high bit from hmask (bit i / 32 of byte i % 32) that
+            // *subtracts* 4 when clear; 6-bit signed scales (offset 32) packed as K_SCALES.
+            for block in bytes.chunks_exact(110) {
+                let (hmask, qs, sc) = (&block[..32], &block[32..96], &block[96..108]);
+                let d = f16_at(block, 108);
+                for i in 0..QK_K {
+                    let (h, s, l) = (i / 128, (i / 32) % 4, i % 32);
+                    let g = i / 16;
+                    let low = (sc[g % 8] >> (4 * (g / 8))) & 15;
+                    let high = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
+                    let scale = (low | high << 4) as f64 - 32.0;
+                    let q = ((qs[32 * h + l] >> (2 * s)) & 3) as f64
+                        - if (hmask[l] >> (i / 32)) & 1 == 1 { 0.0 } else { 4.0 };
+                    out.push(d * scale * q);
+                }
+            }
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            // Eight sub-blocks of 32 with 6-bit scale and min ([`k_scale_min`]); qs byte
+            // 32·(j/2) + l holds sub-block j's weight l in nibble j % 2; Q5_K's qh byte l holds
+            // the fifth bit of sub-block j's weight l at bit j.
+            let five = ty == GgmlType::Q5_K;
+            let bb = if five { 176 } else { 144 };
+            for block in bytes.chunks_exact(bb) {
+                let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+                let scales: &[u8; 12] = block[4..16].try_into().expect("12 bytes");
+                let (qh, qs) = if five { (&block[16..48], &block[48..]) } else { (&block[..0], &block[16..]) };
+                for j in 0..8 {
+                    let (sc, m) = k_scale_min(scales, j);
+                    let (dl, ml) = (d * sc as f64, dmin * m as f64);
+                    for l in 0..32 {
+                        let mut q = (qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 15;
+                        if five {
+                            q |= ((qh[l] >> j) & 1) << 4;
+                        }
+                        out.push(dl * q as f64 - ml);
+                    }
+                }
+            }
+        }
+        GgmlType::Q6_K => {
+            // Two 128-halves h; in each, weight 32·c + l (c = 0..3) has its low 4 bits in ql
+            // byte 64·h + 32·(c % 2) + l at nibble c / 2, its high 2 bits in qh byte 32·h + l at
+            // bits 2c; int8 scale per 16 weights; d last.
+            for block in bytes.chunks_exact(210) {
+                let (ql, qh, sc) = (&block[..128], &block[128..192], &block[192..208]);
+                let d = f16_at(block, 208);
+                for i in 0..QK_K {
+                    let (h, c, l) = (i / 128, (i / 32) % 4, i % 32);
+                    let lo = (ql[64 * h + 32 * (c % 2) + l] >> (4 * (c / 2))) & 15;
+                    let hi = (qh[32 * h + l] >> (2 * c)) & 3;
+                    out.push(d * (sc[i / 16] as i8) as f64 * ((lo | hi << 4) as f64 - 32.0));
+                }
+            }
+        }
         other => unreachable!("dequantize called for {other}, which is_readable() rejects"),
     }
     out
+}
+
+/// Weights per K-quant super-block.
+pub const QK_K: usize = 256;
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// The 32 4-bit values of 16 bytes in weight order: low nibbles, then high nibbles.
+fn nibbles(b: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    b.iter().map(|&q| (q & 15) as u32).chain(b.iter().map(|&q| (q >> 4) as u32))
+}
+
+/// Sub-block `j`'s 6-bit scale and min in Q4_K/Q5_K's 12 packed bytes: bytes 0..3 hold scales
+/// 0..3 and bytes 4..7 mins 0..3 in their low 6 bits; sub-blocks 4..7 keep their low 4 bits in
+/// bytes 8..11 (scale low nibble, min high nibble) and their top 2 bits in the top bits of
+/// bytes j − 4 (scale) and j (min).
+pub(crate) fn k_scale_min(q: &[u8; 12], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 15) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
 }
 
 /// [`dequantize_f64`] rounded once to f32: what ggml computes (d·q is exact in f32, so the
@@ -62,7 +181,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
     dequantize_f64(ty, bytes).into_iter().map(|v| v as f32).collect()
 }
 
-/// Appends one block of 32 values, as ggml's `quantize_row_*_ref` encodes it.
+/// Appends one block (32 values, or 256 for the K-quants), as ggml's `quantize_row_*_ref`
+/// encodes it.
 pub(super) fn quantize_block(kind: QuantType, x: &[f32], out: &mut Vec<u8>) {
     match kind {
         QuantType::Q8_0 => {
@@ -94,25 +214,60 @@ pub(super) fn quantize_block(kind: QuantType, x: &[f32], out: &mut Vec<u8>) {
             out.extend(f16::from_f32(min).to_le_bytes());
             out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
         }
+        QuantType::Q5_0 => {
+            // As Q4_0 with 16 levels each side: d = (largest magnitude) / −16,
+            // q = min(31, trunc(x / d + 16.5)).
+            let max = x.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let d = max / -16.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let q: Vec<u8> = x.iter().map(|&v| ((v * id + 16.5) as i8).min(31) as u8).collect();
+            out.extend(f16::from_f32(d).to_le_bytes());
+            push_q5(&q, out);
+        }
+        QuantType::Q5_1 => {
+            // As Q4_1 with 32 levels: d = (max − min) / 31, q = trunc((x − m) / d + 0.5).
+            let min = x.iter().fold(f32::INFINITY, |a, &v| a.min(v));
+            let max = x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            let d = (max - min) / 31.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let q: Vec<u8> = x.iter().map(|&v| (((v - min) * id + 0.5) as u8).min(31)).collect();
+            out.extend(f16::from_f32(d).to_le_bytes());
+            out.extend(f16::from_f32(min).to_le_bytes());
+            push_q5(&q, out);
+        }
+        QuantType::Q2_K => super::kquant::quantize_q2_k(x, out),
+        QuantType::Q3_K => super::kquant::quantize_q3_k(x, out),
+        QuantType::Q4_K => super::kquant::quantize_q45_k(x, false, out),
+        QuantType::Q5_K => super::kquant::quantize_q45_k(x, true, out),
+        QuantType::Q6_K => super::kquant::quantize_q6_k(x, out),
     }
 }
 
-/// The GPU words of `w` (see the module doc): quants, then scales. Returns (words, scale offset).
+/// The quants of a Q5_0/Q5_1 block: bit 4 of weight j at bit j of a u32 (qh), then the low
+/// nibbles as in Q4 (byte j: weight j low, weight j + 16 high).
+fn push_q5(q: &[u8], out: &mut Vec<u8>) {
+    let qh = q.iter().enumerate().fold(0u32, |h, (j, &v)| h | (((v >> 4) & 1) as u32) << j);
+    out.extend(qh.to_le_bytes());
+    out.extend((0..16).map(|j| (q[j] & 0xf) | ((q[j + 16] & 0xf) << 4)));
+}
+
+/// The GPU words of `w` (see the module doc): quants, then whole scale words, then the
+/// paired f16 fields. Returns (words, scale offset).
 pub fn repack(w: &QuantWeights) -> (Vec<u32>, usize) {
-    let (bb, qw, sb) = (w.kind.block_bytes(), w.kind.quant_words(), w.kind.scale_bytes());
-    let n = w.blocks.len() / bb;
-    let scale_words = if w.kind == QuantType::Q4_1 { n } else { n.div_ceil(2) };
-    let mut words = vec![0u32; n * qw + scale_words];
-    for (i, block) in w.blocks.chunks_exact(bb).enumerate() {
-        for (j, q) in block[sb..].chunks_exact(4).enumerate() {
-            words[i * qw + j] = u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
+    let g = w.kind.gpu_layout();
+    let n = w.blocks.len() / w.kind.block_bytes();
+    let (qw, sw) = (g.quant_words(), g.scale_words());
+    let halves = if g.half.is_some() { n.div_ceil(2) } else { 0 };
+    let mut words = vec![0u32; n * (qw + sw) + halves];
+    for (i, block) in w.blocks.chunks_exact(w.kind.block_bytes()).enumerate() {
+        for j in 0..qw {
+            words[i * qw + j] = u32_at(block, g.quants.0 + 4 * j);
         }
-        let d = u16::from_le_bytes([block[0], block[1]]) as u32;
-        if w.kind == QuantType::Q4_1 {
-            let m = u16::from_le_bytes([block[2], block[3]]) as u32;
-            words[n * qw + i] = d | (m << 16);
-        } else {
-            words[n * qw + i / 2] |= d << (16 * (i % 2));
+        for j in 0..sw {
+            words[n * qw + i * sw + j] = u32_at(block, g.scales.0 + 4 * j);
+        }
+        if let Some(h) = g.half {
+            words[n * (qw + sw) + i / 2] |= (u16::from_le_bytes([block[h], block[h + 1]]) as u32) << (16 * (i % 2));
         }
     }
     (words, n * qw)
@@ -120,16 +275,20 @@ pub fn repack(w: &QuantWeights) -> (Vec<u32>, usize) {
 
 /// The inverse of [`repack`]: GGUF block bytes from the GPU words of a `[rows, cols]` matrix.
 pub fn unpack(kind: QuantType, rows: usize, cols: usize, words: &[u32]) -> Vec<u8> {
-    let (qw, n) = (kind.quant_words(), rows * cols / BLOCK);
-    let mut out = Vec::with_capacity(n * kind.block_bytes());
-    for i in 0..n {
-        if kind == QuantType::Q4_1 {
-            out.extend(words[n * qw + i].to_le_bytes());
-        } else {
-            out.extend(((words[n * qw + i / 2] >> (16 * (i % 2))) as u16).to_le_bytes());
+    let g = kind.gpu_layout();
+    let n = rows * cols / kind.block_weights();
+    let (qw, sw) = (g.quant_words(), g.scale_words());
+    let mut out = vec![0u8; n * kind.block_bytes()];
+    for (i, block) in out.chunks_exact_mut(kind.block_bytes()).enumerate() {
+        for j in 0..qw {
+            block[g.quants.0 + 4 * j..][..4].copy_from_slice(&words[i * qw + j].to_le_bytes());
         }
-        for w in &words[i * qw..(i + 1) * qw] {
-            out.extend(w.to_le_bytes());
+        for j in 0..sw {
+            block[g.scales.0 + 4 * j..][..4].copy_from_slice(&words[n * qw + i * sw + j].to_le_bytes());
+        }
+        if let Some(h) = g.half {
+            let v = (words[n * (qw + sw) + i / 2] >> (16 * (i % 2))) as u16;
+            block[h..h + 2].copy_from_slice(&v.to_le_bytes());
         }
     }
     out
@@ -138,6 +297,51 @@ pub fn unpack(kind: QuantType, rows: usize, cols: usize, words: &[u32]) -> Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Random valid blocks of every readable block type, decoded by gguf-py
+    /// (`scripts/make_fixtures.py`): equal bit for bit, signs of zeros included.
+    #[test]
+    fn every_block_type_decodes_as_gguf_py_does() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant");
+        let types = [
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q2_K,
+            GgmlType::Q3_K,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+        ];
+        for ty in types {
+            let name = ty.to_string().to_lowercase();
+            let blocks = std::fs::read(dir.join(format!("{name}.blocks"))).unwrap();
+            let want: Vec<u32> = std::fs::read(dir.join(format!("{name}.f32")))
+                .unwrap()
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            assert!(ty.is_readable(), "{ty}");
+            let got: Vec<u32> = dequantize(ty, &blocks).iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got.len(), want.len(), "{ty}: value count");
+            let diff = got.iter().zip(&want).position(|(a, b)| a != b);
+            if let Some(i) = diff {
+                panic!(
+                    "{ty}: value {i} is {} ({:#010x}), gguf-py says {} ({:#010x})",
+                    f32::from_bits(got[i]),
+                    got[i],
+                    f32::from_bits(want[i]),
+                    want[i]
+                );
+            }
+            // The f64 decoding is the same values before rounding.
+            let exact = dequantize_f64(ty, &blocks);
+            assert!(exact.iter().zip(&got).all(|(&e, &g)| e as f32 == f32::from_bits(g)), "{ty}: f64 decoding");
+            eprintln!("{ty}: {} values equal gguf-py's bit for bit", got.len());
+        }
+    }
 
     /// Blocks written by hand, decoded by the formulas of ggml-common.h.
     #[test]

@@ -44,7 +44,7 @@ pub enum GgmlType {
 }
 
 /// What `GgufFile::tensor_f32` can dequantize, in the words its error uses.
-pub const READABLE_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1";
+pub const READABLE_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
 
 impl GgmlType {
     pub fn from_u32(v: u32) -> GgmlType {
@@ -168,7 +168,7 @@ impl GgmlType {
     /// Whether `GgufFile::tensor_f32` can dequantize this type.
     pub fn is_readable(self) -> bool {
         use GgmlType::*;
-        matches!(self, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1)
+        matches!(self, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
     }
 }
 

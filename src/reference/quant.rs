@@ -1,12 +1,13 @@
 //! Quantized matmul through a frozen block-quantized weight: dequantize, then multiply in f64.
 //!
-//! Shapes: M rows of x, N = W's rows (outputs), K = W's columns (inputs, a multiple of 32).
+//! Shapes: M rows of x, N = W's rows (outputs), K = W's columns (inputs, a multiple of the
+//! block: 32, or 256 for the K-quants).
 //! W `[N, K]` in GGUF blocks (`crate::quant` describes them); x `[M, K]`; y, dy `[M, N]`;
 //! dx `[M, K]`. W is frozen: it has no gradient.
 
 use crate::quant::QuantType;
 
-/// The values of GGUF blocks of type `kind`, in order (32 per block): the codec's exact f64
+/// The values of GGUF blocks of type `kind`, in order: the codec's exact f64
 /// decoding, which the kernels are held to.
 pub fn dequantize(kind: QuantType, blocks: &[u8]) -> Vec<f64> {
     crate::quant::dequantize_f64(kind.ggml(), blocks)

@@ -1,6 +1,7 @@
 //! The quantized matmul kernels (`shaders/qmatmul.wgsl`) against the reference: dequantize the
-//! same blocks, then multiply in f64. Every format, awkward shapes (M and N off the 64-wide
-//! tile, size 1, K one block and many), the skinny path (M ≤ 16), bias, alpha and accumulate.
+//! same blocks, then multiply in f64. Every format (the K-quants on rows of 256-weight
+//! super-blocks), awkward shapes (M and N off the 64-wide tile, size 1, K one block and many),
+//! the skinny path (M ≤ 16), bias, alpha and accumulate.
 
 use kiln::kernels::qmatmul::QuantTensor;
 use kiln::kernels::qmatmul::{qmatmul_dx_into, qmatmul_into};
@@ -61,7 +62,8 @@ fn dx_case(rng: &mut Rng, kind: QuantType, (m, n, k): (usize, usize, usize), alp
 }
 
 /// (M, N, K): one of everything, shapes off the tile, the skinny path's edges (16, 17 rows),
-/// and a SmolLM2-sized K = 576.
+/// and a SmolLM2-sized K = 576. K-quants take [`K_SHAPES`]: their rows are 256-weight
+/// super-blocks.
 const SHAPES: [(usize, usize, usize); 9] = [
     (1, 1, 32),
     (3, 7, 32),
@@ -74,16 +76,26 @@ const SHAPES: [(usize, usize, usize); 9] = [
     (70, 100, 576),
 ];
 
+/// (M, N, K) for the K-quants: one super-block, several (every sub-block position and both
+/// Q6_K halves), M and N off the tile, the skinny path's edges.
+const K_SHAPES: [(usize, usize, usize); 7] =
+    [(1, 1, 256), (3, 7, 512), (16, 65, 256), (17, 33, 768), (65, 130, 256), (129, 65, 512), (2, 100, 1024)];
+
+fn shapes(kind: QuantType) -> &'static [(usize, usize, usize)] {
+    if kind.is_k_quant() { &K_SHAPES } else { &SHAPES }
+}
+
 #[test]
 fn qmatmul_forward_every_format_awkward_shapes() {
     let mut rng = Rng::new(40);
     for kind in QuantType::ALL {
-        for &shape in &SHAPES {
+        let b = kind.block_weights();
+        for &shape in shapes(kind) {
             forward_case(&mut rng, kind, shape, false, 1.0, false);
         }
         // Bias, alpha, accumulate on both paths.
-        forward_case(&mut rng, kind, (7, 33, 64), true, 0.5, true);
-        forward_case(&mut rng, kind, (67, 33, 64), true, -2.0, true);
+        forward_case(&mut rng, kind, (7, 33, 2 * b), true, 0.5, true);
+        forward_case(&mut rng, kind, (67, 33, 2 * b), true, -2.0, true);
     }
 }
 
@@ -91,10 +103,10 @@ fn qmatmul_forward_every_format_awkward_shapes() {
 fn qmatmul_dx_every_format_awkward_shapes() {
     let mut rng = Rng::new(41);
     for kind in QuantType::ALL {
-        for &shape in &SHAPES {
+        for &shape in shapes(kind) {
             dx_case(&mut rng, kind, shape, 1.0, false);
         }
-        dx_case(&mut rng, kind, (9, 45, 96), 0.5, true);
+        dx_case(&mut rng, kind, (9, 45, 3 * kind.block_weights()), 0.5, true);
     }
 }
 
@@ -110,7 +122,7 @@ fn quant_tensor_round_trips_through_the_gpu() {
     let gpu = gpu();
     let mut rng = Rng::new(43);
     for kind in QuantType::ALL {
-        let w = weights(&mut rng, kind, 5, 64);
+        let w = weights(&mut rng, kind, 5, 2 * kind.block_weights());
         let qt = QuantTensor::upload(gpu, &w).unwrap();
         assert_eq!(qt.download(gpu).unwrap(), w, "{kind}");
         // On the GPU it takes the file's bytes, rounded up to whole words.

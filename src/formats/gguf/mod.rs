@@ -440,7 +440,7 @@ impl GgufFile {
     }
 
     /// Tensor `name` dequantized to f32, with its row-major shape (the file's dims reversed).
-    /// Reads F32, F16, BF16, Q8_0, Q4_0 and Q4_1; any other type is an error.
+    /// Reads the types of [`READABLE_TYPES`]; any other type is an error.
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let info = self.require_tensor(name)?;
         if !info.ggml_type.is_readable() {
@@ -853,20 +853,23 @@ mod tests {
     fn unsupported_type_is_named() -> Result<()> {
         let f = parse(
             GgufBuilder::new()
-                .tensor("blk.0.ffn_down.weight", &[256, 2], GgmlType::Q6_K, vec![0; 420])
+                .tensor("blk.0.ffn_down.weight", &[256, 2], GgmlType::IQ4_XS, vec![0; 272])
+                .tensor("blk.0.ffn_up.weight", &[256, 2], GgmlType::Q6_K, vec![0; 420])
                 .raw_tensor("odd", &[4], 99, vec![], None)
                 .build(),
         )?;
         let e = err_text(f.tensor_f32("blk.0.ffn_down.weight"));
         assert!(
             e.contains(
-                "tensor `blk.0.ffn_down.weight` has GGUF type Q6_K, kiln reads F32, F16, BF16, \
-                 Q8_0, Q4_0, Q4_1"
+                "tensor `blk.0.ffn_down.weight` has GGUF type IQ4_XS, kiln reads F32, F16, BF16, \
+                 Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K"
             ),
             "{e}"
         );
         // Raw blocks are still available.
-        assert_eq!(f.tensor_bytes("blk.0.ffn_down.weight")?.len(), 420);
+        assert_eq!(f.tensor_bytes("blk.0.ffn_down.weight")?.len(), 272);
+        // The K-quants are read (their decoding is held to gguf-py's in `quant::codec`).
+        assert_eq!(f.tensor_f32("blk.0.ffn_up.weight")?, (vec![0.0; 512], vec![2, 256]));
         let e = err_text(f.tensor_f32("odd"));
         assert!(e.contains("tensor `odd` has GGUF type unknown(99)"), "{e}");
         let e = err_text(f.tensor_f32("nope"));
