@@ -39,6 +39,11 @@ adapter (`peft_adapter/`: LoRA on query/key/value/dense, classifier in modules_t
       lora_loss      float32 [1]
       lora_grad.<key> float32         d lora_loss / d adapter weight, keys as in the adapter file
 
+Under `tokenizers/` it writes tiny tokenizers with the real pre-tokenizers of Llama 3, Qwen2,
+SmolLM and GPT-2 (and a Llama-2-style SentencePiece BPE), their GGUF copies and six families'
+chat templates with transformers' ids: see scripts/tokenizer_fixtures.py (`--tokenizers-only`
+writes just those, without torch work).
+
 Deterministic: fixed seeds, eval mode, all dropouts 0; running it twice gives identical bytes.
 Needs: torch, transformers (5.x), peft (0.21.x), safetensors.
 """
@@ -346,8 +351,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures"))
+    ap.add_argument("--tokenizers-only", action="store_true",
+                    help="write only tokenizers/ (tokenizer_fixtures.py: tiny tokenizers, GGUF copies, chat templates)")
     args = ap.parse_args()
     out_root = os.path.normpath(args.out)
+
+    sys.path.insert(0, here)
+    import tokenizer_fixtures
+    tokenizer_dirs = tokenizer_fixtures.build(out_root)
+    if args.tokenizers_only:
+        return report(tokenizer_dirs)
 
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True)
@@ -360,6 +373,11 @@ def main():
               False, out_root, seed=5678),
         build_bert(out_root, seed=4321),
     ]
+    return report(dirs + tokenizer_dirs)
+
+
+def report(dirs):
+    """Prints each folder's files and sizes; fails when one is too large to commit."""
     for d in dirs:
         total = 0
         print(d)

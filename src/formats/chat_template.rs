@@ -189,6 +189,31 @@ impl PromptFormat {
         PromptFormat::Chat { template, bos, eos, end_of_turn }
     }
 
+    /// A model's prompt format: its chat template (`source`, and where it came from) compiled
+    /// with its special tokens, or the plain format when it has none, which is said once on
+    /// stderr (chats and `--chat` are then refused) naming the model.
+    pub fn for_model(
+        template: Option<(&str, String)>,
+        special: &[(String, String)],
+        tokenizer: &Tokenizer,
+        bos: Option<u32>,
+        eos: u32,
+        model: &str,
+    ) -> Result<PromptFormat> {
+        let Some((source, origin)) = template else {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!(
+                    "note: {model} has no chat template; kiln uses the plain format (text, then eos) and \
+                     refuses chat records and --chat"
+                )
+            });
+            return Ok(PromptFormat::Plain { bos, eos });
+        };
+        let special: Vec<(&str, &str)> = special.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Ok(PromptFormat::chat(ChatTemplate::new(source, origin, &special)?, tokenizer, bos, eos))
+    }
+
     /// The conversation as the template renders it, ending with the assistant's header when
     /// `add_generation_prompt`. Errors for `Plain`.
     pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {

@@ -47,6 +47,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::{Error, Result};
+use crate::formats::chat_template::PromptFormat;
 use crate::formats::gguf::GgufFile;
 
 /// `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
@@ -212,6 +213,22 @@ impl GgufTokenizer {
         Ok(GgufTokenizer { tokenizer, bos, eos, pad, add_bos, chat_template })
     }
 
+    /// The file's prompt format: `tokenizer.chat_template` with the special tokens named by the
+    /// file's ids, or the plain format. `path` names the file in errors.
+    pub fn prompt_format(&self, path: &Path, model: &str) -> Result<PromptFormat> {
+        let named =
+            |key: &str, id: Option<u32>| id.and_then(|id| self.tokenizer.id_to_token(id)).map(|t| (key.to_string(), t));
+        let special: Vec<(String, String)> =
+            [named("bos_token", self.bos), named("eos_token", Some(self.eos)), named("pad_token", self.pad)]
+                .into_iter()
+                .flatten()
+                .collect();
+        let template =
+            self.chat_template.as_deref().map(|t| (t, format!("{}: tokenizer.chat_template", path.display())));
+        let bos = if self.add_bos { self.bos } else { None };
+        PromptFormat::for_model(template, &special, &self.tokenizer, bos, self.eos, model)
+    }
+
     /// Token ids of `text`; `add_special` adds BOS when the file asks for it.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         let encoding =
@@ -313,6 +330,16 @@ impl HfTokenizer {
             }
         };
         Ok(HfTokenizer { tokenizer, bos, eos, add_bos, chat_template, special })
+    }
+}
+
+impl HfTokenizer {
+    /// The folder's prompt format: its chat template, or the plain format; `eos` ends text
+    /// records (config.json's `eos_token_id` where it has one).
+    pub fn prompt_format(&self, eos: u32, model: &str) -> Result<PromptFormat> {
+        let template = self.chat_template.as_ref().map(|(t, origin)| (t.as_str(), origin.clone()));
+        let bos = if self.add_bos { self.bos } else { None };
+        PromptFormat::for_model(template, &self.special, &self.tokenizer, bos, eos, model)
     }
 }
 

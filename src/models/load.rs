@@ -7,7 +7,7 @@ use tokenizers::Tokenizer;
 
 use super::{CausalLm, gguf_llama, load_causal_lm};
 use crate::error::{Error, Result};
-use crate::formats::chat_template::{ChatTemplate, PromptFormat};
+use crate::formats::chat_template::PromptFormat;
 use crate::formats::gguf::GgufFile;
 use crate::formats::tokenizer::{GgufTokenizer, HfTokenizer};
 use crate::gpu::Gpu;
@@ -49,16 +49,8 @@ fn load_gguf(gpu: &Gpu, path: &Path, keep_quantized: bool) -> Result<LoadedLm> {
     // The model first: its architecture and sizes are the likelier mistake to report.
     let model = Box::new(gguf_llama::load_llama_with(gpu, &file, keep_quantized)?);
     let tok = GgufTokenizer::from_gguf(&file)?;
-    let bos = if tok.add_bos { tok.bos } else { None };
     let name = file.get_str("general.name")?.map(str::to_string).unwrap_or_else(|| path.display().to_string());
-    let named = |key: &'static str, id: Option<u32>| id.and_then(|id| tok.tokenizer.id_to_token(id)).map(|t| (key, t));
-    let special: Vec<(&str, String)> =
-        [named("bos_token", tok.bos), named("eos_token", Some(tok.eos)), named("pad_token", tok.pad)]
-            .into_iter()
-            .flatten()
-            .collect();
-    let template = tok.chat_template.as_deref().map(|t| (t, format!("{}: tokenizer.chat_template", path.display())));
-    let format = prompt_format(template, &special, &tok.tokenizer, bos, tok.eos, &name)?;
+    let format = tok.prompt_format(path, &name)?;
     let stop = format.stop_tokens();
     Ok(LoadedLm { model, tokenizer: tok.tokenizer, format, stop, pad: tok.pad.unwrap_or(tok.eos), name })
 }
@@ -86,10 +78,7 @@ fn load_hf(gpu: &Gpu, dir: &Path) -> Result<LoadedLm> {
                 .into(),
         })?;
     let name = dir.display().to_string();
-    let special: Vec<(&str, String)> = tok.special.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    let template = tok.chat_template.as_ref().map(|(t, origin)| (t.as_str(), origin.clone()));
-    let bos = if tok.add_bos { tok.bos } else { None };
-    let format = prompt_format(template, &special, &tok.tokenizer, bos, eos, &name)?;
+    let format = tok.prompt_format(eos, &name)?;
     // Instruct models list every token that ends a reply in generation_config.json (Llama 3:
     // <|end_of_text|>, <|eom_id|>, <|eot_id|>).
     let mut stop = format.stop_tokens();
@@ -101,29 +90,4 @@ fn load_hf(gpu: &Gpu, dir: &Path) -> Result<LoadedLm> {
     }
     let pad = ids(&config["pad_token_id"]).first().copied().unwrap_or(eos);
     Ok(LoadedLm { model, tokenizer: tok.tokenizer, format, stop, pad, name })
-}
-
-/// The model's chat template as its prompt format, or the plain format when it has none (said
-/// once on stderr, since chats and `--chat` are then refused).
-fn prompt_format(
-    template: Option<(&str, String)>,
-    special: &[(&str, String)],
-    tokenizer: &Tokenizer,
-    bos: Option<u32>,
-    eos: u32,
-    name: &str,
-) -> Result<PromptFormat> {
-    let Some((source, origin)) = template else {
-        static SAID: std::sync::Once = std::sync::Once::new();
-        SAID.call_once(|| {
-            eprintln!(
-                "note: {name} has no chat template; kiln uses the plain format (text, then eos) and refuses \
-                 chat records and --chat"
-            )
-        });
-        return Ok(PromptFormat::Plain { bos, eos });
-    };
-    let special: Vec<(&str, &str)> = special.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let template = ChatTemplate::new(source, origin, &special)?;
-    Ok(PromptFormat::chat(template, tokenizer, bos, eos))
 }
