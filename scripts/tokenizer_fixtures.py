@@ -71,6 +71,11 @@ STRINGS = [
     "日本語 中文 한국어 русский",
     "a\n \n  \n   b",
     "x    y\t\tz     ",
+    "HELLO'S WORLD'LL we'Re i'D",
+    "x=(a+b)*[c-d]/{e};\n\n\tfoo_bar $var @home #tag",
+    "$10,000.00 vs 9999999 and 42nd 3rd",
+    "!!!\n\n\n???   \n.\r\n",
+    "über-straße... naïve—ok «quote»",
     "",
 ]
 
@@ -517,6 +522,13 @@ def ids_of(tok, strings, special):
     return [tok(s, add_special_tokens=special)["input_ids"] for s in strings]
 
 
+def pre_tokens_of(tok, strings):
+    """The pieces transformers' pre-tokenizer cuts each string into (byte-level spelling): the
+    regex check that ids alone may miss when a tiny vocabulary has no merge across a cut."""
+    pre = tok.backend_tokenizer.pre_tokenizer
+    return [[piece for piece, _ in pre.pre_tokenize_str(s)] for s in strings]
+
+
 def write_gguf(path, tokens, merges, specials_start, n_specials, extra, pre, cfg, template, j):
     """The vocabulary as llama.cpp's converter writes a gpt2-model tokenizer."""
     w = gguf.GGUFWriter(path, "llama")
@@ -562,13 +574,14 @@ def build(out_root):
                    TEMPLATES[template][0] if template else None, j)
         hf = AutoTokenizer.from_pretrained(d)
         expected = {"strings": STRINGS, "ids": ids_of(hf, STRINGS, False), "ids_special": ids_of(hf, STRINGS, True),
-                    "pre": pre, "template": template}
+                    "pre_tokens": pre_tokens_of(hf, STRINGS), "pre": pre, "template": template}
         # transformers' own GGUF loader on the same metadata (a vocabulary-only file).
         with tempfile.TemporaryDirectory() as tmp:
             shutil.copy(os.path.join(d, "tokenizer.gguf"), tmp)
             try:
                 g = AutoTokenizer.from_pretrained(tmp, gguf_file="tokenizer.gguf")
                 expected["gguf_ids"] = ids_of(g, STRINGS, False)
+                expected["gguf_pre_tokens"] = pre_tokens_of(g, STRINGS)
             except Exception as e:  # recorded, so the Rust test can say what transformers did
                 expected["gguf_error"] = f"{type(e).__name__}: {e}"
         write_json(os.path.join(d, "expected.json"), expected)

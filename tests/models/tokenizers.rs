@@ -36,6 +36,24 @@ fn strings(v: &Value) -> Vec<String> {
     v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
 }
 
+/// The pieces `tok`'s pre-tokenizer cuts `text` into, in the byte-level spelling.
+fn pre_tokens(tok: &::tokenizers::Tokenizer, text: &str) -> Vec<String> {
+    use ::tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+    let mut s = PreTokenizedString::from(text);
+    tok.get_pre_tokenizer().unwrap().pre_tokenize(&mut s).unwrap();
+    s.get_splits(OffsetReferential::Original, OffsetType::Byte).into_iter().map(|(p, _, _)| p.to_string()).collect()
+}
+
+/// The regexes themselves: a tiny vocabulary may have no merge across a cut where two
+/// pre-tokenizers differ, so ids alone could agree by luck.
+fn check_pre_tokens(what: &str, tok: &::tokenizers::Tokenizer, texts: &[String], want: &Value) {
+    let want: Vec<Vec<String>> = want.as_array().unwrap().iter().map(strings).collect();
+    for (t, w) in texts.iter().zip(&want) {
+        assert_eq!(&pre_tokens(tok, t), w, "{what}: pre-tokens of {t:?}");
+    }
+    eprintln!("{what}: {} strings cut into transformers' pre-tokens", texts.len());
+}
+
 /// Prints each mismatch with the string, so a failure shows which text split differently.
 fn check_ids(what: &str, texts: &[String], got: &[Vec<u32>], want: &[Vec<u32>]) {
     let bad: Vec<String> = texts
@@ -85,6 +103,25 @@ fn gguf_vocabularies_tokenize_as_transformers() {
         // The family's own tokenizer.json, and transformers' GGUF loader on the same file.
         check_ids(&format!("{name} GGUF vs tokenizer.json"), &texts, &got, &id_lists(&e["ids"]));
         check_ids(&format!("{name} GGUF vs transformers' GGUF"), &texts, &got, &id_lists(&e["gguf_ids"]));
+        // The file's pre-tokenizer against the folder's tokenizer.json as written.
+        let folder = HfTokenizer::open(&dir).unwrap();
+        for t in &texts {
+            assert_eq!(pre_tokens(&tok.tokenizer, t), pre_tokens(&folder.tokenizer, t), "{name}: pre-tokens of {t:?}");
+        }
+        // And against transformers, except smollm: transformers' GPT2Tokenizer class (the one
+        // SmolLM2's tokenizer_config.json names) and its GGUF loader cut with the GPT-2 regex,
+        // where the tokenizer.json and llama.cpp split digits first. The ids agree, above,
+        // because a vocabulary trained on split digits (this one, SmolLM2's 48900 merges) has no
+        // merge of two digits.
+        if name != "smollm" {
+            check_pre_tokens(&format!("{name} GGUF vs tokenizer.json"), &tok.tokenizer, &texts, &e["pre_tokens"]);
+            check_pre_tokens(
+                &format!("{name} GGUF vs transformers' GGUF"),
+                &tok.tokenizer,
+                &texts,
+                &e["gguf_pre_tokens"],
+            );
+        }
         let with_bos: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t, true).unwrap()).collect();
         check_ids(&format!("{name} GGUF add_bos_token"), &texts, &with_bos, &id_lists(&e["ids_special"]));
     }
