@@ -13,6 +13,10 @@
 //! Roles are `system`, `user` and `assistant`; other keys on a line are ignored; blank lines are
 //! skipped. Anything else is an error naming the file and line.
 //!
+//! Records become tokens through the model's [`PromptFormat`]: its own chat template (rendered by
+//! `formats::chat_template`, tokenized as transformers' `apply_chat_template`) or, for a model
+//! without one, plain text.
+//!
 //! Shapes: `B` batch, `T` tokens (the longest example of the batch).
 
 use std::path::{Path, PathBuf};
