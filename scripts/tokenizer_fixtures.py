@@ -76,6 +76,11 @@ STRINGS = [
     "$10,000.00 vs 9999999 and 42nd 3rd",
     "!!!\n\n\n???   \n.\r\n",
     "über-straße... naïve—ok «quote»",
+    # Special and added tokens inside text: each tokenizer matches its own whole and spells the
+    # others out.
+    "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>ok<|endoftext|>",
+    "<s>[INST] hi [/INST] ok</s><|user|>\nx<|end|>\n<|assistant|>",
     "",
 ]
 
