@@ -198,6 +198,28 @@ fn chat_template_trains_and_generates_end_to_end() {
     assert_eq!(out.trim(), "w50 w51 w52", "stderr {err}, evals {evals:?}");
     assert!(err.contains("[3 tokens"), "{err}");
 
+    // `kiln eval` prompts with the template too: each held-out chat's turns before its answer.
+    let r = eval_report(
+        &[
+            "--model",
+            &m,
+            "--lora",
+            &adapter,
+            "--data",
+            &s(&data.join("valid.jsonl")),
+            "--gen-tokens",
+            "6",
+            "--no-latency",
+            "--no-edge-cases",
+            "--no-counterfactual",
+            "--bootstrap",
+            "10",
+        ],
+        &tmp.path().join("eval"),
+    );
+    let generation = &r["language_model"]["generation"];
+    assert_eq!(generation["exact_match"].as_f64(), Some(1.0), "{generation}");
+
     // Without a template: a note, once, and --chat refused by name.
     let plain = tmp.path().join("plain");
     std::fs::create_dir_all(&plain).unwrap();
