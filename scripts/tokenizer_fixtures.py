@@ -518,9 +518,21 @@ TEMPLATES = {
 
 
 def write_json(path, obj):
+    """One key per line and one list item per line, each written compactly: small files whose
+    diffs still show which string or vocabulary entry changed."""
+    def compact(v):
+        return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+
+    def value(v):
+        if isinstance(v, list) and v:
+            return "[\n  " + ",\n  ".join(compact(x) for x in v) + "\n ]"
+        if isinstance(v, dict) and v:
+            return "{\n  " + ",\n  ".join(f"{compact(k)}: {compact(x)}" for k, x in v.items()) + "\n }"
+        return compact(v)
+
+    lines = [f" {compact(k)}: {value(v)}" for k, v in obj.items()]
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
-        f.write("\n")
+        f.write("{\n" + ",\n".join(lines) + "\n}\n")
 
 
 def ids_of(tok, strings, special):
