@@ -564,6 +564,56 @@ mod tests {
         Ok(())
     }
 
+    /// A folder with a tiny byte-level tokenizer.json (the GGUF vocabulary above, saved) and
+    /// `config` as tokenizer_config.json.
+    fn hf_folder(config: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = GgufTokenizer::from_gguf(&tiny_file("gpt2", None, true).unwrap()).unwrap();
+        tok.tokenizer.save(dir.path().join("tokenizer.json"), false).unwrap();
+        std::fs::write(dir.path().join("tokenizer_config.json"), config).unwrap();
+        dir
+    }
+
+    #[test]
+    fn tokenizer_config_gives_special_tokens_bos_and_template() -> Result<()> {
+        let dir = hf_folder(
+            r#"{"bos_token": {"content": "<|im_start|>"}, "eos_token": "<|im_end|>", "pad_token": null,
+                "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}"#,
+        );
+        let tok = HfTokenizer::open(dir.path())?;
+        assert_eq!((tok.bos, tok.eos), (Some(1), Some(2)));
+        // No add_bos_token: the post-processor decides (this tokenizer.json puts bos first).
+        assert!(tok.add_bos);
+        assert_eq!(tok.chat_template.as_ref().map(|t| t.0.as_str()), Some("D"));
+        assert_eq!(
+            tok.special,
+            vec![("bos_token".into(), "<|im_start|>".into()), ("eos_token".into(), "<|im_end|>".into())]
+        );
+        // chat_template.jinja, as transformers 5 saves it, wins over the config's.
+        std::fs::write(dir.path().join("chat_template.jinja"), "J").unwrap();
+        assert_eq!(HfTokenizer::open(dir.path())?.chat_template.map(|t| t.0), Some("J".into()));
+        let dir = hf_folder(r#"{"bos_token": "<|im_start|>", "add_bos_token": false}"#);
+        assert!(!HfTokenizer::open(dir.path())?.add_bos);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_tokenizer_configs_name_the_file_and_key() {
+        let cases = [
+            (r#"{"bos_token": "<nope>"}"#, "`bos_token` is `<nope>`, which tokenizer.json does not have"),
+            (r#"{"eos_token": 3}"#, "`eos_token` is 3; expected a token string"),
+            (r#"{"add_bos_token": true}"#, "`add_bos_token` is true but there is no `bos_token`"),
+            (r#"{"chat_template": [{"name": "x", "template": "T"}]}"#, "without a `default` one"),
+            (r#"{"chat_template": 5}"#, "`chat_template` is 5; expected a string"),
+            ("{not json", "tokenizer_config.json"),
+        ];
+        for (config, want) in cases {
+            let dir = hf_folder(config);
+            let e = HfTokenizer::open(dir.path()).err().expect("refused").to_string();
+            assert!(e.contains("tokenizer_config.json") && e.contains(want), "expected `{want}` in: {e}");
+        }
+    }
+
     #[test]
     fn refuses_bad_vocabularies() -> Result<()> {
         let base = || {
