@@ -3,12 +3,13 @@
 //!
 //! ```text
 //! cargo run --release --example gguf_check -- ~/.cache/kiln/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
-//! cargo run --release --example gguf_check -- FILE --dump DIR   # also write DIR/kiln.safetensors, DIR/kiln_tokens.json
+//! cargo run --release --example gguf_check -- FILE --dump DIR   # also write DIR/kiln.safetensors, DIR/kiln_tokens.json, DIR/kiln_chat.json
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use kiln::data::lm::{Message, Record, Role, tokenize};
 use kiln::formats::gguf::{GgufFile, GgufValue};
 use kiln::formats::tokenizer::GgufTokenizer;
 
@@ -97,8 +98,44 @@ fn main() -> kiln::Result<()> {
         ids.insert(s.to_string(), enc);
     }
 
+    // The file's chat template: a conversation with and without a system message, rendered with
+    // and without the generation prompt, and tokenized as a training record.
+    let format = tok.prompt_format(&path, "gguf_check")?;
+    let mut chats = Vec::new();
+    let conversation = [
+        Message::new(Role::System, "Be brief."),
+        Message::new(Role::User, "What's 12345 + 67890?"),
+        Message::new(Role::Assistant, "80235 🦀"),
+        Message::new(Role::User, "Merci, café naïve!"),
+        Message::new(Role::Assistant, "De rien."),
+    ];
+    for messages in [&conversation[..], &conversation[1..]] {
+        for generation_prompt in [true, false] {
+            let shown = if generation_prompt { &messages[..messages.len() - 1] } else { messages };
+            let text = format.render_chat(shown, generation_prompt)?;
+            let ids = tok.encode(&text, false)?;
+            println!(
+                "  chat ({} messages, generation prompt {generation_prompt}) -> {} tokens",
+                shown.len(),
+                ids.len()
+            );
+            let json_messages: Vec<serde_json::Value> =
+                shown.iter().map(|m| serde_json::json!({"role": m.role.as_str(), "content": m.content})).collect();
+            let mut entry = serde_json::json!({"messages": json_messages, "add_generation_prompt": generation_prompt,
+                "text": text, "ids": ids});
+            if !generation_prompt {
+                entry["record_ids"] =
+                    tokenize(&Record::Chat(shown.to_vec()), &tok.tokenizer, &format, 4096)?.ids.into();
+            }
+            chats.push(entry);
+        }
+    }
+
     if let Some(dir) = dump {
         std::fs::create_dir_all(&dir).map_err(|e| kiln::Error::io(&dir, e))?;
+        let chat_json = dir.join("kiln_chat.json");
+        std::fs::write(&chat_json, serde_json::to_string_pretty(&chats).expect("chats serialize"))
+            .map_err(|e| kiln::Error::io(&chat_json, e))?;
         let mut tensors = Vec::new();
         for name in TENSORS {
             let (values, shape) = file.tensor_f32(name)?;

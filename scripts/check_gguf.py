@@ -8,7 +8,9 @@ dequantized (kiln.safetensors) and the token ids of a list of awkward strings (k
 then compares:
   - each tensor with gguf-py's `GGUFReader` + `gguf.quants.dequantize` (same row-major order):
     shape and max abs error;
-  - each string's ids with `AutoTokenizer.from_pretrained(dir, gguf_file=name)` from transformers.
+  - each string's ids with `AutoTokenizer.from_pretrained(dir, gguf_file=name)` from transformers;
+  - the file's chat template: kiln's rendering and ids (and a chat record's training ids) against
+    `apply_chat_template` for a conversation with and without a system message (kiln_chat.json).
 Exits 1 on any shape difference, dequant error above 1e-6, or token id mismatch.
 
 Needs: gguf, transformers, safetensors, numpy (pip). Get the file with
@@ -88,6 +90,22 @@ def main():
             print(f"        kiln pieces         {hf.convert_ids_to_tokens(ours)}")
             print(f"        transformers pieces {hf.convert_ids_to_tokens(ref)}")
     print(f"token ids: {matched}/{len(kiln_ids)} strings identical")
+
+    # ---- chat template ----
+    with open(os.path.join(dump, "kiln_chat.json")) as f:
+        chats = json.load(f)
+    for c in chats:
+        gen = c["add_generation_prompt"]
+        text = hf.apply_chat_template(c["messages"], add_generation_prompt=gen, tokenize=False)
+        ids = hf.apply_chat_template(c["messages"], add_generation_prompt=gen, tokenize=True)
+        if not isinstance(ids, list):
+            ids = ids["input_ids"]
+        same = text == c["text"] and ids == c["ids"] and c.get("record_ids", ids) == ids
+        ok &= same
+        print(f"  {'same' if same else 'DIFF'}  chat of {len(c['messages'])} messages, add_generation_prompt={gen}: "
+              f"{len(ids)} tokens")
+        if not same:
+            print(f"        kiln         {c['text']!r}\n        transformers {text!r}")
 
     print("\nOK" if ok else "\nMISMATCH")
     return 0 if ok else 1

@@ -44,6 +44,11 @@ q4_k, q5_k, q6_k), `T.blocks` (random but valid blocks: random quant bytes, f16 
 sane magnitudes of both signs, some zero) and `T.f32` (little-endian f32: gguf-py's
 `gguf.quants.dequantize` of them, the values kiln must equal bit for bit).
 
+Under `tokenizers/` it writes tiny tokenizers with the real pre-tokenizers of Llama 3, Qwen2,
+SmolLM and GPT-2 (and a Llama-2-style SentencePiece BPE), their GGUF copies and six families'
+chat templates with transformers' ids: see scripts/tokenizer_fixtures.py (`--tokenizers-only`
+writes just those, without torch work).
+
 Deterministic: fixed seeds, eval mode, all dropouts 0; running it twice gives identical bytes.
 Needs: torch, transformers (5.x), peft (0.21.x), safetensors.
 """
@@ -384,8 +389,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures"))
+    ap.add_argument("--tokenizers-only", action="store_true",
+                    help="write only tokenizers/ (tokenizer_fixtures.py: tiny tokenizers, GGUF copies, chat templates)")
     args = ap.parse_args()
     out_root = os.path.normpath(args.out)
+
+    sys.path.insert(0, here)
+    import tokenizer_fixtures
+    tokenizer_dirs = tokenizer_fixtures.build(out_root)
+    if args.tokenizers_only:
+        return report(tokenizer_dirs)
 
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True)
@@ -399,6 +412,11 @@ def main():
         build_bert(out_root, seed=4321),
         build_quant(out_root, seed=2468),
     ]
+    return report(dirs + tokenizer_dirs)
+
+
+def report(dirs):
+    """Prints each folder's files and sizes; fails when one is too large to commit."""
     for d in dirs:
         total = 0
         print(d)

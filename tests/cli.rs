@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{tiny_bert, tiny_model};
+use common::{tiny_bert, tiny_chat_model, tiny_model};
 use kiln::gpu::AdapterChoice;
 use kiln::models::{LmInput, load_causal_lm};
 
@@ -116,6 +116,123 @@ fn train_generate_export_end_to_end() {
     let got = load_causal_lm(&gpu, &merged).unwrap().all_logits(&gpu, &input).unwrap().to_f32_vec(&gpu).unwrap();
     let err = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(err < 1e-4, "merged model logits differ from base + adapter by {err}");
+}
+
+/// The model's own chat template end to end: `kiln train` on chat records (system, user,
+/// assistant; the assistant always answers `w50 w51 w52`) learns the assistant's answer, and `kiln generate --chat` renders the same
+/// template and answers. A model without a template says so once and refuses `--chat`.
+#[test]
+fn chat_template_trains_and_generates_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data, run) = (tmp.path().join("model"), tmp.path().join("data"), tmp.path().join("run"));
+    for d in [&model, &data] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    tiny_chat_model(&model);
+    let line = |s: usize| {
+        let w = |k: usize| format!("w{}", 3 + (s + k) % 90);
+        let m = |role: &str, content: String| serde_json::json!({"role": role, "content": content});
+        let messages = [
+            m("system", "w1".into()),
+            m("user", format!("{} {} {}", w(0), w(1), w(2))),
+            m("assistant", "w50 w51 w52".into()),
+        ];
+        format!("{}\n", serde_json::json!({ "messages": messages }))
+    };
+    std::fs::write(data.join("train.jsonl"), (0..80).filter(|s| s % 5 != 0).map(line).collect::<String>()).unwrap();
+    std::fs::write(data.join("valid.jsonl"), (0..80).filter(|s| s % 5 == 0).map(line).collect::<String>()).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (m, d, r) = (s(&model), s(&data), s(&run));
+    let (_, err) = kiln(&[
+        "train",
+        "--model",
+        &m,
+        "--data",
+        &d,
+        "--out",
+        &r,
+        "--steps",
+        "100",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-2",
+        "--eval-every",
+        "50",
+        "--lora-r",
+        "8",
+        "--lora-dropout",
+        "0",
+        "--json",
+        "--target-modules",
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+    ]);
+    assert!(!err.contains("no chat template"), "{err}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let evals: Vec<f64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "eval")
+        .map(|e| e["val_loss"].as_f64().unwrap())
+        .collect();
+    assert!(evals.last().unwrap() < &(evals[0] - 1.0), "validation loss on the assistant turns fell: {evals:?}");
+
+    // The prompt is the template's: system and user turns, then the assistant header, after which
+    // the adapter learned to give the assistant's answer; generation stops at <|im_end|>, the end
+    // of turn read off the template.
+    let adapter = s(&run.join("adapter"));
+    let (out, err) = kiln(&[
+        "generate",
+        "--model",
+        &m,
+        "--lora",
+        &adapter,
+        "--chat",
+        "--system",
+        "w1",
+        "--prompt",
+        "w10 w11 w12",
+        "--max-tokens",
+        "8",
+    ]);
+    assert_eq!(out.trim(), "w50 w51 w52", "stderr {err}, evals {evals:?}");
+    assert!(err.contains("[3 tokens"), "{err}");
+
+    // `kiln eval` prompts with the template too: each held-out chat's turns before its answer.
+    let r = eval_report(
+        &[
+            "--model",
+            &m,
+            "--lora",
+            &adapter,
+            "--data",
+            &s(&data.join("valid.jsonl")),
+            "--gen-tokens",
+            "6",
+            "--no-latency",
+            "--no-edge-cases",
+            "--no-counterfactual",
+            "--bootstrap",
+            "10",
+        ],
+        &tmp.path().join("eval"),
+    );
+    let generation = &r["language_model"]["generation"];
+    assert_eq!(generation["exact_match"].as_f64(), Some(1.0), "{generation}");
+
+    // Without a template: a note, once, and --chat refused by name.
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    tiny_model(&plain);
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["generate", "--model", &s(&plain), "--chat", "--prompt", "w10", "--max-tokens", "2"])
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.matches("has no chat template; kiln uses the plain format").count(), 1, "{err}");
+    assert!(err.contains("has no chat template; drop --chat"), "{err}");
 }
 
 #[test]

@@ -426,6 +426,9 @@ fn mismatched_checkpoints_name_the_tensor() {
 #[path = "models/encoder.rs"]
 mod encoder;
 
+#[path = "models/tokenizers.rs"]
+mod tokenizers;
+
 /// A quantized base computes what its dequantized f32 copy computes: logits (tiled and skinny
 /// paths), the LoRA loss and every LoRA gradient (which flow back through the quantized layers'
 /// dX kernel: layer 0's adapters see the gradient through layer 1's frozen blocks), and the

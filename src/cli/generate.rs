@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::AdapterArgs;
 use crate::data::catalog;
 use crate::data::fetch;
-use crate::data::lm::{Message, PromptFormat, Role};
+use crate::data::lm::{Message, Role};
 use crate::error::{Error, Result};
 use crate::generate::{Sampling, generate};
 use crate::models::load::{LoadedLm, load_lm};
@@ -84,10 +84,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 }
 
 fn render(lm: &LoadedLm, history: &[Message]) -> Result<String> {
-    match lm.format {
-        PromptFormat::ChatMl { .. } => lm.format.render_chat(history, true),
-        PromptFormat::Plain { .. } => Err(Error::invalid("generate", "this model has no chat template; drop --chat")),
+    if !lm.format.is_chat() {
+        return Err(Error::invalid("generate", format!("{} has no chat template; drop --chat", lm.name)));
     }
+    lm.format.render_chat(history, true)
 }
 
 /// Streams the continuation of `text` to stdout and returns it.
@@ -99,7 +99,8 @@ fn respond(
     args: &GenerateArgs,
     sampling: Sampling,
 ) -> Result<String> {
-    let ids = super::train::encode_prompt(lm, text)?;
+    // A rendered template carries its own special tokens; plain text gets the model's bos.
+    let ids = if args.chat { super::train::chat_prompt_ids(lm, text)? } else { super::train::encode_prompt(lm, text)? };
     let mut out = std::io::stdout();
     if echo_prompt {
         print!("{text}");

@@ -12,7 +12,7 @@ use super::AdapterArgs;
 use crate::data::catalog;
 use crate::data::cmudict::{self, PronunciationScore};
 use crate::data::fetch::{self, Asset};
-use crate::data::lm::{self, Example, Message, PromptFormat, Record, Role, make_batches};
+use crate::data::lm::{self, Example, Message, Record, Role, make_batches};
 use crate::error::{Error, Result};
 use crate::formats::peft::TaskType;
 use crate::generate::{Sampling, generate};
@@ -528,11 +528,7 @@ fn retain_set(
     }
     let Some(count) = args.retain_generate else { return Ok((None, serde_json::Value::Null)) };
     // A document starts after the format's bos, or after the end of another one.
-    let start = match lm.format {
-        PromptFormat::Plain { bos: Some(b), .. } | PromptFormat::ChatMl { bos: Some(b), .. } => b,
-        PromptFormat::Plain { eos, .. } => eos,
-        PromptFormat::ChatMl { .. } => lm.stop[0],
-    };
+    let start = lm.format.bos().unwrap_or(lm.stop[0]);
     let len = args.retain_sample_len.min(max_len.saturating_sub(1));
     let bar = ProgressBar::new(count as u64);
     bar.set_style(
@@ -582,21 +578,24 @@ fn cmudict_folder(cache: &Path, seed: u64) -> Result<PathBuf> {
 /// The prompt tokens a completion record's prompt becomes at generation time: a user turn of
 /// the chat template, or the prompt itself.
 pub fn prompt_ids(lm: &LoadedLm, prompt: &str) -> Result<Vec<u32>> {
-    let text = match &lm.format {
-        PromptFormat::ChatMl { .. } => lm.format.render_chat(&[Message::new(Role::User, prompt)], true)?,
-        PromptFormat::Plain { .. } => prompt.to_string(),
-    };
-    encode_prompt(lm, &text)
+    if lm.format.is_chat() {
+        let text = lm.format.render_chat(&[Message::new(Role::User, prompt)], true)?;
+        return chat_prompt_ids(lm, &text);
+    }
+    encode_prompt(lm, prompt)
 }
 
-/// Text already in the model's prompt format as ids, with the format's bos when it has one.
+/// Plain text as ids, with the format's bos when it has one.
 pub fn encode_prompt(lm: &LoadedLm, text: &str) -> Result<Vec<u32>> {
-    let mut ids = match &lm.format {
-        PromptFormat::Plain { bos: Some(b), .. } | PromptFormat::ChatMl { bos: Some(b), .. } => vec![*b],
-        _ => Vec::new(),
-    };
+    let mut ids: Vec<u32> = lm.format.bos().into_iter().collect();
     ids.extend(lm.tokenizer.encode(text, false).map_err(|e| Error::invalid("tokenize", e.to_string()))?.get_ids());
     Ok(ids)
+}
+
+/// A rendered chat template as ids: no special tokens added, the template wrote its own (as
+/// `apply_chat_template(tokenize=True)`).
+pub fn chat_prompt_ids(lm: &LoadedLm, text: &str) -> Result<Vec<u32>> {
+    Ok(lm.tokenizer.encode(text, false).map_err(|e| Error::invalid("tokenize", e.to_string()))?.get_ids().to_vec())
 }
 
 /// Greedy answers to held-out prompt/completion records, scored as pronunciations.

@@ -7,9 +7,9 @@ use std::path::Path;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
+use crate::formats::tokenizer::hf_tokenizer;
 use crate::gpu::Gpu;
 use crate::models::bert::EncoderInput;
-use crate::models::load::hf_tokenizer;
 
 /// One tokenized text: ids and segment ids, at most the tokenizer's truncation length.
 #[derive(Clone, Debug)]

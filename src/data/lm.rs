@@ -13,6 +13,10 @@
 //! Roles are `system`, `user` and `assistant`; other keys on a line are ignored; blank lines are
 //! skipped. Anything else is an error naming the file and line.
 //!
+//! Records become tokens through the model's [`PromptFormat`]: its own chat template (rendered by
+//! `formats::chat_template`, tokenized as transformers' `apply_chat_template`) or, for a model
+//! without one, plain text.
+//!
 //! Shapes: `B` batch, `T` tokens (the longest example of the batch).
 
 use std::path::{Path, PathBuf};
@@ -25,63 +29,11 @@ use crate::data::SplitMix64;
 use crate::error::{Error, Result};
 use crate::kernels::softmax_xent::IGNORE_INDEX;
 
-/// The ChatML turn markers; both must be single added tokens of the tokenizer.
-pub const IM_START: &str = "<|im_start|>";
-pub const IM_END: &str = "<|im_end|>";
-
-/// The system prompt SmolLM2-Instruct's chat template inserts when a conversation has none.
-pub const SMOLLM2_DEFAULT_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+pub use crate::formats::chat_template::{ChatTemplate, Message, PromptFormat, Role};
 
 // ---------------------------------------------------------------------------------------------
 // Records and reading
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
-    }
-
-    /// The role line of a ChatML turn: `user\n`.
-    fn header(self) -> &'static str {
-        match self {
-            Role::System => "system\n",
-            Role::User => "user\n",
-            Role::Assistant => "assistant\n",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Role> {
-        match s {
-            "system" => Some(Role::System),
-            "user" => Some(Role::User),
-            "assistant" => Some(Role::Assistant),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub role: Role,
-    pub content: String,
-}
-
-impl Message {
-    pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self { role, content: content.into() }
-    }
-}
 
 /// One line of a jsonl file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,77 +198,6 @@ fn parse_messages(value: &Value) -> std::result::Result<Vec<Message>, String> {
 // Prompt formats and tokenization
 // ---------------------------------------------------------------------------------------------
 
-/// How records become token sequences.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PromptFormat {
-    /// No template. Text is `bos? text eos`; a completion is `bos? prompt completion eos`, the
-    /// two strings joined verbatim (put any separator in the data). Chat records are refused.
-    Plain { bos: Option<u32>, eos: u32 },
-    /// ChatML: `<|im_start|>role\ncontent<|im_end|>\n` per message. `im_end` ends each turn and is
-    /// also the end of a text record (SmolLM2-Instruct's and Qwen's eos). `default_system` is
-    /// inserted as the first message when a conversation has no system message, as SmolLM2's
-    /// template does ([`SMOLLM2_DEFAULT_SYSTEM`]).
-    ChatMl { bos: Option<u32>, im_start: u32, im_end: u32, default_system: Option<String> },
-}
-
-impl PromptFormat {
-    /// ChatML with the ids of `<|im_start|>` and `<|im_end|>` looked up in `tokenizer`.
-    pub fn chatml(tokenizer: &Tokenizer, bos: Option<u32>, default_system: Option<String>) -> Result<Self> {
-        let id = |token: &str| {
-            tokenizer.token_to_id(token).ok_or_else(|| {
-                Error::invalid(
-                    "PromptFormat::chatml",
-                    format!("the tokenizer has no `{token}` token; it is not ChatML"),
-                )
-            })
-        };
-        Ok(PromptFormat::ChatMl { bos, im_start: id(IM_START)?, im_end: id(IM_END)?, default_system })
-    }
-
-    /// The conversation as this format's template renders it (default system message included),
-    /// ending with `<|im_start|>assistant\n` when `add_generation_prompt`. Errors for `Plain`.
-    pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        match self {
-            PromptFormat::Plain { .. } => {
-                Err(Error::invalid("render_chat", "the plain prompt format has no chat template"))
-            }
-            PromptFormat::ChatMl { default_system, .. } => {
-                Ok(render_chat_prompt(&with_default_system(messages, default_system.as_deref()), add_generation_prompt))
-            }
-        }
-    }
-}
-
-fn with_default_system(messages: &[Message], default_system: Option<&str>) -> Vec<Message> {
-    let mut out = Vec::with_capacity(messages.len() + 1);
-    if let Some(system) = default_system
-        && messages.first().is_none_or(|m| m.role != Role::System)
-    {
-        out.push(Message::new(Role::System, system));
-    }
-    out.extend_from_slice(messages);
-    out
-}
-
-/// ChatML text of a conversation: `<|im_start|>role\ncontent<|im_end|>\n` per message, then
-/// `<|im_start|>assistant\n` when `add_generation_prompt`. Inserts no system message.
-pub fn render_chat_prompt(messages: &[Message], add_generation_prompt: bool) -> String {
-    let mut s = String::new();
-    for m in messages {
-        s.push_str(IM_START);
-        s.push_str(m.role.as_str());
-        s.push('\n');
-        s.push_str(&m.content);
-        s.push_str(IM_END);
-        s.push('\n');
-    }
-    if add_generation_prompt {
-        s.push_str(IM_START);
-        s.push_str("assistant\n");
-    }
-    s
-}
-
 /// One training sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Example {
@@ -343,61 +224,130 @@ enum Piece<'a> {
 
 /// Tokenizes one record into ids and a loss mask, cut to `max_len` tokens.
 ///
-/// Each piece (markup, prompt, content, end token) is tokenized on its own and the ids are
-/// concatenated, so mask boundaries fall exactly between pieces. Special tokens written in text
-/// (e.g. `<|im_end|>` inside content) map to their ids, as with a tokenized template.
+/// Plain text and completions are tokenized piece by piece (bos, prompt, completion, eos) so
+/// mask boundaries fall between pieces. Chats (and completions, as a user turn and an
+/// assistant turn, the way mlx-lm reads them) under a chat template are rendered whole and
+/// tokenized whole, as `apply_chat_template(tokenize=True)` does; see [`chat_example`] for the
+/// loss mask. Special tokens written in text (e.g. `<|im_end|>` inside content) map to their ids,
+/// as with a tokenized template.
 pub fn tokenize(record: &Record, tokenizer: &Tokenizer, format: &PromptFormat, max_len: usize) -> Result<Example> {
     if max_len == 0 {
         return Err(Error::invalid("tokenize", "max_len must be at least 1"));
     }
-    // The conversation a chat template renders; declared first so that `pieces` may borrow it.
-    let conversation: Vec<Message>;
+    let (bos, eos) = match format {
+        PromptFormat::Plain { bos, eos } | PromptFormat::Chat { bos, eos, .. } => (*bos, *eos),
+    };
     let mut pieces: Vec<Piece> = Vec::new();
-    match format {
-        PromptFormat::Plain { bos, eos } => {
-            pieces.extend(bos.map(|bos| Piece::Id(bos, false)));
-            match record {
-                Record::Text(text) => pieces.push(Piece::Text(text, true)),
-                Record::Completion { prompt, completion } => {
-                    pieces.push(Piece::Text(prompt, false));
-                    pieces.push(Piece::Text(completion, true));
-                }
-                Record::Chat(_) => {
+    pieces.extend(bos.map(|bos| Piece::Id(bos, false)));
+    match (record, format) {
+        (Record::Text(text), _) => pieces.push(Piece::Text(text, true)),
+        (Record::Completion { prompt, completion }, PromptFormat::Plain { .. }) => {
+            pieces.push(Piece::Text(prompt, false));
+            pieces.push(Piece::Text(completion, true));
+        }
+        (Record::Chat(_), PromptFormat::Plain { .. }) => {
+            return Err(Error::invalid(
+                "tokenize",
+                "chat records need a chat template, and this model has none (the plain prompt format)",
+            ));
+        }
+        (Record::Completion { prompt, completion }, PromptFormat::Chat { template, end_of_turn, .. }) => {
+            let messages =
+                [Message::new(Role::User, prompt.as_str()), Message::new(Role::Assistant, completion.as_str())];
+            return chat_example(&messages, template, tokenizer, &[*end_of_turn, eos], max_len);
+        }
+        (Record::Chat(messages), PromptFormat::Chat { template, end_of_turn, .. }) => {
+            return chat_example(messages, template, tokenizer, &[*end_of_turn, eos], max_len);
+        }
+    }
+    pieces.push(Piece::Id(eos, true));
+    finish(pieces, tokenizer, max_len)
+}
+
+/// A conversation rendered by its template, tokenized whole, with each assistant turn trained.
+///
+/// The trained span of assistant message `i` starts where the text of the conversation before
+/// it, rendered with the generation prompt, ends (so the assistant header is prompt, as at
+/// generation time), and ends with the first end-of-turn token after that (the `\n` some
+/// templates write after `<|im_end|>` stays untrained). A token is trained when it overlaps a
+/// span, as transformers' `assistant_masks`.
+///
+/// Most templates render the prompt as a prefix of the whole conversation. Some do not (Qwen3's
+/// generation prompt with `enable_thinking=false`, templates that drop old reasoning): then the
+/// span starts where the assistant's content is found in the whole rendering, searching from
+/// where the two renderings part; a content the rendering does not hold verbatim is an error
+/// naming the turn, rather than a guessed mask.
+fn chat_example(
+    messages: &[Message],
+    template: &ChatTemplate,
+    tokenizer: &Tokenizer,
+    end_of_turn: &[u32],
+    max_len: usize,
+) -> Result<Example> {
+    let full = template.render(messages, false)?;
+    let encoding = tokenizer.encode(full.as_str(), false).map_err(|e| {
+        Error::invalid("tokenize", format!("the tokenizer failed on {:?}: {e}", truncate_for_message(&full)))
+    })?;
+    let (ids, offsets) = (encoding.get_ids(), encoding.get_offsets());
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut searched_from = 0;
+    for (i, m) in messages.iter().enumerate() {
+        if m.role != Role::Assistant {
+            continue;
+        }
+        let turn = || {
+            format!(
+                "assistant message {} (messages[{i}])",
+                messages[..=i].iter().filter(|m| m.role == Role::Assistant).count()
+            )
+        };
+        let prompt = template.render(&messages[..i], true)?;
+        let start = if full.starts_with(&prompt) {
+            prompt.len()
+        } else {
+            let common = common_prefix_len(&prompt, &full).max(searched_from);
+            match full[common..].find(m.content.as_str()) {
+                Some(at) if !m.content.is_empty() => common + at,
+                _ => {
                     return Err(Error::invalid(
                         "tokenize",
-                        "chat records need a chat template (the ChatML prompt format), not the plain one",
+                        format!(
+                            "{}: the chat template renders the conversation before it (with the generation \
+                             prompt) as text that is not a prefix of the whole conversation, and the whole \
+                             rendering does not hold the message's text verbatim, so kiln cannot tell which \
+                             tokens are the assistant's",
+                            turn()
+                        ),
                     ));
                 }
             }
-            pieces.push(Piece::Id(*eos, true));
+        };
+        if start < searched_from {
+            return Err(Error::invalid(
+                "tokenize",
+                format!("{}: its rendering starts before the previous turn ends", turn()),
+            ));
         }
-        PromptFormat::ChatMl { bos, im_start, im_end, default_system } => {
-            pieces.extend(bos.map(|bos| Piece::Id(bos, false)));
-            conversation = match record {
-                Record::Text(text) => {
-                    pieces.push(Piece::Text(text, true));
-                    pieces.push(Piece::Id(*im_end, true));
-                    Vec::new()
-                }
-                // As mlx-lm does: the prompt is the user's turn, the completion the assistant's.
-                Record::Completion { prompt, completion } => with_default_system(
-                    &[Message::new(Role::User, prompt.as_str()), Message::new(Role::Assistant, completion.as_str())],
-                    default_system.as_deref(),
-                ),
-                Record::Chat(messages) => with_default_system(messages, default_system.as_deref()),
-            };
-            // `<|im_start|>role\n` content `<|im_end|>` `\n`; an assistant's content and end are trained.
-            for m in &conversation {
-                let trained = m.role == Role::Assistant;
-                pieces.push(Piece::Id(*im_start, false));
-                pieces.push(Piece::Text(m.role.header(), false));
-                pieces.push(Piece::Text(&m.content, trained));
-                pieces.push(Piece::Id(*im_end, trained));
-                pieces.push(Piece::Text("\n", false));
-            }
-        }
+        // The end: the first end-of-turn token at or after the start; the end of the text when the
+        // template closes the last turn with none.
+        let end = ids
+            .iter()
+            .zip(offsets)
+            .find(|&(id, &(s, _))| s >= start && end_of_turn.contains(id))
+            .map(|(_, &(_, e))| e)
+            .unwrap_or(full.len());
+        spans.push((start, end));
+        searched_from = end;
     }
-    finish(pieces, tokenizer, max_len)
+    let loss_mask: Vec<bool> = offsets.iter().map(|&(s, e)| spans.iter().any(|&(a, b)| e > a && s < b)).collect();
+    let truncated = ids.len() > max_len;
+    let n = ids.len().min(max_len);
+    Ok(Example { ids: ids[..n].to_vec(), loss_mask: loss_mask[..n].to_vec(), truncated })
+}
+
+/// Bytes `a` and `b` share at their start, on a character boundary.
+fn common_prefix_len(a: &str, b: &str) -> usize {
+    a.char_indices().zip(b.chars()).find(|&((_, x), y)| x != y).map(|((i, _), _)| i).unwrap_or(a.len().min(b.len()))
 }
 
 fn finish(pieces: Vec<Piece>, tokenizer: &Tokenizer, max_len: usize) -> Result<Example> {
@@ -585,7 +535,7 @@ mod tests {
         };
         let json = serde_json::json!({
             "version": "1.0", "truncation": null, "padding": null,
-            "added_tokens": [added(ENDOFTEXT, "<|endoftext|>"), added(IM_START_ID, IM_START), added(IM_END_ID, IM_END)],
+            "added_tokens": [added(ENDOFTEXT, "<|endoftext|>"), added(IM_START_ID, "<|im_start|>"), added(IM_END_ID, "<|im_end|>")],
             "normalizer": null,
             "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
             "post_processor": null,
@@ -597,8 +547,19 @@ mod tests {
         Tokenizer::from_bytes(serde_json::to_vec(&json).unwrap()).unwrap()
     }
 
+    /// SmolLM2-Instruct's template: ChatML with a default system message.
+    const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    /// Plain ChatML, no default system message.
+    const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    fn format_of(tok: &Tokenizer, source: &str, bos: Option<u32>, eos: u32) -> PromptFormat {
+        PromptFormat::chat(ChatTemplate::new(source, "test", &[]).unwrap(), tok, bos, eos)
+    }
+
+    /// ChatML with `<|im_end|>` as eos, as SmolLM2-Instruct and Qwen2.5-Instruct have it.
     fn chatml(tok: &Tokenizer) -> PromptFormat {
-        PromptFormat::chatml(tok, None, None).unwrap()
+        format_of(tok, CHATML_TEMPLATE, None, IM_END_ID)
     }
 
     fn bytes(s: &str) -> Vec<u32> {
@@ -626,15 +587,18 @@ mod tests {
         let tok = tiny_tokenizer();
         let ids = tok.encode("<|im_start|>user\nhi<|im_end|>", false).unwrap().get_ids().to_vec();
         assert_eq!(ids, [vec![IM_START_ID, 258], bytes("\nhi"), vec![IM_END_ID]].concat());
-        assert_eq!(chatml(&tok), PromptFormat::ChatMl { bos: None, im_start: 260, im_end: 261, default_system: None });
     }
 
     #[test]
-    fn chatml_needs_the_markers() {
-        let json = r#"{"version":"1.0","model":{"type":"WordLevel","vocab":{"a":0,"[UNK]":1},"unk_token":"[UNK]"}}"#;
-        let tok = Tokenizer::from_bytes(json).unwrap();
-        let err = PromptFormat::chatml(&tok, None, None).unwrap_err().to_string();
-        assert!(err.contains("<|im_start|>"), "{err}");
+    fn the_end_of_turn_token_is_read_off_the_template() {
+        let tok = tiny_tokenizer();
+        let f = format_of(&tok, CHATML_TEMPLATE, None, ENDOFTEXT);
+        assert!(matches!(f, PromptFormat::Chat { end_of_turn: IM_END_ID, eos: ENDOFTEXT, .. }), "{f:?}");
+        assert_eq!(f.stop_tokens(), vec![ENDOFTEXT, IM_END_ID]);
+        // A template that closes turns with no special token of the tokenizer: eos ends them.
+        let f = format_of(&tok, "{% for m in messages %}{{ m.content }}\n{% endfor %}", None, ENDOFTEXT);
+        assert!(matches!(f, PromptFormat::Chat { end_of_turn: ENDOFTEXT, .. }), "{f:?}");
+        assert_eq!(f.stop_tokens(), vec![ENDOFTEXT]);
     }
 
     #[test]
@@ -720,26 +684,30 @@ mod tests {
     }
 
     #[test]
-    fn render_chat_prompt_is_chatml() {
+    fn smollm2s_template_inserts_its_default_system_message() {
+        let tok = tiny_tokenizer();
+        let format = format_of(&tok, SMOLLM2_TEMPLATE, None, IM_END_ID);
         let messages =
             vec![Message::new(Role::User, "Pronounce: aachen"), Message::new(Role::Assistant, "AA1 K AH0 N")];
+        let system =
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
         assert_eq!(
-            render_chat_prompt(&messages, false),
-            "<|im_start|>user\nPronounce: aachen<|im_end|>\n<|im_start|>assistant\nAA1 K AH0 N<|im_end|>\n"
+            format.render_chat(&messages, false).unwrap(),
+            format!(
+                "{system}<|im_start|>user\nPronounce: aachen<|im_end|>\n<|im_start|>assistant\nAA1 K AH0 N<|im_end|>\n"
+            )
         );
-        assert_eq!(
-            render_chat_prompt(&messages[..1], true),
-            "<|im_start|>user\nPronounce: aachen<|im_end|>\n<|im_start|>assistant\n"
-        );
-        let format =
-            PromptFormat::ChatMl { bos: None, im_start: 0, im_end: 0, default_system: Some("Be brief".into()) };
         assert_eq!(
             format.render_chat(&messages[..1], true).unwrap(),
-            "<|im_start|>system\nBe brief<|im_end|>\n<|im_start|>user\nPronounce: aachen<|im_end|>\n<|im_start|>assistant\n"
+            format!("{system}<|im_start|>user\nPronounce: aachen<|im_end|>\n<|im_start|>assistant\n")
         );
         let own_system = [Message::new(Role::System, "S"), messages[0].clone()];
-        assert_eq!(format.render_chat(&own_system, false).unwrap(), render_chat_prompt(&own_system, false));
-        assert!(PromptFormat::Plain { bos: None, eos: 0 }.render_chat(&messages, true).is_err());
+        assert_eq!(
+            format.render_chat(&own_system, false).unwrap(),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nPronounce: aachen<|im_end|>\n"
+        );
+        let err = PromptFormat::Plain { bos: None, eos: 0 }.render_chat(&messages, true).unwrap_err().to_string();
+        assert!(err.contains("no chat template"), "{err}");
     }
 
     #[test]
@@ -751,7 +719,7 @@ mod tests {
         assert_eq!(e.loss_mask, [false, true, true, true, true, true]);
         assert!(!e.truncated);
         assert_eq!(e.target_count(), 5);
-        // Under ChatML a text record ends with <|im_end|>, every token trained.
+        // Under a chat template a text record is still text then eos (<|im_end|> here), all trained.
         let e = tokenize(&Record::Text("hi".into()), &tok, &chatml(&tok), 64).unwrap();
         assert_eq!(e.ids, [bytes("hi"), vec![IM_END_ID]].concat());
         assert!(e.loss_mask.iter().all(|&m| m));
@@ -768,23 +736,35 @@ mod tests {
     }
 
     #[test]
-    fn completion_under_chatml_is_a_user_and_assistant_turn() {
+    fn completion_under_a_template_is_a_user_and_assistant_turn() {
         let tok = tiny_tokenizer();
         let record = Record::Completion { prompt: "Pronounce: ox".into(), completion: "AA1 K S".into() };
         let format = chatml(&tok);
         let e = tokenize(&record, &tok, &format, 256).unwrap();
         let text = "<|im_start|>user\nPronounce: ox<|im_end|>\n<|im_start|>assistant\nAA1 K S<|im_end|>\n";
-        // Piece-wise tokenization gives the same ids as tokenizing the rendered template.
         assert_eq!(e.ids, tok.encode(text, false).unwrap().get_ids());
         assert_eq!(trained_text(&tok, &e), "AA1 K S<|im_end|>");
         // The prompt ends with the generation prompt; everything after it but the final "\n" is trained.
         let prompt = format.render_chat(&[Message::new(Role::User, "Pronounce: ox")], true).unwrap();
         let n_prompt = tok.encode(prompt.as_str(), false).unwrap().get_ids().len();
+        assert_eq!(&e.ids[..n_prompt], tok.encode(prompt.as_str(), false).unwrap().get_ids());
         let n = e.ids.len();
         assert!(e.loss_mask[..n_prompt].iter().all(|&m| !m));
         assert!(e.loss_mask[n_prompt..n - 1].iter().all(|&m| m));
         assert!(!e.loss_mask[n - 1]);
         assert_eq!(e.ids[n - 2], IM_END_ID);
+    }
+
+    /// Each trained run of an example, as ids.
+    fn trained_runs(e: &Example) -> Vec<Vec<u32>> {
+        e.ids
+            .iter()
+            .zip(&e.loss_mask)
+            .collect::<Vec<_>>()
+            .split(|(_, m)| !**m)
+            .filter(|r| !r.is_empty())
+            .map(|r| r.iter().map(|(i, _)| **i).collect())
+            .collect()
     }
 
     #[test]
@@ -797,40 +777,56 @@ mod tests {
             Message::new(Role::User, "u2"),
             Message::new(Role::Assistant, "a2"),
         ];
-        let format = PromptFormat::ChatMl {
-            bos: Some(ENDOFTEXT),
-            im_start: IM_START_ID,
-            im_end: IM_END_ID,
-            default_system: None,
-        };
+        // bos is for text records: a template writes its own (this one none).
+        let format = format_of(&tok, CHATML_TEMPLATE, Some(ENDOFTEXT), IM_END_ID);
         let e = tokenize(&Record::Chat(messages.clone()), &tok, &format, 256).unwrap();
-        let rendered = render_chat_prompt(&messages, false);
-        assert_eq!(e.ids[0], ENDOFTEXT);
-        assert_eq!(&e.ids[1..], tok.encode(rendered.as_str(), false).unwrap().get_ids());
+        let rendered = format.render_chat(&messages, false).unwrap();
+        assert_eq!(e.ids, tok.encode(rendered.as_str(), false).unwrap().get_ids());
         assert_eq!(trained_text(&tok, &e), "a1<|im_end|>a2<|im_end|>");
         // Each trained run is exactly "content <|im_end|>" of one assistant turn.
-        let runs: Vec<Vec<u32>> = e
-            .ids
-            .iter()
-            .zip(&e.loss_mask)
-            .collect::<Vec<_>>()
-            .split(|(_, m)| !**m)
-            .filter(|r| !r.is_empty())
-            .map(|r| r.iter().map(|(i, _)| **i).collect())
-            .collect();
-        assert_eq!(runs, vec![[bytes("a1"), vec![IM_END_ID]].concat(), [bytes("a2"), vec![IM_END_ID]].concat()]);
+        assert_eq!(
+            trained_runs(&e),
+            vec![[bytes("a1"), vec![IM_END_ID]].concat(), [bytes("a2"), vec![IM_END_ID]].concat()]
+        );
         assert_eq!(e.target_count(), 6);
 
-        // A default system message is inserted when the conversation has none.
-        let format = PromptFormat::chatml(&tok, None, Some("D".into())).unwrap();
+        // SmolLM2's default system message is inserted when the conversation has none.
+        let format = format_of(&tok, SMOLLM2_TEMPLATE, None, IM_END_ID);
         let e = tokenize(&Record::Chat(messages[1..3].to_vec()), &tok, &format, 256).unwrap();
         let rendered = format.render_chat(&messages[1..3], false).unwrap();
-        assert!(rendered.starts_with("<|im_start|>system\nD<|im_end|>\n"));
+        assert!(rendered.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"));
         assert_eq!(e.ids, tok.encode(rendered.as_str(), false).unwrap().get_ids());
         assert_eq!(trained_text(&tok, &e), "a1<|im_end|>");
 
         let err = tokenize(&Record::Chat(messages), &tok, &PromptFormat::Plain { bos: None, eos: 0 }, 9);
         assert!(err.unwrap_err().to_string().contains("chat template"));
+    }
+
+    #[test]
+    fn a_generation_prompt_that_is_no_prefix_falls_back_to_the_content() {
+        let tok = tiny_tokenizer();
+        // Like Qwen3 with enable_thinking=false: the generation prompt carries an empty thought that
+        // the rendering of a finished turn does not, so the prompt is no prefix of the conversation.
+        let source = "{% for m in messages %}{{ '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n<think></think>' }}{% endif %}";
+        let format = format_of(&tok, source, None, IM_END_ID);
+        let messages = vec![
+            Message::new(Role::User, "u1"),
+            Message::new(Role::Assistant, "a1"),
+            Message::new(Role::User, "u2"),
+            Message::new(Role::Assistant, "a2"),
+        ];
+        let e = tokenize(&Record::Chat(messages.clone()), &tok, &format, 256).unwrap();
+        assert_eq!(
+            trained_runs(&e),
+            vec![[bytes("a1"), vec![IM_END_ID]].concat(), [bytes("a2"), vec![IM_END_ID]].concat()]
+        );
+
+        // A template that rewrites the assistant's text: no prefix, no verbatim content: an error
+        // naming the turn, not a guessed mask.
+        let source = "{% for m in messages %}{{ '<|im_start|>' + m.role + '\n' + m.content.upper() + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n<think>' }}{% endif %}";
+        let format = format_of(&tok, source, None, IM_END_ID);
+        let err = tokenize(&Record::Chat(messages), &tok, &format, 256).unwrap_err().to_string();
+        assert!(err.contains("assistant message 1 (messages[1])") && err.contains("not a prefix"), "{err}");
     }
 
     #[test]

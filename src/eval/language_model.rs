@@ -7,8 +7,8 @@ use super::counterfactual::{Outcome, Variant};
 use super::edge_cases::{EdgeCase, EdgeResult};
 use super::latency::{Percentiles, ThroughputPoint};
 use super::report::GenerationTiming;
-use crate::cli::train::{encode_prompt, prompt_ids};
-use crate::data::lm::{Example, Message, PromptFormat, Record, Role, make_batches, tokenize};
+use crate::cli::train::{chat_prompt_ids, encode_prompt, prompt_ids};
+use crate::data::lm::{Example, Message, Record, Role, make_batches, tokenize};
 use crate::error::{Error, Result};
 use crate::generate::{Sampling, generate};
 use crate::gpu::Gpu;
@@ -80,7 +80,7 @@ impl LmEval<'_> {
                 let last = messages.iter().rposition(|m| m.role == Role::Assistant).unwrap_or(messages.len());
                 let shown = messages[..last].iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join(" / ");
                 let text = self.lm.format.render_chat(&messages[..last], true)?;
-                Ok((encode_prompt(&self.lm, &text)?, messages.get(last).map(|m| m.content.clone()), shown))
+                Ok((chat_prompt_ids(&self.lm, &text)?, messages.get(last).map(|m| m.content.clone()), shown))
             }
             Record::Text(text) => {
                 let ids = encode_prompt(&self.lm, text)?;
@@ -301,7 +301,7 @@ impl LmEval<'_> {
 
     /// Whether the format wraps prompts in a chat template.
     pub fn is_chat(&self) -> bool {
-        matches!(self.lm.format, PromptFormat::ChatMl { .. })
+        self.lm.format.is_chat()
     }
 }
 

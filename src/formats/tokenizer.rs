@@ -1,4 +1,7 @@
-//! A `tokenizers::Tokenizer` rebuilt from the tokenizer a GGUF file carries in its metadata.
+//! Tokenizers as models define them: a Hugging Face folder's `tokenizer.json` (through the
+//! `tokenizers` crate, whatever its pre-tokenizer) with `tokenizer_config.json` around it
+//! ([`HfTokenizer`]), and a `tokenizers::Tokenizer` rebuilt from the tokenizer a GGUF file
+//! carries in its metadata ([`GgufTokenizer`]).
 //!
 //! A GGUF has no `tokenizer.json`; llama.cpp stores the vocabulary under `tokenizer.ggml.*` keys.
 //! SentencePiece vocabularies (`tokenizer.ggml.model = "llama"`: Gemma, Llama 2, Mistral v0.1,
@@ -17,8 +20,10 @@
 //!
 //! | `tokenizer.ggml.pre`                     | split before byte-level BPE                          |
 //! |------------------------------------------|------------------------------------------------------|
-//! | absent, `default`, `gpt2`                | GPT-2 regex                                          |
+//! | absent, `default`, `gpt2`, `gpt-2`      | GPT-2 regex                                          |
 //! | `smollm`, `starcoder`, `refact`, `codeshell` | every digit alone, then the GPT-2 regex          |
+//! | `llama-bpe`, `llama3`, `llama-v3`        | Llama 3's regex (numbers in threes), byte-level      |
+//! | `qwen2`, `deepseek-r1-qwen`              | Qwen2's regex (digits alone), byte-level             |
 //!
 //! For the second row llama.cpp (`llama-vocab.cpp`: `"\p{N}"` then the GPT-2 regex) and the
 //! original SmolLM2 `tokenizer.json` (`Digits(individual_digits)` then `ByteLevel`) agree;
@@ -26,19 +31,27 @@
 //! digits split, so none of its 48900 merges holds an ASCII digit and both give the same ids
 //! (scripts/check_gguf.py compares them, digits included).
 //!
-//! Other pre-tokenizers (`llama-bpe`, `qwen2`, ...) use other regexes and are refused by name
-//! rather than tokenized slightly wrong.
+//! The last two rows are the `Split` regexes of Llama 3's and Qwen2's `tokenizer.json` followed
+//! by byte-level without the GPT-2 regex, as those files and transformers' GGUF loader have them.
+//! (Qwen2's `tokenizer.json` also NFC-normalizes; its GGUF, in llama.cpp and in transformers, does
+//! not, so a decomposed accent can tokenize differently from the folder.) Other pre-tokenizers
+//! use other regexes and are refused by name rather than tokenized slightly wrong.
 
+use std::path::Path;
+
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::{Error, Result};
+use crate::formats::chat_template::PromptFormat;
 use crate::formats::gguf::GgufFile;
 use crate::formats::sentencepiece;
 
@@ -139,6 +152,22 @@ impl GgufTokenizer {
         Ok(GgufTokenizer { tokenizer, bos, eos, pad, add_bos, chat_template })
     }
 
+    /// The file's prompt format: `tokenizer.chat_template` with the special tokens named by the
+    /// file's ids, or the plain format. `path` names the file in errors.
+    pub fn prompt_format(&self, path: &Path, model: &str) -> Result<PromptFormat> {
+        let named =
+            |key: &str, id: Option<u32>| id.and_then(|id| self.tokenizer.id_to_token(id)).map(|t| (key.to_string(), t));
+        let special: Vec<(String, String)> =
+            [named("bos_token", self.bos), named("eos_token", Some(self.eos)), named("pad_token", self.pad)]
+                .into_iter()
+                .flatten()
+                .collect();
+        let template =
+            self.chat_template.as_deref().map(|t| (t, format!("{}: tokenizer.chat_template", path.display())));
+        let bos = if self.add_bos { self.bos } else { None };
+        PromptFormat::for_model(template, &special, &self.tokenizer, bos, self.eos, model)
+    }
+
     /// Token ids of `text`; `add_special` adds BOS when the file asks for it.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         let encoding =
@@ -206,8 +235,7 @@ fn byte_level_bpe(file: &GgufFile) -> Result<Tokenizer> {
     let pre = file.get_str("tokenizer.ggml.pre")?;
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer(pre).ok_or_else(|| {
         err(format!(
-            "tokenizer.ggml.pre is `{}`; kiln knows the byte-level pre-tokenizers default, \
-                 gpt2, smollm, starcoder, refact, codeshell",
+            "tokenizer.ggml.pre is `{}`; kiln knows the byte-level pre-tokenizers {KNOWN_PRE}",
             pre.unwrap_or_default()
         ))
     })?));
@@ -229,15 +257,157 @@ fn byte_level_bpe(file: &GgufFile) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
+/// The tokenizer of a Hugging Face folder and what `tokenizer_config.json` says around it.
+pub struct HfTokenizer {
+    pub tokenizer: Tokenizer,
+    /// `bos_token`'s id.
+    pub bos: Option<u32>,
+    /// `eos_token`'s id.
+    pub eos: Option<u32>,
+    /// Whether a text starts with bos: `add_bos_token` when the config has it, otherwise whether
+    /// `tokenizer.json`'s post-processor puts bos first (Llama 3's does, Qwen2's does not).
+    pub add_bos: bool,
+    /// `chat_template.jinja`, or `chat_template` in `tokenizer_config.json` (the `default` one of a
+    /// list of named templates), with where it came from.
+    pub chat_template: Option<(String, String)>,
+    /// The special tokens by name as a chat template sees them (`bos_token`, `eos_token`, ...).
+    pub special: Vec<(String, String)>,
+}
+
+impl HfTokenizer {
+    /// Reads `tokenizer.json` (or vocab.json + merges.txt) and, when present,
+    /// `tokenizer_config.json` and `chat_template.jinja`.
+    pub fn open(dir: &Path) -> Result<HfTokenizer> {
+        let tokenizer = hf_tokenizer(dir)?;
+        let config_path = dir.join("tokenizer_config.json");
+        let config: serde_json::Value = if config_path.is_file() {
+            let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+            serde_json::from_str(&text)
+                .map_err(|e| Error::Parse { path: config_path.clone(), message: e.to_string() })?
+        } else {
+            serde_json::Value::Null
+        };
+        let err = |message: String| Error::Parse { path: config_path.clone(), message };
+
+        // A special token is a string or an AddedToken dict ({"content": ...}).
+        let mut special = Vec::new();
+        for key in ["bos_token", "eos_token", "unk_token", "pad_token"] {
+            let content = match &config[key] {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+                serde_json::Value::Null => None,
+                other => return Err(err(format!("`{key}` is {other}; expected a token string"))),
+            };
+            if let Some(content) = content {
+                special.push((key.to_string(), content));
+            }
+        }
+        let id_of = |key: &str| -> Result<Option<u32>> {
+            let Some((_, content)) = special.iter().find(|(k, _)| k == key) else { return Ok(None) };
+            tokenizer
+                .token_to_id(content)
+                .map(Some)
+                .ok_or_else(|| err(format!("`{key}` is `{content}`, which tokenizer.json does not have")))
+        };
+        let (bos, eos) = (id_of("bos_token")?, id_of("eos_token")?);
+
+        let add_bos = match &config["add_bos_token"] {
+            serde_json::Value::Bool(b) => *b,
+            serde_json::Value::Null => {
+                bos.is_some_and(|bos| tokenizer.encode("a", true).is_ok_and(|e| e.get_ids().first() == Some(&bos)))
+            }
+            other => return Err(err(format!("`add_bos_token` is {other}; expected true or false"))),
+        };
+        if add_bos && bos.is_none() {
+            return Err(err("`add_bos_token` is true but there is no `bos_token`".into()));
+        }
+
+        let jinja = dir.join("chat_template.jinja");
+        let chat_template = if jinja.is_file() {
+            let text = std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?;
+            Some((text, jinja.display().to_string()))
+        } else {
+            let origin = format!("{}: chat_template", config_path.display());
+            match &config["chat_template"] {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(s) => Some((s.clone(), origin)),
+                // Several named templates: transformers uses `default` for chats.
+                serde_json::Value::Array(list) => {
+                    let default = list.iter().find(|t| t["name"] == "default").ok_or_else(|| {
+                        err("`chat_template` is a list of named templates without a `default` one".into())
+                    })?;
+                    let text = default["template"]
+                        .as_str()
+                        .ok_or_else(|| err("`chat_template` entry `default` has no `template` string".into()))?;
+                    Some((text.to_string(), format!("{origin} (default)")))
+                }
+                other => return Err(err(format!("`chat_template` is {other}; expected a string"))),
+            }
+        };
+        Ok(HfTokenizer { tokenizer, bos, eos, add_bos, chat_template, special })
+    }
+}
+
+impl HfTokenizer {
+    /// The folder's prompt format: its chat template, or the plain format; `eos` ends text
+    /// records (config.json's `eos_token_id` where it has one).
+    pub fn prompt_format(&self, eos: u32, model: &str) -> Result<PromptFormat> {
+        let template = self.chat_template.as_ref().map(|(t, origin)| (t.as_str(), origin.clone()));
+        let bos = if self.add_bos { self.bos } else { None };
+        PromptFormat::for_model(template, &self.special, &self.tokenizer, bos, eos, model)
+    }
+}
+
+/// tokenizer.json, or GPT-2's vocab.json + merges.txt.
+pub fn hf_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let json = dir.join("tokenizer.json");
+    if json.is_file() {
+        return Tokenizer::from_file(&json).map_err(|e| Error::Parse { path: json, message: e.to_string() });
+    }
+    let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+    if vocab.is_file() && merges.is_file() {
+        let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .build()
+            .map_err(|e| Error::Parse { path: vocab.clone(), message: e.to_string() })?;
+        let mut tok = Tokenizer::new(bpe);
+        tok.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+        tok.with_decoder(Some(ByteLevelDecoder::default()));
+        return Ok(tok);
+    }
+    Err(Error::Parse { path: dir.to_path_buf(), message: "no tokenizer.json (or vocab.json + merges.txt)".into() })
+}
+
+/// Llama 3's split (`tokenizer.json`'s `Split` pattern; llama.cpp's `llama-bpe`): runs of
+/// letters with one leading non-letter, numbers of at most three digits, English contractions
+/// in any case, punctuation runs with trailing newlines, newline runs with their leading blanks.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Qwen2's split: Llama 3's with every digit alone.
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The `tokenizer.ggml.pre` names kiln knows, for the error that refuses another one.
+const KNOWN_PRE: &str = "default, gpt2, gpt-2, smollm, starcoder, refact, codeshell, llama-bpe, llama3, llama-v3, \
+                         qwen2, deepseek-r1-qwen";
+
 /// The pre-tokenizer for a `tokenizer.ggml.pre` name; None when kiln does not know it.
 fn pre_tokenizer(pre: Option<&str>) -> Option<PreTokenizerWrapper> {
     // add_prefix_space false, trim_offsets true, use_regex true (the GPT-2 regex).
     let byte_level = ByteLevel::new(false, true, true);
+    // A family's own regex, then byte-level without the GPT-2 regex: as those families'
+    // tokenizer.json files do, and transformers' GGUF loader for these names.
+    let split = |pattern: &str| -> Option<PreTokenizerWrapper> {
+        let regex = SplitPattern::Regex(pattern.to_string());
+        let split = Split::new(regex, SplitDelimiterBehavior::Isolated, false).ok()?;
+        Some(Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into())
+    };
     match pre.unwrap_or("default") {
-        "default" | "gpt2" => Some(byte_level.into()),
+        "default" | "gpt2" | "gpt-2" => Some(byte_level.into()),
         "smollm" | "starcoder" | "refact" | "codeshell" => {
             Some(Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into())
         }
+        "llama-bpe" | "llama3" | "llama-v3" => split(LLAMA3_SPLIT),
+        "qwen2" | "deepseek-r1-qwen" => split(QWEN2_SPLIT),
         _ => None,
     }
 }
@@ -404,9 +574,59 @@ mod tests {
         let e = GgufTokenizer::from_gguf(&tiny_file("t5", None, false)?).unwrap_err();
         let e = e.to_string();
         assert!(e.contains("tiny.gguf") && e.contains("`t5` (Unigram)"), "{e}");
-        let e = GgufTokenizer::from_gguf(&tiny_file("gpt2", Some("qwen2"), false)?).unwrap_err();
-        assert!(e.to_string().contains("tokenizer.ggml.pre is `qwen2`"), "{e}");
+        let e = GgufTokenizer::from_gguf(&tiny_file("gpt2", Some("jais"), false)?).unwrap_err();
+        assert!(e.to_string().contains("tokenizer.ggml.pre is `jais`; kiln knows"), "{e}");
         Ok(())
+    }
+
+    /// A folder with a tiny byte-level tokenizer.json (the GGUF vocabulary above, saved) and
+    /// `config` as tokenizer_config.json.
+    fn hf_folder(config: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = GgufTokenizer::from_gguf(&tiny_file("gpt2", None, true).unwrap()).unwrap();
+        tok.tokenizer.save(dir.path().join("tokenizer.json"), false).unwrap();
+        std::fs::write(dir.path().join("tokenizer_config.json"), config).unwrap();
+        dir
+    }
+
+    #[test]
+    fn tokenizer_config_gives_special_tokens_bos_and_template() -> Result<()> {
+        let dir = hf_folder(
+            r#"{"bos_token": {"content": "<|im_start|>"}, "eos_token": "<|im_end|>", "pad_token": null,
+                "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}"#,
+        );
+        let tok = HfTokenizer::open(dir.path())?;
+        assert_eq!((tok.bos, tok.eos), (Some(1), Some(2)));
+        // No add_bos_token: the post-processor decides (this tokenizer.json puts bos first).
+        assert!(tok.add_bos);
+        assert_eq!(tok.chat_template.as_ref().map(|t| t.0.as_str()), Some("D"));
+        assert_eq!(
+            tok.special,
+            vec![("bos_token".into(), "<|im_start|>".into()), ("eos_token".into(), "<|im_end|>".into())]
+        );
+        // chat_template.jinja, as transformers 5 saves it, wins over the config's.
+        std::fs::write(dir.path().join("chat_template.jinja"), "J").unwrap();
+        assert_eq!(HfTokenizer::open(dir.path())?.chat_template.map(|t| t.0), Some("J".into()));
+        let dir = hf_folder(r#"{"bos_token": "<|im_start|>", "add_bos_token": false}"#);
+        assert!(!HfTokenizer::open(dir.path())?.add_bos);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_tokenizer_configs_name_the_file_and_key() {
+        let cases = [
+            (r#"{"bos_token": "<nope>"}"#, "`bos_token` is `<nope>`, which tokenizer.json does not have"),
+            (r#"{"eos_token": 3}"#, "`eos_token` is 3; expected a token string"),
+            (r#"{"add_bos_token": true}"#, "`add_bos_token` is true but there is no `bos_token`"),
+            (r#"{"chat_template": [{"name": "x", "template": "T"}]}"#, "without a `default` one"),
+            (r#"{"chat_template": 5}"#, "`chat_template` is 5; expected a string"),
+            ("{not json", "tokenizer_config.json"),
+        ];
+        for (config, want) in cases {
+            let dir = hf_folder(config);
+            let e = HfTokenizer::open(dir.path()).err().expect("refused").to_string();
+            assert!(e.contains("tokenizer_config.json") && e.contains(want), "expected `{want}` in: {e}");
+        }
     }
 
     #[test]

@@ -6,10 +6,10 @@ use std::path::Path;
 use tokenizers::Tokenizer;
 
 use super::{CausalLm, gguf_llama, load_causal_lm};
-use crate::data::lm::{IM_START, PromptFormat, SMOLLM2_DEFAULT_SYSTEM};
 use crate::error::{Error, Result};
+use crate::formats::chat_template::PromptFormat;
 use crate::formats::gguf::GgufFile;
-use crate::formats::tokenizer::GgufTokenizer;
+use crate::formats::tokenizer::{GgufTokenizer, HfTokenizer};
 use crate::gpu::Gpu;
 
 pub struct LoadedLm {
@@ -49,70 +49,45 @@ fn load_gguf(gpu: &Gpu, path: &Path, keep_quantized: bool) -> Result<LoadedLm> {
     // The model first: its architecture and sizes are the likelier mistake to report.
     let model = Box::new(gguf_llama::load_llama_with(gpu, &file, keep_quantized)?);
     let tok = GgufTokenizer::from_gguf(&file)?;
-    let bos = if tok.add_bos { tok.bos } else { None };
-    let template = tok.chat_template.clone().unwrap_or_default();
-    let format = if template.contains(IM_START) {
-        let system = template.contains(SMOLLM2_DEFAULT_SYSTEM).then(|| SMOLLM2_DEFAULT_SYSTEM.to_string());
-        PromptFormat::chatml(&tok.tokenizer, bos, system)?
-    } else {
-        PromptFormat::Plain { bos, eos: tok.eos }
-    };
-    let stop = stop_tokens(tok.eos, &format);
     let name = file.get_str("general.name")?.map(str::to_string).unwrap_or_else(|| path.display().to_string());
+    let format = tok.prompt_format(path, &name)?;
+    let stop = format.stop_tokens();
     Ok(LoadedLm { model, tokenizer: tok.tokenizer, format, stop, pad: tok.pad.unwrap_or(tok.eos), name })
 }
 
 fn load_hf(gpu: &Gpu, dir: &Path) -> Result<LoadedLm> {
     let model = load_causal_lm(gpu, dir)?;
-    let tokenizer = hf_tokenizer(dir)?;
+    let tok = HfTokenizer::open(dir)?;
     let config: serde_json::Value = crate::formats::safetensors::read_config(dir)?;
-    let first_id = |v: &serde_json::Value| v.as_u64().or_else(|| v.get(0).and_then(|x| x.as_u64())).map(|x| x as u32);
-    let eos = first_id(&config["eos_token_id"])
-        .or_else(|| tokenizer.token_to_id("<|endoftext|>"))
-        .or_else(|| tokenizer.token_to_id("</s>"))
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        match v {
+            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            v => v.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        }
+    };
+    let eos = ids(&config["eos_token_id"])
+        .first()
+        .copied()
+        .or(tok.eos)
+        .or_else(|| tok.tokenizer.token_to_id("<|endoftext|>"))
+        .or_else(|| tok.tokenizer.token_to_id("</s>"))
         .ok_or_else(|| Error::Parse {
             path: dir.join("config.json"),
-            message: "no eos_token_id, and the tokenizer has no <|endoftext|> or </s>".into(),
+            message: "no eos_token_id, no eos_token in tokenizer_config.json, and the tokenizer has no \
+                      <|endoftext|> or </s>"
+                .into(),
         })?;
-    let format = if tokenizer.token_to_id(IM_START).is_some() {
-        PromptFormat::chatml(&tokenizer, None, None)?
-    } else {
-        PromptFormat::Plain { bos: None, eos }
-    };
-    let stop = stop_tokens(eos, &format);
-    let pad = first_id(&config["pad_token_id"]).unwrap_or(eos);
-    Ok(LoadedLm { model, tokenizer, format, stop, pad, name: dir.display().to_string() })
-}
-
-/// What ends generation: eos, and the end of a chat turn when the format is ChatML.
-fn stop_tokens(eos: u32, format: &PromptFormat) -> Vec<u32> {
-    let mut stop = vec![eos];
-    if let PromptFormat::ChatMl { im_end, .. } = *format
-        && im_end != eos
-    {
-        stop.push(im_end);
+    let name = dir.display().to_string();
+    let format = tok.prompt_format(eos, &name)?;
+    // Instruct models list every token that ends a reply in generation_config.json (Llama 3:
+    // <|end_of_text|>, <|eom_id|>, <|eot_id|>).
+    let mut stop = format.stop_tokens();
+    let generation = dir.join("generation_config.json");
+    if let Ok(text) = std::fs::read_to_string(&generation) {
+        let generation: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Parse { path: generation.clone(), message: e.to_string() })?;
+        stop.extend(ids(&generation["eos_token_id"]).into_iter().filter(|id| !stop.contains(id)).collect::<Vec<_>>());
     }
-    stop
-}
-
-/// tokenizer.json, or GPT-2's vocab.json + merges.txt.
-pub fn hf_tokenizer(dir: &Path) -> Result<Tokenizer> {
-    let json = dir.join("tokenizer.json");
-    if json.is_file() {
-        return Tokenizer::from_file(&json).map_err(|e| Error::Parse { path: json, message: e.to_string() });
-    }
-    let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
-    if vocab.is_file() && merges.is_file() {
-        use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-        use tokenizers::models::bpe::BPE;
-        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-        let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
-            .build()
-            .map_err(|e| Error::Parse { path: vocab.clone(), message: e.to_string() })?;
-        let mut tok = Tokenizer::new(bpe);
-        tok.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
-        tok.with_decoder(Some(ByteLevelDecoder::default()));
-        return Ok(tok);
-    }
-    Err(Error::Parse { path: dir.to_path_buf(), message: "no tokenizer.json (or vocab.json + merges.txt)".into() })
+    let pad = ids(&config["pad_token_id"]).first().copied().unwrap_or(eos);
+    Ok(LoadedLm { model, tokenizer: tok.tokenizer, format, stop, pad, name })
 }

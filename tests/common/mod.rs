@@ -134,6 +134,25 @@ pub fn tiny_model(dir: &Path) {
     tok.save(dir.join("tokenizer.json"), false).unwrap();
 }
 
+/// [`tiny_model`] with a chat template: the word-level vocabulary `w0 .. w93`, then
+/// `<|im_start|>` (94) and `<|im_end|>` (95) as special tokens, and a ChatML template in
+/// tokenizer_config.json with `<|im_end|>` as eos. Role names are not words of the vocabulary
+/// and tokenize as the unknown `w0`.
+pub fn tiny_chat_model(dir: &Path) {
+    use tokenizers::AddedToken;
+    tiny_model(dir);
+    let vocab: HashMap<String, u32> = (0..94).map(|i| (format!("w{i}"), i)).collect();
+    let model = WordLevel::builder().vocab(vocab.into_iter().collect()).unk_token("w0".into()).build().unwrap();
+    let mut tok = Tokenizer::new(model);
+    tok.with_pre_tokenizer(Some(Whitespace {}));
+    tok.add_special_tokens([AddedToken::from("<|im_start|>", true), AddedToken::from("<|im_end|>", true)]).unwrap();
+    assert_eq!(tok.token_to_id("<|im_end|>"), Some(95));
+    tok.save(dir.join("tokenizer.json"), false).unwrap();
+    let template = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    let config = serde_json::json!({"eos_token": "<|im_end|>", "chat_template": template});
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+}
+
 /// A tiny BERT (transformers-scale weights) with a word-level tokenizer: `[PAD] [UNK] [CLS]
 /// [SEP]` then `w4 .. w95`, texts wrapped as `[CLS] text [SEP]`.
 pub fn tiny_bert(dir: &Path) {
