@@ -425,6 +425,8 @@ fn mismatched_checkpoints_name_the_tensor() {
 
 #[path = "models/encoder.rs"]
 mod encoder;
+#[path = "models/resnet.rs"]
+mod resnet;
 
 /// A quantized base computes what its dequantized f32 copy computes: logits (tiled and skinny
 /// paths), the LoRA loss and every LoRA gradient (which flow back through the quantized layers'

@@ -11,6 +11,7 @@ pub mod llama;
 pub mod load;
 pub mod peft;
 pub mod quantize;
+pub mod resnet;
 pub mod weights;
 
 use std::path::Path;
