@@ -54,6 +54,12 @@ state dict, `num_batches_tracked` included, BN statistics and affine weights ran
       grad_train.<name>  float32      as grad_eval, for loss_train
       running.<bn>.running_mean / .running_var  float32  after the training forward
 
+For a tiny EfficientNet-Lite (`efficientnet_lite_tiny/`, built by the efficientnet-lite-pytorch
+package's code: width 0.1, depth 0.5, 10 MBConv blocks, 3 classes) it writes `config.json`,
+`model.safetensors` and `expected.safetensors` with images [2, 3, 40, 40], labels, and the same
+logits/loss/grad entries in both BN modes (gradients of `_fc`, `_bn1` and the last block's
+depthwise conv and its three BNs; its project conv's in evaluation mode only).
+
 Deterministic: fixed seeds, eval mode, all dropouts 0; running it twice gives identical bytes.
 Needs: torch, transformers (5.x), peft (0.21.x), safetensors.
 """
@@ -482,6 +488,58 @@ def build_resnet(name, block, width, out_root, seed, checked):
     return out
 
 
+def build_efficientnet_lite(out_root, seed):
+    """A tiny EfficientNet-Lite made by the efficientnet-lite-pytorch package's own code
+    (width 0.1, depth 0.5, stem and head scaled too so the head stays small; dropout and
+    drop-connect 0 so training mode is deterministic), 40x40 images (the last stages are 2x2, so
+    training-mode BN has 8 values per channel: at 1x1 and batch 2, PyTorch's own f32 and f64
+    logits differ by ~1e-3) so the package's static
+    "same" padding equals kiln's dynamic one."""
+    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite_pytorch.utils import efficientnet_lite
+    torch.manual_seed(seed)
+    blocks, gp = efficientnet_lite(width_coefficient=0.1, depth_coefficient=0.5, image_size=40,
+                                   dropout_rate=0.0, drop_connect_rate=0.0, num_classes=3)
+    gp = gp._replace(fix_head_stem=False)
+    model = EfficientNet(blocks, gp)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                c = mod.num_features
+                mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                mod.bias.copy_((torch.rand(c, generator=g) - 0.5) * 0.4)
+                mod.running_mean.copy_((torch.rand(c, generator=g) - 0.5) * 0.4)
+                mod.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    out = os.path.join(out_root, "efficientnet_lite_tiny")
+    os.makedirs(out, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, "model.safetensors"))
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump({"width_coefficient": 0.1, "depth_coefficient": 0.5, "fix_head_stem": False,
+                   "num_classes": 3, "dropout_rate": 0.0}, f, indent=2)
+    last = len(model._blocks) - 1
+    checked = ["_fc.weight", "_fc.bias", "_bn1.weight", f"_blocks.{last}._project_conv.weight",
+               f"_blocks.{last}._bn2.weight", f"_blocks.{last}._depthwise_conv.weight",
+               f"_blocks.{last}._bn1.bias", f"_blocks.{last}._bn0.weight"]
+    images = torch.randn(2, 3, 40, 40, generator=g)
+    labels = torch.tensor([1, 2])
+    exp = {"images": images, "labels": labels.to(torch.int32)}
+    for mode in ["eval", "train"]:
+        model.train(mode == "train")
+        model.zero_grad()
+        logits = model(images)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        loss.backward()
+        exp[f"logits_{mode}"] = logits.detach()
+        exp[f"loss_{mode}"] = loss.detach().reshape(1)
+        params = dict(model.named_parameters())
+        # The projection's gradient once (the size limit): the 1x1 dW is the ResNets' kernel too.
+        for p in checked if mode == "eval" else [c for c in checked if "_project_conv" not in c]:
+            exp[f"grad_{mode}.{p}"] = params[p].grad.detach().clone()
+    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(out, "expected.safetensors"))
+    return out
+
+
 def resnets(out_root):
     return [
         build_resnet("resnet18_tiny", BasicBlock, 3, out_root, 2718, [
@@ -513,7 +571,7 @@ def main():
         build_bert(out_root, seed=4321),
     ]
     if args.only != "text":
-        dirs += resnets(out_root)
+        dirs += resnets(out_root) + [build_efficientnet_lite(out_root, 1618)]
     for d in dirs:
         total = 0
         print(d)

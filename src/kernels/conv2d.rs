@@ -10,6 +10,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{expect_numel, shader, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Binding, Gpu, KernelSpec};
+use crate::kernels::matmul::MatmulTile;
 pub use crate::reference::conv2d::Conv2dGeometry;
 use crate::tensor::{DType, Tensor};
 
@@ -85,8 +86,20 @@ fn params(g: &Conv2dGeometry, has_bias: bool, accumulate: bool) -> Result<Params
     })
 }
 
-fn header(gpu: &Gpu, mode: Mode) -> String {
-    format!("{}const MODE: u32 = {}u;\n", gpu.matmul_tile().header(), mode as u32)
+/// The adapter's matmul tile with its row count halved (and rows per invocation with it, so
+/// the workgroup keeps its size) while the GEMM's M still fits: a stem's dX has M = 3 input
+/// channels, which a 128-row tile would compute 40 times over.
+fn tile_for(gpu: &Gpu, m: usize) -> MatmulTile {
+    let mut t = gpu.matmul_tile();
+    while t.tm > 1 && (t.bm / 2) as usize >= m.max(1) {
+        t.bm /= 2;
+        t.tm /= 2;
+    }
+    t
+}
+
+fn header(tile: &MatmulTile, mode: Mode) -> String {
+    format!("{}const MODE: u32 = {}u;\n", tile.header(), mode as u32)
 }
 
 fn check(g: &Conv2dGeometry, tensors: [(&'static str, &Tensor, &[usize]); 3]) -> Result<()> {
@@ -109,16 +122,16 @@ fn gemm_mn(g: &Conv2dGeometry, mode: Mode) -> (usize, usize) {
 }
 
 fn gemm(gpu: &Gpu, g: &Conv2dGeometry, mode: Mode, p: Params, bindings: &[Binding]) -> Result<()> {
-    let tile = gpu.matmul_tile();
-    let header = header(gpu, mode);
-    let spec = KernelSpec { file: shader!("conv2d"), entry: "conv2d_gemm", header: &header, access: ACCESS };
     let (m, n) = gemm_mn(g, mode);
+    let tile = tile_for(gpu, m);
+    let header = header(&tile, mode);
+    let spec = KernelSpec { file: shader!("conv2d"), entry: "conv2d_gemm", header: &header, access: ACCESS };
     let groups = [(n as u32).div_ceil(tile.bn), (m as u32).div_ceil(tile.bm), g.groups as u32];
     gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), bindings, groups)
 }
 
 fn direct(gpu: &Gpu, entry: &'static str, p: Params, bindings: &[Binding], groups: [u32; 3]) -> Result<()> {
-    let header = header(gpu, Mode::Forward);
+    let header = header(&gpu.matmul_tile(), Mode::Forward);
     let spec = KernelSpec { file: shader!("conv2d"), entry, header: &header, access: ACCESS };
     gpu.dispatch(entry, &spec, bytemuck::bytes_of(&p), bindings, groups)
 }

@@ -3,6 +3,7 @@
 
 pub mod bert;
 pub mod classifier;
+pub mod efficientnet_lite;
 pub mod gguf;
 pub mod gguf_llama;
 pub mod gguf_tokenizer;

@@ -17,11 +17,25 @@ pub struct Conv2dConfig {
     pub stride: usize,
     pub padding: usize,
     pub groups: usize,
+    /// TensorFlow's "SAME" padding instead of `padding`: the output is ⌈size/stride⌉ and the
+    /// zeros needed for it are split with the odd one at the end (EfficientNet's
+    /// `Conv2dDynamicSamePadding`; its static variant computes the same for its image size).
+    pub same: bool,
 }
 
 impl Conv2dConfig {
     pub fn new(c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize) -> Self {
-        Conv2dConfig { c_in, c_out, kernel, stride, padding, groups: 1 }
+        Conv2dConfig { c_in, c_out, kernel, stride, padding, groups: 1, same: false }
+    }
+
+    /// A convolution with TensorFlow's "SAME" padding.
+    pub fn same(c_in: usize, c_out: usize, kernel: usize, stride: usize) -> Self {
+        Conv2dConfig { same: true, ..Conv2dConfig::new(c_in, c_out, kernel, stride, 0) }
+    }
+
+    pub fn groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
     }
 
     pub fn weight_shape(&self) -> [usize; 4] {
@@ -50,7 +64,18 @@ impl Conv2d {
         let c = &self.config;
         match *x_shape {
             [n, ch, h, w] if ch == c.c_in => {
-                Ok(Conv2dGeometry::new(n, c.c_in, (h, w), c.c_out, c.kernel, c.stride, c.padding).groups(c.groups))
+                let mut g =
+                    Conv2dGeometry::new(n, c.c_in, (h, w), c.c_out, c.kernel, c.stride, c.padding).groups(c.groups);
+                if c.same {
+                    let total = |len: usize| {
+                        let out = len.div_ceil(c.stride.max(1)).max(1);
+                        ((out - 1) * c.stride + c.kernel).saturating_sub(len)
+                    };
+                    let (ph, pw) = (total(h), total(w));
+                    g.pad_begin = (ph / 2, pw / 2);
+                    g.pad_end = (ph - ph / 2, pw - pw / 2);
+                }
+                Ok(g)
             }
             _ => Err(Error::Shape {
                 op: "conv2d",
