@@ -427,6 +427,8 @@ fn mismatched_checkpoints_name_the_tensor() {
 mod efficientnet_lite;
 #[path = "models/encoder.rs"]
 mod encoder;
+#[path = "models/images.rs"]
+mod images;
 #[path = "models/resnet.rs"]
 mod resnet;
 

