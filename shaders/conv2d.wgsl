@@ -62,15 +62,6 @@ fn gemm_k() -> u32 {
     return p.n * p.oh * p.ow;
 }
 
-// x[n, g*C/G + c, i*sh - ph + a*dh, j*sw - pw + b*dw], zero in the padding. Signed arithmetic:
-// the row can be negative.
-fn im2col(g: u32, n: u32, c: u32, i: u32, j: u32, a: u32, b: u32) -> f32 {
-    let hi = i32(i * p.sh + a * p.dh) - i32(p.ph);
-    let wi = i32(j * p.sw + b * p.dw) - i32(p.pw);
-    if (hi < 0 || wi < 0 || hi >= i32(p.h) || wi >= i32(p.w)) { return 0.0; }
-    return img[((n * p.c + g * cg() + c) * p.h + u32(hi)) * p.w + u32(wi)];
-}
-
 // The output position (i, j) whose tap (a, b) reads input (h, w), if one exists: the
 // transpose of im2col, as a gather so that dX needs no atomics.
 fn dy_gather(g: u32, o: u32, a: u32, b: u32, n: u32, h: u32, w: u32) -> f32 {
@@ -102,29 +93,14 @@ fn load_a(g: u32, m: u32, k: u32) -> f32 {
     return mat[(n * p.o + g * og() + m) * s + k % s];
 }
 
-fn load_b(g: u32, k: u32, col: u32) -> f32 {
-    if (MODE == 0u) {
-        let s = p.oh * p.ow;
-        let n = col / s;
-        let r = col % s;
-        let c = k / taps();
-        let t = k % taps();
-        return im2col(g, n, c, r / p.ow, r % p.ow, t / p.kw, t % p.kw);
-    }
-    if (MODE == 1u) {
-        let s = p.h * p.w;
-        let n = col / s;
-        let r = col % s;
-        let o = k / taps();
-        let t = k % taps();
-        return dy_gather(g, o, t / p.kw, t % p.kw, n, r / p.w, r % p.w);
-    }
-    let s = p.oh * p.ow;
-    let n = k / s;
-    let r = k % s;
-    let c = col / taps();
-    let t = col % taps();
-    return im2col(g, n, c, r / p.ow, r % p.ow, t / p.kw, t % p.kw);
+// Mode 1's B element: dy gathered for input pixel col = (n, h, w) and k = (o, a, b).
+fn load_b_dx(g: u32, k: u32, col: u32) -> f32 {
+    let s = p.h * p.w;
+    let n = col / s;
+    let r = col % s;
+    let o = k / taps();
+    let t = k % taps();
+    return dy_gather(g, o, t / p.kw, t % p.kw, n, r / p.w, r % p.w);
 }
 
 fn out_index(g: u32, m: u32, col: u32) -> u32 {
@@ -139,6 +115,37 @@ fn out_index(g: u32, m: u32, col: u32) -> u32 {
     return (g * og() + m) * cg() * taps() + col;
 }
 
+// The im2col element of modes 0 and 2 splits into a pixel part (n, i, j) and a tap part
+// (c, a, b): x[(n*C + g*C/G + c)*H*W + (i*sh - ph + a*dh)*W + (j*sw - pw + b*dw)]. Each part is
+// an offset and a row and column displacement; the element is zero outside the image.
+struct Part { off: i32, h: i32, w: i32 }
+
+fn pixel_part(g: u32, q: u32) -> Part {
+    let s = p.oh * p.ow;
+    let n = q / s;
+    let r = q % s;
+    let off = i32((n * p.c + g * cg()) * p.h * p.w);
+    return Part(off, i32((r / p.ow) * p.sh) - i32(p.ph), i32((r % p.ow) * p.sw) - i32(p.pw));
+}
+
+fn tap_part(t: u32) -> Part {
+    let c = t / taps();
+    let r = t % taps();
+    return Part(i32(c * p.h * p.w), i32((r / p.kw) * p.dh), i32((r % p.kw) * p.dw));
+}
+
+fn im2col_parts(a: Part, b: Part) -> f32 {
+    let hi = a.h + b.h;
+    let wi = a.w + b.w;
+    if (hi < 0 || wi < 0 || hi >= i32(p.h) || wi >= i32(p.w)) { return 0.0; }
+    return img[u32(a.off + b.off + hi * i32(p.w) + wi)];
+}
+
+// The k-dependent part of this k-slice's B elements (the tap in mode 0, the pixel in mode
+// 2), worked out once per slice instead of once per element: on a CPU adapter the integer
+// divisions cost more than the multiply-adds.
+var<workgroup> k_parts: array<Part, BK>;
+
 @compute @workgroup_size(WG)
 fn conv2d_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let tx = lid % WG_X;
@@ -152,8 +159,16 @@ fn conv2d_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 
     var acc: array<vec4<f32>, TM * TN4>;
     for (var i = 0u; i < TM * TN4; i++) { acc[i] = vec4<f32>(0.0); }
+    // The column part of the last B element this invocation loaded: when the workgroup size
+    // is a multiple of BN an invocation always loads the same column, so it is worked out once.
+    var cached_col = 0xffffffffu;
+    var col_part = Part(0, 0, 0);
 
     for (var k0 = 0u; k0 < gk; k0 += BK) {
+        if (MODE != 1u && lid < BK && k0 + lid < gk) {
+            if (MODE == 0u) { k_parts[lid] = tap_part(k0 + lid); } else { k_parts[lid] = pixel_part(g, k0 + lid); }
+        }
+        workgroupBarrier();
         for (var i = lid; i < BM * BK; i += WG) {
             let kk = i % BK;
             let mm = i / BK;
@@ -166,7 +181,18 @@ fn conv2d_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
             let nn = i % BN;
             let kk = i / BN;
             var v = 0.0;
-            if (col0 + nn < gn && k0 + kk < gk) { v = load_b(g, k0 + kk, col0 + nn); }
+            let col = col0 + nn;
+            if (col < gn && k0 + kk < gk) {
+                if (MODE == 1u) {
+                    v = load_b_dx(g, k0 + kk, col);
+                } else {
+                    if (col != cached_col) {
+                        if (MODE == 0u) { col_part = pixel_part(g, col); } else { col_part = tap_part(col); }
+                        cached_col = col;
+                    }
+                    v = im2col_parts(col_part, k_parts[kk]);
+                }
+            }
             let t = kk * BN + nn;
             b_tile[t / 4u][t % 4u] = v;
         }
