@@ -1,6 +1,7 @@
 //! Image data: a folder per class (torchvision's `ImageFolder`), decoding with the `image`
-//! crate (PNG and JPEG), and the evaluation transform of ImageNet models: resize the short
-//! side, crop the centre, scale to [0, 1] and normalise per channel.
+//! crate (PNG and JPEG), the evaluation transform of ImageNet models (resize the short side,
+//! crop the centre, scale to [0, 1] and normalise per channel) and the training one (a seeded
+//! random-resized crop and horizontal flip).
 //!
 //! # Shapes
 //! One image becomes `[3, S, S]` f32, channel-major (RGB; grayscale is repeated into three
@@ -128,5 +129,81 @@ impl EvalTransform {
             out.extend(self.load(p)?);
         }
         Ok(out)
+    }
+}
+
+/// The training transform of ImageNet models: torchvision's RandomResizedCrop (a random
+/// area of `scale` of the image with an aspect ratio in `ratio`, resized to `size`×`size`)
+/// and RandomHorizontalFlip (p = ½), then normalisation. Draws come from a generator seeded by
+/// (seed, epoch, example), so a resumed run sees the same crops.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainTransform {
+    pub size: u32,
+    pub scale: (f64, f64),
+    pub ratio: (f64, f64),
+    pub flip: bool,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl TrainTransform {
+    /// torchvision's defaults: scale (0.08, 1), ratio (3/4, 4/3), flips, ImageNet statistics.
+    pub fn imagenet(size: u32) -> Self {
+        let e = EvalTransform::imagenet();
+        TrainTransform { size, scale: (0.08, 1.0), ratio: (0.75, 4.0 / 3.0), flip: true, mean: e.mean, std: e.std }
+    }
+
+    /// The generator for one example of one epoch.
+    pub fn rng(seed: u64, epoch: u64, example: u64) -> crate::data::SplitMix64 {
+        let mut mix = crate::data::SplitMix64::new(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        crate::data::SplitMix64::new(mix.next_u64() ^ example.wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
+    }
+
+    /// The crop box (left, top, width, height): ten tries at a random area and aspect ratio,
+    /// then the centre crop at the nearest allowed ratio (torchvision's fallback).
+    fn crop_box(&self, w: u32, h: u32, rng: &mut crate::data::SplitMix64) -> (u32, u32, u32, u32) {
+        let uniform = |rng: &mut crate::data::SplitMix64, lo: f64, hi: f64| {
+            lo + (hi - lo) * ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+        };
+        let area = (w as f64) * (h as f64);
+        for _ in 0..10 {
+            let target = area * uniform(rng, self.scale.0, self.scale.1);
+            let r = uniform(rng, self.ratio.0.ln(), self.ratio.1.ln()).exp();
+            let cw = (target * r).sqrt().round() as u32;
+            let ch = (target / r).sqrt().round() as u32;
+            if cw > 0 && ch > 0 && cw <= w && ch <= h {
+                let left = (rng.next_u64() % (w - cw + 1) as u64) as u32;
+                let top = (rng.next_u64() % (h - ch + 1) as u64) as u32;
+                return (left, top, cw, ch);
+            }
+        }
+        let in_ratio = w as f64 / h as f64;
+        let (cw, ch) = if in_ratio < self.ratio.0 {
+            (w, ((w as f64 / self.ratio.0).round() as u32).clamp(1, h))
+        } else if in_ratio > self.ratio.1 {
+            (((h as f64 * self.ratio.1).round() as u32).clamp(1, w), h)
+        } else {
+            (w, h)
+        };
+        ((w - cw) / 2, (h - ch) / 2, cw, ch)
+    }
+
+    /// The transform of a decoded RGB image, `[3, size, size]` channel-major.
+    pub fn apply(&self, rgb: &image::RgbImage, rng: &mut crate::data::SplitMix64) -> Vec<f32> {
+        let (w, h) = rgb.dimensions();
+        let (left, top, cw, ch) = self.crop_box(w, h, rng);
+        let crop = image::imageops::crop_imm(rgb, left, top, cw, ch).to_image();
+        let mut img = image::imageops::resize(&crop, self.size, self.size, FilterType::Triangle);
+        if self.flip && rng.next_u64() & 1 == 1 {
+            image::imageops::flip_horizontal_in_place(&mut img);
+        }
+        let s = self.size as usize;
+        let mut out = vec![0.0; 3 * s * s];
+        for (x, y, p) in img.enumerate_pixels() {
+            for c in 0..3 {
+                out[(c * s + y as usize) * s + x as usize] = (p.0[c] as f32 / 255.0 - self.mean[c]) / self.std[c];
+            }
+        }
+        out
     }
 }

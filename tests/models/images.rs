@@ -70,3 +70,37 @@ fn image_folder_decodes_transforms_and_feeds_a_resnet() {
     let err = ImageFolder::scan(&root.join("cat/../dog/..").join("missing")).unwrap_err().to_string();
     assert!(err.contains("missing"), "{err}");
 }
+
+/// Random-resized crops and flips are reproducible from (seed, epoch, example), differ across
+/// examples, keep a solid image solid, and flip as a mirror.
+#[test]
+fn train_transform_is_seeded_and_flips() {
+    use kiln::data::images::TrainTransform;
+    let ramp = image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, 77]));
+    let t = TrainTransform::imagenet(16);
+    let draw = |epoch: u64, example: u64| t.apply(&ramp, &mut TrainTransform::rng(3, epoch, example));
+    assert_eq!(draw(0, 5), draw(0, 5), "same seed, epoch and example: same crop");
+    assert_ne!(draw(0, 5), draw(0, 6));
+    assert_ne!(draw(0, 5), draw(1, 5));
+    let solid = image::RgbImage::from_pixel(30, 20, image::Rgb([0, 255, 0]));
+    let out = t.apply(&solid, &mut TrainTransform::rng(1, 0, 0));
+    let want = (1.0 - t.mean[1]) / t.std[1];
+    assert!(out[256..512].iter().all(|&v| (v - want).abs() < 1e-6));
+
+    // The whole square image, resized: each draw is it or its mirror, and both occur.
+    let square = image::RgbImage::from_fn(32, 32, |x, _| image::Rgb([(x * 8) as u8, 0, 0]));
+    let whole = TrainTransform { scale: (1.0, 1.0), ratio: (1.0, 1.0), ..TrainTransform::imagenet(16) };
+    let (mut plain, mut mirrored) = (0, 0);
+    for example in 0..16 {
+        let out = whole.apply(&square, &mut TrainTransform::rng(9, 0, example));
+        let row = &out[..16];
+        if row.windows(2).all(|w| w[1] > w[0]) {
+            plain += 1;
+        } else if row.windows(2).all(|w| w[1] < w[0]) {
+            mirrored += 1;
+        } else {
+            panic!("neither the image nor its mirror: {row:?}");
+        }
+    }
+    assert!(plain > 0 && mirrored > 0, "{plain} plain, {mirrored} mirrored");
+}
