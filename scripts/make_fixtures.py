@@ -49,6 +49,27 @@ SmolLM and GPT-2 (and a Llama-2-style SentencePiece BPE), their GGUF copies and 
 chat templates with transformers' ids: see scripts/tokenizer_fixtures.py (`--tokenizers-only`
 writes just those, without torch work).
 
+For two tiny random torchvision-layout ResNets (`resnet18_tiny/`: basic blocks, width 3, and
+`resnet50_tiny/`: bottlenecks, width 2; 3 classes; the module is written out below with
+torchvision's names, so torchvision itself is not needed) it writes `model.safetensors` (the
+state dict, `num_batches_tracked` included, BN statistics and affine weights random) and
+`expected.safetensors` with:
+      images         float32 [2, 3, 40, 40]   labels int32 [2]
+      logits_eval    float32 [2, 3]   model.eval(): BN with the running statistics
+      loss_eval      float32 [1]      CrossEntropyLoss on logits_eval
+      grad_eval.<name>   float32      d loss_eval / d parameter, for fc, and layer4's last
+                                      block's conv2/bn2 and first block's downsample
+      logits_train   float32 [2, 3]   model.train(): BN with batch statistics (run after eval)
+      loss_train     float32 [1]
+      grad_train.<name>  float32      as grad_eval, for loss_train
+      running.<bn>.running_mean / .running_var  float32  after the training forward
+
+For a tiny EfficientNet-Lite (`efficientnet_lite_tiny/`, built by the efficientnet-lite-pytorch
+package's code: width 0.1, depth 0.5, 10 MBConv blocks, 3 classes) it writes `config.json`,
+`model.safetensors` and `expected.safetensors` with images [2, 3, 40, 40], labels, and the same
+logits/loss/grad entries in both BN modes (gradients of `_fc`, `_bn1` and the last block's
+depthwise conv and its three BNs; its project conv's in evaluation mode only).
+
 Deterministic: fixed seeds, eval mode, all dropouts 0; running it twice gives identical bytes.
 Needs: torch, transformers (5.x), peft (0.21.x), safetensors.
 """
@@ -385,18 +406,208 @@ def build_quant(out_root, seed):
     return out
 
 
+
+def conv3x3(cin, cout, stride=1):
+    return torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+
+
+def conv1x1(cin, cout, stride=1):
+    return torch.nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+
+
+class BasicBlock(torch.nn.Module):
+    """torchvision.models.resnet.BasicBlock."""
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = torch.nn.BatchNorm2d(planes)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = torch.nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(torch.nn.Module):
+    """torchvision.models.resnet.Bottleneck (v1.5: the stride is on conv2)."""
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn1 = torch.nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = torch.nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * 4)
+        self.bn3 = torch.nn.BatchNorm2d(planes * 4)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(torch.nn.Module):
+    """torchvision.models.resnet.ResNet with the stem width as a parameter (64 there)."""
+
+    def __init__(self, block, layers, width, num_classes):
+        super().__init__()
+        self.inplanes = width
+        self.conv1 = torch.nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(width)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.maxpool = torch.nn.MaxPool2d(3, 2, 1)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, width * 2, layers[1], 2)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], 2)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], 2)
+        self.avgpool = torch.nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = torch.nn.Linear(width * 8 * block.expansion, num_classes)
+
+    def _make_layer(self, block, planes, blocks, stride=1):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = torch.nn.Sequential(
+                conv1x1(self.inplanes, planes * block.expansion, stride),
+                torch.nn.BatchNorm2d(planes * block.expansion),
+            )
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return torch.nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def build_resnet(name, block, width, out_root, seed, checked):
+    torch.manual_seed(seed)
+    model = ResNet(block, [2, 2, 2, 2] if block is BasicBlock else [3, 4, 6, 3], width, 3)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            # Random BN statistics and affine weights, so evaluation mode is not the identity.
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                c = mod.num_features
+                mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                mod.bias.copy_((torch.rand(c, generator=g) - 0.5) * 0.4)
+                mod.running_mean.copy_((torch.rand(c, generator=g) - 0.5) * 0.4)
+                mod.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    out = os.path.join(out_root, name)
+    os.makedirs(out, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, "model.safetensors"))
+
+    images = torch.randn(2, 3, 40, 40, generator=g)
+    labels = torch.tensor([2, 0])
+    exp = {"images": images, "labels": labels.to(torch.int32)}
+    for mode in ["eval", "train"]:
+        model.train(mode == "train")
+        model.zero_grad()
+        logits = model(images)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        loss.backward()
+        exp[f"logits_{mode}"] = logits.detach()
+        exp[f"loss_{mode}"] = loss.detach().reshape(1)
+        params = dict(model.named_parameters())
+        for p in checked:
+            exp[f"grad_{mode}.{p}"] = params[p].grad.detach().clone()
+    bufs = dict(model.named_buffers())
+    for bn in ["bn1", checked[2].rsplit(".", 1)[0]]:
+        for stat in ["running_mean", "running_var"]:
+            exp[f"running.{bn}.{stat}"] = bufs[f"{bn}.{stat}"].detach().clone()
+    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(out, "expected.safetensors"))
+    return out
+
+
+def build_efficientnet_lite(out_root, seed):
+    """A tiny EfficientNet-Lite made by the efficientnet-lite-pytorch package's own code
+    (width 0.1, depth 0.5, stem and head scaled too so the head stays small; dropout and
+    drop-connect 0 so training mode is deterministic), 40x40 images (the last stages are 2x2, so
+    training-mode BN has 8 values per channel: at 1x1 and batch 2, PyTorch's own f32 and f64
+    logits differ by ~1e-3) so the package's static
+    "same" padding equals kiln's dynamic one."""
+    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite_pytorch.utils import efficientnet_lite
+    torch.manual_seed(seed)
+    blocks, gp = efficientnet_lite(width_coefficient=0.1, depth_coefficient=0.5, image_size=40,
+                                   dropout_rate=0.0, drop_connect_rate=0.0, num_classes=3)
+    gp = gp._replace(fix_head_stem=False)
+    model = EfficientNet(blocks, gp)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                c = mod.num_features
+                mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                mod.bias.copy_((torch.rand(c, generator=g) - 0.5) * 0.4)
+                mod.running_mean.copy_((torch.rand(c, generator=g) - 0.5) * 0.4)
+                mod.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    out = os.path.join(out_root, "efficientnet_lite_tiny")
+    os.makedirs(out, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, "model.safetensors"))
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump({"width_coefficient": 0.1, "depth_coefficient": 0.5, "fix_head_stem": False,
+                   "num_classes": 3, "dropout_rate": 0.0}, f, indent=2)
+    last = len(model._blocks) - 1
+    checked = ["_fc.weight", "_fc.bias", "_bn1.weight", f"_blocks.{last}._project_conv.weight",
+               f"_blocks.{last}._bn2.weight", f"_blocks.{last}._depthwise_conv.weight",
+               f"_blocks.{last}._bn1.bias", f"_blocks.{last}._bn0.weight"]
+    images = torch.randn(2, 3, 40, 40, generator=g)
+    labels = torch.tensor([1, 2])
+    exp = {"images": images, "labels": labels.to(torch.int32)}
+    for mode in ["eval", "train"]:
+        model.train(mode == "train")
+        model.zero_grad()
+        logits = model(images)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        loss.backward()
+        exp[f"logits_{mode}"] = logits.detach()
+        exp[f"loss_{mode}"] = loss.detach().reshape(1)
+        params = dict(model.named_parameters())
+        # The projection's gradient once (the size limit): the 1x1 dW is the ResNets' kernel too.
+        for p in checked if mode == "eval" else [c for c in checked if "_project_conv" not in c]:
+            exp[f"grad_{mode}.{p}"] = params[p].grad.detach().clone()
+    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(out, "expected.safetensors"))
+    return out
+
+
+def resnets(out_root):
+    return [
+        build_resnet("resnet18_tiny", BasicBlock, 3, out_root, 2718, [
+            "fc.weight", "fc.bias", "layer4.1.bn2.weight", "layer4.1.bn2.bias", "layer4.1.conv2.weight",
+            "layer4.0.downsample.0.weight", "layer4.0.downsample.1.weight"]),
+        build_resnet("resnet50_tiny", Bottleneck, 2, out_root, 3141, [
+            "fc.weight", "fc.bias", "layer4.2.bn3.weight", "layer4.2.bn3.bias", "layer4.2.conv2.weight",
+            "layer4.0.downsample.0.weight", "layer4.0.downsample.1.weight"]),
+    ]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures"))
     ap.add_argument("--tokenizers-only", action="store_true",
                     help="write only tokenizers/ (tokenizer_fixtures.py: tiny tokenizers, GGUF copies, chat templates)")
+    ap.add_argument("--only", choices=["text", "vision"], help="make only the text or the vision fixtures")
     args = ap.parse_args()
     out_root = os.path.normpath(args.out)
 
     sys.path.insert(0, here)
     import tokenizer_fixtures
-    tokenizer_dirs = tokenizer_fixtures.build(out_root)
+    tokenizer_dirs = [] if args.only == "vision" else tokenizer_fixtures.build(out_root)
     if args.tokenizers_only:
         return report(tokenizer_dirs)
 
@@ -404,7 +615,7 @@ def main():
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
 
-    dirs = [
+    dirs = [] if args.only == "vision" else [
         build("gpt2_tiny", gpt2(), ["c_attn", "c_proj", "c_fc"], True, out_root, seed=1234),
         build("llama_tiny", llama(),
               ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -412,6 +623,8 @@ def main():
         build_bert(out_root, seed=4321),
         build_quant(out_root, seed=2468),
     ]
+    if args.only != "text":
+        dirs += resnets(out_root) + [build_efficientnet_lite(out_root, 1618)]
     return report(dirs + tokenizer_dirs)
 
 

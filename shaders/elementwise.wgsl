@@ -12,6 +12,7 @@
 //   gelu_erf:       out = x * Phi(x)                       (BERT's "gelu")
 //   gelu_tanh:      out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (GPT-2's "gelu_new")
 //   silu:           out = x * sigmoid(x)
+//   relu, relu6:    out = max(x, 0), min(max(x, 0), 6)   (derivative 0 at the kinks, as PyTorch)
 //   *_bwd:          out = dy * f'(x)                       (x = binding 1, dy = binding 2)
 //   swiglu:         out = silu(gate) * up                  (gate = x, up = y)
 //   swiglu_bwd:     dgate = dy * up * silu'(gate), dup = dy * silu(gate)
@@ -158,6 +159,34 @@ fn silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 fn silu_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
         store(i, y[i] * silu_grad(x[i]));
+    }
+}
+
+@compute @workgroup_size(256)
+fn relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
+        store(i, max(x[i], 0.0));
+    }
+}
+
+@compute @workgroup_size(256)
+fn relu_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
+        store(i, select(0.0, y[i], x[i] > 0.0));
+    }
+}
+
+@compute @workgroup_size(256)
+fn relu6(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
+        store(i, clamp(x[i], 0.0, 6.0));
+    }
+}
+
+@compute @workgroup_size(256)
+fn relu6_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
+        store(i, select(0.0, y[i], x[i] > 0.0 && x[i] < 6.0));
     }
 }
 

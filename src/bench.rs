@@ -497,3 +497,53 @@ pub fn tune_matmul(
     results.sort_by(|a, b| b.1.total_cmp(&a.1));
     results
 }
+
+/// Convolutions at ResNet-50 and EfficientNet shapes (batch 2 on the small scale, 32 on the
+/// full one): each forward, dX and dW, counted as 2·MACs of the forward (each direction does
+/// the same number). Depthwise convolutions do ~9 MACs per element and are held to the copy
+/// roofline (x, w and y moved once).
+pub fn conv_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
+    type Run<'g> = Box<dyn FnMut() -> Result<()> + 'g>;
+    use crate::kernels::conv2d::{self as conv, Conv2dGeometry};
+    let n = if scale == Scale::Small { 2 } else { 32 };
+    let shapes = [
+        ("stem 7x7/2", Conv2dGeometry::new(n, 3, (224, 224), 64, 7, 2, 3)),
+        ("3x3 layer1", Conv2dGeometry::new(n, 64, (56, 56), 64, 3, 1, 1)),
+        ("1x1 256->64", Conv2dGeometry::new(n, 256, (56, 56), 64, 1, 1, 0)),
+        ("3x3 layer4", Conv2dGeometry::new(n, 512, (7, 7), 512, 3, 1, 1)),
+        ("dw 3x3 144ch", Conv2dGeometry::new(n, 144, (56, 56), 144, 3, 1, 1).groups(144)),
+    ];
+    let mut cases = Vec::new();
+    for (seed, (name, g)) in shapes.into_iter().enumerate() {
+        let x = random(gpu, &g.x_shape(), 100 + seed as u64)?;
+        let w = random(gpu, &g.w_shape(), 200 + seed as u64)?;
+        let dy = random(gpu, &g.y_shape(), 300 + seed as u64)?;
+        let y = Tensor::empty(gpu, &g.y_shape(), DType::F32)?;
+        let dx = Tensor::empty(gpu, &g.x_shape(), DType::F32)?;
+        let dw = Tensor::empty(gpu, &g.w_shape(), DType::F32)?;
+        let numel = |s: [usize; 4]| s.iter().product::<usize>() as f64;
+        let bytes = F32 * (numel(g.x_shape()) + numel(g.w_shape()) + numel(g.y_shape()));
+        let bound = if g.is_depthwise() { Bound::Memory } else { Bound::Compute };
+        let case = |dir: &str, run| Case {
+            kernel: format!("conv2d{dir}"),
+            shape: format!("{name} n{n}"),
+            flops: g.flops(),
+            bytes,
+            bound,
+            run,
+        };
+        let (x1, w1, dy1, w2, x2, dy2) = (x.clone(), w.clone(), dy.clone(), w.clone(), x.clone(), dy.clone());
+        let runs: [(&str, Run); 3] = [
+            ("", Box::new(move || conv::forward_into(gpu, &g, &x1, &w1, None, &y, false))),
+            ("_dx", Box::new(move || conv::input_grad(gpu, &g, &dy1, &w2, &dx, false))),
+            ("_dw", Box::new(move || conv::weight_grad(gpu, &g, &x2, &dy2, &dw, false))),
+        ];
+        for (dir, run) in runs {
+            // Images need no gradient: a stem's dX is never computed.
+            if !(dir == "_dx" && g.c_in == 3) {
+                cases.push(case(dir, run));
+            }
+        }
+    }
+    Ok(cases)
+}

@@ -240,3 +240,83 @@ fn qmatmul_dx_through_a_frozen_quantized_weight() {
         check(&format!("qmatmul {kind} dx"), &x, &dx, |x| dot(&dy, &fwd(x)));
     }
 }
+
+#[test]
+fn conv2d_backward() {
+    // y[n,o,i,j] = b[o] + Σ w[o,c,a,b]·x[n,c',i·s−p+a·d, j·s−p+b·d] is bilinear in (x, w), so
+    // dx, dw are the same sums with dy in y's place and db[o] = Σ dy[n,o,·,·].
+    use conv2d::Conv2dGeometry;
+    let mut rng = Rng::new(25);
+    let mut uneven = Conv2dGeometry::new(1, 3, (5, 6), 3, 3, 2, 0).groups(3);
+    uneven.pad_end = (1, 1);
+    for g in [
+        Conv2dGeometry::new(2, 3, (5, 4), 2, 3, 1, 1),
+        Conv2dGeometry::new(1, 4, (6, 7), 4, 3, 2, 1).groups(2).dilation(2),
+        uneven,
+        Conv2dGeometry::new(1, 2, (5, 5), 3, 1, 2, 0),
+    ] {
+        let (x, wt, bias) = (
+            randv(&mut rng, g.x_shape().iter().product()),
+            randv(&mut rng, g.w_shape().iter().product()),
+            randv(&mut rng, g.c_out),
+        );
+        let w = randv(&mut rng, g.y_shape().iter().product());
+        let (dx, dw, db) = conv2d::backward(&g, &x, &wt, &w);
+        check(&format!("conv2d {g} dx"), &x, &dx, |x| dot(&w, &conv2d::forward(&g, x, &wt, Some(&bias))));
+        check(&format!("conv2d {g} dw"), &wt, &dw, |k| dot(&w, &conv2d::forward(&g, &x, k, Some(&bias))));
+        check(&format!("conv2d {g} dbias"), &bias, &db, |b| dot(&w, &conv2d::forward(&g, &x, &wt, Some(b))));
+    }
+}
+
+#[test]
+fn batch_norm_backward_both_modes() {
+    // Training mode: μ and σ² are functions of x, so dx has the two mean terms
+    // dx = γ·rstd·(dy − Σdy/M − x̂·Σ(dy·x̂)/M); fixed statistics: dx = dy·γ·rstd.
+    let mut rng = Rng::new(26);
+    let (n, c, s) = (3, 2, 5);
+    let x: Vec<f64> = randv(&mut rng, n * c * s).iter().map(|v| v * 2.0 + 1.0).collect();
+    let w = randv(&mut rng, n * c * s);
+    let (gamma, beta) = (randv(&mut rng, c), randv(&mut rng, c));
+    let train = |x: &[f64], g: &[f64], b: &[f64]| batch_norm::forward_train(x, c, s, g, b, 1e-5, 0.1, None).0;
+    let (_, mean, rstd) = batch_norm::forward_train(&x, c, s, &gamma, &beta, 1e-5, 0.1, None);
+    let (dx, dg, db) = batch_norm::backward_train(&x, s, &gamma, &mean, &rstd, &w);
+    check("batch_norm train dx", &x, &dx, |x| dot(&w, &train(x, &gamma, &beta)));
+    check("batch_norm train dgamma", &gamma, &dg, |g| dot(&w, &train(&x, g, &beta)));
+    check("batch_norm train dbeta", &beta, &db, |b| dot(&w, &train(&x, &gamma, b)));
+
+    let rm = randv(&mut rng, c);
+    let rstd_run = batch_norm::rstd_of(&[0.7, 1.3], 1e-5);
+    let fixed = |x: &[f64], g: &[f64], b: &[f64]| batch_norm::apply(x, s, &rm, &rstd_run, g, b);
+    let (dx, dg, db) = batch_norm::backward_fixed(&x, s, &gamma, &rm, &rstd_run, &w);
+    check("batch_norm fixed dx", &x, &dx, |x| dot(&w, &fixed(x, &gamma, &beta)));
+    check("batch_norm fixed dgamma", &gamma, &dg, |g| dot(&w, &fixed(&x, g, &beta)));
+    check("batch_norm fixed dbeta", &beta, &db, |b| dot(&w, &fixed(&x, &gamma, b)));
+}
+
+#[test]
+fn pooling_and_relu_backward() {
+    // Max-pool is piecewise the identity on the chosen element (away from ties, which random
+    // inputs do not have): dx gets dy at each window's argmax. Global average: dx = dy/S.
+    let mut rng = Rng::new(27);
+    let g = pool2d::PoolGeometry { planes: 2, h: 5, w: 6, k: 3, stride: 2, pad: 1 };
+    let x = randv(&mut rng, 2 * 5 * 6);
+    let (y, arg) = pool2d::max_pool(&g, &x);
+    let w = randv(&mut rng, y.len());
+    let dx = pool2d::max_pool_backward(&g, &arg, &w);
+    check("max_pool2d dx", &x, &dx, |x| dot(&w, &pool2d::max_pool(&g, x).0));
+    let w = randv(&mut rng, 2);
+    let dx = pool2d::global_avg_pool_backward(&w, 30);
+    check("global_avg_pool dx", &x[..60], &dx, |x| dot(&w, &pool2d::global_avg_pool(x, 30)));
+
+    // Away from the kinks at 0 (and 6), ReLU and ReLU6 are piecewise linear.
+    let x: Vec<f64> =
+        randv(&mut rng, 20).iter().map(|v| v * 8.0).filter(|v| v.abs() > 1e-3 && (v - 6.0).abs() > 1e-3).collect();
+    let w = randv(&mut rng, x.len());
+    type Pair = (&'static str, fn(f64) -> f64, fn(f64) -> f64);
+    let pairs: [Pair; 2] =
+        [("relu", elementwise::relu, elementwise::relu_grad), ("relu6", elementwise::relu6, elementwise::relu6_grad)];
+    for (name, f, df) in pairs {
+        let analytic: Vec<f64> = x.iter().zip(&w).map(|(&x, &w)| w * df(x)).collect();
+        check(name, &x, &analytic, |x| x.iter().zip(&w).map(|(&x, &w)| w * f(x)).sum());
+    }
+}

@@ -14,6 +14,10 @@ pub static TILE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 mod adamw;
 #[path = "kernels/attention.rs"]
 mod attention;
+#[path = "kernels/batch_norm.rs"]
+mod batch_norm;
+#[path = "kernels/conv2d.rs"]
+mod conv2d;
 #[path = "kernels/dropout.rs"]
 mod dropout;
 #[path = "kernels/elementwise.rs"]
@@ -22,6 +26,8 @@ mod elementwise;
 mod embedding;
 #[path = "kernels/layer_norm.rs"]
 mod layer_norm;
+#[path = "kernels/pool2d.rs"]
+mod pool2d;
 #[path = "kernels/qmatmul.rs"]
 mod qmatmul;
 #[path = "kernels/reduce.rs"]

@@ -423,8 +423,14 @@ fn mismatched_checkpoints_name_the_tensor() {
     assert!(err.contains("unexpected") && err.contains("model.layers.2.self_attn.q_proj.weight"), "{err}");
 }
 
+#[path = "models/efficientnet_lite.rs"]
+mod efficientnet_lite;
 #[path = "models/encoder.rs"]
 mod encoder;
+#[path = "models/images.rs"]
+mod images;
+#[path = "models/resnet.rs"]
+mod resnet;
 
 #[path = "models/tokenizers.rs"]
 mod tokenizers;

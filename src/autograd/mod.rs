@@ -8,21 +8,27 @@
 //! is what gradient accumulation across micro-batches needs; the optimizer zeroes it after a step.
 
 mod attention;
+mod batch_norm;
+mod conv2d;
 mod elementwise;
 mod embedding;
 mod linear;
 mod loss;
 mod norm;
 mod pool;
+mod pool2d;
 mod rope;
 
 pub use attention::attention;
+pub use batch_norm::{BnStats, RunningStats, batch_norm};
+pub use conv2d::conv2d;
 pub use elementwise::{activation, add, dropout, split_cols, swiglu};
 pub use embedding::embedding;
 pub use linear::{Lora, WeightLayout, linear, linear_quant};
 pub use loss::{Loss, cross_entropy, cross_entropy_weighted, linear_cross_entropy};
 pub use norm::norm;
 pub use pool::{first_token_weights, mean_weights, pool};
+pub use pool2d::{global_avg_pool, max_pool2d};
 pub use rope::rope;
 
 use std::cell::{Cell, RefCell};

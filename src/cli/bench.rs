@@ -82,6 +82,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             record(bench::measure(&gpu, &mut case)?, &mut figures);
         }
     }
+    gpu.trim_pool();
+    if wanted("conv2d") {
+        for mut case in bench::conv_cases(&gpu, scale)? {
+            if wanted(&case.kernel) {
+                record(bench::measure(&gpu, &mut case)?, &mut figures);
+            }
+        }
+    }
     let best = bench::apply_rooflines(&mut figures, copy_gbps);
     if args.json {
         let doc = serde_json::json!({

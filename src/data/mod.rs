@@ -9,6 +9,7 @@
 //! - [`cmudict`]: the CMU Pronouncing Dictionary as a prompt/completion task, and its metrics.
 //! - [`classify`]: labelled texts for sequence classification (jsonl or csv), the label set,
 //!   stratified splits and subsamples, and class weights.
+//! - [`images`]: image folders (a folder per class), decoding and the evaluation transform.
 //! - [`spamassassin`]: the SpamAssassin public corpus imported as a classification data set.
 
 pub mod catalog;
@@ -16,6 +17,7 @@ pub mod classify;
 pub mod cmudict;
 pub mod encode;
 pub mod fetch;
+pub mod images;
 pub mod lm;
 pub mod spamassassin;
 

@@ -1,5 +1,5 @@
 //! Elementwise ops (`shaders/elementwise.wgsl`): add/scale/mul/bias, the activations GELU
-//! (erf and tanh forms), SiLU and SwiGLU, and their backward passes.
+//! (erf and tanh forms), SiLU, ReLU, ReLU6 and SwiGLU, and their backward passes.
 //!
 //! Backward functions write `dx` (or add into it with `accumulate`), so the autograd tape can
 //! sum gradients from several uses of a tensor without extra kernels.
@@ -20,6 +20,10 @@ pub enum Activation {
     GeluTanh,
     /// x·sigmoid(x) (Llama's "silu").
     Silu,
+    /// max(x, 0) (ResNet's).
+    Relu,
+    /// min(max(x, 0), 6) (MobileNet's and EfficientNet-Lite's).
+    Relu6,
 }
 
 impl Activation {
@@ -28,10 +32,12 @@ impl Activation {
             Activation::GeluErf => ("gelu_erf", "gelu_erf_bwd"),
             Activation::GeluTanh => ("gelu_tanh", "gelu_tanh_bwd"),
             Activation::Silu => ("silu", "silu_bwd"),
+            Activation::Relu => ("relu", "relu_bwd"),
+            Activation::Relu6 => ("relu6", "relu6_bwd"),
         }
     }
 
-    /// The kernel's name: `gelu_erf`, `gelu_tanh` or `silu`.
+    /// The kernel's name: `gelu_erf`, `gelu_tanh`, `silu`, `relu` or `relu6`.
     pub fn name(self) -> &'static str {
         self.entries().0
     }
@@ -42,6 +48,8 @@ impl Activation {
             "gelu" => Some(Activation::GeluErf),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Activation::GeluTanh),
             "silu" | "swish" => Some(Activation::Silu),
+            "relu" => Some(Activation::Relu),
+            "relu6" => Some(Activation::Relu6),
             _ => None,
         }
     }

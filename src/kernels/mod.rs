@@ -6,11 +6,14 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod batch_norm;
+pub mod conv2d;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 pub mod layer_norm;
 pub mod matmul;
+pub mod pool2d;
 pub mod qmatmul;
 pub mod reduce;
 pub mod rope;

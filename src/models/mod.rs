@@ -3,11 +3,13 @@
 
 pub mod bert;
 pub mod classifier;
+pub mod efficientnet_lite;
 pub mod gguf_llama;
 pub mod gpt2;
 pub mod llama;
 pub mod load;
 pub mod quantize;
+pub mod resnet;
 
 use std::path::Path;
 

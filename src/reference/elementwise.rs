@@ -73,3 +73,22 @@ pub fn copy_cols(
         }
     }
 }
+
+pub fn relu(x: f64) -> f64 {
+    x.max(0.0)
+}
+
+/// 1 where x > 0 (PyTorch takes 0 at the kink).
+pub fn relu_grad(x: f64) -> f64 {
+    if x > 0.0 { 1.0 } else { 0.0 }
+}
+
+/// min(max(x, 0), 6) (MobileNet's and EfficientNet-Lite's activation).
+pub fn relu6(x: f64) -> f64 {
+    x.clamp(0.0, 6.0)
+}
+
+/// 1 on the open interval (0, 6), 0 outside and at both kinks (as PyTorch's hardtanh).
+pub fn relu6_grad(x: f64) -> f64 {
+    if x > 0.0 && x < 6.0 { 1.0 } else { 0.0 }
+}
