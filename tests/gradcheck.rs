@@ -159,10 +159,15 @@ fn softmax_cross_entropy_weighted_matches_pytorch() {
 #[test]
 fn attention_backward() {
     let mut rng = Rng::new(14);
-    for (causal, with_mask, hq, hkv) in
-        [(false, false, 2, 2), (true, false, 4, 2), (true, true, 3, 1), (false, true, 2, 1)]
-    {
-        let dm = attention::Dims { b: 2, t: 5, hq, hkv, d: 3, causal, scale: 0.6 };
+    for (causal, with_mask, hq, hkv, window) in [
+        (false, false, 2, 2, None),
+        (true, false, 4, 2, None),
+        (true, true, 3, 1, None),
+        (false, true, 2, 1, None),
+        (true, false, 2, 1, Some(2)),
+        (true, true, 2, 2, Some(3)),
+    ] {
+        let dm = attention::Dims { b: 2, t: 5, hq, hkv, d: 3, causal, scale: 0.6, window };
         let nq = dm.b * dm.t * hq * dm.d;
         let nk = dm.b * dm.t * hkv * dm.d;
         let (q, k, v, w) = (randv(&mut rng, nq), randv(&mut rng, nk), randv(&mut rng, nk), randv(&mut rng, nq));
@@ -170,7 +175,7 @@ fn attention_backward() {
         let mask: Vec<bool> = (0..dm.b * dm.t).map(|i| !(i >= dm.t && i % dm.t >= 3)).collect();
         let mask = with_mask.then_some(&mask[..]);
         let (dq, dk, dv) = attention::backward(&dm, &q, &k, &v, mask, &w);
-        let what = format!("attention causal={causal} mask={with_mask} hq={hq} hkv={hkv}");
+        let what = format!("attention causal={causal} mask={with_mask} hq={hq} hkv={hkv} window={window:?}");
         check(&format!("{what} dq"), &q, &dq, |x| dot(&w, &attention::forward(&dm, x, &k, &v, mask).0));
         check(&format!("{what} dk"), &k, &dk, |x| dot(&w, &attention::forward(&dm, &q, x, &v, mask).0));
         check(&format!("{what} dv"), &v, &dv, |x| dot(&w, &attention::forward(&dm, &q, &k, x, mask).0));
