@@ -39,6 +39,11 @@ adapter (`peft_adapter/`: LoRA on query/key/value/dense, classifier in modules_t
       lora_loss      float32 [1]
       lora_grad.<key> float32         d lora_loss / d adapter weight, keys as in the adapter file
 
+`rope_scaling.json` holds RoPE scaling cases: for each, a config as an older `config.json` writes
+it (`legacy`: `rope_scaling` + top-level `rope_theta`) and as transformers 5 saves it (`saved`:
+`rope_parameters`), a `seq_len` (null = at load time) and what transformers' ROPE_INIT_FUNCTIONS
+(or the model's default rope) return for it: `inv_freq` (float32 values) and `attention_factor`.
+
 Deterministic: fixed seeds, eval mode, all dropouts 0; running it twice gives identical bytes.
 Needs: torch, transformers (5.x), peft (0.21.x), safetensors.
 """
@@ -342,6 +347,99 @@ def build_bert(out_root, seed):
     return out
 
 
+ROPE_KEYS = ["rope_parameters", "rope_scaling", "rope_theta", "partial_rotary_factor", "max_position_embeddings",
+             "original_max_position_embeddings", "head_dim", "hidden_size", "num_attention_heads"]
+
+
+def rope_scaling_cases(out_root):
+    """transformers' inverse frequencies and attention factor for each RoPE type kiln maps."""
+    from transformers import Phi3Config, Qwen2Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    g = torch.Generator().manual_seed(77)
+
+    def factors(n, lo, hi):
+        return [round(float(x), 4) for x in (lo + (hi - lo) * torch.rand(n, generator=g))]
+
+    base = dict(hidden_size=256, num_attention_heads=4)  # head_dim 64 unless given
+    cases = [
+        ("default", LlamaConfig, dict(base, max_position_embeddings=2048, rope_theta=10000.0), [None]),
+        ("default_head_dim_24", LlamaConfig,
+         dict(base, head_dim=24, max_position_embeddings=4096, rope_theta=1000000.0), [None]),
+        ("default_partial_half", Phi3Config,
+         dict(base, partial_rotary_factor=0.5, max_position_embeddings=4096, rope_theta=10000.0), [None]),
+        ("linear", LlamaConfig, dict(base, max_position_embeddings=4096, rope_theta=10000.0,
+                                     rope_scaling={"rope_type": "linear", "factor": 4.0}), [None]),
+        ("dynamic", LlamaConfig, dict(base, max_position_embeddings=2048, rope_theta=10000.0,
+                                      rope_scaling={"type": "dynamic", "factor": 2.0}), [None, 1000, 6000]),
+        # Llama 3.2's values (head_dim 64, 131072 positions from 8192).
+        ("llama3", LlamaConfig, dict(base, max_position_embeddings=131072, rope_theta=500000.0,
+                                     rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+         [None]),
+        ("llama3_factor8", LlamaConfig, dict(hidden_size=128, num_attention_heads=2, max_position_embeddings=131072,
+                                             rope_theta=500000.0,
+                                             rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                           "low_freq_factor": 2.0, "high_freq_factor": 6.0,
+                                                           "original_max_position_embeddings": 4096}), [None]),
+        # Phi-3.5-mini's layout (head_dim 96) and Phi-4-mini's (head_dim 128, 3/4 of it rotary).
+        ("longrope", Phi3Config, dict(hidden_size=384, num_attention_heads=4, max_position_embeddings=131072,
+                                      original_max_position_embeddings=4096, rope_theta=10000.0,
+                                      rope_scaling={"type": "longrope", "short_factor": factors(48, 1.0, 1.2),
+                                                    "long_factor": factors(48, 1.0, 60.0)}), [None, 4096, 4097]),
+        ("longrope_partial", Phi3Config, dict(hidden_size=512, num_attention_heads=4, partial_rotary_factor=0.75,
+                                              max_position_embeddings=131072, original_max_position_embeddings=4096,
+                                              rope_theta=10000.0,
+                                              rope_scaling={"type": "longrope", "short_factor": factors(48, 1.0, 3.0),
+                                                            "long_factor": factors(48, 1.0, 40.0)}), [None, 9000]),
+        ("longrope_attention_factor", Phi3Config,
+         dict(hidden_size=64, num_attention_heads=4, max_position_embeddings=256, original_max_position_embeddings=64,
+              rope_theta=10000.0,
+              rope_scaling={"type": "longrope", "short_factor": factors(8, 1.0, 2.0),
+                            "long_factor": factors(8, 1.0, 9.0), "attention_factor": 1.3, "factor": 2.0}),
+         [None, 100]),
+        # Qwen2.5's YaRN recipe, and one with every optional key set.
+        ("yarn", Qwen2Config, dict(hidden_size=512, num_attention_heads=4, max_position_embeddings=32768,
+                                   rope_theta=1000000.0,
+                                   rope_scaling={"type": "yarn", "factor": 4.0,
+                                                 "original_max_position_embeddings": 32768}), [None]),
+        ("yarn_options", Qwen2Config, dict(hidden_size=256, num_attention_heads=4, max_position_embeddings=16384,
+                                           rope_theta=10000.0,
+                                           rope_scaling={"rope_type": "yarn", "factor": 8.0, "beta_fast": 16.0,
+                                                         "beta_slow": 2.0, "mscale": 0.9, "mscale_all_dim": 0.5,
+                                                         "original_max_position_embeddings": 2048,
+                                                         "truncate": False}), [None]),
+        ("yarn_attention_factor", Qwen2Config, dict(hidden_size=128, num_attention_heads=2,
+                                                    max_position_embeddings=8192, rope_theta=10000.0,
+                                                    rope_scaling={"rope_type": "yarn", "factor": 2.0,
+                                                                  "attention_factor": 0.8,
+                                                                  "original_max_position_embeddings": 4096}),
+         [None]),
+    ]
+    out = []
+    for name, cls, kwargs, seq_lens in cases:
+        legacy = json.loads(json.dumps(kwargs))
+        cfg = cls(**kwargs)
+        saved = {k: v for k, v in cfg.to_dict().items() if k in ROPE_KEYS}
+        rope_type = cfg.rope_parameters.get("rope_type", "default")
+        for seq_len in seq_lens:
+            if rope_type == "default":
+                inv_freq, attn = LlamaRotaryEmbedding.compute_default_rope_parameters(cfg)
+                if cls is Phi3Config:  # Phi-3's default rope reads partial_rotary_factor; Llama's ignores it
+                    from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
+                    inv_freq, attn = Phi3RotaryEmbedding.compute_default_rope_parameters(cfg)
+            else:
+                inv_freq, attn = ROPE_INIT_FUNCTIONS[rope_type](cfg, None, seq_len=seq_len)
+            out.append({"name": name, "legacy": legacy, "saved": saved, "seq_len": seq_len,
+                        "inv_freq": [float(x) for x in inv_freq.float()], "attention_factor": float(attn)})
+    path = os.path.join(out_root, "rope_scaling.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1, sort_keys=True)
+        f.write("\n")
+    return path
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     here = os.path.dirname(os.path.abspath(__file__))
@@ -353,6 +451,7 @@ def main():
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
 
+    print(rope_scaling_cases(out_root))
     dirs = [
         build("gpt2_tiny", gpt2(), ["c_attn", "c_proj", "c_fc"], True, out_root, seed=1234),
         build("llama_tiny", llama(),

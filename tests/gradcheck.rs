@@ -194,6 +194,24 @@ fn rope_backward_is_inverse_rotation() {
     check("rope dx", &x, &dx, |x| dot(&w, &rope::apply(x, dims, &angles, &positions, false)));
 }
 
+/// Partial rotary with an attention factor f: y = blockdiag(f·R(θ), I)·x, so
+/// dx = blockdiag(f·R(−θ), I)·dy (the transpose; no longer the inverse once f ≠ 1).
+#[test]
+fn rope_partial_scaled_backward_is_transpose() {
+    let mut rng = Rng::new(17);
+    let dims = (2, 3, 2, 10);
+    let (rot_dim, factor) = (6, 1.3);
+    let n = dims.0 * dims.1 * dims.2 * dims.3;
+    let (x, w) = (randv(&mut rng, n), randv(&mut rng, n));
+    let inv_freq = [1.0, 0.3, 0.05];
+    let angles = kiln::kernels::rope::angles_from(&inv_freq, 8);
+    let positions: Vec<usize> = vec![0, 1, 2, 5, 6, 7];
+    let dx = rope::apply_partial(&w, dims, rot_dim, &angles, factor, &positions, true);
+    check("rope partial dx", &x, &dx, |x| {
+        dot(&w, &rope::apply_partial(x, dims, rot_dim, &angles, factor, &positions, false))
+    });
+}
+
 #[test]
 fn embedding_backward_is_scatter_add() {
     let mut rng = Rng::new(16);

@@ -7,9 +7,11 @@ pub mod kv_cache;
 pub mod linear;
 pub mod lora;
 pub mod norm;
+pub mod rope_scaling;
 
 pub use init::Rng;
 pub use kv_cache::KvCache;
 pub use linear::Linear;
 pub use lora::{LoraAdapter, LoraConfig};
 pub use norm::NormLayer;
+pub use rope_scaling::{RopeConfig, RopeScaling};
