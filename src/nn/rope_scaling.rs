@@ -204,6 +204,73 @@ impl RopeConfig {
         Ok(RopeConfig { theta, head_dim, rot_dim, max_position_embeddings: max_pos, scaling })
     }
 
+    /// The `rope_parameters` transformers 5 writes for this RoPE (exports); `from_hf` reads it back.
+    pub fn to_hf_json(&self) -> Value {
+        let mut v = serde_json::json!({ "rope_theta": self.theta });
+        if self.rot_dim != self.head_dim {
+            v["partial_rotary_factor"] = (self.rot_dim as f64 / self.head_dim as f64).into();
+        }
+        let mut set = |key: &str, value: Value| {
+            if !value.is_null() {
+                v[key] = value;
+            }
+        };
+        let kind = match &self.scaling {
+            RopeScaling::Default => "default",
+            RopeScaling::Linear { factor } => {
+                set("factor", (*factor).into());
+                "linear"
+            }
+            RopeScaling::Dynamic { factor } => {
+                set("factor", (*factor).into());
+                "dynamic"
+            }
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                set("factor", (*factor).into());
+                set("low_freq_factor", (*low_freq_factor).into());
+                set("high_freq_factor", (*high_freq_factor).into());
+                set("original_max_position_embeddings", (*original_max_position_embeddings as u64).into());
+                "llama3"
+            }
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                factor,
+                attention_factor,
+                original_max_position_embeddings,
+            } => {
+                set("short_factor", short_factor.clone().into());
+                set("long_factor", long_factor.clone().into());
+                set("factor", (*factor).into());
+                set("attention_factor", (*attention_factor).into());
+                set("original_max_position_embeddings", (*original_max_position_embeddings).into());
+                "longrope"
+            }
+            RopeScaling::Yarn {
+                factor,
+                attention_factor,
+                beta_fast,
+                beta_slow,
+                mscale,
+                mscale_all_dim,
+                original_max_position_embeddings,
+                truncate,
+            } => {
+                set("factor", (*factor).into());
+                set("attention_factor", (*attention_factor).into());
+                set("beta_fast", (*beta_fast).into());
+                set("beta_slow", (*beta_slow).into());
+                set("mscale", (*mscale).into());
+                set("mscale_all_dim", (*mscale_all_dim).into());
+                set("original_max_position_embeddings", (*original_max_position_embeddings).into());
+                set("truncate", (*truncate).into());
+                "yarn"
+            }
+        };
+        v["rope_type"] = kind.into();
+        v
+    }
+
     /// The RoPE with no scaling over the whole head.
     pub fn plain(theta: f64, head_dim: usize, max_position_embeddings: usize) -> RopeConfig {
         RopeConfig { theta, head_dim, rot_dim: head_dim, max_position_embeddings, scaling: RopeScaling::Default }

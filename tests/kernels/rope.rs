@@ -99,6 +99,10 @@ fn rope_scaling_matches_transformers() {
             );
             let rope = RopeConfig::from_hf(cfg, head_dim, &path).unwrap_or_else(|e| panic!("{name} {form}: {e}"));
             kinds.insert(format!("{:?}", rope.scaling).split([' ', '{']).next().unwrap().to_string());
+            // What an export writes reads back as the same RoPE.
+            let saved = serde_json::json!({"rope_parameters": rope.to_hf_json(),
+                "max_position_embeddings": rope.max_position_embeddings});
+            assert_eq!(RopeConfig::from_hf(&saved, head_dim, &path).unwrap(), rope, "{name} {form}: export round trip");
             let (got, factor) = rope.inv_freq(seq_len);
             assert_eq!(got.len(), want.len(), "{name} {form}: number of frequencies");
             let worst = got.iter().zip(&want).map(|(g, w)| ((g - w) / w).abs()).fold(0.0, f64::max);
