@@ -62,8 +62,9 @@ fn kernels(c: &mut Criterion) {
 /// FLOP/s as elements; the work is the same, the bytes of W are 5/32 (Q4_1) of f32's.
 fn quant_cases(gpu: &Gpu, scale: Scale) -> Vec<Case<'_>> {
     use kiln::kernels::matmul::{Matmul, matmul_into};
+    use kiln::kernels::qmatmul::QuantTensor;
     use kiln::kernels::qmatmul::{qmatmul_dx_into, qmatmul_into};
-    use kiln::quant::{QuantTensor, QuantType, QuantWeights};
+    use kiln::quant::{QuantType, QuantWeights};
     use kiln::{DType, Tensor};
     let tokens = if scale == Scale::Small { 512 } else { 4096 };
     let (n, k) = (1536, 576);

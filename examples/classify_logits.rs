@@ -12,10 +12,9 @@ use std::path::Path;
 
 use kiln::autograd::Tape;
 use kiln::data::encode::{Encoded, encode_texts, encoder_tokenizer, make_input, pad_id};
+use kiln::formats::safetensors::save_safetensors;
 use kiln::gpu::{AdapterChoice, Gpu};
-use kiln::models::classifier::{Pooling, SequenceClassifier};
-use kiln::models::peft;
-use kiln::models::weights::save_safetensors;
+use kiln::models::classifier::{self, Pooling, SequenceClassifier};
 
 fn main() -> kiln::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,12 +29,12 @@ fn main() -> kiln::Result<()> {
     let (model_dir, out, texts) = (Path::new(&args[0]), Path::new(&args[1]), &args[2..]);
     let gpu = Gpu::new(&AdapterChoice::from_flag_or_env(None))?;
     let (labels, pooling) = match &adapter {
-        Some(dir) => peft::read_classifier_meta(Path::new(dir))?,
+        Some(dir) => classifier::read_classifier_meta(Path::new(dir))?,
         None => (vec!["0".into(), "1".into()], Pooling::Mean),
     };
     let mut model = SequenceClassifier::load(&gpu, model_dir, labels, pooling, 0)?;
     if let Some(dir) = &adapter {
-        peft::load_classifier_adapter(&gpu, &mut model, Path::new(dir))?;
+        model.load_adapter(&gpu, Path::new(dir))?;
     }
     let tok = encoder_tokenizer(model_dir, 128)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();

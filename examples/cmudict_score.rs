@@ -10,7 +10,6 @@ use kiln::data::cmudict::PronunciationScore;
 use kiln::data::lm::{Record, read_jsonl};
 use kiln::gpu::{AdapterChoice, Gpu};
 use kiln::models::load::load_lm;
-use kiln::models::peft;
 
 fn main() -> kiln::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -18,7 +17,7 @@ fn main() -> kiln::Result<()> {
     let mut lm = load_lm(&gpu, Path::new(&args[1]))?;
     let words: usize = args[3].parse().expect("WORDS is a number");
     if let Some(dir) = args.get(4) {
-        peft::load_adapter(&gpu, lm.model.as_mut(), Path::new(dir))?;
+        lm.model.load_adapter(&gpu, Path::new(dir))?;
     }
     let test = read_jsonl(&Path::new(&args[2]).join("test.jsonl"))?;
     let mut score = PronunciationScore::default();

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use kiln::models::gguf::{GgufFile, GgufValue};
-use kiln::models::gguf_tokenizer::GgufTokenizer;
+use kiln::formats::gguf::{GgufFile, GgufValue};
+use kiln::formats::tokenizer::GgufTokenizer;
 
 /// Strings whose token ids are compared with transformers: spaces, accents, emoji, code, chat
 /// markup, digits (SmolLM splits every digit), contractions, CJK.

@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use kiln::formats::gguf::GgufFile;
+use kiln::formats::tokenizer::GgufTokenizer;
 use kiln::gpu::{AdapterChoice, Gpu};
-use kiln::models::gguf::GgufFile;
 use kiln::models::gguf_llama;
-use kiln::models::gguf_tokenizer::GgufTokenizer;
 use kiln::models::{CausalLm, LmInput};
 
 fn main() -> kiln::Result<()> {

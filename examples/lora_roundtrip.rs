@@ -6,9 +6,9 @@
 use std::path::Path;
 
 use kiln::autograd::Tape;
+use kiln::formats::peft::TaskType;
+use kiln::formats::safetensors::save_safetensors;
 use kiln::gpu::{AdapterChoice, Gpu};
-use kiln::models::peft::{self, TaskType};
-use kiln::models::weights::save_safetensors;
 use kiln::models::{LmInput, load_causal_lm};
 use kiln::nn::LoraConfig;
 use kiln::train::Optimizer;
@@ -47,14 +47,7 @@ fn main() -> kiln::Result<()> {
         opt.step(&gpu, model.as_ref(), 1e-2)?;
         eprintln!("step {step}: loss {:.4}", loss.read(&gpu)?.0);
     }
-    peft::save_adapter(
-        &gpu,
-        model.as_mut(),
-        &cfg,
-        TaskType::CausalLm,
-        &base.display().to_string(),
-        &out.join("adapter"),
-    )?;
+    model.save_adapter(&gpu, &cfg, TaskType::CausalLm, &base.display().to_string(), &out.join("adapter"))?;
     let logits = model.all_logits(&gpu, &input)?;
     let shape = logits.shape().to_vec();
     save_safetensors(

@@ -8,10 +8,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::models::gguf::GgufFile;
+use crate::formats::gguf::GgufFile;
+use crate::formats::safetensors::{SafetensorsSource, WeightSource};
+use crate::formats::tokenizer::GgufTokenizer;
 use crate::models::gguf_llama::config_from_metadata;
-use crate::models::gguf_tokenizer::GgufTokenizer;
-use crate::models::weights::{SafetensorsSource, WeightSource};
 
 /// Tensors larger than this are not dequantized (the parse already checked their bytes lie in
 /// the file; decoding megabytes per input would only slow the fuzzer down).
@@ -132,10 +132,10 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
 /// A two-layer Llama in GGUF with a byte-level BPE vocabulary and one tensor of each type kiln
 /// reads (F32, F16, BF16, Q8_0, Q4_0, Q4_1).
 fn tiny_llama_gguf() -> Vec<u8> {
-    use crate::models::gguf::testing::{self as t, GgufBuilder};
-    use crate::models::gguf::{GgmlType, GgufValue};
+    use crate::formats::gguf::testing::{self as t, GgufBuilder};
+    use crate::formats::gguf::{GgmlType, GgufValue};
     let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
-    tokens.extend(crate::models::gguf_tokenizer::bytes_to_unicode().iter().map(char::to_string));
+    tokens.extend(crate::formats::tokenizer::bytes_to_unicode().iter().map(char::to_string));
     let merges = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r"];
     tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
     let mut types = vec![GgufValue::I32(1); tokens.len()];

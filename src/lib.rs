@@ -12,6 +12,7 @@ pub mod curate;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod formats;
 pub mod fuzz;
 pub mod generate;
 pub mod gpu;
@@ -23,6 +24,7 @@ pub mod reference;
 pub mod tensor;
 pub mod train;
 pub mod tune;
+pub mod util;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;

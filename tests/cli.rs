@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::{tiny_bert, tiny_model};
 use kiln::gpu::AdapterChoice;
-use kiln::models::{LmInput, load_causal_lm, peft};
+use kiln::models::{LmInput, load_causal_lm};
 
 /// Counting tasks: prompt `w{s} w{s+1} w{s+2}`, completion the next three numbers.
 fn counting_data(dir: &Path) {
@@ -111,7 +111,7 @@ fn train_generate_export_end_to_end() {
     let ids: Vec<u32> = vec![10, 11, 12, 13, 14];
     let input = LmInput::new(&gpu, ids, 1, 5, None).unwrap();
     let mut with_adapter = load_causal_lm(&gpu, &model).unwrap();
-    peft::load_adapter(&gpu, with_adapter.as_mut(), &run.join("adapter")).unwrap();
+    with_adapter.load_adapter(&gpu, &run.join("adapter")).unwrap();
     let want = with_adapter.all_logits(&gpu, &input).unwrap().to_f32_vec(&gpu).unwrap();
     let got = load_causal_lm(&gpu, &merged).unwrap().all_logits(&gpu, &input).unwrap().to_f32_vec(&gpu).unwrap();
     let err = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);

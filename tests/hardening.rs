@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{tiny_bert, tiny_model};
-use kiln::models::gguf::testing::{self as gg, GgufBuilder};
-use kiln::models::gguf::{GgmlType, GgufValue};
+use kiln::formats::gguf::testing::{self as gg, GgufBuilder};
+use kiln::formats::gguf::{GgmlType, GgufValue};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
@@ -678,14 +678,14 @@ fn fuzz_findings_stay_fixed() {
 /// inside the readers rather than at their first check.
 #[test]
 fn fuzz_seeds_are_valid_inputs() {
-    use kiln::models::gguf::GgufFile;
+    use kiln::formats::gguf::GgufFile;
     let gguf = GgufFile::parse(kiln::fuzz::seeds("gguf").remove(0), "seed.gguf").unwrap();
     kiln::models::gguf_llama::config_from_metadata(&gguf).unwrap();
-    kiln::models::gguf_tokenizer::GgufTokenizer::from_gguf(&gguf).unwrap();
+    kiln::formats::tokenizer::GgufTokenizer::from_gguf(&gguf).unwrap();
     for t in &gguf.tensors {
         gguf.tensor_f32(&t.name).unwrap();
     }
-    let st = kiln::models::weights::SafetensorsSource::from_bytes(
+    let st = kiln::formats::safetensors::SafetensorsSource::from_bytes(
         Path::new("seed.safetensors"),
         &kiln::fuzz::seeds("safetensors").remove(0),
     )

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use kiln::autograd::Tape;
 use kiln::data::lm::Example;
+use kiln::formats::peft::TaskType;
 use kiln::generate::{Sampling, generate};
-use kiln::models::peft::{self, TaskType};
 use kiln::models::quantize;
 use kiln::models::{CausalLm, LmInput, load_causal_lm};
 use kiln::nn::LoraConfig;
@@ -125,7 +125,7 @@ fn lora_matches(name: &str) {
     let dir = fixture(name);
     let e = Expected::read(&dir);
     let mut model = load_causal_lm(g, &dir).unwrap();
-    peft::load_adapter(g, model.as_mut(), &dir.join("peft_adapter")).unwrap();
+    model.load_adapter(g, &dir.join("peft_adapter")).unwrap();
     check_logits(&format!("{name} lora logits"), model.as_ref(), &e, "lora_logits");
 
     let (input, targets) = e.batch();
@@ -185,7 +185,7 @@ fn kl_from_base_matches(name: &str) {
     let dir = fixture(name);
     let e = Expected::read(&dir);
     let mut model = load_causal_lm(g, &dir).unwrap();
-    peft::load_adapter(g, model.as_mut(), &dir.join("peft_adapter")).unwrap();
+    model.load_adapter(g, &dir.join("peft_adapter")).unwrap();
     let (input, _) = e.batch();
     let off = forgetting::with_adapters_off(model.as_mut(), |m| m.all_logits(g, &input)?.to_f32_vec(g)).unwrap();
     let base = load_causal_lm(g, &dir).unwrap().all_logits(g, &input).unwrap().to_f32_vec(g).unwrap();
@@ -280,13 +280,13 @@ fn adapter_save_and_load_round_trip() {
     let dir = fixture("llama_tiny");
     let e = Expected::read(&dir);
     let mut model = load_causal_lm(g, &dir).unwrap();
-    let cfg = peft::load_adapter(g, model.as_mut(), &dir.join("peft_adapter")).unwrap();
+    let cfg = model.load_adapter(g, &dir.join("peft_adapter")).unwrap();
     let (input, _) = e.batch();
     let before = model.all_logits(g, &input).unwrap().to_f32_vec(g).unwrap();
     let out = tempfile::tempdir().unwrap();
-    peft::save_adapter(g, model.as_mut(), &cfg, TaskType::CausalLm, "llama_tiny", out.path()).unwrap();
+    model.save_adapter(g, &cfg, TaskType::CausalLm, "llama_tiny", out.path()).unwrap();
     let mut again = load_causal_lm(g, &dir).unwrap();
-    let cfg2 = peft::load_adapter(g, again.as_mut(), out.path()).unwrap();
+    let cfg2 = again.load_adapter(g, out.path()).unwrap();
     assert_eq!(cfg, cfg2);
     let after = again.all_logits(g, &input).unwrap().to_f32_vec(g).unwrap();
     assert_close("reloaded adapter logits", &after, &f64s(&before), 0.0, 0.0);
@@ -335,7 +335,7 @@ fn gradients_accumulate_across_micro_batches() {
     let (input, targets) = e.batch();
     let grads = |passes: usize| {
         let mut model = load_causal_lm(g, &dir).unwrap();
-        peft::load_adapter(g, model.as_mut(), &dir.join("peft_adapter")).unwrap();
+        model.load_adapter(g, &dir.join("peft_adapter")).unwrap();
         for _ in 0..passes {
             let tape = Tape::train(g, 0, 1);
             let loss = model.loss(&tape, &input, &targets).unwrap();
@@ -364,7 +364,7 @@ fn a_training_step_is_one_submit() {
     let dir = fixture("llama_tiny");
     let e = Expected::read(&dir);
     let mut model = load_causal_lm(g, &dir).unwrap();
-    peft::load_adapter(g, model.as_mut(), &dir.join("peft_adapter")).unwrap();
+    model.load_adapter(g, &dir.join("peft_adapter")).unwrap();
     let mut opt = kiln::train::Optimizer::new(Default::default(), Some(1.0));
     g.synchronize().unwrap();
     let before = g.submit_count();
@@ -401,7 +401,7 @@ fn mismatched_checkpoints_name_the_tensor() {
         .collect();
     let write = |config: &serde_json::Value, tensors: &[(String, Vec<f32>, Vec<usize>)]| {
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-        kiln::models::weights::save_safetensors(&dir.join("model.safetensors"), tensors, None).unwrap();
+        kiln::formats::safetensors::save_safetensors(&dir.join("model.safetensors"), tensors, None).unwrap();
     };
     let load_err = || load_causal_lm(g, dir).err().expect("the checkpoint is refused").to_string();
 
@@ -446,7 +446,7 @@ fn quantized_base_equals_its_dequantized_copy(name: &str, kind: QuantType) {
     eprintln!("{name} {kind}: loss {f32_loss} (f32) -> {quant_loss}");
     assert!((quant_loss - f32_loss).abs() < 0.05 * f32_loss, "{kind} moved the loss from {f32_loss} to {quant_loss}");
     for m in [&mut q, &mut d] {
-        peft::load_adapter(g, m.as_mut(), &dir.join("peft_adapter")).unwrap();
+        m.load_adapter(g, &dir.join("peft_adapter")).unwrap();
     }
     let (input, targets) = e.batch();
     let what = format!("{name} {kind}");

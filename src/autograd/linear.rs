@@ -9,9 +9,9 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::dropout::{self, DropoutMask};
 use crate::kernels::matmul::{Matmul, matmul_into};
+use crate::kernels::qmatmul::QuantTensor;
 use crate::kernels::qmatmul::{qmatmul_dx_into, qmatmul_into};
 use crate::kernels::reduce;
-use crate::quant::QuantTensor;
 use crate::tensor::{DType, Tensor};
 
 /// How a weight matrix is stored.

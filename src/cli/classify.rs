@@ -20,7 +20,6 @@ use crate::eval::{Metrics, group_accuracy};
 use crate::gpu::Gpu;
 use crate::models::classifier::{Pooling, SequenceClassifier};
 use crate::models::count_params;
-use crate::models::peft;
 use crate::nn::LoraConfig;
 use crate::train::classify::{
     ClassifyConfig, Event, LabeledSet, Strategy, Unfreeze, UnfreezeUnit, predict, train_classifier,
@@ -79,7 +78,7 @@ pub fn is_classification(args: &TrainArgs) -> Result<bool> {
     if let Some(model) = &args.model
         && model.is_dir()
     {
-        let v: serde_json::Value = crate::models::weights::read_config(model)?;
+        let v: serde_json::Value = crate::formats::safetensors::read_config(model)?;
         return Ok(v["model_type"].as_str() == Some("bert"));
     }
     match &args.data {
@@ -433,7 +432,7 @@ fn write_data(dir: &Path, splits: &Splits) -> Result<()> {
             text.push_str(&serde_json::to_string(&line).expect("json values serialize"));
             text.push('\n');
         }
-        crate::models::weights::write_atomic(&dir.join(format!("{name}.jsonl")), text.as_bytes())?;
+        crate::util::write_atomic(&dir.join(format!("{name}.jsonl")), text.as_bytes())?;
     }
     Ok(())
 }
@@ -469,7 +468,7 @@ fn save(
 ) -> Result<PathBuf> {
     if strategy == Strategy::Lora {
         let dir = out.join("adapter");
-        peft::save_classifier_adapter(gpu, model, lora, &base.display().to_string(), &dir)?;
+        model.save_adapter(gpu, lora, &base.display().to_string(), &dir)?;
         return Ok(dir);
     }
     let dir = out.join("model");

@@ -136,7 +136,7 @@ fn check_flags(path: &Path, sub: &str, flags: &[OsString]) -> Result<()> {
 pub fn write_resolved(path: &Path, settings: &impl serde::Serialize) -> Result<()> {
     let text = toml::to_string(settings)
         .map_err(|e| Error::invalid("config", format!("cannot write the settings as TOML: {e}")))?;
-    crate::models::weights::write_atomic(path, text.as_bytes())
+    crate::util::write_atomic(path, text.as_bytes())
 }
 
 #[cfg(test)]

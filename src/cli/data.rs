@@ -236,7 +236,7 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
     };
     if let Some(path) = &a.report {
         let md = report::markdown(&files, &ins, suspects.as_deref(), a.examples);
-        crate::models::weights::write_atomic(path, md.as_bytes())?;
+        crate::util::write_atomic(path, md.as_bytes())?;
     }
     if a.json {
         let suspects = suspects.as_ref().map(|s| {
@@ -383,7 +383,7 @@ fn run_clean(a: CleanArgs) -> Result<()> {
         log.push_str(&serde_json::to_string(r).expect("json"));
         log.push('\n');
     }
-    crate::models::weights::write_atomic(&a.out.join("removed.jsonl"), log.as_bytes())?;
+    crate::util::write_atomic(&a.out.join("removed.jsonl"), log.as_bytes())?;
     let mut reasons: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     for r in &cleaned.removed {
         let kind = r.reason.split(':').next().unwrap_or("").to_string();

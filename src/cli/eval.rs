@@ -25,11 +25,11 @@ use crate::eval::report::{
 };
 use crate::eval::slices::{GapSettings, SliceMetric, group_report, read_column};
 use crate::eval::{metrics::Metrics, plots};
+use crate::formats::safetensors::read_config;
 use crate::gpu::Gpu;
-use crate::models::classifier::{Pooling, SequenceClassifier};
+use crate::models::classifier::{self, Pooling, SequenceClassifier};
 use crate::models::load::load_lm;
-use crate::models::peft;
-use crate::models::weights::{read_config, write_atomic};
+use crate::util::write_atomic;
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -169,7 +169,7 @@ fn adapter_base(adapter: &Path) -> Result<PathBuf> {
 }
 
 fn is_classifier_adapter(adapter: &Path) -> Result<bool> {
-    if adapter.join(peft::CLASSIFIER_META).is_file() {
+    if adapter.join(classifier::CLASSIFIER_META).is_file() {
         return Ok(true);
     }
     Ok(read_json(&adapter.join("adapter_config.json"))?["task_type"] == "SEQ_CLS")
@@ -199,7 +199,7 @@ fn family(args: &EvalArgs) -> Result<Family> {
         }
         let run = run.or_else(|| parent_run(lora));
         return Ok(if is_classifier_adapter(lora)? {
-            let meta = peft::read_classifier_meta(lora).ok();
+            let meta = classifier::read_classifier_meta(lora).ok();
             Family::Classifier { base: model, adapter: Some(lora.clone()), meta, run }
         } else {
             Family::Lm { path: model, adapter: Some(lora.clone()), run }
@@ -209,7 +209,7 @@ fn family(args: &EvalArgs) -> Result<Family> {
         let base = adapter_base(&model)?;
         let run = run.or_else(|| parent_run(&model));
         return Ok(if is_classifier_adapter(&model)? {
-            Family::Classifier { meta: peft::read_classifier_meta(&model).ok(), base, adapter: Some(model), run }
+            Family::Classifier { meta: classifier::read_classifier_meta(&model).ok(), base, adapter: Some(model), run }
         } else {
             Family::Lm { path: base, adapter: Some(model), run }
         });
@@ -217,7 +217,7 @@ fn family(args: &EvalArgs) -> Result<Family> {
     if model.is_dir() && model.join("config.json").is_file() {
         let cfg: serde_json::Value = read_config(&model)?;
         if cfg["model_type"].as_str() == Some("bert") {
-            let meta = peft::read_classifier_meta(&model).ok();
+            let meta = classifier::read_classifier_meta(&model).ok();
             let run = run.or_else(|| parent_run(&model));
             return Ok(Family::Classifier { base: model, adapter: None, meta, run });
         }
@@ -368,7 +368,7 @@ fn eval_classifier(
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
     let pairs = if args.no_counterfactual { None } else { Some(term_pairs(args, &texts)?) };
     if adapter.is_none()
-        && crate::models::weights::SafetensorsSource::open(&base)?.shape_of("classifier.weight").is_none()
+        && crate::formats::safetensors::SafetensorsSource::open(&base)?.shape_of("classifier.weight").is_none()
     {
         return Err(Error::Parse {
             path: base.clone(),
@@ -388,7 +388,7 @@ fn eval_classifier(
     let model = parts.run("load", || {
         let mut m = SequenceClassifier::load(gpu, &base, labels.clone(), pooling, args.seed)?;
         if let Some(a) = &adapter {
-            peft::load_classifier_adapter(gpu, &mut m, a)?;
+            m.load_adapter(gpu, a)?;
         }
         Ok(m)
     })?;
@@ -518,7 +518,7 @@ fn eval_lm(
     let lm = parts.run("load", || {
         let mut lm = load_lm(gpu, &path)?;
         if let Some(a) = &adapter {
-            peft::load_adapter(gpu, lm.model.as_mut(), a)?;
+            lm.model.load_adapter(gpu, a)?;
         }
         Ok(lm)
     })?;

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use super::AdapterArgs;
 use crate::data::fetch::{self, Asset};
 use crate::error::{Error, Result};
+use crate::formats::safetensors::save_safetensors;
 use crate::models::load::load_lm;
-use crate::models::peft;
-use crate::models::weights::{save_safetensors, write_atomic};
+use crate::util::write_atomic;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Example:\n  kiln export --merge --lora runs/mine/adapter --out merged-model")]
@@ -40,7 +40,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
         None => fetch::fetch(Asset::SmolLm2, &fetch::default_cache_dir())?,
     };
     let mut lm = load_lm(&gpu, &path)?;
-    peft::load_adapter(&gpu, lm.model.as_mut(), &args.lora)?;
+    lm.model.load_adapter(&gpu, &args.lora)?;
     // The export is an f32 Hugging Face folder: a quantized base is dequantized first.
     crate::models::quantize::dequantize_linears(&gpu, lm.model.as_mut())?;
     lm.model.merge_lora(&gpu)?;

@@ -10,7 +10,6 @@ use crate::data::lm::{Message, PromptFormat, Role};
 use crate::error::{Error, Result};
 use crate::generate::{Sampling, generate};
 use crate::models::load::{LoadedLm, load_lm};
-use crate::models::peft;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  kiln generate --prompt \"The capital of France is\"\n  \
@@ -57,7 +56,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let mut lm = load_lm(&gpu, &path)?;
     if let Some(dir) = &args.lora {
-        peft::load_adapter(&gpu, lm.model.as_mut(), dir)?;
+        lm.model.load_adapter(&gpu, dir)?;
     }
     let sampling = Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
     let mut history: Vec<Message> = args.system.iter().map(|s| Message::new(Role::System, s.clone())).collect();

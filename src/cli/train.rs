@@ -13,11 +13,11 @@ use crate::data::cmudict::{self, PronunciationScore};
 use crate::data::fetch::{self, Asset};
 use crate::data::lm::{self, Example, Message, PromptFormat, Record, Role, make_batches};
 use crate::error::{Error, Result};
+use crate::formats::peft::TaskType;
 use crate::generate::{Sampling, generate};
 use crate::gpu::Gpu;
 use crate::models::count_params;
 use crate::models::load::{LoadedLm, load_lm_with};
-use crate::models::peft::{self, TaskType};
 use crate::nn::LoraConfig;
 use crate::train::checkpoint::CheckpointSettings;
 use crate::train::forgetting;
@@ -399,7 +399,7 @@ pub fn run_on(args: TrainArgs, gpu: &Gpu) -> Result<()> {
     )?;
     bar.finish();
     let adapter_dir = out.join("adapter");
-    peft::save_adapter(&gpu, lm.model.as_mut(), &lora, TaskType::CausalLm, &lm.name, &adapter_dir)?;
+    lm.model.save_adapter(&gpu, &lora, TaskType::CausalLm, &lm.name, &adapter_dir)?;
     let after = score_pronunciations(&gpu, &lm, &test_words, "after")?;
     let forgetting = match retain_before {
         Some((before, tokens)) => {
@@ -554,7 +554,7 @@ fn retain_set(
         text.push_str(&json!({ "text": decoded }).to_string());
         text.push('\n');
     }
-    crate::models::weights::write_atomic(&dir.join("retain.jsonl"), text.as_bytes())?;
+    crate::util::write_atomic(&dir.join("retain.jsonl"), text.as_bytes())?;
     let source = json!(format!("{count} samples of the base model, up to {len} tokens each (data/retain.jsonl)"));
     Ok((Some(examples), source))
 }
@@ -784,12 +784,12 @@ fn trim_metrics(path: &Path, resumed_at: usize) -> Result<()> {
         kept.push_str(line);
     }
     if kept.len() < text.len() {
-        crate::models::weights::write_atomic(path, kept.as_bytes())?;
+        crate::util::write_atomic(path, kept.as_bytes())?;
     }
     Ok(())
 }
 
 pub(super) fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v).expect("json values serialize");
-    crate::models::weights::write_atomic(path, text.as_bytes())
+    crate::util::write_atomic(path, text.as_bytes())
 }

@@ -161,7 +161,7 @@ pub fn write_rows(file: &DataFile, path: &Path) -> Result<()> {
             w.into_inner().map_err(|e| Error::invalid("write csv", e.to_string()))?
         }
     };
-    crate::models::weights::write_atomic(path, &bytes)
+    crate::util::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

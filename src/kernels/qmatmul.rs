@@ -15,8 +15,72 @@ use super::matmul::SKINNY_M;
 use super::{expect_numel, shader, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Gpu, KernelSpec};
-use crate::quant::{BLOCK, QuantTensor};
+use crate::quant::{BLOCK, QuantType, QuantWeights, repack, unpack};
 use crate::tensor::{DType, Tensor};
+
+/// A frozen `[rows, cols]` weight matrix (`[out, in]`, blocks along `in`) on the GPU in the
+/// repacked block layout. It never gets a gradient.
+#[derive(Clone)]
+pub struct QuantTensor {
+    pub kind: QuantType,
+    pub rows: usize,
+    pub cols: usize,
+    /// The repacked words (`DType::U32`).
+    pub words: Tensor,
+    /// Word index where the scales start.
+    pub scale_offset: usize,
+}
+
+impl std::fmt::Debug for QuantTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QuantTensor({}, [{}, {}])", self.kind, self.rows, self.cols)
+    }
+}
+
+impl QuantTensor {
+    pub fn upload(gpu: &Gpu, w: &QuantWeights) -> Result<QuantTensor> {
+        let (words, scale_offset) = repack(w);
+        let n = words.len();
+        Ok(QuantTensor {
+            kind: w.kind,
+            rows: w.rows,
+            cols: w.cols,
+            words: Tensor::from_u32(gpu, &words, &[n])?,
+            scale_offset,
+        })
+    }
+
+    /// The blocks back on the CPU, as the file had them.
+    pub fn download(&self, gpu: &Gpu) -> Result<QuantWeights> {
+        let words = self.words.to_u32_vec(gpu)?;
+        Ok(QuantWeights {
+            kind: self.kind,
+            rows: self.rows,
+            cols: self.cols,
+            blocks: unpack(self.kind, self.rows, self.cols, &words),
+        })
+    }
+
+    /// The matrix dequantized into a new f32 tensor `[rows, cols]` (through the CPU: for
+    /// exports and merges, not for the hot path).
+    pub fn dequantize(&self, gpu: &Gpu) -> Result<Tensor> {
+        Tensor::from_f32(gpu, &self.download(gpu)?.dequantize(), &[self.rows, self.cols])
+    }
+
+    pub fn shape(&self) -> [usize; 2] {
+        [self.rows, self.cols]
+    }
+
+    pub fn numel(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Bytes on the GPU.
+    pub fn byte_len(&self) -> u64 {
+        debug_assert_eq!(self.words.dtype(), DType::U32);
+        self.words.byte_len()
+    }
+}
 
 const OP: &str = "qmatmul";
 

@@ -15,9 +15,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::weights::{SafetensorsSource, WeightSource, read_config};
 use crate::autograd::{self, Module, Param, Tape, Var, WeightLayout};
 use crate::error::{Error, Result};
+use crate::formats::safetensors::{SafetensorsSource, WeightSource, read_config};
 use crate::gpu::Gpu;
 use crate::kernels::attention::AttentionSpec;
 use crate::kernels::elementwise::Activation;
@@ -207,7 +207,7 @@ impl Bert {
     pub fn from_source(gpu: &Gpu, config: BertConfig, src: &mut dyn WeightSource, config_path: &Path) -> Result<Bert> {
         let bad = |message: String| Error::Parse { path: config_path.to_path_buf(), message };
         let c = config.hidden_size;
-        super::weights::check_dims(
+        crate::formats::safetensors::check_dims(
             config_path,
             &[
                 ("vocab_size", config.vocab_size),

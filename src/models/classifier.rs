@@ -8,12 +8,14 @@
 use std::path::Path;
 
 use super::bert::{self, Bert, BertConfig, EncoderInput};
-use super::weights::{SafetensorsSource, WeightSource, read_config, save_safetensors, write_atomic};
 use crate::autograd::{self, Loss, Module, Param, Tape, Var, WeightLayout};
 use crate::error::{Error, Result};
+use crate::formats::peft::{self, PREFIX, TaskType};
+use crate::formats::safetensors::{SafetensorsSource, WeightSource, read_config, save_safetensors};
 use crate::gpu::Gpu;
 use crate::nn::{Linear, LoraConfig, Rng};
 use crate::tensor::Tensor;
+use crate::util::write_atomic;
 
 /// How a sequence's token states become one vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -190,11 +192,8 @@ pub fn save_pretrained(gpu: &Gpu, model: &mut SequenceClassifier, base: &Path, d
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     save_safetensors(&dir.join("model.safetensors"), &tensors, Some(Default::default()))?;
     write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config).expect("json").as_bytes())?;
-    let meta = super::peft::classifier_meta(model);
-    write_atomic(
-        &dir.join(super::peft::CLASSIFIER_META),
-        serde_json::to_string_pretty(&meta).expect("json").as_bytes(),
-    )?;
+    let meta = classifier_meta(model);
+    write_atomic(&dir.join(CLASSIFIER_META), serde_json::to_string_pretty(&meta).expect("json").as_bytes())?;
     for name in ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"] {
         let from = base.join(name);
         if from.is_file() {
@@ -229,5 +228,64 @@ impl Module for SequenceClassifier {
     fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
         self.body.visit_params_mut(f);
         self.classifier.visit_params_mut(f);
+    }
+}
+
+/// Labels and pooling of a classifier, kept beside its adapter or checkpoint.
+pub const CLASSIFIER_META: &str = "kiln_classifier.json";
+
+pub fn classifier_meta(model: &SequenceClassifier) -> serde_json::Value {
+    serde_json::json!({ "labels": model.labels, "pooling": model.pooling })
+}
+
+/// Reads `kiln_classifier.json`: (labels, pooling).
+pub fn read_classifier_meta(dir: &Path) -> Result<(Vec<String>, Pooling)> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        labels: Vec<String>,
+        pooling: Pooling,
+    }
+    let path = dir.join(CLASSIFIER_META);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let m: Meta =
+        serde_json::from_str(&text).map_err(|e| Error::Parse { path: path.clone(), message: e.to_string() })?;
+    Ok((m.labels, m.pooling))
+}
+
+impl SequenceClassifier {
+    /// Writes the adapters and the head (PEFT's `modules_to_save`, saved under
+    /// `base_model.model.classifier.{weight,bias}`) as a SEQ_CLS adapter, plus
+    /// `kiln_classifier.json` (labels and pooling, which PEFT's config has no place for).
+    pub fn save_adapter(&mut self, gpu: &Gpu, cfg: &LoraConfig, base_model: &str, dir: &Path) -> Result<()> {
+        let mut head = Vec::new();
+        self.classifier.visit_params(&mut |p| head.push((p.name.clone(), p.value.clone())));
+        let head = head
+            .into_iter()
+            .map(|(name, t)| Ok((name, t.to_f32_vec(gpu)?, t.shape().to_vec())))
+            .collect::<Result<Vec<_>>>()?;
+        let meta = classifier_meta(self);
+        peft::write_adapter(gpu, self.body.linears_mut(), &head, cfg, TaskType::SeqCls, base_model, dir)?;
+        let text = serde_json::to_string_pretty(&meta).expect("json values serialize");
+        write_atomic(&dir.join(CLASSIFIER_META), text.as_bytes())
+    }
+
+    /// Attaches a SEQ_CLS adapter: LoRA on the encoder, and the head from the adapter's
+    /// `modules_to_save` when it has one. Adapters on BERT's pooler (PEFT puts them there when
+    /// `dense` is targeted) are skipped: kiln's pooling does not use the pooler.
+    pub fn load_adapter(&mut self, gpu: &Gpu, dir: &Path) -> Result<LoraConfig> {
+        let (cfg, mut src) = peft::open_adapter(dir)?;
+        self.visit_params_mut(&mut |p| p.grad = None);
+        peft::attach(gpu, self.body.linears_mut(), &mut src, &cfg, dir)?;
+        let head = &mut self.classifier;
+        let (k, c) = (head.weight.value.dim(0), head.weight.value.dim(1));
+        let w_key = format!("{PREFIX}{}", head.weight.name);
+        if src.contains(&w_key) {
+            head.weight.value = src.tensor(gpu, &w_key, &[k, c])?;
+            if let Some(b) = &mut head.bias {
+                b.value = src.tensor(gpu, &format!("{PREFIX}{}", b.name), &[k])?;
+            }
+        }
+        src.finish(&|n| n.contains(".pooler."))?;
+        Ok(cfg)
     }
 }

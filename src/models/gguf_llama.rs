@@ -5,10 +5,10 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::gguf::GgufFile;
 use super::llama::{Llama, LlamaConfig};
-use super::weights::WeightSource;
 use crate::error::{Error, Result};
+use crate::formats::gguf::GgufFile;
+use crate::formats::safetensors::WeightSource;
 use crate::gpu::Gpu;
 use crate::quant::{QuantType, QuantWeights};
 
@@ -270,8 +270,8 @@ mod tests {
 
     #[test]
     fn kept_blocks_are_the_files_with_q_and_k_rows_unpermuted_like_the_f32_path() {
-        use crate::models::gguf::GgmlType;
-        use crate::models::gguf::testing::*;
+        use crate::formats::gguf::GgmlType;
+        use crate::formats::gguf::testing::*;
         let (rows, cols) = (16, 64);
         let x = seeded(rows * cols, 3);
         for (ty, bytes) in [

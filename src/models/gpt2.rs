@@ -9,10 +9,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::weights::{SafetensorsSource, WeightSource, read_config};
 use super::{CausalLm, LmInput, LmShape, positions, self_attention, untied_head};
 use crate::autograd::{self, Module, Param, Tape, Var, WeightLayout};
 use crate::error::{Error, Result};
+use crate::formats::safetensors::{SafetensorsSource, WeightSource, read_config};
 use crate::gpu::Gpu;
 use crate::kernels::attention::AttentionSpec;
 use crate::kernels::elementwise::Activation;
@@ -93,7 +93,7 @@ impl Gpt2 {
 
     pub fn from_source(gpu: &Gpu, config: Gpt2Config, src: &mut dyn WeightSource, config_path: &Path) -> Result<Gpt2> {
         let c = config.n_embd;
-        super::weights::check_dims(
+        crate::formats::safetensors::check_dims(
             config_path,
             &[
                 ("vocab_size", config.vocab_size),

@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::weights::{SafetensorsSource, WeightSource, read_config};
 use super::{CausalLm, LmInput, LmShape, self_attention, untied_head};
 use crate::autograd::{self, Module, Param, Tape, Var, WeightLayout};
 use crate::error::{Error, Result};
+use crate::formats::safetensors::{SafetensorsSource, WeightSource, read_config};
 use crate::gpu::Gpu;
 use crate::kernels::attention::AttentionSpec;
 use crate::kernels::layer_norm::Norm;
@@ -99,7 +99,7 @@ impl LlamaConfig {
 
     fn check(&self, path: &Path) -> Result<()> {
         let bad = |message: String| Err(Error::Parse { path: path.to_path_buf(), message });
-        super::weights::check_dims(
+        crate::formats::safetensors::check_dims(
             path,
             &[
                 ("vocab_size", self.vocab_size),
@@ -183,7 +183,7 @@ impl Llama {
         let linear = |src: &mut dyn WeightSource, path: String, d_in: usize, d_out: usize| -> Result<Linear> {
             // A quantized file's blocks stay blocks on the GPU when the source keeps them.
             if let Some(q) = src.quantized(&format!("{path}.weight"), &[d_out, d_in])? {
-                return Ok(Linear::quantized(&path, crate::quant::QuantTensor::upload(gpu, &q)?, None));
+                return Ok(Linear::quantized(&path, crate::kernels::qmatmul::QuantTensor::upload(gpu, &q)?, None));
             }
             let w = src.tensor(gpu, &format!("{path}.weight"), &[d_out, d_in])?;
             Ok(Linear::new(&path, w, None, WeightLayout::OutIn))

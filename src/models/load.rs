@@ -5,11 +5,11 @@ use std::path::Path;
 
 use tokenizers::Tokenizer;
 
-use super::gguf::GgufFile;
-use super::gguf_tokenizer::GgufTokenizer;
 use super::{CausalLm, gguf_llama, load_causal_lm};
 use crate::data::lm::{IM_START, PromptFormat, SMOLLM2_DEFAULT_SYSTEM};
 use crate::error::{Error, Result};
+use crate::formats::gguf::GgufFile;
+use crate::formats::tokenizer::GgufTokenizer;
 use crate::gpu::Gpu;
 
 pub struct LoadedLm {
@@ -65,7 +65,7 @@ fn load_gguf(gpu: &Gpu, path: &Path, keep_quantized: bool) -> Result<LoadedLm> {
 fn load_hf(gpu: &Gpu, dir: &Path) -> Result<LoadedLm> {
     let model = load_causal_lm(gpu, dir)?;
     let tokenizer = hf_tokenizer(dir)?;
-    let config: serde_json::Value = super::weights::read_config(dir)?;
+    let config: serde_json::Value = crate::formats::safetensors::read_config(dir)?;
     let first_id = |v: &serde_json::Value| v.as_u64().or_else(|| v.get(0).and_then(|x| x.as_u64())).map(|x| x as u32);
     let eos = first_id(&config["eos_token_id"])
         .or_else(|| tokenizer.token_to_id("<|endoftext|>"))

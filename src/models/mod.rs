@@ -1,22 +1,20 @@
 //! Architectures, one file each, written to read like their Hugging Face source, and the code
-//! that loads their weights.
+//! that maps their configs and tensor names onto them (file formats live in `crate::formats`).
 
 pub mod bert;
 pub mod classifier;
-pub mod gguf;
 pub mod gguf_llama;
-pub mod gguf_tokenizer;
 pub mod gpt2;
 pub mod llama;
 pub mod load;
-pub mod peft;
 pub mod quantize;
-pub mod weights;
 
 use std::path::Path;
 
 use crate::autograd::{self, Loss, Module, Tape, Var};
 use crate::error::{Error, Result};
+use crate::formats::peft::{self, TaskType};
+use crate::formats::safetensors::{self as weights, WeightSource};
 use crate::gpu::Gpu;
 use crate::kernels::attention::AttentionSpec;
 use crate::kernels::matmul::{Matmul, matmul_into};
@@ -144,6 +142,28 @@ pub trait CausalLm: Module {
             ));
         }
         Ok(adapted)
+    }
+
+    /// Writes the adapters as a PEFT folder (`adapter_config.json`, `adapter_model.safetensors`).
+    fn save_adapter(
+        &mut self,
+        gpu: &Gpu,
+        cfg: &LoraConfig,
+        task: TaskType,
+        base_model: &str,
+        dir: &Path,
+    ) -> Result<()> {
+        peft::write_adapter(gpu, self.linears_mut(), &[], cfg, task, base_model, dir)
+    }
+
+    /// Attaches the PEFT adapter in `dir` (frozen base, trainable adapters). Every key of the
+    /// file must land on a layer of the model.
+    fn load_adapter(&mut self, gpu: &Gpu, dir: &Path) -> Result<LoraConfig> {
+        let (cfg, mut src) = peft::open_adapter(dir)?;
+        self.visit_params_mut(&mut |p| p.grad = None);
+        peft::attach(gpu, self.linears_mut(), &mut src, &cfg, dir)?;
+        src.finish(&|_| false)?;
+        Ok(cfg)
     }
 
     /// Folds every adapter into its base weight.

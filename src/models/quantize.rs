@@ -9,7 +9,8 @@ use super::CausalLm;
 use crate::autograd::WeightLayout;
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::quant::{BLOCK, QuantError, QuantTensor, QuantType, QuantWeights};
+use crate::kernels::qmatmul::QuantTensor;
+use crate::quant::{BLOCK, QuantError, QuantType, QuantWeights};
 
 /// What [`quantize_linears`] did.
 #[derive(Clone, Debug, Default, serde::Serialize)]

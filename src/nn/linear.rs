@@ -12,8 +12,8 @@ use crate::autograd::{self, Lora, Param, Tape, Var, WeightLayout};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::kernels::matmul::{Matmul, matmul_into};
+use crate::kernels::qmatmul::QuantTensor;
 use crate::nn::{LoraAdapter, LoraConfig, Rng};
-use crate::quant::QuantTensor;
 use crate::tensor::Tensor;
 
 pub struct Linear {

@@ -6,30 +6,10 @@
 
 use crate::quant::QuantType;
 
-/// The values of GGUF blocks of type `kind`, in order (32 per block).
+/// The values of GGUF blocks of type `kind`, in order (32 per block): the codec's exact f64
+/// decoding, which the kernels are held to.
 pub fn dequantize(kind: QuantType, blocks: &[u8]) -> Vec<f64> {
-    let f16_at = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f64();
-    let mut out = Vec::with_capacity(blocks.len() / kind.block_bytes() * 32);
-    for block in blocks.chunks_exact(kind.block_bytes()) {
-        match kind {
-            QuantType::Q8_0 => {
-                let d = f16_at(block, 0);
-                out.extend(block[2..].iter().map(|&q| d * (q as i8) as f64));
-            }
-            QuantType::Q4_0 => {
-                let d = f16_at(block, 0);
-                // Low nibbles are weights 0..15, high nibbles 16..31.
-                out.extend(block[2..].iter().map(|&b| d * ((b & 0x0f) as f64 - 8.0)));
-                out.extend(block[2..].iter().map(|&b| d * ((b >> 4) as f64 - 8.0)));
-            }
-            QuantType::Q4_1 => {
-                let (d, m) = (f16_at(block, 0), f16_at(block, 2));
-                out.extend(block[4..].iter().map(|&b| d * (b & 0x0f) as f64 + m));
-                out.extend(block[4..].iter().map(|&b| d * (b >> 4) as f64 + m));
-            }
-        }
-    }
-    out
+    crate::quant::dequantize_f64(kind.ggml(), blocks)
 }
 
 /// y = alpha·x·Wᵀ (+ bias) (+ y when accumulating).

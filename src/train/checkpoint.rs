@@ -15,8 +15,9 @@ use super::Optimizer;
 use super::stopping::{BestTracker, Snapshot, StopSettings};
 use crate::autograd::Module;
 use crate::error::{Error, Result};
+use crate::formats::safetensors::{SafetensorsSource, WeightSource, save_safetensors};
 use crate::gpu::Gpu;
-use crate::models::weights::{SafetensorsSource, WeightSource, save_safetensors, write_atomic};
+use crate::util::write_atomic;
 
 /// When to write checkpoints, where, and whether to continue from the newest one.
 #[derive(Clone, Debug, Serialize)]

@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::data::{for_each_line, line_error};
 use crate::error::{Error, Result};
 use crate::eval::metrics::{GroupScore, Metrics};
-use crate::models::weights::write_atomic;
+use crate::util::write_atomic;
 
 // ---- reading the run folder ----
 

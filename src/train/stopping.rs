@@ -104,7 +104,7 @@ impl Snapshot {
 
     /// The weights of a checkpoint folder (`state.safetensors`, tensors `param.<name>`).
     pub fn from_checkpoint(gpu: &Gpu, dir: &std::path::Path) -> Result<Snapshot> {
-        use crate::models::weights::{SafetensorsSource, WeightSource};
+        use crate::formats::safetensors::{SafetensorsSource, WeightSource};
         let mut src = SafetensorsSource::open_file(&dir.join("state.safetensors"))?;
         let mut tensors = Vec::new();
         for key in src.remaining() {

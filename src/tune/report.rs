@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use super::space::{Dist, Space};
 use super::study::{Record, Status, Study};
 use crate::error::{Error, Result};
-use crate::models::weights::write_atomic;
 use crate::train::report::{Area, BLUE, DrawResult, GREEN, ORANGE, RED, padded_range, register_font, write_png};
+use crate::util::write_atomic;
 
 /// A trial's run folder: `DIR/trials/NNNN`.
 pub fn trial_dir(study: &Path, trial: usize) -> PathBuf {

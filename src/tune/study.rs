@@ -18,7 +18,7 @@ use super::halving::{Halving, promote};
 use super::sampler::{Observation, SamplerKind, propose};
 use super::space::{Params, Space};
 use crate::error::{Error, Result};
-use crate::models::weights::write_atomic;
+use crate::util::write_atomic;
 
 /// What defines a study; stored as `study.json` and compared on every resume.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

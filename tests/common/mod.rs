@@ -114,7 +114,7 @@ pub fn hf_initialised_bert(dir: &std::path::Path) {
         };
         tensors.push((name.to_string(), data, v.shape().to_vec()));
     }
-    kiln::models::weights::save_safetensors(&dir.join("model.safetensors"), &tensors, None).unwrap();
+    kiln::formats::safetensors::save_safetensors(&dir.join("model.safetensors"), &tensors, None).unwrap();
     std::fs::copy(fixture.join("config.json"), dir.join("config.json")).unwrap();
 }
 

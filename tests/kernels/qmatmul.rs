@@ -2,8 +2,9 @@
 //! same blocks, then multiply in f64. Every format, awkward shapes (M and N off the 64-wide
 //! tile, size 1, K one block and many), the skinny path (M ≤ 16), bias, alpha and accumulate.
 
+use kiln::kernels::qmatmul::QuantTensor;
 use kiln::kernels::qmatmul::{qmatmul_dx_into, qmatmul_into};
-use kiln::quant::{QuantTensor, QuantType, QuantWeights, repack};
+use kiln::quant::{QuantType, QuantWeights, repack};
 use kiln::reference;
 
 use crate::common::*;

@@ -6,9 +6,9 @@ use super::*;
 
 use kiln::autograd::Module;
 
+use kiln::formats::safetensors::save_safetensors;
 use kiln::models::bert::{Bert, EncoderInput};
 use kiln::models::classifier::{Pooling, SequenceClassifier};
-use kiln::models::weights::save_safetensors;
 
 const LABELS: usize = 3;
 
@@ -121,7 +121,7 @@ fn classifier_loss_and_gradients_match_pytorch() {
 fn classifier_lora_matches_peft() {
     let g = gpu();
     let (mut model, e) = classifier(Pooling::Mean);
-    peft::load_classifier_adapter(g, &mut model, &fixture("bert_tiny").join("peft_adapter")).unwrap();
+    model.load_adapter(g, &fixture("bert_tiny").join("peft_adapter")).unwrap();
     model.classifier.visit_params_mut(&mut |p| p.set_trainable(g, true).unwrap());
     let input = e.encoder_input();
     assert_close("lora logits", &model.predict(g, &input).unwrap(), e.f("lora_logits"), LOGIT_TOL, 1e-4);
@@ -148,15 +148,15 @@ fn classifier_lora_matches_peft() {
 fn classifier_adapter_save_and_load_round_trip() {
     let g = gpu();
     let (mut model, e) = classifier(Pooling::Cls);
-    let cfg = peft::load_classifier_adapter(g, &mut model, &fixture("bert_tiny").join("peft_adapter")).unwrap();
+    let cfg = model.load_adapter(g, &fixture("bert_tiny").join("peft_adapter")).unwrap();
     let input = e.encoder_input();
     let before = model.predict(g, &input).unwrap();
     let out = tempfile::tempdir().unwrap();
-    peft::save_classifier_adapter(g, &mut model, &cfg, "bert_tiny", out.path()).unwrap();
-    let (labels, pooling) = peft::read_classifier_meta(out.path()).unwrap();
+    model.save_adapter(g, &cfg, "bert_tiny", out.path()).unwrap();
+    let (labels, pooling) = kiln::models::classifier::read_classifier_meta(out.path()).unwrap();
     assert_eq!((labels.len(), pooling), (LABELS, Pooling::Cls));
     let mut again = SequenceClassifier::load(g, &fixture("bert_tiny"), labels, pooling, 99).unwrap();
-    let cfg2 = peft::load_classifier_adapter(g, &mut again, out.path()).unwrap();
+    let cfg2 = again.load_adapter(g, out.path()).unwrap();
     assert_eq!(cfg, cfg2);
     assert_close("reloaded classifier logits", &again.predict(g, &input).unwrap(), &f64s(&before), 0.0, 0.0);
 }

@@ -6,15 +6,15 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::CausalLm;
-use super::classifier::{Pooling, SequenceClassifier};
-use super::weights::{SafetensorsSource, WeightSource, save_safetensors, write_atomic};
-use crate::autograd::{Module, Param, WeightLayout};
+use super::safetensors::{SafetensorsSource, WeightSource, save_safetensors};
+use crate::autograd::{Param, WeightLayout};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::nn::{Linear, LoraAdapter, LoraConfig};
+use crate::util::write_atomic;
 
-const PREFIX: &str = "base_model.model.";
+/// What PEFT puts before a module path in its keys.
+pub const PREFIX: &str = "base_model.model.";
 
 /// What the adapter was trained for (PEFT's `task_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,66 +32,12 @@ impl TaskType {
     }
 }
 
-/// Writes the model's adapters as a PEFT folder, replacing an existing one only once the new
-/// one is complete.
-pub fn save_adapter(
-    gpu: &Gpu,
-    model: &mut dyn CausalLm,
-    cfg: &LoraConfig,
-    task: TaskType,
-    base_model: &str,
-    dir: &Path,
-) -> Result<()> {
-    write_adapter(gpu, model.linears_mut(), &[], cfg, task, base_model, dir)
-}
-
-/// Writes a classifier's adapters and its head (PEFT's `modules_to_save`, saved under
-/// `base_model.model.classifier.{weight,bias}`) as a SEQ_CLS adapter, plus `kiln_classifier.json`
-/// (labels and pooling, which PEFT's config has no place for).
-pub fn save_classifier_adapter(
-    gpu: &Gpu,
-    model: &mut SequenceClassifier,
-    cfg: &LoraConfig,
-    base_model: &str,
-    dir: &Path,
-) -> Result<()> {
-    let mut head = Vec::new();
-    model.classifier.visit_params(&mut |p| head.push((p.name.clone(), p.value.clone())));
-    let head = head
-        .into_iter()
-        .map(|(name, t)| Ok((name, t.to_f32_vec(gpu)?, t.shape().to_vec())))
-        .collect::<Result<Vec<_>>>()?;
-    let meta = classifier_meta(model);
-    write_adapter(gpu, model.body.linears_mut(), &head, cfg, TaskType::SeqCls, base_model, dir)?;
-    let text = serde_json::to_string_pretty(&meta).expect("json values serialize");
-    write_atomic(&dir.join(CLASSIFIER_META), text.as_bytes())
-}
-
-/// Labels and pooling of a classifier, kept beside its adapter or checkpoint.
-pub const CLASSIFIER_META: &str = "kiln_classifier.json";
-
-pub fn classifier_meta(model: &SequenceClassifier) -> serde_json::Value {
-    json!({ "labels": model.labels, "pooling": model.pooling })
-}
-
-/// Reads `kiln_classifier.json`: (labels, pooling).
-pub fn read_classifier_meta(dir: &Path) -> Result<(Vec<String>, Pooling)> {
-    #[derive(serde::Deserialize)]
-    struct Meta {
-        labels: Vec<String>,
-        pooling: Pooling,
-    }
-    let path = dir.join(CLASSIFIER_META);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let m: Meta =
-        serde_json::from_str(&text).map_err(|e| Error::Parse { path: path.clone(), message: e.to_string() })?;
-    Ok((m.labels, m.pooling))
-}
-
 /// `modules_to_save`: (parameter name, values, shape) of fully trained modules saved whole.
-type SavedModule = (String, Vec<f32>, Vec<usize>);
+pub type SavedModule = (String, Vec<f32>, Vec<usize>);
 
-fn write_adapter(
+/// Writes the adapters on `linears` (and `saved_modules`, trained whole) as a PEFT folder; each
+/// file is replaced only once its new version is complete.
+pub fn write_adapter(
     gpu: &Gpu,
     linears: Vec<&mut Linear>,
     saved_modules: &[SavedModule],
@@ -192,40 +138,16 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
     Ok(cfg)
 }
 
-/// Attaches the adapter in `dir` to the model (frozen base, trainable adapters). Every key of
-/// the file must land on a layer of the model.
-pub fn load_adapter(gpu: &Gpu, model: &mut dyn CausalLm, dir: &Path) -> Result<LoraConfig> {
+/// The adapter folder `dir`: its config (checked) and its weights, for [`attach`].
+pub fn open_adapter(dir: &Path) -> Result<(LoraConfig, SafetensorsSource)> {
     let cfg = read_adapter_config(dir)?;
-    let mut src = SafetensorsSource::open_file(&dir.join("adapter_model.safetensors"))?;
-    model.visit_params_mut(&mut |p| p.grad = None);
-    attach(gpu, model.linears_mut(), &mut src, &cfg, dir)?;
-    src.finish(&|_| false)?;
-    Ok(cfg)
+    let src = SafetensorsSource::open_file(&dir.join("adapter_model.safetensors"))?;
+    Ok((cfg, src))
 }
 
-/// Attaches a SEQ_CLS adapter to a classifier: LoRA on the encoder, and the head from the
-/// adapter's `modules_to_save` when it has one. Adapters on BERT's pooler (PEFT puts them there
-/// when `dense` is targeted) are skipped: kiln's pooling does not use the pooler.
-pub fn load_classifier_adapter(gpu: &Gpu, model: &mut SequenceClassifier, dir: &Path) -> Result<LoraConfig> {
-    let cfg = read_adapter_config(dir)?;
-    let mut src = SafetensorsSource::open_file(&dir.join("adapter_model.safetensors"))?;
-    model.visit_params_mut(&mut |p| p.grad = None);
-    attach(gpu, model.body.linears_mut(), &mut src, &cfg, dir)?;
-    let head = &mut model.classifier;
-    let (k, c) = (head.weight.value.dim(0), head.weight.value.dim(1));
-    let w_key = format!("{PREFIX}{}", head.weight.name);
-    if src.contains(&w_key) {
-        head.weight.value = src.tensor(gpu, &w_key, &[k, c])?;
-        if let Some(b) = &mut head.bias {
-            b.value = src.tensor(gpu, &format!("{PREFIX}{}", b.name), &[k])?;
-        }
-    }
-    src.finish(&|n| n.contains(".pooler."))?;
-    Ok(cfg)
-}
-
-/// Puts the file's `lora_A`/`lora_B` pairs on the linears they name; none found is an error.
-fn attach(
+/// Puts the file's `lora_A`/`lora_B` pairs on the linears they name (trainable); none found is
+/// an error, and so is a target module that names no linear.
+pub fn attach(
     gpu: &Gpu,
     linears: Vec<&mut Linear>,
     src: &mut SafetensorsSource,

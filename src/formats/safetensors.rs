@@ -11,6 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::tensor::Tensor;
+use crate::util::write_atomic;
 
 /// A store of named f32 weights.
 pub trait WeightSource {
@@ -242,15 +243,4 @@ pub fn save_safetensors(
     let bytes = safetensors::serialize(views, metadata)
         .map_err(|e| Error::Parse { path: path.to_path_buf(), message: e.to_string() })?;
     write_atomic(path, &bytes)
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp{}",
-        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }

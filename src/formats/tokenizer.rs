@@ -35,7 +35,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::{Error, Result};
-use crate::models::gguf::GgufFile;
+use crate::formats::gguf::GgufFile;
 
 /// `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -247,8 +247,8 @@ pub(crate) fn bytes_to_unicode() -> [char; 256] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::gguf::GgufValue;
-    use crate::models::gguf::testing::{GgufBuilder, strings};
+    use crate::formats::gguf::GgufValue;
+    use crate::formats::gguf::testing::{GgufBuilder, strings};
 
     /// A tiny byte-level vocabulary: the 256 byte tokens (ids 3..259), a few merges, and three
     /// control tokens at the front as in SmolLM2 (`<|endoftext|>` 0, `<|im_start|>` 1,

@@ -1,33 +1,22 @@
-//! Quantized weights in GGUF's block formats (Q8_0, Q4_0, Q4_1): the CPU codecs (quantize a
-//! row of f32, read blocks back), and [`QuantTensor`], a frozen weight matrix kept quantized on
-//! the GPU and multiplied by `kernels::qmatmul`, which dequantizes in its inner loop.
+//! Quantized weights in GGUF's block formats: the codecs of every block type kiln reads, in one
+//! place. [`GgmlType`] names what a GGUF file can hold; [`QuantType`] the formats kiln keeps on
+//! the GPU as blocks ([`QuantWeights`] on the CPU; `kernels::qmatmul::QuantTensor` on the GPU,
+//! multiplied by `kernels::qmatmul`, which dequantizes in its inner loop); [`codec`] encodes,
+//! decodes and repacks blocks for the GPU.
 //!
 //! # Block formats (ggml-common.h), 32 weights per block, `d` and `m` f16
 //!   Q8_0: 34 bytes = d, 32 × i8 q;              w = d·q
 //!   Q4_0: 18 bytes = d, 16 bytes of nibbles;    w = d·(q − 8)
 //!   Q4_1: 20 bytes = d, m, 16 bytes of nibbles; w = d·q + m
 //! In Q4 blocks byte j holds weight j in its low nibble and weight j + 16 in its high nibble.
-//!
-//! # GPU layout: the same bits, repacked into aligned words
-//! A block of 18, 20 or 34 bytes puts most blocks at offsets that are not multiples of 4, and
-//! WGSL reads storage buffers in u32 words (no byte or f16 loads without extensions). Rather
-//! than assembling each word from two unaligned ones in the inner loop, the upload splits the
-//! blocks into two regions of one u32 buffer, keeping every bit and adding at most 2 bytes:
-//!   quants: block i's 16 (Q4) or 32 (Q8_0) quant bytes at word `i·QW` (QW = 4 or 8), in file
-//!           order, so one vec4<u32> (Q4) or two (Q8_0) hold a block's quants;
-//!   scales: after the quants (word `scale_offset`): Q4_1 one word per block, d in the low
-//!           half and m in the high half; Q4_0 and Q8_0 two blocks' d per word (block i in
-//!           half i % 2). The shader unpacks them with `unpack2x16float`.
-//! Blocks are numbered row-major: row r's block b is block r·(K/32) + b. So a Q4_1 weight takes
-//! 20 bytes per block on the GPU, exactly as in the file; Q4_0 and Q8_0 too, plus 2 bytes when
-//! the block count is odd. Nothing is dequantized on load.
 
-use half::f16;
+pub mod codec;
+mod ggml;
+
+pub use codec::{dequantize, dequantize_f64, repack, unpack};
+pub use ggml::{GgmlType, READABLE_TYPES};
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
-use crate::models::gguf::GgmlType;
-use crate::tensor::{DType, Tensor};
 
 /// Weights per block in every supported format.
 pub const BLOCK: usize = 32;
@@ -66,6 +55,15 @@ impl QuantType {
         }
     }
 
+    /// The GGUF type of these blocks.
+    pub fn ggml(self) -> GgmlType {
+        match self {
+            QuantType::Q8_0 => GgmlType::Q8_0,
+            QuantType::Q4_0 => GgmlType::Q4_0,
+            QuantType::Q4_1 => GgmlType::Q4_1,
+        }
+    }
+
     /// Bytes of one block in the file.
     pub fn block_bytes(self) -> usize {
         match self {
@@ -76,7 +74,7 @@ impl QuantType {
     }
 
     /// Bytes of the scale fields at the start of a block (d, or d and m).
-    fn scale_bytes(self) -> usize {
+    pub(crate) fn scale_bytes(self) -> usize {
         if self == QuantType::Q4_1 { 4 } else { 2 }
     }
 
@@ -147,14 +145,14 @@ impl QuantWeights {
         }
         let mut blocks = Vec::with_capacity(rows * cols / BLOCK * kind.block_bytes());
         for block in data.chunks_exact(BLOCK) {
-            quantize_block(kind, block, &mut blocks);
+            codec::quantize_block(kind, block, &mut blocks);
         }
         Ok(QuantWeights { kind, rows, cols, blocks })
     }
 
     /// The values the blocks encode, row-major.
     pub fn dequantize(&self) -> Vec<f32> {
-        crate::reference::quant::dequantize(self.kind, &self.blocks).into_iter().map(|v| v as f32).collect()
+        codec::dequantize(self.kind.ggml(), &self.blocks)
     }
 
     pub fn numel(&self) -> usize {
@@ -182,143 +180,6 @@ pub fn check_row_len(kind: QuantType, cols: usize, name: &str) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Appends one block of 32 values, as ggml's `quantize_row_*_ref` encodes it.
-fn quantize_block(kind: QuantType, x: &[f32], out: &mut Vec<u8>) {
-    match kind {
-        QuantType::Q8_0 => {
-            // d = max|x| / 127, q = round(x / d).
-            let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            out.extend(f16::from_f32(d).to_le_bytes());
-            out.extend(x.iter().map(|&v| (v * id).round() as i8 as u8));
-        }
-        QuantType::Q4_0 => {
-            // d = (the value of largest magnitude) / −8, so that value maps to q = 0 exactly
-            // and the other sign gets 7 steps; q = min(15, trunc(x / d + 8.5)).
-            let max = x.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-            let d = max / -8.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let q: Vec<u8> = x.iter().map(|&v| ((v * id + 8.5) as u8).min(15)).collect();
-            out.extend(f16::from_f32(d).to_le_bytes());
-            out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
-        }
-        QuantType::Q4_1 => {
-            // m = min, d = (max − min) / 15, q = min(15, trunc((x − m) / d + 0.5)).
-            let min = x.iter().fold(f32::INFINITY, |a, &v| a.min(v));
-            let max = x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-            let d = (max - min) / 15.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let q: Vec<u8> = x.iter().map(|&v| (((v - min) * id + 0.5) as u8).min(15)).collect();
-            out.extend(f16::from_f32(d).to_le_bytes());
-            out.extend(f16::from_f32(min).to_le_bytes());
-            out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
-        }
-    }
-}
-
-/// The GPU words of `w` (see the module doc): quants, then scales. Returns (words, scale offset).
-pub fn repack(w: &QuantWeights) -> (Vec<u32>, usize) {
-    let (bb, qw, sb) = (w.kind.block_bytes(), w.kind.quant_words(), w.kind.scale_bytes());
-    let n = w.blocks.len() / bb;
-    let scale_words = if w.kind == QuantType::Q4_1 { n } else { n.div_ceil(2) };
-    let mut words = vec![0u32; n * qw + scale_words];
-    for (i, block) in w.blocks.chunks_exact(bb).enumerate() {
-        for (j, q) in block[sb..].chunks_exact(4).enumerate() {
-            words[i * qw + j] = u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
-        }
-        let d = u16::from_le_bytes([block[0], block[1]]) as u32;
-        if w.kind == QuantType::Q4_1 {
-            let m = u16::from_le_bytes([block[2], block[3]]) as u32;
-            words[n * qw + i] = d | (m << 16);
-        } else {
-            words[n * qw + i / 2] |= d << (16 * (i % 2));
-        }
-    }
-    (words, n * qw)
-}
-
-/// The inverse of [`repack`]: GGUF block bytes from the GPU words of a `[rows, cols]` matrix.
-pub fn unpack(kind: QuantType, rows: usize, cols: usize, words: &[u32]) -> Vec<u8> {
-    let (qw, n) = (kind.quant_words(), rows * cols / BLOCK);
-    let mut out = Vec::with_capacity(n * kind.block_bytes());
-    for i in 0..n {
-        if kind == QuantType::Q4_1 {
-            out.extend(words[n * qw + i].to_le_bytes());
-        } else {
-            out.extend(((words[n * qw + i / 2] >> (16 * (i % 2))) as u16).to_le_bytes());
-        }
-        for w in &words[i * qw..(i + 1) * qw] {
-            out.extend(w.to_le_bytes());
-        }
-    }
-    out
-}
-
-/// A frozen `[rows, cols]` weight matrix (`[out, in]`, blocks along `in`) on the GPU in the
-/// repacked block layout. It never gets a gradient.
-#[derive(Clone)]
-pub struct QuantTensor {
-    pub kind: QuantType,
-    pub rows: usize,
-    pub cols: usize,
-    /// The repacked words (`DType::U32`).
-    pub words: Tensor,
-    /// Word index where the scales start.
-    pub scale_offset: usize,
-}
-
-impl std::fmt::Debug for QuantTensor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "QuantTensor({}, [{}, {}])", self.kind, self.rows, self.cols)
-    }
-}
-
-impl QuantTensor {
-    pub fn upload(gpu: &Gpu, w: &QuantWeights) -> Result<QuantTensor> {
-        let (words, scale_offset) = repack(w);
-        let n = words.len();
-        Ok(QuantTensor {
-            kind: w.kind,
-            rows: w.rows,
-            cols: w.cols,
-            words: Tensor::from_u32(gpu, &words, &[n])?,
-            scale_offset,
-        })
-    }
-
-    /// The blocks back on the CPU, as the file had them.
-    pub fn download(&self, gpu: &Gpu) -> Result<QuantWeights> {
-        let words = self.words.to_u32_vec(gpu)?;
-        Ok(QuantWeights {
-            kind: self.kind,
-            rows: self.rows,
-            cols: self.cols,
-            blocks: unpack(self.kind, self.rows, self.cols, &words),
-        })
-    }
-
-    /// The matrix dequantized into a new f32 tensor `[rows, cols]` (through the CPU: for
-    /// exports and merges, not for the hot path).
-    pub fn dequantize(&self, gpu: &Gpu) -> Result<Tensor> {
-        Tensor::from_f32(gpu, &self.download(gpu)?.dequantize(), &[self.rows, self.cols])
-    }
-
-    pub fn shape(&self) -> [usize; 2] {
-        [self.rows, self.cols]
-    }
-
-    pub fn numel(&self) -> usize {
-        self.rows * self.cols
-    }
-
-    /// Bytes on the GPU.
-    pub fn byte_len(&self) -> u64 {
-        debug_assert_eq!(self.words.dtype(), DType::U32);
-        self.words.byte_len()
-    }
 }
 
 /// The quantization error of one tensor: mean and max |w − dequantize(quantize(w))|, and the
