@@ -1,13 +1,20 @@
 //! Architectures, one file each, written to read like their Hugging Face source, and the code
 //! that maps their configs and tensor names onto them (file formats live in `crate::formats`).
+//! The decoder families (Llama, Mistral, Qwen2, Qwen3, Phi-3) are one [`decoder::Decoder`]
+//! configured by a small file each; GPT-2 and BERT keep their own.
 
 pub mod bert;
 pub mod classifier;
-pub mod gguf_llama;
+pub mod decoder;
+pub mod gguf_decoder;
 pub mod gpt2;
 pub mod llama;
 pub mod load;
+pub mod mistral;
+pub mod phi3;
 pub mod quantize;
+pub mod qwen2;
+pub mod qwen3;
 
 use std::path::Path;
 
@@ -175,21 +182,29 @@ pub trait CausalLm: Module {
     }
 }
 
+/// Causal LM families a Hugging Face folder may hold (config.json's `model_type`).
+pub const CAUSAL_LM_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3"];
+
 /// Loads a causal LM from a Hugging Face folder by its config's `model_type`.
 pub fn load_causal_lm(gpu: &Gpu, dir: &Path) -> Result<Box<dyn CausalLm>> {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        model_type: Option<String>,
-    }
-    let probe: Probe = weights::read_config(dir)?;
-    match probe.model_type.as_deref() {
-        Some("gpt2") => Ok(Box::new(gpt2::Gpt2::load(gpu, dir)?)),
-        Some("llama") => Ok(Box::new(llama::Llama::load(gpu, dir)?)),
-        other => Err(Error::Parse {
-            path: dir.join("config.json"),
-            message: format!("model_type {other:?} is not a causal LM kiln knows (gpt2, llama)"),
-        }),
-    }
+    let path = dir.join("config.json");
+    let json: serde_json::Value = weights::read_config(dir)?;
+    let config = match json["model_type"].as_str() {
+        Some("gpt2") => return Ok(Box::new(gpt2::Gpt2::load(gpu, dir)?)),
+        Some("llama") => llama::config(&json, &path)?,
+        Some("mistral") => mistral::config(&json, &path)?,
+        Some("qwen2") => qwen2::config(&json, &path)?,
+        Some("qwen3") => qwen3::config(&json, &path)?,
+        Some("phi3") => phi3::config(&json, &path)?,
+        other => {
+            return Err(Error::Parse {
+                path,
+                message: format!("model_type {other:?} is not a causal LM kiln knows {CAUSAL_LM_TYPES:?}"),
+            });
+        }
+    };
+    let mut src = weights::SafetensorsSource::open(dir)?;
+    Ok(Box::new(decoder::Decoder::from_source(gpu, config, &mut src, &path)?))
 }
 
 /// Self-attention of one layer: over the batch's own keys (training, prefill without a cache),

@@ -56,6 +56,12 @@ pub enum RopeScaling {
         original_max_position_embeddings: usize,
         truncate: bool,
     },
+    /// llama.cpp's `rope_freqs.weight`: inv_freq[i] = base^(−2i/rot_dim) / factors[i]. This is
+    /// how GGUF files carry Llama 3's scaling (convert_hf_to_gguf.py computes the divisors from
+    /// the llama3 parameters, which cannot be recovered from them).
+    FreqFactors {
+        factors: Vec<f64>,
+    },
 }
 
 /// Everything that decides a model's rotary embedding.
@@ -84,14 +90,13 @@ impl RopeConfig {
             message: format!("`{key}`: {message}"),
         };
         // transformers 5 prefers `rope_scaling` when both are given (convert_rope_params_to_dict).
-        let params = [config.get("rope_scaling"), config.get("rope_parameters")]
-            .into_iter()
-            .flatten()
-            .find(|v| !v.is_null())
-            .cloned()
-            .unwrap_or(Value::Object(Default::default()));
+        let (section, params) =
+            [("rope_scaling", config.get("rope_scaling")), ("rope_parameters", config.get("rope_parameters"))]
+                .into_iter()
+                .find_map(|(k, v)| v.filter(|v| !v.is_null()).map(|v| (k, v.clone())))
+                .unwrap_or(("rope_parameters", Value::Object(Default::default())));
         if !params.is_object() {
-            return Err(bad("rope_scaling", format!("expected an object, found {params}")));
+            return Err(bad(section, format!("expected an object, found {params}")));
         }
         let theta = num(&params, "rope_theta").or_else(|| num(config, "rope_theta")).unwrap_or(10_000.0);
         if theta.partial_cmp(&1.0) != Some(std::cmp::Ordering::Greater) {
@@ -194,7 +199,7 @@ impl RopeConfig {
             },
             other => {
                 return Err(bad(
-                    "rope_scaling.rope_type",
+                    &format!("{section}.rope_type"),
                     format!(
                         "`{other}` is not a RoPE kiln implements (default, linear, dynamic, llama3, longrope, yarn)"
                     ),
@@ -217,6 +222,11 @@ impl RopeConfig {
         };
         let kind = match &self.scaling {
             RopeScaling::Default => "default",
+            // No Hugging Face rope_type says this; the name makes a reader refuse it loudly.
+            RopeScaling::FreqFactors { factors } => {
+                set("freq_factors", factors.clone().into());
+                "gguf_freq_factors"
+            }
             RopeScaling::Linear { factor } => {
                 set("factor", (*factor).into());
                 "linear"
@@ -289,6 +299,9 @@ impl RopeConfig {
         let dim = self.rot_dim as f64;
         match &self.scaling {
             RopeScaling::Default => (self.base_inv_freq(self.theta), 1.0),
+            RopeScaling::FreqFactors { factors } => {
+                (self.base_inv_freq(self.theta).iter().zip(factors).map(|(f, d)| f / d).collect(), 1.0)
+            }
             RopeScaling::Linear { factor } => {
                 (self.base_inv_freq(self.theta).into_iter().map(|f| f / factor).collect(), 1.0)
             }
