@@ -125,6 +125,39 @@ pub trait CausalLm: Module {
         Ok(logits)
     }
 
+    /// LoRA targets when none are given: the attention projections under the family's names
+    /// (q/k/v/o, Phi-3's fused qkv_proj and o_proj, GPT-2's c_attn and c_proj). PEFT's own table
+    /// (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING) has only q_proj and v_proj for
+    /// Llama, Mistral and Qwen, c_attn for GPT-2 and nothing for Phi-3; kiln adapts all of
+    /// attention, which trains better per parameter at these ranks.
+    fn default_lora_targets(&self) -> Vec<String> {
+        let names: &[&str] = match self.model_type() {
+            "gpt2" => &["c_attn", "c_proj"],
+            "phi3" => &["qkv_proj", "o_proj"],
+            _ => &["q_proj", "k_proj", "v_proj", "o_proj"],
+        };
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The module names LoRA targets for `given`: the family default when empty, every linear
+    /// layer of the model for `all-linear` (PEFT's shorthand; the output head is not a linear
+    /// layer here, as PEFT leaves it out too), else `given` as it is. Adapter configs record the
+    /// expanded names, so PEFT loads them without knowing the shorthand.
+    fn lora_targets(&mut self, given: &[String]) -> Vec<String> {
+        match given {
+            [] => self.default_lora_targets(),
+            [one] if one.eq_ignore_ascii_case("all-linear") => {
+                let names: std::collections::BTreeSet<String> = self
+                    .linears_mut()
+                    .iter()
+                    .map(|l| l.path.rsplit('.').next().unwrap_or(&l.path).to_string())
+                    .collect();
+                names.into_iter().collect()
+            }
+            _ => given.to_vec(),
+        }
+    }
+
     /// Freezes every weight, then attaches LoRA adapters (trainable) to the targeted linears.
     /// Returns the number of adapted layers; none is an error naming what exists.
     fn add_lora(&mut self, gpu: &Gpu, cfg: &LoraConfig, seed: u64) -> Result<usize> {
