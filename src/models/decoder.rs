@@ -283,13 +283,16 @@ pub(crate) fn qwen_layer_windows(json: &serde_json::Value, layers: usize, path: 
     Ok((0..layers).map(|i| if i >= from { window } else { None }).collect())
 }
 
-/// `self_attn.{q,k,v}_proj`, or Phi-3's fused `self_attn.qkv_proj`.
+/// `self_attn.{q,k,v}_proj`, or Phi-3's fused `self_attn.qkv_proj`. (One per layer: the size
+/// difference between the variants costs nothing worth boxing for.)
+#[allow(clippy::large_enum_variant)]
 pub enum QkvProj {
     Separate { q_proj: Linear, k_proj: Linear, v_proj: Linear },
     Fused { qkv_proj: Linear },
 }
 
 /// `mlp.{gate,up}_proj`, or Phi-3's fused `mlp.gate_up_proj`.
+#[allow(clippy::large_enum_variant)]
 pub enum GateUpProj {
     Separate { gate_proj: Linear, up_proj: Linear },
     Fused { gate_up_proj: Linear },

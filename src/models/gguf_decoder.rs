@@ -142,7 +142,7 @@ impl<'a> GgufConfig<'a> {
         let file = self.file;
         if file.tensor_info("rope_freqs.weight").is_some() {
             let factors: Vec<f64> = file.tensor_f32("rope_freqs.weight")?.0.into_iter().map(f64::from).collect();
-            if factors.len() != rot_dim / 2 || factors.iter().any(|f| !(*f > 0.0)) {
+            if factors.len() != rot_dim / 2 || factors.iter().any(|f| f.is_nan() || *f <= 0.0) {
                 return Err(self.bad(format!(
                     "rope_freqs.weight has {} entries; expected {} positive divisors (rotary dims / 2)",
                     factors.len(),

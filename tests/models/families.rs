@@ -99,10 +99,13 @@ fn refusal(dir: &Path) -> String {
     }
 }
 
+/// A fixture, how its config.json is spoiled, and what the refusal must say.
+type BadConfig = (&'static str, Box<dyn FnOnce(&mut serde_json::Value)>, &'static [&'static str]);
+
 /// Configs no decoder can follow are refused with one message naming the file and the key.
 #[test]
 fn impossible_configs_are_refused_by_name() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>, &[&str])> = vec![
+    let cases: Vec<BadConfig> = vec![
         (
             "llama3_tiny",
             Box::new(|c| c["rope_parameters"]["rope_type"] = "ntk-by-parts".into()),
