@@ -29,9 +29,10 @@ out for the architecture (Q/K rows permuted for `llama` only):
   qwen2_tiny    q/k/v biases, tied embeddings                                     (gguf: qwen2)
   qwen3_tiny    per-head q/k RMSNorm, head_dim 12 != 32/4, untied                 (gguf: qwen3)
   mistral_tiny  sliding_window 4 < SEQ 7 (eager attention, checked to matter)     (gguf: llama)
-  phi3_tiny     fused qkv_proj / gate_up_proj, partial_rotary_factor 0.5, longrope (gguf: phi3)
-The greedy ids of these run 10 new tokens (prompt 4, so 14 positions: past mistral's window and
-phi3's original context of 16 is not reached; see rope_scaling.json for the long factors).
+  phi3_tiny     fused qkv_proj / gate_up_proj, partial_rotary_factor 0.5, longrope from 8  (gguf: phi3)
+The greedy ids of these run 10 new tokens (prompt 4, so 14 positions: past mistral's window, and
+past phi3's original context of 8, where transformers drops the cache and re-encodes the whole
+sequence with LongRoPE's long factors; the logits' 7 positions stay within it, on the short ones).
 
 For a tiny random BERT (`bert_tiny/`, a `BertForSequenceClassification` with 3 labels, so its
 checkpoint has the `bert.` prefix, a pooler and a classifier) it writes the model, a PEFT SEQ_CLS
@@ -310,7 +311,7 @@ def check_window(model, input_ids, attention_mask, logits):
 
 def phi3():
     cfg = Phi3Config(**{**COMMON, "num_key_value_heads": 4}, tie_word_embeddings=False, rope_theta=10000.0,
-                     partial_rotary_factor=0.5, original_max_position_embeddings=16, resid_pdrop=0.0,
+                     partial_rotary_factor=0.5, original_max_position_embeddings=8, resid_pdrop=0.0,
                      embd_pdrop=0.0,
                      rope_scaling={"type": "longrope", "short_factor": [1.0, 1.7], "long_factor": [2.5, 9.0]})
     return Phi3ForCausalLM(cfg)

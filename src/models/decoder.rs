@@ -629,4 +629,15 @@ impl CausalLm for Decoder {
     fn config_json(&self) -> serde_json::Value {
         self.config.to_hf_json()
     }
+
+    fn rope_switch(&self) -> Option<usize> {
+        match &self.config.rope.scaling {
+            crate::nn::RopeScaling::LongRope { original_max_position_embeddings: o, .. }
+                if self.rope_long.is_some() =>
+            {
+                Some(*o)
+            }
+            _ => None,
+        }
+    }
 }

@@ -79,6 +79,13 @@ pub trait CausalLm: Module {
     /// The config as Hugging Face writes it (for exports).
     fn config_json(&self) -> serde_json::Value;
 
+    /// A sequence length past which every position is encoded differently (LongRoPE's original
+    /// context: transformers then drops the KV cache and re-encodes the whole sequence with the
+    /// long factors); None for models whose positions never change.
+    fn rope_switch(&self) -> Option<usize> {
+        None
+    }
+
     /// Sets the dropout rate of the model's own layers (not LoRA's). Only GPT-2 has any: its
     /// embedding and residual dropout.
     fn set_dropout(&mut self, p: f32) -> Result<()> {
