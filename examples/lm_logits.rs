@@ -9,7 +9,7 @@ use std::path::Path;
 use kiln::formats::gguf::GgufFile;
 use kiln::formats::tokenizer::GgufTokenizer;
 use kiln::gpu::{AdapterChoice, Gpu};
-use kiln::models::gguf_llama;
+use kiln::models::gguf_decoder;
 use kiln::models::{CausalLm, LmInput};
 
 fn main() -> kiln::Result<()> {
@@ -22,7 +22,7 @@ fn main() -> kiln::Result<()> {
     let file = GgufFile::open(Path::new(&args[1]))?;
     let tok = GgufTokenizer::from_gguf(&file)?;
     let t0 = std::time::Instant::now();
-    let model = gguf_llama::load_llama(&gpu, &file)?;
+    let model = gguf_decoder::load_decoder(&gpu, &file)?;
     eprintln!("loaded in {:.1}s on {}", t0.elapsed().as_secs_f64(), gpu.describe());
     let mut tensors: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = Vec::new();
     for (i, prompt) in args[3..].iter().enumerate() {

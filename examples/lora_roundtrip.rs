@@ -18,10 +18,8 @@ fn main() -> kiln::Result<()> {
     let (base, out) = (Path::new(&args[1]), Path::new(&args[2]));
     let gpu = Gpu::new(&AdapterChoice::from_flag_or_env(None))?;
     let mut model = load_causal_lm(&gpu, base)?;
-    let targets: Vec<String> = match model.model_type() {
-        "gpt2" => ["c_attn", "c_proj", "c_fc"].map(String::from).to_vec(),
-        _ => ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map(String::from).to_vec(),
-    };
+    // Every linear layer under the family's names (Phi-3's fused qkv_proj and gate_up_proj).
+    let targets = model.lora_targets(&["all-linear".to_string()]);
     let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, target_modules: targets, use_rslora: false };
     model.add_lora(&gpu, &cfg, 3)?;
     // The fixture's inputs, as the checker will feed them to PEFT.

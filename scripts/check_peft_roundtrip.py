@@ -2,6 +2,7 @@
 """Checks that real PEFT reads an adapter saved by kiln and gives kiln's logits.
 
     python3 scripts/check_peft_roundtrip.py ADAPTER_DIR BASE_DIR KILN_LOGITS
+    python3 scripts/check_peft_roundtrip.py --fixtures [NAME ...]
 
 ADAPTER_DIR  adapter folder written by kiln (adapter_config.json + adapter_model.safetensors)
 BASE_DIR     a fixture folder, e.g. tests/fixtures/gpt2_tiny (config.json, model.safetensors,
@@ -15,12 +16,21 @@ positions are not compared). Fails (exit 1) on: any PEFT warning about missing/u
 adapter keys that do not match the modules PEFT created (either way), shape mismatches, loaded
 values that differ from the file, or a max abs logit error above 1e-4.
 
+With --fixtures it does this for each named fixture (default: every decoder family,
+gpt2_tiny llama_tiny llama3_tiny qwen2_tiny qwen3_tiny mistral_tiny phi3_tiny): runs
+`cargo run --release --example lora_roundtrip -- tests/fixtures/NAME TMP/NAME` (a few training
+steps of LoRA on every linear layer, saved in PEFT's format under the family's module names,
+Phi-3's fused qkv_proj / gate_up_proj included) and checks the result as above.
+
 Needs: torch, transformers, peft, safetensors.
 """
 
 import argparse
 import logging
+import os
+import subprocess
 import sys
+import tempfile
 import warnings
 
 import torch
@@ -40,35 +50,56 @@ class _Collect(logging.Handler):
         self.records.append(record.getMessage())
 
 
+FAMILIES = ["gpt2_tiny", "llama_tiny", "llama3_tiny", "qwen2_tiny", "qwen3_tiny", "mistral_tiny", "phi3_tiny"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("adapter_dir")
-    ap.add_argument("base_dir")
-    ap.add_argument("kiln_logits")
+    ap.add_argument("paths", nargs="*", help="ADAPTER_DIR BASE_DIR KILN_LOGITS")
+    ap.add_argument("--fixtures", nargs="*", help="fixtures to train on with kiln and check (default: all)")
     args = ap.parse_args()
+    if args.fixtures is None:
+        if len(args.paths) != 3:
+            ap.error("give ADAPTER_DIR BASE_DIR KILN_LOGITS, or --fixtures")
+        return check(*args.paths)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    failed = []
+    for name in args.fixtures or FAMILIES:
+        base = os.path.join(repo, "tests", "fixtures", name)
+        out = tempfile.mkdtemp(prefix=f"kiln_peft_{name}_")
+        cmd = ["cargo", "run", "--release", "--quiet", "--example", "lora_roundtrip", "--", base, out]
+        print(f"\n== {name}\n$ {' '.join(cmd)}", flush=True)
+        subprocess.run(cmd, cwd=repo, check=True, stderr=subprocess.DEVNULL)
+        if check(os.path.join(out, "adapter"), base, os.path.join(out, "kiln_logits.safetensors")) != 0:
+            failed.append(name)
+    print(f"\n{len(args.fixtures or FAMILIES) - len(failed)} OK, failed: {failed or 'none'}")
+    return 1 if failed else 0
+
+
+def check(adapter_dir, base_dir, kiln_logits_path):
     problems = []
 
-    exp = load_file(f"{args.base_dir}/expected.safetensors")
+    exp = load_file(f"{base_dir}/expected.safetensors")
     input_ids = exp["input_ids"].long()
     attention_mask = exp["attention_mask"].long()
 
-    kiln = load_file(args.kiln_logits)
+    kiln = load_file(kiln_logits_path)
     if "logits" not in kiln:
-        print(f"FAIL: {args.kiln_logits} has no tensor 'logits' (has {sorted(kiln)})")
+        print(f"FAIL: {kiln_logits_path} has no tensor 'logits' (has {sorted(kiln)})")
         return 1
     kiln_logits = kiln["logits"]
     if kiln_logits.dtype != torch.float32:
         problems.append(f"kiln logits dtype is {kiln_logits.dtype}, expected float32")
         kiln_logits = kiln_logits.float()
 
-    base = AutoModelForCausalLM.from_pretrained(args.base_dir, dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
 
     handler = _Collect()
     peft_logger = logging.getLogger("peft")
     peft_logger.addHandler(handler)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = PeftModel.from_pretrained(base, args.adapter_dir).eval()
+        model = PeftModel.from_pretrained(base, adapter_dir).eval()
     peft_logger.removeHandler(handler)
     msgs = [str(w.message) for w in caught] + handler.records
     for m in msgs:
@@ -78,7 +109,7 @@ def main():
             problems.append(f"PEFT warned about keys: {m}")
 
     # PEFT silently drops unexpected keys, so check the key sets ourselves too.
-    saved = load_file(f"{args.adapter_dir}/adapter_model.safetensors")
+    saved = load_file(f"{adapter_dir}/adapter_model.safetensors")
     loaded = get_peft_model_state_dict(model, save_embedding_layers=False)
     missing = sorted(set(loaded) - set(saved))
     unexpected = sorted(set(saved) - set(loaded))

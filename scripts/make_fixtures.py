@@ -21,6 +21,19 @@ For each of two tiny random decoders (GPT-2 and Llama layouts) it writes, under 
       greedy_ids     int32   [1, 10]  base model greedy generate from input_ids[0, :4],
                                       6 new tokens, no eos stopping (first 4 = prompt)
 
+The same files for the decoder families kiln maps onto its one configurable decoder, each with
+what sets it apart (LoRA on every linear layer, PEFT's `all-linear`), plus `model.gguf`: the same
+weights in f32 written with gguf-py the way llama.cpp's convert_hf_to_gguf.py names and lays them
+out for the architecture (Q/K rows permuted for `llama` only):
+  llama3_tiny   rope_scaling llama3 (factor 8, original context 16), GQA 4/2       (gguf: llama)
+  qwen2_tiny    q/k/v biases, tied embeddings                                     (gguf: qwen2)
+  qwen3_tiny    per-head q/k RMSNorm, head_dim 12 != 32/4, untied                 (gguf: qwen3)
+  mistral_tiny  sliding_window 4 < SEQ 7 (eager attention, checked to matter)     (gguf: llama)
+  phi3_tiny     fused qkv_proj / gate_up_proj, partial_rotary_factor 0.5, longrope from 8  (gguf: phi3)
+The greedy ids of these run 10 new tokens (prompt 4, so 14 positions: past mistral's window, and
+past phi3's original context of 8, where transformers drops the cache and re-encodes the whole
+sequence with LongRoPE's long factors; the logits' 7 positions stay within it, on the short ones).
+
 For a tiny random BERT (`bert_tiny/`, a `BertForSequenceClassification` with 3 labels, so its
 checkpoint has the `bert.` prefix, a pooler and a classifier) it writes the model, a PEFT SEQ_CLS
 adapter (`peft_adapter/`: LoRA on query/key/value/dense, classifier in modules_to_save) and
@@ -70,18 +83,26 @@ package's code: width 0.1, depth 0.5, 10 MBConv blocks, 3 classes) it writes `co
 logits/loss/grad entries in both BN modes (gradients of `_fc`, `_bn1` and the last block's
 depthwise conv and its three BNs; its project conv's in evaluation mode only).
 
+`rope_scaling.json` holds RoPE scaling cases: for each, a config as an older `config.json` writes
+it (`legacy`: `rope_scaling` + top-level `rope_theta`) and as transformers 5 saves it (`saved`:
+`rope_parameters`), a `seq_len` (null = at load time) and what transformers' ROPE_INIT_FUNCTIONS
+(or the model's default rope) return for it: `inv_freq` (float32 values) and `attention_factor`.
+
 Deterministic: fixed seeds, eval mode, all dropouts 0; running it twice gives identical bytes.
 Needs: torch, transformers (5.x), peft (0.21.x), safetensors.
 """
 
 import argparse
 import json
+import math
 import os
 import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
 VOCAB = 96
@@ -139,7 +160,7 @@ def tidy_adapter_dir(adir):
         os.remove(readme)
 
 
-def build(name, model, targets, fan_in_fan_out, out_root, seed):
+def build(name, model, targets, fan_in_fan_out, out_root, seed, new_tokens=6, check=None):
     out = os.path.join(out_root, name)
     os.makedirs(out, exist_ok=True)
     model = model.float().eval()
@@ -158,6 +179,9 @@ def build(name, model, targets, fan_in_fan_out, out_root, seed):
     exp["logits"] = o.logits.float().contiguous()
     exp["loss"] = o.loss.float().reshape(1)
 
+    if check is not None:
+        check(model, input_ids, attention_mask, exp["logits"])
+
     # Greedy decoding with the base model (before PEFT injects layers into it).
     prompt = input_ids[:1, :4]
     with torch.no_grad():
@@ -165,16 +189,16 @@ def build(name, model, targets, fan_in_fan_out, out_root, seed):
             prompt,
             attention_mask=torch.ones_like(prompt),
             do_sample=False,
-            max_new_tokens=6,
+            max_new_tokens=new_tokens,
             eos_token_id=None,
             pad_token_id=0,
         )
         # Cross-check with a plain argmax loop (no eos handling, no logits processors).
         ref = prompt
-        for _ in range(6):
+        for _ in range(new_tokens):
             nxt = model(input_ids=ref).logits[:, -1].argmax(-1, keepdim=True)
             ref = torch.cat([ref, nxt], dim=1)
-    assert gen.shape == (1, 10), gen.shape
+    assert gen.shape == (1, 4 + new_tokens), gen.shape
     assert torch.equal(gen, ref), (gen, ref)
     exp["greedy_ids"] = gen.to(torch.int32)
 
@@ -263,6 +287,167 @@ def llama():
         hidden_act="silu",
     )
     return LlamaForCausalLM(cfg)
+
+
+# ---- the families of kiln's configurable decoder ----
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PHI3_LINEAR = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+# Shared by every family fixture; bos/eos inside the tiny vocab.
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, attention_dropout=0.0,
+              hidden_act="silu", bos_token_id=1, eos_token_id=2, pad_token_id=None)
+
+
+def llama3():
+    cfg = LlamaConfig(**COMMON, tie_word_embeddings=False,
+                      rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                       "original_max_position_embeddings": 16})
+    return LlamaForCausalLM(cfg)
+
+
+def qwen2():
+    cfg = Qwen2Config(**COMMON, tie_word_embeddings=True, rope_theta=10000.0, use_sliding_window=False)
+    return Qwen2ForCausalLM(cfg)
+
+
+def qwen3():
+    cfg = Qwen3Config(**COMMON, head_dim=12, tie_word_embeddings=False, rope_theta=1000000.0,
+                      use_sliding_window=False, attention_bias=False)
+    return Qwen3ForCausalLM(cfg)
+
+
+def mistral():
+    cfg = MistralConfig(**COMMON, sliding_window=4, tie_word_embeddings=False, rope_theta=10000.0)
+    # The eager attention applies the sliding-window mask as given; check_window proves it matters.
+    return MistralForCausalLM._from_config(cfg, attn_implementation="eager")
+
+
+def check_window(model, input_ids, attention_mask, logits):
+    """The window of 4 must change the logits of a 7-token sequence (or the fixture tests nothing)."""
+    full = MistralForCausalLM._from_config(model.config.__class__(**{**model.config.to_dict(), "sliding_window": None}),
+                                           attn_implementation="eager").float().eval()
+    full.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        lf = full(input_ids=input_ids, attention_mask=attention_mask).logits
+        sdpa = MistralForCausalLM._from_config(model.config, attn_implementation="sdpa").float().eval()
+        sdpa.load_state_dict(model.state_dict())
+        ls = sdpa(input_ids=input_ids, attention_mask=attention_mask).logits
+    diff = (lf - logits)[0, 4:].abs().max().item()
+    assert diff > 1e-2, f"sliding window changes nothing ({diff})"
+    assert (lf - logits)[0, :4].abs().max().item() < 1e-5, "positions inside the window must not change"
+    assert (ls - logits)[0].abs().max().item() < 1e-4, "sdpa and eager disagree on the window"
+
+
+def phi3():
+    cfg = Phi3Config(**{**COMMON, "num_key_value_heads": 4}, tie_word_embeddings=False, rope_theta=10000.0,
+                     partial_rotary_factor=0.5, original_max_position_embeddings=8, resid_pdrop=0.0,
+                     embd_pdrop=0.0,
+                     rope_scaling={"type": "longrope", "short_factor": [1.0, 1.7], "long_factor": [2.5, 9.0]})
+    return Phi3ForCausalLM(cfg)
+
+
+FAMILIES = [
+    # name, model, LoRA targets, gguf arch, seed
+    ("llama3_tiny", llama3, ALL_LINEAR, "llama", 1111, None),
+    ("qwen2_tiny", qwen2, ALL_LINEAR, "qwen2", 2222, None),
+    ("qwen3_tiny", qwen3, ALL_LINEAR, "qwen3", 3333, None),
+    ("mistral_tiny", mistral, ALL_LINEAR, "llama", 4444, check_window),
+    ("phi3_tiny", phi3, PHI3_LINEAR, "phi3", 5555, None),
+]
+
+
+def llama_permute(w, n_head):
+    """convert_hf_to_gguf.py's LlamaModel.permute: per head, rotate-half pairs (i, i + D/2)
+    become interleaved pairs (2i, 2i + 1), which llama.cpp's rope expects."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(out, arch):
+    """The model in `out` as convert_hf_to_gguf.py would write it in f32 (metadata keys and tensor
+    names per architecture), without a tokenizer (the tests load weights only)."""
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+
+    with open(os.path.join(out, "config.json")) as f:
+        cfg = json.load(f)
+    sd = load_file(os.path.join(out, "model.safetensors"))
+    n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
+    rope = cfg.get("rope_parameters") or {}
+    w = gguf.GGUFWriter(os.path.join(out, "model.gguf"), arch)
+    w.add_name(os.path.basename(out))
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    w.add_vocab_size(cfg["vocab_size"])
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if arch == "phi3":
+        rot = int(rope.get("partial_rotary_factor", 1.0) * cfg["hidden_size"]) // n_head
+        w.add_rope_dimension_count(rot)
+        w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+        w.add_sliding_window(cfg.get("sliding_window") or 0)
+        scale = cfg["max_position_embeddings"] / rope["original_max_position_embeddings"]
+        w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(rope["original_max_position_embeddings"])))
+        w.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], dtype=np.float32))
+        w.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], dtype=np.float32))
+    else:
+        w.add_rope_dimension_count(head_dim)
+        if "head_dim" in cfg:
+            w.add_key_length(head_dim)
+            w.add_value_length(head_dim)
+        if cfg.get("sliding_window"):
+            # llama.cpp's key for a window (written for the archs whose graphs use one).
+            w.add_sliding_window(cfg["sliding_window"])
+    if rope.get("rope_type") == "llama3":
+        # LlamaModel.generate_extra_tensors: llama3 scaling as per-frequency divisors.
+        base, dim = rope["rope_theta"], head_dim
+        factor, lo, hi = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+        old = rope["original_max_position_embeddings"]
+        factors = []
+        for i in range(0, dim, 2):
+            wavelen = 2 * math.pi / (1.0 / base ** (i / dim))
+            if wavelen < old / hi:
+                factors.append(1.0)
+            elif wavelen > old / lo:
+                factors.append(factor)
+            else:
+                smooth = (old / wavelen - lo) / (hi - lo)
+                factors.append(1 / ((1 - smooth) / factor + smooth))
+        w.add_tensor("rope_freqs.weight", np.array(factors, dtype=np.float32))
+
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    per_layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+                 "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                 "self_attn.o_proj": "attn_output", "self_attn.qkv_proj": "attn_qkv",
+                 "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+                 "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.gate_up_proj": "ffn_up",
+                 "mlp.down_proj": "ffn_down"}
+    for name in sorted(sd):
+        t = sd[name].float().numpy()
+        if name in names:
+            gname = names[name]
+        else:
+            _, _, layer, rest = name.split(".", 3)
+            module, kind = rest.rsplit(".", 1)
+            gname = f"blk.{layer}.{per_layer[module]}.{kind}"
+            if arch == "llama" and module == "self_attn.q_proj":
+                t = llama_permute(t, n_head)
+            elif arch == "llama" and module == "self_attn.k_proj":
+                t = llama_permute(t, n_kv)
+        w.add_tensor(gname, np.ascontiguousarray(t))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 BERT_LABELS = 3
@@ -594,6 +779,98 @@ def resnets(out_root):
             "layer4.0.downsample.0.weight", "layer4.0.downsample.1.weight"]),
     ]
 
+ROPE_KEYS = ["rope_parameters", "rope_scaling", "rope_theta", "partial_rotary_factor", "max_position_embeddings",
+             "original_max_position_embeddings", "head_dim", "hidden_size", "num_attention_heads"]
+
+
+def rope_scaling_cases(out_root):
+    """transformers' inverse frequencies and attention factor for each RoPE type kiln maps."""
+    from transformers import Phi3Config, Qwen2Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    g = torch.Generator().manual_seed(77)
+
+    def factors(n, lo, hi):
+        return [round(float(x), 4) for x in (lo + (hi - lo) * torch.rand(n, generator=g))]
+
+    base = dict(hidden_size=256, num_attention_heads=4)  # head_dim 64 unless given
+    cases = [
+        ("default", LlamaConfig, dict(base, max_position_embeddings=2048, rope_theta=10000.0), [None]),
+        ("default_head_dim_24", LlamaConfig,
+         dict(base, head_dim=24, max_position_embeddings=4096, rope_theta=1000000.0), [None]),
+        ("default_partial_half", Phi3Config,
+         dict(base, partial_rotary_factor=0.5, max_position_embeddings=4096, rope_theta=10000.0), [None]),
+        ("linear", LlamaConfig, dict(base, max_position_embeddings=4096, rope_theta=10000.0,
+                                     rope_scaling={"rope_type": "linear", "factor": 4.0}), [None]),
+        ("dynamic", LlamaConfig, dict(base, max_position_embeddings=2048, rope_theta=10000.0,
+                                      rope_scaling={"type": "dynamic", "factor": 2.0}), [None, 1000, 6000]),
+        # Llama 3.2's values (head_dim 64, 131072 positions from 8192).
+        ("llama3", LlamaConfig, dict(base, max_position_embeddings=131072, rope_theta=500000.0,
+                                     rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+         [None]),
+        ("llama3_factor8", LlamaConfig, dict(hidden_size=128, num_attention_heads=2, max_position_embeddings=131072,
+                                             rope_theta=500000.0,
+                                             rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                           "low_freq_factor": 2.0, "high_freq_factor": 6.0,
+                                                           "original_max_position_embeddings": 4096}), [None]),
+        # Phi-3.5-mini's layout (head_dim 96) and Phi-4-mini's (head_dim 128, 3/4 of it rotary).
+        ("longrope", Phi3Config, dict(hidden_size=384, num_attention_heads=4, max_position_embeddings=131072,
+                                      original_max_position_embeddings=4096, rope_theta=10000.0,
+                                      rope_scaling={"type": "longrope", "short_factor": factors(48, 1.0, 1.2),
+                                                    "long_factor": factors(48, 1.0, 60.0)}), [None, 4096, 4097]),
+        ("longrope_partial", Phi3Config, dict(hidden_size=512, num_attention_heads=4, partial_rotary_factor=0.75,
+                                              max_position_embeddings=131072, original_max_position_embeddings=4096,
+                                              rope_theta=10000.0,
+                                              rope_scaling={"type": "longrope", "short_factor": factors(48, 1.0, 3.0),
+                                                            "long_factor": factors(48, 1.0, 40.0)}), [None, 9000]),
+        ("longrope_attention_factor", Phi3Config,
+         dict(hidden_size=64, num_attention_heads=4, max_position_embeddings=256, original_max_position_embeddings=64,
+              rope_theta=10000.0,
+              rope_scaling={"type": "longrope", "short_factor": factors(8, 1.0, 2.0),
+                            "long_factor": factors(8, 1.0, 9.0), "attention_factor": 1.3, "factor": 2.0}),
+         [None, 100]),
+        # Qwen2.5's YaRN recipe, and one with every optional key set.
+        ("yarn", Qwen2Config, dict(hidden_size=512, num_attention_heads=4, max_position_embeddings=32768,
+                                   rope_theta=1000000.0,
+                                   rope_scaling={"type": "yarn", "factor": 4.0,
+                                                 "original_max_position_embeddings": 32768}), [None]),
+        ("yarn_options", Qwen2Config, dict(hidden_size=256, num_attention_heads=4, max_position_embeddings=16384,
+                                           rope_theta=10000.0,
+                                           rope_scaling={"rope_type": "yarn", "factor": 8.0, "beta_fast": 16.0,
+                                                         "beta_slow": 2.0, "mscale": 0.9, "mscale_all_dim": 0.5,
+                                                         "original_max_position_embeddings": 2048,
+                                                         "truncate": False}), [None]),
+        ("yarn_attention_factor", Qwen2Config, dict(hidden_size=128, num_attention_heads=2,
+                                                    max_position_embeddings=8192, rope_theta=10000.0,
+                                                    rope_scaling={"rope_type": "yarn", "factor": 2.0,
+                                                                  "attention_factor": 0.8,
+                                                                  "original_max_position_embeddings": 4096}),
+         [None]),
+    ]
+    out = []
+    for name, cls, kwargs, seq_lens in cases:
+        legacy = json.loads(json.dumps(kwargs))
+        cfg = cls(**kwargs)
+        saved = {k: v for k, v in cfg.to_dict().items() if k in ROPE_KEYS}
+        rope_type = cfg.rope_parameters.get("rope_type", "default")
+        for seq_len in seq_lens:
+            if rope_type == "default":
+                inv_freq, attn = LlamaRotaryEmbedding.compute_default_rope_parameters(cfg)
+                if cls is Phi3Config:  # Phi-3's default rope reads partial_rotary_factor; Llama's ignores it
+                    from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
+                    inv_freq, attn = Phi3RotaryEmbedding.compute_default_rope_parameters(cfg)
+            else:
+                inv_freq, attn = ROPE_INIT_FUNCTIONS[rope_type](cfg, None, seq_len=seq_len)
+            out.append({"name": name, "legacy": legacy, "saved": saved, "seq_len": seq_len,
+                        "inv_freq": [float(x) for x in inv_freq.float()], "attention_factor": float(attn)})
+    path = os.path.join(out_root, "rope_scaling.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1, sort_keys=True)
+        f.write("\n")
+    return path
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -615,6 +892,8 @@ def main():
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
 
+    if args.only != "vision":
+        print(rope_scaling_cases(out_root))
     dirs = [] if args.only == "vision" else [
         build("gpt2_tiny", gpt2(), ["c_attn", "c_proj", "c_fc"], True, out_root, seed=1234),
         build("llama_tiny", llama(),
@@ -623,6 +902,11 @@ def main():
         build_bert(out_root, seed=4321),
         build_quant(out_root, seed=2468),
     ]
+    if args.only != "vision":
+        for name, make, targets, arch, seed, check in FAMILIES:
+            out = build(name, make(), targets, False, out_root, seed=seed, new_tokens=10, check=check)
+            write_gguf(out, arch)
+            dirs.append(out)
     if args.only != "text":
         dirs += resnets(out_root) + [build_efficientnet_lite(out_root, 1618)]
     return report(dirs + tokenizer_dirs)

@@ -8,6 +8,8 @@
 //   stats:             [2, B, Hq, T]    row 0: lse = log sum_j exp(s_ij); row 1: delta
 //                                       (delta_i = dout_i . out_i, filled by attn_delta)
 //   s_ij = scale * q_i . k_j, masked keys (padding, or j > i + q_offset when causal) are skipped.
+//   With a sliding window W > 0 (causal only), key j is also skipped when i + q_offset - j >= W:
+//   each query sees itself and the W - 1 keys before it (transformers' `kv_idx > q_idx - W`).
 //
 // For decoding with a KV cache the forward also takes keys that differ from the queries: k and v
 // are [B, kv_seq, Hkv, D] with the first kv_len rows in use, and query t sits at position
@@ -29,7 +31,7 @@ struct Params {
     kv_seq: u32,
     kv_len: u32,
     q_offset: u32,
-    _pad: u32,
+    window: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -52,6 +54,20 @@ fn stat_index(b: u32, h: u32, t: u32) -> u32 { return (b * p.hq + h) * p.seq + t
 @group(0) @binding(2) var<storage, read> k_in: array<f32>;
 @group(0) @binding(3) var<storage, read> v_in: array<f32>;
 @group(0) @binding(4) var<storage, read> key_mask: array<u32>;
+
+// Whether query position `pos` (counted among the keys) may see key j under the causal mask and
+// the sliding window.
+fn in_reach(pos: u32, j: u32) -> bool {
+    if (p.causal == 0u) { return true; }
+    if (j > pos) { return false; }
+    return p.window == 0u || pos - j < p.window;
+}
+
+// The first key any query at positions >= first_pos can see: keys before it are never loaded.
+fn first_key(first_pos: u32) -> u32 {
+    if (p.causal == 0u || p.window == 0u || first_pos + 1u < p.window) { return 0u; }
+    return first_pos + 1u - p.window;
+}
 
 fn key_valid(b: u32, j: u32) -> u32 {
     if (j >= p.kv_len) { return 0u; }
@@ -99,14 +115,15 @@ fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
     var l = 0.0;
     var key_end = p.kv_len;
     if (p.causal != 0u) { key_end = min(p.kv_len, (wg.x + 1u) * WG + p.q_offset); }
-    for (var j0 = 0u; j0 < key_end; j0 += KT) {
+    // Tiles start at a multiple of KT at or before the block's first reachable key.
+    for (var j0 = first_key(wg.x * WG + p.q_offset) / KT * KT; j0 < key_end; j0 += KT) {
         workgroupBarrier();
         load_kv_tile(b, hk, j0, lid);
         workgroupBarrier();
         if (row_valid) {
             for (var jj = 0u; jj < KT; jj++) {
                 let j = j0 + jj;
-                if (tile_valid[jj] == 0u || (p.causal != 0u && j > t + p.q_offset)) { continue; }
+                if (tile_valid[jj] == 0u || !in_reach(t + p.q_offset, j)) { continue; }
                 var s = 0.0;
                 for (var d = 0u; d < D; d++) { s = fma(q[d], tile_a[jj * D + d], s); }
                 // Online softmax: rescale what was summed under the old max.
@@ -179,14 +196,14 @@ fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     }
     var key_end = p.seq;
     if (p.causal != 0u) { key_end = min(p.seq, (wg.x + 1u) * WG); }
-    for (var j0 = 0u; j0 < key_end; j0 += KT) {
+    for (var j0 = first_key(wg.x * WG) / KT * KT; j0 < key_end; j0 += KT) {
         workgroupBarrier();
         load_kv_tile(b, hk, j0, lid);
         workgroupBarrier();
         if (row_valid) {
             for (var jj = 0u; jj < KT; jj++) {
                 let j = j0 + jj;
-                if (tile_valid[jj] == 0u || (p.causal != 0u && j > t)) { continue; }
+                if (tile_valid[jj] == 0u || !in_reach(t, j)) { continue; }
                 var s = 0.0;
                 var dp = 0.0;
                 for (var d = 0u; d < D; d++) {
@@ -235,13 +252,16 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             v[d] = v_in[kv_index(b, j, hk) + d];
         }
     }
-    // Causal: queries before this block's first key never see any of its keys.
+    // Causal: queries before this block's first key never see any of its keys; with a window,
+    // neither do queries W or more past its last key.
     var q_start = 0u;
+    var q_end = p.seq;
     if (p.causal != 0u) { q_start = wg.x * WG; }
+    if (p.causal != 0u && p.window != 0u) { q_end = min(p.seq, (wg.x + 1u) * WG - 1u + p.window); }
     let n_stats = p.batch * p.hq * p.seq;
     for (var g = 0u; g < group; g++) {
         let h = hk * group + g;
-        for (var i0 = q_start; i0 < p.seq; i0 += KT) {
+        for (var i0 = q_start; i0 < q_end; i0 += KT) {
             workgroupBarrier();
             for (var x = lid; x < KT * D; x += WG) {
                 let i = i0 + x / D;
@@ -269,7 +289,7 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             if (this_key_valid) {
                 for (var ii = 0u; ii < KT; ii++) {
                     let i = i0 + ii;
-                    if (i >= p.seq || (p.causal != 0u && j > i)) { continue; }
+                    if (i >= p.seq || !in_reach(i, j)) { continue; }
                     var s = 0.0;
                     var dp = 0.0;
                     for (var d = 0u; d < D; d++) {

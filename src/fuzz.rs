@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::formats::gguf::GgufFile;
 use crate::formats::safetensors::{SafetensorsSource, WeightSource};
 use crate::formats::tokenizer::GgufTokenizer;
-use crate::models::gguf_llama::config_from_metadata;
+use crate::models::gguf_decoder::config_from_metadata;
 
 /// Tensors larger than this are not dequantized (the parse already checked their bytes lie in
 /// the file; decoding megabytes per input would only slow the fuzzer down).

@@ -54,6 +54,16 @@ pub fn generate(
     let mut out = Vec::new();
     let mut next_input = prompt.to_vec();
     while cache.len + next_input.len() <= capacity && out.len() < max_new {
+        // Crossing LongRoPE's original context re-encodes every position (as transformers'
+        // Phi-3 does): the cached keys are stale, so the whole sequence goes in again.
+        if let Some(switch) = model.rope_switch()
+            && cache.len > 0
+            && cache.len <= switch
+            && cache.len + next_input.len() > switch
+        {
+            next_input = prompt.iter().chain(&out).copied().collect();
+            cache.len = 0;
+        }
         let n = next_input.len();
         let input = LmInput::new(gpu, next_input, 1, n, None)?;
         let logits = model.last_logits(gpu, &input, Some(&cache))?.to_f32_vec(gpu)?;

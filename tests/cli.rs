@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{tiny_bert, tiny_chat_model, tiny_model};
+use common::{tiny_bert, tiny_chat_model, tiny_model, tiny_model_of};
 use kiln::gpu::AdapterChoice;
 use kiln::models::{LmInput, load_causal_lm};
 
@@ -233,6 +233,59 @@ fn chat_template_trains_and_generates_end_to_end() {
     assert!(!out.status.success());
     assert_eq!(err.matches("has no chat template; kiln uses the plain format").count(), 1, "{err}");
     assert!(err.contains("has no chat template; drop --chat"), "{err}");
+}
+
+/// Phi-3 (fused qkv_proj and gate_up_proj, partial rotary, LongRoPE) through the same commands
+/// with `--lora-targets all-linear`: the adapter records the expanded module names (Phi-3's
+/// fused ones), generation runs, and the merged export loads back as a phi3 model with the
+/// adapter's logits.
+#[test]
+fn phi3_all_linear_train_generate_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data, run, merged) =
+        (tmp.path().join("model"), tmp.path().join("data"), tmp.path().join("run"), tmp.path().join("merged"));
+    for d in [&model, &data] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    tiny_model_of("phi3_tiny", &model);
+    counting_data(&data);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (m, d, r) = (s(&model), s(&data), s(&run));
+    let args = ["--steps", "30", "--batch-size", "8", "--lr", "2e-2", "--eval-every", "30", "--lora-dropout", "0"];
+    let mut train = vec!["train", "--model", &m, "--data", &d, "--out", &r, "--json", "--lora-targets", "all-linear"];
+    train.extend(args);
+    kiln(&train);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["target_modules"], serde_json::json!(["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]));
+    let bytes = std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap();
+    let keys = safetensors::SafeTensors::deserialize(&bytes).unwrap().names().len();
+    assert_eq!(keys, 2 * 4 * 2, "A and B for 4 modules in each of 2 layers");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let steps: Vec<f64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "step")
+        .map(|e| e["loss"].as_f64().unwrap())
+        .collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(mean(&steps[25..]) < mean(&steps[..5]), "training loss fell: {steps:?}");
+
+    let adapter = s(&run.join("adapter"));
+    let (out, _) =
+        kiln(&["generate", "--model", &m, "--lora", &adapter, "--prompt", "w10 w11 w12", "--max-tokens", "3"]);
+    assert!(out.starts_with("w10 w11 w12"), "{out}");
+    kiln(&["export", "--merge", "--model", &m, "--lora", &adapter, "--out", &s(&merged)]);
+    let gpu = kiln::Gpu::new(&AdapterChoice::from_flag_or_env(None)).expect("GPU tests need an adapter");
+    let input = LmInput::new(&gpu, vec![10, 11, 12, 13, 14], 1, 5, None).unwrap();
+    let mut with_adapter = load_causal_lm(&gpu, &model).unwrap();
+    with_adapter.load_adapter(&gpu, &run.join("adapter")).unwrap();
+    let want = with_adapter.all_logits(&gpu, &input).unwrap().to_f32_vec(&gpu).unwrap();
+    let exported = load_causal_lm(&gpu, &merged).unwrap();
+    assert_eq!(exported.model_type(), "phi3");
+    let got = exported.all_logits(&gpu, &input).unwrap().to_f32_vec(&gpu).unwrap();
+    let err = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(err < 1e-4, "merged phi3 logits differ from base + adapter by {err}");
 }
 
 #[test]

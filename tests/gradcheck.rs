@@ -159,10 +159,15 @@ fn softmax_cross_entropy_weighted_matches_pytorch() {
 #[test]
 fn attention_backward() {
     let mut rng = Rng::new(14);
-    for (causal, with_mask, hq, hkv) in
-        [(false, false, 2, 2), (true, false, 4, 2), (true, true, 3, 1), (false, true, 2, 1)]
-    {
-        let dm = attention::Dims { b: 2, t: 5, hq, hkv, d: 3, causal, scale: 0.6 };
+    for (causal, with_mask, hq, hkv, window) in [
+        (false, false, 2, 2, None),
+        (true, false, 4, 2, None),
+        (true, true, 3, 1, None),
+        (false, true, 2, 1, None),
+        (true, false, 2, 1, Some(2)),
+        (true, true, 2, 2, Some(3)),
+    ] {
+        let dm = attention::Dims { b: 2, t: 5, hq, hkv, d: 3, causal, scale: 0.6, window };
         let nq = dm.b * dm.t * hq * dm.d;
         let nk = dm.b * dm.t * hkv * dm.d;
         let (q, k, v, w) = (randv(&mut rng, nq), randv(&mut rng, nk), randv(&mut rng, nk), randv(&mut rng, nq));
@@ -170,7 +175,7 @@ fn attention_backward() {
         let mask: Vec<bool> = (0..dm.b * dm.t).map(|i| !(i >= dm.t && i % dm.t >= 3)).collect();
         let mask = with_mask.then_some(&mask[..]);
         let (dq, dk, dv) = attention::backward(&dm, &q, &k, &v, mask, &w);
-        let what = format!("attention causal={causal} mask={with_mask} hq={hq} hkv={hkv}");
+        let what = format!("attention causal={causal} mask={with_mask} hq={hq} hkv={hkv} window={window:?}");
         check(&format!("{what} dq"), &q, &dq, |x| dot(&w, &attention::forward(&dm, x, &k, &v, mask).0));
         check(&format!("{what} dk"), &k, &dk, |x| dot(&w, &attention::forward(&dm, &q, x, &v, mask).0));
         check(&format!("{what} dv"), &v, &dv, |x| dot(&w, &attention::forward(&dm, &q, &k, x, mask).0));
@@ -187,6 +192,24 @@ fn rope_backward_is_inverse_rotation() {
     let positions: Vec<usize> = vec![0, 1, 2, 5, 6, 7];
     let dx = rope::apply(&w, dims, &angles, &positions, true);
     check("rope dx", &x, &dx, |x| dot(&w, &rope::apply(x, dims, &angles, &positions, false)));
+}
+
+/// Partial rotary with an attention factor f: y = blockdiag(f·R(θ), I)·x, so
+/// dx = blockdiag(f·R(−θ), I)·dy (the transpose; no longer the inverse once f ≠ 1).
+#[test]
+fn rope_partial_scaled_backward_is_transpose() {
+    let mut rng = Rng::new(17);
+    let dims = (2, 3, 2, 10);
+    let (rot_dim, factor) = (6, 1.3);
+    let n = dims.0 * dims.1 * dims.2 * dims.3;
+    let (x, w) = (randv(&mut rng, n), randv(&mut rng, n));
+    let inv_freq = [1.0, 0.3, 0.05];
+    let angles = kiln::kernels::rope::angles_from(&inv_freq, 8);
+    let positions: Vec<usize> = vec![0, 1, 2, 5, 6, 7];
+    let dx = rope::apply_partial(&w, dims, rot_dim, &angles, factor, &positions, true);
+    check("rope partial dx", &x, &dx, |x| {
+        dot(&w, &rope::apply_partial(x, dims, rot_dim, &angles, factor, &positions, false))
+    });
 }
 
 #[test]

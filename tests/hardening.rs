@@ -680,7 +680,7 @@ fn fuzz_findings_stay_fixed() {
 fn fuzz_seeds_are_valid_inputs() {
     use kiln::formats::gguf::GgufFile;
     let gguf = GgufFile::parse(kiln::fuzz::seeds("gguf").remove(0), "seed.gguf").unwrap();
-    kiln::models::gguf_llama::config_from_metadata(&gguf).unwrap();
+    kiln::models::gguf_decoder::config_from_metadata(&gguf).unwrap();
     kiln::formats::tokenizer::GgufTokenizer::from_gguf(&gguf).unwrap();
     for t in &gguf.tensors {
         gguf.tensor_f32(&t.name).unwrap();

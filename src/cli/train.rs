@@ -79,9 +79,11 @@ pub struct TrainArgs {
     pub lora_alpha: f32,
     #[arg(long, default_value_t = 0.05)]
     pub lora_dropout: f32,
-    /// Comma-separated layer names [default: q_proj,k_proj,v_proj,o_proj for Llama; c_attn,c_proj
-    /// for GPT-2; query,key,value,dense for BERT]
-    #[arg(long, value_delimiter = ',')]
+    /// Comma-separated layer names, or `all-linear` for every linear layer (PEFT's shorthand)
+    /// [default: the attention projections: q_proj,k_proj,v_proj,o_proj for Llama, Mistral,
+    /// Qwen2 and Qwen3; qkv_proj,o_proj for Phi-3; c_attn,c_proj for GPT-2; query,key,value,dense
+    /// for BERT]
+    #[arg(long, alias = "lora-targets", value_delimiter = ',')]
     pub target_modules: Vec<String>,
     /// Validate every N optimizer steps (0: only at the end)
     #[arg(long, default_value_t = 50)]
@@ -247,11 +249,7 @@ pub fn run_on(args: TrainArgs, gpu: &Gpu) -> Result<()> {
         r: args.lora_r,
         alpha: args.lora_alpha,
         dropout: args.lora_dropout,
-        target_modules: if args.target_modules.is_empty() {
-            default_targets(lm.model.model_type())
-        } else {
-            args.target_modules.clone()
-        },
+        target_modules: lm.model.lora_targets(&args.target_modules),
         use_rslora: false,
     };
     let adapted = lm.model.add_lora(&gpu, &lora, args.seed)?;
@@ -553,15 +551,6 @@ fn retain_set(
     crate::util::write_atomic(&dir.join("retain.jsonl"), text.as_bytes())?;
     let source = json!(format!("{count} samples of the base model, up to {len} tokens each (data/retain.jsonl)"));
     Ok((Some(examples), source))
-}
-
-/// LoRA targets when none are given: the attention projections.
-pub fn default_targets(model_type: &str) -> Vec<String> {
-    let names: &[&str] = match model_type {
-        "gpt2" => &["c_attn", "c_proj"],
-        _ => &["q_proj", "k_proj", "v_proj", "o_proj"],
-    };
-    names.iter().map(|s| s.to_string()).collect()
 }
 
 /// The CMUdict task folder in the cache (written once per seed).

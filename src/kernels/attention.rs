@@ -1,5 +1,5 @@
 //! Scaled dot-product attention (`shaders/attention.wgsl`): causal and key-padding masks,
-//! grouped-query attention, a forward that saves only the log-sum-exp per row, and a
+//! sliding windows, grouped-query attention, a forward that saves only the log-sum-exp per row, and a
 //! backward that recomputes the probabilities (memory O(T) per head, not O(T²)).
 
 use bytemuck::{Pod, Zeroable};
@@ -26,12 +26,33 @@ pub struct AttentionSpec {
     pub kv_len: usize,
     /// Position of query 0 among the keys (tokens already cached); 0 when training.
     pub q_offset: usize,
+    /// Sliding window (causal only): a query sees itself and the `window - 1` keys before it,
+    /// as Mistral's `sliding_window` and transformers' `kv_idx > q_idx - window`. None: all.
+    pub window: Option<usize>,
 }
 
 impl AttentionSpec {
     pub fn new(batch: usize, seq: usize, q_heads: usize, kv_heads: usize, head_dim: usize, causal: bool) -> Self {
         let scale = 1.0 / (head_dim as f32).sqrt();
-        AttentionSpec { batch, seq, q_heads, kv_heads, head_dim, causal, scale, kv_seq: seq, kv_len: seq, q_offset: 0 }
+        AttentionSpec {
+            batch,
+            seq,
+            q_heads,
+            kv_heads,
+            head_dim,
+            causal,
+            scale,
+            kv_seq: seq,
+            kv_len: seq,
+            q_offset: 0,
+            window: None,
+        }
+    }
+
+    /// Restricts each query to the last `window` keys up to and including its own position.
+    pub fn with_window(mut self, window: Option<usize>) -> Self {
+        self.window = window;
+        self
     }
 
     /// Decoding with a KV cache: `seq` new queries at positions `q_offset..`, keys and values
@@ -43,10 +64,15 @@ impl AttentionSpec {
         self
     }
 
-    /// Multiply-adds of the forward (two matmuls of T×T×D per head, halved when causal).
+    /// Multiply-adds of the forward (two matmuls of T×T×D per head, halved when causal, and
+    /// T×W when a window W shorter than the sequence bounds the keys).
     pub fn forward_flops(&self) -> f64 {
         let full = 4.0 * (self.batch * self.q_heads * self.seq * self.seq * self.head_dim) as f64;
-        if self.causal { full / 2.0 } else { full }
+        match self.window {
+            Some(w) if self.causal && w < self.seq => full * w as f64 / self.seq as f64,
+            _ if self.causal => full / 2.0,
+            _ => full,
+        }
     }
 }
 
@@ -70,7 +96,7 @@ struct Params {
     kv_seq: u32,
     kv_len: u32,
     q_offset: u32,
-    _pad: u32,
+    window: u32,
 }
 
 /// Head dims the shader is compiled for (it keeps rows of D floats in registers).
@@ -104,6 +130,13 @@ fn check(
             ),
         ));
     }
+    match s.window {
+        Some(0) => return Err(Error::invalid(op, "a sliding window of 0 keys lets no query attend to anything")),
+        Some(_) if !s.causal => {
+            return Err(Error::invalid(op, "a sliding window is implemented for causal attention only"));
+        }
+        _ => {}
+    }
     let kn = s.batch * s.kv_seq * s.kv_heads * s.head_dim;
     expect_numel(op, "q", q, qn, "batch × seq × q_heads × head_dim")?;
     expect_numel(op, "k", k, kn, "batch × seq × kv_heads × head_dim")?;
@@ -126,7 +159,7 @@ fn check(
         kv_seq: s.kv_seq as u32,
         kv_len: s.kv_len as u32,
         q_offset: s.q_offset as u32,
-        _pad: 0,
+        window: u32_of(op, "window", s.window.unwrap_or(0))?,
     })
 }
 

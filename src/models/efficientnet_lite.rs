@@ -17,9 +17,9 @@ use std::path::Path;
 
 use crate::autograd::{self, Loss, Module, Param, Tape, Var, WeightLayout};
 use crate::error::{Error, Result};
+use crate::formats::safetensors::{SafetensorsSource, WeightSource};
 use crate::gpu::Gpu;
 use crate::kernels::elementwise::Activation;
-use crate::formats::safetensors::{SafetensorsSource, WeightSource};
 use crate::nn::{BatchNorm2d, BnMode, Conv2d, Conv2dConfig, Linear, Rng};
 use crate::tensor::Tensor;
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tokenizers::Tokenizer;
 
-use super::{CausalLm, gguf_llama, load_causal_lm};
+use super::{CausalLm, gguf_decoder, load_causal_lm};
 use crate::error::{Error, Result};
 use crate::formats::chat_template::PromptFormat;
 use crate::formats::gguf::GgufFile;
@@ -47,7 +47,7 @@ pub fn load_lm_with(gpu: &Gpu, path: &Path, keep_quantized: bool) -> Result<Load
 fn load_gguf(gpu: &Gpu, path: &Path, keep_quantized: bool) -> Result<LoadedLm> {
     let file = GgufFile::open(path)?;
     // The model first: its architecture and sizes are the likelier mistake to report.
-    let model = Box::new(gguf_llama::load_llama_with(gpu, &file, keep_quantized)?);
+    let model = Box::new(gguf_decoder::load_decoder_with(gpu, &file, keep_quantized)?);
     let tok = GgufTokenizer::from_gguf(&file)?;
     let name = file.get_str("general.name")?.map(str::to_string).unwrap_or_else(|| path.display().to_string());
     let format = tok.prompt_format(path, &name)?;

@@ -1,14 +1,21 @@
 //! Architectures, one file each, written to read like their Hugging Face source, and the code
 //! that maps their configs and tensor names onto them (file formats live in `crate::formats`).
+//! The decoder families (Llama, Mistral, Qwen2, Qwen3, Phi-3) are one [`decoder::Decoder`]
+//! configured by a small file each; GPT-2 and BERT keep their own.
 
 pub mod bert;
 pub mod classifier;
+pub mod decoder;
 pub mod efficientnet_lite;
-pub mod gguf_llama;
+pub mod gguf_decoder;
 pub mod gpt2;
 pub mod llama;
 pub mod load;
+pub mod mistral;
+pub mod phi3;
 pub mod quantize;
+pub mod qwen2;
+pub mod qwen3;
 pub mod resnet;
 
 use std::path::Path;
@@ -74,6 +81,13 @@ pub trait CausalLm: Module {
     /// The config as Hugging Face writes it (for exports).
     fn config_json(&self) -> serde_json::Value;
 
+    /// A sequence length past which every position is encoded differently (LongRoPE's original
+    /// context: transformers then drops the KV cache and re-encodes the whole sequence with the
+    /// long factors); None for models whose positions never change.
+    fn rope_switch(&self) -> Option<usize> {
+        None
+    }
+
     /// Sets the dropout rate of the model's own layers (not LoRA's). Only GPT-2 has any: its
     /// embedding and residual dropout.
     fn set_dropout(&mut self, p: f32) -> Result<()> {
@@ -118,6 +132,39 @@ pub trait CausalLm: Module {
         let logits = Tensor::empty(gpu, &[input.batch, input.seq, v], DType::F32)?;
         matmul_into(gpu, &Matmul::new(n, v, c).trans_b(true), &h, &head, None, &logits)?;
         Ok(logits)
+    }
+
+    /// LoRA targets when none are given: the attention projections under the family's names
+    /// (q/k/v/o, Phi-3's fused qkv_proj and o_proj, GPT-2's c_attn and c_proj). PEFT's own table
+    /// (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING) has only q_proj and v_proj for
+    /// Llama, Mistral and Qwen, c_attn for GPT-2 and nothing for Phi-3; kiln adapts all of
+    /// attention, which trains better per parameter at these ranks.
+    fn default_lora_targets(&self) -> Vec<String> {
+        let names: &[&str] = match self.model_type() {
+            "gpt2" => &["c_attn", "c_proj"],
+            "phi3" => &["qkv_proj", "o_proj"],
+            _ => &["q_proj", "k_proj", "v_proj", "o_proj"],
+        };
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The module names LoRA targets for `given`: the family default when empty, every linear
+    /// layer of the model for `all-linear` (PEFT's shorthand; the output head is not a linear
+    /// layer here, as PEFT leaves it out too), else `given` as it is. Adapter configs record the
+    /// expanded names, so PEFT loads them without knowing the shorthand.
+    fn lora_targets(&mut self, given: &[String]) -> Vec<String> {
+        match given {
+            [] => self.default_lora_targets(),
+            [one] if one.eq_ignore_ascii_case("all-linear") => {
+                let names: std::collections::BTreeSet<String> = self
+                    .linears_mut()
+                    .iter()
+                    .map(|l| l.path.rsplit('.').next().unwrap_or(&l.path).to_string())
+                    .collect();
+                names.into_iter().collect()
+            }
+            _ => given.to_vec(),
+        }
     }
 
     /// Freezes every weight, then attaches LoRA adapters (trainable) to the targeted linears.
@@ -177,21 +224,29 @@ pub trait CausalLm: Module {
     }
 }
 
+/// Causal LM families a Hugging Face folder may hold (config.json's `model_type`).
+pub const CAUSAL_LM_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3"];
+
 /// Loads a causal LM from a Hugging Face folder by its config's `model_type`.
 pub fn load_causal_lm(gpu: &Gpu, dir: &Path) -> Result<Box<dyn CausalLm>> {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        model_type: Option<String>,
-    }
-    let probe: Probe = weights::read_config(dir)?;
-    match probe.model_type.as_deref() {
-        Some("gpt2") => Ok(Box::new(gpt2::Gpt2::load(gpu, dir)?)),
-        Some("llama") => Ok(Box::new(llama::Llama::load(gpu, dir)?)),
-        other => Err(Error::Parse {
-            path: dir.join("config.json"),
-            message: format!("model_type {other:?} is not a causal LM kiln knows (gpt2, llama)"),
-        }),
-    }
+    let path = dir.join("config.json");
+    let json: serde_json::Value = weights::read_config(dir)?;
+    let config = match json["model_type"].as_str() {
+        Some("gpt2") => return Ok(Box::new(gpt2::Gpt2::load(gpu, dir)?)),
+        Some("llama") => llama::config(&json, &path)?,
+        Some("mistral") => mistral::config(&json, &path)?,
+        Some("qwen2") => qwen2::config(&json, &path)?,
+        Some("qwen3") => qwen3::config(&json, &path)?,
+        Some("phi3") => phi3::config(&json, &path)?,
+        other => {
+            return Err(Error::Parse {
+                path,
+                message: format!("model_type {other:?} is not a causal LM kiln knows {CAUSAL_LM_TYPES:?}"),
+            });
+        }
+    };
+    let mut src = weights::SafetensorsSource::open(dir)?;
+    Ok(Box::new(decoder::Decoder::from_source(gpu, config, &mut src, &path)?))
 }
 
 /// Self-attention of one layer: over the batch's own keys (training, prefill without a cache),

@@ -9,6 +9,7 @@ pub mod kv_cache;
 pub mod linear;
 pub mod lora;
 pub mod norm;
+pub mod rope_scaling;
 
 pub use batch_norm::{BatchNorm2d, BnMode};
 pub use conv2d::{Conv2d, Conv2dConfig};
@@ -17,3 +18,4 @@ pub use kv_cache::KvCache;
 pub use linear::Linear;
 pub use lora::{LoraAdapter, LoraConfig};
 pub use norm::NormLayer;
+pub use rope_scaling::{RopeConfig, RopeScaling};

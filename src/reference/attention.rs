@@ -2,6 +2,7 @@
 //!
 //! Shapes: q, out, dout, dq [B, T, Hq, D]; k, v, dk, dv [B, T, Hkv, D]; key_mask [B, T]
 //! (true = attend); lse [B, Hq, T]. Query head h uses key/value head h / (Hq/Hkv).
+//! A sliding window W (causal only) lets query i see keys i−W+1 ..= i.
 
 pub struct Dims {
     pub b: usize,
@@ -11,6 +12,7 @@ pub struct Dims {
     pub d: usize,
     pub causal: bool,
     pub scale: f64,
+    pub window: Option<usize>,
 }
 
 impl Dims {
@@ -21,7 +23,8 @@ impl Dims {
         ((b * self.t + t) * self.hkv + h) * self.d
     }
     fn allowed(&self, mask: Option<&[bool]>, b: usize, i: usize, j: usize) -> bool {
-        !(self.causal && j > i) && mask.is_none_or(|m| m[b * self.t + j])
+        let in_window = !self.causal || self.window.is_none_or(|w| j + w > i);
+        !(self.causal && j > i) && in_window && mask.is_none_or(|m| m[b * self.t + j])
     }
     /// Probabilities of row (b, h, i) over keys j; all zero if no key is allowed.
     fn probs(&self, q: &[f64], k: &[f64], mask: Option<&[bool]>, b: usize, h: usize, i: usize) -> (Vec<f64>, f64) {

@@ -123,7 +123,12 @@ pub fn hf_initialised_bert(dir: &std::path::Path) {
 
 /// A copy of the fixture model with a word-level tokenizer `w0 .. w95` (id = number).
 pub fn tiny_model(dir: &Path) {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_tiny");
+    tiny_model_of("llama_tiny", dir);
+}
+
+/// [`tiny_model`] from another decoder fixture (all have the 96-token vocabulary).
+pub fn tiny_model_of(fixture: &str, dir: &Path) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
     }

@@ -1,5 +1,6 @@
 //! Attention forward (out, lse) and backward (dq, dk, dv) vs the reference, over causal and
-//! padding masks, grouped-query heads, and sequence lengths off the 64-row/16-key tiles.
+//! padding masks, sliding windows, grouped-query heads, and sequence lengths off the
+//! 64-row/16-key tiles.
 
 use kiln::Tensor;
 use kiln::kernels::attention::{self, AttentionSpec};
@@ -12,8 +13,18 @@ const RTOL: f64 = 1e-4;
 
 #[allow(clippy::too_many_arguments)]
 fn case(rng: &mut Rng, b: usize, t: usize, hq: usize, hkv: usize, d: usize, causal: bool, padded: bool) {
+    windowed(rng, (b, t, hq, hkv, d), causal, padded, None);
+}
+
+fn windowed(
+    rng: &mut Rng,
+    (b, t, hq, hkv, d): (usize, usize, usize, usize, usize),
+    causal: bool,
+    padded: bool,
+    window: Option<usize>,
+) {
     let gpu = gpu();
-    let spec = AttentionSpec::new(b, t, hq, hkv, d, causal);
+    let spec = AttentionSpec::new(b, t, hq, hkv, d, causal).with_window(window);
     let (nq, nk) = (b * t * hq * d, b * t * hkv * d);
     let (q, k, v, dout) = (rng.vec(nq), rng.vec(nk), rng.vec(nk), rng.vec(nq));
     // Batch entry i has its last i·3 positions as padding.
@@ -23,10 +34,11 @@ fn case(rng: &mut Rng, b: usize, t: usize, hq: usize, hkv: usize, d: usize, caus
     let key_mask = padded.then_some(&mask_t);
     let (qt, kt, vt) = (upload(&q, &[b, t, hq, d]), upload(&k, &[b, t, hkv, d]), upload(&v, &[b, t, hkv, d]));
     let fwd = attention::forward(gpu, &spec, &qt, &kt, &vt, key_mask).unwrap();
-    let dims = r::Dims { b, t, hq, hkv, d, causal, scale: spec.scale as f64 };
+    let dims = r::Dims { b, t, hq, hkv, d, causal, scale: spec.scale as f64, window };
     let m = padded.then_some(&mask[..]);
     let (want_out, want_lse) = r::forward(&dims, &f64s(&q), &f64s(&k), &f64s(&v), m);
-    let what = format!("attention b={b} t={t} hq={hq} hkv={hkv} d={d} causal={causal} padded={padded}");
+    let what =
+        format!("attention b={b} t={t} hq={hq} hkv={hkv} d={d} causal={causal} padded={padded} window={window:?}");
     assert_close(&format!("{what} out"), &download(&fwd.out), &want_out, ATOL, RTOL);
     let stats = download(&fwd.stats);
     assert_close(&format!("{what} lse"), &stats[..b * hq * t], &want_lse, ATOL, RTOL);
@@ -58,6 +70,32 @@ fn attention_longer_sequence() {
     case(&mut rng, 1, 200, 2, 1, 64, true, true);
 }
 
+/// Sliding windows shorter than the sequence: inside one 16-key tile, across tiles, across the
+/// 64-row blocks (so whole key tiles and query tiles are skipped), and longer than the sequence
+/// (the same as no window).
+#[test]
+fn attention_sliding_window() {
+    let mut rng = Rng::new(93);
+    windowed(&mut rng, (1, 7, 2, 1, 5), true, false, Some(4));
+    windowed(&mut rng, (2, 17, 4, 2, 8), true, true, Some(1));
+    windowed(&mut rng, (2, 33, 3, 3, 6), true, true, Some(16));
+    windowed(&mut rng, (1, 150, 2, 1, 16), true, false, Some(37));
+    windowed(&mut rng, (1, 140, 2, 2, 8), true, true, Some(70));
+    windowed(&mut rng, (1, 9, 1, 1, 4), true, false, Some(100));
+}
+
+#[test]
+fn attention_rejects_bad_windows() {
+    let gpu = gpu();
+    let z = Tensor::zeros(gpu, &[32]).unwrap();
+    let spec = AttentionSpec::new(1, 4, 1, 1, 8, true).with_window(Some(0));
+    let err = attention::forward(gpu, &spec, &z, &z, &z, None).err().expect("window 0 is refused").to_string();
+    assert!(err.contains("window of 0"), "{err}");
+    let spec = AttentionSpec::new(1, 4, 1, 1, 8, false).with_window(Some(2));
+    let err = attention::forward(gpu, &spec, &z, &z, &z, None).err().expect("a bidirectional window").to_string();
+    assert!(err.contains("causal attention only"), "{err}");
+}
+
 #[test]
 fn attention_rejects_bad_heads() {
     let gpu = gpu();
@@ -76,10 +114,11 @@ fn attention_with_kv_cache_matches_the_full_sequence() {
     let gpu = gpu();
     let mut rng = Rng::new(92);
     let (b, hq, hkv, d, cap) = (2, 4, 2, 16, 80);
-    for (t, new) in [(1, 1), (70, 1), (70, 5)] {
+    let cases = [(1, 1, None), (70, 1, None), (70, 5, None), (70, 1, Some(20)), (70, 5, Some(3)), (9, 3, Some(4))];
+    for (t, new, window) in cases {
         let cached = t - new;
         let (q, k, v) = (rng.vec(b * t * hq * d), rng.vec(b * t * hkv * d), rng.vec(b * t * hkv * d));
-        let dims = r::Dims { b, t, hq, hkv, d, causal: true, scale: 1.0 / (d as f64).sqrt() };
+        let dims = r::Dims { b, t, hq, hkv, d, causal: true, scale: 1.0 / (d as f64).sqrt(), window };
         let (want, _) = r::forward(&dims, &f64s(&q), &f64s(&k), &f64s(&v), None);
         // Cache [b, cap, hkv, d] with rows 0..t filled; queries are the last `new` rows.
         let (mut kc, mut vc) = (vec![9.0f32; b * cap * hkv * d], vec![9.0f32; b * cap * hkv * d]);
@@ -99,7 +138,7 @@ fn attention_with_kv_cache_matches_the_full_sequence() {
                 want_new.extend_from_slice(&want[src..src + row_q]);
             }
         }
-        let spec = AttentionSpec::new(b, new, hq, hkv, d, true).with_cache(cap, cached);
+        let spec = AttentionSpec::new(b, new, hq, hkv, d, true).with_cache(cap, cached).with_window(window);
         let out = attention::forward(
             gpu,
             &spec,
@@ -109,7 +148,8 @@ fn attention_with_kv_cache_matches_the_full_sequence() {
             None,
         )
         .unwrap();
-        assert_close(&format!("kv cache t={t} new={new}"), &download(&out.out), &want_new, ATOL, RTOL);
+        let what = format!("kv cache t={t} new={new} window={window:?}");
+        assert_close(&what, &download(&out.out), &want_new, ATOL, RTOL);
     }
     let spec = AttentionSpec::new(1, 4, 1, 1, 8, true).with_cache(3, 0);
     let z = Tensor::zeros(gpu, &[32]).unwrap();
