@@ -9,6 +9,7 @@
 pub mod adapter;
 pub(crate) mod pipelines;
 pub(crate) mod pool;
+pub mod profile;
 
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +17,7 @@ use wgpu::util::DeviceExt;
 
 pub use adapter::AdapterChoice;
 pub use pipelines::{Access, KernelSpec, ShaderFile};
+pub use profile::{Counts, GpuTiming, Profile};
 
 use crate::error::{Error, Result};
 use crate::kernels::matmul::{MatmulTile, MatvecShape};
@@ -39,9 +41,18 @@ pub struct Gpu {
     /// binding slot, because one buffer in two slots of a dispatch would alias a writable one.
     dummies: Vec<wgpu::Buffer>,
     matmul_tile: Mutex<MatmulTile>,
-    /// Command buffers submitted so far (a training step should add exactly one).
-    submits: std::sync::atomic::AtomicU64,
+    /// Counters of dispatches, buffers, submits... and the open profile, if any.
+    profiler: profile::Profiler,
     matvec_shape: Mutex<MatvecShape>,
+}
+
+/// Runs a closure when dropped (counting time on every way out of a function).
+struct Defer<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
 }
 
 /// Storage bindings a kernel may have (adapters guarantee at least 8 per stage).
@@ -59,9 +70,11 @@ impl Gpu {
         let adapter = adapter::choose(adapter::list(&instance), choice)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
+        // Timestamps serve only the profiler; asking for them costs nothing when unused.
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("kiln"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -76,6 +89,7 @@ impl Gpu {
         device.set_device_lost_callback(move |reason, message| {
             *lost_sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{reason:?}: {message}"));
         });
+        let profiler = profile::Profiler::new(&device, &queue, features.contains(wgpu::Features::TIMESTAMP_QUERY));
         let dummies = (0..MAX_BINDINGS)
             .map(|_| {
                 device.create_buffer(&wgpu::BufferDescriptor {
@@ -100,7 +114,7 @@ impl Gpu {
             lost,
             dummies,
             matmul_tile: Mutex::new(matmul_tile),
-            submits: Default::default(),
+            profiler,
             matvec_shape: Mutex::new(matvec_shape),
         })
     }
@@ -152,7 +166,29 @@ impl Gpu {
 
     /// Command buffers submitted since the device was opened.
     pub fn submit_count(&self) -> u64 {
-        self.submits.load(std::sync::atomic::Ordering::Relaxed)
+        self.counts().submits
+    }
+
+    /// The runtime's counters since the device was opened; subtract two with [`Counts::since`].
+    pub fn counts(&self) -> Counts {
+        self.profiler.counters.snapshot()
+    }
+
+    /// Where a profile's GPU times come from on this adapter, when asked for.
+    pub fn gpu_timing(&self) -> GpuTiming {
+        self.profiler.timing(true)
+    }
+
+    /// Opens a profile: each dispatch from now on is logged with its CPU recording time and,
+    /// with `gpu_times` where the adapter has timestamps, its GPU time (see [`profile`]).
+    pub fn profile_begin(&self, gpu_times: bool) {
+        self.profiler.begin(gpu_times);
+    }
+
+    /// Submits, waits, and closes the profile opened by [`Gpu::profile_begin`].
+    pub fn profile_end(&self) -> Result<Profile> {
+        self.synchronize()?;
+        Ok(self.profiler.end(&self.device))
     }
 
     /// Releases pooled buffers that no tensor uses.
@@ -178,7 +214,13 @@ impl Gpu {
                 limit: self.limits.max_buffer_size,
             });
         }
-        Ok(self.pool.take(&self.device, bytes, self.limits.max_buffer_size, for_upload))
+        Ok(self.pool.take(
+            &self.device,
+            bytes,
+            self.limits.max_buffer_size,
+            for_upload,
+            &self.profiler.counters.buffers_created,
+        ))
     }
 
     /// Records into the pending encoder, creating it if needed.
@@ -199,6 +241,7 @@ impl Gpu {
         }
         if !data.is_empty() {
             self.queue.write_buffer(tensor.buffer(), tensor.offset(), data);
+            profile::bump(&self.profiler.counters.bytes_uploaded, data.len() as u64);
         }
         Ok(())
     }
@@ -216,6 +259,7 @@ impl Gpu {
     pub(crate) fn write_fresh(&self, tensor: &Tensor, data: &[u8]) {
         if !data.is_empty() {
             self.queue.write_buffer(tensor.buffer(), tensor.offset(), data);
+            profile::bump(&self.profiler.counters.bytes_uploaded, data.len() as u64);
         }
     }
 
@@ -223,9 +267,15 @@ impl Gpu {
         {
             let mut guard = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
             let released = self.pool.take_pending();
-            if let Some(encoder) = guard.take() {
+            if let Some(mut encoder) = guard.take() {
+                let start = std::time::Instant::now();
+                if self.profiler.active() {
+                    self.profiler.resolve(&self.device, &mut encoder);
+                }
                 self.queue.submit([encoder.finish()]);
-                self.submits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let counters = &self.profiler.counters;
+                profile::bump(&counters.submit_ns, start.elapsed().as_nanos() as u64);
+                profile::bump(&counters.submits, 1);
             }
             self.pool.make_free(released);
         }
@@ -244,6 +294,8 @@ impl Gpu {
     /// driver reset ends in an error instead of a wait forever.
     fn wait(&self, context: &str) -> Result<()> {
         const SLICE: std::time::Duration = std::time::Duration::from_millis(500);
+        let start = std::time::Instant::now();
+        let _count = Defer(|| profile::bump(&self.profiler.counters.wait_ns, start.elapsed().as_nanos() as u64));
         loop {
             if let Some(lost) = self.lost_error() {
                 return Err(lost);
@@ -286,6 +338,7 @@ impl Gpu {
             return Ok(Vec::new());
         }
         debug_assert!(offset.is_multiple_of(4) && len.is_multiple_of(4), "readback must be 4-byte aligned");
+        profile::bump(&self.profiler.counters.buffers_created, 1);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("kiln readback"),
             size: len,
@@ -379,7 +432,14 @@ impl Gpu {
                 ));
             }
         }
+        let start = self.profiler.active().then(std::time::Instant::now);
+        if self.profiler.queries_full() {
+            self.submit()?;
+        }
         let pipeline = self.pipelines.get(&self.device, spec)?;
+        let counters = &self.profiler.counters;
+        profile::bump(&counters.buffers_created, 1);
+        profile::bump(&counters.bytes_uploaded, params.len() as u64);
         let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(op),
             contents: params,
@@ -402,13 +462,20 @@ impl Gpu {
             layout: &pipeline.layout,
             entries: &entries,
         });
+        profile::bump(&counters.bind_groups_created, 1);
+        let timed = start.and_then(|_| self.profiler.next_timestamps());
+        let (query, timestamp_writes) = timed.map_or((None, None), |(q, w)| (Some(q), Some(w)));
         self.record(|enc| {
-            let mut pass =
-                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op), timestamp_writes: None });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op), timestamp_writes });
             pass.set_pipeline(&pipeline.pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         });
+        profile::bump(&counters.passes, 1);
+        profile::bump(&counters.dispatches, 1);
+        if let Some(start) = start {
+            self.profiler.logged(start, spec.file.name, spec.entry, query);
+        }
         Ok(())
     }
 

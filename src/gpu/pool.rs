@@ -63,7 +63,15 @@ pub(crate) fn bucket_for(bytes: u64) -> u64 {
 impl Pool {
     /// A buffer of at least `bytes`. `for_upload`: it will be written through the queue, so it
     /// must not be one that unsubmitted commands still name.
-    pub(crate) fn take(&self, device: &wgpu::Device, bytes: u64, max_buffer: u64, for_upload: bool) -> Allocation {
+    /// `created` counts the buffers it had to create (the profiler's counter).
+    pub(crate) fn take(
+        &self,
+        device: &wgpu::Device,
+        bytes: u64,
+        max_buffer: u64,
+        for_upload: bool,
+        created: &std::sync::atomic::AtomicU64,
+    ) -> Allocation {
         // Round up to a bucket, but never past the adapter's largest buffer.
         let bucket = bucket_for(bytes).min(max_buffer.max(bytes));
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -75,6 +83,7 @@ impl Pool {
             Some(b) => b,
             None => {
                 state.allocated += bucket;
+                created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("kiln tensor"),
                     size: bucket,
