@@ -6,6 +6,9 @@
 //! waited on. Rooflines are measured in the same run: a device copy for bandwidth, the best
 //! matmul seen for compute.
 
+pub mod plot;
+pub mod step;
+
 use std::time::Instant;
 
 use serde::Serialize;
