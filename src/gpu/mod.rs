@@ -1,19 +1,29 @@
-//! The GPU runtime: one device and queue, the pipeline cache, the buffer pool, and the one
-//! command encoder that a training step records into.
+//! The GPU runtime: one device and queue, the pipeline cache, the buffer pool, and the command
+//! encoder that a training step records into.
 //!
-//! Kernels never submit. They record a compute pass into the pending encoder; the encoder is
-//! submitted when someone needs results on the CPU ([`Gpu::read_bytes`]), writes into a live
-//! buffer through the queue, or calls [`Gpu::submit`] at the end of a step. So a whole step is
-//! one `queue.submit`, and the CPU waits only where it reads.
+//! Kernels never submit. They record dispatches into the pending encoder; it is submitted when
+//! someone needs results on the CPU ([`Gpu::read_bytes`]), writes into a live buffer through
+//! the queue, calls [`Gpu::submit`] at the end of a step, or when the chunk being recorded
+//! reaches [`Gpu::submit_every`] dispatches, so the GPU starts on a long step while the CPU
+//! still records it. The CPU waits only where it reads.
+//!
+//! What a dispatch costs on the CPU is kept small, because a step is thousands of them (see
+//! [`profile`] for how it is measured):
+//! - parameters go into one arena buffer per chunk, bound at a dynamic offset and written with
+//!   one queue write at submit, instead of a uniform buffer created per dispatch;
+//! - bind groups are cached across steps ([`bind_cache`]): a step's buffers repeat;
+//! - consecutive dispatches share one compute pass (wgpu puts the barriers a later dispatch
+//!   needs between them); a copy, a clear or a submit ends the pass.
 
 pub mod adapter;
+pub(crate) mod bind_cache;
 pub(crate) mod pipelines;
 pub(crate) mod pool;
 pub mod profile;
 
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-
-use wgpu::util::DeviceExt;
+use std::time::Instant;
 
 pub use adapter::AdapterChoice;
 pub use pipelines::{Access, KernelSpec, ShaderFile};
@@ -30,7 +40,16 @@ pub struct Gpu {
     limits: wgpu::Limits,
     pipelines: pipelines::PipelineCache,
     pool: pool::Pool,
-    encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    recorder: Mutex<Recorder>,
+    /// The parameters of a chunk's dispatches, [`ARENA_BYTES`] long.
+    arena: wgpu::Buffer,
+    /// The adapter's `min_uniform_buffer_offset_alignment`: each dispatch's parameters start at
+    /// a multiple of it.
+    arena_align: u64,
+    bind_cache: bind_cache::BindCache,
+    submit_every: AtomicU32,
+    /// Mappable buffers for readbacks, by pool bucket, kept for the next read of that size.
+    staging: Mutex<std::collections::HashMap<u64, Vec<wgpu::Buffer>>>,
     /// Errors wgpu reports asynchronously (validation, out of memory), surfaced at the next
     /// submit instead of wgpu's default panic.
     errors: Arc<Mutex<Vec<String>>>,
@@ -45,6 +64,26 @@ pub struct Gpu {
     profiler: profile::Profiler,
     matvec_shape: Mutex<MatvecShape>,
 }
+
+/// What is being recorded: the encoder of the current chunk, its open compute pass, and the
+/// parameters of its dispatches (written into the arena when the chunk is submitted).
+#[derive(Default)]
+struct Recorder {
+    // Declared before `encoder`: the pass ends before its encoder goes.
+    pass: Option<wgpu::ComputePass<'static>>,
+    encoder: Option<wgpu::CommandEncoder>,
+    params: Vec<u8>,
+    dispatches: u32,
+}
+
+/// Bytes of the parameter arena: 4096 dispatches at the largest alignment adapters ask (256).
+const ARENA_BYTES: u64 = 1 << 20;
+
+/// Dispatches per submitted chunk unless `KILN_SUBMIT_EVERY` says otherwise.
+const SUBMIT_EVERY: u32 = 256;
+
+/// Readbacks up to this size keep their staging buffer for the next one (the loss, a norm).
+const STAGING_KEPT: u64 = 1 << 20;
 
 /// Runs a closure when dropped (counting time on every way out of a function).
 struct Defer<F: FnMut()>(F);
@@ -89,6 +128,13 @@ impl Gpu {
         device.set_device_lost_callback(move |reason, message| {
             *lost_sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{reason:?}: {message}"));
         });
+        let arena = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln params"),
+            size: ARENA_BYTES,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let submit_every = std::env::var("KILN_SUBMIT_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(SUBMIT_EVERY);
         let profiler = profile::Profiler::new(&device, &queue, features.contains(wgpu::Features::TIMESTAMP_QUERY));
         let dummies = (0..MAX_BINDINGS)
             .map(|_| {
@@ -106,10 +152,15 @@ impl Gpu {
             device,
             queue,
             info,
-            limits,
+            limits: limits.clone(),
             pipelines: Default::default(),
             pool: Default::default(),
-            encoder: Mutex::new(None),
+            recorder: Default::default(),
+            arena,
+            arena_align: (limits.min_uniform_buffer_offset_alignment as u64).max(16),
+            bind_cache: Default::default(),
+            submit_every: AtomicU32::new(submit_every.max(1)),
+            staging: Default::default(),
             errors,
             lost,
             dummies,
@@ -191,9 +242,26 @@ impl Gpu {
         Ok(self.profiler.end(&self.device))
     }
 
-    /// Releases pooled buffers that no tensor uses.
+    /// Releases pooled buffers that no tensor uses (and the cached bind groups that would
+    /// keep them alive).
     pub fn trim_pool(&self) {
+        self.bind_cache.clear();
+        self.staging.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.pool.trim();
+    }
+
+    /// Dispatches recorded before a chunk is submitted without waiting for the end of the step.
+    pub fn submit_every(&self) -> u32 {
+        self.submit_every.load(Relaxed)
+    }
+
+    /// Sets [`Gpu::submit_every`] (at least 1); `KILN_SUBMIT_EVERY` sets it when the device opens.
+    pub fn set_submit_every(&self, dispatches: u32) {
+        self.submit_every.store(dispatches.max(1), Relaxed);
+    }
+
+    fn recorder(&self) -> std::sync::MutexGuard<'_, Recorder> {
+        self.recorder.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A buffer of at least `bytes` from the pool; checks the adapter's buffer size limit.
@@ -223,19 +291,21 @@ impl Gpu {
         ))
     }
 
-    /// Records into the pending encoder, creating it if needed.
+    /// Records into the pending encoder (ending the open compute pass), creating it if needed.
     pub(crate) fn record<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
-        let mut guard = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
-        let encoder = guard.get_or_insert_with(|| {
-            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kiln step") })
-        });
-        f(encoder)
+        let mut rec = self.recorder();
+        rec.pass = None;
+        f(rec.encoder.get_or_insert_with(|| self.new_encoder()))
+    }
+
+    fn new_encoder(&self) -> wgpu::CommandEncoder {
+        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kiln step") })
     }
 
     /// Writes bytes into a tensor's buffer through the queue. Pending commands are submitted
     /// first, because a queue write lands before any command buffer submitted after it.
     pub(crate) fn write_bytes(&self, tensor: &Tensor, data: &[u8]) -> Result<()> {
-        let pending = self.encoder.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        let pending = self.recorder().encoder.is_some();
         if pending {
             self.submit()?;
         }
@@ -246,12 +316,6 @@ impl Gpu {
         Ok(())
     }
 
-    /// Submits everything recorded so far (one `queue.submit`), and reports any error wgpu
-    /// raised while recording it.
-    ///
-    /// The encoder lock is held throughout, and only buffers released before the encoder was
-    /// taken become reusable: a buffer dropped by another thread after recording into a newer
-    /// encoder must stay reserved until that encoder is submitted too.
     /// Fills a buffer just taken from the pool for an upload. No recorded command can touch it
     /// yet (such buffers come only from commands already submitted), so unlike
     /// [`Gpu::write_bytes`] this needs no submit first: uploads inside a training step (ids,
@@ -263,23 +327,40 @@ impl Gpu {
         }
     }
 
+    /// Submits everything recorded so far (one `queue.submit`), and reports any error wgpu
+    /// raised while recording it.
     pub fn submit(&self) -> Result<()> {
-        {
-            let mut guard = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
-            let released = self.pool.take_pending();
-            if let Some(mut encoder) = guard.take() {
-                let start = std::time::Instant::now();
-                if self.profiler.active() {
-                    self.profiler.resolve(&self.device, &mut encoder);
-                }
-                self.queue.submit([encoder.finish()]);
-                let counters = &self.profiler.counters;
-                profile::bump(&counters.submit_ns, start.elapsed().as_nanos() as u64);
-                profile::bump(&counters.submits, 1);
-            }
-            self.pool.make_free(released);
-        }
+        self.submit_chunk(&mut self.recorder());
         self.check_errors("submit")
+    }
+
+    /// Submits the chunk being recorded: its parameters into the arena (a queue write lands
+    /// after the commands submitted before it and before those submitted with it), then its
+    /// commands.
+    ///
+    /// The recorder lock is held throughout, and only buffers released before the encoder was
+    /// taken become reusable: a buffer dropped by another thread after recording into a newer
+    /// encoder must stay reserved until that encoder is submitted too.
+    fn submit_chunk(&self, rec: &mut Recorder) {
+        let released = self.pool.take_pending();
+        rec.pass = None;
+        if let Some(mut encoder) = rec.encoder.take() {
+            let start = Instant::now();
+            let counters = &self.profiler.counters;
+            if !rec.params.is_empty() {
+                self.queue.write_buffer(&self.arena, 0, &rec.params);
+                profile::bump(&counters.bytes_uploaded, rec.params.len() as u64);
+            }
+            if self.profiler.active() {
+                self.profiler.resolve(&self.device, &mut encoder);
+            }
+            self.queue.submit([encoder.finish()]);
+            profile::bump(&counters.submit_ns, start.elapsed().as_nanos() as u64);
+            profile::bump(&counters.submits, 1);
+        }
+        rec.params.clear();
+        rec.dispatches = 0;
+        self.pool.make_free(released);
     }
 
     /// Submits and blocks until the GPU has finished everything (for timing).
@@ -294,7 +375,7 @@ impl Gpu {
     /// driver reset ends in an error instead of a wait forever.
     fn wait(&self, context: &str) -> Result<()> {
         const SLICE: std::time::Duration = std::time::Duration::from_millis(500);
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let _count = Defer(|| profile::bump(&self.profiler.counters.wait_ns, start.elapsed().as_nanos() as u64));
         loop {
             if let Some(lost) = self.lost_error() {
@@ -338,16 +419,20 @@ impl Gpu {
             return Ok(Vec::new());
         }
         debug_assert!(offset.is_multiple_of(4) && len.is_multiple_of(4), "readback must be 4-byte aligned");
-        profile::bump(&self.profiler.counters.buffers_created, 1);
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("kiln readback"),
-            size: len,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let bucket = pool::bucket_for(len);
+        let kept = self.staging.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&bucket).and_then(Vec::pop);
+        let staging = kept.unwrap_or_else(|| {
+            profile::bump(&self.profiler.counters.buffers_created, 1);
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kiln readback"),
+                size: bucket,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
         self.record(|enc| enc.copy_buffer_to_buffer(tensor.buffer(), tensor.offset() + offset, &staging, 0, len));
         self.submit()?;
-        let slice = staging.slice(..);
+        let slice = staging.slice(..len);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -361,6 +446,9 @@ impl Gpu {
             .map_err(|e| Error::Gpu { context: "readback view".into(), message: e.to_string() })?
             .to_vec();
         staging.unmap();
+        if bucket <= STAGING_KEPT {
+            self.staging.lock().unwrap_or_else(|e| e.into_inner()).entry(bucket).or_default().push(staging);
+        }
         self.check_errors("readback")?;
         Ok(bytes)
     }
@@ -432,46 +520,61 @@ impl Gpu {
                 ));
             }
         }
-        let start = self.profiler.active().then(std::time::Instant::now);
-        if self.profiler.queries_full() {
-            self.submit()?;
-        }
+        let start = self.profiler.active().then(Instant::now);
         let pipeline = self.pipelines.get(&self.device, spec)?;
         let counters = &self.profiler.counters;
-        profile::bump(&counters.buffers_created, 1);
-        profile::bump(&counters.bytes_uploaded, params.len() as u64);
-        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(op),
-            contents: params,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        // Binding 0 is the parameters' stretch of the arena; the group is cached with it, and
+        // each dispatch passes where its parameters start as the dynamic offset.
+        let uniform_size = (params.len() as u64).next_multiple_of(16).max(16);
+        let mut slots: [bind_cache::Slot; MAX_BINDINGS + 1] = [(&self.arena, 0, uniform_size); MAX_BINDINGS + 1];
         for (i, (_, tensor)) in bindings.iter().enumerate() {
-            let resource = match tensor {
-                Some(t) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: t.buffer(),
-                    offset: t.offset(),
-                    size: wgpu::BufferSize::new(t.byte_len().max(4).next_multiple_of(4)),
-                }),
-                None => self.dummies[i].as_entire_binding(),
+            slots[i + 1] = match tensor {
+                Some(t) => (t.buffer(), t.offset(), t.byte_len().max(4).next_multiple_of(4)),
+                None => (&self.dummies[i], 0, self.dummies[i].size()),
             };
-            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource });
         }
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(op),
-            layout: &pipeline.layout,
-            entries: &entries,
-        });
-        profile::bump(&counters.bind_groups_created, 1);
+        let group = self.bind_cache.get(
+            &self.device,
+            op,
+            &pipeline.layout,
+            &slots[..bindings.len() + 1],
+            &counters.bind_groups_created,
+        );
+        let mut rec = self.recorder();
+        let stride = uniform_size.next_multiple_of(self.arena_align);
+        if rec.dispatches >= self.submit_every()
+            || rec.params.len() as u64 + stride > ARENA_BYTES
+            || self.profiler.queries_full()
+        {
+            self.submit_chunk(&mut rec);
+        }
+        let offset = rec.params.len();
+        rec.params.extend_from_slice(params);
+        rec.params.resize(offset + stride as usize, 0);
+        // A timed dispatch gets a pass of its own: pass timestamps bracket exactly it.
         let timed = start.and_then(|_| self.profiler.next_timestamps());
         let (query, timestamp_writes) = timed.map_or((None, None), |(q, w)| (Some(q), Some(w)));
-        self.record(|enc| {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op), timestamp_writes });
-            pass.set_pipeline(&pipeline.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        });
-        profile::bump(&counters.passes, 1);
+        let Recorder { pass, encoder, dispatches, .. } = &mut *rec;
+        if timestamp_writes.is_some() {
+            *pass = None;
+        }
+        let pass = match pass {
+            Some(p) => p,
+            None => {
+                profile::bump(&counters.passes, 1);
+                let encoder = encoder.get_or_insert_with(|| self.new_encoder());
+                let desc = wgpu::ComputePassDescriptor { label: Some("kiln"), timestamp_writes };
+                pass.insert(encoder.begin_compute_pass(&desc).forget_lifetime())
+            }
+        };
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &group, &[offset as u32]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        *dispatches += 1;
+        if query.is_some() {
+            rec.pass = None;
+        }
+        drop(rec);
         profile::bump(&counters.dispatches, 1);
         if let Some(start) = start {
             self.profiler.logged(start, spec.file.name, spec.entry, query);

@@ -58,3 +58,49 @@ fn a_profile_logs_each_dispatch_by_kernel_and_family() {
     // The values are untouched by profiling: y = 9 × 0.5 × 1.
     assert!(y.to_f32_vec(&gpu).unwrap().iter().all(|&v| v == 4.5));
 }
+
+/// A step's allocations, kernels and outputs, as a training step repeats them.
+fn a_small_step(gpu: &Gpu, x: &Tensor, w: &Tensor) -> Vec<f32> {
+    let h = elementwise::add(gpu, x, x).unwrap();
+    let h = elementwise::activation(gpu, elementwise::Activation::Silu, &h).unwrap();
+    let y = kiln::kernels::matmul::matmul(gpu, &h, w, false, false).unwrap();
+    let z = elementwise::scale(gpu, &y, 0.5).unwrap();
+    z.to_f32_vec(gpu).unwrap()
+}
+
+#[test]
+fn a_repeated_step_creates_no_buffers_or_bind_groups_and_shares_passes() {
+    let gpu = own_gpu();
+    let x = Tensor::from_f32(&gpu, &(0..40).map(|i| i as f32 / 40.0).collect::<Vec<_>>(), &[5, 8]).unwrap();
+    let w = Tensor::from_f32(&gpu, &(0..24).map(|i| i as f32 / 24.0).collect::<Vec<_>>(), &[8, 3]).unwrap();
+    let first = a_small_step(&gpu, &x, &w);
+    let mut before = gpu.counts();
+    for _ in 0..2 {
+        before = gpu.counts();
+        assert_eq!(a_small_step(&gpu, &x, &w), first, "the same step gives the same bits");
+    }
+    let step = gpu.counts().since(&before);
+    eprintln!("a repeated step: {step:?}");
+    assert_eq!(step.dispatches, 4);
+    assert_eq!(step.buffers_created, 0, "the pool and the readback staging serve everything");
+    assert_eq!(step.bind_groups_created, 0, "the same buffers come back, so the cached groups serve");
+    assert_eq!(step.passes, 1, "consecutive dispatches share one compute pass");
+    assert_eq!(step.submits, 1, "the readback submits the step once");
+}
+
+#[test]
+fn chunks_are_submitted_every_n_dispatches_with_the_same_results() {
+    let gpu = own_gpu();
+    let x = Tensor::from_f32(&gpu, &(0..40).map(|i| i as f32 / 40.0).collect::<Vec<_>>(), &[5, 8]).unwrap();
+    let w = Tensor::from_f32(&gpu, &(0..24).map(|i| i as f32 / 24.0).collect::<Vec<_>>(), &[8, 3]).unwrap();
+    let whole = a_small_step(&gpu, &x, &w);
+    gpu.set_submit_every(1);
+    let before = gpu.counts();
+    let chunked = a_small_step(&gpu, &x, &w);
+    let step = gpu.counts().since(&before);
+    assert_eq!(chunked, whole);
+    // One dispatch per chunk: three submitted while recording, the last by the readback.
+    assert_eq!(step.submits, 4);
+    // Each chunk's parameters were written into the arena before it ran.
+    assert_eq!(step.passes, 4);
+}
