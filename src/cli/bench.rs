@@ -8,7 +8,7 @@ use crate::bench::step::{StepBench, StepFigure, StepModel, StepShape};
 use crate::bench::{self, Figure, Scale};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Profile};
-use crate::kernels::matmul::write_tune_cache;
+use crate::kernels::matmul::{self, write_tune_cache};
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -64,7 +64,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if let Some((best, g)) = ranked.first() {
             let path = write_tune_cache(gpu.info(), *best)?;
             eprintln!("best {best} ({g:.1} GFLOP/s), cached in {}", path.display());
-            gpu.set_matmul_tile(*best);
+            matmul::set_tile(&gpu, *best);
         }
     }
     let scale = args.scale.unwrap_or_else(|| Scale::auto(&gpu));
@@ -110,7 +110,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let doc = serde_json::json!({
             "adapter": gpu.describe(),
             "driver": format!("{} {}", gpu.info().driver, gpu.info().driver_info),
-            "matmul_tile": gpu.matmul_tile().to_string(),
+            "matmul_tile": matmul::tile(&gpu).to_string(),
             "scale": format!("{scale:?}"),
             "copy_gbps": copy_gbps,
             "best_matmul_gflops": best,
@@ -119,7 +119,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc).expect("figures serialise"));
         return Ok(());
     }
-    println!("kiln bench on {} (matmul tile {}, scale {scale:?})", gpu.describe(), gpu.matmul_tile());
+    println!("kiln bench on {} (matmul tile {}, scale {scale:?})", gpu.describe(), matmul::tile(&gpu));
     println!("{:<20} {:<26} {:>10} {:>9} {:>8} {:>9}", "kernel", "shape", "median ms", "GFLOP/s", "GB/s", "roofline");
     let opt = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1}{unit}"));
     for f in &figures {
@@ -159,7 +159,7 @@ fn run_step(gpu: &Gpu, args: &BenchArgs, model: StepModel, scale: Scale) -> Resu
     if args.json {
         let doc = serde_json::json!({
             "figure": figure,
-            "matmul_tile": gpu.matmul_tile().to_string(),
+            "matmul_tile": matmul::tile(gpu).to_string(),
             "scale": format!("{scale:?}"),
             "profiles": profiles.iter().map(|p| serde_json::json!({
                 "counts": p.counts, "timing": p.timing,

@@ -21,6 +21,8 @@ pub(crate) mod pipelines;
 pub(crate) mod pool;
 pub mod profile;
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -30,7 +32,6 @@ pub use pipelines::{Access, KernelSpec, ShaderFile};
 pub use profile::{Counts, GpuTiming, Profile};
 
 use crate::error::{Error, Result};
-use crate::kernels::matmul::{MatmulTile, MatvecShape};
 use crate::tensor::Tensor;
 
 pub struct Gpu {
@@ -49,7 +50,7 @@ pub struct Gpu {
     bind_cache: bind_cache::BindCache,
     submit_every: AtomicU32,
     /// Mappable buffers for readbacks, by pool bucket, kept for the next read of that size.
-    staging: Mutex<std::collections::HashMap<u64, Vec<wgpu::Buffer>>>,
+    staging: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     /// Errors wgpu reports asynchronously (validation, out of memory), surfaced at the next
     /// submit instead of wgpu's default panic.
     errors: Arc<Mutex<Vec<String>>>,
@@ -59,10 +60,11 @@ pub struct Gpu {
     /// Bound where a kernel has an optional input that is absent (e.g. no bias); one per
     /// binding slot, because one buffer in two slots of a dispatch would alias a writable one.
     dummies: Vec<wgpu::Buffer>,
-    matmul_tile: Mutex<MatmulTile>,
+    /// Settings kernels keep per device (the matmul tile, the skinny path's shape), by type:
+    /// the runtime holds them without knowing them, so it depends on no kernel above it.
+    settings: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
     /// Counters of dispatches, buffers, submits... and the open profile, if any.
     profiler: profile::Profiler,
-    matvec_shape: Mutex<MatvecShape>,
 }
 
 /// What is being recorded: the encoder of the current chunk, its open compute pass, and the
@@ -146,8 +148,6 @@ impl Gpu {
                 })
             })
             .collect();
-        let matmul_tile = crate::kernels::matmul::tile_for_adapter(&info);
-        let matvec_shape = crate::kernels::matmul::matvec_shape_for_adapter(&info);
         Ok(Gpu {
             device,
             queue,
@@ -164,9 +164,8 @@ impl Gpu {
             errors,
             lost,
             dummies,
-            matmul_tile: Mutex::new(matmul_tile),
+            settings: Default::default(),
             profiler,
-            matvec_shape: Mutex::new(matvec_shape),
         })
     }
 
@@ -193,21 +192,17 @@ impl Gpu {
         &self.device
     }
 
-    pub fn matmul_tile(&self) -> MatmulTile {
-        *self.matmul_tile.lock().unwrap_or_else(|e| e.into_inner())
+    /// The device's setting of type `T`, made from the adapter's info by `init` on first use
+    /// (e.g. `kernels::matmul::tile`).
+    pub fn setting<T: Any + Copy + Send + Sync>(&self, init: impl FnOnce(&wgpu::AdapterInfo) -> T) -> T {
+        let mut settings = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        let value = settings.entry(TypeId::of::<T>()).or_insert_with(|| Box::new(init(&self.info)));
+        *value.downcast_ref::<T>().expect("settings are keyed by their type")
     }
 
-    pub fn set_matmul_tile(&self, tile: MatmulTile) {
-        *self.matmul_tile.lock().unwrap_or_else(|e| e.into_inner()) = tile;
-    }
-
-    /// The workgroup shape of the skinny-M matmul path (`shaders/matvec.wgsl`).
-    pub fn matvec_shape(&self) -> MatvecShape {
-        *self.matvec_shape.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn set_matvec_shape(&self, shape: MatvecShape) {
-        *self.matvec_shape.lock().unwrap_or_else(|e| e.into_inner()) = shape;
+    /// Replaces the device's setting of type `T`.
+    pub fn set_setting<T: Any + Send + Sync>(&self, value: T) {
+        self.settings.lock().unwrap_or_else(|e| e.into_inner()).insert(TypeId::of::<T>(), Box::new(value));
     }
 
     /// Bytes held in GPU buffers by tensors and the pool.
