@@ -6,7 +6,8 @@
 //!   `scripts/gpu_baselines.py lora-train` times in PyTorch + PEFT.
 //! - `minilm`: a BERT classifier of all-MiniLM-L6-v2's shape (mean pooling, two labels) with
 //!   LoRA on query/key/value/dense and the head trained whole, batches of 8 × 64 tokens: the
-//!   main job's step (`kiln train --task spamassassin`), `gpu_baselines.py bert-train`'s.
+//!   main job's step (`kiln train --task spamassassin`). `scripts/gpu_baselines.py steps` times
+//!   both in PyTorch eager (and torch.compile).
 //!
 //! Each step is what the training loops do: upload the batch, forward, backward, the optimizer,
 //! and read back the loss and the gradient norm. [`Scale::Small`] keeps every width and cuts
