@@ -263,8 +263,9 @@ pub struct StepFigure {
     pub median_ms: f64,
     pub tokens_per_s: f64,
     pub dispatches_per_step: u64,
-    /// Host time per dispatch: the step's wall time less its waits on the GPU, over its
-    /// dispatches (recording, autograd and the loop's own work).
+    /// Host time per dispatch: the step's wall time less its waits on the GPU and its submits
+    /// (on lavapipe a submit waits for the chunk before it), over its dispatches: recording,
+    /// autograd and the loop's own work.
     pub host_us_per_dispatch: f64,
     /// Time inside `Gpu::dispatch` per dispatch (profiled runs only).
     pub record_us_per_dispatch: Option<f64>,
@@ -308,7 +309,10 @@ pub fn measure(
     let median_ms = median(&mut samples.iter().map(|s| s.ms).collect::<Vec<_>>());
     let per = |f: &dyn Fn(&StepSample) -> f64| median(&mut samples.iter().map(f).collect::<Vec<_>>());
     let dispatches = samples.last().map_or(0, |s| s.counts.dispatches);
-    let host_us = per(&|s| (s.ms * 1e3 - s.counts.wait_ns as f64 / 1e3) / s.counts.dispatches.max(1) as f64);
+    let host_us = per(&|s| {
+        let blocked = (s.counts.wait_ns + s.counts.submit_ns) as f64 / 1e3;
+        (s.ms * 1e3 - blocked) / s.counts.dispatches.max(1) as f64
+    });
     let record_us = profile.map(|_| per(&|s| s.counts.record_ns as f64 / 1e3 / s.counts.dispatches.max(1) as f64));
     let figure = StepFigure {
         adapter: gpu.describe(),

@@ -203,7 +203,7 @@ fn step_summary(f: &StepFigure) -> String {
             last.counts.submit_ns as f64 / 1e6
         );
     }
-    out += &format!("host µs per dispatch (wall less waits): {:.2}\n", f.host_us_per_dispatch);
+    out += &format!("host µs per dispatch (wall less waits and submits): {:.2}\n", f.host_us_per_dispatch);
     if let Some(r) = f.record_us_per_dispatch {
         out += &format!("recording µs per dispatch (inside Gpu::dispatch): {r:.2}\n");
     }

@@ -536,12 +536,17 @@ impl Gpu {
             &counters.bind_groups_created,
         );
         let mut rec = self.recorder();
+        let mut submitted = std::time::Duration::ZERO;
         let stride = uniform_size.next_multiple_of(self.arena_align);
         if rec.dispatches >= self.submit_every()
             || rec.params.len() as u64 + stride > ARENA_BYTES
             || self.profiler.queries_full()
         {
+            // Counted as submitting, not recording: on lavapipe a submit waits for the chunk
+            // before it to finish.
+            let t = Instant::now();
             self.submit_chunk(&mut rec);
+            submitted = t.elapsed();
         }
         let offset = rec.params.len();
         rec.params.extend_from_slice(params);
@@ -572,7 +577,7 @@ impl Gpu {
         drop(rec);
         profile::bump(&counters.dispatches, 1);
         if let Some(start) = start {
-            self.profiler.logged(start, spec.file.name, spec.entry, query);
+            self.profiler.logged(start, submitted, spec.file.name, spec.entry, query);
         }
         Ok(())
     }

@@ -85,9 +85,15 @@ impl Pool {
         // Round up to a bucket, but never past the adapter's largest buffer.
         let bucket = bucket_for(bytes).min(max_buffer.max(bytes));
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut reused = state.free.get_mut(&bucket).and_then(BTreeMap::pop_first);
-        if reused.is_none() && !for_upload {
+        // A kernel output takes a buffer released since the last submit before a free one, as
+        // it must when the pool is still empty (the first step): later steps then repeat the
+        // first one's choices sooner, and its bind groups are found again.
+        let mut reused = None;
+        if !for_upload {
             reused = state.pending.get_mut(&bucket).and_then(BTreeMap::pop_first);
+        }
+        if reused.is_none() {
+            reused = state.free.get_mut(&bucket).and_then(BTreeMap::pop_first);
         }
         let (number, buffer) = match reused {
             Some(b) => b,

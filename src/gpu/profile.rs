@@ -287,9 +287,16 @@ impl Profiler {
         ))
     }
 
-    /// Logs a dispatch recorded since `start`.
-    pub(crate) fn logged(&self, start: Instant, family: &'static str, kernel: &'static str, query: Option<u32>) {
-        let cpu_ns = start.elapsed().as_nanos() as u64;
+    /// Logs a dispatch recorded since `start`, less `submitting` (a chunk it submitted first).
+    pub(crate) fn logged(
+        &self,
+        start: Instant,
+        submitting: std::time::Duration,
+        family: &'static str,
+        kernel: &'static str,
+        query: Option<u32>,
+    ) {
+        let cpu_ns = start.elapsed().saturating_sub(submitting).as_nanos() as u64;
         bump(&self.counters.record_ns, cpu_ns);
         let mut s = self.session.lock().unwrap_or_else(|e| e.into_inner());
         s.logged.push(Logged { family, kernel, cpu_ns, query, gpu_ns: None });
