@@ -16,6 +16,9 @@
 # Each step has its own time limit so one that hangs cannot eat the session (about 8 minutes in
 # all on an H200). What comes back: session.log (every command and its output), kernels.json,
 # step-smollm2.json, step-minilm.json, profile-smollm2.png, profile-minilm.png, pytorch.jsonl.
+#
+# KILN_SESSION_QUICK=1 runs the same plumbing small and short (no tune, small steps, one test
+# binary), to check the script on lavapipe: OUT=/tmp/s KILN_SESSION_QUICK=1 bash ... run
 set -u
 
 prepare() {
@@ -67,38 +70,46 @@ run() {
     build=$(cat .gpu/build_dir)
     if [ ! -e "$build" ]; then mkdir -p "$(dirname "$build")" && ln -s "$PWD" "$build"; fi
     export XDG_RUNTIME_DIR=/tmp PYTHONUNBUFFERED=1
-    K=.gpu/kiln
+    K=.gpu/kiln PY=${PYTHON:-python3}
+    quick=${KILN_SESSION_QUICK:-}
+    scale=full tests="kernels gradcheck models hardening" tune=--tune steps=10 psteps=20 compile=--compile
+    if [ -n "$quick" ]; then
+        scale=small tests=gradcheck tune="--only copy" steps=1 psteps=1 compile=
+        log "quick run: small scale, no tuning, one test binary"
+    fi
 
     log "the machine"
     step 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     step 60 $K devices
 
     log "kiln's GPU tests"
-    for t in kernels gradcheck models hardening; do
+    for t in $tests; do
         [ -x ".gpu/$t" ] && step 180 ".gpu/$t"
     done
     grep -E "^test result|FAILED|panicked" "$OUT/session.log" | tail -8
 
-    log "kiln bench --tune, then every kernel at full scale (the tuned tile cached for the steps below)"
-    echo "\$ $K bench --tune --json" >>"$OUT/session.log"
-    timeout 150 $K bench --tune --json >"$OUT/kernels.json" 2>>"$OUT/session.log" || echo "(bench failed)" | tee -a "$OUT/session.log"
+    log "kiln bench $tune, then every kernel at $scale scale (a tuned tile is cached for the steps below)"
+    echo "\$ $K bench $tune --scale $scale --json" >>"$OUT/session.log"
+    # shellcheck disable=SC2086
+    timeout 150 $K bench $tune --scale $scale --json >"$OUT/kernels.json" 2>>"$OUT/session.log" || echo "(bench failed)" | tee -a "$OUT/session.log"
 
     log "cuBLAS SGEMM, TF32 off, beside kiln's matmul"
-    step 90 python3 scripts/sgemm_baseline.py --torch-cuda --json --sizes 256,512,1024,2048,4096
+    [ -z "$quick" ] && step 90 "$PY" scripts/sgemm_baseline.py --torch-cuda --json --sizes 256,512,1024,2048,4096
 
     for m in smollm2 minilm; do
-        log "kiln bench --step $m (full scale: timed, then 2 steps profiled with GPU timestamps)"
-        echo "\$ $K bench --step $m --scale full --steps 10 --json" >>"$OUT/session.log"
-        timeout 120 $K bench --step $m --scale full --steps 10 --json >"$OUT/step-$m.json" 2>>"$OUT/session.log" ||
+        log "kiln bench --step $m ($scale scale: timed, then 2 steps profiled with GPU timestamps)"
+        echo "\$ $K bench --step $m --scale $scale --steps $steps --json" >>"$OUT/session.log"
+        timeout 120 $K bench --step $m --scale $scale --steps $steps --json >"$OUT/step-$m.json" 2>>"$OUT/session.log" ||
             echo "(step $m failed)" | tee -a "$OUT/session.log"
-        step 120 $K bench --step $m --scale full --warmup 1 --steps 2 --profile --gpu-times --plot "$OUT/profile-$m.png"
+        step 120 $K bench --step $m --scale $scale --warmup 3 --steps 2 --profile --gpu-times --plot "$OUT/profile-$m.png"
         # The same step in one submit, to see what submitting in chunks buys on a GPU.
-        KILN_SUBMIT_EVERY=1000000 step 120 $K bench --step $m --scale full --steps 5
+        KILN_SUBMIT_EVERY=1000000 step 120 $K bench --step $m --scale $scale --steps $steps
     done
 
     log "PyTorch eager and torch.compile on the same steps (scripts/gpu_baselines.py steps)"
-    echo "\$ python3 scripts/gpu_baselines.py steps --scale full --compile" >>"$OUT/session.log"
-    timeout 240 python3 scripts/gpu_baselines.py steps --scale full --steps 20 --compile >"$OUT/pytorch.jsonl" \
+    echo "\$ python3 scripts/gpu_baselines.py steps --scale $scale --steps $psteps $compile" >>"$OUT/session.log"
+    # shellcheck disable=SC2086
+    timeout 240 "$PY" scripts/gpu_baselines.py steps --scale $scale --steps $psteps $compile >"$OUT/pytorch.jsonl" \
         2>>"$OUT/session.log" || echo "(pytorch baselines failed or timed out)" | tee -a "$OUT/session.log"
     cat "$OUT/pytorch.jsonl"
     grep -h -E '"median_ms"|"tokens_per_s"|"dispatches_per_step"' "$OUT"/step-*.json
