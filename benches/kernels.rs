@@ -36,7 +36,11 @@ fn run_case(c: &mut Criterion, gpu: &Gpu, mut case: Case) {
 fn kernels(c: &mut Criterion) {
     let gpu = Gpu::new(&AdapterChoice::from_flag_or_env(None)).expect("benchmarks need a GPU adapter");
     let scale = Scale::auto(&gpu);
-    eprintln!("benchmarking on {} (matmul tile {}, scale {scale:?})", gpu.describe(), gpu.matmul_tile());
+    eprintln!(
+        "benchmarking on {} (matmul tile {}, scale {scale:?})",
+        gpu.describe(),
+        kiln::kernels::matmul::tile(&gpu)
+    );
     run_case(c, &gpu, bench::copy_case(&gpu, 64 << 20).expect("copy case"));
     for mm in bench::matmul_shapes(scale) {
         run_case(c, &gpu, bench::matmul_case(&gpu, mm).expect("matmul case"));

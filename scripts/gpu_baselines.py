@@ -6,8 +6,12 @@ weights, and the device machine cannot download the real ones). Not used by the 
     python3 scripts/gpu_baselines.py make-models OUT      # MiniLM classifier + SmolLM2-135M, random
     python3 scripts/gpu_baselines.py bert-latency OUT/minilm-cls texts.jsonl --runs 50
     python3 scripts/gpu_baselines.py lora-train OUT/smollm2 --steps 30 --batch 8 --seq 64
+    python3 scripts/gpu_baselines.py steps [--scale small] [--compile]   # kiln bench --step's steps
 
-Each measuring command prints one JSON line.
+Each measuring command prints one JSON line. `steps` builds both models in memory with random
+weights, exactly as `kiln bench --step smollm2|minilm` does (src/bench/step.rs: same shapes,
+LoRA, optimizer, batch and scale), and times one training step of each, eager and, with
+--compile, under torch.compile.
 """
 import argparse
 import json
@@ -149,6 +153,75 @@ def lora_train(model_dir, steps, batch, seq, warmup, dtype):
                       "tokens_per_s": batch * seq / statistics.median(times), "peak_gpu_bytes": peak}))
 
 
+# kiln bench --step's shapes (src/bench/step.rs StepShape::new): layers, batch, seq, vocab.
+STEP_SHAPES = {
+    ("smollm2", "full"): (30, 8, 64, 49152), ("smollm2", "small"): (2, 1, 32, 8192),
+    ("minilm", "full"): (6, 8, 64, 30522), ("minilm", "small"): (2, 4, 64, 30522),
+}
+
+
+def train_steps(scale, steps, warmup, compile_):
+    """One training step of each of kiln's step benchmarks, in PyTorch eager (+ torch.compile)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+    dev = device()
+    for name in ("smollm2", "minilm"):
+        layers, batch, seq, vocab = STEP_SHAPES[(name, scale)]
+        torch.manual_seed(0)
+        if name == "smollm2":
+            cfg = dict(SMOLLM2, num_hidden_layers=layers, vocab_size=vocab)
+            base = LlamaForCausalLM(LlamaConfig(**cfg))
+            model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+            model.to(dev).train()
+
+            def loss_of(ids, model=model):
+                return model(input_ids=ids, labels=ids).loss
+        else:
+            cfg = dict(MINILM, num_hidden_layers=layers, vocab_size=vocab)
+            body = BertModel(BertConfig(**cfg), add_pooling_layer=False)
+            body = get_peft_model(body, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                   target_modules=["query", "key", "value", "dense"]))
+            head = torch.nn.Linear(cfg["hidden_size"], 2)
+            drop = torch.nn.Dropout(0.1)
+            model = torch.nn.ModuleList([body, head]).to(dev).train()
+
+            def loss_of(ids, body=body, head=head, drop=drop):
+                # kiln's head: the mean of the last hidden states (no padding here), dropout, linear.
+                pooled = body(input_ids=ids).last_hidden_state.mean(1)
+                return torch.nn.functional.cross_entropy(head(drop(pooled)), ids[:, 0] % 2)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
+        modes = [("eager", loss_of)]
+        if compile_:
+            modes.append(("compile", torch.compile(loss_of)))
+        for mode, fn in modes:
+            times = []
+            try:
+                for step in range(warmup + steps):
+                    ids = torch.randint(3, vocab, (batch, seq), device=dev)
+                    sync()
+                    t = time.perf_counter()
+                    loss = fn(ids)
+                    loss.backward()
+                    gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    loss.item(), gn.item()  # the loss and the norm read back, as kiln's step does
+                    if step >= warmup:
+                        times.append(time.perf_counter() - t)
+            except Exception as e:  # torch.compile is not available everywhere
+                print(json.dumps({"what": f"pytorch step {name}", "mode": mode, "error": str(e)[:300]}))
+                continue
+            med = statistics.median(times)
+            print(json.dumps({"what": f"pytorch step {name}", "mode": mode, "scale": scale,
+                              "device": torch.cuda.get_device_name() if dev == "cuda" else dev,
+                              "torch": torch.__version__, "layers": layers, "batch": batch, "seq": seq,
+                              "vocab": vocab, "steps": steps, "median_ms": med * 1e3,
+                              "tokens_per_s": batch * seq / med}), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -170,9 +243,16 @@ def main():
     t.add_argument("--batch", type=int, default=8)
     t.add_argument("--seq", type=int, default=64)
     t.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+    st = sub.add_parser("steps")
+    st.add_argument("--scale", default="full", choices=["full", "small"])
+    st.add_argument("--steps", type=int, default=20)
+    st.add_argument("--warmup", type=int, default=3)
+    st.add_argument("--compile", action="store_true")
     a = ap.parse_args()
     if a.cmd == "make-models":
         make_models(a.out, a.tokenizer, a.small)
+    elif a.cmd == "steps":
+        train_steps(a.scale, a.steps, a.warmup, a.compile)
     elif a.cmd == "bert-latency":
         bert_latency(a.model, a.data, a.runs, a.warmup, a.max_len, [int(x) for x in a.batch_sizes.split(",")])
     else:

@@ -6,6 +6,9 @@
 //! waited on. Rooflines are measured in the same run: a device copy for bandwidth, the best
 //! matmul seen for compute.
 
+pub mod plot;
+pub mod step;
+
 use std::time::Instant;
 
 use serde::Serialize;
@@ -480,10 +483,10 @@ pub fn tune_matmul(
     size: usize,
     mut progress: impl FnMut(MatmulTile, &Result<f64>),
 ) -> Vec<(MatmulTile, f64)> {
-    let saved = gpu.matmul_tile();
+    let saved = crate::kernels::matmul::tile(gpu);
     let mut results = Vec::new();
     for tile in MatmulTile::candidates().into_iter().filter(|t| t.fits(gpu.limits())) {
-        gpu.set_matmul_tile(tile);
+        crate::kernels::matmul::set_tile(gpu, tile);
         let r = matmul_case(gpu, Matmul::new(size, size, size))
             .and_then(|mut c| measure(gpu, &mut c))
             .map(|f| f.gflops.unwrap_or(0.0));
@@ -493,7 +496,7 @@ pub fn tune_matmul(
         }
         gpu.trim_pool();
     }
-    gpu.set_matmul_tile(saved);
+    crate::kernels::matmul::set_tile(gpu, saved);
     results.sort_by(|a, b| b.1.total_cmp(&a.1));
     results
 }

@@ -34,5 +34,7 @@ mod qmatmul;
 mod reduce;
 #[path = "kernels/rope.rs"]
 mod rope;
+#[path = "kernels/runtime.rs"]
+mod runtime;
 #[path = "kernels/softmax_xent.rs"]
 mod softmax_xent;

@@ -356,10 +356,12 @@ fn gradients_accumulate_across_micro_batches() {
     assert_close("accumulated gradients", &two, &f64s(&one), 1e-6, 1e-5);
 }
 
-/// A training step (batch upload, forward, backward, clipping, AdamW) records into one command
-/// buffer: nothing is submitted until the loss is read back, and reading it submits once.
+/// A training step (batch upload, forward, backward, clipping, AdamW) records into command
+/// buffers submitted in chunks of `submit_every` dispatches while it records (so a GPU starts
+/// on a long step early), and the rest once when the loss is read back; the loss is the same
+/// as with the whole step in one submit.
 #[test]
-fn a_training_step_is_one_submit() {
+fn a_training_step_is_submitted_in_chunks() {
     // A device of its own: the other tests of this binary submit on the shared one meanwhile.
     let own = kiln::Gpu::new(&kiln::gpu::AdapterChoice::from_flag_or_env(None)).expect("GPU tests need an adapter");
     let g = &own;
@@ -368,17 +370,27 @@ fn a_training_step_is_one_submit() {
     let mut model = load_causal_lm(g, &dir).unwrap();
     model.load_adapter(g, &dir.join("peft_adapter")).unwrap();
     let mut opt = kiln::train::Optimizer::new(Default::default(), Some(1.0));
-    g.synchronize().unwrap();
-    let before = g.submit_count();
-    let (input, targets) = e.batch_on(g);
-    let tape = Tape::train(g, 0, 1);
-    let loss = model.loss(&tape, &input, &targets).unwrap();
-    tape.backward(&loss, 1.0).unwrap();
-    opt.step(g, model.as_ref(), 1e-3).unwrap();
-    assert_eq!(g.submit_count(), before, "nothing submitted before the loss is read");
-    let (value, _) = loss.read(g).unwrap();
-    assert!(value.is_finite());
-    assert_eq!(g.submit_count(), before + 1, "reading the loss submits the step once");
+    let mut losses = Vec::new();
+    for every in [100_000, 16] {
+        g.set_submit_every(every);
+        g.synchronize().unwrap();
+        let before = g.counts();
+        let (input, targets) = e.batch_on(g);
+        let tape = Tape::train(g, 0, 1);
+        let loss = model.loss(&tape, &input, &targets).unwrap();
+        tape.backward(&loss, 1.0).unwrap();
+        opt.step(g, model.as_ref(), 0.0).unwrap();
+        let recorded = g.counts().since(&before);
+        // A chunk is submitted when the next dispatch would be its `every + 1`-th.
+        let chunks = (recorded.dispatches - 1) / every as u64;
+        assert!(recorded.dispatches > 16, "the step is long enough to be chunked");
+        assert_eq!(recorded.submits, chunks, "only full chunks are submitted before the loss is read");
+        let (value, _) = loss.read(g).unwrap();
+        assert!(value.is_finite());
+        assert_eq!(g.counts().since(&before).submits, chunks + 1, "reading the loss submits the rest once");
+        losses.push(value);
+    }
+    assert_eq!(losses[0].to_bits(), losses[1].to_bits(), "chunking changes no bit of the loss");
 }
 
 /// A checkpoint that does not fit its config is refused with the tensor named: a wrong shape,

@@ -1,12 +1,19 @@
 //! `kiln bench`: time every kernel, print GFLOP/s or GB/s and the % of the rooflines measured
 //! in the same run. `--tune` times the matmul tile candidates and caches the best per adapter.
+//! `--step MODEL` times whole training steps instead, and `--profile` shows where they go.
 
+use std::path::PathBuf;
+
+use crate::bench::step::{StepBench, StepFigure, StepModel, StepShape};
 use crate::bench::{self, Figure, Scale};
-use crate::error::Result;
-use crate::kernels::matmul::write_tune_cache;
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Profile};
+use crate::kernels::matmul::{self, write_tune_cache};
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  kiln bench\n  kiln bench --tune\n  kiln bench --json --only matmul,attention")]
+#[command(
+    after_help = "Examples:\n  kiln bench\n  kiln bench --tune\n  kiln bench --json --only matmul,attention\n  kiln bench --step smollm2 --scale small --profile --plot profile.png"
+)]
 pub struct BenchArgs {
     #[command(flatten)]
     pub adapter: super::AdapterArgs,
@@ -25,6 +32,25 @@ pub struct BenchArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Time whole training steps of this model (random weights of its real shape) instead of kernels
+    #[arg(long, value_enum)]
+    pub step: Option<StepModel>,
+    /// Measured steps of --step
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Steps run before measuring (the first compiles pipelines and fills the buffer pool)
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// With --step: log every dispatch of the measured steps; a table by kernel and family on stderr
+    #[arg(long)]
+    pub profile: bool,
+    /// With --profile: time each dispatch on the GPU with timestamp queries where the adapter has
+    /// them (each dispatch then gets a compute pass of its own)
+    #[arg(long)]
+    pub gpu_times: bool,
+    /// With --profile: write a PNG of the time per kernel family, stacked, one bar per step
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -38,10 +64,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if let Some((best, g)) = ranked.first() {
             let path = write_tune_cache(gpu.info(), *best)?;
             eprintln!("best {best} ({g:.1} GFLOP/s), cached in {}", path.display());
-            gpu.set_matmul_tile(*best);
+            matmul::set_tile(&gpu, *best);
         }
     }
     let scale = args.scale.unwrap_or_else(|| Scale::auto(&gpu));
+    if let Some(model) = args.step {
+        return run_step(&gpu, &args, model, scale);
+    }
+    if args.profile || args.plot.is_some() || args.gpu_times {
+        return Err(Error::invalid("--profile", "profiles whole steps: add --step smollm2 or --step minilm"));
+    }
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.starts_with(o.as_str()));
     let mut figures: Vec<Figure> = Vec::new();
     let record = |f: Figure, figures: &mut Vec<Figure>| {
@@ -95,7 +127,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let doc = serde_json::json!({
             "adapter": gpu.describe(),
             "driver": format!("{} {}", gpu.info().driver, gpu.info().driver_info),
-            "matmul_tile": gpu.matmul_tile().to_string(),
+            "matmul_tile": matmul::tile(&gpu).to_string(),
             "scale": format!("{scale:?}"),
             "copy_gbps": copy_gbps,
             "best_matmul_gflops": best,
@@ -104,7 +136,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc).expect("figures serialise"));
         return Ok(());
     }
-    println!("kiln bench on {} (matmul tile {}, scale {scale:?})", gpu.describe(), gpu.matmul_tile());
+    println!("kiln bench on {} (matmul tile {}, scale {scale:?})", gpu.describe(), matmul::tile(&gpu));
     println!("{:<20} {:<26} {:>10} {:>9} {:>8} {:>9}", "kernel", "shape", "median ms", "GFLOP/s", "GB/s", "roofline");
     let opt = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1}{unit}"));
     for f in &figures {
@@ -122,4 +154,131 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "roofline: compute-bound rows against the best matmul ({best:.1} GFLOP/s), memory-bound rows against the device copy ({copy_gbps:.1} GB/s)"
     );
     Ok(())
+}
+
+fn run_step(gpu: &Gpu, args: &BenchArgs, model: StepModel, scale: Scale) -> Result<()> {
+    if (args.plot.is_some() || args.gpu_times) && !args.profile {
+        return Err(Error::invalid("--plot", "--plot and --gpu-times need --profile"));
+    }
+    let shape = StepShape::new(model, scale);
+    eprintln!("kiln bench --step on {}: {} (scale {scale:?})", gpu.describe(), shape.describe());
+    let mut step = StepBench::new(gpu, shape)?;
+    let profile = args.profile.then_some(args.gpu_times);
+    let (figure, profiles) = bench::step::measure(gpu, &mut step, args.warmup, args.steps, profile)?;
+    if args.profile {
+        eprint!("{}", profile_table(&profiles));
+    }
+    if let Some(path) = &args.plot {
+        let title = format!("{} step on {}", format!("{model:?}").to_lowercase(), gpu.info().name);
+        bench::plot::profile_png(path, &profiles, &title)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if args.json {
+        let doc = serde_json::json!({
+            "figure": figure,
+            "matmul_tile": matmul::tile(gpu).to_string(),
+            "scale": format!("{scale:?}"),
+            "profiles": profiles.iter().map(|p| serde_json::json!({
+                "counts": p.counts, "timing": p.timing,
+                "by_family": p.by_family(), "by_kernel": p.by_kernel(),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("figures serialise"));
+        return Ok(());
+    }
+    print!("{}", step_summary(&figure));
+    Ok(())
+}
+
+/// The step figure as a few lines of text.
+fn step_summary(f: &StepFigure) -> String {
+    let c = |s: &crate::bench::step::StepSample| {
+        format!(
+            "{} dispatches, {} passes, {} buffers and {} bind groups created, {} KiB uploaded, {} submits",
+            s.counts.dispatches,
+            s.counts.passes,
+            s.counts.buffers_created,
+            s.counts.bind_groups_created,
+            s.counts.bytes_uploaded >> 10,
+            s.counts.submits
+        )
+    };
+    let mut out = format!("kiln bench --step on {}\n{}\n", f.adapter, f.description);
+    out += &format!(
+        "median step {:.1} ms ({} steps: {}), {:.0} tokens/s\n",
+        f.median_ms,
+        f.steps.len(),
+        f.steps.iter().map(|s| format!("{:.1}", s.ms)).collect::<Vec<_>>().join(", "),
+        f.tokens_per_s
+    );
+    out += &format!("first step {:.1} ms: {}\n", f.first.ms, c(&f.first));
+    if let Some(last) = f.steps.last() {
+        out += &format!("last step: {}\n", c(last));
+        out += &format!(
+            "CPU per step: {:.1} ms waiting on the GPU, {:.1} ms submitting\n",
+            last.counts.wait_ns as f64 / 1e6,
+            last.counts.submit_ns as f64 / 1e6
+        );
+    }
+    out += &format!("host µs per dispatch (wall less waits and submits): {:.2}\n", f.host_us_per_dispatch);
+    if let Some(r) = f.record_us_per_dispatch {
+        out += &format!("recording µs per dispatch (inside Gpu::dispatch): {r:.2}\n");
+    }
+    out
+}
+
+/// The profiled steps by family and by kernel: dispatches, CPU recording and GPU time per step.
+fn profile_table(profiles: &[Profile]) -> String {
+    let Some(first) = profiles.first() else { return String::new() };
+    let n = profiles.len() as f64;
+    let mut out = format!("profile of {} step(s); GPU time: {}\n", profiles.len(), first.timing.describe());
+    for (title, groups) in [
+        ("family", profiles.iter().flat_map(|p| p.by_family()).collect::<Vec<_>>()),
+        ("kernel", profiles.iter().flat_map(|p| p.by_kernel()).collect::<Vec<_>>()),
+    ] {
+        // Summed over the profiled steps, shown per step.
+        let mut merged: Vec<crate::gpu::profile::Group> = Vec::new();
+        for g in groups {
+            match merged.iter_mut().find(|m| m.name == g.name) {
+                Some(m) => {
+                    m.dispatches += g.dispatches;
+                    m.cpu_ns += g.cpu_ns;
+                    if let Some(t) = g.gpu_ns {
+                        *m.gpu_ns.get_or_insert(0.0) += t;
+                    }
+                }
+                None => merged.push(g),
+            }
+        }
+        merged
+            .sort_by(|a, b| b.gpu_ns.unwrap_or(0.0).total_cmp(&a.gpu_ns.unwrap_or(0.0)).then(b.cpu_ns.cmp(&a.cpu_ns)));
+        out += &format!(
+            "{:<34} {:>10} {:>12} {:>10} {:>12}\n",
+            title, "dispatches", "CPU ms/step", "CPU µs/d", "GPU ms/step"
+        );
+        for g in &merged {
+            out += &format!(
+                "{:<34} {:>10.0} {:>12.3} {:>10.2} {:>12}\n",
+                g.name,
+                g.dispatches as f64 / n,
+                g.cpu_ns as f64 / 1e6 / n,
+                g.cpu_ns as f64 / 1e3 / g.dispatches.max(1) as f64,
+                g.gpu_ns.map_or("-".to_string(), |t| format!("{:.3}", t / 1e6 / n))
+            );
+        }
+    }
+    let c = &first.counts;
+    out += &format!(
+        "per step (first profiled): {} dispatches, {} passes, {} buffers, {} bind groups created, {} KiB uploaded, {} submits; CPU {:.2} ms recording, {:.2} ms submitting, {:.2} ms waiting\n",
+        c.dispatches,
+        c.passes,
+        c.buffers_created,
+        c.bind_groups_created,
+        c.bytes_uploaded >> 10,
+        c.submits,
+        c.record_ns as f64 / 1e6,
+        c.submit_ns as f64 / 1e6,
+        c.wait_ns as f64 / 1e6
+    );
+    out
 }

@@ -1,25 +1,38 @@
-//! The GPU runtime: one device and queue, the pipeline cache, the buffer pool, and the one
-//! command encoder that a training step records into.
+//! The GPU runtime: one device and queue, the pipeline cache, the buffer pool, and the command
+//! encoder that a training step records into.
 //!
-//! Kernels never submit. They record a compute pass into the pending encoder; the encoder is
-//! submitted when someone needs results on the CPU ([`Gpu::read_bytes`]), writes into a live
-//! buffer through the queue, or calls [`Gpu::submit`] at the end of a step. So a whole step is
-//! one `queue.submit`, and the CPU waits only where it reads.
+//! Kernels never submit. They record dispatches into the pending encoder; it is submitted when
+//! someone needs results on the CPU ([`Gpu::read_bytes`]), writes into a live buffer through
+//! the queue, calls [`Gpu::submit`] at the end of a step, or when the chunk being recorded
+//! reaches [`Gpu::submit_every`] dispatches, so the GPU starts on a long step while the CPU
+//! still records it. The CPU waits only where it reads.
+//!
+//! What a dispatch costs on the CPU is kept small, because a step is thousands of them (see
+//! [`profile`] for how it is measured):
+//! - parameters go into one arena buffer per chunk, bound at a dynamic offset and written with
+//!   one queue write at submit, instead of a uniform buffer created per dispatch;
+//! - bind groups are cached across steps ([`bind_cache`]): a step's buffers repeat;
+//! - consecutive dispatches share one compute pass (wgpu puts the barriers a later dispatch
+//!   needs between them); a copy, a clear or a submit ends the pass.
 
 pub mod adapter;
 pub mod backend_check;
+pub(crate) mod bind_cache;
 pub(crate) mod pipelines;
 pub(crate) mod pool;
+pub mod profile;
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-
-use wgpu::util::DeviceExt;
+use std::time::Instant;
 
 pub use adapter::AdapterChoice;
 pub use pipelines::{Access, KernelSpec, ShaderFile};
+pub use profile::{Counts, GpuTiming, Profile};
 
 use crate::error::{Error, Result};
-use crate::kernels::matmul::{MatmulTile, MatvecShape};
 use crate::tensor::Tensor;
 
 pub struct Gpu {
@@ -29,7 +42,16 @@ pub struct Gpu {
     limits: wgpu::Limits,
     pipelines: pipelines::PipelineCache,
     pool: pool::Pool,
-    encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    recorder: Mutex<Recorder>,
+    /// The parameters of a chunk's dispatches, [`ARENA_BYTES`] long.
+    arena: wgpu::Buffer,
+    /// The adapter's `min_uniform_buffer_offset_alignment`: each dispatch's parameters start at
+    /// a multiple of it.
+    arena_align: u64,
+    bind_cache: bind_cache::BindCache,
+    submit_every: AtomicU32,
+    /// Mappable buffers for readbacks, by pool bucket, kept for the next read of that size.
+    staging: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     /// Errors wgpu reports asynchronously (validation, out of memory), surfaced at the next
     /// submit instead of wgpu's default panic.
     errors: Arc<Mutex<Vec<String>>>,
@@ -39,10 +61,40 @@ pub struct Gpu {
     /// Bound where a kernel has an optional input that is absent (e.g. no bias); one per
     /// binding slot, because one buffer in two slots of a dispatch would alias a writable one.
     dummies: Vec<wgpu::Buffer>,
-    matmul_tile: Mutex<MatmulTile>,
-    /// Command buffers submitted so far (a training step should add exactly one).
-    submits: std::sync::atomic::AtomicU64,
-    matvec_shape: Mutex<MatvecShape>,
+    /// Settings kernels keep per device (the matmul tile, the skinny path's shape), by type:
+    /// the runtime holds them without knowing them, so it depends on no kernel above it.
+    settings: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+    /// Counters of dispatches, buffers, submits... and the open profile, if any.
+    profiler: profile::Profiler,
+}
+
+/// What is being recorded: the encoder of the current chunk, its open compute pass, and the
+/// parameters of its dispatches (written into the arena when the chunk is submitted).
+#[derive(Default)]
+struct Recorder {
+    // Declared before `encoder`: the pass ends before its encoder goes.
+    pass: Option<wgpu::ComputePass<'static>>,
+    encoder: Option<wgpu::CommandEncoder>,
+    params: Vec<u8>,
+    dispatches: u32,
+}
+
+/// Bytes of the parameter arena: 4096 dispatches at the largest alignment adapters ask (256).
+const ARENA_BYTES: u64 = 1 << 20;
+
+/// Dispatches per submitted chunk unless `KILN_SUBMIT_EVERY` says otherwise.
+const SUBMIT_EVERY: u32 = 256;
+
+/// Readbacks up to this size keep their staging buffer for the next one (the loss, a norm).
+const STAGING_KEPT: u64 = 1 << 20;
+
+/// Runs a closure when dropped (counting time on every way out of a function).
+struct Defer<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
 }
 
 /// Storage bindings a kernel may have (adapters guarantee at least 8 per stage).
@@ -60,9 +112,11 @@ impl Gpu {
         let adapter = adapter::choose(adapter::list(&instance), choice)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
+        // Timestamps serve only the profiler; asking for them costs nothing when unused.
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("kiln"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -77,6 +131,14 @@ impl Gpu {
         device.set_device_lost_callback(move |reason, message| {
             *lost_sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{reason:?}: {message}"));
         });
+        let arena = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln params"),
+            size: ARENA_BYTES,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let submit_every = std::env::var("KILN_SUBMIT_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(SUBMIT_EVERY);
+        let profiler = profile::Profiler::new(&device, &queue, features.contains(wgpu::Features::TIMESTAMP_QUERY));
         let dummies = (0..MAX_BINDINGS)
             .map(|_| {
                 device.create_buffer(&wgpu::BufferDescriptor {
@@ -87,22 +149,24 @@ impl Gpu {
                 })
             })
             .collect();
-        let matmul_tile = crate::kernels::matmul::tile_for_adapter(&info);
-        let matvec_shape = crate::kernels::matmul::matvec_shape_for_adapter(&info);
         Ok(Gpu {
             device,
             queue,
             info,
-            limits,
+            limits: limits.clone(),
             pipelines: Default::default(),
             pool: Default::default(),
-            encoder: Mutex::new(None),
+            recorder: Default::default(),
+            arena,
+            arena_align: (limits.min_uniform_buffer_offset_alignment as u64).max(16),
+            bind_cache: Default::default(),
+            submit_every: AtomicU32::new(submit_every.max(1)),
+            staging: Default::default(),
             errors,
             lost,
             dummies,
-            matmul_tile: Mutex::new(matmul_tile),
-            submits: Default::default(),
-            matvec_shape: Mutex::new(matvec_shape),
+            settings: Default::default(),
+            profiler,
         })
     }
 
@@ -129,21 +193,17 @@ impl Gpu {
         &self.device
     }
 
-    pub fn matmul_tile(&self) -> MatmulTile {
-        *self.matmul_tile.lock().unwrap_or_else(|e| e.into_inner())
+    /// The device's setting of type `T`, made from the adapter's info by `init` on first use
+    /// (e.g. `kernels::matmul::tile`).
+    pub fn setting<T: Any + Copy + Send + Sync>(&self, init: impl FnOnce(&wgpu::AdapterInfo) -> T) -> T {
+        let mut settings = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        let value = settings.entry(TypeId::of::<T>()).or_insert_with(|| Box::new(init(&self.info)));
+        *value.downcast_ref::<T>().expect("settings are keyed by their type")
     }
 
-    pub fn set_matmul_tile(&self, tile: MatmulTile) {
-        *self.matmul_tile.lock().unwrap_or_else(|e| e.into_inner()) = tile;
-    }
-
-    /// The workgroup shape of the skinny-M matmul path (`shaders/matvec.wgsl`).
-    pub fn matvec_shape(&self) -> MatvecShape {
-        *self.matvec_shape.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn set_matvec_shape(&self, shape: MatvecShape) {
-        *self.matvec_shape.lock().unwrap_or_else(|e| e.into_inner()) = shape;
+    /// Replaces the device's setting of type `T`.
+    pub fn set_setting<T: Any + Send + Sync>(&self, value: T) {
+        self.settings.lock().unwrap_or_else(|e| e.into_inner()).insert(TypeId::of::<T>(), Box::new(value));
     }
 
     /// Bytes held in GPU buffers by tensors and the pool.
@@ -153,12 +213,51 @@ impl Gpu {
 
     /// Command buffers submitted since the device was opened.
     pub fn submit_count(&self) -> u64 {
-        self.submits.load(std::sync::atomic::Ordering::Relaxed)
+        self.counts().submits
     }
 
-    /// Releases pooled buffers that no tensor uses.
+    /// The runtime's counters since the device was opened; subtract two with [`Counts::since`].
+    pub fn counts(&self) -> Counts {
+        self.profiler.counters.snapshot()
+    }
+
+    /// Where a profile's GPU times come from on this adapter, when asked for.
+    pub fn gpu_timing(&self) -> GpuTiming {
+        self.profiler.timing(true)
+    }
+
+    /// Opens a profile: each dispatch from now on is logged with its CPU recording time and,
+    /// with `gpu_times` where the adapter has timestamps, its GPU time (see [`profile`]).
+    pub fn profile_begin(&self, gpu_times: bool) {
+        self.profiler.begin(gpu_times);
+    }
+
+    /// Submits, waits, and closes the profile opened by [`Gpu::profile_begin`].
+    pub fn profile_end(&self) -> Result<Profile> {
+        self.synchronize()?;
+        Ok(self.profiler.end(&self.device))
+    }
+
+    /// Releases pooled buffers that no tensor uses (and the cached bind groups that would
+    /// keep them alive).
     pub fn trim_pool(&self) {
+        self.bind_cache.clear();
+        self.staging.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.pool.trim();
+    }
+
+    /// Dispatches recorded before a chunk is submitted without waiting for the end of the step.
+    pub fn submit_every(&self) -> u32 {
+        self.submit_every.load(Relaxed)
+    }
+
+    /// Sets [`Gpu::submit_every`] (at least 1); `KILN_SUBMIT_EVERY` sets it when the device opens.
+    pub fn set_submit_every(&self, dispatches: u32) {
+        self.submit_every.store(dispatches.max(1), Relaxed);
+    }
+
+    fn recorder(&self) -> std::sync::MutexGuard<'_, Recorder> {
+        self.recorder.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A buffer of at least `bytes` from the pool; checks the adapter's buffer size limit.
@@ -179,37 +278,40 @@ impl Gpu {
                 limit: self.limits.max_buffer_size,
             });
         }
-        Ok(self.pool.take(&self.device, bytes, self.limits.max_buffer_size, for_upload))
+        Ok(self.pool.take(
+            &self.device,
+            bytes,
+            self.limits.max_buffer_size,
+            for_upload,
+            &self.profiler.counters.buffers_created,
+        ))
     }
 
-    /// Records into the pending encoder, creating it if needed.
+    /// Records into the pending encoder (ending the open compute pass), creating it if needed.
     pub(crate) fn record<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
-        let mut guard = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
-        let encoder = guard.get_or_insert_with(|| {
-            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kiln step") })
-        });
-        f(encoder)
+        let mut rec = self.recorder();
+        rec.pass = None;
+        f(rec.encoder.get_or_insert_with(|| self.new_encoder()))
+    }
+
+    fn new_encoder(&self) -> wgpu::CommandEncoder {
+        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kiln step") })
     }
 
     /// Writes bytes into a tensor's buffer through the queue. Pending commands are submitted
     /// first, because a queue write lands before any command buffer submitted after it.
     pub(crate) fn write_bytes(&self, tensor: &Tensor, data: &[u8]) -> Result<()> {
-        let pending = self.encoder.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        let pending = self.recorder().encoder.is_some();
         if pending {
             self.submit()?;
         }
         if !data.is_empty() {
             self.queue.write_buffer(tensor.buffer(), tensor.offset(), data);
+            profile::bump(&self.profiler.counters.bytes_uploaded, data.len() as u64);
         }
         Ok(())
     }
 
-    /// Submits everything recorded so far (one `queue.submit`), and reports any error wgpu
-    /// raised while recording it.
-    ///
-    /// The encoder lock is held throughout, and only buffers released before the encoder was
-    /// taken become reusable: a buffer dropped by another thread after recording into a newer
-    /// encoder must stay reserved until that encoder is submitted too.
     /// Fills a buffer just taken from the pool for an upload. No recorded command can touch it
     /// yet (such buffers come only from commands already submitted), so unlike
     /// [`Gpu::write_bytes`] this needs no submit first: uploads inside a training step (ids,
@@ -217,20 +319,44 @@ impl Gpu {
     pub(crate) fn write_fresh(&self, tensor: &Tensor, data: &[u8]) {
         if !data.is_empty() {
             self.queue.write_buffer(tensor.buffer(), tensor.offset(), data);
+            profile::bump(&self.profiler.counters.bytes_uploaded, data.len() as u64);
         }
     }
 
+    /// Submits everything recorded so far (one `queue.submit`), and reports any error wgpu
+    /// raised while recording it.
     pub fn submit(&self) -> Result<()> {
-        {
-            let mut guard = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
-            let released = self.pool.take_pending();
-            if let Some(encoder) = guard.take() {
-                self.queue.submit([encoder.finish()]);
-                self.submits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            self.pool.make_free(released);
-        }
+        self.submit_chunk(&mut self.recorder());
         self.check_errors("submit")
+    }
+
+    /// Submits the chunk being recorded: its parameters into the arena (a queue write lands
+    /// after the commands submitted before it and before those submitted with it), then its
+    /// commands.
+    ///
+    /// The recorder lock is held throughout, and only buffers released before the encoder was
+    /// taken become reusable: a buffer dropped by another thread after recording into a newer
+    /// encoder must stay reserved until that encoder is submitted too.
+    fn submit_chunk(&self, rec: &mut Recorder) {
+        let released = self.pool.take_pending();
+        rec.pass = None;
+        if let Some(mut encoder) = rec.encoder.take() {
+            let start = Instant::now();
+            let counters = &self.profiler.counters;
+            if !rec.params.is_empty() {
+                self.queue.write_buffer(&self.arena, 0, &rec.params);
+                profile::bump(&counters.bytes_uploaded, rec.params.len() as u64);
+            }
+            if self.profiler.active() {
+                self.profiler.resolve(&self.device, &mut encoder);
+            }
+            self.queue.submit([encoder.finish()]);
+            profile::bump(&counters.submit_ns, start.elapsed().as_nanos() as u64);
+            profile::bump(&counters.submits, 1);
+        }
+        rec.params.clear();
+        rec.dispatches = 0;
+        self.pool.make_free(released);
     }
 
     /// Submits and blocks until the GPU has finished everything (for timing).
@@ -245,6 +371,8 @@ impl Gpu {
     /// driver reset ends in an error instead of a wait forever.
     fn wait(&self, context: &str) -> Result<()> {
         const SLICE: std::time::Duration = std::time::Duration::from_millis(500);
+        let start = Instant::now();
+        let _count = Defer(|| profile::bump(&self.profiler.counters.wait_ns, start.elapsed().as_nanos() as u64));
         loop {
             if let Some(lost) = self.lost_error() {
                 return Err(lost);
@@ -287,15 +415,20 @@ impl Gpu {
             return Ok(Vec::new());
         }
         debug_assert!(offset.is_multiple_of(4) && len.is_multiple_of(4), "readback must be 4-byte aligned");
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("kiln readback"),
-            size: len,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let bucket = pool::bucket_for(len);
+        let kept = self.staging.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&bucket).and_then(Vec::pop);
+        let staging = kept.unwrap_or_else(|| {
+            profile::bump(&self.profiler.counters.buffers_created, 1);
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kiln readback"),
+                size: bucket,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
         self.record(|enc| enc.copy_buffer_to_buffer(tensor.buffer(), tensor.offset() + offset, &staging, 0, len));
         self.submit()?;
-        let slice = staging.slice(..);
+        let slice = staging.slice(..len);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -309,6 +442,9 @@ impl Gpu {
             .map_err(|e| Error::Gpu { context: "readback view".into(), message: e.to_string() })?
             .to_vec();
         staging.unmap();
+        if bucket <= STAGING_KEPT {
+            self.staging.lock().unwrap_or_else(|e| e.into_inner()).entry(bucket).or_default().push(staging);
+        }
         self.check_errors("readback")?;
         Ok(bytes)
     }
@@ -380,36 +516,70 @@ impl Gpu {
                 ));
             }
         }
+        let start = self.profiler.active().then(Instant::now);
         let pipeline = self.pipelines.get(&self.device, spec)?;
-        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(op),
-            contents: params,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        let counters = &self.profiler.counters;
+        // Binding 0 is the parameters' stretch of the arena; the group is cached with it, and
+        // each dispatch passes where its parameters start as the dynamic offset.
+        let uniform_size = (params.len() as u64).next_multiple_of(16).max(16);
+        let mut slots: [bind_cache::Slot; MAX_BINDINGS + 1] = [(&self.arena, 0, uniform_size); MAX_BINDINGS + 1];
         for (i, (_, tensor)) in bindings.iter().enumerate() {
-            let resource = match tensor {
-                Some(t) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: t.buffer(),
-                    offset: t.offset(),
-                    size: wgpu::BufferSize::new(t.byte_len().max(4).next_multiple_of(4)),
-                }),
-                None => self.dummies[i].as_entire_binding(),
+            slots[i + 1] = match tensor {
+                Some(t) => (t.buffer(), t.offset(), t.byte_len().max(4).next_multiple_of(4)),
+                None => (&self.dummies[i], 0, self.dummies[i].size()),
             };
-            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource });
         }
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(op),
-            layout: &pipeline.layout,
-            entries: &entries,
-        });
-        self.record(|enc| {
-            let mut pass =
-                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op), timestamp_writes: None });
-            pass.set_pipeline(&pipeline.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        });
+        let group = self.bind_cache.get(
+            &self.device,
+            op,
+            &pipeline.layout,
+            &slots[..bindings.len() + 1],
+            &counters.bind_groups_created,
+        );
+        let mut rec = self.recorder();
+        let mut submitted = std::time::Duration::ZERO;
+        let stride = uniform_size.next_multiple_of(self.arena_align);
+        if rec.dispatches >= self.submit_every()
+            || rec.params.len() as u64 + stride > ARENA_BYTES
+            || self.profiler.queries_full()
+        {
+            // Counted as submitting, not recording: on lavapipe a submit waits for the chunk
+            // before it to finish.
+            let t = Instant::now();
+            self.submit_chunk(&mut rec);
+            submitted = t.elapsed();
+        }
+        let offset = rec.params.len();
+        rec.params.extend_from_slice(params);
+        rec.params.resize(offset + stride as usize, 0);
+        // A timed dispatch gets a pass of its own: pass timestamps bracket exactly it.
+        let timed = start.and_then(|_| self.profiler.next_timestamps());
+        let (query, timestamp_writes) = timed.map_or((None, None), |(q, w)| (Some(q), Some(w)));
+        let Recorder { pass, encoder, dispatches, .. } = &mut *rec;
+        if timestamp_writes.is_some() {
+            *pass = None;
+        }
+        let pass = match pass {
+            Some(p) => p,
+            None => {
+                profile::bump(&counters.passes, 1);
+                let encoder = encoder.get_or_insert_with(|| self.new_encoder());
+                let desc = wgpu::ComputePassDescriptor { label: Some("kiln"), timestamp_writes };
+                pass.insert(encoder.begin_compute_pass(&desc).forget_lifetime())
+            }
+        };
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &group, &[offset as u32]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        *dispatches += 1;
+        if query.is_some() {
+            rec.pass = None;
+        }
+        drop(rec);
+        profile::bump(&counters.dispatches, 1);
+        if let Some(start) = start {
+            self.profiler.logged(start, submitted, spec.file.name, spec.entry, query);
+        }
         Ok(())
     }
 

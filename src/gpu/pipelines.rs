@@ -2,9 +2,13 @@
 //! each entry point of it becomes a pipeline once; later dispatches only look them up.
 //!
 //! Bind group layouts are explicit, not derived from the shader: binding 0 is always the
-//! params uniform, bindings 1.. are storage buffers in the order the kernel lists them. An
-//! entry point that does not touch a binding still accepts it, so every entry of one family
-//! shares one calling convention.
+//! params uniform (bound at a dynamic offset into the step's parameter arena), bindings 1.. are
+//! storage buffers in the order the kernel lists them. An entry point that does not touch a
+//! binding still accepts it, so every entry of one family shares one calling convention. Kernels
+//! with the same bindings share one layout object, so a cached bind group serves all of them.
+//!
+//! A lookup hashes the spec's strings in place: the cache is consulted on every dispatch, and
+//! building owned keys there cost an allocation or two each time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,29 +40,49 @@ pub struct KernelSpec<'a> {
     pub access: &'a [Access],
 }
 
-/// (shader file, constants header, entry point).
-type PipelineKey = (String, String, &'static str);
+/// A pipeline with the strings that identify it (shader file, constants header, entry point).
+struct Entry {
+    file: &'static str,
+    header: String,
+    entry: &'static str,
+    pipeline: Arc<Pipeline>,
+}
 
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     modules: Mutex<HashMap<(String, String), Arc<wgpu::ShaderModule>>>,
-    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+    /// By the hash of (file, header, entry); a bucket holds every spec with that hash.
+    pipelines: Mutex<HashMap<u64, Vec<Entry>>>,
+    layouts: Mutex<HashMap<Vec<Access>, Arc<wgpu::BindGroupLayout>>>,
 }
 
 pub(crate) struct Pipeline {
     pub pipeline: wgpu::ComputePipeline,
-    pub layout: wgpu::BindGroupLayout,
+    pub layout: Arc<wgpu::BindGroupLayout>,
+}
+
+fn spec_hash(spec: &KernelSpec) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (spec.file.name, spec.header, spec.entry).hash(&mut h);
+    h.finish()
 }
 
 impl PipelineCache {
     pub(crate) fn get(&self, device: &wgpu::Device, spec: &KernelSpec) -> Result<Arc<Pipeline>> {
-        let key = (spec.file.name.to_string(), spec.header.to_string(), spec.entry);
-        if let Some(p) = self.pipelines.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return Ok(p.clone());
+        let hash = spec_hash(spec);
+        let found = |map: &HashMap<u64, Vec<Entry>>| {
+            map.get(&hash)?
+                .iter()
+                .find(|e| e.file == spec.file.name && e.entry == spec.entry && e.header == spec.header)
+                .map(|e| e.pipeline.clone())
+        };
+        if let Some(p) = found(&self.pipelines.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(p);
         }
         let module = self.module(device, spec)?;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let layout = bind_group_layout(device, spec);
+        let layout = self.layout(device, spec);
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(spec.entry),
             bind_group_layouts: &[Some(&layout)],
@@ -76,8 +100,16 @@ impl PipelineCache {
             return Err(Error::Shader { file: spec.file.name, entry: spec.entry, message: err.to_string() });
         }
         let p = Arc::new(Pipeline { pipeline, layout });
-        self.pipelines.lock().unwrap_or_else(|e| e.into_inner()).insert(key, p.clone());
+        let entry =
+            Entry { file: spec.file.name, header: spec.header.to_string(), entry: spec.entry, pipeline: p.clone() };
+        self.pipelines.lock().unwrap_or_else(|e| e.into_inner()).entry(hash).or_default().push(entry);
         Ok(p)
+    }
+
+    /// The layout for the spec's bindings, one object per distinct list of accesses.
+    fn layout(&self, device: &wgpu::Device, spec: &KernelSpec) -> Arc<wgpu::BindGroupLayout> {
+        let mut layouts = self.layouts.lock().unwrap_or_else(|e| e.into_inner());
+        layouts.entry(spec.access.to_vec()).or_insert_with(|| Arc::new(bind_group_layout(device, spec))).clone()
     }
 
     fn module(&self, device: &wgpu::Device, spec: &KernelSpec) -> Result<Arc<wgpu::ShaderModule>> {
@@ -114,7 +146,7 @@ fn bind_group_layout(device: &wgpu::Device, spec: &KernelSpec) -> wgpu::BindGrou
         visibility: wgpu::ShaderStages::COMPUTE,
         ty: wgpu::BindingType::Buffer {
             ty: wgpu::BufferBindingType::Uniform,
-            has_dynamic_offset: false,
+            has_dynamic_offset: true,
             min_binding_size: None,
         },
         count: None,

@@ -6,18 +6,27 @@
 //! new writes land after the old reads (wgpu puts barriers between the passes), and a training
 //! step's temporaries recycle within the step. An upload may not: a queue write lands before
 //! every command of the next submit, so uploads take only buffers freed by an earlier submit.
+//!
+//! Free buffers are handed out lowest creation number first, whatever order they were released
+//! in: a step that repeats the previous one's allocations then gets the same buffers back, so
+//! the bind groups cached for that step's dispatches are found again (see `bind_cache`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 pub(crate) const USAGE: wgpu::BufferUsages =
     wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
+/// Buffers of one bucket by creation number.
+type Numbered = BTreeMap<u64, wgpu::Buffer>;
+
 #[derive(Default)]
 struct State {
-    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    free: HashMap<u64, Numbered>,
     /// Released since the last submit, by bucket; moved to `free` when the next submit is done.
-    pending: HashMap<u64, Vec<wgpu::Buffer>>,
+    pending: HashMap<u64, Numbered>,
+    /// Buffers created so far (each one's number).
+    created: u64,
     /// Bytes held by live and pooled buffers, for `kiln devices` and memory reports.
     allocated: u64,
 }
@@ -31,6 +40,7 @@ pub(crate) struct Pool {
 pub struct Allocation {
     buffer: Option<wgpu::Buffer>,
     bucket: u64,
+    number: u64,
     pool: Pool,
 }
 
@@ -44,7 +54,7 @@ impl Drop for Allocation {
     fn drop(&mut self) {
         if let Some(buffer) = self.buffer.take() {
             let mut state = self.pool.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.pending.entry(self.bucket).or_default().push(buffer);
+            state.pending.entry(self.bucket).or_default().insert(self.number, buffer);
         }
     }
 }
@@ -63,36 +73,53 @@ pub(crate) fn bucket_for(bytes: u64) -> u64 {
 impl Pool {
     /// A buffer of at least `bytes`. `for_upload`: it will be written through the queue, so it
     /// must not be one that unsubmitted commands still name.
-    pub(crate) fn take(&self, device: &wgpu::Device, bytes: u64, max_buffer: u64, for_upload: bool) -> Allocation {
+    /// `created` counts the buffers it had to create (the profiler's counter).
+    pub(crate) fn take(
+        &self,
+        device: &wgpu::Device,
+        bytes: u64,
+        max_buffer: u64,
+        for_upload: bool,
+        created: &std::sync::atomic::AtomicU64,
+    ) -> Allocation {
         // Round up to a bucket, but never past the adapter's largest buffer.
         let bucket = bucket_for(bytes).min(max_buffer.max(bytes));
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut reused = state.free.get_mut(&bucket).and_then(Vec::pop);
-        if reused.is_none() && !for_upload {
-            reused = state.pending.get_mut(&bucket).and_then(Vec::pop);
+        // A kernel output takes a buffer released since the last submit before a free one, as
+        // it must when the pool is still empty (the first step): later steps then repeat the
+        // first one's choices sooner, and its bind groups are found again.
+        let mut reused = None;
+        if !for_upload {
+            reused = state.pending.get_mut(&bucket).and_then(BTreeMap::pop_first);
         }
-        let buffer = match reused {
+        if reused.is_none() {
+            reused = state.free.get_mut(&bucket).and_then(BTreeMap::pop_first);
+        }
+        let (number, buffer) = match reused {
             Some(b) => b,
             None => {
                 state.allocated += bucket;
-                device.create_buffer(&wgpu::BufferDescriptor {
+                state.created += 1;
+                created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let buffer = device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("kiln tensor"),
                     size: bucket,
                     usage: USAGE,
                     mapped_at_creation: false,
-                })
+                });
+                (state.created, buffer)
             }
         };
-        Allocation { buffer: Some(buffer), bucket, pool: self.clone() }
+        Allocation { buffer: Some(buffer), bucket, number, pool: self.clone() }
     }
 
     /// The buffers released so far; they become reusable once the commands recorded before
     /// their release are submitted ([`Pool::make_free`]).
-    pub(crate) fn take_pending(&self) -> HashMap<u64, Vec<wgpu::Buffer>> {
+    pub(crate) fn take_pending(&self) -> HashMap<u64, Numbered> {
         std::mem::take(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()).pending)
     }
 
-    pub(crate) fn make_free(&self, released: HashMap<u64, Vec<wgpu::Buffer>>) {
+    pub(crate) fn make_free(&self, released: HashMap<u64, Numbered>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for (bucket, buffers) in released {
             state.free.entry(bucket).or_default().extend(buffers);

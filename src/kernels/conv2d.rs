@@ -90,7 +90,7 @@ fn params(g: &Conv2dGeometry, has_bias: bool, accumulate: bool) -> Result<Params
 /// the workgroup keeps its size) while the GEMM's M still fits: a stem's dX has M = 3 input
 /// channels, which a 128-row tile would compute 40 times over.
 fn tile_for(gpu: &Gpu, m: usize) -> MatmulTile {
-    let mut t = gpu.matmul_tile();
+    let mut t = super::matmul::tile(gpu);
     while t.tm > 1 && (t.bm / 2) as usize >= m.max(1) {
         t.bm /= 2;
         t.tm /= 2;
@@ -131,7 +131,7 @@ fn gemm(gpu: &Gpu, g: &Conv2dGeometry, mode: Mode, p: Params, bindings: &[Bindin
 }
 
 fn direct(gpu: &Gpu, entry: &'static str, p: Params, bindings: &[Binding], groups: [u32; 3]) -> Result<()> {
-    let header = header(&gpu.matmul_tile(), Mode::Forward);
+    let header = header(&super::matmul::tile(gpu), Mode::Forward);
     let spec = KernelSpec { file: shader!("conv2d"), entry, header: &header, access: ACCESS };
     gpu.dispatch(entry, &spec, bytemuck::bytes_of(&p), bindings, groups)
 }

@@ -105,6 +105,25 @@ fn tune_file() -> PathBuf {
     cache_dir().join("matmul_tiles.json")
 }
 
+/// The tile this device's matmuls use: the one `kiln bench --tune` cached for the adapter, else
+/// the default (see [`tile_for_adapter`]); [`set_tile`] changes it.
+pub fn tile(gpu: &Gpu) -> MatmulTile {
+    gpu.setting(tile_for_adapter)
+}
+
+pub fn set_tile(gpu: &Gpu, tile: MatmulTile) {
+    gpu.set_setting(tile);
+}
+
+/// The workgroup shape of the skinny-M path (`shaders/matvec.wgsl`) on this device.
+pub fn matvec_shape(gpu: &Gpu) -> MatvecShape {
+    gpu.setting(matvec_shape_for_adapter)
+}
+
+pub fn set_matvec_shape(gpu: &Gpu, shape: MatvecShape) {
+    gpu.set_setting(shape);
+}
+
 /// The key a tuned tile is cached under: adapter name, backend and driver version.
 pub fn adapter_key(info: &wgpu::AdapterInfo) -> String {
     format!("{} | {:?} | {} {}", info.name, info.backend, info.driver, info.driver_info)
@@ -331,7 +350,7 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
     let (header, spec, groups);
     if mm.m <= SKINNY_M {
         // One workgroup per block of columns, for every row at once; blocks fold into x and y.
-        let shape = gpu.matvec_shape();
+        let shape = matvec_shape(gpu);
         let (entry, cols) = if !mm.trans_a && mm.trans_b && mm.k > 0 && mm.k.is_multiple_of(4) {
             ("matvec_vec4", mm.n)
         } else if !mm.trans_a && !mm.trans_b && mm.n.is_multiple_of(4) {
@@ -344,7 +363,7 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
         let [x, y, _] = gpu.grid_1d((cols as u64).div_ceil(shape.cols(mm.m) as u64));
         groups = [x, y, batch];
     } else {
-        let tile = gpu.matmul_tile();
+        let tile = tile(gpu);
         header = tile.header();
         spec = KernelSpec { file: shader!("matmul"), entry: "matmul", header: &header, access };
         groups = [(mm.n as u32).div_ceil(tile.bn), (mm.m as u32).div_ceil(tile.bm), batch];

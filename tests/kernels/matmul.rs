@@ -3,7 +3,7 @@
 //! then the skinny path (M ≤ SKINNY_M, `shaders/matvec.wgsl`) for the adapter's shape, a
 //! GPU-style one that splits K across 64 invocations, and an odd one.
 
-use kiln::kernels::matmul::{Matmul, MatmulTile, MatvecShape, SKINNY_M, matmul_into};
+use kiln::kernels::matmul::{self, Matmul, MatmulTile, MatvecShape, SKINNY_M, matmul_into};
 use kiln::reference;
 use kiln::{DType, Tensor};
 
@@ -47,8 +47,8 @@ fn case(rng: &mut Rng, mm: Matmul, a_shared: bool, b_shared: bool, with_bias: bo
 
 fn awkward_shapes(tile: MatmulTile) {
     let gpu = gpu();
-    let saved = gpu.matmul_tile();
-    gpu.set_matmul_tile(tile);
+    let saved = matmul::tile(gpu);
+    matmul::set_tile(gpu, tile);
     let mut rng = Rng::new(1);
     let shapes = [(1, 1, 1), (7, 13, 129), (1, 65, 3), (33, 1, 17), (129, 65, 31), (64, 64, 64), (65, 130, 257)];
     for &(m, n, k) in &shapes {
@@ -62,13 +62,13 @@ fn awkward_shapes(tile: MatmulTile) {
     case(&mut rng, Matmul::new(9, 17, 33).batch(2).trans_a(true), true, false, true);
     case(&mut rng, Matmul::new(31, 5, 7).alpha(0.5).accumulate(true), false, false, true);
     case(&mut rng, Matmul::new(31, 5, 7).batch(4).trans_a(true).accumulate(true), false, false, false);
-    gpu.set_matmul_tile(saved);
+    matmul::set_tile(gpu, saved);
 }
 
 #[test]
 fn matmul_awkward_shapes_adapter_tile() {
     let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    awkward_shapes(gpu().matmul_tile());
+    awkward_shapes(matmul::tile(gpu()));
 }
 
 #[test]
@@ -88,8 +88,8 @@ fn matmul_large() {
 /// (!trans_b, N % 4 == 0) and the scalar `matvec` (everything else, trans_a included).
 fn skinny_shapes(shape: MatvecShape) {
     let gpu = gpu();
-    let saved = gpu.matvec_shape();
-    gpu.set_matvec_shape(shape);
+    let saved = matmul::matvec_shape(gpu);
+    matmul::set_matvec_shape(gpu, shape);
     let mut rng = Rng::new(3);
     for m in [1, 2, 5, 8, SKINNY_M] {
         for n in [1, 3, 4, 7, 128, 129, 577] {
@@ -117,13 +117,13 @@ fn skinny_shapes(shape: MatvecShape) {
     }
     // One row past the skinny path: the tiled kernel takes it.
     case(&mut rng, Matmul::new(SKINNY_M + 1, 129, 576).trans_b(true), false, false, true);
-    gpu.set_matvec_shape(saved);
+    matmul::set_matvec_shape(gpu, saved);
 }
 
 #[test]
 fn matmul_skinny_adapter_shape() {
     let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    skinny_shapes(gpu().matvec_shape());
+    skinny_shapes(matmul::matvec_shape(gpu()));
 }
 
 #[test]
@@ -144,13 +144,13 @@ fn matmul_skinny_odd_shape() {
 fn matmul_skinny_folded_grid() {
     let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let gpu = gpu();
-    let saved = gpu.matvec_shape();
-    gpu.set_matvec_shape(MatvecShape::new(1, 1, 1));
+    let saved = matmul::matvec_shape(gpu);
+    matmul::set_matvec_shape(gpu, MatvecShape::new(1, 1, 1));
     let mut rng = Rng::new(4);
     case(&mut rng, Matmul::new(2, 70_001, 4).trans_b(true), false, false, true);
     case(&mut rng, Matmul::new(1, 70_001, 3).trans_b(true), false, false, false);
     case(&mut rng, Matmul::new(2, 4 * 66_001, 2), false, false, true);
-    gpu.set_matvec_shape(saved);
+    matmul::set_matvec_shape(gpu, saved);
 }
 
 #[test]
