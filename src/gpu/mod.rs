@@ -43,6 +43,11 @@ pub struct Gpu {
     pipelines: pipelines::PipelineCache,
     pool: pool::Pool,
     recorder: Mutex<Recorder>,
+    /// Held around `queue.submit` and each `device.poll`: wgpu 30 asserts in a poll that waits
+    /// for "the latest submission" when another thread submits during it (seen as "current
+    /// submission index should be at least the wait submission index" in tests that share one
+    /// device), so the two never interleave.
+    queue_lock: Mutex<()>,
     /// The parameters of a chunk's dispatches, [`ARENA_BYTES`] long.
     arena: wgpu::Buffer,
     /// The adapter's `min_uniform_buffer_offset_alignment`: each dispatch's parameters start at
@@ -157,6 +162,7 @@ impl Gpu {
             pipelines: Default::default(),
             pool: Default::default(),
             recorder: Default::default(),
+            queue_lock: Mutex::new(()),
             arena,
             arena_align: (limits.min_uniform_buffer_offset_alignment as u64).max(16),
             bind_cache: Default::default(),
@@ -350,7 +356,9 @@ impl Gpu {
             if self.profiler.active() {
                 self.profiler.resolve(&self.device, &mut encoder);
             }
-            self.queue.submit([encoder.finish()]);
+            let commands = encoder.finish();
+            let _queue = self.queue_lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.queue.submit([commands]);
             profile::bump(&counters.submit_ns, start.elapsed().as_nanos() as u64);
             profile::bump(&counters.submits, 1);
         }
@@ -377,7 +385,11 @@ impl Gpu {
             if let Some(lost) = self.lost_error() {
                 return Err(lost);
             }
-            match self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(SLICE) }) {
+            let polled = {
+                let _queue = self.queue_lock.lock().unwrap_or_else(|p| p.into_inner());
+                self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(SLICE) })
+            };
+            match polled {
                 Ok(_) => return Ok(()),
                 Err(wgpu::PollError::Timeout) => continue,
                 Err(e) => return Err(Error::Gpu { context: context.into(), message: e.to_string() }),
