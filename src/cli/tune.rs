@@ -329,6 +329,9 @@ impl Runner for TrainRunner<'_> {
         );
         let t0 = Instant::now();
         let result = super::train::run_on(args, self.gpu);
+        // The trial's model is gone: release its buffers, and the cached bind groups that would
+        // otherwise keep them alive across trials.
+        self.gpu.trim_pool();
         let seconds = t0.elapsed().as_secs_f64();
         let outcome = match result {
             Ok(()) => finished(&dir, metric, seconds)?,
