@@ -706,7 +706,7 @@ fn fuzz_seeds_are_valid_inputs() {
 #[test]
 fn mutated_seeds_never_panic() {
     const MUTANTS_PER_SEED: usize = 1500;
-    let mut rng = kiln::data::SplitMix64::new(0x5EED);
+    let mut rng = kiln::util::SplitMix64::new(0x5EED);
     let mut total = 0;
     for (target, read) in kiln::fuzz::TARGETS {
         for seed in kiln::fuzz::seeds(target) {
@@ -725,9 +725,9 @@ fn mutated_seeds_never_panic() {
     eprintln!("{total} mutants read without a panic");
 }
 
-fn mutate(seed: &[u8], rng: &mut kiln::data::SplitMix64) -> Vec<u8> {
+fn mutate(seed: &[u8], rng: &mut kiln::util::SplitMix64) -> Vec<u8> {
     let mut m = seed.to_vec();
-    let below = |rng: &mut kiln::data::SplitMix64, n: usize| rng.below(n.max(1));
+    let below = |rng: &mut kiln::util::SplitMix64, n: usize| rng.below(n.max(1));
     for _ in 0..1 + below(rng, 4) {
         if m.is_empty() {
             m.push(0);
@@ -845,7 +845,7 @@ fn ctrl_c_finishes_the_step_checkpoints_and_resumes() {
 fn kill_9_at_random_moments_always_leaves_a_resumable_checkpoint() {
     let ws = Workspace::new();
     let run = ws.root.join("run");
-    let mut rng = kiln::data::SplitMix64::new(9);
+    let mut rng = kiln::util::SplitMix64::new(9);
     // A checkpoint every step, so kills land in the middle of writing one as well.
     let mut args = interrupt_args(&ws, &run, &["--save-every", "1", "--keep-checkpoints", "2"]);
     let mut kills = Vec::new();

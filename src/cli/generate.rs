@@ -100,7 +100,7 @@ fn respond(
     sampling: Sampling,
 ) -> Result<String> {
     // A rendered template carries its own special tokens; plain text gets the model's bos.
-    let ids = if args.chat { super::train::chat_prompt_ids(lm, text)? } else { super::train::encode_prompt(lm, text)? };
+    let ids = if args.chat { lm.chat_prompt_ids(text)? } else { lm.encode_prompt(text)? };
     let mut out = std::io::stdout();
     if echo_prompt {
         print!("{text}");

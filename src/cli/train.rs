@@ -12,7 +12,7 @@ use super::AdapterArgs;
 use crate::data::catalog;
 use crate::data::cmudict::{self, PronunciationScore};
 use crate::data::fetch::{self, Asset};
-use crate::data::lm::{self, Example, Message, Record, Role, make_batches};
+use crate::data::lm::{self, Example, Record, make_batches};
 use crate::error::{Error, Result};
 use crate::formats::peft::TaskType;
 use crate::generate::{Sampling, generate};
@@ -564,29 +564,6 @@ fn cmudict_folder(cache: &Path, seed: u64) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The prompt tokens a completion record's prompt becomes at generation time: a user turn of
-/// the chat template, or the prompt itself.
-pub fn prompt_ids(lm: &LoadedLm, prompt: &str) -> Result<Vec<u32>> {
-    if lm.format.is_chat() {
-        let text = lm.format.render_chat(&[Message::new(Role::User, prompt)], true)?;
-        return chat_prompt_ids(lm, &text);
-    }
-    encode_prompt(lm, prompt)
-}
-
-/// Plain text as ids, with the format's bos when it has one.
-pub fn encode_prompt(lm: &LoadedLm, text: &str) -> Result<Vec<u32>> {
-    let mut ids: Vec<u32> = lm.format.bos().into_iter().collect();
-    ids.extend(lm.tokenizer.encode(text, false).map_err(|e| Error::invalid("tokenize", e.to_string()))?.get_ids());
-    Ok(ids)
-}
-
-/// A rendered chat template as ids: no special tokens added, the template wrote its own (as
-/// `apply_chat_template(tokenize=True)`).
-pub fn chat_prompt_ids(lm: &LoadedLm, text: &str) -> Result<Vec<u32>> {
-    Ok(lm.tokenizer.encode(text, false).map_err(|e| Error::invalid("tokenize", e.to_string()))?.get_ids().to_vec())
-}
-
 /// Greedy answers to held-out prompt/completion records, scored as pronunciations.
 fn score_pronunciations(
     gpu: &Gpu,
@@ -613,7 +590,7 @@ fn score_pronunciations(
 
 /// The model's greedy answer to one prompt, without the stop token.
 pub fn complete(gpu: &Gpu, lm: &LoadedLm, prompt: &str, max_new: usize) -> Result<String> {
-    let ids = prompt_ids(lm, prompt)?;
+    let ids = lm.prompt_ids(prompt)?;
     let mut out = generate(gpu, lm.model.as_ref(), &ids, max_new, Sampling::greedy(), &lm.stop, &mut |_| Ok(()))?;
     if out.last().is_some_and(|t| lm.stop.contains(t)) {
         out.pop();

@@ -14,8 +14,8 @@ use tokenizers::Tokenizer;
 use super::inspect::{Inspection, RowId};
 use super::junk::{Junk, detect_junk};
 use super::rows::{DataFile, Row};
-use crate::data::SplitMix64;
 use crate::error::{Error, Result};
+use crate::util::SplitMix64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -310,7 +310,7 @@ fn is_mojibake(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::SplitMix64;
+    use crate::util::SplitMix64;
 
     fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
         let mut rng = SplitMix64::new(seed);

@@ -34,8 +34,8 @@ use crate::curate::hash::{fnv1a64, mix64};
 use crate::curate::lsh::{band_key, candidate_pairs, lsh_params};
 use crate::curate::normalize::normalize;
 use crate::curate::parallel::par_map;
-use crate::data::SplitMix64;
 use crate::error::{Error, Result};
+use crate::util::SplitMix64;
 
 /// The Mersenne prime 2⁶¹ − 1, the modulus of the universal hash functions: reduction modulo it
 /// is a shift and an add, and it is larger than any 32-bit value a signature keeps.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::data::SplitMix64;
+use crate::util::SplitMix64;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SplitConfig {

@@ -5,13 +5,13 @@
 //! cannot vouch for a label it memorised.
 
 use crate::autograd::{Module, Param, Tape, Var, WeightLayout};
-use crate::data::SplitMix64;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::adamw::AdamW;
 use crate::nn::{Linear, Rng};
 use crate::tensor::Tensor;
 use crate::train::Optimizer;
+use crate::util::SplitMix64;
 
 /// How each fold's head is fitted: AdamW over shuffled batches of cached features.
 #[derive(Clone, Debug, serde::Serialize)]

@@ -11,7 +11,7 @@
 //! L-word document (0.68 at 30 words, 0.88 at 80), ≈ (L−9)/L for a deletion and ≈ (L−4)/(L−3)
 //! for an append; so some planted pairs fall below a 0.8 threshold by construction.
 
-use crate::data::SplitMix64;
+use crate::util::SplitMix64;
 
 /// Distinct words in the vocabulary.
 pub const VOCABULARY: usize = 5000;

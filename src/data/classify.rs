@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::data::SplitMix64;
 use crate::data::line_error;
 use crate::data::lm::json_type;
 use crate::error::{Error, Result};
+use crate::util::SplitMix64;
 
 /// One labelled text.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use crate::data::SplitMix64;
 use crate::error::{Error, Result};
+use crate::util::SplitMix64;
 
 /// Words held out for each of `valid` and `test` by [`write_cmudict_task`].
 pub const HELD_OUT: usize = 500;

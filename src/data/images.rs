@@ -154,15 +154,15 @@ impl TrainTransform {
     }
 
     /// The generator for one example of one epoch.
-    pub fn rng(seed: u64, epoch: u64, example: u64) -> crate::data::SplitMix64 {
-        let mut mix = crate::data::SplitMix64::new(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        crate::data::SplitMix64::new(mix.next_u64() ^ example.wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
+    pub fn rng(seed: u64, epoch: u64, example: u64) -> crate::util::SplitMix64 {
+        let mut mix = crate::util::SplitMix64::new(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        crate::util::SplitMix64::new(mix.next_u64() ^ example.wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
     }
 
     /// The crop box (left, top, width, height): ten tries at a random area and aspect ratio,
     /// then the centre crop at the nearest allowed ratio (torchvision's fallback).
-    fn crop_box(&self, w: u32, h: u32, rng: &mut crate::data::SplitMix64) -> (u32, u32, u32, u32) {
-        let uniform = |rng: &mut crate::data::SplitMix64, lo: f64, hi: f64| {
+    fn crop_box(&self, w: u32, h: u32, rng: &mut crate::util::SplitMix64) -> (u32, u32, u32, u32) {
+        let uniform = |rng: &mut crate::util::SplitMix64, lo: f64, hi: f64| {
             lo + (hi - lo) * ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
         };
         let area = (w as f64) * (h as f64);
@@ -189,7 +189,7 @@ impl TrainTransform {
     }
 
     /// The transform of a decoded RGB image, `[3, size, size]` channel-major.
-    pub fn apply(&self, rgb: &image::RgbImage, rng: &mut crate::data::SplitMix64) -> Vec<f32> {
+    pub fn apply(&self, rgb: &image::RgbImage, rng: &mut crate::util::SplitMix64) -> Vec<f32> {
         let (w, h) = rgb.dimensions();
         let (left, top, cw, ch) = self.crop_box(w, h, rng);
         let crop = image::imageops::crop_imm(rgb, left, top, cw, ch).to_image();

@@ -25,9 +25,9 @@ use serde_json::{Map, Value};
 use tokenizers::Tokenizer;
 
 use super::line_error;
-use crate::data::SplitMix64;
 use crate::error::{Error, Result};
 use crate::kernels::softmax_xent::IGNORE_INDEX;
+use crate::util::SplitMix64;
 
 pub use crate::formats::chat_template::{ChatTemplate, Message, PromptFormat, Role};
 

@@ -13,7 +13,7 @@
 use serde::Serialize;
 
 use super::latency::percentile;
-use crate::data::SplitMix64;
+use crate::util::SplitMix64;
 
 /// One group's share of the examples and its metric.
 #[derive(Clone, Debug, Serialize)]

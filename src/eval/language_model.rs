@@ -7,7 +7,6 @@ use super::counterfactual::{Outcome, Variant};
 use super::edge_cases::{EdgeCase, EdgeResult};
 use super::latency::{Percentiles, ThroughputPoint};
 use super::report::GenerationTiming;
-use crate::cli::train::{chat_prompt_ids, encode_prompt, prompt_ids};
 use crate::data::lm::{Example, Message, Record, Role, make_batches, tokenize};
 use crate::error::{Error, Result};
 use crate::generate::{Sampling, generate};
@@ -74,16 +73,16 @@ impl LmEval<'_> {
     pub fn prompt(&self, r: &Record) -> Result<(Vec<u32>, Option<String>, String)> {
         match r {
             Record::Completion { prompt, completion } => {
-                Ok((prompt_ids(&self.lm, prompt)?, Some(completion.clone()), prompt.clone()))
+                Ok((self.lm.prompt_ids(prompt)?, Some(completion.clone()), prompt.clone()))
             }
             Record::Chat(messages) => {
                 let last = messages.iter().rposition(|m| m.role == Role::Assistant).unwrap_or(messages.len());
                 let shown = messages[..last].iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join(" / ");
                 let text = self.lm.format.render_chat(&messages[..last], true)?;
-                Ok((chat_prompt_ids(&self.lm, &text)?, messages.get(last).map(|m| m.content.clone()), shown))
+                Ok((self.lm.chat_prompt_ids(&text)?, messages.get(last).map(|m| m.content.clone()), shown))
             }
             Record::Text(text) => {
-                let ids = encode_prompt(&self.lm, text)?;
+                let ids = self.lm.encode_prompt(text)?;
                 let keep = (ids.len() / 2).clamp(1, 32).min(ids.len());
                 let shown = self
                     .lm
@@ -176,7 +175,7 @@ impl LmEval<'_> {
     pub fn edge_case(&self, case: &EdgeCase) -> EdgeResult {
         let mut r = EdgeResult::new(case);
         let result = (|| -> Result<()> {
-            let mut ids = prompt_ids(&self.lm, &case.text)?;
+            let mut ids = self.lm.prompt_ids(&case.text)?;
             r.tokens_before_truncation = Some(ids.len());
             let limit = self.max_len.min(self.max_positions()).saturating_sub(self.gen_tokens);
             if ids.len() > limit {
@@ -194,7 +193,7 @@ impl LmEval<'_> {
                     .decode(&text_ids.get_ids()[..keep], false)
                     .map_err(|e| Error::invalid("decode", e.to_string()))?;
                 let before = ids.len();
-                ids = prompt_ids(&self.lm, &cut)?;
+                ids = self.lm.prompt_ids(&cut)?;
                 r.note = Some(format!(
                     "prompt truncated from {before} to {} tokens to leave {} for the answer (--max-len {}; the model's maximum is {} positions)",
                     ids.len(),

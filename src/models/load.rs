@@ -7,7 +7,7 @@ use tokenizers::Tokenizer;
 
 use super::{CausalLm, gguf_decoder, load_causal_lm};
 use crate::error::{Error, Result};
-use crate::formats::chat_template::PromptFormat;
+use crate::formats::chat_template::{Message, PromptFormat, Role};
 use crate::formats::gguf::GgufFile;
 use crate::formats::tokenizer::{GgufTokenizer, HfTokenizer};
 use crate::gpu::Gpu;
@@ -22,6 +22,38 @@ pub struct LoadedLm {
     pub pad: u32,
     /// How the base is named in adapter configs (`base_model_name_or_path`).
     pub name: String,
+}
+
+impl LoadedLm {
+    /// The prompt tokens a completion record's prompt becomes at generation time: a user turn of
+    /// the chat template, or the prompt itself.
+    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        if self.format.is_chat() {
+            let text = self.format.render_chat(&[Message::new(Role::User, prompt)], true)?;
+            return self.chat_prompt_ids(&text);
+        }
+        self.encode_prompt(prompt)
+    }
+
+    /// Plain text as ids, with the format's bos when it has one.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids: Vec<u32> = self.format.bos().into_iter().collect();
+        ids.extend(
+            self.tokenizer.encode(text, false).map_err(|e| Error::invalid("tokenize", e.to_string()))?.get_ids(),
+        );
+        Ok(ids)
+    }
+
+    /// A rendered chat template as ids: no special tokens added, the template wrote its own (as
+    /// `apply_chat_template(tokenize=True)`).
+    pub fn chat_prompt_ids(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::invalid("tokenize", e.to_string()))?
+            .get_ids()
+            .to_vec())
+    }
 }
 
 /// Opens a model; a GGUF file's Q8_0/Q4_0/Q4_1 linear weights stay quantized on the GPU.

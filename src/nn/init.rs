@@ -1,7 +1,7 @@
 //! Seeded random numbers for weight initialisation (LoRA's A, sampling): the data module's
 //! SplitMix64, with the float draws initialisation needs.
 
-pub use crate::data::SplitMix64 as Rng;
+pub use crate::util::SplitMix64 as Rng;
 
 impl Rng {
     /// Uniform in [0, 1).

@@ -21,7 +21,6 @@ use super::checkpoint::{CheckpointSettings, RunKeeper};
 use super::schedule::{Schedule, ScheduleKind};
 use super::stopping::{StopMetric, StopSettings};
 use crate::autograd::{Tape, Var};
-use crate::data::SplitMix64;
 use crate::data::encode::{Encoded, length_sorted_batches, make_input};
 use crate::error::{Error, Result};
 use crate::eval::metrics::Metrics;
@@ -30,6 +29,7 @@ use crate::kernels::adamw::AdamW;
 use crate::models::classifier::{SequenceClassifier, block_depth};
 use crate::nn::LoraConfig;
 use crate::tensor::Tensor;
+use crate::util::SplitMix64;
 
 /// Which parts of the model train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

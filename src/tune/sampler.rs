@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use super::space::{Dist, Param, Params, Space, round_sig};
-use crate::data::SplitMix64;
+use crate::util::SplitMix64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::sampler::{Observation, draw, unit};
 use super::space::{Dist, Param, Params, Space, round_sig};
-use crate::data::SplitMix64;
+use crate::util::SplitMix64;
 
 /// Random trials before the model is used (Optuna's `n_startup_trials`).
 pub const STARTUP: usize = 10;
