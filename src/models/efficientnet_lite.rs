@@ -15,12 +15,13 @@
 
 use std::path::Path;
 
+use super::conv_bn::ConvBn;
 use crate::autograd::{self, Loss, Module, Param, Tape, Var, WeightLayout};
 use crate::error::{Error, Result};
 use crate::formats::safetensors::{SafetensorsSource, WeightSource};
 use crate::gpu::Gpu;
 use crate::kernels::elementwise::Activation;
-use crate::nn::{BatchNorm2d, BnMode, Conv2d, Conv2dConfig, Linear, Rng};
+use crate::nn::{BnMode, Conv2dConfig, Linear, Rng};
 use crate::tensor::Tensor;
 
 /// One stage of the base network before scaling: (repeats, kernel, stride, expand ratio,
@@ -141,44 +142,19 @@ pub struct BlockSpec {
     pub residual: bool,
 }
 
-/// conv → BN, every layer of the network.
-pub struct ConvBn {
-    pub conv: Conv2d,
-    pub bn: BatchNorm2d,
+/// A conv → BN unit with TensorFlow's BN settings, as the package sets them: momentum
+/// 1 − 0.99, eps 1e-3.
+fn tf_conv_bn(gpu: &Gpu, src: &mut dyn WeightSource, conv: &str, bn: &str, cfg: Conv2dConfig) -> Result<ConvBn> {
+    let mut unit = ConvBn::load(gpu, src, conv, bn, cfg)?;
+    unit.bn.eps = 1e-3;
+    unit.bn.momentum = 0.01;
+    Ok(unit)
 }
 
-impl ConvBn {
-    fn load(gpu: &Gpu, src: &mut dyn WeightSource, conv: &str, bn: &str, cfg: Conv2dConfig) -> Result<ConvBn> {
-        let w = src.tensor(gpu, &format!("{conv}.weight"), &cfg.weight_shape())?;
-        let c = [cfg.c_out];
-        let mut layer = BatchNorm2d::new(
-            bn,
-            src.tensor(gpu, &format!("{bn}.weight"), &c)?,
-            src.tensor(gpu, &format!("{bn}.bias"), &c)?,
-            src.tensor(gpu, &format!("{bn}.running_mean"), &c)?,
-            src.tensor(gpu, &format!("{bn}.running_var"), &c)?,
-        );
-        // TensorFlow's BN settings, as the package sets them: momentum 1 − 0.99, eps 1e-3.
-        layer.eps = 1e-3;
-        layer.momentum = 0.01;
-        Ok(ConvBn { conv: Conv2d::new(conv, cfg, w, None), bn: layer })
-    }
-
-    /// conv → BN (→ ReLU6).
-    pub fn forward(&self, tape: &Tape, x: &Var, bn: BnMode, relu6: bool) -> Result<Var> {
-        let y = self.bn.forward(tape, &self.conv.forward(tape, x)?, bn)?;
-        if relu6 { autograd::activation(tape, Activation::Relu6, &y) } else { Ok(y) }
-    }
-
-    fn visit(&self, f: &mut dyn FnMut(&Param)) {
-        self.conv.visit_params(f);
-        self.bn.visit_params(f);
-    }
-
-    fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        self.conv.visit_params_mut(f);
-        self.bn.visit_params_mut(f);
-    }
+/// conv → BN (→ ReLU6).
+fn conv_bn_relu6(unit: &ConvBn, tape: &Tape, x: &Var, bn: BnMode, relu6: bool) -> Result<Var> {
+    let y = unit.forward(tape, x, bn)?;
+    if relu6 { autograd::activation(tape, Activation::Relu6, &y) } else { Ok(y) }
 }
 
 /// Mobile inverted bottleneck: 1×1 expand (when the ratio is not 1), k×k depthwise, 1×1
@@ -195,37 +171,37 @@ impl MbConv {
         let hidden = spec.c_in * spec.expand;
         let expand = if spec.expand != 1 {
             let cfg = Conv2dConfig::same(spec.c_in, hidden, 1, 1);
-            Some(ConvBn::load(gpu, src, &format!("{path}._expand_conv"), &format!("{path}._bn0"), cfg)?)
+            Some(tf_conv_bn(gpu, src, &format!("{path}._expand_conv"), &format!("{path}._bn0"), cfg)?)
         } else {
             None
         };
         let cfg = Conv2dConfig::same(hidden, hidden, spec.kernel, spec.stride).groups(hidden);
-        let depthwise = ConvBn::load(gpu, src, &format!("{path}._depthwise_conv"), &format!("{path}._bn1"), cfg)?;
+        let depthwise = tf_conv_bn(gpu, src, &format!("{path}._depthwise_conv"), &format!("{path}._bn1"), cfg)?;
         let cfg = Conv2dConfig::same(hidden, spec.c_out, 1, 1);
-        let project = ConvBn::load(gpu, src, &format!("{path}._project_conv"), &format!("{path}._bn2"), cfg)?;
+        let project = tf_conv_bn(gpu, src, &format!("{path}._project_conv"), &format!("{path}._bn2"), cfg)?;
         Ok(MbConv { spec, expand, depthwise, project })
     }
 
     pub fn forward(&self, tape: &Tape, x: &Var, bn: BnMode) -> Result<Var> {
         let h = match &self.expand {
-            Some(e) => e.forward(tape, x, bn, true)?,
+            Some(e) => conv_bn_relu6(e, tape, x, bn, true)?,
             None => x.clone(),
         };
-        let h = self.depthwise.forward(tape, &h, bn, true)?;
-        let h = self.project.forward(tape, &h, bn, false)?;
+        let h = conv_bn_relu6(&self.depthwise, tape, &h, bn, true)?;
+        let h = conv_bn_relu6(&self.project, tape, &h, bn, false)?;
         if self.spec.residual { autograd::add(tape, &h, x) } else { Ok(h) }
     }
 
     fn visit(&self, f: &mut dyn FnMut(&Param)) {
-        self.expand.iter().chain([&self.depthwise, &self.project]).for_each(|c| c.visit(f));
+        self.expand.iter().chain([&self.depthwise, &self.project]).for_each(|c| c.visit_params(f));
     }
 
     fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
         if let Some(e) = &mut self.expand {
-            e.visit_mut(f);
+            e.visit_params_mut(f);
         }
-        self.depthwise.visit_mut(f);
-        self.project.visit_mut(f);
+        self.depthwise.visit_params_mut(f);
+        self.project.visit_params_mut(f);
     }
 }
 
@@ -252,7 +228,7 @@ impl EfficientNetLite {
     ) -> Result<EfficientNetLite> {
         let mut src = if path.is_dir() { SafetensorsSource::open(path)? } else { SafetensorsSource::open_file(path)? };
         let stem_cfg = Conv2dConfig::same(3, config.stem_width(), 3, 2);
-        let stem = ConvBn::load(gpu, &mut src, "_conv_stem", "_bn0", stem_cfg)?;
+        let stem = tf_conv_bn(gpu, &mut src, "_conv_stem", "_bn0", stem_cfg)?;
         let specs = config.blocks();
         let mut blocks = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
@@ -260,7 +236,7 @@ impl EfficientNetLite {
         }
         let last = specs.last().map_or(config.stem_width(), |s| s.c_out);
         let features = config.head_width();
-        let head = ConvBn::load(gpu, &mut src, "_conv_head", "_bn1", Conv2dConfig::same(last, features, 1, 1))?;
+        let head = tf_conv_bn(gpu, &mut src, "_conv_head", "_bn1", Conv2dConfig::same(last, features, 1, 1))?;
         let stored = src.shape_of("_fc.weight").map(|s| s.to_vec());
         let k = num_classes.or(stored.as_ref().map(|s| s[0])).unwrap_or(config.num_classes);
         let reuse = stored.as_deref() == Some(&[k, features][..]);
@@ -282,11 +258,11 @@ impl EfficientNetLite {
 
     /// Pooled features `[N, head width]`.
     pub fn features(&self, tape: &Tape, images: &Var) -> Result<Var> {
-        let mut x = self.stem.forward(tape, images, self.bn, true)?;
+        let mut x = conv_bn_relu6(&self.stem, tape, images, self.bn, true)?;
         for block in &self.blocks {
             x = block.forward(tape, &x, self.bn)?;
         }
-        let x = self.head.forward(tape, &x, self.bn, true)?;
+        let x = conv_bn_relu6(&self.head, tape, &x, self.bn, true)?;
         autograd::global_avg_pool(tape, &x)
     }
 
@@ -304,16 +280,16 @@ impl EfficientNetLite {
 
 impl Module for EfficientNetLite {
     fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
-        self.stem.visit(f);
+        self.stem.visit_params(f);
         self.blocks.iter().for_each(|b| b.visit(f));
-        self.head.visit(f);
+        self.head.visit_params(f);
         self.fc.visit_params(f);
     }
 
     fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        self.stem.visit_mut(f);
+        self.stem.visit_params_mut(f);
         self.blocks.iter_mut().for_each(|b| b.visit_mut(f));
-        self.head.visit_mut(f);
+        self.head.visit_params_mut(f);
         self.fc.visit_params_mut(f);
     }
 }

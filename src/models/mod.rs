@@ -5,6 +5,7 @@
 
 pub mod bert;
 pub mod classifier;
+pub mod conv_bn;
 pub mod decoder;
 pub mod efficientnet_lite;
 pub mod gguf_decoder;

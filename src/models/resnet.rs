@@ -14,12 +14,13 @@
 
 use std::path::Path;
 
+use super::conv_bn::ConvBn;
 use crate::autograd::{self, Loss, Module, Param, Tape, Var, WeightLayout};
 use crate::error::{Error, Result};
 use crate::formats::safetensors::{SafetensorsSource, WeightSource};
 use crate::gpu::Gpu;
 use crate::kernels::elementwise::Activation;
-use crate::nn::{BatchNorm2d, BnMode, Conv2d, Conv2dConfig, Linear, Rng};
+use crate::nn::{BnMode, Conv2dConfig, Linear, Rng};
 use crate::tensor::Tensor;
 
 /// The block kind: two 3×3 convs, or 1×1 → 3×3 → 1×1 with 4× expansion.
@@ -105,42 +106,6 @@ impl ResNetConfig {
         }
         let num_classes = source.shape_of("fc.weight").map_or(0, |s| s[0]);
         Ok(ResNetConfig { block, layers, width, in_channels, num_classes })
-    }
-}
-
-/// conv → BN, the unit every ResNet layer is made of.
-pub struct ConvBn {
-    pub conv: Conv2d,
-    pub bn: BatchNorm2d,
-}
-
-impl ConvBn {
-    fn load(gpu: &Gpu, src: &mut dyn WeightSource, conv: &str, bn: &str, cfg: Conv2dConfig) -> Result<ConvBn> {
-        let w = src.tensor(gpu, &format!("{conv}.weight"), &cfg.weight_shape())?;
-        let c = [cfg.c_out];
-        let bn_layer = BatchNorm2d::new(
-            bn,
-            src.tensor(gpu, &format!("{bn}.weight"), &c)?,
-            src.tensor(gpu, &format!("{bn}.bias"), &c)?,
-            src.tensor(gpu, &format!("{bn}.running_mean"), &c)?,
-            src.tensor(gpu, &format!("{bn}.running_var"), &c)?,
-        );
-        Ok(ConvBn { conv: Conv2d::new(conv, cfg, w, None), bn: bn_layer })
-    }
-
-    fn forward(&self, tape: &Tape, x: &Var, bn: BnMode) -> Result<Var> {
-        let y = self.conv.forward(tape, x)?;
-        self.bn.forward(tape, &y, bn)
-    }
-
-    fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
-        self.conv.visit_params(f);
-        self.bn.visit_params(f);
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        self.conv.visit_params_mut(f);
-        self.bn.visit_params_mut(f);
     }
 }
 
