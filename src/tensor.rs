@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, pool::Allocation};
+use crate::gpu::{BufferRange, Gpu, pool::Allocation};
 
 /// Element type. Quantized block types (Q8_0, Q4_1) will join as byte-addressed dtypes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -189,5 +189,19 @@ impl Tensor {
             return Err(Error::DType { op, expected: dtype.name(), found: self.dtype.name() });
         }
         Ok(())
+    }
+}
+
+impl BufferRange for Tensor {
+    fn buffer(&self) -> &wgpu::Buffer {
+        Tensor::buffer(self)
+    }
+
+    fn offset(&self) -> u64 {
+        Tensor::offset(self)
+    }
+
+    fn byte_len(&self) -> u64 {
+        Tensor::byte_len(self)
     }
 }

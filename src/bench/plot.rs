@@ -7,7 +7,7 @@ use plotters::prelude::*;
 
 use crate::error::Result;
 use crate::gpu::{GpuTiming, Profile};
-use crate::train::report::{Area, BLUE, DrawResult, GREEN, ORANGE, PURPLE, RED, register_font, write_png};
+use crate::util::plot::{Area, BLUE, DrawResult, GREEN, ORANGE, PURPLE, RED, register_font, write_png};
 
 /// matplotlib's next colours after the report's five.
 const MORE: [RGBColor; 5] = [

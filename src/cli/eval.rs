@@ -21,13 +21,14 @@ use crate::eval::counterfactual::{self, PairIndex, TermPair};
 use crate::eval::edge_cases::{self, EdgeCase};
 use crate::eval::language_model::{LmEval, edit_distance};
 use crate::eval::latency::parse_batch_sizes;
+use crate::eval::plots;
 use crate::eval::report::{
     CounterfactualReport, EvalReport, GenerationScores, LatencyReport, LmScores, Sample, markdown,
 };
 use crate::eval::slices::{GapSettings, SliceMetric, group_report, read_column};
-use crate::eval::{metrics::Metrics, plots};
 use crate::formats::safetensors::read_config;
 use crate::gpu::Gpu;
+use crate::metrics::Metrics;
 use crate::models::classifier::{self, Pooling, SequenceClassifier};
 use crate::models::load::load_lm;
 use crate::util::write_atomic;

@@ -9,11 +9,11 @@ use super::calibration::{expected_calibration_error, softmax};
 use super::counterfactual::{Outcome, Variant};
 use super::edge_cases::{EdgeCase, EdgeResult};
 use super::latency::{Percentiles, ThroughputPoint};
-use super::metrics::Metrics;
 use super::report::ClassificationScores;
 use crate::data::encode::{Encoded, encode_texts, make_input};
 use crate::error::Result;
 use crate::gpu::Gpu;
+use crate::metrics::Metrics;
 use crate::models::classifier::SequenceClassifier;
 use crate::train::classify::predict;
 

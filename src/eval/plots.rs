@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use super::calibration::ReliabilityBin;
 use super::latency::ThroughputPoint;
 use crate::error::Result;
-use crate::train::report::{Area, BLUE, DrawResult, GREEN, ORANGE, RED, register_font, write_png};
+use crate::util::plot::{Area, BLUE, DrawResult, GREEN, ORANGE, RED, register_font, write_png};
 
 /// Only Latin-1 is in the embedded font: anything else is shown as `?`.
 fn latin1(s: &str) -> String {

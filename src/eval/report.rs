@@ -10,7 +10,7 @@ use super::bootstrap::Gap;
 use super::calibration::Calibration;
 use super::edge_cases::EdgeResult;
 use super::latency::{Percentiles, ThroughputPoint};
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalReport {

@@ -33,7 +33,6 @@ pub use pipelines::{Access, KernelSpec, ShaderFile};
 pub use profile::{Counts, GpuTiming, Profile};
 
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
 
 pub struct Gpu {
     device: wgpu::Device,
@@ -105,8 +104,18 @@ impl<F: FnMut()> Drop for Defer<F> {
 /// Storage bindings a kernel may have (adapters guarantee at least 8 per stage).
 const MAX_BINDINGS: usize = 8;
 
+/// What the device binds, copies, clears and reads: a stretch of one buffer. The tensor type is
+/// its one implementor; gpu names this trait rather than that type because tensors are made of
+/// gpu's allocations (the tensor module builds on this one, never the other way round).
+pub trait BufferRange {
+    fn buffer(&self) -> &wgpu::Buffer;
+    /// Byte offset of the stretch's start in its buffer.
+    fn offset(&self) -> u64;
+    fn byte_len(&self) -> u64;
+}
+
 /// One storage binding of a dispatch: a named tensor, or nothing for an unused optional input.
-pub type Binding<'a> = (&'static str, Option<&'a Tensor>);
+pub type Binding<'a, T> = (&'static str, Option<&'a T>);
 
 impl Gpu {
     /// Opens the chosen adapter with all of its limits (wgpu's defaults are smaller than a
@@ -306,7 +315,7 @@ impl Gpu {
 
     /// Writes bytes into a tensor's buffer through the queue. Pending commands are submitted
     /// first, because a queue write lands before any command buffer submitted after it.
-    pub(crate) fn write_bytes(&self, tensor: &Tensor, data: &[u8]) -> Result<()> {
+    pub(crate) fn write_bytes(&self, tensor: &impl BufferRange, data: &[u8]) -> Result<()> {
         let pending = self.recorder().encoder.is_some();
         if pending {
             self.submit()?;
@@ -322,7 +331,7 @@ impl Gpu {
     /// yet (such buffers come only from commands already submitted), so unlike
     /// [`Gpu::write_bytes`] this needs no submit first: uploads inside a training step (ids,
     /// targets, positions) keep the whole step in one submit.
-    pub(crate) fn write_fresh(&self, tensor: &Tensor, data: &[u8]) {
+    pub(crate) fn write_fresh(&self, tensor: &impl BufferRange, data: &[u8]) {
         if !data.is_empty() {
             self.queue.write_buffer(tensor.buffer(), tensor.offset(), data);
             profile::bump(&self.profiler.counters.bytes_uploaded, data.len() as u64);
@@ -422,7 +431,7 @@ impl Gpu {
     }
 
     /// Copies `len` bytes at `offset` of a tensor to the CPU, mapping only that range.
-    pub fn read_bytes(&self, tensor: &Tensor, offset: u64, len: u64) -> Result<Vec<u8>> {
+    pub fn read_bytes(&self, tensor: &impl BufferRange, offset: u64, len: u64) -> Result<Vec<u8>> {
         if len == 0 {
             return Ok(Vec::new());
         }
@@ -462,7 +471,7 @@ impl Gpu {
     }
 
     /// Fills a tensor with zero bytes (recorded, so it is ordered with the kernels around it).
-    pub fn clear(&self, tensor: &Tensor) {
+    pub fn clear(&self, tensor: &impl BufferRange) {
         let bytes = tensor.byte_len().next_multiple_of(4);
         if bytes > 0 {
             self.record(|enc| enc.clear_buffer(tensor.buffer(), tensor.offset(), Some(bytes)));
@@ -470,7 +479,7 @@ impl Gpu {
     }
 
     /// Copies all of `src` into `dst` (same byte size), recorded in order.
-    pub fn copy(&self, src: &Tensor, dst: &Tensor) -> Result<()> {
+    pub fn copy(&self, src: &impl BufferRange, dst: &impl BufferRange) -> Result<()> {
         if src.byte_len() != dst.byte_len() {
             return Err(Error::invalid(
                 "copy",
@@ -486,12 +495,12 @@ impl Gpu {
 
     /// Records one compute dispatch. `bindings` are storage bindings 1.. in the shader's
     /// order; `params` is the uniform at binding 0 (a `#[repr(C)]` Pod struct's bytes).
-    pub fn dispatch(
+    pub fn dispatch<T: BufferRange>(
         &self,
         op: &'static str,
         spec: &KernelSpec,
         params: &[u8],
-        bindings: &[Binding],
+        bindings: &[Binding<T>],
         groups: [u32; 3],
     ) -> Result<()> {
         debug_assert_eq!(bindings.len(), spec.access.len(), "{op}: binding count");

@@ -121,7 +121,7 @@ fn gemm_mn(g: &Conv2dGeometry, mode: Mode) -> (usize, usize) {
     }
 }
 
-fn gemm(gpu: &Gpu, g: &Conv2dGeometry, mode: Mode, p: Params, bindings: &[Binding]) -> Result<()> {
+fn gemm(gpu: &Gpu, g: &Conv2dGeometry, mode: Mode, p: Params, bindings: &[Binding<Tensor>]) -> Result<()> {
     let (m, n) = gemm_mn(g, mode);
     let tile = tile_for(gpu, m);
     let header = header(&tile, mode);
@@ -130,7 +130,7 @@ fn gemm(gpu: &Gpu, g: &Conv2dGeometry, mode: Mode, p: Params, bindings: &[Bindin
     gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), bindings, groups)
 }
 
-fn direct(gpu: &Gpu, entry: &'static str, p: Params, bindings: &[Binding], groups: [u32; 3]) -> Result<()> {
+fn direct(gpu: &Gpu, entry: &'static str, p: Params, bindings: &[Binding<Tensor>], groups: [u32; 3]) -> Result<()> {
     let header = header(&super::matmul::tile(gpu), Mode::Forward);
     let spec = KernelSpec { file: shader!("conv2d"), entry, header: &header, access: ACCESS };
     gpu.dispatch(entry, &spec, bytemuck::bytes_of(&p), bindings, groups)

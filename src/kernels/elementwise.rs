@@ -74,7 +74,7 @@ fn launch(
     entry: &'static str,
     params: Params,
     access: &[Access],
-    bindings: &[Binding],
+    bindings: &[Binding<Tensor>],
 ) -> Result<()> {
     let spec = KernelSpec { file: shader!("elementwise"), entry, header: "", access };
     let groups = gpu.grid_stride(params.n as u64);

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::space::{Dist, Space};
 use super::study::{Record, Status, Study};
 use crate::error::{Error, Result};
-use crate::train::report::{Area, BLUE, DrawResult, GREEN, ORANGE, RED, padded_range, register_font, write_png};
+use crate::util::plot::{Area, BLUE, DrawResult, GREEN, ORANGE, RED, padded_range, register_font, write_png};
 use crate::util::write_atomic;
 
 /// A trial's run folder: `DIR/trials/NNNN`.

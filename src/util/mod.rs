@@ -1,9 +1,12 @@
 //! Small helpers every layer may use: nothing here knows about GPUs, models or training.
+//! [`plot`] holds the plotting primitives; [`SplitMix64`] the seeded generator; [`write_atomic`]
+//! the one way files are replaced.
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
 
+pub mod plot;
 mod rng;
 pub use rng::SplitMix64;
 
