@@ -5,11 +5,11 @@
 
 use std::path::Path;
 
-use kiln::cli::train::complete;
 use kiln::data::cmudict::PronunciationScore;
 use kiln::data::lm::{Record, read_jsonl};
 use kiln::gpu::{AdapterChoice, Gpu};
 use kiln::models::load::load_lm;
+use kiln::train::job::lm::complete;
 
 fn main() -> kiln::Result<()> {
     let args: Vec<String> = std::env::args().collect();

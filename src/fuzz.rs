@@ -68,7 +68,7 @@ pub fn toml(bytes: &[u8]) {
     let args = ["kiln", "train", "--config"].map(std::ffi::OsString::from).into_iter().chain([path.0.clone().into()]);
     let Ok(args) = crate::cli::config::expand(args.collect()) else { return };
     if let Ok(crate::cli::Cli { command: crate::cli::Command::Train(train) }) = crate::cli::Cli::try_parse_from(args) {
-        let _ = train.validate();
+        let _ = train.settings.validate();
     }
 }
 

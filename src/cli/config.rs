@@ -132,13 +132,6 @@ fn check_flags(path: &Path, sub: &str, flags: &[OsString]) -> Result<()> {
     Ok(())
 }
 
-/// Writes settings (a serializable flag struct) as TOML that `--config` reads back.
-pub fn write_resolved(path: &Path, settings: &impl serde::Serialize) -> Result<()> {
-    let text = toml::to_string(settings)
-        .map_err(|e| Error::invalid("config", format!("cannot write the settings as TOML: {e}")))?;
-    crate::util::write_atomic(path, text.as_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,6 @@
 //! The command line: one file per subcommand, each a thin layer over library functions.
 
 pub mod bench;
-pub mod classify;
 pub mod config;
 pub mod data;
 pub mod devices;
@@ -74,21 +73,7 @@ pub(crate) fn say(bar: &indicatif::ProgressBar, line: String) {
     }
 }
 
-/// Refuses to replace an existing output (a file, or a folder with anything in it) unless the
-/// user passed `--overwrite`: nothing the user had is lost by accident.
-pub(crate) fn check_output(path: &std::path::Path, overwrite: bool) -> Result<()> {
-    let occupied = match std::fs::read_dir(path) {
-        Ok(mut entries) => entries.next().is_some(),
-        Err(_) => path.exists(),
-    };
-    if occupied && !overwrite {
-        return Err(crate::Error::invalid(
-            "--out",
-            format!("{} already exists; pass --overwrite to replace it", path.display()),
-        ));
-    }
-    Ok(())
-}
+pub(crate) use crate::util::check_output;
 
 /// The `--adapter` flag every GPU subcommand takes.
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]

@@ -268,22 +268,26 @@ fn check_trials(t: &Trials, space: &Space, halving: Option<Halving>) -> Result<S
     }
     if let Some(h) = halving {
         let rungs = h.rungs();
-        let every = base.save_every.unwrap_or(base.eval_every);
+        let every = base.settings.save_every.unwrap_or(base.settings.eval_every);
         for &r in &rungs[..rungs.len() - 1] {
-            if base.eval_every == 0 || !r.is_multiple_of(base.eval_every) || every == 0 || !r.is_multiple_of(every) {
+            if base.settings.eval_every == 0
+                || !r.is_multiple_of(base.settings.eval_every)
+                || every == 0
+                || !r.is_multiple_of(every)
+            {
                 return Err(Error::invalid(
                     "tune",
                     format!(
                         "halving compares trials at steps {rungs:?}, but the trials evaluate every {} and checkpoint \
                          every {every} steps; let --eval-every (and --save-every) divide {}",
-                        base.eval_every, h.min_steps
+                        base.settings.eval_every, h.min_steps
                     ),
                 ));
             }
         }
     }
-    let classifier = super::classify::is_classification(&base)?;
-    Ok(base.metric.unwrap_or(if classifier { StopMetric::MacroF1 } else { StopMetric::ValLoss }))
+    let classifier = crate::train::job::is_classification(&base.settings)?;
+    Ok(base.settings.metric.unwrap_or(if classifier { StopMetric::MacroF1 } else { StopMetric::ValLoss }))
 }
 
 struct TrainRunner<'a> {
@@ -319,7 +323,7 @@ impl Runner for TrainRunner<'_> {
             return Ok(Outcome { steps: u, objective, status: Status::Paused, seconds: 0.0, test: None, error: None });
         }
         let args = self.trials.args(&dir, params, until, newest.is_some())?;
-        let metric = args.metric;
+        let metric = args.settings.metric;
         let shown: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         eprintln!(
             "trial {trial}: {}{}{}",

@@ -10,21 +10,20 @@
 //! vectors are kept on the host, and the head then trains on them for as many epochs as asked at
 //! almost no cost.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Instant;
 
 use serde::Serialize;
 
-use super::Optimizer;
-use super::checkpoint::{CheckpointSettings, RunKeeper};
-use super::schedule::{Schedule, ScheduleKind};
-use super::stopping::{StopMetric, StopSettings};
-use crate::autograd::{Tape, Var};
+use super::driver::{self, Evaluation, Event, LoopSettings, OnEvent, Scores, Seen, Summary, Task};
+use super::stopping::StopMetric;
+use crate::autograd::Module;
+use crate::autograd::{Loss, Tape, Var};
 use crate::data::encode::{Encoded, length_sorted_batches, make_input};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::adamw::AdamW;
 use crate::metrics::Metrics;
 use crate::models::classifier::{SequenceClassifier, block_depth};
 use crate::nn::LoraConfig;
@@ -106,38 +105,21 @@ pub struct Unfreeze {
     pub unit: UnfreezeUnit,
 }
 
+/// The classifier's settings: the loop's, and what the strategy trains at which rate.
 #[derive(Clone, Debug, Serialize)]
 pub struct ClassifyConfig {
     pub strategy: Strategy,
     /// Adapters for [`Strategy::Lora`].
     #[serde(skip)]
     pub lora: LoraConfig,
-    pub epochs: usize,
-    /// Optimizer steps; overrides `epochs` when set.
-    pub max_steps: Option<usize>,
+    #[serde(flatten)]
+    pub run: LoopSettings,
     pub batch_size: usize,
-    pub lr: f32,
-    pub schedule: ScheduleKind,
-    pub warmup_ratio: f32,
-    pub weight_decay: f32,
-    pub max_grad_norm: Option<f32>,
     /// The learning rate of a block at depth d is `lr · layer_lr_decay^d` (1: one rate for all).
     pub layer_lr_decay: f32,
     pub unfreeze: Option<Unfreeze>,
     /// Per-class weights of the loss (PyTorch's `CrossEntropyLoss(weight=...)`).
     pub class_weights: Option<Vec<f32>>,
-    /// Validate before the first step, every this many steps, and at the end.
-    pub eval_every: Option<usize>,
-    /// Early stopping and the best checkpoint (metric: val_loss, accuracy or macro_f1).
-    pub stop: StopSettings,
-    /// Checkpoints and resuming; None writes none.
-    pub checkpoints: Option<CheckpointSettings>,
-    /// L2-SP: pull every trainable weight towards its starting value with this strength.
-    pub l2sp: Option<f32>,
-    /// EWC: pull weights towards their starting values in proportion to their Fisher
-    /// information on the retain set, with this strength.
-    pub ewc: Option<f32>,
-    pub seed: u64,
 }
 
 /// Texts with their label ids.
@@ -145,66 +127,6 @@ pub struct ClassifyConfig {
 pub struct LabeledSet<'a> {
     pub items: &'a [Encoded],
     pub labels: &'a [usize],
-}
-
-/// What the loop reports as it goes.
-#[derive(Clone, Debug, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
-    /// The frozen body's features were computed (the `head` strategy).
-    Features {
-        examples: usize,
-        seconds: f64,
-    },
-    /// The trainable set changed (the start, and each step of progressive unfreezing).
-    Trainable {
-        step: usize,
-        depth: usize,
-        params: usize,
-    },
-    Step {
-        step: usize,
-        total: usize,
-        epoch: usize,
-        loss: f32,
-        lr: f32,
-        /// The global gradient norm before clipping.
-        grad_norm: Option<f32>,
-        examples: usize,
-        seconds: f64,
-    },
-    Eval {
-        step: usize,
-        val_loss: f32,
-        accuracy: f64,
-        macro_f1: f64,
-    },
-    /// EWC's Fisher diagonal was estimated on the retain set (before the first step).
-    Fisher(super::ewc::FisherStats),
-    /// Something worth a look that does not stop the run (a rising loss).
-    Warning {
-        step: usize,
-        message: String,
-    },
-}
-
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct ClassifySummary {
-    pub steps: usize,
-    /// Examples the steps went through (an example seen twice counts twice).
-    pub examples: usize,
-    /// Wall time of the training steps and, for `head`, of the feature pass (not validation).
-    pub seconds: f64,
-    pub examples_per_second: f64,
-    pub first_loss: f32,
-    pub last_loss: f32,
-    /// (step, validation loss, macro-F1).
-    pub evals: Vec<(usize, f32, f64)>,
-    /// The best evaluation (step, value of the stop metric); its weights are the model's at the
-    /// end when restoring.
-    pub best: Option<(usize, f64)>,
-    /// The step at which patience ran out, if it did.
-    pub stopped_early_at: Option<usize>,
 }
 
 /// Logits, predictions and (with labels) the mean loss of a set.
@@ -279,8 +201,212 @@ fn head_logits(gpu: &Gpu, model: &SequenceClassifier, feats: &[f32], n: usize) -
     model.head(&Tape::no_grad(gpu), &x)?.value.to_f32_vec(gpu)
 }
 
-/// Trains `model` on `train`, validating on `valid`; the caller has loaded it (and for
-/// [`Strategy::Lora`] nothing else: the adapters are attached here).
+/// Classification as a [`Task`] of the driver: shuffled batches (one per step), the head
+/// strategy's cached features, progressive unfreezing and per-block learning rates.
+pub struct ClassifierTask<'a> {
+    gpu: &'a Gpu,
+    model: &'a mut SequenceClassifier,
+    train: LabeledSet<'a>,
+    valid: Option<LabeledSet<'a>>,
+    retain: Option<LabeledSet<'a>>,
+    pad: u32,
+    cfg: &'a ClassifyConfig,
+    /// The head strategy's cache: the frozen body's pooled vectors `[N, C]` of train and valid.
+    train_feats: Option<Vec<f32>>,
+    valid_feats: Option<Vec<f32>>,
+    /// The data order, shuffled again at each epoch.
+    order: Vec<usize>,
+    /// The unfreezing stage in force (blocks down to this depth may train).
+    stage: usize,
+}
+
+impl<'a> ClassifierTask<'a> {
+    /// Checks the settings against the model and the data; attaches the adapters of
+    /// [`Strategy::Lora`] (the caller has loaded the model and nothing else).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gpu: &'a Gpu,
+        model: &'a mut SequenceClassifier,
+        train: LabeledSet<'a>,
+        valid: Option<LabeledSet<'a>>,
+        retain: Option<LabeledSet<'a>>,
+        pad: u32,
+        cfg: &'a ClassifyConfig,
+    ) -> Result<Self> {
+        let n = train.items.len();
+        if n == 0 || train.labels.len() != n {
+            return Err(Error::invalid("train", format!("{n} training texts with {} labels", train.labels.len())));
+        }
+        if cfg.batch_size == 0 {
+            return Err(Error::invalid("train", "batch size must be at least 1"));
+        }
+        let k = model.num_labels();
+        if let Some(&bad) = train.labels.iter().find(|&&y| y >= k) {
+            return Err(Error::invalid("train", format!("label id {bad} for a head of {k} labels")));
+        }
+        if let Some(w) = &cfg.class_weights
+            && w.len() != k
+        {
+            return Err(Error::invalid("class weights", format!("{} weights for {k} labels", w.len())));
+        }
+        if cfg.strategy == Strategy::Head && cfg.unfreeze.is_some() {
+            return Err(Error::invalid(
+                "unfreeze",
+                "progressive unfreezing needs a strategy that trains more than the head (top:N, lora or full)",
+            ));
+        }
+        if cfg.unfreeze.is_some_and(|u| u.every == 0) {
+            return Err(Error::invalid("unfreeze", "--unfreeze-every must be at least 1"));
+        }
+        if cfg.strategy == Strategy::Lora {
+            model.add_lora(gpu, &cfg.lora, cfg.run.seed)?;
+        }
+        let order = (0..n).collect();
+        Ok(ClassifierTask {
+            gpu,
+            model,
+            train,
+            valid,
+            retain,
+            pad,
+            cfg,
+            train_feats: None,
+            valid_feats: None,
+            order,
+            stage: usize::MAX,
+        })
+    }
+
+    fn layers(&self) -> usize {
+        self.model.body.layers.len()
+    }
+}
+
+impl Task for ClassifierTask<'_> {
+    fn model(&self) -> &dyn Module {
+        &*self.model
+    }
+
+    fn model_mut(&mut self) -> &mut dyn Module {
+        &mut *self.model
+    }
+
+    fn check_metric(&self, metric: StopMetric) -> Result<()> {
+        if metric == StopMetric::Perplexity {
+            return Err(Error::invalid(
+                "--metric",
+                "perplexity is for language models; use val_loss, accuracy or macro_f1",
+            ));
+        }
+        Ok(())
+    }
+
+    fn steps_per_epoch(&self) -> usize {
+        self.train.items.len().div_ceil(self.cfg.batch_size)
+    }
+
+    /// Every parameter the strategy lets train (progressive unfreezing adds some later).
+    fn may_train(&self) -> Box<dyn Fn(&str) -> bool> {
+        let (strategy, layers) = (self.cfg.strategy, self.layers());
+        Box::new(move |name| strategy.trains(name, layers))
+    }
+
+    fn fisher(&mut self, keep: &dyn Fn(&str) -> bool) -> Result<Option<(HashMap<String, Tensor>, usize)>> {
+        let Some(r) = self.retain.filter(|r| !r.items.is_empty()) else { return Ok(None) };
+        let (gpu, pad) = (self.gpu, self.pad);
+        let fisher = super::ewc::fisher_diagonal(gpu, &mut *self.model, keep, r.items.len(), &mut |tape, m, i| {
+            let logits = m.logits(tape, &make_input(gpu, &[&r.items[i]], pad)?)?;
+            m.loss(tape, &logits, &[r.labels[i]], None)
+        })?;
+        Ok(Some((fisher, r.items.len())))
+    }
+
+    /// The head strategy's cache: the body never runs again during training.
+    fn prepare(&mut self, on_event: &mut OnEvent) -> Result<f64> {
+        if self.cfg.strategy != Strategy::Head {
+            return Ok(0.0);
+        }
+        let t0 = Instant::now();
+        let (gpu, batch, pad) = (self.gpu, self.cfg.batch_size, self.pad);
+        // Through the cache `kiln tune` turns on (a plain run computes them).
+        self.train_feats = Some(super::feature_cache::features(gpu, self.model, self.train.items, batch, pad)?);
+        self.valid_feats = match self.valid {
+            Some(v) => Some(super::feature_cache::features(gpu, self.model, v.items, batch, pad)?),
+            None => None,
+        };
+        let examples = self.train.items.len() + self.valid.map_or(0, |v| v.items.len());
+        let seconds = t0.elapsed().as_secs_f64();
+        on_event(&Event::Features { examples, seconds: t0.elapsed().as_secs_f64() })?;
+        Ok(seconds)
+    }
+
+    /// Progressive unfreezing: the head alone at first, one more block every `every` units.
+    fn enter(&mut self, step: usize, epoch: usize, on_event: &mut OnEvent) -> Result<()> {
+        let max_depth = self.model.max_depth();
+        let stage = match self.cfg.unfreeze {
+            None => max_depth,
+            Some(Unfreeze { every, unit: UnfreezeUnit::Step }) => step / every,
+            Some(Unfreeze { every, unit: UnfreezeUnit::Epoch }) => epoch / every,
+        }
+        .min(max_depth);
+        if stage == self.stage {
+            return Ok(());
+        }
+        self.stage = stage;
+        let (strategy, layers) = (self.cfg.strategy, self.layers());
+        self.model
+            .set_trainable(self.gpu, &|name| strategy.trains(name, layers) && block_depth(name, layers) <= stage)?;
+        let (params, _) = crate::models::count_params(&*self.model);
+        on_event(&Event::Trainable { step, depth: stage, params })
+    }
+
+    fn start_epoch(&mut self, epoch: usize) -> Result<usize> {
+        SplitMix64::new(self.cfg.run.seed.wrapping_add(epoch as u64)).shuffle(&mut self.order);
+        Ok(self.steps_per_epoch())
+    }
+
+    fn forward_backward(&mut self, _epoch: usize, index: usize, step: usize) -> Result<(Vec<Loss>, Seen)> {
+        let gpu = self.gpu;
+        let batch = self.cfg.batch_size;
+        let idx = &self.order[index * batch..((index + 1) * batch).min(self.order.len())];
+        let tape = Tape::train(gpu, self.cfg.run.seed as u32, step as u32 + 1);
+        let logits = match &self.train_feats {
+            Some(f) => {
+                let c = self.model.body.hidden_size();
+                let rows: Vec<f32> = idx.iter().flat_map(|&i| f[i * c..(i + 1) * c].iter().copied()).collect();
+                let x = Var::constant(Tensor::from_f32(gpu, &rows, &[idx.len(), c])?);
+                self.model.head(&tape, &x)?
+            }
+            None => {
+                let refs: Vec<&Encoded> = idx.iter().map(|&i| &self.train.items[i]).collect();
+                self.model.logits(&tape, &make_input(gpu, &refs, self.pad)?)?
+            }
+        };
+        let targets: Vec<usize> = idx.iter().map(|&i| self.train.labels[i]).collect();
+        let loss = self.model.loss(&tape, &logits, &targets, self.cfg.class_weights.as_deref())?;
+        tape.backward(&loss, 1.0)?;
+        Ok((vec![loss], Seen::Examples(idx.len())))
+    }
+
+    fn lr_scale(&self, name: &str) -> f32 {
+        self.cfg.layer_lr_decay.powi(block_depth(name, self.layers()) as i32)
+    }
+
+    fn evaluate(&mut self) -> Result<Option<Evaluation>> {
+        let Some(v) = self.valid.filter(|v| !v.items.is_empty()) else { return Ok(None) };
+        let (gpu, k) = (self.gpu, self.model.num_labels());
+        let p = match &self.valid_feats {
+            Some(f) => Predictions::from_logits(head_logits(gpu, self.model, f, v.items.len())?, k, Some(v.labels)),
+            None => predict(gpu, self.model, v.items, Some(v.labels), self.cfg.batch_size, self.pad)?,
+        };
+        let m = Metrics::compute(v.labels, &p.pred, k)?;
+        let val_loss = p.loss.unwrap_or(f32::NAN);
+        Ok(Some(Evaluation { val_loss, scores: Scores::Classes { accuracy: m.accuracy, macro_f1: m.macro_f1 } }))
+    }
+}
+
+/// Trains `model` on `train`, validating on `valid`; `retain` feeds EWC. The caller has loaded
+/// the model (and for [`Strategy::Lora`] nothing else: the adapters are attached here).
 #[allow(clippy::too_many_arguments)]
 pub fn train_classifier(
     gpu: &Gpu,
@@ -290,250 +416,10 @@ pub fn train_classifier(
     retain: Option<LabeledSet>,
     pad: u32,
     cfg: &ClassifyConfig,
-    on_event: &mut dyn FnMut(&Event) -> Result<()>,
-) -> Result<ClassifySummary> {
-    // Ctrl-C from here on finishes the step and checkpoints (see train::interrupt).
-    let _armed = super::interrupt::arm();
-    let mut divergence = super::DivergenceWatch::default();
-    let n = train.items.len();
-    if n == 0 || train.labels.len() != n {
-        return Err(Error::invalid("train", format!("{n} training texts with {} labels", train.labels.len())));
-    }
-    if cfg.batch_size == 0 {
-        return Err(Error::invalid("train", "batch size must be at least 1"));
-    }
-    let k = model.num_labels();
-    if let Some(&bad) = train.labels.iter().find(|&&y| y >= k) {
-        return Err(Error::invalid("train", format!("label id {bad} for a head of {k} labels")));
-    }
-    if let Some(w) = &cfg.class_weights
-        && w.len() != k
-    {
-        return Err(Error::invalid("class weights", format!("{} weights for {k} labels", w.len())));
-    }
-    let head_only = cfg.strategy == Strategy::Head;
-    if head_only && cfg.unfreeze.is_some() {
-        return Err(Error::invalid(
-            "unfreeze",
-            "progressive unfreezing needs a strategy that trains more than the head (top:N, lora or full)",
-        ));
-    }
-    if cfg.unfreeze.is_some_and(|u| u.every == 0) {
-        return Err(Error::invalid("unfreeze", "--unfreeze-every must be at least 1"));
-    }
-    if cfg.strategy == Strategy::Lora {
-        model.add_lora(gpu, &cfg.lora, cfg.seed)?;
-    }
-
-    let batches_per_epoch = n.div_ceil(cfg.batch_size);
-    let total = cfg.max_steps.unwrap_or(cfg.epochs * batches_per_epoch);
-    if total == 0 {
-        return Err(Error::invalid("train", "zero optimizer steps (epochs or steps is 0)"));
-    }
-    let schedule = Schedule::for_run(cfg.schedule, cfg.lr, cfg.warmup_ratio, total);
-    let mut opt = Optimizer::new(AdamW { weight_decay: cfg.weight_decay, ..AdamW::default() }, cfg.max_grad_norm);
-    let layers = model.body.layers.len();
-    let lr_scale = |name: &str| cfg.layer_lr_decay.powi(block_depth(name, layers) as i32);
-
-    let start = Instant::now();
-    let mut summary = ClassifySummary {
-        steps: 0,
-        examples: 0,
-        seconds: 0.0,
-        examples_per_second: 0.0,
-        first_loss: f32::NAN,
-        last_loss: f32::NAN,
-        evals: Vec::new(),
-        best: None,
-        stopped_early_at: None,
-    };
-    if cfg.stop.metric == StopMetric::Perplexity {
-        return Err(Error::invalid(
-            "--metric",
-            "perplexity is for language models; use val_loss, accuracy or macro_f1",
-        ));
-    }
-    // Every parameter the run may change (progressive unfreezing adds some later).
-    let may_train = |name: &str| cfg.strategy.trains(name, layers);
-    if cfg.l2sp.is_some() && cfg.ewc.is_some() {
-        return Err(Error::invalid("train", "choose one of --l2sp and --ewc"));
-    }
-    // Anchored before any step or checkpoint: θ₀ is the loaded (or freshly adapted) model.
-    if let Some(lambda) = cfg.l2sp {
-        opt.anchor_l2sp(gpu, model, lambda, &may_train)?;
-    }
-    if let Some(lambda) = cfg.ewc {
-        let Some(r) = retain.filter(|r| !r.items.is_empty()) else {
-            return Err(Error::invalid(
-                "--ewc",
-                "needs a retain set (--retain FILE) to estimate the Fisher information",
-            ));
-        };
-        let fisher = super::ewc::fisher_diagonal(gpu, model, &may_train, r.items.len(), &mut |tape, m, i| {
-            let logits = m.logits(tape, &make_input(gpu, &[&r.items[i]], pad)?)?;
-            m.loss(tape, &logits, &[r.labels[i]], None)
-        })?;
-        on_event(&Event::Fisher(super::ewc::fisher_stats(gpu, &fisher, r.items.len(), lambda)?))?;
-        opt.anchor_ewc(gpu, model, lambda, fisher)?;
-    }
-    // The head strategy's cache: the body never runs again during training.
-    let (train_feats, valid_feats) = if head_only {
-        let t0 = Instant::now();
-        // Through the cache `kiln tune` turns on (a plain run computes them).
-        let tf = super::feature_cache::features(gpu, model, train.items, cfg.batch_size, pad)?;
-        let vf = match valid {
-            Some(v) => Some(super::feature_cache::features(gpu, model, v.items, cfg.batch_size, pad)?),
-            None => None,
-        };
-        let examples = n + valid.map_or(0, |v| v.items.len());
-        summary.seconds += t0.elapsed().as_secs_f64();
-        on_event(&Event::Features { examples, seconds: t0.elapsed().as_secs_f64() })?;
-        (Some(tf), vf)
-    } else {
-        (None, None)
-    };
-    let c = model.body.hidden_size();
-
-    // Validates, records, and returns the stop metric's value (None without validation data).
-    let run_eval = |model: &SequenceClassifier,
-                    step: usize,
-                    summary: &mut ClassifySummary,
-                    on_event: &mut dyn FnMut(&Event) -> Result<()>|
-     -> Result<Option<f64>> {
-        let Some(v) = valid.filter(|v| !v.items.is_empty()) else { return Ok(None) };
-        let p = match &valid_feats {
-            Some(f) => Predictions::from_logits(head_logits(gpu, model, f, v.items.len())?, k, Some(v.labels)),
-            None => predict(gpu, model, v.items, Some(v.labels), cfg.batch_size, pad)?,
-        };
-        let m = Metrics::compute(v.labels, &p.pred, k)?;
-        let val_loss = p.loss.unwrap_or(f32::NAN);
-        summary.evals.push((step, val_loss, m.macro_f1));
-        on_event(&Event::Eval { step, val_loss, accuracy: m.accuracy, macro_f1: m.macro_f1 })?;
-        Ok(Some(match cfg.stop.metric {
-            StopMetric::ValLoss | StopMetric::Perplexity => val_loss as f64,
-            StopMetric::Accuracy => m.accuracy,
-            StopMetric::MacroF1 => m.macro_f1,
-        }))
-    };
-    let mut keeper = RunKeeper::new(gpu, &cfg.stop, cfg.checkpoints.as_ref(), &may_train);
-
-    // Progressive unfreezing starts from the head alone.
-    let max_depth = model.max_depth();
-    let stage_of = |step: usize, epoch: usize| match cfg.unfreeze {
-        None => max_depth,
-        Some(Unfreeze { every, unit: UnfreezeUnit::Step }) => step / every,
-        Some(Unfreeze { every, unit: UnfreezeUnit::Epoch }) => epoch / every,
-    };
-    let mut stage = usize::MAX;
-    let mut set_stage = |model: &mut SequenceClassifier,
-                         s: usize,
-                         step: usize,
-                         on_event: &mut dyn FnMut(&Event) -> Result<()>|
-     -> Result<()> {
-        let s = s.min(max_depth);
-        if s == stage {
-            return Ok(());
-        }
-        stage = s;
-        let strategy = cfg.strategy;
-        model.set_trainable(gpu, &|name| strategy.trains(name, layers) && block_depth(name, layers) <= s)?;
-        let (params, _) = crate::models::count_params(model);
-        on_event(&Event::Trainable { step, depth: s, params })
-    };
-    // Where to start: the beginning, or the newest checkpoint.
-    let mut step = 0;
-    let mut resume_at = (0, 0);
-    match keeper.peek()? {
-        Some(peek) => {
-            // The trainable set of the checkpoint's step, so its weights have somewhere to go.
-            set_stage(model, stage_of(peek.step, peek.epoch), peek.step, on_event)?;
-            let state = keeper.resume(model, &mut opt)?.expect("resuming");
-            summary = serde_json::from_value(state.summary.clone())
-                .map_err(|e| Error::invalid("resume", format!("checkpoint summary: {e}")))?;
-            step = state.step;
-            resume_at = (state.epoch, state.batch_in_epoch);
-        }
-        None => {
-            set_stage(model, stage_of(0, 0), 0, on_event)?;
-            if cfg.eval_every.is_some() {
-                let value = run_eval(model, 0, &mut summary, on_event)?;
-                keeper.judge(model, &opt, &summary, (0, 0, 0), value)?;
-            }
-        }
-    }
-
-    let mut order: Vec<usize> = (0..n).collect();
-    'epochs: for epoch in 0.. {
-        SplitMix64::new(cfg.seed.wrapping_add(epoch as u64)).shuffle(&mut order);
-        for (batch_index, idx) in order.chunks(cfg.batch_size).enumerate() {
-            // A resumed run replays the data order up to where the checkpoint was.
-            if (epoch, batch_index) < resume_at {
-                continue;
-            }
-            // A resumed run that had already finished (or stopped early) trains no further.
-            if step >= total || summary.stopped_early_at.is_some() {
-                break 'epochs;
-            }
-            set_stage(model, stage_of(step, epoch), step, on_event)?;
-            let t0 = Instant::now();
-            let tape = Tape::train(gpu, cfg.seed as u32, step as u32 + 1);
-            let logits = match &train_feats {
-                Some(f) => {
-                    let rows: Vec<f32> = idx.iter().flat_map(|&i| f[i * c..(i + 1) * c].iter().copied()).collect();
-                    let x = Var::constant(Tensor::from_f32(gpu, &rows, &[idx.len(), c])?);
-                    model.head(&tape, &x)?
-                }
-                None => {
-                    let refs: Vec<&Encoded> = idx.iter().map(|&i| &train.items[i]).collect();
-                    model.logits(&tape, &make_input(gpu, &refs, pad)?)?
-                }
-            };
-            let targets: Vec<usize> = idx.iter().map(|&i| train.labels[i]).collect();
-            let loss = model.loss(&tape, &logits, &targets, cfg.class_weights.as_deref())?;
-            tape.backward(&loss, 1.0)?;
-            let lr = schedule.lr(step);
-            opt.step_scaled(gpu, model, lr, &lr_scale)?;
-            let loss = loss.read(gpu)?.0;
-            let grad_norm = opt.last_grad_norm(gpu)?;
-            let checkpoints = cfg.checkpoints.as_ref().map(|c| c.dir.as_path());
-            super::check_loss(loss, step + 1, lr, checkpoints)?;
-            super::check_grads(gpu, &opt, grad_norm, step + 1, lr, checkpoints)?;
-            if let Some(message) = divergence.observe(loss, step + 1, lr) {
-                on_event(&Event::Warning { step: step + 1, message })?;
-            }
-            step += 1;
-            summary.seconds += t0.elapsed().as_secs_f64();
-            summary.steps = step;
-            summary.examples += idx.len();
-            if summary.first_loss.is_nan() {
-                summary.first_loss = loss;
-            }
-            summary.last_loss = loss;
-            let seconds = start.elapsed().as_secs_f64();
-            on_event(&Event::Step { step, total, epoch, loss, lr, grad_norm, examples: idx.len(), seconds })?;
-            let mut stop = false;
-            if cfg.eval_every.is_some_and(|e| e > 0 && step % e == 0) && step < total {
-                let value = run_eval(model, step, &mut summary, on_event)?;
-                stop = keeper.judge(model, &opt, &summary, (step, epoch, batch_index + 1), value)?;
-                if stop {
-                    summary.stopped_early_at = Some(step);
-                }
-            }
-            keeper.checkpoint(model, &opt, &summary, (step, epoch, batch_index + 1))?;
-            if stop || step >= total {
-                break 'epochs;
-            }
-        }
-    }
-    // The last step's validation, unless early stopping just made it.
-    if summary.stopped_early_at.is_none() {
-        let value = run_eval(model, step, &mut summary, on_event)?;
-        keeper.judge(model, &opt, &summary, (step, 0, 0), value)?;
-    }
-    keeper.checkpoint_last(model, &opt, &summary, step)?;
-    summary.best = keeper.finish(model)?;
-    summary.examples_per_second = summary.examples as f64 / summary.seconds.max(1e-9);
-    Ok(summary)
+    on_event: &mut OnEvent,
+) -> Result<Summary> {
+    let mut task = ClassifierTask::new(gpu, model, train, valid, retain, pad, cfg)?;
+    driver::train(gpu, &mut task, &cfg.run, on_event)
 }
 
 #[cfg(test)]

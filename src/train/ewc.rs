@@ -94,8 +94,11 @@ pub fn fisher_stats(
     lambda: f32,
 ) -> Result<FisherStats> {
     let (mut weights, mut sum, mut max) = (0usize, 0.0f64, 0.0f64);
-    for f in fisher.values() {
-        for x in f.to_f32_vec(gpu)? {
+    // In name order: a map's own order changes from run to run, and with it the sum's last bits.
+    let mut names: Vec<&String> = fisher.keys().collect();
+    names.sort();
+    for name in names {
+        for x in fisher[name].to_f32_vec(gpu)? {
             weights += 1;
             sum += x as f64;
             max = max.max(x as f64);

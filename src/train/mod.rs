@@ -1,21 +1,27 @@
-//! Training: the optimizer over a module's trainable parameters, learning-rate schedules, and
-//! the loops that drive a model through its data.
+//! Training: the one loop ([`driver`]) with a task per model family ([`lm`], [`classify`]), the
+//! optimizer over a module's trainable parameters, learning-rate schedules, checkpoints, early
+//! stopping and the guards against forgetting ([`ewc`], [`forgetting`]).
 
 pub mod checkpoint;
 pub mod classify;
+pub mod driver;
 pub mod ewc;
 pub mod feature_cache;
 pub mod forgetting;
 pub mod interrupt;
+pub mod job;
 pub mod lm;
 pub mod memory;
 pub mod optim;
 pub mod report;
 pub mod schedule;
+pub mod settings;
 pub mod stopping;
 
+pub use job::{Progress, Quiet, RunReport, run};
 pub use optim::Optimizer;
 pub use schedule::Schedule;
+pub use settings::TrainSettings;
 
 /// A NaN or infinite loss stops training with the step, what to try, and the newest checkpoint
 /// under `checkpoints` (the last good weights) when there is one.

@@ -20,3 +20,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
+
+/// Refuses to replace an existing output (a file, or a folder with anything in it) unless the
+/// user passed `--overwrite`: nothing the user had is lost by accident.
+pub fn check_output(path: &Path, overwrite: bool) -> Result<()> {
+    let occupied = match std::fs::read_dir(path) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(_) => path.exists(),
+    };
+    if occupied && !overwrite {
+        return Err(Error::invalid(
+            "--out",
+            format!("{} already exists; pass --overwrite to replace it", path.display()),
+        ));
+    }
+    Ok(())
+}

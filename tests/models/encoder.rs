@@ -164,7 +164,8 @@ fn classifier_adapter_save_and_load_round_trip() {
 // ---- training strategies on the tiny model ----
 
 use kiln::data::encode::Encoded;
-use kiln::train::classify::{ClassifyConfig, Event, LabeledSet, Strategy, Unfreeze, UnfreezeUnit, train_classifier};
+use kiln::train::classify::{ClassifyConfig, LabeledSet, Strategy, Unfreeze, UnfreezeUnit, train_classifier};
+use kiln::train::driver::{Event, LoopSettings, Scores};
 use kiln::train::schedule::ScheduleKind;
 use kiln::train::stopping::{StopMetric, StopSettings};
 
@@ -201,23 +202,25 @@ fn toy_config(strategy: Strategy, steps: usize) -> ClassifyConfig {
             target_modules: ["query", "key", "value", "dense"].map(String::from).to_vec(),
             use_rslora: false,
         },
-        epochs: 1,
-        max_steps: Some(steps),
+        run: LoopSettings {
+            epochs: 1,
+            max_steps: Some(steps),
+            lr: 1e-2,
+            schedule: ScheduleKind::Constant,
+            warmup_ratio: 0.0,
+            weight_decay: 0.0,
+            max_grad_norm: Some(1.0),
+            eval_every: None,
+            stop: StopSettings { metric: StopMetric::MacroF1, patience: None, min_delta: 0.0, restore_best: false },
+            checkpoints: None,
+            l2sp: None,
+            ewc: None,
+            seed: 3,
+        },
         batch_size: 8,
-        lr: 1e-2,
-        schedule: ScheduleKind::Constant,
-        warmup_ratio: 0.0,
-        weight_decay: 0.0,
-        max_grad_norm: Some(1.0),
         layer_lr_decay: 1.0,
         unfreeze: None,
         class_weights: None,
-        eval_every: None,
-        stop: StopSettings { metric: StopMetric::MacroF1, patience: None, min_delta: 0.0, restore_best: false },
-        checkpoints: None,
-        l2sp: None,
-        ewc: None,
-        seed: 3,
     }
 }
 
@@ -343,7 +346,7 @@ fn discriminative_learning_rates_scale_each_block() {
         ("bert.encoder.layer.0.intermediate.dense.weight", 2),
         ("bert.embeddings.position_embeddings.weight", 3),
     ] {
-        let want = cfg.lr * 0.5f32.powi(depth);
+        let want = cfg.run.lr * 0.5f32.powi(depth);
         let got = max_change(&before, &after, name);
         assert!((got - want).abs() < 0.02 * want, "{name}: moved {got}, expected lr·0.5^{depth} = {want}");
     }
@@ -360,12 +363,12 @@ fn lora_classifier_learns_the_toy_task() {
     let tmp = tempfile::tempdir().unwrap();
     let mut model = hf_initialised_classifier(tmp.path());
     let mut cfg = toy_config(Strategy::Lora, 24);
-    cfg.eval_every = Some(100);
+    cfg.run.eval_every = Some(100);
     let events = train_toy(&mut model, &cfg);
     let evals: Vec<(f32, f64)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Eval { val_loss, macro_f1, .. } => Some((*val_loss, *macro_f1)),
+            Event::Eval { val_loss, scores: Scores::Classes { macro_f1, .. }, .. } => Some((*val_loss, *macro_f1)),
             _ => None,
         })
         .collect();
@@ -381,8 +384,8 @@ fn lora_classifier_learns_the_toy_task() {
 fn early_stopping_stops_and_restores_the_best_weights() {
     let mut model = toy_classifier();
     let mut cfg = toy_config(Strategy::Full, 10);
-    cfg.eval_every = Some(2);
-    cfg.stop = StopSettings { metric: StopMetric::ValLoss, patience: Some(1), min_delta: 1e9, restore_best: true };
+    cfg.run.eval_every = Some(2);
+    cfg.run.stop = StopSettings { metric: StopMetric::ValLoss, patience: Some(1), min_delta: 1e9, restore_best: true };
     let before = snapshot(&model);
     let (x, y) = toy_set(32, 1);
     let (vx, vy) = toy_set(8, 2);
@@ -435,8 +438,8 @@ fn l2sp_reduces_drift_from_the_starting_weights() {
         let mut model = toy_classifier();
         let before = snapshot(&model);
         let mut cfg = toy_config(Strategy::Full, 12);
-        cfg.lr = 3e-3;
-        cfg.l2sp = l2sp;
+        cfg.run.lr = 3e-3;
+        cfg.run.l2sp = l2sp;
         train_toy(&mut model, &cfg);
         let after = snapshot(&model);
         before
@@ -471,8 +474,8 @@ fn ewc_reduces_fisher_weighted_drift() {
         let mut model = toy_classifier();
         let before = snapshot(&model);
         let mut cfg = toy_config(Strategy::Full, 12);
-        cfg.lr = 3e-3;
-        cfg.ewc = ewc;
+        cfg.run.lr = 3e-3;
+        cfg.run.ewc = ewc;
         let (x, y) = toy_set(32, 1);
         let retain = Some(LabeledSet { items: &rx, labels: &ry });
         train_classifier(gpu(), &mut model, LabeledSet { items: &x, labels: &y }, None, retain, 0, &cfg, &mut |_| {

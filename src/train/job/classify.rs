@@ -1,17 +1,16 @@
-//! `kiln train` for sequence classification: an encoder (all-MiniLM-L6-v2 by default) with a
-//! head, trained by one of the strategies on a jsonl/csv folder or on SpamAssassin, then scored
-//! on the test set. Writes a run folder: settings.json, metrics.jsonl, report.json, and the
-//! PEFT adapter (`lora`) or the whole model (other strategies).
+//! A classifier's run: an encoder (all-MiniLM-L6-v2 by default) with a head, trained by one of
+//! the strategies on a jsonl/csv folder or on SpamAssassin, then scored on the test set. Writes
+//! a run folder: settings.json, metrics.jsonl, report.json, and the PEFT adapter (`lora`) or the
+//! whole model (other strategies).
 
-use std::io::Write;
+use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::train::{TrainArgs, write_json};
-use crate::data::catalog::{self, ModelKind};
+use super::{Progress, RunLog, RunReport, best_json, best_text, write_json, write_report};
+use crate::data::catalog;
 use crate::data::classify::{self, Example, LabelSet, Splits};
 use crate::data::encode::{Encoded, encode_texts, encoder_tokenizer, pad_id};
 use crate::data::fetch::{self, Asset};
@@ -22,9 +21,8 @@ use crate::metrics::{Metrics, group_accuracy};
 use crate::models::classifier::{Pooling, SequenceClassifier};
 use crate::models::count_params;
 use crate::nn::LoraConfig;
-use crate::train::classify::{
-    ClassifyConfig, Event, LabeledSet, Strategy, Unfreeze, UnfreezeUnit, predict, train_classifier,
-};
+use crate::train::classify::{ClassifyConfig, LabeledSet, Strategy, Unfreeze, predict, train_classifier};
+use crate::train::settings::{TrainSettings, write_resolved};
 use crate::train::stopping::StopMetric;
 
 /// The main job's default subsample of SpamAssassin (lavapipe finishes it in about 4.5
@@ -38,75 +36,8 @@ pub const SPAM_MAX_LEN: usize = 64;
 const SPAM_VALID_FRAC: f64 = 0.1;
 const SPAM_TEST_FRAC: f64 = 0.2;
 
-/// Flags only classifiers use.
-#[derive(clap::Args, Debug, Clone, serde::Serialize)]
-pub struct ClassifyArgs {
-    /// What trains: head (frozen body, cached features), top:N (the top N layers and the head),
-    /// lora (adapters on query/key/value/dense, the head whole) or full
-    #[arg(long, default_value = "lora")]
-    pub strategy: String,
-    /// How token states become one vector: the masked mean (sentence-transformers) or [CLS]
-    #[arg(long, value_enum, default_value_t = Pooling::Mean)]
-    pub pooling: Pooling,
-    /// Progressive unfreezing: start with the head, let one more block train every N units
-    #[arg(long)]
-    pub unfreeze_every: Option<usize>,
-    #[arg(long, value_enum, default_value_t = UnfreezeUnit::Epoch)]
-    pub unfreeze_unit: UnfreezeUnit,
-    /// Discriminative learning rates: a block d blocks below the head trains at lr·decay^d
-    #[arg(long, default_value_t = 1.0)]
-    pub layer_lr_decay: f32,
-    /// Loss weights per class: `balanced` (n / (classes · count)) or one number per label, in
-    /// label order
-    #[arg(long)]
-    pub class_weights: Option<String>,
-    /// Held-out share of train when the data has no validation file
-    #[arg(long, default_value_t = 0.1)]
-    pub valid_frac: f64,
-    /// SpamAssassin: every e-mail (4232 train, 605 valid, 1209 test) at 128 tokens instead of
-    /// the default subsample (400 / 100 / 400 at 64 tokens)
-    #[arg(long)]
-    pub full: bool,
-}
-
-/// A classifier job: the spamassassin task, an encoder model, or a data folder with labels.
-pub fn is_classification(args: &TrainArgs) -> Result<bool> {
-    match args.task.as_deref() {
-        Some("spamassassin") => return Ok(true),
-        Some(_) => return Ok(false),
-        None => {}
-    }
-    if let Some(model) = &args.model
-        && !model.exists()
-        && let Some(m) = model.to_str().map(catalog::find).transpose()?.flatten()
-    {
-        return Ok(m.kind == ModelKind::Encoder);
-    }
-    if let Some(model) = &args.model
-        && model.is_dir()
-    {
-        let v: serde_json::Value = crate::formats::safetensors::read_config(model)?;
-        return Ok(v["model_type"].as_str() == Some("bert"));
-    }
-    match &args.data {
-        Some(dir) => Ok(has_labels(dir)),
-        None => Ok(args.model.is_none()),
-    }
-}
-
-/// Whether a data folder holds labelled texts (train.csv, or a train.jsonl with `label`).
-fn has_labels(dir: &Path) -> bool {
-    if dir.join("train.csv").is_file() {
-        return true;
-    }
-    let Ok(text) = std::fs::read_to_string(dir.join("train.jsonl")) else { return false };
-    text.lines()
-        .find(|l| !l.trim().is_empty())
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .is_some_and(|v| v.get("label").is_some())
-}
-
-pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
+/// A sequence classifier trained by one of the strategies, then scored on the test set.
+pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Result<RunReport> {
     let run_start = Instant::now();
     let c = &args.classify;
     let strategy: Strategy = c.strategy.parse()?;
@@ -191,30 +122,20 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     crate::train::memory::check_fits(&memory, gpu.limits(), budget, true)?;
     let out = args.run_dir();
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let lr = match strategy {
+        Strategy::Head => 1e-3,
+        Strategy::Lora => 5e-4,
+        Strategy::Top(_) | Strategy::Full => 1e-4,
+    };
+    let epochs = if strategy == Strategy::Head { 20 } else { 1 };
     let cfg = ClassifyConfig {
         strategy,
         lora: lora.clone(),
-        epochs: args.epochs.unwrap_or(if strategy == Strategy::Head { 20 } else { 1 }),
-        max_steps: args.steps,
+        run: args.loop_settings(&out, lr, epochs, StopMetric::MacroF1),
         batch_size: args.batch_size,
-        lr: args.lr.unwrap_or(match strategy {
-            Strategy::Head => 1e-3,
-            Strategy::Lora => 5e-4,
-            Strategy::Top(_) | Strategy::Full => 1e-4,
-        }),
-        schedule: args.schedule,
-        warmup_ratio: args.warmup_ratio,
-        weight_decay: args.weight_decay,
-        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
         layer_lr_decay: c.layer_lr_decay,
         unfreeze: c.unfreeze_every.map(|every| Unfreeze { every, unit: c.unfreeze_unit }),
         class_weights,
-        eval_every: (args.eval_every > 0).then_some(args.eval_every),
-        stop: args.stop_settings(StopMetric::MacroF1),
-        checkpoints: args.checkpoint_settings(&out),
-        l2sp: args.l2sp,
-        ewc: args.ewc,
-        seed: args.seed,
     };
     let (_, total_params) = count_params(&model);
     let settings = json!({
@@ -227,35 +148,30 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     });
     write_json(&out.join("settings.json"), &settings)?;
     write_data(&out.join("data"), &splits)?;
-    super::config::write_resolved(&out.join("config.toml"), args)?;
+    write_resolved(&out.join("config.toml"), args)?;
     let counts = classify::label_counts(&splits.train, &labels);
-    eprintln!("kiln train (classification) on {}", gpu.describe());
-    eprintln!("  model     {} ({total_params} parameters, loaded in {load_s:.1}s)", model_dir.display());
-    eprintln!(
+    progress.note(&format!("kiln train (classification) on {}", gpu.describe()));
+    progress.note(&format!("  model     {} ({total_params} parameters, loaded in {load_s:.1}s)", model_dir.display()));
+    progress.note(&format!(
         "  data      {data_name}: {} train ({}), {} valid, {} test; {truncated} truncated to {max_len} tokens",
         train_x.len(),
         labels.names.iter().zip(&counts).map(|(l, n)| format!("{n} {l}")).collect::<Vec<_>>().join(", "),
         valid_x.len(),
         test_x.len(),
-    );
+    ));
     let pooling = match c.pooling {
         Pooling::Mean => "mean",
         Pooling::Cls => "CLS",
     };
     let head = if model.head_from_checkpoint { "the checkpoint's head" } else { "a new head" };
-    eprintln!("  strategy  {strategy}, {pooling} pooling, {head}, lr {:.1e}, {} epochs", cfg.lr, cfg.epochs);
-    eprintln!("  run       {}", out.display());
-    eprintln!("{}", memory.table());
+    progress.note(&format!(
+        "  strategy  {strategy}, {pooling} pooling, {head}, lr {:.1e}, {} epochs",
+        cfg.run.lr, cfg.run.epochs
+    ));
+    progress.note(&format!("  run       {}", out.display()));
+    progress.note(&memory.table());
 
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics_file = args.open_metrics(&metrics_path)?;
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
-            .expect("a valid template"),
-    );
-    let mut seen = 0usize;
-    let mut trainable = 0usize;
+    let mut log = RunLog::open(args, &out, total_params, progress)?;
     let train_set = LabeledSet { items: &train_x, labels: &train_y };
     let valid_set = (!valid_x.is_empty()).then_some(LabeledSet { items: &valid_x, labels: &valid_y });
     let retain_set = (!retain_x.is_empty()).then_some(LabeledSet { items: &retain_x, labels: &retain_y });
@@ -270,44 +186,11 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
         }
     };
     let retain_before = score_retain(&model)?;
-    let summary = train_classifier(gpu, &mut model, train_set, valid_set, retain_set, pad, &cfg, &mut |e| {
-        writeln!(metrics_file, "{}", serde_json::to_string(e).expect("events serialize"))
-            .map_err(|err| Error::io(&metrics_path, err))?;
-        match e {
-            Event::Features { examples, seconds } => {
-                super::say(&bar, format!("features of {examples} texts from the frozen body in {seconds:.1}s"));
-            }
-            Event::Trainable { step, depth, params } => {
-                trainable = *params;
-                super::say(
-                    &bar,
-                    format!(
-                        "step {step}: {params} trainable parameters ({:.2}%), blocks down to depth {depth}",
-                        100.0 * *params as f64 / total_params as f64
-                    ),
-                );
-            }
-            Event::Step { step, total, loss, lr, examples, seconds, .. } => {
-                seen += examples;
-                bar.set_length(*total as u64);
-                bar.set_position(*step as u64);
-                bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {:.1} ex/s", seen as f64 / seconds));
-            }
-            Event::Fisher(stats) => super::say(&bar, super::train::fisher_line(stats)),
-            Event::Warning { step, message } => super::say(&bar, format!("warning at step {step}: {message}")),
-            Event::Eval { step, val_loss, accuracy, macro_f1 } => {
-                super::say(
-                    &bar,
-                    format!(
-                        "step {step}: validation loss {val_loss:.4}, accuracy {:.1}%, macro-F1 {macro_f1:.4}",
-                        100.0 * accuracy
-                    ),
-                );
-            }
-        }
-        Ok(())
-    })?;
-    bar.finish();
+    let summary =
+        train_classifier(gpu, &mut model, train_set, valid_set, retain_set, pad, &cfg, &mut |e| log.event(e))?;
+    let trainable = log.trainable;
+    drop(log);
+    progress.finish();
 
     let t_test = Instant::now();
     let (test_metrics, groups) = if test_x.is_empty() {
@@ -330,39 +213,35 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     let report = json!({
         "strategy": strategy, "trainable_parameters": trainable, "total_parameters": total_params,
         "steps": summary.steps, "train_seconds": summary.seconds,
-        "examples_per_second": summary.examples_per_second, "first_loss": summary.first_loss,
-        "best": summary.best.map(|(step, value)| json!({"step": step, "metric": cfg.stop.metric, "value": value,
-            "restored": cfg.stop.restore_best})),
+        "examples_per_second": summary.per_second(), "first_loss": summary.first_loss,
+        "best": best_json(&cfg.run.stop, summary.best),
         "stopped_early_at": summary.stopped_early_at,
         "last_loss": summary.last_loss, "evals": summary.evals, "test_seconds": test_s,
         "test": test_metrics, "test_groups": groups, "saved": saved, "forgetting": forgetting,
         "peak_gpu_bytes": gpu.allocated_bytes(), "wall_seconds": run_start.elapsed().as_secs_f64(),
         "device": gpu.describe(),
     });
-    write_json(&out.join("report.json"), &report)?;
-    // The curves and a readable summary beside the JSON (report.md links the plots).
-    crate::train::report::plot_curves(&out)?;
-    crate::train::report::write_report(&out)?;
-    if args.quiet {
-        return Ok(());
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("json"));
-        return Ok(());
-    }
-    println!(
+    write_report(&out, &report)?;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
         "trained {} steps in {:.1}s ({:.1} examples/s); loss {:.4} -> {:.4}; {trainable} trainable parameters",
-        summary.steps, summary.seconds, summary.examples_per_second, summary.first_loss, summary.last_loss
+        summary.steps,
+        summary.seconds,
+        summary.per_second(),
+        summary.first_loss,
+        summary.last_loss
     );
     if let (Some(m), Some(g)) = (&test_metrics, &groups) {
-        println!("test set ({} texts):\n{}", m.count, m.report(&labels.names));
+        let _ = writeln!(text, "test set ({} texts):\n{}", m.count, m.report(&labels.names));
         for (name, s) in g {
-            println!("  {name:>12}: {}/{} correct ({:.1}%)", s.correct, s.total, 100.0 * s.accuracy());
+            let _ = writeln!(text, "  {name:>12}: {}/{} correct ({:.1}%)", s.correct, s.total, 100.0 * s.accuracy());
         }
     }
-    super::train::print_best(&cfg.stop, summary.best, summary.stopped_early_at);
+    best_text(&mut text, &cfg.run.stop, summary.best, summary.stopped_early_at);
     if let Some(f) = &forgetting {
-        println!(
+        let _ = writeln!(
+            text,
             "retain set ({} texts): accuracy {:.1}% -> {:.1}%, macro-F1 {:.4} -> {:.4}",
             f["retain_examples"],
             100.0 * f["accuracy_before"].as_f64().unwrap_or(0.0),
@@ -371,12 +250,12 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
             f["macro_f1_after"].as_f64().unwrap_or(0.0)
         );
     }
-    println!("saved: {}  (whole run {:.0}s)", saved.display(), run_start.elapsed().as_secs_f64());
-    Ok(())
+    let _ = writeln!(text, "saved: {}  (whole run {:.0}s)", saved.display(), run_start.elapsed().as_secs_f64());
+    Ok(RunReport { dir: out, json: report, text })
 }
 
 /// The task's or folder's train/valid/test sets, and a name for them.
-fn load_splits(args: &TrainArgs, cache: &Path) -> Result<(Splits, String)> {
+fn load_splits(args: &TrainSettings, cache: &Path) -> Result<(Splits, String)> {
     let c = &args.classify;
     let mut splits = match (&args.data, args.task.as_deref()) {
         (Some(dir), _) => {

@@ -1,0 +1,221 @@
+//! `train::run`: one `kiln train` run from its settings to its run folder. It picks the task
+//! (a classifier for an encoder or labelled data, else a causal LM), loads the model and the
+//! data, checks the memory, writes settings.json and config.toml, trains through the
+//! [driver](super::driver), scores and saves the result, and writes report.json, the plots and
+//! report.md. The command line and `kiln tune` call it; it prints nothing itself: lines worth
+//! reading and the step count go to a [`Progress`].
+//!
+//! - [`lm`]: a causal LM with LoRA (optionally on a quantized base), the cmudict task.
+//! - [`classify`]: a sequence classifier by strategy, SpamAssassin or a labelled folder.
+
+pub mod classify;
+pub mod lm;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::driver::{Event, Scores, Seen};
+use super::ewc::FisherStats;
+use super::settings::TrainSettings;
+use super::stopping::StopSettings;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+/// Where a run's progress goes: the command line draws a progress bar and prints the notes;
+/// a test may keep them or drop them.
+pub trait Progress {
+    /// A line worth reading: the settings, the memory estimate, an evaluation, a warning.
+    fn note(&mut self, line: &str);
+    /// Training reached `step` of `total`; `message` is the loss, learning rate and rate.
+    fn step(&mut self, step: usize, total: usize, message: &str);
+    /// `done` of `total` items of a stretch of work named by `what` (retain samples drawn,
+    /// words scored); `done == total` ends it.
+    fn count(&mut self, what: &str, done: usize, total: usize);
+    /// Training is over.
+    fn finish(&mut self);
+}
+
+/// A [`Progress`] that keeps nothing.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn note(&mut self, _line: &str) {}
+    fn step(&mut self, _step: usize, _total: usize, _message: &str) {}
+    fn count(&mut self, _what: &str, _done: usize, _total: usize) {}
+    fn finish(&mut self) {}
+}
+
+/// What a finished run gives back.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// The run folder.
+    pub dir: PathBuf,
+    /// report.json's contents.
+    pub json: serde_json::Value,
+    /// The summary a person reads (what `kiln train` prints without `--json`).
+    pub text: String,
+}
+
+/// Runs `kiln train` as `settings` say on an adapter already open.
+pub fn run(gpu: &Gpu, settings: &TrainSettings, progress: &mut dyn Progress) -> Result<RunReport> {
+    settings.validate()?;
+    if settings.resume.is_none() {
+        let out = settings.run_dir();
+        crate::util::check_output(&out, settings.overwrite)?;
+        // A stale checkpoint of the replaced run must never be resumed as this one's.
+        let old = out.join("checkpoints");
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+    }
+    if is_classification(settings)? { classify::run(gpu, settings, progress) } else { lm::run(gpu, settings, progress) }
+}
+
+/// A classifier job: the spamassassin task, an encoder model, or a data folder with labels.
+pub fn is_classification(settings: &TrainSettings) -> Result<bool> {
+    match settings.task.as_deref() {
+        Some("spamassassin") => return Ok(true),
+        Some(_) => return Ok(false),
+        None => {}
+    }
+    if let Some(model) = &settings.model
+        && !model.exists()
+        && let Some(m) = model.to_str().map(crate::data::catalog::find).transpose()?.flatten()
+    {
+        return Ok(m.kind == crate::data::catalog::ModelKind::Encoder);
+    }
+    if let Some(model) = &settings.model
+        && model.is_dir()
+    {
+        let v: serde_json::Value = crate::formats::safetensors::read_config(model)?;
+        return Ok(v["model_type"].as_str() == Some("bert"));
+    }
+    match &settings.data {
+        Some(dir) => Ok(has_labels(dir)),
+        None => Ok(settings.model.is_none()),
+    }
+}
+
+/// Whether a data folder holds labelled texts (train.csv, or a train.jsonl with `label`).
+fn has_labels(dir: &Path) -> bool {
+    if dir.join("train.csv").is_file() {
+        return true;
+    }
+    let Ok(text) = std::fs::read_to_string(dir.join("train.jsonl")) else { return false };
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .is_some_and(|v| v.get("label").is_some())
+}
+
+/// The run folder's metrics.jsonl, one line per event of the loop, and the progress: the
+/// lines worth reading and the step count.
+struct RunLog<'a> {
+    path: PathBuf,
+    file: std::fs::File,
+    progress: &'a mut dyn Progress,
+    /// Tokens or examples seen by this process's steps (for the rate).
+    seen: usize,
+    /// All of the model's parameters, and the trainable ones last reported.
+    total_params: usize,
+    trainable: usize,
+}
+
+impl<'a> RunLog<'a> {
+    fn open(settings: &TrainSettings, out: &Path, total_params: usize, progress: &'a mut dyn Progress) -> Result<Self> {
+        let path = out.join("metrics.jsonl");
+        let file = settings.open_metrics(&path)?;
+        Ok(RunLog { path, file, progress, seen: 0, total_params, trainable: 0 })
+    }
+
+    fn event(&mut self, e: &Event) -> Result<()> {
+        writeln!(self.file, "{}", serde_json::to_string(e).expect("events serialize"))
+            .map_err(|err| Error::io(&self.path, err))?;
+        let line = match e {
+            Event::Features { examples, seconds } => {
+                format!("features of {examples} texts from the frozen body in {seconds:.1}s")
+            }
+            Event::Trainable { step, depth, params } => {
+                self.trainable = *params;
+                format!(
+                    "step {step}: {params} trainable parameters ({:.2}%), blocks down to depth {depth}",
+                    100.0 * *params as f64 / self.total_params as f64
+                )
+            }
+            Event::Step { step, total, loss, lr, seen, seconds, .. } => {
+                self.seen += seen.count();
+                let rate = self.seen as f64 / seconds;
+                let message = match seen {
+                    Seen::Tokens(_) => format!("loss {loss:.4}  lr {lr:.2e}  {rate:.0} tok/s"),
+                    Seen::Examples(_) => format!("loss {loss:.4}  lr {lr:.2e}  {rate:.1} ex/s"),
+                };
+                self.progress.step(*step, *total, &message);
+                return Ok(());
+            }
+            Event::Eval { step, val_loss, scores: Scores::Perplexity { val_ppl, .. } } => {
+                format!("step {step}: validation loss {val_loss:.4}, perplexity {val_ppl:.2}")
+            }
+            Event::Eval { step, val_loss, scores: Scores::Classes { accuracy, macro_f1 } } => {
+                format!(
+                    "step {step}: validation loss {val_loss:.4}, accuracy {:.1}%, macro-F1 {macro_f1:.4}",
+                    100.0 * accuracy
+                )
+            }
+            Event::Fisher(stats) => fisher_line(stats),
+            Event::Warning { step, message } => format!("warning at step {step}: {message}"),
+        };
+        self.progress.note(&line);
+        Ok(())
+    }
+}
+
+/// EWC's Fisher on one line: its size and how hard λ pulls (λ·F is the pull per unit of drift).
+fn fisher_line(s: &FisherStats) -> String {
+    format!(
+        "EWC: Fisher of {} weights from {} retain examples: mean {:.3e}, max {:.3e}; λ·F mean {:.3e}, max {:.3e}",
+        s.weights,
+        s.retain_examples,
+        s.mean,
+        s.max,
+        s.lambda as f64 * s.mean,
+        s.lambda as f64 * s.max
+    )
+}
+
+/// report.json's `best`: the best evaluation, its metric, and whether its weights were restored.
+fn best_json(stop: &StopSettings, best: Option<(usize, f64)>) -> serde_json::Value {
+    json!(best.map(|(step, value)| json!({"step": step, "metric": stop.metric, "value": value,
+        "restored": stop.restore_best})))
+}
+
+/// Where training stopped and which weights the run ends with, as lines of the summary.
+fn best_text(text: &mut String, stop: &StopSettings, best: Option<(usize, f64)>, stopped_early_at: Option<usize>) {
+    use std::fmt::Write;
+    if let Some(step) = stopped_early_at {
+        let patience = stop.patience.unwrap_or(0);
+        let _ = writeln!(
+            text,
+            "stopped early at step {step}: {patience} evaluations without a better {}",
+            stop.metric.name()
+        );
+    }
+    if let Some((step, value)) = best {
+        let what = if stop.restore_best { "its weights restored" } else { "the last weights kept" };
+        let _ = writeln!(text, "best validation {} {value:.4} at step {step}; {what}", stop.metric.name());
+    }
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).expect("json values serialize");
+    crate::util::write_atomic(path, text.as_bytes())
+}
+
+/// report.json, the curves and report.md (which links the plots) in the run folder.
+fn write_report(out: &Path, report: &serde_json::Value) -> Result<()> {
+    write_json(&out.join("report.json"), report)?;
+    super::report::plot_curves(out)?;
+    super::report::write_report(out)?;
+    Ok(())
+}
