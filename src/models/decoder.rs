@@ -744,7 +744,7 @@ impl CausalLm for Decoder {
     }
 
     /// Gemma's checkpoints store w for norms computing x·(1 + w): kiln's 1 + w loses the 1.
-    fn hf_weights(&self, gpu: &Gpu) -> Result<Vec<(String, Vec<f32>, Vec<usize>)>> {
+    fn hf_weights(&self, gpu: &Gpu) -> Result<Vec<super::NamedWeight>> {
         let mut tensors = super::weights_f32(self, gpu)?;
         if self.config.model_type == "gemma3_text" {
             for (name, values, _) in &mut tensors {

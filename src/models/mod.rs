@@ -84,7 +84,7 @@ pub trait CausalLm: Module {
     fn config_json(&self) -> serde_json::Value;
 
     /// Every weight as Hugging Face names and stores it (for exports): (name, values, shape).
-    fn hf_weights(&self, gpu: &Gpu) -> Result<Vec<(String, Vec<f32>, Vec<usize>)>> {
+    fn hf_weights(&self, gpu: &Gpu) -> Result<Vec<NamedWeight>> {
         weights_f32(self, gpu)
     }
 
@@ -312,8 +312,11 @@ pub(crate) fn positions(gpu: &Gpu, batch: usize, seq: usize, offset: usize) -> R
     Ok((pos, t))
 }
 
-/// Every parameter of `m` read back: (name, values, shape).
-pub fn weights_f32(m: &(impl Module + ?Sized), gpu: &Gpu) -> Result<Vec<(String, Vec<f32>, Vec<usize>)>> {
+/// A weight read back for export: (name, values, shape).
+pub type NamedWeight = (String, Vec<f32>, Vec<usize>);
+
+/// Every parameter of `m` read back.
+pub fn weights_f32(m: &(impl Module + ?Sized), gpu: &Gpu) -> Result<Vec<NamedWeight>> {
     let mut tensors = Vec::new();
     let mut err = None;
     m.visit_params(&mut |p| match p.value.to_f32_vec(gpu) {
