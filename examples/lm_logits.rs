@@ -1,7 +1,11 @@
 //! Dumps a causal LM's logits for prompts, for parity checks against transformers
 //! (`scripts/check_smollm2.py`).
 //!
-//! `cargo run --release --example lm_logits -- MODEL.gguf OUT.safetensors "prompt" ...`
+//! `cargo run --release --example lm_logits -- [--quantized] [--last N] MODEL.gguf OUT.safetensors "prompt" ...`
+//!
+//! Weights are dequantized to f32 (as transformers loads a GGUF), or with `--quantized` kept in
+//! their blocks on the GPU (what `kiln train` fine-tunes on by default). `--last N` keeps only
+//! the last N positions' logits (a long prompt's full logits would be gigabytes).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,16 +17,25 @@ use kiln::models::gguf_decoder;
 use kiln::models::{CausalLm, LmInput};
 
 fn main() -> kiln::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let quantized = args.get(1).is_some_and(|a| a == "--quantized");
+    if quantized {
+        args.remove(1);
+    }
+    let mut last = None;
+    if args.get(1).is_some_and(|a| a == "--last") {
+        last = Some(args[2].parse::<usize>().expect("--last takes a number of positions"));
+        args.drain(1..3);
+    }
     if args.len() < 4 {
-        eprintln!("usage: lm_logits MODEL.gguf OUT.safetensors PROMPT...");
+        eprintln!("usage: lm_logits [--quantized] MODEL.gguf OUT.safetensors PROMPT...");
         std::process::exit(2);
     }
     let gpu = Gpu::new(&AdapterChoice::from_flag_or_env(None))?;
     let file = GgufFile::open(Path::new(&args[1]))?;
     let tok = GgufTokenizer::from_gguf(&file)?;
     let t0 = std::time::Instant::now();
-    let model = gguf_decoder::load_decoder(&gpu, &file)?;
+    let model = gguf_decoder::load_decoder_with(&gpu, &file, quantized)?;
     eprintln!("loaded in {:.1}s on {}", t0.elapsed().as_secs_f64(), gpu.describe());
     let mut tensors: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = Vec::new();
     for (i, prompt) in args[3..].iter().enumerate() {
@@ -33,10 +46,11 @@ fn main() -> kiln::Result<()> {
         let logits = model.all_logits(&gpu, &input)?.to_f32_vec(&gpu)?;
         eprintln!("prompt {i}: {n} tokens, forward {:.2}s", t0.elapsed().as_secs_f64());
         let v = model.shape().vocab;
+        let keep = last.unwrap_or(n).min(n);
         tensors.push((
             format!("logits.{i}"),
-            bytemuck::cast_slice(&logits).to_vec(),
-            vec![n, v],
+            bytemuck::cast_slice(&logits[(n - keep) * v..]).to_vec(),
+            vec![keep, v],
             safetensors::Dtype::F32,
         ));
         let ids: Vec<i32> = ids.iter().map(|&x| x as i32).collect();

@@ -17,7 +17,7 @@ adapter keys that do not match the modules PEFT created (either way), shape mism
 values that differ from the file, or a max abs logit error above 1e-4.
 
 With --fixtures it does this for each named fixture (default: every decoder family,
-gpt2_tiny llama_tiny llama3_tiny qwen2_tiny qwen3_tiny mistral_tiny phi3_tiny): runs
+gpt2_tiny llama_tiny llama3_tiny qwen2_tiny qwen3_tiny mistral_tiny phi3_tiny gemma3_tiny): runs
 `cargo run --release --example lora_roundtrip -- tests/fixtures/NAME TMP/NAME` (a few training
 steps of LoRA on every linear layer, saved in PEFT's format under the family's module names,
 Phi-3's fused qkv_proj / gate_up_proj included) and checks the result as above.
@@ -50,7 +50,8 @@ class _Collect(logging.Handler):
         self.records.append(record.getMessage())
 
 
-FAMILIES = ["gpt2_tiny", "llama_tiny", "llama3_tiny", "qwen2_tiny", "qwen3_tiny", "mistral_tiny", "phi3_tiny"]
+FAMILIES = ["gpt2_tiny", "llama_tiny", "llama3_tiny", "qwen2_tiny", "qwen3_tiny", "mistral_tiny", "phi3_tiny",
+            "gemma3_tiny"]
 
 
 def main():

@@ -30,6 +30,10 @@ out for the architecture (Q/K rows permuted for `llama` only):
   qwen3_tiny    per-head q/k RMSNorm, head_dim 12 != 32/4, untied                 (gguf: qwen3)
   mistral_tiny  sliding_window 4 < SEQ 7 (eager attention, checked to matter)     (gguf: llama)
   phi3_tiny     fused qkv_proj / gate_up_proj, partial_rotary_factor 0.5, longrope from 8  (gguf: phi3)
+  gemma3_tiny   GeGLU (tanh), embeddings x sqrt(hidden), sandwich norms, q/k norms, norms as 1 + w,
+                6 layers (5 local with window 4 and RoPE base 1e4, layer 5 global with base 1e6
+                and linear scaling 2), head_dim 12 != 16/2, query_pre_attn_scalar 10, tied head
+                (gguf: gemma3, norms stored as 1 + w as llama.cpp's converter writes them)
 The greedy ids of these run 10 new tokens (prompt 4, so 14 positions: past mistral's window, and
 past phi3's original context of 8, where transformers drops the cache and re-encodes the whole
 sequence with LongRoPE's long factors; the logits' 7 positions stay within it, on the short ones).
@@ -100,7 +104,8 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+from transformers import (BertConfig, BertForSequenceClassification, Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config,
+                          GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config,
                           Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
@@ -114,8 +119,10 @@ def init_weights(model, seed, std=0.2):
     """Random init with a larger std than the HF default, so outputs are far from trivial.
 
     Every parameter gets N(0, std); norm weights (LayerNorm / RMSNorm) get 1 + N(0, std).
-    Tied parameters are visited once (named_parameters deduplicates)."""
+    Tied parameters are visited once (named_parameters deduplicates). Gemma's norms compute
+    x * (1 + w), so theirs get N(0, std): a multiplier near 1 as well."""
     g = torch.Generator().manual_seed(seed)
+    one_plus_w = getattr(model.config, "model_type", "") == "gemma3_text"
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g, dtype=torch.float32) * std
@@ -123,7 +130,7 @@ def init_weights(model, seed, std=0.2):
                 ".ln_" in name or name.startswith("transformer.ln_f")
                 or "norm" in name.split(".")[-2]
             )
-            p.copy_(noise + 1.0 if is_norm_weight else noise)
+            p.copy_(noise + 1.0 if is_norm_weight and not one_plus_w else noise)
 
 
 def make_inputs(seed):
@@ -324,6 +331,32 @@ def mistral():
     return MistralForCausalLM._from_config(cfg, attn_implementation="eager")
 
 
+def gemma3():
+    # Small (hidden 16, 2 heads) so six layers, the fewest with a global one at the default
+    # pattern of 6 (which the GGUF reader assumes, as llama.cpp does), stay under the size cap.
+    cfg = Gemma3TextConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=6,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=12, query_pre_attn_scalar=10,
+                           max_position_embeddings=64, rms_norm_eps=1e-6, attention_dropout=0.0, sliding_window=4,
+                           hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+                           rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                              "rope_theta": 1000000.0},
+                                            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+                           bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return Gemma3ForCausalLM._from_config(cfg, attn_implementation="eager")
+
+
+def check_gemma3_window(model, input_ids, attention_mask, logits):
+    """The local layers' window of 4 must change the logits of a 7-token sequence."""
+    cfg = model.config.__class__(**{**model.config.to_dict(), "sliding_window": 64})
+    full = Gemma3ForCausalLM._from_config(cfg, attn_implementation="eager").float().eval()
+    full.load_state_dict(model.state_dict(), strict=False)
+    full.tie_weights()
+    with torch.no_grad():
+        lf = full(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert (lf - logits)[0, 4:].abs().max().item() > 1e-2, "the sliding window changes nothing"
+    assert (lf - logits)[0, :4].abs().max().item() < 1e-5, "positions inside the window must not change"
+
+
 def check_window(model, input_ids, attention_mask, logits):
     """The window of 4 must change the logits of a 7-token sequence (or the fixture tests nothing)."""
     full = MistralForCausalLM._from_config(model.config.__class__(**{**model.config.to_dict(), "sliding_window": None}),
@@ -355,6 +388,7 @@ FAMILIES = [
     ("qwen3_tiny", qwen3, ALL_LINEAR, "qwen3", 3333, None),
     ("mistral_tiny", mistral, ALL_LINEAR, "llama", 4444, check_window),
     ("phi3_tiny", phi3, PHI3_LINEAR, "phi3", 5555, None),
+    ("gemma3_tiny", gemma3, ALL_LINEAR, "gemma3", 6666, check_gemma3_window),
 ]
 
 
@@ -377,6 +411,9 @@ def write_gguf(out, arch):
     n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
     rope = cfg.get("rope_parameters") or {}
+    if arch == "gemma3":
+        # Gemma3Model writes the global layers' RoPE; the local base and layer pattern are implied.
+        rope = rope["full_attention"]
     w = gguf.GGUFWriter(os.path.join(out, "model.gguf"), arch)
     w.add_name(os.path.basename(out))
     w.add_context_length(cfg["max_position_embeddings"])
@@ -406,6 +443,9 @@ def write_gguf(out, arch):
         if cfg.get("sliding_window"):
             # llama.cpp's key for a window (written for the archs whose graphs use one).
             w.add_sliding_window(cfg["sliding_window"])
+    if rope.get("rope_type") == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
     if rope.get("rope_type") == "llama3":
         # LlamaModel.generate_extra_tensors: llama3 scaling as per-frequency divisors.
         base, dim = rope["rope_theta"], head_dim
@@ -431,8 +471,14 @@ def write_gguf(out, arch):
                  "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
                  "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.gate_up_proj": "ffn_up",
                  "mlp.down_proj": "ffn_down"}
+    if arch == "gemma3":
+        per_layer.update({"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+                          "post_feedforward_layernorm": "post_ffw_norm"})
     for name in sorted(sd):
         t = sd[name].float().numpy()
+        if arch == "gemma3" and name.endswith("norm.weight"):
+            # Gemma3Model.modify_tensors: llama.cpp multiplies by the stored weight, so 1 + w.
+            t = t + 1
         if name in names:
             gname = names[name]
         else:
@@ -879,18 +925,29 @@ def main():
     ap.add_argument("--tokenizers-only", action="store_true",
                     help="write only tokenizers/ (tokenizer_fixtures.py: tiny tokenizers, GGUF copies, chat templates)")
     ap.add_argument("--only", choices=["text", "vision"], help="make only the text or the vision fixtures")
+    ap.add_argument("--family", action="append", choices=[f[0] for f in FAMILIES],
+                    help="make only this decoder family's fixture (repeatable); nothing else is rewritten")
     args = ap.parse_args()
     out_root = os.path.normpath(args.out)
 
     sys.path.insert(0, here)
     import tokenizer_fixtures
-    tokenizer_dirs = [] if args.only == "vision" else tokenizer_fixtures.build(out_root)
+    tokenizer_dirs = [] if args.only == "vision" or args.family else tokenizer_fixtures.build(out_root)
     if args.tokenizers_only:
         return report(tokenizer_dirs)
 
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
+
+    if args.family:
+        dirs = []
+        for name, make, targets, arch, seed, check in FAMILIES:
+            if name in args.family:
+                out = build(name, make(), targets, False, out_root, seed=seed, new_tokens=10, check=check)
+                write_gguf(out, arch)
+                dirs.append(out)
+        return report(dirs)
 
     if args.only != "vision":
         print(rope_scaling_cases(out_root))

@@ -16,6 +16,8 @@
 //   *_bwd:          out = dy * f'(x)                       (x = binding 1, dy = binding 2)
 //   swiglu:         out = silu(gate) * up                  (gate = x, up = y)
 //   swiglu_bwd:     dgate = dy * up * silu'(gate), dup = dy * silu(gate)
+//   geglu:          out = gelu_tanh(gate) * up             (Gemma's MLP, "gelu_pytorch_tanh")
+//   geglu_bwd:      dgate = dy * up * gelu_tanh'(gate), dup = dy * gelu_tanh(gate)
 //   copy_cols:      out[r, dst_off + c] = x[r, src_off + c] for c < width (split a fused q|k|v
 //                   projection into its parts, or write a part's gradient back)
 
@@ -211,6 +213,31 @@ fn swiglu_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
         let dy = sw_dy[i];
         let dgate = dy * sw_up[i] * silu_grad(g);
         let dup = dy * silu_f(g);
+        if (p.accumulate != 0u) {
+            sw_dgate[i] += dgate;
+            sw_dup[i] += dup;
+        } else {
+            sw_dgate[i] = dgate;
+            sw_dup[i] = dup;
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn geglu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
+        store(i, gelu_tanh_f(x[i]) * y[i]);
+    }
+}
+
+// geglu_bwd has swiglu_bwd's bindings.
+@compute @workgroup_size(256)
+fn geglu_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
+        let g = sw_gate[i];
+        let dy = sw_dy[i];
+        let dgate = dy * sw_up[i] * gelu_tanh_grad(g);
+        let dup = dy * gelu_tanh_f(g);
         if (p.accumulate != 0u) {
             sw_dgate[i] += dgate;
             sw_dup[i] += dup;

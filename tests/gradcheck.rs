@@ -94,6 +94,9 @@ fn activations_backward() {
     let (dgate, dup) = elementwise::swiglu_backward(&x, &up, &w);
     check("swiglu dgate", &x, &dgate, |g| dot(&w, &elementwise::swiglu(g, &up)));
     check("swiglu dup", &up, &dup, |u| dot(&w, &elementwise::swiglu(&x, u)));
+    let (dgate, dup) = elementwise::geglu_backward(&x, &up, &w);
+    check("geglu dgate", &x, &dgate, |g| dot(&w, &elementwise::geglu(g, &up)));
+    check("geglu dup", &up, &dup, |u| dot(&w, &elementwise::geglu(&x, u)));
 }
 
 #[test]

@@ -1,11 +1,11 @@
-//! Tape entries for the elementwise kernels: residual add, activations, SwiGLU, dropout, and
+//! Tape entries for the elementwise kernels: residual add, scale, activations, SwiGLU/GeGLU, dropout, and
 //! the column split of a fused projection.
 
 use super::{Backward, Grads, Tape, Var, VarId};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::dropout::{self as dk, DropoutMask};
-use crate::kernels::elementwise::{self as ew, Activation, ColumnBlock};
+use crate::kernels::elementwise::{self as ew, Activation, ColumnBlock, GatedUnit};
 use crate::tensor::{DType, Tensor};
 
 /// a + b (same shape). Backward hands dy to a without a copy and adds it into b.
@@ -30,6 +30,30 @@ impl Backward for AddOp {
         // b first: it copies or adds dy; then a may keep dy itself.
         g.add(self.b, &dy, false)?;
         g.add(self.a, &dy, true)
+    }
+}
+
+/// alpha·x (Gemma's embeddings times √hidden). Backward: dx += alpha·dy.
+pub fn scale(tape: &Tape, x: &Var, alpha: f32) -> Result<Var> {
+    let y = ew::scale(tape.gpu, &x.value, alpha)?;
+    Ok(tape.output(y, &[x], |out| Box::new(ScaleOp { out, alpha, x_id: x.id() })))
+}
+
+struct ScaleOp {
+    out: VarId,
+    alpha: f32,
+    x_id: Option<VarId>,
+}
+
+impl Backward for ScaleOp {
+    fn name(&self) -> &'static str {
+        "scale"
+    }
+
+    fn backward(&self, gpu: &Gpu, g: &mut Grads) -> Result<()> {
+        let Some(dy) = g.take(self.out) else { return Ok(()) };
+        let dx = ew::scale(gpu, &dy, self.alpha)?;
+        g.add(self.x_id, &dx, true)
     }
 }
 
@@ -62,22 +86,28 @@ impl Backward for ActivationOp {
 
 /// silu(gate)·up (Llama's MLP).
 pub fn swiglu(tape: &Tape, gate: &Var, up: &Var) -> Result<Var> {
-    let y = ew::swiglu(tape.gpu, &gate.value, &up.value)?;
+    gated(tape, GatedUnit::SwiGlu, gate, up)
+}
+
+/// act(gate)·up: SwiGLU or GeGLU.
+pub fn gated(tape: &Tape, unit: GatedUnit, gate: &Var, up: &Var) -> Result<Var> {
+    let y = ew::gated(tape.gpu, unit, &gate.value, &up.value)?;
     Ok(tape.output(y, &[gate, up], |out| {
-        Box::new(SwigluOp { out, gate: gate.value.clone(), up: up.value.clone(), ids: [gate.id(), up.id()] })
+        Box::new(GatedOp { out, unit, gate: gate.value.clone(), up: up.value.clone(), ids: [gate.id(), up.id()] })
     }))
 }
 
-struct SwigluOp {
+struct GatedOp {
     out: VarId,
+    unit: GatedUnit,
     gate: Tensor,
     up: Tensor,
     ids: [Option<VarId>; 2],
 }
 
-impl Backward for SwigluOp {
+impl Backward for GatedOp {
     fn name(&self) -> &'static str {
-        "swiglu"
+        self.unit.name()
     }
 
     fn backward(&self, gpu: &Gpu, g: &mut Grads) -> Result<()> {
@@ -99,7 +129,7 @@ impl Backward for SwigluOp {
         if accumulate && !acc_u {
             gpu.clear(&du);
         }
-        ew::swiglu_backward(gpu, &self.gate, &self.up, &dy, &dg, &du, accumulate)
+        ew::gated_backward(gpu, self.unit, &self.gate, &self.up, &dy, &dg, &du, accumulate)
     }
 }
 

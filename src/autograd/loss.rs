@@ -7,7 +7,9 @@
 use super::{Backward, Grads, Tape, Var, VarId};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::matmul::{Matmul, matmul_into};
+use crate::kernels::elementwise::{ColumnBlock, copy_cols};
+use crate::kernels::matmul::{Matmul, matmul_bt_wide_into, matmul_into};
+use crate::kernels::row_chunks;
 use crate::kernels::softmax_xent::{self as xk, IGNORE_INDEX, Xent};
 use crate::tensor::{DType, Tensor};
 
@@ -145,7 +147,7 @@ pub fn linear_cross_entropy(tape: &Tape, h: &Var, w: &Var, targets: &[i32]) -> R
         let hc = h2.narrow_rows(start, len)?;
         let tc = targets_gpu.narrow_rows(start, len)?;
         let logits = Tensor::empty(gpu, &[len, vocab], DType::F32)?;
-        matmul_into(gpu, &Matmul::new(len, vocab, c).trans_b(true), &hc, &w.value, None, &logits)?;
+        matmul_bt_wide_into(gpu, &hc, &w.value, &logits)?;
         let fwd = xk::forward(gpu, &logits, &tc, IGNORE_INDEX)?;
         gpu.copy(&fwd.stats, &stats.narrow_rows(i, 1)?)?;
         let count = counted(&targets[start..start + len]);
@@ -211,12 +213,14 @@ impl Backward for LinearXentOp {
         };
         let dw = g.target(self.w_id, self.w.shape())?;
         let mut dw_acc = dw.as_ref().is_some_and(|t| t.accumulate);
+        // W's rows a storage binding can hold at once (one block unless the vocabulary is huge).
+        let blocks = row_chunks("linear_cross_entropy", gpu, vocab, (c * 4) as u64)?;
         for ch in &self.chunks {
             let logits = match &ch.logits {
                 Some(l) => l.clone(),
                 None => {
                     let l = Tensor::empty(gpu, &[ch.len, vocab], DType::F32)?;
-                    matmul_into(gpu, &Matmul::new(ch.len, vocab, c).trans_b(true), &ch.h, &self.w, None, &l)?;
+                    matmul_bt_wide_into(gpu, &ch.h, &self.w, &l)?;
                     l
                 }
             };
@@ -225,16 +229,27 @@ impl Backward for LinearXentOp {
             let dloss = Tensor::from_f32(gpu, &[seed * share], &[1])?;
             let dlogits = Tensor::empty(gpu, &[ch.len, vocab], DType::F32)?;
             xk::backward(gpu, &logits, &ch.targets, &ch.fwd, &dloss, &dlogits, IGNORE_INDEX, false)?;
-            if let (Some(dh), Some(t)) = (&dh2, &dh) {
-                let mm = Matmul::new(ch.len, c, vocab).accumulate(t.accumulate);
-                matmul_into(gpu, &mm, &dlogits, &self.w, None, &dh.narrow_rows(ch.start, ch.len)?)?;
+            for (i, &(v0, vc)) in blocks.iter().enumerate() {
+                // This block's columns of dlogits, copied out when W is split.
+                let dl = if blocks.len() == 1 {
+                    dlogits.clone()
+                } else {
+                    let part = Tensor::empty(gpu, &[ch.len, vc], DType::F32)?;
+                    copy_cols(gpu, &dlogits, &part, ColumnBlock { width: vc, src_off: v0, dst_off: 0 }, false)?;
+                    part
+                };
+                if let (Some(dh), Some(t)) = (&dh2, &dh) {
+                    // dh += dlogits[:, block]·W[block].
+                    let mm = Matmul::new(ch.len, c, vc).accumulate(t.accumulate || i > 0);
+                    matmul_into(gpu, &mm, &dl, &self.w.narrow_rows(v0, vc)?, None, &dh.narrow_rows(ch.start, ch.len)?)?;
+                }
+                if let Some(t) = &dw {
+                    // dW[block] [vc, C] += dlogits[:, block]ᵀ·h.
+                    let mm = Matmul::new(vc, c, ch.len).trans_a(true).accumulate(dw_acc);
+                    matmul_into(gpu, &mm, &dl, &ch.h, None, &t.tensor.narrow_rows(v0, vc)?)?;
+                }
             }
-            if let Some(t) = &dw {
-                // dW [V, C] += dlogitsᵀ·h.
-                let mm = Matmul::new(vocab, c, ch.len).trans_a(true).accumulate(dw_acc);
-                matmul_into(gpu, &mm, &dlogits, &ch.h, None, &t.tensor)?;
-                dw_acc = true;
-            }
+            dw_acc = true;
         }
         Ok(())
     }

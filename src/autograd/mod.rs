@@ -22,7 +22,7 @@ mod rope;
 pub use attention::attention;
 pub use batch_norm::{BnStats, RunningStats, batch_norm};
 pub use conv2d::conv2d;
-pub use elementwise::{activation, add, dropout, split_cols, swiglu};
+pub use elementwise::{activation, add, dropout, gated, scale, split_cols, swiglu};
 pub use embedding::embedding;
 pub use linear::{Lora, WeightLayout, linear, linear_quant};
 pub use loss::{Loss, cross_entropy, cross_entropy_weighted, linear_cross_entropy};

@@ -42,15 +42,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     // The export is an f32 Hugging Face folder: a quantized base is dequantized first.
     crate::models::quantize::dequantize_linears(&gpu, lm.model.as_mut())?;
     lm.model.merge_lora(&gpu)?;
-    let mut tensors = Vec::new();
-    let mut err = None;
-    lm.model.visit_params(&mut |p| match p.value.to_f32_vec(&gpu) {
-        Ok(v) => tensors.push((p.name.clone(), v, p.value.shape().to_vec())),
-        Err(e) => err = Some(e),
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
+    let tensors = lm.model.hf_weights(&gpu)?;
     // The whole folder is written beside the target and renamed, so a crash never leaves a
     // model folder with some of its files.
     let name = args.out.file_name().map_or("export".into(), |n| n.to_string_lossy().into_owned());

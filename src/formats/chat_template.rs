@@ -154,6 +154,43 @@ impl ChatTemplate {
     }
 }
 
+/// Gemma's turn format, for the text content kiln's records have: the template Google ships in
+/// Gemma 3's tokenizer_config.json less its image branch (a system message becomes the first
+/// user turn's opening paragraph; roles must alternate; the assistant is `model`). Built in
+/// because Gemma GGUF files carry no `tokenizer.chat_template`.
+pub const GEMMA_TEMPLATE: &str = r#"{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {{- message['content'] | trim }}
+    {{- '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{ '<start_of_turn>model\n' }}
+{%- endif -%}"#;
+
+/// The template kiln uses for a GGUF architecture whose files carry none (`gemma3`).
+pub fn builtin_template(architecture: &str) -> Option<&'static str> {
+    match architecture {
+        "gemma" | "gemma2" | "gemma3" => Some(GEMMA_TEMPLATE),
+        _ => None,
+    }
+}
+
 /// How records become token sequences: the model's chat template with the ids around it, or,
 /// for a model without one, plain text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -510,6 +547,25 @@ mod tests {
     use super::*;
 
     const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+    /// Gemma's built-in turns: the system message opens the first user turn, the assistant is
+    /// `model`, and the generation prompt is `model`'s header.
+    #[test]
+    fn gemma_template_renders_gemma_turns() {
+        let t = ChatTemplate::new(GEMMA_TEMPLATE, "gemma", &[("bos_token", "<bos>")]).unwrap();
+        assert_eq!(
+            t.render(&conversation(), false).unwrap(),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+        );
+        assert_eq!(
+            t.render(&[Message::new(Role::User, " What is 2+2? ")], true).unwrap(),
+            "<bos><start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n"
+        );
+        let e = t.render(&[Message::new(Role::Assistant, "x")], false).unwrap_err().to_string();
+        assert!(e.contains("alternate"), "{e}");
+        assert_eq!(builtin_template("gemma3"), Some(GEMMA_TEMPLATE));
+        assert_eq!(builtin_template("llama"), None);
+    }
 
     fn conversation() -> Vec<Message> {
         vec![

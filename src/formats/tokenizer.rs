@@ -71,8 +71,11 @@ pub struct GgufTokenizer {
     /// `tokenizer.ggml.add_bos_token` (default false, as transformers for byte-level BPE). When
     /// true, `encode(text, true)` puts `bos` first.
     pub add_bos: bool,
-    /// `tokenizer.chat_template` (Jinja).
+    /// `tokenizer.chat_template` (Jinja), or kiln's built-in one for an architecture whose
+    /// files carry none (Gemma's turns).
     pub chat_template: Option<String>,
+    /// The architecture whose built-in template `chat_template` is, when the file had none.
+    pub builtin_template: Option<String>,
 }
 
 impl std::fmt::Debug for GgufTokenizer {
@@ -148,8 +151,16 @@ impl GgufTokenizer {
             tokenizer.with_post_processor(Some(template));
         }
 
-        let chat_template = file.get_str("tokenizer.chat_template")?.map(str::to_string);
-        Ok(GgufTokenizer { tokenizer, bos, eos, pad, add_bos, chat_template })
+        let mut chat_template = file.get_str("tokenizer.chat_template")?.map(str::to_string);
+        let mut builtin_template = None;
+        if chat_template.is_none()
+            && let Some(arch) = file.get_str("general.architecture")?
+            && let Some(builtin) = crate::formats::chat_template::builtin_template(arch)
+        {
+            chat_template = Some(builtin.to_string());
+            builtin_template = Some(arch.to_string());
+        }
+        Ok(GgufTokenizer { tokenizer, bos, eos, pad, add_bos, chat_template, builtin_template })
     }
 
     /// The file's prompt format: `tokenizer.chat_template` with the special tokens named by the
@@ -162,8 +173,11 @@ impl GgufTokenizer {
                 .into_iter()
                 .flatten()
                 .collect();
-        let template =
-            self.chat_template.as_deref().map(|t| (t, format!("{}: tokenizer.chat_template", path.display())));
+        let origin = match &self.builtin_template {
+            Some(arch) => format!("kiln's built-in {arch} turn template ({} has none)", path.display()),
+            None => format!("{}: tokenizer.chat_template", path.display()),
+        };
+        let template = self.chat_template.as_deref().map(|t| (t, origin));
         let bos = if self.add_bos { self.bos } else { None };
         PromptFormat::for_model(template, &special, &self.tokenizer, bos, self.eos, model)
     }

@@ -1,5 +1,5 @@
 //! Elementwise ops (`shaders/elementwise.wgsl`): add/scale/mul/bias, the activations GELU
-//! (erf and tanh forms), SiLU, ReLU, ReLU6 and SwiGLU, and their backward passes.
+//! (erf and tanh forms), SiLU, ReLU, ReLU6, SwiGLU and GeGLU, and their backward passes.
 //!
 //! Backward functions write `dx` (or add into it with `accumulate`), so the autograd tape can
 //! sum gradients from several uses of a tensor without extra kernels.
@@ -187,19 +187,75 @@ pub fn activation_backward(
     launch(gpu, entry, entry, p, THREE, &[("x", Some(x)), ("dy", Some(dy)), ("dx", Some(dx))])
 }
 
-/// silu(gate)·up (Llama's MLP).
-pub fn swiglu(gpu: &Gpu, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    const OP: &str = "swiglu";
-    same_numel(OP, ["gate", "up"], gate, up)?;
+/// A gated MLP's product of an activated gate and the up projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatedUnit {
+    /// silu(gate)·up (Llama's MLP).
+    SwiGlu,
+    /// gelu_tanh(gate)·up (Gemma's MLP, `gelu_pytorch_tanh`).
+    GeGlu,
+}
+
+impl GatedUnit {
+    fn entries(self) -> (&'static str, &'static str) {
+        match self {
+            GatedUnit::SwiGlu => ("swiglu", "swiglu_bwd"),
+            GatedUnit::GeGlu => ("geglu", "geglu_bwd"),
+        }
+    }
+
+    /// The kernel's name: `swiglu` or `geglu`.
+    pub fn name(self) -> &'static str {
+        self.entries().0
+    }
+}
+
+/// act(gate)·up for the unit's activation.
+pub fn gated(gpu: &Gpu, unit: GatedUnit, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let op = unit.entries().0;
+    same_numel(op, ["gate", "up"], gate, up)?;
     let out = output_like(gpu, gate)?;
-    let p = params(OP, gate.numel(), 1.0, 0.0, false)?;
-    launch(gpu, OP, OP, p, THREE, &[("gate", Some(gate)), ("up", Some(up)), ("out", Some(&out))])?;
+    let p = params(op, gate.numel(), 1.0, 0.0, false)?;
+    launch(gpu, op, op, p, THREE, &[("gate", Some(gate)), ("up", Some(up)), ("out", Some(&out))])?;
     Ok(out)
 }
 
-/// dgate = dy·up·silu'(gate), dup = dy·silu(gate), written or added.
+/// dgate = dy·up·act'(gate), dup = dy·act(gate), written or added.
 ///
 /// Bindings: 1 gate, 2 up, 3 dy, 4 dgate, 5 dup.
+#[allow(clippy::too_many_arguments)]
+pub fn gated_backward(
+    gpu: &Gpu,
+    unit: GatedUnit,
+    gate: &Tensor,
+    up: &Tensor,
+    dy: &Tensor,
+    dgate: &Tensor,
+    dup: &Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    let op = unit.entries().1;
+    for (name, t) in [("up", up), ("dy", dy), ("dgate", dgate), ("dup", dup)] {
+        same_numel(op, ["gate", name], gate, t)?;
+    }
+    let p = params(op, gate.numel(), 1.0, 0.0, accumulate)?;
+    let access = &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
+    launch(
+        gpu,
+        op,
+        op,
+        p,
+        access,
+        &[("gate", Some(gate)), ("up", Some(up)), ("dy", Some(dy)), ("dgate", Some(dgate)), ("dup", Some(dup))],
+    )
+}
+
+/// silu(gate)·up (Llama's MLP).
+pub fn swiglu(gpu: &Gpu, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gated(gpu, GatedUnit::SwiGlu, gate, up)
+}
+
+/// dgate = dy·up·silu'(gate), dup = dy·silu(gate), written or added.
 pub fn swiglu_backward(
     gpu: &Gpu,
     gate: &Tensor,
@@ -209,20 +265,7 @@ pub fn swiglu_backward(
     dup: &Tensor,
     accumulate: bool,
 ) -> Result<()> {
-    const OP: &str = "swiglu_bwd";
-    for (name, t) in [("up", up), ("dy", dy), ("dgate", dgate), ("dup", dup)] {
-        same_numel(OP, ["gate", name], gate, t)?;
-    }
-    let p = params(OP, gate.numel(), 1.0, 0.0, accumulate)?;
-    let access = &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
-    launch(
-        gpu,
-        OP,
-        OP,
-        p,
-        access,
-        &[("gate", Some(gate)), ("up", Some(up)), ("dy", Some(dy)), ("dgate", Some(dgate)), ("dup", Some(dup))],
-    )
+    gated_backward(gpu, GatedUnit::SwiGlu, gate, up, dy, dgate, dup, accumulate)
 }
 
 #[repr(C)]

@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
 
-use super::{expect_numel, shader, u32_of};
+use super::elementwise::{ColumnBlock, copy_cols};
+use super::{expect_numel, row_chunks, shader, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Gpu, KernelSpec};
 use crate::tensor::{DType, Tensor};
@@ -375,6 +376,29 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
         &[("a", Some(a)), ("b", Some(b)), ("bias", bias), ("c", Some(c))],
         groups,
     )
+}
+
+/// C `[M, N]` = A `[M, K]` · Bᵀ for a B `[N, K]` that may exceed one storage binding (a
+/// 262,144-word LM head is 671 MB in f32; lavapipe binds 128 MiB): B is bound a block of rows
+/// at a time ([`row_chunks`]), each block's columns of C computed into a scratch and copied
+/// into place. One plain matmul when B fits. C must fit one binding.
+pub fn matmul_bt_wide_into(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
+    const WIDE: &str = "matmul_bt_wide";
+    let (n, k) = (b.dim(0), b.dim(-1));
+    let m = a.numel() / k.max(1);
+    expect_numel(WIDE, "a", a, m * k, "rows × K")?;
+    expect_numel(WIDE, "c", c, m * n, "rows of a × rows of b")?;
+    let blocks = row_chunks(WIDE, gpu, n, (k * 4) as u64)?;
+    if blocks.len() == 1 {
+        return matmul_into(gpu, &Matmul::new(m, n, k).trans_b(true), a, b, None, c);
+    }
+    let c2 = c.reshape(&[m, n])?;
+    for (start, count) in blocks {
+        let part = Tensor::empty(gpu, &[m, count], DType::F32)?;
+        matmul_into(gpu, &Matmul::new(m, count, k).trans_b(true), a, &b.narrow_rows(start, count)?, None, &part)?;
+        copy_cols(gpu, &part, &c2, ColumnBlock { width: count, src_off: 0, dst_off: start }, false)?;
+    }
+    Ok(())
 }
 
 /// C = op(A)·op(B) with sizes taken from the shapes: A is `[..., M, K]` (`[..., K, M]` when

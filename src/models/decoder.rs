@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::formats::safetensors::{self as weights, WeightSource};
 use crate::gpu::Gpu;
 use crate::kernels::attention::AttentionSpec;
+use crate::kernels::elementwise::GatedUnit;
 use crate::kernels::layer_norm::Norm;
 use crate::kernels::rope::RopeTables;
 use crate::nn::{KvCache, Linear, NormLayer, RopeConfig};
@@ -55,6 +56,25 @@ pub struct DecoderConfig {
     pub sliding_window: Vec<Option<usize>>,
     pub tie_word_embeddings: bool,
     pub max_position_embeddings: usize,
+    /// The MLP's gated unit: SwiGLU (Llama's `silu`), or GeGLU with the tanh GELU (Gemma's
+    /// `gelu_pytorch_tanh`).
+    pub mlp: GatedUnit,
+    /// Token embeddings are multiplied by this before the first layer (Gemma: √hidden, which
+    /// transformers casts to the embedding dtype: in f32, √hidden rounded to f32).
+    pub embed_scale: Option<f32>,
+    /// Gemma's sandwich norms: `post_attention_layernorm` normalizes the attention output before
+    /// the residual add, and the MLP has its own `pre_feedforward_layernorm` (input) and
+    /// `post_feedforward_layernorm` (output, before the add). Llama's `post_attention_layernorm`
+    /// is the MLP's input norm.
+    pub sandwich_norms: bool,
+    /// Scores are scaled by `query_pre_attn_scalar`^-1/2 instead of `head_dim`^-1/2 (Gemma).
+    pub query_pre_attn_scalar: Option<f64>,
+    /// RoPE of the sliding-window layers when it differs from [`Self::rope`] (Gemma 3: base
+    /// `rope_local_base_freq` 10,000 on local layers, 1e6 and any scaling on global ones).
+    pub rope_local: Option<RopeConfig>,
+    /// Added to every RMSNorm weight as it loads: Gemma's Hugging Face checkpoints store w and
+    /// compute x·(1 + w), so kiln holds 1 + w (GGUF files store 1 + w already: 0 there).
+    pub norm_offset: f32,
     /// `bos_token_id` / `eos_token_id` as the source gave them (written back on export).
     pub bos_token_id: Option<serde_json::Value>,
     pub eos_token_id: Option<serde_json::Value>,
@@ -132,6 +152,12 @@ impl DecoderConfig {
             sliding_window: vec![None; c.num_hidden_layers],
             tie_word_embeddings: c.tie_word_embeddings,
             max_position_embeddings: c.max_position_embeddings,
+            mlp: GatedUnit::SwiGlu,
+            embed_scale: None,
+            sandwich_norms: false,
+            query_pre_attn_scalar: None,
+            rope_local: None,
+            norm_offset: 0.0,
             bos_token_id: c.bos_token_id,
             eos_token_id: c.eos_token_id,
         })
@@ -164,6 +190,19 @@ impl DecoderConfig {
                 "the rotary embedding is for heads of {}, the model's are {}",
                 self.rope.head_dim, self.head_dim
             ));
+        }
+        if let Some(local) = &self.rope_local
+            && local.head_dim != self.head_dim
+        {
+            return bad(format!(
+                "the local layers' rotary embedding is for heads of {}, the model's are {}",
+                local.head_dim, self.head_dim
+            ));
+        }
+        if let Some(s) = self.query_pre_attn_scalar
+            && !(s > 0.0 && s.is_finite())
+        {
+            return bad(format!("`query_pre_attn_scalar` is {s}; expected a positive number"));
         }
         if self.sliding_window.len() != self.num_hidden_layers {
             return bad(format!(
@@ -228,6 +267,25 @@ impl DecoderConfig {
             if let crate::nn::RopeScaling::LongRope { original_max_position_embeddings, .. } = &self.rope.scaling {
                 v["original_max_position_embeddings"] = (*original_max_position_embeddings).into();
             }
+        }
+        if self.model_type == "gemma3_text" {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("hidden_act");
+            }
+            v["hidden_activation"] = "gelu_pytorch_tanh".into();
+            v["query_pre_attn_scalar"] = self.query_pre_attn_scalar.into();
+            v["layer_types"] = self
+                .sliding_window
+                .iter()
+                .map(|w| if w.is_some() { "sliding_attention" } else { "full_attention" })
+                .collect();
+            let local = self.rope_local.as_ref().unwrap_or(&self.rope);
+            v["rope_parameters"] = serde_json::json!({
+                "full_attention": self.rope.to_hf_json(),
+                "sliding_attention": local.to_hf_json(),
+            });
+            v["attn_logit_softcapping"] = serde_json::Value::Null;
+            v["final_logit_softcapping"] = serde_json::Value::Null;
         }
         for (key, id) in [("bos_token_id", &self.bos_token_id), ("eos_token_id", &self.eos_token_id)] {
             if let Some(id) = id {
@@ -306,7 +364,11 @@ pub struct Block {
     pub q_norm: Option<NormLayer>,
     pub k_norm: Option<NormLayer>,
     pub o_proj: Linear,
+    /// The MLP's input norm (Llama), or the attention output's (Gemma's sandwich).
     pub post_attention_layernorm: NormLayer,
+    /// Gemma's MLP input and output norms (with `sandwich_norms`).
+    pub pre_feedforward_layernorm: Option<NormLayer>,
+    pub post_feedforward_layernorm: Option<NormLayer>,
     pub gate_up: GateUpProj,
     pub down_proj: Linear,
 }
@@ -341,10 +403,17 @@ impl Block {
     }
 
     fn norms(&self) -> Vec<&NormLayer> {
-        [Some(&self.input_layernorm), self.q_norm.as_ref(), self.k_norm.as_ref(), Some(&self.post_attention_layernorm)]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            Some(&self.input_layernorm),
+            self.q_norm.as_ref(),
+            self.k_norm.as_ref(),
+            Some(&self.post_attention_layernorm),
+            self.pre_feedforward_layernorm.as_ref(),
+            self.post_feedforward_layernorm.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     fn norms_mut(&mut self) -> Vec<&mut NormLayer> {
@@ -353,6 +422,8 @@ impl Block {
             self.q_norm.as_mut(),
             self.k_norm.as_mut(),
             Some(&mut self.post_attention_layernorm),
+            self.pre_feedforward_layernorm.as_mut(),
+            self.post_feedforward_layernorm.as_mut(),
         ]
         .into_iter()
         .flatten()
@@ -385,6 +456,8 @@ pub struct Decoder {
     /// LongRoPE's tables for forwards reaching past the original context (transformers switches
     /// every position to `long_factor` then).
     pub rope_long: Option<Arc<RopeTables>>,
+    /// The sliding-window layers' tables when they have their own RoPE (Gemma 3).
+    pub rope_local: Option<Arc<RopeTables>>,
 }
 
 impl Decoder {
@@ -399,10 +472,16 @@ impl Decoder {
         config.check(config_path)?;
         let (c, f, v, d) = (config.hidden_size, config.intermediate_size, config.vocab_size, config.head_dim);
         let (qw, kvw) = (config.q_width(), config.kv_width());
-        let eps = config.rms_norm_eps;
+        let (eps, offset) = (config.rms_norm_eps, config.norm_offset);
         let rms = |src: &mut dyn WeightSource, path: String, width: usize| -> Result<NormLayer> {
-            let w = src.tensor(gpu, &format!("{path}.weight"), &[width])?;
-            Ok(NormLayer { kind: Norm::RmsNorm, weight: Param::new(format!("{path}.weight"), w), bias: None, eps })
+            let name = format!("{path}.weight");
+            let w = if offset == 0.0 {
+                src.tensor(gpu, &name, &[width])?
+            } else {
+                let w: Vec<f32> = src.take(&name, &[width])?.into_iter().map(|x| x + offset).collect();
+                crate::tensor::Tensor::from_f32(gpu, &w, &[width])?
+            };
+            Ok(NormLayer { kind: Norm::RmsNorm, weight: Param::new(name, w), bias: None, eps })
         };
         let linear = |src: &mut dyn WeightSource, path: String, d_in: usize, d_out: usize, bias: bool| {
             let b = if bias { Some(src.tensor(gpu, &format!("{path}.bias"), &[d_out])?) } else { None };
@@ -417,6 +496,9 @@ impl Decoder {
         let fused = |src: &mut dyn WeightSource, path: String, d_out: usize, split: String| -> Result<Linear> {
             let r = linear(src, path.clone(), c, d_out, false);
             hinted(r, || format!("`{path}.weight` does not split into {split}"))
+        };
+        let sandwich = |src: &mut dyn WeightSource, path: String| -> Result<Option<NormLayer>> {
+            if config.sandwich_norms { rms(src, path, c).map(Some) } else { Ok(None) }
         };
         let heads = |what: &str, n: usize| format!("{what} {n} × head_dim {d} = {}", n * d);
         let q_rows = heads("num_attention_heads", config.num_attention_heads);
@@ -471,6 +553,8 @@ impl Decoder {
                     format!("o_proj columns: {q_rows}")
                 })?,
                 post_attention_layernorm: rms(src, format!("{p}.post_attention_layernorm"), c)?,
+                pre_feedforward_layernorm: sandwich(src, format!("{p}.pre_feedforward_layernorm"))?,
+                post_feedforward_layernorm: sandwich(src, format!("{p}.post_feedforward_layernorm"))?,
                 gate_up,
                 down_proj: linear(src, format!("{p}.mlp.down_proj"), f, c, config.mlp_bias)?,
             });
@@ -493,7 +577,14 @@ impl Decoder {
             }
             _ => None,
         };
-        Ok(Decoder { config, embed_tokens, layers, norm, lm_head, rope, rope_long })
+        let rope_local = match &config.rope_local {
+            Some(local) => {
+                let (inv_freq, factor) = local.inv_freq(None);
+                Some(Arc::new(RopeTables::from_inv_freq(gpu, d, &inv_freq, factor, positions)?))
+            }
+            None => None,
+        };
+        Ok(Decoder { config, embed_tokens, layers, norm, lm_head, rope, rope_long, rope_local })
     }
 
     /// The tables for a forward whose positions reach `seq_len`.
@@ -568,7 +659,13 @@ impl CausalLm for Decoder {
         let offset = cache.map_or(0, |k| k.len);
         let rope = self.rope_for(offset + t);
         let mut x = autograd::embedding(tape, &tape.param(&self.embed_tokens), &input.ids, &input.ids_gpu)?;
+        if let Some(s) = cfg.embed_scale {
+            x = autograd::scale(tape, &x, s)?;
+        }
         let mut spec = AttentionSpec::new(b, t, hq, hkv, d, true);
+        if let Some(s) = cfg.query_pre_attn_scalar {
+            spec.scale = (1.0 / s.sqrt()) as f32;
+        }
         if let Some(k) = cache {
             spec = spec.with_cache(k.capacity, offset);
         }
@@ -593,13 +690,26 @@ impl CausalLm for Decoder {
                 q = head_norm(tape, qn, &q)?;
                 k = head_norm(tape, kn, &k)?;
             }
+            let rope = match &self.rope_local {
+                Some(local) if cfg.sliding_window[i].is_some() => local,
+                _ => rope,
+            };
             let q = autograd::rope(tape, rope, &q, offset)?;
             let k = autograd::rope(tape, rope, &k, offset)?;
             let spec = spec.with_window(cfg.sliding_window[i]);
             let y = self_attention(tape, &spec, &q, &k, &v, input.key_mask.as_ref(), cache, i)?;
             let y = l.o_proj.forward(tape, &y.reshape(&[b, t, hq * d])?)?;
-            x = autograd::add(tape, &x, &y)?;
-            let m = l.post_attention_layernorm.forward(tape, &x)?;
+            let m = match &l.pre_feedforward_layernorm {
+                Some(pre) => {
+                    let y = l.post_attention_layernorm.forward(tape, &y)?;
+                    x = autograd::add(tape, &x, &y)?;
+                    pre.forward(tape, &x)?
+                }
+                None => {
+                    x = autograd::add(tape, &x, &y)?;
+                    l.post_attention_layernorm.forward(tape, &x)?
+                }
+            };
             let (gate, up) = match &l.gate_up {
                 GateUpProj::Separate { gate_proj, up_proj } => {
                     (gate_proj.forward(tape, &m)?, up_proj.forward(tape, &m)?)
@@ -612,7 +722,10 @@ impl CausalLm for Decoder {
                     (parts.pop().expect("two parts"), up)
                 }
             };
-            let m = l.down_proj.forward(tape, &autograd::swiglu(tape, &gate, &up)?)?;
+            let mut m = l.down_proj.forward(tape, &autograd::gated(tape, cfg.mlp, &gate, &up)?)?;
+            if let Some(post) = &l.post_feedforward_layernorm {
+                m = post.forward(tape, &m)?;
+            }
             x = autograd::add(tape, &x, &m)?;
         }
         self.norm.forward(tape, &x)
@@ -628,6 +741,19 @@ impl CausalLm for Decoder {
 
     fn config_json(&self) -> serde_json::Value {
         self.config.to_hf_json()
+    }
+
+    /// Gemma's checkpoints store w for norms computing x·(1 + w): kiln's 1 + w loses the 1.
+    fn hf_weights(&self, gpu: &Gpu) -> Result<Vec<super::NamedWeight>> {
+        let mut tensors = super::weights_f32(self, gpu)?;
+        if self.config.model_type == "gemma3_text" {
+            for (name, values, _) in &mut tensors {
+                if name.ends_with("norm.weight") {
+                    values.iter_mut().for_each(|v| *v -= 1.0);
+                }
+            }
+        }
+        Ok(tensors)
     }
 
     fn rope_switch(&self) -> Option<usize> {

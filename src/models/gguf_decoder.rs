@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::decoder::{Decoder, DecoderConfig};
-use super::{llama, phi3, qwen2, qwen3};
+use super::{gemma3, llama, phi3, qwen2, qwen3};
 use crate::error::{Error, Result};
 use crate::formats::gguf::GgufFile;
 use crate::formats::safetensors::WeightSource;
@@ -17,7 +17,7 @@ use crate::nn::{RopeConfig, RopeScaling};
 use crate::quant::{QuantType, QuantWeights};
 
 /// Architectures kiln reads, as `general.architecture` names them.
-pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "phi3"];
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "phi3", "gemma3"];
 
 /// Tensors the config is read from rather than the model's weights.
 const ROPE_TENSORS: &[&str] = &["rope_freqs.weight", "rope_factors_short.weight", "rope_factors_long.weight"];
@@ -47,6 +47,7 @@ pub fn config_from_metadata(file: &GgufFile) -> Result<DecoderConfig> {
         "qwen2" => qwen2::from_gguf(&g),
         "qwen3" => qwen3::from_gguf(&g),
         "phi3" => phi3::from_gguf(&g),
+        "gemma3" => gemma3::from_gguf(&g),
         other => Err(Error::Parse {
             path: file.path.clone(),
             message: format!("general.architecture is `{other}`; kiln reads {ARCHITECTURES:?} GGUF files"),
@@ -119,6 +120,12 @@ impl<'a> GgufConfig<'a> {
             qk_norm: false,
             fused_qkv: false,
             fused_gate_up: false,
+            mlp: crate::kernels::elementwise::GatedUnit::SwiGlu,
+            embed_scale: None,
+            sandwich_norms: false,
+            query_pre_attn_scalar: None,
+            rope_local: None,
+            norm_offset: 0.0,
             rope: RopeConfig {
                 theta: file.get_f64(&self.key("rope.freq_base"))?.unwrap_or(10000.0),
                 head_dim,
@@ -188,6 +195,8 @@ impl<'a> GgufConfig<'a> {
 pub struct GgufSource<'a> {
     file: &'a GgufFile,
     path: PathBuf,
+    /// Gemma's sandwich norms are named differently (see [`gguf_name_in`]).
+    sandwich: bool,
     /// (query heads, key/value heads) when Q/K rows are stored permuted (`llama` only).
     permuted: Option<(usize, usize)>,
     taken: BTreeSet<String>,
@@ -201,7 +210,8 @@ impl<'a> GgufSource<'a> {
         let permuted = (arch == "llama").then_some((config.num_attention_heads, config.num_key_value_heads));
         // The RoPE tensors went into the config.
         let taken = ROPE_TENSORS.iter().filter(|n| file.tensor_info(n).is_some()).map(|n| n.to_string()).collect();
-        Ok(GgufSource { file, path: file.path.clone(), permuted, taken, keep_quantized: false })
+        let sandwich = config.sandwich_norms;
+        Ok(GgufSource { file, path: file.path.clone(), sandwich, permuted, taken, keep_quantized: false })
     }
 
     /// Rows of `g` to unpermute: the head count when it is a permuted Q or K weight.
@@ -237,7 +247,8 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     }
     let part = match module {
         "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
+        "post_attention_layernorm" | "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
@@ -251,6 +262,19 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("blk.{layer}.{part}.{kind}"))
+}
+
+/// The GGUF name of a decoder tensor in a file of a model with `sandwich` norms (Gemma 3), where
+/// llama.cpp names the attention output's norm `post_attention_norm` and the MLP's input norm
+/// `ffn_norm` (Llama's `post_attention_layernorm`).
+pub fn gguf_name_in(sandwich: bool, hf: &str) -> Option<String> {
+    if sandwich && let Some(layer) = hf.strip_prefix("model.layers.") {
+        let (i, rest) = layer.split_once('.')?;
+        if rest == "post_attention_layernorm.weight" {
+            return Some(format!("blk.{i}.post_attention_norm.weight"));
+        }
+    }
+    gguf_name(hf)
 }
 
 /// Undoes llama.cpp's conversion permutation of Q/K rows. llama.cpp stores, per head, row
@@ -292,11 +316,11 @@ impl WeightSource for GgufSource<'_> {
     }
 
     fn contains(&self, name: &str) -> bool {
-        gguf_name(name).is_some_and(|g| self.file.tensor_info(&g).is_some())
+        gguf_name_in(self.sandwich, name).is_some_and(|g| self.file.tensor_info(&g).is_some())
     }
 
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let g = gguf_name(name).ok_or_else(|| Error::Parse {
+        let g = gguf_name_in(self.sandwich, name).ok_or_else(|| Error::Parse {
             path: self.path.clone(),
             message: format!("no GGUF name for tensor `{name}`"),
         })?;
@@ -325,7 +349,7 @@ impl WeightSource for GgufSource<'_> {
     }
 
     fn quantized(&mut self, name: &str, shape: &[usize]) -> Result<Option<QuantWeights>> {
-        let Some(g) = gguf_name(name) else { return Ok(None) };
+        let Some(g) = gguf_name_in(self.sandwich, name) else { return Ok(None) };
         let Some(info) = self.file.tensor_info(&g) else { return Ok(None) };
         let Some(kind) = QuantType::from_ggml(info.ggml_type) else { return Ok(None) };
         if !self.keep_quantized || g == "token_embd.weight" {
@@ -401,6 +425,7 @@ mod tests {
             let source = |keep| GgufSource {
                 file: &file,
                 path: file.path.clone(),
+                sandwich: false,
                 permuted: Some((4, 2)),
                 taken: BTreeSet::new(),
                 keep_quantized: keep,
@@ -432,5 +457,17 @@ mod tests {
         assert_eq!(gguf_name("model.layers.1.self_attn.qkv_proj.weight").as_deref(), Some("blk.1.attn_qkv.weight"));
         assert_eq!(gguf_name("model.layers.1.mlp.gate_up_proj.weight").as_deref(), Some("blk.1.ffn_up.weight"));
         assert_eq!(gguf_name("model.layers.0.self_attn.k_norm.weight").as_deref(), Some("blk.0.attn_k_norm.weight"));
+        // Gemma's sandwich norms.
+        let gemma = |hf| gguf_name_in(true, hf);
+        assert_eq!(
+            gemma("model.layers.4.post_attention_layernorm.weight").as_deref(),
+            Some("blk.4.post_attention_norm.weight")
+        );
+        assert_eq!(gemma("model.layers.4.pre_feedforward_layernorm.weight").as_deref(), Some("blk.4.ffn_norm.weight"));
+        assert_eq!(
+            gemma("model.layers.4.post_feedforward_layernorm.weight").as_deref(),
+            Some("blk.4.post_ffw_norm.weight")
+        );
+        assert_eq!(gemma("model.layers.4.input_layernorm.weight").as_deref(), Some("blk.4.attn_norm.weight"));
     }
 }

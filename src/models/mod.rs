@@ -1,6 +1,6 @@
 //! Architectures, one file each, written to read like their Hugging Face source, and the code
 //! that maps their configs and tensor names onto them (file formats live in `crate::formats`).
-//! The decoder families (Llama, Mistral, Qwen2, Qwen3, Phi-3) are one [`decoder::Decoder`]
+//! The decoder families (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 3) are one [`decoder::Decoder`]
 //! configured by a small file each; GPT-2 and BERT keep their own.
 
 pub mod bert;
@@ -8,6 +8,7 @@ pub mod classifier;
 pub mod conv_bn;
 pub mod decoder;
 pub mod efficientnet_lite;
+pub mod gemma3;
 pub mod gguf_decoder;
 pub mod gpt2;
 pub mod llama;
@@ -27,7 +28,7 @@ use crate::formats::peft::{self, TaskType};
 use crate::formats::safetensors::{self as weights, WeightSource};
 use crate::gpu::Gpu;
 use crate::kernels::attention::AttentionSpec;
-use crate::kernels::matmul::{Matmul, matmul_into};
+use crate::kernels::matmul::matmul_bt_wide_into;
 use crate::nn::{KvCache, Linear, LoraConfig, Rng};
 use crate::tensor::{DType, Tensor};
 
@@ -82,6 +83,11 @@ pub trait CausalLm: Module {
     /// The config as Hugging Face writes it (for exports).
     fn config_json(&self) -> serde_json::Value;
 
+    /// Every weight as Hugging Face names and stores it (for exports): (name, values, shape).
+    fn hf_weights(&self, gpu: &Gpu) -> Result<Vec<NamedWeight>> {
+        weights_f32(self, gpu)
+    }
+
     /// A sequence length past which every position is encoded differently (LongRoPE's original
     /// context: transformers then drops the KV cache and re-encodes the whole sequence with the
     /// long factors); None for models whose positions never change.
@@ -118,7 +124,7 @@ pub trait CausalLm: Module {
         let head = self.head(&tape).value;
         let v = head.dim(0);
         let logits = Tensor::empty(gpu, &[input.batch, v], DType::F32)?;
-        matmul_into(gpu, &Matmul::new(input.batch, v, c).trans_b(true), &last, &head, None, &logits)?;
+        matmul_bt_wide_into(gpu, &last, &head, &logits)?;
         Ok(logits)
     }
 
@@ -130,9 +136,16 @@ pub trait CausalLm: Module {
         let h = self.hidden(&tape, input, None)?.value.reshape(&[n, c])?;
         let head = self.head(&tape).value;
         let v = head.dim(0);
-        let logits = Tensor::empty(gpu, &[input.batch, input.seq, v], DType::F32)?;
-        matmul_into(gpu, &Matmul::new(n, v, c).trans_b(true), &h, &head, None, &logits)?;
-        Ok(logits)
+        let logits = Tensor::empty(gpu, &[n, v], DType::F32)?;
+        // Rows at a time whose logits fit one binding (a 262,144-word vocabulary is 1 MiB a
+        // row), in multiples of 64 so the views of h stay aligned.
+        let fit = (gpu.limits().max_storage_buffer_binding_size / (v as u64 * 4)) as usize;
+        let step = (fit / 64 * 64).max(64);
+        for start in (0..n).step_by(step) {
+            let rows = step.min(n - start);
+            matmul_bt_wide_into(gpu, &h.narrow_rows(start, rows)?, &head, &logits.narrow_rows(start, rows)?)?;
+        }
+        logits.reshape(&[input.batch, input.seq, v])
     }
 
     /// LoRA targets when none are given: the attention projections under the family's names
@@ -226,7 +239,7 @@ pub trait CausalLm: Module {
 }
 
 /// Causal LM families a Hugging Face folder may hold (config.json's `model_type`).
-pub const CAUSAL_LM_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3"];
+pub const CAUSAL_LM_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"];
 
 /// Loads a causal LM from a Hugging Face folder by its config's `model_type`.
 pub fn load_causal_lm(gpu: &Gpu, dir: &Path) -> Result<Box<dyn CausalLm>> {
@@ -239,6 +252,7 @@ pub fn load_causal_lm(gpu: &Gpu, dir: &Path) -> Result<Box<dyn CausalLm>> {
         Some("qwen2") => qwen2::config(&json, &path)?,
         Some("qwen3") => qwen3::config(&json, &path)?,
         Some("phi3") => phi3::config(&json, &path)?,
+        Some("gemma3_text" | "gemma3") => gemma3::config(&json, &path)?,
         other => {
             return Err(Error::Parse {
                 path,
@@ -296,6 +310,23 @@ pub(crate) fn positions(gpu: &Gpu, batch: usize, seq: usize, offset: usize) -> R
     let pos: Vec<u32> = (0..batch).flat_map(|_| (offset..offset + seq).map(|p| p as u32)).collect();
     let t = Tensor::from_u32(gpu, &pos, &[batch, seq])?;
     Ok((pos, t))
+}
+
+/// A weight read back for export: (name, values, shape).
+pub type NamedWeight = (String, Vec<f32>, Vec<usize>);
+
+/// Every parameter of `m` read back.
+pub fn weights_f32(m: &(impl Module + ?Sized), gpu: &Gpu) -> Result<Vec<NamedWeight>> {
+    let mut tensors = Vec::new();
+    let mut err = None;
+    m.visit_params(&mut |p| match p.value.to_f32_vec(gpu) {
+        Ok(v) => tensors.push((p.name.clone(), v, p.value.shape().to_vec())),
+        Err(e) => err = Some(e),
+    });
+    match err {
+        Some(e) => Err(e),
+        None => Ok(tensors),
+    }
 }
 
 /// Counts parameters: (trainable, total).

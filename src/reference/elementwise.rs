@@ -47,6 +47,18 @@ pub fn swiglu_backward(gate: &[f64], up: &[f64], dy: &[f64]) -> (Vec<f64>, Vec<f
     (dgate, dup)
 }
 
+/// gelu_tanh(gate)·up (Gemma's GeGLU).
+pub fn geglu(gate: &[f64], up: &[f64]) -> Vec<f64> {
+    gate.iter().zip(up).map(|(&g, &u)| gelu_tanh(g) * u).collect()
+}
+
+/// Returns (dgate, dup) for upstream gradient dy.
+pub fn geglu_backward(gate: &[f64], up: &[f64], dy: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let dgate = gate.iter().zip(up).zip(dy).map(|((&g, &u), &d)| d * u * gelu_tanh_grad(g)).collect();
+    let dup = gate.iter().zip(dy).map(|(&g, &d)| d * gelu_tanh(g)).collect();
+    (dgate, dup)
+}
+
 /// x + bias broadcast over rows: x [R, C], bias [C].
 pub fn add_bias(x: &[f64], bias: &[f64]) -> Vec<f64> {
     x.iter().enumerate().map(|(i, &v)| v + bias[i % bias.len()]).collect()

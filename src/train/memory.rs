@@ -37,6 +37,9 @@ pub struct MemoryEstimate {
     pub logits: u64,
     /// The largest single tensor (weights, the logits chunk, one activation) and its name.
     pub largest_tensor: (String, u64),
+    /// The largest embedding or LM head: kernels bind these a block of rows at a time, so only
+    /// `max_buffer_size` limits them (Gemma 3's 262,144 × 640 table is 640 MiB in f32).
+    pub largest_table: (String, u64),
     pub batch: usize,
     pub seq: usize,
 }
@@ -85,10 +88,17 @@ pub fn estimate_lm(model: &mut dyn CausalLm, batch: usize, seq: usize) -> Memory
             largest = (name.to_string(), bytes);
         }
     };
+    let mut table = (String::new(), 0u64);
     model.visit_params(&mut |p| {
         let bytes = p.value.byte_len();
         e.weights_f32 += bytes;
-        bigger(&p.name, bytes);
+        if p.name.ends_with("embed_tokens.weight") || p.name.ends_with("lm_head.weight") {
+            if bytes > table.1 {
+                table = (p.name.clone(), bytes);
+            }
+        } else {
+            bigger(&p.name, bytes);
+        }
         if p.trainable() {
             e.trainable_params += p.numel() as u64;
         }
@@ -118,6 +128,7 @@ pub fn estimate_lm(model: &mut dyn CausalLm, batch: usize, seq: usize) -> Memory
     e.logits = 2 * chunk;
     bigger("logits (one chunk)", chunk);
     e.largest_tensor = largest;
+    e.largest_table = table;
     e
 }
 
@@ -201,9 +212,11 @@ pub fn check_fits(
         if quantized { "" } else { ", or keep the base quantized (--quantize q4_1)" }
     );
     let (name, bytes) = &e.largest_tensor;
-    for (limit_name, limit) in [
-        ("max_buffer_size", limits.max_buffer_size),
-        ("max_storage_buffer_binding_size", limits.max_storage_buffer_binding_size),
+    let (table, table_bytes) = &e.largest_table;
+    for (name, bytes, limit_name, limit) in [
+        (table, table_bytes, "max_buffer_size", limits.max_buffer_size),
+        (name, bytes, "max_buffer_size", limits.max_buffer_size),
+        (name, bytes, "max_storage_buffer_binding_size", limits.max_storage_buffer_binding_size),
     ] {
         if *bytes > limit {
             return Err(Error::invalid(

@@ -64,6 +64,27 @@ fn swiglu_forward_and_backward() {
 }
 
 #[test]
+fn geglu_forward_and_backward() {
+    let gpu = gpu();
+    let mut rng = Rng::new(23);
+    for n in SIZES {
+        let (gate, up, dy) = (rng.vec(n), rng.vec(n), rng.vec(n));
+        let (gt, ut, dyt) = (upload(&gate, &[n]), upload(&up, &[n]), upload(&dy, &[n]));
+        let y = ew::gated(gpu, ew::GatedUnit::GeGlu, &gt, &ut).unwrap();
+        assert_close("geglu", &download(&y), &r::geglu(&f64s(&gate), &f64s(&up)), ATOL, RTOL);
+        let (dg, du) = (Tensor::zeros(gpu, &[n]).unwrap(), Tensor::zeros(gpu, &[n]).unwrap());
+        ew::gated_backward(gpu, ew::GatedUnit::GeGlu, &gt, &ut, &dyt, &dg, &du, false).unwrap();
+        let (wg, wu) = r::geglu_backward(&f64s(&gate), &f64s(&up), &f64s(&dy));
+        assert_close("geglu dgate", &download(&dg), &wg, ATOL, RTOL);
+        assert_close("geglu dup", &download(&du), &wu, ATOL, RTOL);
+        // Accumulating adds into what is there.
+        ew::gated_backward(gpu, ew::GatedUnit::GeGlu, &gt, &ut, &dyt, &dg, &du, true).unwrap();
+        let twice: Vec<f64> = wg.iter().map(|v| 2.0 * v).collect();
+        assert_close("geglu dgate accumulated", &download(&dg), &twice, ATOL, RTOL);
+    }
+}
+
+#[test]
 fn add_scale_mul_bias_axpy() {
     let gpu = gpu();
     let mut rng = Rng::new(22);

@@ -193,3 +193,53 @@ fn cross_entropy_weighted_rejects_bad_class_weights() {
     let e = err(&[1.0, 1.0, f32::NAN]);
     assert!(e.contains("class weight NaN at class 2"), "{e}");
 }
+
+/// A head larger than one storage binding (Gemma 3's 262,144 × 640 in f32 is 671 MB, lavapipe
+/// binds 128 MiB): on a device capped at 256 KiB, a 1000 × 100 head (400 KB) is bound in row
+/// blocks, and the loss, dh and dW still equal the f64 reference (70 rows: two row chunks).
+#[test]
+fn linear_cross_entropy_splits_a_head_larger_than_one_binding() {
+    let mut small = kiln::Gpu::new(&kiln::gpu::AdapterChoice::from_flag_or_env(None)).unwrap();
+    small.cap_storage_binding(256 << 10);
+    let g = &small;
+    let mut rng = Rng::new(53);
+    let (rows, c, vocab) = (70, 100, 1000);
+    let (h, w) = (rng.vec(rows * c), rng.vec(vocab * c));
+    let targets: Vec<i32> =
+        (0..rows).map(|i| if i % 9 == 4 { IGNORE_INDEX } else { rng.below(vocab as u32) as i32 }).collect();
+    let param = |name: &str, v: &[f32], shape: &[usize]| {
+        let mut p = Param::new(name, Tensor::from_f32(g, v, shape).unwrap());
+        p.set_trainable(g, true).unwrap();
+        p
+    };
+    let (hp, wp) = (param("h", &h, &[rows, c]), param("w", &w, &[vocab, c]));
+    let tape = Tape::train(g, 0, 1);
+    let loss = kiln::autograd::linear_cross_entropy(&tape, &tape.param(&hp), &tape.param(&wp), &targets).unwrap();
+    tape.backward(&loss, 1.0).unwrap();
+    let (mean, _) = loss.read(g).unwrap();
+
+    // The reference: logits = h·Wᵀ, then the fused loss's reference, then both products.
+    let (hd, wd) = (f64s(&h), f64s(&w));
+    let mut logits = vec![0.0; rows * vocab];
+    for i in 0..rows {
+        for v in 0..vocab {
+            logits[i * vocab + v] = (0..c).map(|k| hd[i * c + k] * wd[v * c + k]).sum();
+        }
+    }
+    let (want_loss, lse, count) = r::forward(&logits, &targets, vocab, IGNORE_INDEX);
+    let dl = r::backward(&logits, &targets, vocab, IGNORE_INDEX, &lse, count, 1.0);
+    let mut dh = vec![0.0; rows * c];
+    let mut dw = vec![0.0; vocab * c];
+    for i in 0..rows {
+        for v in 0..vocab {
+            let d = dl[i * vocab + v];
+            for k in 0..c {
+                dh[i * c + k] += d * wd[v * c + k];
+                dw[v * c + k] += d * hd[i * c + k];
+            }
+        }
+    }
+    assert_close("split head loss", &[mean], &[want_loss], 1e-4, 1e-5);
+    assert_close("split head dh", &hp.grad.as_ref().unwrap().to_f32_vec(g).unwrap(), &dh, 1e-5, 1e-4);
+    assert_close("split head dW", &wp.grad.as_ref().unwrap().to_f32_vec(g).unwrap(), &dw, 1e-5, 1e-4);
+}

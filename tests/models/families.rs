@@ -7,7 +7,9 @@
 //! branch of the ramp); qwen2_tiny q/k/v biases and a tied head; qwen3_tiny q/k RMSNorm per head
 //! and head_dim 12 ≠ 32/4; mistral_tiny a sliding window of 4 over 7 tokens (and 14 when
 //! generating); phi3_tiny fused qkv_proj and gate_up_proj, partial rotary 0.5 and LongRoPE's
-//! attention factor.
+//! attention factor; gemma3_tiny GeGLU, √hidden embeddings, sandwich norms stored as w for
+//! x·(1 + w), q/k norms, five local layers (window 4, RoPE base 1e4) and a global one (base 1e6,
+//! linear scaling 2), query_pre_attn_scalar 10 with head_dim 12, a tied head.
 
 use std::path::Path;
 
@@ -21,7 +23,8 @@ const FAMILIES: [&str; 5] = ["llama3_tiny", "qwen2_tiny", "qwen3_tiny", "mistral
 
 #[test]
 fn families_load_as_their_model_type() {
-    for (name, model_type) in FAMILIES.iter().zip(["llama", "qwen2", "qwen3", "mistral", "phi3"]) {
+    let all = FAMILIES.iter().chain(&["gemma3_tiny"]);
+    for (name, model_type) in all.zip(["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma3_text"]) {
         let model = load_causal_lm(gpu(), &fixture(name)).unwrap();
         assert_eq!(model.model_type(), model_type, "{name}");
     }
@@ -60,6 +63,37 @@ fn phi3_matches_transformers_and_peft() {
     base_matches("phi3_tiny");
     lora_matches("phi3_tiny");
     greedy_matches("phi3_tiny");
+}
+
+#[test]
+fn gemma3_matches_transformers_and_peft() {
+    base_matches("gemma3_tiny");
+    lora_matches("gemma3_tiny");
+    greedy_matches("gemma3_tiny");
+}
+
+/// gemma3_tiny as llama.cpp's converter writes it (norms as 1 + w, its own norm names, the
+/// window as metadata, the layer pattern and local RoPE base implied) is the checkpoint, read
+/// with the one thing a `gemma3` GGUF cannot say: llama.cpp scales scores by head_dim^-1/2
+/// (query_pre_attn_scalar = head_dim in every Gemma 3 but 27B), where the fixture's is 10.
+#[test]
+fn gemma3_gguf_copy_is_the_checkpoint_with_head_dim_scaling() {
+    let dir = fixture("gemma3_tiny");
+    let e = Expected::read(&dir);
+    let (input, _) = e.batch();
+    let tmp = edited("gemma3_tiny", |c| c["query_pre_attn_scalar"] = 12.into());
+    let hf = load_causal_lm(gpu(), tmp.path()).unwrap();
+    let file = GgufFile::open(&dir.join("model.gguf")).unwrap();
+    let gg = gguf_decoder::load_decoder(gpu(), &file).unwrap();
+    let windows: Vec<Option<usize>> = gg.config.sliding_window.clone();
+    assert_eq!(windows, [Some(4), Some(4), Some(4), Some(4), Some(4), None]);
+    let want = hf.all_logits(gpu(), &input).unwrap().to_f32_vec(gpu()).unwrap();
+    let got = gg.all_logits(gpu(), &input).unwrap().to_f32_vec(gpu()).unwrap();
+    assert_close("gemma3 gguf vs checkpoint logits", &got, &f64s(&want), 1e-5, 1e-5);
+    let prompt: Vec<u32> = e.i["greedy_ids"][..4].iter().map(|&x| x as u32).collect();
+    let a = generate(gpu(), hf.as_ref(), &prompt, 10, Sampling::greedy(), &[], &mut |_| Ok(())).unwrap();
+    let b = generate(gpu(), &gg, &prompt, 10, Sampling::greedy(), &[], &mut |_| Ok(())).unwrap();
+    assert_eq!(a, b, "gemma3 gguf: greedy continuation");
 }
 
 /// The same weights written by gguf-py as llama.cpp lays them out (Q/K rows permuted for
@@ -151,6 +185,32 @@ fn impossible_configs_are_refused_by_name() {
             "llama3_tiny",
             Box::new(|c| c["num_key_value_heads"] = 3.into()),
             &["config.json", "num_key_value_heads", "multiple"],
+        ),
+        (
+            "gemma3_tiny",
+            Box::new(|c| c["final_logit_softcapping"] = 30.0.into()),
+            &["config.json", "`final_logit_softcapping`", "softcapping"],
+        ),
+        (
+            "gemma3_tiny",
+            Box::new(|c| c["attn_logit_softcapping"] = 50.0.into()),
+            &["config.json", "`attn_logit_softcapping`"],
+        ),
+        (
+            "gemma3_tiny",
+            Box::new(|c| c["hidden_activation"] = "gelu".into()),
+            &["config.json", "`hidden_activation`", "`gelu`"],
+        ),
+        (
+            "gemma3_tiny",
+            Box::new(|c| c["use_bidirectional_attention"] = true.into()),
+            &["config.json", "`use_bidirectional_attention`"],
+        ),
+        ("gemma3_tiny", Box::new(|c| c["model_type"] = "gemma3".into()), &["config.json", "multimodal", "gemma3_text"]),
+        (
+            "gemma3_tiny",
+            Box::new(|c| c["sliding_window"] = serde_json::Value::Null),
+            &["config.json", "`sliding_window`", "null"],
         ),
     ];
     for (name, edit, want) in cases {
