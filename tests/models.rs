@@ -448,6 +448,8 @@ mod images;
 #[path = "models/resnet.rs"]
 mod resnet;
 
+#[path = "models/sixteen.rs"]
+mod sixteen;
 #[path = "models/tokenizers.rs"]
 mod tokenizers;
 

@@ -21,10 +21,11 @@ use crate::tensor::Tensor;
 /// which share their GPU buffers), because its backward runs it again after the forward.
 type BlockFn = Box<dyn Fn(&Tape, &Var) -> Result<Var>>;
 
-/// y = f(x), checkpointed when the tape asks for it ([`Tape::checkpointing`]); otherwise just
-/// `f(tape, x)` with every op recorded.
+/// y = f(x), checkpointed; on a tape that records nothing, just `f(tape, x)`. Models call it
+/// for each block when their gradient checkpointing is on (`set_grad_checkpoint`, as
+/// transformers' `gradient_checkpointing_enable()`).
 pub fn checkpoint(tape: &Tape, x: &Var, f: impl Fn(&Tape, &Var) -> Result<Var> + 'static) -> Result<Var> {
-    if !tape.checkpointing() {
+    if !tape.recording() {
         return f(tape, x);
     }
     let (seed, step, calls) = tape.dropout_state();

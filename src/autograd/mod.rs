@@ -135,8 +135,6 @@ pub struct Tape<'g> {
     pub gpu: &'g Gpu,
     recording: bool,
     training: bool,
-    /// Gradient checkpointing: models run their blocks through [`checkpoint`].
-    checkpoint: bool,
     /// Whether any trainable parameter was asked for ([`Tape::param`]), recorded or not: a
     /// checkpointed block run without recording learns this way whether it needs a backward.
     saw_trainable: Cell<bool>,
@@ -170,7 +168,6 @@ impl<'g> Tape<'g> {
             gpu,
             recording,
             training,
-            checkpoint: false,
             saw_trainable: Cell::new(false),
             dropout_seed: seed,
             dropout_step: step,
@@ -183,16 +180,9 @@ impl<'g> Tape<'g> {
         self.training
     }
 
-    /// Turns gradient checkpointing on or off for this pass: the models' blocks keep only their
-    /// input and are run again in backward ([`checkpoint`]).
-    pub fn with_checkpointing(mut self, on: bool) -> Self {
-        self.checkpoint = on;
-        self
-    }
-
-    /// Whether blocks should be checkpointed: asked for, and this pass records.
-    pub fn checkpointing(&self) -> bool {
-        self.checkpoint && self.recording
+    /// Whether this pass records ops (for backward).
+    pub fn recording(&self) -> bool {
+        self.recording
     }
 
     /// A tape for one run of a checkpointed block: same device, dropout settings and dropout

@@ -18,7 +18,7 @@ use crate::formats::peft::TaskType;
 use crate::generate::{Sampling, generate};
 use crate::gpu::Gpu;
 use crate::models::count_params;
-use crate::models::load::{LoadedLm, load_lm_with};
+use crate::models::load::LoadedLm;
 use crate::nn::LoraConfig;
 use crate::train::checkpoint::CheckpointSettings;
 use crate::train::forgetting;
@@ -168,9 +168,9 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// How a quantized GGUF base is held: `auto` keeps its Q8_0/Q4_*/Q5_*/Q4_K/Q5_K/Q6_K linear
-    /// weights quantized on the GPU (frozen; LoRA trains in f32 on top), `f32` dequantizes them
-    /// on load
+    /// How the frozen base's linear weights are held on the GPU: `auto` as the file has them
+    /// (GGUF's Q8_0/Q4_*/Q5_*/Q*_K blocks stay blocks, F16/BF16 stay 16-bit; LoRA trains in f32
+    /// on top), `f32` widens them, `f16`/`bf16` round float weights to 16 bits
     #[arg(long, value_enum, default_value_t = BaseDtype::Auto)]
     pub base_dtype: BaseDtype,
     /// Quantize an f32/f16 base's linear weights on load (ggml's reference rounding; the K-quants
@@ -178,6 +178,12 @@ pub struct TrainArgs {
     /// the validation perplexity before and after
     #[arg(long, value_enum)]
     pub quantize: Option<crate::quant::QuantType>,
+    /// Gradient checkpointing: keep only each block's input and recompute the block in backward
+    /// (activations shrink about by the number of layers, a step costs about one more forward).
+    /// `--grad-checkpoint` or `=true` turns it on, `=false` off; when not given it is on only if
+    /// the memory estimate says the run would not fit otherwise
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub grad_checkpoint: Option<bool>,
     /// GPU memory kiln may plan for, in MiB (wgpu cannot report it; on a CPU adapter the
     /// system's available memory is used)
     #[arg(long)]
@@ -191,15 +197,8 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
-/// How the frozen base's weights are held on the GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BaseDtype {
-    /// As the file stores them: GGUF blocks stay blocks, safetensors load as f32
-    Auto,
-    /// Everything dequantized to f32
-    F32,
-}
+/// How the frozen base's weights are held on the GPU (`--base-dtype`).
+pub use crate::quant::BaseDtype;
 
 pub fn run(args: TrainArgs) -> Result<()> {
     crate::train::interrupt::install();
@@ -237,10 +236,13 @@ pub fn run_on(args: TrainArgs, gpu: &Gpu) -> Result<()> {
     };
     let splits = lm::read_folder(&data_dir)?;
     let t0 = Instant::now();
-    if args.quantize.is_some() && args.base_dtype == BaseDtype::F32 {
-        return Err(Error::invalid("train", "--quantize keeps the base quantized; it cannot go with --base-dtype f32"));
+    if args.quantize.is_some() && args.base_dtype != BaseDtype::Auto {
+        return Err(Error::invalid(
+            "train",
+            "--quantize sets how the base is kept; it cannot go with --base-dtype f32, f16 or bf16",
+        ));
     }
-    let mut lm = load_lm_with(&gpu, &model_path, args.base_dtype != BaseDtype::F32)?;
+    let mut lm = crate::models::load::load_lm_base(&gpu, &model_path, args.base_dtype)?;
     let load_s = t0.elapsed().as_secs_f64();
     if let Some(p) = args.dropout()? {
         lm.model.set_dropout(p)?;
@@ -279,6 +281,8 @@ pub fn run_on(args: TrainArgs, gpu: &Gpu) -> Result<()> {
     let seq = train.examples.iter().map(|e| e.ids.len()).max().unwrap_or(max_len);
     let memory = crate::train::memory::estimate_lm(lm.model.as_mut(), args.batch_size, seq);
     let budget = crate::train::memory::device_budget(gpu.info().device_type, args.gpu_memory);
+    let (memory, auto_checkpoint) = crate::train::memory::choose_checkpointing(memory, args.grad_checkpoint, budget);
+    lm.model.set_grad_checkpoint(memory.grad_checkpoint)?;
     crate::train::memory::check_fits(&memory, gpu.limits(), budget, !base.is_empty())?;
     let out = args.run_dir();
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
@@ -350,6 +354,9 @@ pub fn run_on(args: TrainArgs, gpu: &Gpu) -> Result<()> {
     eprintln!("{}", memory.table());
     if let Some((b, source)) = budget {
         eprintln!("    checked against {:.0} MiB ({source})", b as f64 / 1048576.0);
+    }
+    if let Some(line) = &auto_checkpoint {
+        eprintln!("  {line}");
     }
 
     let test_words = if args.task.as_deref() == Some("cmudict") && args.test_words > 0 {

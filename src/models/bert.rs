@@ -220,6 +220,8 @@ pub struct Bert {
     pub embeddings: BertEmbeddings,
     pub layers: Vec<BertLayer>,
     pub activation: Activation,
+    /// Recompute each layer in backward instead of keeping its activations.
+    pub grad_checkpoint: bool,
 }
 
 impl Bert {
@@ -302,7 +304,7 @@ impl Bert {
                 output_norm: norm(src, &format!("{l}.output.LayerNorm"))?,
             });
         }
-        Ok(Bert { config, embeddings, layers, activation })
+        Ok(Bert { config, embeddings, layers, activation, grad_checkpoint: false })
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -332,7 +334,7 @@ impl Bert {
         let spec = AttentionSpec::new(b, t, nh, nh, d, false);
         let (activation, p) = (self.activation, cfg.hidden_dropout_prob);
         for layer in &self.layers {
-            x = if tape.checkpointing() {
+            x = if self.grad_checkpoint {
                 // The rerun in backward needs its own handles on the layer and the mask.
                 let (layer, mask) = (layer.clone(), input.key_mask.clone());
                 autograd::checkpoint(tape, &x, move |tape, x| {

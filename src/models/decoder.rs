@@ -389,6 +389,8 @@ pub struct Decoder {
     /// LongRoPE's tables for forwards reaching past the original context (transformers switches
     /// every position to `long_factor` then).
     pub rope_long: Option<Arc<RopeTables>>,
+    /// Recompute each block in backward instead of keeping its activations.
+    pub grad_checkpoint: bool,
 }
 
 impl Decoder {
@@ -497,7 +499,7 @@ impl Decoder {
             }
             _ => None,
         };
-        Ok(Decoder { config, embed_tokens, layers, norm, lm_head, rope, rope_long })
+        Ok(Decoder { config, embed_tokens, layers, norm, lm_head, rope, rope_long, grad_checkpoint: false })
     }
 
     /// The tables for a forward whose positions reach `seq_len`.
@@ -632,7 +634,7 @@ impl CausalLm for Decoder {
         }
         for (i, l) in self.layers.iter().enumerate() {
             let spec = spec.with_window(cfg.sliding_window[i]);
-            x = if tape.checkpointing() && cache.is_none() {
+            x = if self.grad_checkpoint && cache.is_none() {
                 // The rerun in backward needs its own handles on the block and the inputs.
                 let (l, cfg, rope, mask) = (l.clone(), cfg.clone(), rope.clone(), input.key_mask.clone());
                 autograd::checkpoint(tape, &x, move |tape, x| {
@@ -654,6 +656,11 @@ impl CausalLm for Decoder {
 
     fn head(&self, tape: &Tape) -> Var {
         tape.param(self.lm_head.as_ref().unwrap_or(&self.embed_tokens))
+    }
+
+    fn set_grad_checkpoint(&mut self, on: bool) -> Result<()> {
+        self.grad_checkpoint = on;
+        Ok(())
     }
 
     fn linears_mut(&mut self) -> Vec<&mut Linear> {

@@ -84,6 +84,8 @@ pub struct Gpt2 {
     /// `lm_head.weight` `[V, C]` when not tied to `wte`.
     pub lm_head: Option<Param>,
     pub activation: Activation,
+    /// Recompute each block in backward instead of keeping its activations.
+    pub grad_checkpoint: bool,
 }
 
 impl Gpt2 {
@@ -154,7 +156,7 @@ impl Gpt2 {
         let lm_head = untied_head(gpu, src, config.tie_word_embeddings, [config.vocab_size, c])?;
         // attn.bias / attn.masked_bias are causal-mask buffers of old checkpoints, not weights.
         src.finish(&|n| n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias"))?;
-        Ok(Gpt2 { config, prefix, wte, wpe, h, ln_f, lm_head, activation })
+        Ok(Gpt2 { config, prefix, wte, wpe, h, ln_f, lm_head, activation, grad_checkpoint: false })
     }
 
     fn head_dim(&self) -> usize {
@@ -278,7 +280,7 @@ impl CausalLm for Gpt2 {
         }
         for (i, blk) in self.h.iter().enumerate() {
             let step = BlockStep { spec, activation: self.activation, resid_pdrop: cfg.resid_pdrop, layer: i };
-            x = if tape.checkpointing() && cache.is_none() {
+            x = if self.grad_checkpoint && cache.is_none() {
                 // The rerun in backward needs its own handles on the block and the mask.
                 let (blk, mask) = (blk.clone(), input.key_mask.clone());
                 autograd::checkpoint(tape, &x, move |tape, x| step.forward(tape, &blk, x, mask.as_ref(), None))?
@@ -291,6 +293,11 @@ impl CausalLm for Gpt2 {
 
     fn head(&self, tape: &Tape) -> Var {
         tape.param(self.lm_head.as_ref().unwrap_or(&self.wte))
+    }
+
+    fn set_grad_checkpoint(&mut self, on: bool) -> Result<()> {
+        self.grad_checkpoint = on;
+        Ok(())
     }
 
     fn linears_mut(&mut self) -> Vec<&mut Linear> {

@@ -1,4 +1,4 @@
-//! Gradient checkpointing (`Tape::with_checkpointing`): every trainable gradient, and the loss,
+//! Gradient checkpointing (`set_grad_checkpoint`): every trainable gradient, and the loss,
 //! are the same with and without it, on the tiny fixture of every decoder family and the BERT
 //! encoder, with dropout on so that the rerun in backward must replay the forward's masks.
 
@@ -67,7 +67,8 @@ fn decoder_case(name: &str) {
     let mut losses = Vec::new();
     let mut grads = Vec::new();
     for on in [false, true] {
-        let tape = Tape::train(g, 3, 5).with_checkpointing(on);
+        model.set_grad_checkpoint(on).unwrap();
+        let tape = Tape::train(g, 3, 5);
         let loss = model.loss(&tape, &input, &targets).unwrap();
         let names = tape.recorded_names();
         let checkpoints = names.iter().filter(|n| **n == "checkpoint").count();
@@ -103,7 +104,8 @@ fn checkpointed_gradients_equal_plain_ones_for_bert() {
     let targets: Vec<usize> = e.i["labels"].iter().map(|&x| x as usize).collect();
     let mut grads = Vec::new();
     for on in [false, true] {
-        let tape = Tape::train(g, 3, 5).with_checkpointing(on);
+        model.body.grad_checkpoint = on;
+        let tape = Tape::train(g, 3, 5);
         let logits = model.logits(&tape, &input).unwrap();
         let loss = model.loss(&tape, &logits, &targets, None).unwrap();
         let checkpoints = tape.recorded_names().iter().filter(|n| **n == "checkpoint").count();
@@ -121,9 +123,10 @@ fn checkpointing_a_frozen_model_records_nothing() {
     let g = gpu();
     let dir = fixture("llama_tiny");
     let e = Expected::read(&dir);
-    let model = load_causal_lm(g, &dir).unwrap();
+    let mut model = load_causal_lm(g, &dir).unwrap();
+    model.set_grad_checkpoint(true).unwrap();
     let (input, targets) = e.batch();
-    let tape = Tape::train(g, 0, 1).with_checkpointing(true);
+    let tape = Tape::train(g, 0, 1);
     let plain = loss_of(model.as_ref(), &e);
     let loss = model.loss(&tape, &input, &targets).unwrap();
     assert_eq!(tape.recorded(), 0);
