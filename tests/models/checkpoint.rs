@@ -132,3 +132,34 @@ fn checkpointing_a_frozen_model_records_nothing() {
     assert_eq!(tape.recorded(), 0);
     assert_eq!(loss.read(g).unwrap().0, plain);
 }
+
+/// The estimate: checkpointed activations are below the plain ones, and with no flag
+/// checkpointing turns on exactly when the plain run would not fit the budget.
+#[test]
+fn checkpointing_turns_on_when_the_run_would_not_fit() {
+    use kiln::train::memory::{choose_checkpointing, estimate_lm};
+    let g = gpu();
+    let mut model = load_causal_lm(g, &fixture("llama_tiny")).unwrap();
+    let targets = model.lora_targets(&["all-linear".to_string()]);
+    model
+        .add_lora(g, &LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, target_modules: targets, use_rslora: false }, 1)
+        .unwrap();
+    let e = estimate_lm(model.as_mut(), 64, 64);
+    assert!(e.activations_checkpointed < e.activations_plain, "{e:?}");
+    assert_eq!(e.activations, e.activations_plain);
+    let plain = e.clone().with_checkpointing(false).total();
+    let ckpt = e.clone().with_checkpointing(true).total();
+    // Flags win.
+    assert!(choose_checkpointing(e.clone(), Some(true), None).0.grad_checkpoint);
+    assert!(!choose_checkpointing(e.clone(), Some(false), Some((1, "x"))).0.grad_checkpoint);
+    // No budget, or one the plain run fits: off, nothing said.
+    let (off, said) = choose_checkpointing(e.clone(), None, Some((plain, "test")));
+    assert!(!off.grad_checkpoint && said.is_none());
+    assert!(!choose_checkpointing(e.clone(), None, None).0.grad_checkpoint);
+    // A budget between the two: on, and it says why, naming the flag.
+    let (on, said) = choose_checkpointing(e.clone(), None, Some(((plain + ckpt) / 2, "test")));
+    assert!(on.grad_checkpoint && on.total() == ckpt);
+    let said = said.unwrap();
+    assert!(said.contains("--grad-checkpoint") && said.contains("test"), "{said}");
+    assert!(on.table().contains("ckpt") && on.table().contains("without checkpointing"), "{}", on.table());
+}
