@@ -398,9 +398,10 @@ def llama_permute(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(out, arch):
+def write_gguf(out, arch, linear_f16=False):
     """The model in `out` as convert_hf_to_gguf.py would write it in f32 (metadata keys and tensor
-    names per architecture), without a tokenizer (the tests load weights only)."""
+    names per architecture), without a tokenizer (the tests load weights only). With `linear_f16`
+    the linear weights are F16 (`--outtype f16` keeps norms f32 the same way)."""
     import gguf
     import numpy as np
     from safetensors.torch import load_file
@@ -425,7 +426,7 @@ def write_gguf(out, arch):
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_rope_freq_base(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
     w.add_vocab_size(cfg["vocab_size"])
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if linear_f16 else gguf.LlamaFileType.ALL_F32)
     if arch == "phi3":
         rot = int(rope.get("partial_rotary_factor", 1.0) * cfg["hidden_size"]) // n_head
         w.add_rope_dimension_count(rot)
@@ -489,11 +490,50 @@ def write_gguf(out, arch):
                 t = llama_permute(t, n_head)
             elif arch == "llama" and module == "self_attn.k_proj":
                 t = llama_permute(t, n_kv)
+            if linear_f16 and name not in names and t.ndim == 2:
+                t = t.astype(np.float16)
         w.add_tensor(gname, np.ascontiguousarray(t))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def build_bf16(out_root, seed):
+    """A tiny Llama saved in bf16 (every linear's rows whole blocks of 32), with transformers'
+    logits of those bf16 weights computed in f32 (`from_pretrained(dtype=bfloat16).float()`), the
+    same for the weights rounded on to f16, and an F16 GGUF copy (which holds those f16 values)."""
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5,
+                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=True,
+                      attention_bias=False, attention_dropout=0.0, mlp_bias=False, hidden_act="silu",
+                      bos_token_id=1, eos_token_id=2)
+    out = os.path.join(out_root, "llama_bf16_tiny")
+    os.makedirs(out, exist_ok=True)
+    model = LlamaForCausalLM(cfg).float().eval()
+    init_weights(model, seed)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    from safetensors import safe_open
+    with safe_open(os.path.join(out, "model.safetensors"), "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.bfloat16 for k in f.keys())
+
+    input_ids, attention_mask, labels = make_inputs(seed + 1)
+    exp = {"input_ids": input_ids.to(torch.int32), "attention_mask": attention_mask.to(torch.int32),
+           "labels": labels.to(torch.int32)}
+    ref = LlamaForCausalLM.from_pretrained(out, dtype=torch.bfloat16).float().eval()
+    with torch.no_grad():
+        o = ref(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        exp["logits"] = o.logits.float().contiguous()
+        exp["loss"] = o.loss.float().reshape(1)
+        # The same weights rounded to f16 (norms stay f32 in kiln; bf16 → f32 is exact).
+        for name, p in ref.named_parameters():
+            if p.dim() == 2 and "embed_tokens" not in name:
+                p.copy_(p.to(torch.float16).float())
+        o = ref(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        exp["logits_f16"] = o.logits.float().contiguous()
+    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(out, "expected.safetensors"))
+    write_gguf(out, "llama", linear_f16=True)
+    return out
 
 
 BERT_LABELS = 3
@@ -924,7 +964,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures"))
     ap.add_argument("--tokenizers-only", action="store_true",
                     help="write only tokenizers/ (tokenizer_fixtures.py: tiny tokenizers, GGUF copies, chat templates)")
-    ap.add_argument("--only", choices=["text", "vision"], help="make only the text or the vision fixtures")
+    ap.add_argument("--only", choices=["text", "vision", "bf16"],
+                    help="make only the text, the vision or the 16-bit base fixtures")
     ap.add_argument("--family", action="append", choices=[f[0] for f in FAMILIES],
                     help="make only this decoder family's fixture (repeatable); nothing else is rewritten")
     args = ap.parse_args()
@@ -932,7 +973,7 @@ def main():
 
     sys.path.insert(0, here)
     import tokenizer_fixtures
-    tokenizer_dirs = [] if args.only == "vision" or args.family else tokenizer_fixtures.build(out_root)
+    tokenizer_dirs = [] if args.only in ("vision", "bf16") or args.family else tokenizer_fixtures.build(out_root)
     if args.tokenizers_only:
         return report(tokenizer_dirs)
 
@@ -949,6 +990,8 @@ def main():
                 dirs.append(out)
         return report(dirs)
 
+    if args.only == "bf16":
+        return report([build_bf16(out_root, seed=1357)])
     if args.only != "vision":
         print(rope_scaling_cases(out_root))
     dirs = [] if args.only == "vision" else [
@@ -958,6 +1001,7 @@ def main():
               False, out_root, seed=5678),
         build_bert(out_root, seed=4321),
         build_quant(out_root, seed=2468),
+        build_bf16(out_root, seed=1357),
     ]
     if args.only != "vision":
         for name, make, targets, arch, seed, check in FAMILIES:

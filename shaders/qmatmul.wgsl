@@ -1,5 +1,6 @@
 // Matmul through a frozen block-quantized weight W [N, K] (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
-// Q3_K, Q4_K, Q5_K or Q6_K), dequantized in the inner loop; W is never expanded to f32.
+// Q3_K, Q4_K, Q5_K or Q6_K) or a frozen 16-bit one (F16, BF16), dequantized (widened) in the
+// inner loop; W is never expanded to f32. Products and sums are f32 whatever W's type.
 //
 //   qmatmul     y  [M, N] = alpha * x [M, K] · Wᵀ (+ bias [N]) (+ y when accumulating)
 //   qmatmul_dx  dx [M, K] = alpha * dy [M, N] · W               (+ dx when accumulating)
@@ -19,7 +20,10 @@
 // The kernels walk K in chunks of 32 weights: a 32-weight block, or sub-block c % 8 of the
 // K-quant super-block c / 8. dequant8(c, part) gives eight weights of chunk c.
 //
-// Constants from the host's header: QTYPE (GGUF's type number: 2 = Q4_0, 3 = Q4_1, 6 = Q5_0,
+// F16 and BF16 are "blocks" of 32 values, 16 quant words each: word j holds values 2j (low
+// half) and 2j + 1 (high half); no scales, no halves region.
+//
+// Constants from the host's header: QTYPE (GGUF's type number: 1 = F16, 30 = BF16, 2 = Q4_0, 3 = Q4_1, 6 = Q5_0,
 // 7 = Q5_1, 8 = Q8_0, 10 = Q2_K, 11 = Q3_K, 12 = Q4_K, 13 = Q5_K, 14 = Q6_K; branches on it
 // fold away), QW, SW, and
 // BM, BN, TM, TN (tiled entries) or MR (qmatvec).
@@ -79,16 +83,29 @@ struct Eight {
 // nibbles are weights 4·part+0..3 and high nibbles weights 16+4·part+0..3. Q8_0 and the
 // K-quants: two words hold eight consecutive weights 8·part+0..7.
 fn lo_k(part: u32) -> u32 {
-    if (QTYPE == 8u || QTYPE >= 10u) { return 8u * part; }
+    if (QTYPE == 1u || QTYPE == 8u || QTYPE >= 10u) { return 8u * part; }
     return 4u * part;
 }
 
 fn hi_k(part: u32) -> u32 {
-    if (QTYPE == 8u || QTYPE >= 10u) { return 8u * part + 4u; }
+    if (QTYPE == 1u || QTYPE == 8u || QTYPE >= 10u) { return 8u * part + 4u; }
     return 16u + 4u * part;
 }
 
 fn dequant8(c: u32, part: u32) -> Eight {
+    if (QTYPE == 1u || QTYPE == 30u) {
+        // Values 8·part..8·part+7 are words 4·part..4·part+3 of the block.
+        let i = c * QW + 4u * part;
+        let ws = vec4<u32>(w[i], w[i + 1u], w[i + 2u], w[i + 3u]);
+        if (QTYPE == 1u) {
+            return Eight(vec4<f32>(unpack2x16float(ws.x), unpack2x16float(ws.y)),
+                         vec4<f32>(unpack2x16float(ws.z), unpack2x16float(ws.w)));
+        }
+        // A bf16 is the top half of an f32: shift the low value up, mask the high one.
+        let lo = bitcast<vec4<f32>>(ws << vec4<u32>(16u));
+        let hi = bitcast<vec4<f32>>(ws & vec4<u32>(0xffff0000u));
+        return Eight(vec4<f32>(lo.x, hi.x, lo.y, hi.y), vec4<f32>(lo.z, hi.z, lo.w, hi.w));
+    }
     if (QTYPE == 8u) {
         // Shift each byte to the top, then an arithmetic shift back sign-extends it.
         let d = half_of(c);

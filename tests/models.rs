@@ -437,6 +437,8 @@ fn mismatched_checkpoints_name_the_tensor() {
     assert!(err.contains("unexpected") && err.contains("model.layers.2.self_attn.q_proj.weight"), "{err}");
 }
 
+#[path = "models/checkpoint.rs"]
+mod checkpoint;
 #[path = "models/efficientnet_lite.rs"]
 mod efficientnet_lite;
 #[path = "models/encoder.rs"]
@@ -446,6 +448,8 @@ mod images;
 #[path = "models/resnet.rs"]
 mod resnet;
 
+#[path = "models/sixteen.rs"]
+mod sixteen;
 #[path = "models/tokenizers.rs"]
 mod tokenizers;
 

@@ -9,6 +9,7 @@
 
 mod attention;
 mod batch_norm;
+mod checkpoint;
 mod conv2d;
 mod elementwise;
 mod embedding;
@@ -21,6 +22,7 @@ mod rope;
 
 pub use attention::attention;
 pub use batch_norm::{BnStats, RunningStats, batch_norm};
+pub use checkpoint::checkpoint;
 pub use conv2d::conv2d;
 pub use elementwise::{activation, add, dropout, gated, scale, split_cols, swiglu};
 pub use embedding::embedding;
@@ -73,7 +75,9 @@ impl Var {
     }
 }
 
-/// A named weight of a module. Trainable exactly when it holds a gradient buffer.
+/// A named weight of a module. Trainable exactly when it holds a gradient buffer. A clone
+/// shares the value and gradient buffers (checkpointed blocks hold one).
+#[derive(Clone)]
 pub struct Param {
     /// The Hugging Face name, e.g. `model.layers.0.self_attn.q_proj.weight`.
     pub name: String,
@@ -131,6 +135,9 @@ pub struct Tape<'g> {
     pub gpu: &'g Gpu,
     recording: bool,
     training: bool,
+    /// Whether any trainable parameter was asked for ([`Tape::param`]), recorded or not: a
+    /// checkpointed block run without recording learns this way whether it needs a backward.
+    saw_trainable: Cell<bool>,
     /// Seeds dropout: each call site in a pass takes the next stream, each step its own `step`.
     dropout_seed: u32,
     dropout_step: u32,
@@ -161,6 +168,7 @@ impl<'g> Tape<'g> {
             gpu,
             recording,
             training,
+            saw_trainable: Cell::new(false),
             dropout_seed: seed,
             dropout_step: step,
             dropout_calls: Cell::new(0),
@@ -172,8 +180,61 @@ impl<'g> Tape<'g> {
         self.training
     }
 
+    /// Whether this pass records ops (for backward).
+    pub fn recording(&self) -> bool {
+        self.recording
+    }
+
+    /// A tape for one run of a checkpointed block: same device, dropout settings and dropout
+    /// stream position as this one (or as `calls` says), recording or not, never checkpointing
+    /// again.
+    pub(crate) fn sub(gpu: &'g Gpu, recording: bool, training: bool, seed: u32, step: u32, calls: u32) -> Tape<'g> {
+        let t = Tape::make(gpu, recording, training, seed, step);
+        t.dropout_calls.set(calls);
+        t
+    }
+
+    /// (seed, step, calls so far) of this pass's dropout streams.
+    pub(crate) fn dropout_state(&self) -> (u32, u32, u32) {
+        (self.dropout_seed, self.dropout_step, self.dropout_calls.get())
+    }
+
+    pub(crate) fn set_dropout_calls(&self, calls: u32) {
+        self.dropout_calls.set(calls);
+    }
+
+    /// Whether [`Tape::param`] has handed out a trainable parameter on this tape.
+    pub(crate) fn saw_trainable(&self) -> bool {
+        self.saw_trainable.get()
+    }
+
+    /// A new tensor with an id of its own and no producer (a checkpointed block's input during
+    /// its rerun), so backward collects its gradient.
+    pub(crate) fn leaf(&self, value: Tensor) -> Var {
+        let mut st = self.state.borrow_mut();
+        let id = st.next_id;
+        st.next_id += 1;
+        Var { value, id: Some(id) }
+    }
+
+    /// Records `node` whatever its inputs (when recording): for an op whose output needs a
+    /// gradient for reasons its inputs do not show (a checkpointed block with trainable weights).
+    pub(crate) fn record(&self, value: Tensor, node: impl FnOnce(VarId) -> Box<dyn Backward>) -> Var {
+        if !self.recording {
+            return Var::constant(value);
+        }
+        let mut st = self.state.borrow_mut();
+        let id = st.next_id;
+        st.next_id += 1;
+        st.nodes.push(node(id));
+        Var { value, id: Some(id) }
+    }
+
     /// The parameter as a leaf of this pass: with an id when it is trainable and we record.
     pub fn param(&self, p: &Param) -> Var {
+        if p.grad.is_some() {
+            self.saw_trainable.set(true);
+        }
         match (&p.grad, self.recording) {
             (Some(grad), true) => {
                 let mut st = self.state.borrow_mut();
@@ -233,6 +294,21 @@ impl<'g> Tape<'g> {
             node.backward(self.gpu, &mut grads)?;
         }
         Ok(())
+    }
+
+    /// Runs the recorded ops' backward in reverse from `out` with gradient `dy` (a checkpointed
+    /// block's rerun), adding into the parameters' buffers, and returns the gradient of `want`
+    /// (None when nothing reached it). The tape is consumed.
+    pub(crate) fn backward_from(self, out: &Var, dy: Tensor, want: Option<VarId>) -> Result<Option<Tensor>> {
+        let Some(id) = out.id else { return Ok(None) };
+        let st = self.state.into_inner();
+        let mut slots = HashMap::new();
+        slots.insert(id, dy);
+        let mut grads = Grads { gpu: self.gpu, slots, params: st.param_grads, seed: None };
+        for node in st.nodes.iter().rev() {
+            node.backward(self.gpu, &mut grads)?;
+        }
+        Ok(want.and_then(|w| grads.slots.remove(&w)))
     }
 }
 

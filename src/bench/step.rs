@@ -9,6 +9,13 @@
 //!   main job's step (`kiln train --task spamassassin`). `scripts/gpu_baselines.py steps` times
 //!   both in PyTorch eager (and torch.compile).
 //!
+//! - `laptop`: issue 21's laptop case, a Llama of Llama-3.2-1B's shape (16 layers, hidden 2048,
+//!   32 heads / 8 KV heads, FFN 8192, vocabulary 128,256, tied) with a Q4_0 base (random weights
+//!   quantized on load), LoRA r 16 (α 32, dropout 0.05) on all seven linears, batches of 4 × 512.
+//!
+//! `--grad-checkpoint` runs the decoder or encoder checkpointed; the figure carries the pool's
+//! peak (`peak_gpu_bytes`) beside the memory estimate of the same run.
+//!
 //! Each step is what the training loops do: upload the batch, forward, backward, the optimizer,
 //! and read back the loss and the gradient norm. [`Scale::Small`] keeps every width and cuts
 //! layers, batch and vocabulary so that lavapipe runs a step in about a second; the
@@ -31,8 +38,10 @@ use crate::models::decoder::{Decoder, DecoderConfig};
 use crate::models::llama;
 use crate::models::{CausalLm, LmInput};
 use crate::nn::LoraConfig;
+use crate::quant::{QuantType, QuantWeights};
 use crate::train::Optimizer;
 use crate::train::classify::Strategy;
+use crate::train::memory::{self, MemoryEstimate};
 
 /// Which step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -40,6 +49,7 @@ use crate::train::classify::Strategy;
 pub enum StepModel {
     Smollm2,
     Minilm,
+    Laptop,
 }
 
 /// The sizes a step runs at.
@@ -50,6 +60,8 @@ pub struct StepShape {
     pub batch: usize,
     pub seq: usize,
     pub vocab: usize,
+    /// Gradient checkpointing of every block.
+    pub grad_checkpoint: bool,
 }
 
 impl StepShape {
@@ -64,6 +76,7 @@ impl StepShape {
                 // The tied LM head is the largest product of a step: at 49,152 it alone would
                 // take lavapipe seconds.
                 vocab: if full { 49_152 } else { 8_192 },
+                grad_checkpoint: false,
             },
             StepModel::Minilm => StepShape {
                 model,
@@ -71,8 +84,24 @@ impl StepShape {
                 batch: if full { 8 } else { 4 },
                 seq: 64,
                 vocab: 30_522,
+                grad_checkpoint: false,
+            },
+            // Small: every width of the real model, two layers, one row of 128 tokens and a cut
+            // vocabulary, so lavapipe runs a step in about a minute.
+            StepModel::Laptop => StepShape {
+                model,
+                layers: if full { 16 } else { 2 },
+                batch: if full { 4 } else { 1 },
+                seq: if full { 512 } else { 128 },
+                vocab: if full { 128_256 } else { 8_192 },
+                grad_checkpoint: false,
             },
         }
+    }
+
+    pub fn with_checkpointing(mut self, on: bool) -> Self {
+        self.grad_checkpoint = on;
+        self
     }
 
     pub fn tokens(&self) -> usize {
@@ -83,8 +112,10 @@ impl StepShape {
         let name = match self.model {
             StepModel::Smollm2 => "SmolLM2-135M-shaped Llama, LoRA r8 q/k/v/o",
             StepModel::Minilm => "MiniLM-shaped BERT classifier, LoRA r8 q/k/v/dense + head",
+            StepModel::Laptop => "Llama-3.2-1B-shaped Llama, Q4_0 base, LoRA r16 all linears",
         };
-        format!("{name}, {} layers, batch {} × {}, vocab {}", self.layers, self.batch, self.seq, self.vocab)
+        let ckpt = if self.grad_checkpoint { ", gradient checkpointing" } else { "" };
+        format!("{name}, {} layers, batch {} × {}, vocab {}{ckpt}", self.layers, self.batch, self.seq, self.vocab)
     }
 
     /// SmolLM2-135M's config.json with this shape's layers and vocabulary.
@@ -96,6 +127,17 @@ impl StepShape {
             "tie_word_embeddings": true, "hidden_act": "silu",
         });
         llama::config(&json, Path::new("<SmolLM2-135M shape>"))
+    }
+
+    /// Llama-3.2-1B's config.json with this shape's layers and vocabulary.
+    fn llama_1b_config(&self) -> Result<DecoderConfig> {
+        let json = serde_json::json!({
+            "vocab_size": self.vocab, "hidden_size": 2048, "intermediate_size": 8192,
+            "num_hidden_layers": self.layers, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "max_position_embeddings": 131072, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": true, "hidden_act": "silu",
+        });
+        llama::config(&json, Path::new("<Llama-3.2-1B shape>"))
     }
 
     /// all-MiniLM-L6-v2's config.json with this shape's layers.
@@ -114,11 +156,13 @@ impl StepShape {
 struct RandomWeights {
     origin: PathBuf,
     state: u64,
+    /// Hand linear weights out quantized to this (a quantized base).
+    quantize: Option<QuantType>,
 }
 
 impl RandomWeights {
     fn new(what: &str, seed: u64) -> Self {
-        RandomWeights { origin: PathBuf::from(format!("<random {what} weights>")), state: seed | 1 }
+        RandomWeights { origin: PathBuf::from(format!("<random {what} weights>")), state: seed | 1, quantize: None }
     }
 
     fn next(&mut self) -> f32 {
@@ -153,6 +197,12 @@ impl WeightSource for RandomWeights {
 
     fn remaining(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    fn quantized(&mut self, name: &str, shape: &[usize]) -> Result<Option<QuantWeights>> {
+        let Some(kind) = self.quantize else { return Ok(None) };
+        let data = self.take(name, shape)?;
+        Ok(Some(QuantWeights::quantize(kind, &data, shape[0], shape[1], name)?))
     }
 }
 
@@ -191,6 +241,16 @@ impl<'g> StepBench<'g> {
                 m.add_lora(gpu, &lora(&["q_proj", "k_proj", "v_proj", "o_proj"]), SEED)?;
                 Model::Lm(Box::new(m))
             }
+            StepModel::Laptop => {
+                src.quantize = Some(QuantType::Q4_0);
+                let mut m = Decoder::from_source(gpu, shape.llama_1b_config()?, &mut src, &config_path)?;
+                let all = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+                m.add_lora(gpu, &LoraConfig { r: 16, alpha: 32.0, ..lora(&all) }, SEED)?;
+                // The f32 copies quantizing took are gone: release what they left pooled.
+                gpu.submit()?;
+                gpu.trim_pool();
+                Model::Lm(Box::new(m))
+            }
             StepModel::Minilm => {
                 let body = Bert::from_source(gpu, shape.bert_config(), &mut src, &config_path)?;
                 let labels = vec!["ham".to_string(), "spam".to_string()];
@@ -201,6 +261,11 @@ impl<'g> StepBench<'g> {
                 Model::Classifier(Box::new(m))
             }
         };
+        let mut model = model;
+        match &mut model {
+            Model::Lm(m) => m.set_grad_checkpoint(shape.grad_checkpoint)?,
+            Model::Classifier(m) => m.body.grad_checkpoint = shape.grad_checkpoint,
+        }
         let opt = Optimizer::new(AdamW::default(), Some(1.0));
         Ok(StepBench { gpu, shape, model, opt, rng: RandomWeights::new("batch", SEED + 2), step: 0 })
     }
@@ -209,6 +274,19 @@ impl<'g> StepBench<'g> {
         // Ids 3.. as PyTorch's side draws them (0-2 are special in both vocabularies).
         let u = (self.rng.next() / (0.02 * 3f32.sqrt()) + 1.0) / 2.0;
         3 + ((u * (self.shape.vocab - 3) as f32) as u32).min(self.shape.vocab as u32 - 4)
+    }
+
+    /// The memory estimate of this step, as `kiln train` prints it.
+    pub fn estimate(&mut self) -> MemoryEstimate {
+        let (b, t, ckpt) = (self.shape.batch, self.shape.seq, self.shape.grad_checkpoint);
+        match &mut self.model {
+            Model::Lm(m) => memory::estimate_lm(m.as_mut(), b, t).with_checkpointing(ckpt),
+            Model::Classifier(m) => {
+                // Its adapters are attached already: count them as trainable weights.
+                let none = LoraConfig { r: 0, alpha: 0.0, dropout: 0.0, target_modules: vec![], use_rslora: false };
+                memory::estimate_classifier(m, Strategy::Lora, &none, b, t).with_checkpointing(ckpt)
+            }
+        }
     }
 
     /// One optimizer step on a fresh random batch; returns the loss read back.
@@ -270,6 +348,10 @@ pub struct StepFigure {
     pub host_us_per_dispatch: f64,
     /// Time inside `Gpu::dispatch` per dispatch (profiled runs only).
     pub record_us_per_dispatch: Option<f64>,
+    /// The buffer pool's size after the steps: its high-water mark (it keeps what it allocates).
+    pub peak_gpu_bytes: u64,
+    /// The memory estimate of the same run.
+    pub estimate: MemoryEstimate,
 }
 
 /// Runs `warmup` steps (the first one is reported apart), then `steps` measured ones; with
@@ -326,6 +408,8 @@ pub fn measure(
         host_us_per_dispatch: host_us,
         record_us_per_dispatch: record_us,
         steps: samples,
+        peak_gpu_bytes: gpu.allocated_bytes(),
+        estimate: bench.estimate(),
     };
     Ok((figure, profiles))
 }

@@ -35,9 +35,13 @@ pub struct BenchArgs {
     /// Time whole training steps of this model (random weights of its real shape) instead of kernels
     #[arg(long, value_enum)]
     pub step: Option<StepModel>,
-    /// Measured steps of --step
+    /// Measured steps of --step; 0 builds the model and prints its memory estimate with and
+    /// without gradient checkpointing, running nothing
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
+    /// With --step: checkpoint every block (recompute activations in backward)
+    #[arg(long)]
+    pub grad_checkpoint: bool,
     /// Steps run before measuring (the first compiles pipelines and fills the buffer pool)
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
@@ -160,9 +164,19 @@ fn run_step(gpu: &Gpu, args: &BenchArgs, model: StepModel, scale: Scale) -> Resu
     if (args.plot.is_some() || args.gpu_times) && !args.profile {
         return Err(Error::invalid("--plot", "--plot and --gpu-times need --profile"));
     }
-    let shape = StepShape::new(model, scale);
+    let shape = StepShape::new(model, scale).with_checkpointing(args.grad_checkpoint);
     eprintln!("kiln bench --step on {}: {} (scale {scale:?})", gpu.describe(), shape.describe());
     let mut step = StepBench::new(gpu, shape)?;
+    if args.steps == 0 {
+        let e = step.estimate();
+        println!(
+            "{}
+{}",
+            e.clone().with_checkpointing(false).table(),
+            e.with_checkpointing(true).table()
+        );
+        return Ok(());
+    }
     let profile = args.profile.then_some(args.gpu_times);
     let (figure, profiles) = bench::step::measure(gpu, &mut step, args.warmup, args.steps, profile)?;
     if args.profile {
@@ -212,6 +226,12 @@ fn step_summary(f: &StepFigure) -> String {
         f.tokens_per_s
     );
     out += &format!("first step {:.1} ms: {}\n", f.first.ms, c(&f.first));
+    out += &format!(
+        "GPU memory: peak {:.1} MiB measured (the buffer pool), estimate {:.1} MiB (up to {:.1} with the pool's rounding)\n",
+        f.peak_gpu_bytes as f64 / 1048576.0,
+        f.estimate.total() as f64 / 1048576.0,
+        f.estimate.total_with_pool() as f64 / 1048576.0
+    );
     if let Some(last) = f.steps.last() {
         out += &format!("last step: {}\n", c(last));
         out += &format!(

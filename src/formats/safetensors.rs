@@ -10,6 +10,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::quant::{BLOCK, BaseDtype, GgmlType, QuantWeights};
 use crate::tensor::Tensor;
 use crate::util::write_atomic;
 
@@ -66,6 +67,8 @@ pub struct SafetensorsSource {
     /// name → (file, dtype, shape, bytes).
     tensors: BTreeMap<String, (PathBuf, Dtype, Vec<usize>, Vec<u8>)>,
     taken: BTreeSet<String>,
+    /// How linear weights asked for through [`WeightSource::quantized`] are kept.
+    pub base: BaseDtype,
 }
 
 impl SafetensorsSource {
@@ -80,14 +83,23 @@ impl SafetensorsSource {
 
     /// One safetensors file held in memory; `path` only names it in errors.
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
-        let mut source =
-            SafetensorsSource { dir: path.to_path_buf(), tensors: BTreeMap::new(), taken: BTreeSet::new() };
+        let mut source = SafetensorsSource {
+            dir: path.to_path_buf(),
+            tensors: BTreeMap::new(),
+            taken: BTreeSet::new(),
+            base: BaseDtype::Auto,
+        };
         source.add_file(path, bytes)?;
         Ok(source)
     }
 
     fn from_files(dir: &Path, files: Vec<PathBuf>) -> Result<Self> {
-        let mut source = SafetensorsSource { dir: dir.to_path_buf(), tensors: BTreeMap::new(), taken: BTreeSet::new() };
+        let mut source = SafetensorsSource {
+            dir: dir.to_path_buf(),
+            tensors: BTreeMap::new(),
+            taken: BTreeSet::new(),
+            base: BaseDtype::Auto,
+        };
         for file in files {
             let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
             source.add_file(&file, &bytes)?;
@@ -193,6 +205,33 @@ impl WeightSource for SafetensorsSource {
 
     fn remaining(&self) -> Vec<String> {
         self.tensors.keys().filter(|n| !self.taken.contains(*n)).cloned().collect()
+    }
+
+    /// F16/BF16 linear weights as 16-bit blocks when [`SafetensorsSource::base`] keeps them so
+    /// (`auto`), or any float weight rounded to the 16-bit type it asks for. Rows that are not
+    /// whole blocks of 32 stay f32, as do f32 weights under `auto`.
+    fn quantized(&mut self, name: &str, shape: &[usize]) -> Result<Option<QuantWeights>> {
+        let Some((file, dtype, found, bytes)) = self.tensors.get(name) else { return Ok(None) };
+        // A wrong shape is reported by `take`.
+        if found != shape || shape.len() != 2 || !shape[1].is_multiple_of(BLOCK) {
+            return Ok(None);
+        }
+        let stored = match dtype {
+            Dtype::F32 => GgmlType::F32,
+            Dtype::F16 => GgmlType::F16,
+            Dtype::BF16 => GgmlType::BF16,
+            _ => return Ok(None),
+        };
+        let Some(kind) = self.base.keep(stored, name)? else { return Ok(None) };
+        let bad = |e: Error| Error::Parse { path: file.clone(), message: e.to_string() };
+        let w = if kind.ggml() == stored {
+            QuantWeights::new(kind, shape[0], shape[1], bytes.clone(), name).map_err(bad)?
+        } else {
+            let data = self.take(name, shape)?;
+            QuantWeights::quantize(kind, &data, shape[0], shape[1], name)?
+        };
+        self.taken.insert(name.to_string());
+        Ok(Some(w))
     }
 
     fn file_of(&self, name: &str) -> PathBuf {

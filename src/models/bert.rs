@@ -114,6 +114,7 @@ impl EncoderInput {
 }
 
 /// `BertLayer`: post-norm self-attention and feed-forward, each with a residual.
+#[derive(Clone)]
 pub struct BertLayer {
     /// `attention.self.{query,key,value}` `[C, C]`.
     pub query: Linear,
@@ -129,6 +130,34 @@ pub struct BertLayer {
 }
 
 impl BertLayer {
+    /// x `[B, T, C]` → the layer's output: attention, residual, LayerNorm, then the
+    /// feed-forward, residual, LayerNorm; `p` is the hidden dropout.
+    pub fn forward(
+        &self,
+        tape: &Tape,
+        x: &Var,
+        spec: &AttentionSpec,
+        key_mask: Option<&Tensor>,
+        activation: Activation,
+        p: f32,
+    ) -> Result<Var> {
+        let (b, t, nh, d) = (spec.batch, spec.seq, spec.q_heads, spec.head_dim);
+        let c = nh * d;
+        let q = self.query.forward(tape, x)?.reshape(&[b, t, nh, d])?;
+        let k = self.key.forward(tape, x)?.reshape(&[b, t, nh, d])?;
+        let v = self.value.forward(tape, x)?.reshape(&[b, t, nh, d])?;
+        // Attention-probability dropout is not applied (the kernel keeps no probabilities).
+        let y = autograd::attention(tape, spec, &q, &k, &v, key_mask)?;
+        let y = self.attention_output.forward(tape, &y.reshape(&[b, t, c])?)?;
+        let y = autograd::dropout(tape, &y, p)?;
+        let x = self.attention_norm.forward(tape, &autograd::add(tape, x, &y)?)?;
+        let m = self.intermediate.forward(tape, &x)?;
+        let m = autograd::activation(tape, activation, &m)?;
+        let m = self.output.forward(tape, &m)?;
+        let m = autograd::dropout(tape, &m, p)?;
+        self.output_norm.forward(tape, &autograd::add(tape, &x, &m)?)
+    }
+
     fn linears_mut(&mut self) -> [&mut Linear; 6] {
         [
             &mut self.query,
@@ -191,6 +220,8 @@ pub struct Bert {
     pub embeddings: BertEmbeddings,
     pub layers: Vec<BertLayer>,
     pub activation: Activation,
+    /// Recompute each layer in backward instead of keeping its activations.
+    pub grad_checkpoint: bool,
 }
 
 impl Bert {
@@ -273,7 +304,7 @@ impl Bert {
                 output_norm: norm(src, &format!("{l}.output.LayerNorm"))?,
             });
         }
-        Ok(Bert { config, embeddings, layers, activation })
+        Ok(Bert { config, embeddings, layers, activation, grad_checkpoint: false })
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -301,20 +332,17 @@ impl Bert {
         let mut x = emb.norm.forward(tape, &x)?;
         x = autograd::dropout(tape, &x, cfg.hidden_dropout_prob)?;
         let spec = AttentionSpec::new(b, t, nh, nh, d, false);
+        let (activation, p) = (self.activation, cfg.hidden_dropout_prob);
         for layer in &self.layers {
-            let q = layer.query.forward(tape, &x)?.reshape(&[b, t, nh, d])?;
-            let k = layer.key.forward(tape, &x)?.reshape(&[b, t, nh, d])?;
-            let v = layer.value.forward(tape, &x)?.reshape(&[b, t, nh, d])?;
-            // Attention-probability dropout is not applied (the kernel keeps no probabilities).
-            let y = autograd::attention(tape, &spec, &q, &k, &v, input.key_mask.as_ref())?;
-            let y = layer.attention_output.forward(tape, &y.reshape(&[b, t, c])?)?;
-            let y = autograd::dropout(tape, &y, cfg.hidden_dropout_prob)?;
-            x = layer.attention_norm.forward(tape, &autograd::add(tape, &x, &y)?)?;
-            let m = layer.intermediate.forward(tape, &x)?;
-            let m = autograd::activation(tape, self.activation, &m)?;
-            let m = layer.output.forward(tape, &m)?;
-            let m = autograd::dropout(tape, &m, cfg.hidden_dropout_prob)?;
-            x = layer.output_norm.forward(tape, &autograd::add(tape, &x, &m)?)?;
+            x = if self.grad_checkpoint {
+                // The rerun in backward needs its own handles on the layer and the mask.
+                let (layer, mask) = (layer.clone(), input.key_mask.clone());
+                autograd::checkpoint(tape, &x, move |tape, x| {
+                    layer.forward(tape, x, &spec, mask.as_ref(), activation, p)
+                })?
+            } else {
+                layer.forward(tape, &x, &spec, input.key_mask.as_ref(), activation, p)?
+            };
         }
         Ok(x)
     }

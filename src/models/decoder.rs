@@ -21,6 +21,7 @@ use crate::kernels::elementwise::GatedUnit;
 use crate::kernels::layer_norm::Norm;
 use crate::kernels::rope::RopeTables;
 use crate::nn::{KvCache, Linear, NormLayer, RopeConfig};
+use crate::tensor::Tensor;
 
 /// Everything that differs between the families, as switches over one block.
 #[derive(Clone, Debug)]
@@ -344,6 +345,7 @@ pub(crate) fn qwen_layer_windows(json: &serde_json::Value, layers: usize, path: 
 /// `self_attn.{q,k,v}_proj`, or Phi-3's fused `self_attn.qkv_proj`. (One per layer: the size
 /// difference between the variants costs nothing worth boxing for.)
 #[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
 pub enum QkvProj {
     Separate { q_proj: Linear, k_proj: Linear, v_proj: Linear },
     Fused { qkv_proj: Linear },
@@ -351,12 +353,14 @@ pub enum QkvProj {
 
 /// `mlp.{gate,up}_proj`, or Phi-3's fused `mlp.gate_up_proj`.
 #[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
 pub enum GateUpProj {
     Separate { gate_proj: Linear, up_proj: Linear },
     Fused { gate_up_proj: Linear },
 }
 
-/// One decoder layer (`LlamaDecoderLayer` and its relatives).
+/// One decoder layer (`LlamaDecoderLayer` and its relatives). A clone shares its buffers.
+#[derive(Clone)]
 pub struct Block {
     pub input_layernorm: NormLayer,
     pub qkv: QkvProj,
@@ -458,6 +462,8 @@ pub struct Decoder {
     pub rope_long: Option<Arc<RopeTables>>,
     /// The sliding-window layers' tables when they have their own RoPE (Gemma 3).
     pub rope_local: Option<Arc<RopeTables>>,
+    /// Recompute each block in backward instead of keeping its activations.
+    pub grad_checkpoint: bool,
 }
 
 impl Decoder {
@@ -584,7 +590,7 @@ impl Decoder {
             }
             None => None,
         };
-        Ok(Decoder { config, embed_tokens, layers, norm, lm_head, rope, rope_long, rope_local })
+        Ok(Decoder { config, embed_tokens, layers, norm, lm_head, rope, rope_long, rope_local, grad_checkpoint: false })
     }
 
     /// The tables for a forward whose positions reach `seq_len`.
@@ -630,6 +636,76 @@ impl Module for Decoder {
     }
 }
 
+/// What one block's forward reads besides its weights and input.
+struct BlockInputs<'a> {
+    rope: &'a Arc<RopeTables>,
+    spec: AttentionSpec,
+    key_mask: Option<&'a Tensor>,
+    cache: Option<&'a KvCache>,
+    layer: usize,
+}
+
+/// One decoder block: x `[B, T, C]` → x + attention + MLP, pre-norm.
+fn block_forward(tape: &Tape, cfg: &DecoderConfig, l: &Block, x: &Var, inp: &BlockInputs) -> Result<Var> {
+    let (b, t) = (inp.spec.batch, inp.spec.seq);
+    let (hq, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    let offset = inp.cache.map_or(0, |k| k.len);
+    let a = l.input_layernorm.forward(tape, x)?;
+    let (q, k, v) = match &l.qkv {
+        QkvProj::Separate { q_proj, k_proj, v_proj } => {
+            (q_proj.forward(tape, &a)?, k_proj.forward(tape, &a)?, v_proj.forward(tape, &a)?)
+        }
+        QkvProj::Fused { qkv_proj } => {
+            let qkv = qkv_proj.forward(tape, &a)?;
+            let mut parts = autograd::split_cols(tape, &qkv, &[cfg.q_width(), cfg.kv_width(), cfg.kv_width()])?;
+            let v = parts.pop().expect("three parts");
+            let k = parts.pop().expect("three parts");
+            (parts.pop().expect("three parts"), k, v)
+        }
+    };
+    let mut q = q.reshape(&[b, t, hq, d])?;
+    let mut k = k.reshape(&[b, t, hkv, d])?;
+    let v = v.reshape(&[b, t, hkv, d])?;
+    if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+        q = head_norm(tape, qn, &q)?;
+        k = head_norm(tape, kn, &k)?;
+    }
+    let q = autograd::rope(tape, inp.rope, &q, offset)?;
+    let k = autograd::rope(tape, inp.rope, &k, offset)?;
+    let y = self_attention(tape, &inp.spec, &q, &k, &v, inp.key_mask, inp.cache, inp.layer)?;
+    let y = l.o_proj.forward(tape, &y.reshape(&[b, t, hq * d])?)?;
+    // Gemma 3's sandwich: the attention output is normed before the residual add, and the MLP
+    // gets its own pre-norm; the other families norm the sum.
+    let (x, m) = match &l.pre_feedforward_layernorm {
+        Some(pre) => {
+            let y = l.post_attention_layernorm.forward(tape, &y)?;
+            let x = autograd::add(tape, x, &y)?;
+            let m = pre.forward(tape, &x)?;
+            (x, m)
+        }
+        None => {
+            let x = autograd::add(tape, x, &y)?;
+            let m = l.post_attention_layernorm.forward(tape, &x)?;
+            (x, m)
+        }
+    };
+    let (gate, up) = match &l.gate_up {
+        GateUpProj::Separate { gate_proj, up_proj } => (gate_proj.forward(tape, &m)?, up_proj.forward(tape, &m)?),
+        GateUpProj::Fused { gate_up_proj } => {
+            let gu = gate_up_proj.forward(tape, &m)?;
+            let f = cfg.intermediate_size;
+            let mut parts = autograd::split_cols(tape, &gu, &[f, f])?;
+            let up = parts.pop().expect("two parts");
+            (parts.pop().expect("two parts"), up)
+        }
+    };
+    let mut m = l.down_proj.forward(tape, &autograd::gated(tape, cfg.mlp, &gate, &up)?)?;
+    if let Some(post) = &l.post_feedforward_layernorm {
+        m = post.forward(tape, &m)?;
+    }
+    autograd::add(tape, &x, &m)
+}
+
 /// RMSNorm over each head's D values of x `[B, T, H, D]`.
 fn head_norm(tape: &Tape, norm: &NormLayer, x: &Var) -> Result<Var> {
     let shape = x.shape().to_vec();
@@ -670,69 +746,38 @@ impl CausalLm for Decoder {
             spec = spec.with_cache(k.capacity, offset);
         }
         for (i, l) in self.layers.iter().enumerate() {
-            let a = l.input_layernorm.forward(tape, &x)?;
-            let (q, k, v) = match &l.qkv {
-                QkvProj::Separate { q_proj, k_proj, v_proj } => {
-                    (q_proj.forward(tape, &a)?, k_proj.forward(tape, &a)?, v_proj.forward(tape, &a)?)
-                }
-                QkvProj::Fused { qkv_proj } => {
-                    let qkv = qkv_proj.forward(tape, &a)?;
-                    let mut parts = autograd::split_cols(tape, &qkv, &[cfg.q_width(), cfg.kv_width(), cfg.kv_width()])?;
-                    let v = parts.pop().expect("three parts");
-                    let k = parts.pop().expect("three parts");
-                    (parts.pop().expect("three parts"), k, v)
-                }
-            };
-            let mut q = q.reshape(&[b, t, hq, d])?;
-            let mut k = k.reshape(&[b, t, hkv, d])?;
-            let v = v.reshape(&[b, t, hkv, d])?;
-            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-                q = head_norm(tape, qn, &q)?;
-                k = head_norm(tape, kn, &k)?;
-            }
             let rope = match &self.rope_local {
                 Some(local) if cfg.sliding_window[i].is_some() => local,
                 _ => rope,
             };
-            let q = autograd::rope(tape, rope, &q, offset)?;
-            let k = autograd::rope(tape, rope, &k, offset)?;
             let spec = spec.with_window(cfg.sliding_window[i]);
-            let y = self_attention(tape, &spec, &q, &k, &v, input.key_mask.as_ref(), cache, i)?;
-            let y = l.o_proj.forward(tape, &y.reshape(&[b, t, hq * d])?)?;
-            let m = match &l.pre_feedforward_layernorm {
-                Some(pre) => {
-                    let y = l.post_attention_layernorm.forward(tape, &y)?;
-                    x = autograd::add(tape, &x, &y)?;
-                    pre.forward(tape, &x)?
-                }
-                None => {
-                    x = autograd::add(tape, &x, &y)?;
-                    l.post_attention_layernorm.forward(tape, &x)?
-                }
+            x = if self.grad_checkpoint && cache.is_none() {
+                // The rerun in backward needs its own handles on the block and the inputs.
+                let (l, cfg, rope, mask) = (l.clone(), cfg.clone(), rope.clone(), input.key_mask.clone());
+                autograd::checkpoint(tape, &x, move |tape, x| {
+                    block_forward(
+                        tape,
+                        &cfg,
+                        &l,
+                        x,
+                        &BlockInputs { rope: &rope, spec, key_mask: mask.as_ref(), cache: None, layer: i },
+                    )
+                })?
+            } else {
+                let inputs = BlockInputs { rope, spec, key_mask: input.key_mask.as_ref(), cache, layer: i };
+                block_forward(tape, cfg, l, &x, &inputs)?
             };
-            let (gate, up) = match &l.gate_up {
-                GateUpProj::Separate { gate_proj, up_proj } => {
-                    (gate_proj.forward(tape, &m)?, up_proj.forward(tape, &m)?)
-                }
-                GateUpProj::Fused { gate_up_proj } => {
-                    let gu = gate_up_proj.forward(tape, &m)?;
-                    let f = cfg.intermediate_size;
-                    let mut parts = autograd::split_cols(tape, &gu, &[f, f])?;
-                    let up = parts.pop().expect("two parts");
-                    (parts.pop().expect("two parts"), up)
-                }
-            };
-            let mut m = l.down_proj.forward(tape, &autograd::gated(tape, cfg.mlp, &gate, &up)?)?;
-            if let Some(post) = &l.post_feedforward_layernorm {
-                m = post.forward(tape, &m)?;
-            }
-            x = autograd::add(tape, &x, &m)?;
         }
         self.norm.forward(tape, &x)
     }
 
     fn head(&self, tape: &Tape) -> Var {
         tape.param(self.lm_head.as_ref().unwrap_or(&self.embed_tokens))
+    }
+
+    fn set_grad_checkpoint(&mut self, on: bool) -> Result<()> {
+        self.grad_checkpoint = on;
+        Ok(())
     }
 
     fn linears_mut(&mut self) -> Vec<&mut Linear> {

@@ -14,7 +14,7 @@ use crate::formats::gguf::GgufFile;
 use crate::formats::safetensors::WeightSource;
 use crate::gpu::Gpu;
 use crate::nn::{RopeConfig, RopeScaling};
-use crate::quant::{QuantType, QuantWeights};
+use crate::quant::{BaseDtype, QuantWeights};
 
 /// Architectures kiln reads, as `general.architecture` names them.
 pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "phi3", "gemma3"];
@@ -33,9 +33,14 @@ pub fn load_decoder(gpu: &Gpu, file: &GgufFile) -> Result<Decoder> {
 /// embedding (Q8_0 in SmolLM2's file) is dequantized either way: the embedding lookup and the
 /// tied LM head read f32.
 pub fn load_decoder_with(gpu: &Gpu, file: &GgufFile, keep_quantized: bool) -> Result<Decoder> {
+    load_decoder_base(gpu, file, if keep_quantized { BaseDtype::Auto } else { BaseDtype::F32 })
+}
+
+/// Reads the model in `file`, its linear weights held as `base` says (`--base-dtype`).
+pub fn load_decoder_base(gpu: &Gpu, file: &GgufFile, base: BaseDtype) -> Result<Decoder> {
     let config = config_from_metadata(file)?;
     let mut src = GgufSource::new(file, &config)?;
-    src.keep_quantized = keep_quantized;
+    src.base = base;
     Decoder::from_source(gpu, config, &mut src, &file.path)
 }
 
@@ -200,8 +205,9 @@ pub struct GgufSource<'a> {
     /// (query heads, key/value heads) when Q/K rows are stored permuted (`llama` only).
     permuted: Option<(usize, usize)>,
     taken: BTreeSet<String>,
-    /// Hand Q8_0/Q4_0/Q4_1 linear weights out as blocks ([`WeightSource::quantized`]).
-    pub keep_quantized: bool,
+    /// Which linear weights go out as blocks ([`WeightSource::quantized`]): `auto` the file's
+    /// quantized and 16-bit ones, `f16`/`bf16` every float one rounded to that, `f32` none.
+    pub base: BaseDtype,
 }
 
 impl<'a> GgufSource<'a> {
@@ -211,7 +217,7 @@ impl<'a> GgufSource<'a> {
         // The RoPE tensors went into the config.
         let taken = ROPE_TENSORS.iter().filter(|n| file.tensor_info(n).is_some()).map(|n| n.to_string()).collect();
         let sandwich = config.sandwich_norms;
-        Ok(GgufSource { file, path: file.path.clone(), sandwich, permuted, taken, keep_quantized: false })
+        Ok(GgufSource { file, path: file.path.clone(), sandwich, permuted, taken, base: BaseDtype::F32 })
     }
 
     /// Rows of `g` to unpermute: the head count when it is a permuted Q or K weight.
@@ -351,9 +357,20 @@ impl WeightSource for GgufSource<'_> {
     fn quantized(&mut self, name: &str, shape: &[usize]) -> Result<Option<QuantWeights>> {
         let Some(g) = gguf_name_in(self.sandwich, name) else { return Ok(None) };
         let Some(info) = self.file.tensor_info(&g) else { return Ok(None) };
-        let Some(kind) = QuantType::from_ggml(info.ggml_type) else { return Ok(None) };
-        if !self.keep_quantized || g == "token_embd.weight" {
+        // The embedding is gathered from, not multiplied: it stays f32.
+        if g == "token_embd.weight" {
             return Ok(None);
+        }
+        let stored = info.ggml_type;
+        let Some(kind) = self.base.keep(stored, &g)? else { return Ok(None) };
+        // 16-bit rows that are not whole blocks of 32 stay f32.
+        if kind.is_16bit() && !shape.get(1).is_some_and(|c| c.is_multiple_of(crate::quant::BLOCK)) {
+            return Ok(None);
+        }
+        if kind.ggml() != stored {
+            // Rounding a float weight to 16 bits: through f32, Q/K rows unpermuted by `take`.
+            let data = self.take(name, shape)?;
+            return Ok(Some(QuantWeights::quantize(kind, &data, shape[0], shape[1], &g)?));
         }
         let found = info.shape();
         if found != shape {
@@ -428,7 +445,7 @@ mod tests {
                 sandwich: false,
                 permuted: Some((4, 2)),
                 taken: BTreeSet::new(),
-                keep_quantized: keep,
+                base: if keep { BaseDtype::Auto } else { BaseDtype::F32 },
             };
             let (mut kept, mut plain) = (source(true), source(false));
             for hf in [

@@ -18,6 +18,7 @@ use crate::kernels::attention::AttentionSpec;
 use crate::kernels::elementwise::Activation;
 use crate::kernels::layer_norm::Norm;
 use crate::nn::{KvCache, Linear, NormLayer};
+use crate::tensor::Tensor;
 
 fn default_act() -> String {
     "gelu_new".into()
@@ -58,7 +59,8 @@ pub struct Gpt2Config {
     pub scale_attn_weights: bool,
 }
 
-/// `GPT2Block`: pre-norm attention and MLP with residuals.
+/// `GPT2Block`: pre-norm attention and MLP with residuals. A clone shares its buffers.
+#[derive(Clone)]
 pub struct Block {
     pub ln_1: NormLayer,
     /// `attn.c_attn` `[C, 3C]` (q|k|v), `attn.c_proj` `[C, C]`.
@@ -82,6 +84,8 @@ pub struct Gpt2 {
     /// `lm_head.weight` `[V, C]` when not tied to `wte`.
     pub lm_head: Option<Param>,
     pub activation: Activation,
+    /// Recompute each block in backward instead of keeping its activations.
+    pub grad_checkpoint: bool,
 }
 
 impl Gpt2 {
@@ -152,7 +156,7 @@ impl Gpt2 {
         let lm_head = untied_head(gpu, src, config.tie_word_embeddings, [config.vocab_size, c])?;
         // attn.bias / attn.masked_bias are causal-mask buffers of old checkpoints, not weights.
         src.finish(&|n| n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias"))?;
-        Ok(Gpt2 { config, prefix, wte, wpe, h, ln_f, lm_head, activation })
+        Ok(Gpt2 { config, prefix, wte, wpe, h, ln_f, lm_head, activation, grad_checkpoint: false })
     }
 
     fn head_dim(&self) -> usize {
@@ -196,6 +200,46 @@ impl Module for Gpt2 {
     }
 }
 
+/// One block's settings besides its weights.
+#[derive(Clone, Copy)]
+struct BlockStep {
+    spec: AttentionSpec,
+    activation: Activation,
+    resid_pdrop: f32,
+    layer: usize,
+}
+
+impl BlockStep {
+    /// x `[B, T, C]` → x + attention + MLP, pre-norm, with residual dropout.
+    fn forward(
+        &self,
+        tape: &Tape,
+        blk: &Block,
+        x: &Var,
+        key_mask: Option<&Tensor>,
+        cache: Option<&KvCache>,
+    ) -> Result<Var> {
+        let (b, t, nh, d) = (self.spec.batch, self.spec.seq, self.spec.q_heads, self.spec.head_dim);
+        let c = nh * d;
+        let a = blk.ln_1.forward(tape, x)?;
+        let qkv = blk.c_attn.forward(tape, &a)?;
+        let parts = autograd::split_cols(tape, &qkv, &[c, c, c])?;
+        let q = parts[0].reshape(&[b, t, nh, d])?;
+        let k = parts[1].reshape(&[b, t, nh, d])?;
+        let v = parts[2].reshape(&[b, t, nh, d])?;
+        let y = self_attention(tape, &self.spec, &q, &k, &v, key_mask, cache, self.layer)?;
+        let y = blk.attn_c_proj.forward(tape, &y.reshape(&[b, t, c])?)?;
+        let y = autograd::dropout(tape, &y, self.resid_pdrop)?;
+        let x = autograd::add(tape, x, &y)?;
+        let m = blk.ln_2.forward(tape, &x)?;
+        let m = blk.c_fc.forward(tape, &m)?;
+        let m = autograd::activation(tape, self.activation, &m)?;
+        let m = blk.mlp_c_proj.forward(tape, &m)?;
+        let m = autograd::dropout(tape, &m, self.resid_pdrop)?;
+        autograd::add(tape, &x, &m)
+    }
+}
+
 impl CausalLm for Gpt2 {
     fn model_type(&self) -> &'static str {
         "gpt2"
@@ -214,7 +258,7 @@ impl CausalLm for Gpt2 {
 
     fn hidden(&self, tape: &Tape, input: &LmInput, cache: Option<&KvCache>) -> Result<Var> {
         let cfg = &self.config;
-        let (b, t, c, nh, d) = (input.batch, input.seq, cfg.n_embd, cfg.n_head, self.head_dim());
+        let (b, t, nh, d) = (input.batch, input.seq, cfg.n_head, self.head_dim());
         let offset = cache.map_or(0, |k| k.len);
         if offset + t > cfg.n_positions {
             return Err(Error::invalid(
@@ -235,28 +279,25 @@ impl CausalLm for Gpt2 {
             spec = spec.with_cache(k.capacity, offset);
         }
         for (i, blk) in self.h.iter().enumerate() {
-            let a = blk.ln_1.forward(tape, &x)?;
-            let qkv = blk.c_attn.forward(tape, &a)?;
-            let parts = autograd::split_cols(tape, &qkv, &[c, c, c])?;
-            let q = parts[0].reshape(&[b, t, nh, d])?;
-            let k = parts[1].reshape(&[b, t, nh, d])?;
-            let v = parts[2].reshape(&[b, t, nh, d])?;
-            let y = self_attention(tape, &spec, &q, &k, &v, input.key_mask.as_ref(), cache, i)?;
-            let y = blk.attn_c_proj.forward(tape, &y.reshape(&[b, t, c])?)?;
-            let y = autograd::dropout(tape, &y, cfg.resid_pdrop)?;
-            x = autograd::add(tape, &x, &y)?;
-            let m = blk.ln_2.forward(tape, &x)?;
-            let m = blk.c_fc.forward(tape, &m)?;
-            let m = autograd::activation(tape, self.activation, &m)?;
-            let m = blk.mlp_c_proj.forward(tape, &m)?;
-            let m = autograd::dropout(tape, &m, cfg.resid_pdrop)?;
-            x = autograd::add(tape, &x, &m)?;
+            let step = BlockStep { spec, activation: self.activation, resid_pdrop: cfg.resid_pdrop, layer: i };
+            x = if self.grad_checkpoint && cache.is_none() {
+                // The rerun in backward needs its own handles on the block and the mask.
+                let (blk, mask) = (blk.clone(), input.key_mask.clone());
+                autograd::checkpoint(tape, &x, move |tape, x| step.forward(tape, &blk, x, mask.as_ref(), None))?
+            } else {
+                step.forward(tape, blk, &x, input.key_mask.as_ref(), cache)?
+            };
         }
         self.ln_f.forward(tape, &x)
     }
 
     fn head(&self, tape: &Tape) -> Var {
         tape.param(self.lm_head.as_ref().unwrap_or(&self.wte))
+    }
+
+    fn set_grad_checkpoint(&mut self, on: bool) -> Result<()> {
+        self.grad_checkpoint = on;
+        Ok(())
     }
 
     fn linears_mut(&mut self) -> Vec<&mut Linear> {

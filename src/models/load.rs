@@ -5,12 +5,13 @@ use std::path::Path;
 
 use tokenizers::Tokenizer;
 
-use super::{CausalLm, gguf_decoder, load_causal_lm};
+use super::{CausalLm, gguf_decoder, load_causal_lm_with};
 use crate::error::{Error, Result};
 use crate::formats::chat_template::{Message, PromptFormat, Role};
 use crate::formats::gguf::GgufFile;
 use crate::formats::tokenizer::{GgufTokenizer, HfTokenizer};
 use crate::gpu::Gpu;
+use crate::quant::{BaseDtype, QuantType};
 
 pub struct LoadedLm {
     pub model: Box<dyn CausalLm>,
@@ -64,10 +65,15 @@ pub fn load_lm(gpu: &Gpu, path: &Path) -> Result<LoadedLm> {
 /// Opens a model; `keep_quantized: false` dequantizes a GGUF file's weights to f32 on load
 /// (`--base-dtype f32`).
 pub fn load_lm_with(gpu: &Gpu, path: &Path, keep_quantized: bool) -> Result<LoadedLm> {
+    load_lm_base(gpu, path, if keep_quantized { BaseDtype::Auto } else { BaseDtype::F32 })
+}
+
+/// Opens a model with its frozen linear weights held as `base` says (`--base-dtype`).
+pub fn load_lm_base(gpu: &Gpu, path: &Path, base: BaseDtype) -> Result<LoadedLm> {
     if path.extension().is_some_and(|e| e == "gguf") {
-        load_gguf(gpu, path, keep_quantized)
+        load_gguf(gpu, path, base)
     } else if path.is_dir() {
-        load_hf(gpu, path)
+        load_hf(gpu, path, base)
     } else {
         Err(Error::Parse {
             path: path.to_path_buf(),
@@ -76,10 +82,10 @@ pub fn load_lm_with(gpu: &Gpu, path: &Path, keep_quantized: bool) -> Result<Load
     }
 }
 
-fn load_gguf(gpu: &Gpu, path: &Path, keep_quantized: bool) -> Result<LoadedLm> {
+fn load_gguf(gpu: &Gpu, path: &Path, base: BaseDtype) -> Result<LoadedLm> {
     let file = GgufFile::open(path)?;
     // The model first: its architecture and sizes are the likelier mistake to report.
-    let model = Box::new(gguf_decoder::load_decoder_with(gpu, &file, keep_quantized)?);
+    let model = Box::new(gguf_decoder::load_decoder_base(gpu, &file, base)?);
     let tok = GgufTokenizer::from_gguf(&file)?;
     let name = file.get_str("general.name")?.map(str::to_string).unwrap_or_else(|| path.display().to_string());
     let format = tok.prompt_format(path, &name)?;
@@ -87,8 +93,18 @@ fn load_gguf(gpu: &Gpu, path: &Path, keep_quantized: bool) -> Result<LoadedLm> {
     Ok(LoadedLm { model, tokenizer: tok.tokenizer, format, stop, pad: tok.pad.unwrap_or(tok.eos), name })
 }
 
-fn load_hf(gpu: &Gpu, dir: &Path) -> Result<LoadedLm> {
-    let model = load_causal_lm(gpu, dir)?;
+fn load_hf(gpu: &Gpu, dir: &Path, base: BaseDtype) -> Result<LoadedLm> {
+    let mut model = load_causal_lm_with(gpu, dir, base)?;
+    // What loaded f32 although 16 bits were asked for (GPT-2's `[in, out]` weights) is rounded
+    // now; the decoder's linears came 16-bit already.
+    let sixteen = match base {
+        BaseDtype::F16 => Some(QuantType::F16),
+        BaseDtype::BF16 => Some(QuantType::BF16),
+        _ => None,
+    };
+    if let Some(kind) = sixteen {
+        super::quantize::quantize_linears(gpu, model.as_mut(), kind)?;
+    }
     let tok = HfTokenizer::open(dir)?;
     let config: serde_json::Value = crate::formats::safetensors::read_config(dir)?;
     let ids = |v: &serde_json::Value| -> Vec<u32> {

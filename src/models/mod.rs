@@ -105,6 +105,19 @@ pub trait CausalLm: Module {
         ))
     }
 
+    /// Gradient checkpointing (`--grad-checkpoint`, transformers'
+    /// `gradient_checkpointing_enable()`): each block keeps only its input on the tape and is
+    /// run again in backward (`autograd::checkpoint`).
+    fn set_grad_checkpoint(&mut self, on: bool) -> Result<()> {
+        if !on {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "--grad-checkpoint",
+            format!("a {} model does not checkpoint its blocks", self.model_type()),
+        ))
+    }
+
     /// Mean next-token cross-entropy over targets `[B·T]` (−100 ignored).
     fn loss(&self, tape: &Tape, input: &LmInput, targets: &[i32]) -> Result<Loss> {
         let h = self.hidden(tape, input, None)?;
@@ -243,6 +256,13 @@ pub const CAUSAL_LM_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2", "qwe
 
 /// Loads a causal LM from a Hugging Face folder by its config's `model_type`.
 pub fn load_causal_lm(gpu: &Gpu, dir: &Path) -> Result<Box<dyn CausalLm>> {
+    load_causal_lm_with(gpu, dir, crate::quant::BaseDtype::Auto)
+}
+
+/// [`load_causal_lm`] with the decoder's linear weights held as `base` says (`--base-dtype`):
+/// under `auto` F16/BF16 files stay 16-bit. GPT-2 loads f32 (its Conv1D weights are
+/// `[in, out]`); `load::load_lm_base` rounds it afterwards when asked.
+pub fn load_causal_lm_with(gpu: &Gpu, dir: &Path, base: crate::quant::BaseDtype) -> Result<Box<dyn CausalLm>> {
     let path = dir.join("config.json");
     let json: serde_json::Value = weights::read_config(dir)?;
     let config = match json["model_type"].as_str() {
@@ -261,6 +281,7 @@ pub fn load_causal_lm(gpu: &Gpu, dir: &Path) -> Result<Box<dyn CausalLm>> {
         }
     };
     let mut src = weights::SafetensorsSource::open(dir)?;
+    src.base = base;
     Ok(Box::new(decoder::Decoder::from_source(gpu, config, &mut src, &path)?))
 }
 

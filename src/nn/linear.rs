@@ -16,6 +16,7 @@ use crate::kernels::qmatmul::QuantTensor;
 use crate::nn::{LoraAdapter, LoraConfig, Rng};
 use crate::tensor::Tensor;
 
+#[derive(Clone)]
 pub struct Linear {
     /// The module path, e.g. `transformer.h.0.attn.c_attn`; parameters are `<path>.weight`.
     pub path: String,

@@ -49,6 +49,7 @@ impl LoraConfig {
 }
 
 /// The two trainable matrices of one adapted layer.
+#[derive(Clone)]
 pub struct LoraAdapter {
     /// `[r, in]`, named `<path>.lora_A.weight`.
     pub a: Param,

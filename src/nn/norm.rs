@@ -4,6 +4,7 @@ use crate::autograd::{self, Param, Tape, Var};
 use crate::error::Result;
 use crate::kernels::layer_norm::Norm;
 
+#[derive(Clone)]
 pub struct NormLayer {
     pub kind: Norm,
     /// `[C]`, named `<path>.weight`.

@@ -240,6 +240,9 @@ pub(super) fn quantize_block(kind: QuantType, x: &[f32], out: &mut Vec<u8>) {
         QuantType::Q4_K => super::kquant::quantize_q45_k(x, false, out),
         QuantType::Q5_K => super::kquant::quantize_q45_k(x, true, out),
         QuantType::Q6_K => super::kquant::quantize_q6_k(x, out),
+        // Round to nearest even, as PyTorch's `.to(torch.float16 / torch.bfloat16)`.
+        QuantType::F16 => out.extend(x.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes())),
+        QuantType::BF16 => out.extend(x.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes())),
     }
 }
 

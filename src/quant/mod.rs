@@ -18,6 +18,10 @@
 //!   Q6_K: 210 bytes, 16 × 16, int8 scale sc;               w = d·sc·(q − 32), q 6 bits
 //!   Q3_K: 110 bytes, 16 × 16, 6-bit signed scale sc;      w = d·sc·q, q in −4..3
 //!   Q2_K:  84 bytes, 16 × 16, 4-bit scale sc and min mn;  w = d·sc·q − dmin·mn, q 2 bits
+//! 16-bit floats, kept as they are (frozen 16-bit bases), in blocks of 32 like the rest so the
+//! same kernels read them:
+//!   F16:  64 bytes = 32 × f16;                             w = the f16
+//!   BF16: 64 bytes = 32 × bf16;                            w = the bf16 (an f32's top half)
 //! `codec::dequantize_f64` spells out where each weight's bits sit.
 
 pub mod codec;
@@ -66,6 +70,12 @@ pub enum QuantType {
     #[value(name = "q6_k")]
     #[serde(rename = "q6_k")]
     Q6_K,
+    #[value(name = "f16")]
+    #[serde(rename = "f16")]
+    F16,
+    #[value(name = "bf16")]
+    #[serde(rename = "bf16")]
+    BF16,
 }
 
 /// Where a block's bytes go on the GPU (`codec` module doc): byte ranges of the block that are
@@ -89,7 +99,7 @@ impl GpuLayout {
 }
 
 impl QuantType {
-    pub const ALL: [QuantType; 10] = [
+    pub const ALL: [QuantType; 12] = [
         QuantType::Q8_0,
         QuantType::Q4_0,
         QuantType::Q4_1,
@@ -100,6 +110,8 @@ impl QuantType {
         QuantType::Q4_K,
         QuantType::Q5_K,
         QuantType::Q6_K,
+        QuantType::F16,
+        QuantType::BF16,
     ];
 
     pub fn name(self) -> &'static str {
@@ -114,6 +126,8 @@ impl QuantType {
             QuantType::Q4_K => "q4_k",
             QuantType::Q5_K => "q5_k",
             QuantType::Q6_K => "q6_k",
+            QuantType::F16 => "f16",
+            QuantType::BF16 => "bf16",
         }
     }
 
@@ -135,12 +149,19 @@ impl QuantType {
             QuantType::Q4_K => GgmlType::Q4_K,
             QuantType::Q5_K => GgmlType::Q5_K,
             QuantType::Q6_K => GgmlType::Q6_K,
+            QuantType::F16 => GgmlType::F16,
+            QuantType::BF16 => GgmlType::BF16,
         }
     }
 
     /// Whether the blocks are 256-weight super-blocks.
     pub fn is_k_quant(self) -> bool {
         matches!(self, QuantType::Q2_K | QuantType::Q3_K | QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K)
+    }
+
+    /// Whether these are plain 16-bit floats (F16, BF16) rather than quantized blocks.
+    pub fn is_16bit(self) -> bool {
+        matches!(self, QuantType::F16 | QuantType::BF16)
     }
 
     /// Weights per block: 32, or 256 for the K-quants.
@@ -150,6 +171,10 @@ impl QuantType {
 
     /// Bytes of one block in the file.
     pub fn block_bytes(self) -> usize {
+        // GGUF counts 16-bit tensors one value per "block"; kiln groups them by 32.
+        if self.is_16bit() {
+            return 2 * BLOCK;
+        }
         self.ggml().block_layout().expect("every QuantType has a known layout").1 as usize
     }
 
@@ -168,6 +193,8 @@ impl QuantType {
             QuantType::Q4_K => ((16, 144), (0, 16), None),
             QuantType::Q5_K => ((16, 176), (0, 16), None),
             QuantType::Q6_K => ((0, 192), (192, 208), Some(208)),
+            // Two values per word, the lower index in the low half.
+            QuantType::F16 | QuantType::BF16 => ((0, 64), (0, 0), None),
         };
         GpuLayout { quants, scales, half }
     }
@@ -191,6 +218,50 @@ impl QuantType {
 impl std::fmt::Display for QuantType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// How a frozen base's linear weights are held on the GPU (`--base-dtype`). The LoRA adapters,
+/// norms and embeddings are f32 whatever this says; products accumulate in f32 either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseDtype {
+    /// As the file stores them: GGUF blocks stay blocks, F16/BF16 stay 16-bit, F32 stays f32
+    #[default]
+    Auto,
+    /// Everything widened (or dequantized) to f32
+    F32,
+    /// 16-bit floats: F16 weights as they are, F32/BF16 ones rounded to f16
+    F16,
+    /// bfloat16: BF16 weights as they are, F32/F16 ones rounded to bf16 (as `torch_dtype=torch.bfloat16`)
+    #[value(name = "bf16")]
+    #[serde(rename = "bf16")]
+    BF16,
+}
+
+impl BaseDtype {
+    /// The format a linear weight stored as `stored` is kept in (None: f32). Rounding an f32 or
+    /// 16-bit file to 16 bits is a choice users make (PEFT's `torch_dtype`); turning quantized
+    /// blocks into 16-bit floats would only cost memory and keep the quantization error, so it
+    /// is an error naming the flag and the tensor.
+    pub fn keep(self, stored: GgmlType, tensor: &str) -> Result<Option<QuantType>> {
+        let float = matches!(stored, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+        let want = match self {
+            BaseDtype::Auto => return Ok(QuantType::from_ggml(stored)),
+            BaseDtype::F32 => return Ok(None),
+            BaseDtype::F16 => QuantType::F16,
+            BaseDtype::BF16 => QuantType::BF16,
+        };
+        if !float {
+            return Err(Error::invalid(
+                "--base-dtype",
+                format!(
+                    "{want}: tensor `{tensor}` is stored as {stored} blocks; a quantized base stays quantized \
+                     (--base-dtype auto) or is dequantized (--base-dtype f32), not converted to {want}"
+                ),
+            ));
+        }
+        Ok(Some(want))
     }
 }
 

@@ -10,6 +10,8 @@
 //!                (B·T·(in + out) floats; shared inputs such as q/k/v's counted once per layer
 //!                by the generous side), LoRA's dropout copy of each adapted input, and per
 //!                layer four hidden-size tensors for the norms and residual adds;
+//!                With gradient checkpointing the tape keeps only each block's input
+//!                (B·T·C per layer) and, during backward, one block's saved tensors at a time;
 //!   logits       the LM head's logits, kept whole when they fit 256 MiB (as
 //!                `linear_cross_entropy` does), else one 64 MiB chunk, twice (the logits and
 //!                their gradient).
@@ -30,10 +32,16 @@ use crate::models::CausalLm;
 pub struct MemoryEstimate {
     pub weights_f32: u64,
     pub weights_quantized: u64,
+    /// Frozen F16/BF16 base weights (kept 16-bit on the GPU).
+    pub weights_16bit: u64,
     pub trainable_params: u64,
     pub gradients: u64,
     pub optimizer: u64,
+    /// What the tape keeps: `activations_plain` or, checkpointed, `activations_checkpointed`.
     pub activations: u64,
+    pub activations_plain: u64,
+    pub activations_checkpointed: u64,
+    pub grad_checkpoint: bool,
     pub logits: u64,
     /// The largest single tensor (weights, the logits chunk, one activation) and its name.
     pub largest_tensor: (String, u64),
@@ -46,12 +54,25 @@ pub struct MemoryEstimate {
 
 impl MemoryEstimate {
     pub fn total(&self) -> u64 {
-        self.weights_f32 + self.weights_quantized + self.gradients + self.optimizer + self.activations + self.logits
+        self.weights_f32
+            + self.weights_quantized
+            + self.weights_16bit
+            + self.gradients
+            + self.optimizer
+            + self.activations
+            + self.logits
     }
 
     /// The total with the pool's rounding (buckets waste at most a fifth of a buffer).
     pub fn total_with_pool(&self) -> u64 {
         self.total() + self.total() / 5
+    }
+
+    /// The same run with gradient checkpointing on or off.
+    pub fn with_checkpointing(mut self, on: bool) -> Self {
+        self.grad_checkpoint = on;
+        self.activations = if on { self.activations_checkpointed } else { self.activations_plain };
+        self
     }
 
     /// The table printed before training.
@@ -61,12 +82,28 @@ impl MemoryEstimate {
         for (what, b) in [
             ("weights f32", self.weights_f32),
             ("weights quantized", self.weights_quantized),
+            ("weights 16-bit", self.weights_16bit),
             ("LoRA/trainable grads", self.gradients),
             ("AdamW moments", self.optimizer),
-            (&*format!("activations B={} T={}", self.batch, self.seq), self.activations),
+            (
+                &*format!(
+                    "activations B={} T={}{}",
+                    self.batch,
+                    self.seq,
+                    if self.grad_checkpoint { " ckpt" } else { "" }
+                ),
+                self.activations,
+            ),
             ("logits", self.logits),
         ] {
             s.push_str(&format!("    {what:<26}{}\n", mib(b)));
+        }
+        if self.grad_checkpoint {
+            s.push_str(&format!(
+                "    {:<26}{}\n",
+                "  (without checkpointing",
+                format!("{})", mib(self.activations_plain).trim())
+            ));
         }
         s.push_str(&format!(
             "    {:<26}{} (up to {} with the pool's rounding)",
@@ -111,7 +148,11 @@ pub fn estimate_lm(model: &mut dyn CausalLm, batch: usize, seq: usize) -> Memory
     let mut widest = shape.hidden as u64;
     for lin in model.linears_mut() {
         if let Some(q) = &lin.quant {
-            e.weights_quantized += q.byte_len();
+            if q.kind.is_16bit() {
+                e.weights_16bit += q.byte_len();
+            } else {
+                e.weights_quantized += q.byte_len();
+            }
             bigger(&format!("{}.weight", lin.path), q.byte_len());
         }
         let (d_in, d_out) = lin.in_out();
@@ -121,7 +162,10 @@ pub fn estimate_lm(model: &mut dyn CausalLm, batch: usize, seq: usize) -> Memory
         }
         widest = widest.max(d_out as u64);
     }
-    e.activations = 4 * tokens * per_token;
+    e.activations_plain = 4 * tokens * per_token;
+    e.activations_checkpointed =
+        4 * tokens * checkpointed_per_token(per_token, shape.layers as u64, shape.hidden as u64);
+    e.activations = e.activations_plain;
     bigger("one activation [B·T, widest]", 4 * tokens * widest);
     let logits = 4 * tokens * shape.vocab as u64;
     let chunk = if logits <= 256 << 20 { logits } else { logits.min(64 << 20) };
@@ -175,10 +219,54 @@ pub fn estimate_classifier(
     }
     e.gradients = 4 * e.trainable_params;
     e.optimizer = 8 * e.trainable_params;
-    e.activations = if strategy == Strategy::Head { 4 * batch as u64 * hidden } else { 4 * tokens * per_token };
+    e.activations_plain = if strategy == Strategy::Head { 4 * batch as u64 * hidden } else { 4 * tokens * per_token };
+    // `head` keeps no body activations whether or not blocks are checkpointed.
+    e.activations_checkpointed = if strategy == Strategy::Head {
+        e.activations_plain
+    } else {
+        4 * tokens * checkpointed_per_token(per_token, layers as u64, hidden)
+    };
+    e.activations = e.activations_plain;
     e.logits = 2 * 4 * (batch * model.num_labels()) as u64;
     e.largest_tensor = largest;
     e
+}
+
+/// Floats kept per token with checkpointing, from `plain` (L·(4C + the block's linears) + C):
+/// each block's input (L·C), the final hidden state (C), and one block's saved tensors while
+/// it is rerun in backward.
+fn checkpointed_per_token(plain: u64, layers: u64, hidden: u64) -> u64 {
+    let one_block = plain.saturating_sub(hidden) / layers.max(1);
+    layers * hidden + hidden + one_block
+}
+
+/// Gradient checkpointing for a run: as `flag` says (`--grad-checkpoint`), or, when not given,
+/// on exactly when the run would not fit `budget` without it (if it does not fit with it
+/// either, `check_fits` then says what else to lower). Returns the
+/// estimate for the choice and, when it was made for the user, a line saying why.
+pub fn choose_checkpointing(
+    e: MemoryEstimate,
+    flag: Option<bool>,
+    budget: Option<(u64, &str)>,
+) -> (MemoryEstimate, Option<String>) {
+    if let Some(on) = flag {
+        return (e.with_checkpointing(on), None);
+    }
+    let plain = e.clone().with_checkpointing(false);
+    let ckpt = e.with_checkpointing(true);
+    match budget {
+        Some((b, source)) if plain.total() > b => {
+            let mib = |x: u64| x as f64 / 1048576.0;
+            let line = format!(
+                "gradient checkpointing on (--grad-checkpoint): without it training needs about {:.0} MiB, over the {:.0} MiB {source} allows; with it {:.0} MiB",
+                mib(plain.total()),
+                mib(b),
+                mib(ckpt.total())
+            );
+            (ckpt, Some(line))
+        }
+        _ => (plain, None),
+    }
 }
 
 /// The memory kiln may use on this adapter, if anything can tell: the user's budget, else
@@ -206,9 +294,10 @@ pub fn check_fits(
 ) -> Result<()> {
     let mib = |b: u64| format!("{:.0} MiB", b as f64 / 1048576.0);
     let advice = format!(
-        "lower --batch-size (now {}) or --max-len (now {}){}",
+        "lower --batch-size (now {}) or --max-len (now {}){}{}",
         e.batch,
         e.seq,
+        if e.grad_checkpoint { "" } else { ", or recompute activations (--grad-checkpoint)" },
         if quantized { "" } else { ", or keep the base quantized (--quantize q4_1)" }
     );
     let (name, bytes) = &e.largest_tensor;
@@ -237,7 +326,7 @@ pub fn check_fits(
             format!(
                 "training needs about {} of GPU memory (weights {}, activations {}, logits {}), over the {} that {source} allows: {advice}",
                 mib(e.total()),
-                mib(e.weights_f32 + e.weights_quantized),
+                mib(e.weights_f32 + e.weights_quantized + e.weights_16bit),
                 mib(e.activations),
                 mib(e.logits),
                 mib(budget)

@@ -145,9 +145,9 @@ pub struct TrainSettings {
     #[arg(long)]
     #[serde(skip)]
     pub overwrite: bool,
-    /// How a quantized GGUF base is held: `auto` keeps its Q8_0/Q4_*/Q5_*/Q4_K/Q5_K/Q6_K linear
-    /// weights quantized on the GPU (frozen; LoRA trains in f32 on top), `f32` dequantizes them
-    /// on load
+    /// How the frozen base's linear weights are held on the GPU: `auto` as the file has them
+    /// (GGUF's Q8_0/Q4_*/Q5_*/Q*_K blocks stay blocks, F16/BF16 stay 16-bit; LoRA trains in f32
+    /// on top), `f32` widens them, `f16`/`bf16` round float weights to 16 bits
     #[arg(long, value_enum, default_value_t = BaseDtype::Auto)]
     pub base_dtype: BaseDtype,
     /// Quantize an f32/f16 base's linear weights on load (ggml's reference rounding; the K-quants
@@ -155,6 +155,12 @@ pub struct TrainSettings {
     /// the validation perplexity before and after
     #[arg(long, value_enum)]
     pub quantize: Option<crate::quant::QuantType>,
+    /// Gradient checkpointing: keep only each block's input and recompute the block in backward
+    /// (activations shrink about by the number of layers, a step costs about one more forward).
+    /// `--grad-checkpoint` or `=true` turns it on, `=false` off; when not given it is on only if
+    /// the memory estimate says the run would not fit otherwise
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub grad_checkpoint: Option<bool>,
     /// GPU memory kiln may plan for, in MiB (wgpu cannot report it; on a CPU adapter the
     /// system's available memory is used)
     #[arg(long)]
@@ -192,15 +198,8 @@ pub struct ClassifySettings {
     pub full: bool,
 }
 
-/// How the frozen base's weights are held on the GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BaseDtype {
-    /// As the file stores them: GGUF blocks stay blocks, safetensors load as f32
-    Auto,
-    /// Everything dequantized to f32
-    F32,
-}
+/// How the frozen base's weights are held on the GPU (`--base-dtype`).
+pub use crate::quant::BaseDtype;
 
 impl TrainSettings {
     /// Checkpoints under `out/checkpoints` as the flags say (None when switched off).

@@ -119,6 +119,11 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     // decoders, so it is not suggested).
     let memory = crate::train::memory::estimate_classifier(&mut model, strategy, &lora, args.batch_size, max_len);
     let budget = crate::train::memory::device_budget(gpu.info().device_type, args.gpu_memory);
+    let (memory, auto_checkpoint) = crate::train::memory::choose_checkpointing(memory, args.grad_checkpoint, budget);
+    model.body.grad_checkpoint = memory.grad_checkpoint;
+    if let Some(line) = &auto_checkpoint {
+        progress.note(line);
+    }
     crate::train::memory::check_fits(&memory, gpu.limits(), budget, true)?;
     let out = args.run_dir();
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;

@@ -17,7 +17,7 @@ use crate::formats::peft::TaskType;
 use crate::generate::{Sampling, generate};
 use crate::gpu::Gpu;
 use crate::models::count_params;
-use crate::models::load::{LoadedLm, load_lm_with};
+use crate::models::load::LoadedLm;
 use crate::nn::LoraConfig;
 use crate::train::forgetting;
 use crate::train::lm::{LmTrainConfig, eval_loss, train_lm};
@@ -41,10 +41,13 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     };
     let splits = lm::read_folder(&data_dir)?;
     let t0 = Instant::now();
-    if args.quantize.is_some() && args.base_dtype == BaseDtype::F32 {
-        return Err(Error::invalid("train", "--quantize keeps the base quantized; it cannot go with --base-dtype f32"));
+    if args.quantize.is_some() && args.base_dtype != BaseDtype::Auto {
+        return Err(Error::invalid(
+            "train",
+            "--quantize sets how the base is kept; it cannot go with --base-dtype f32, f16 or bf16",
+        ));
     }
-    let mut lm = load_lm_with(&gpu, &model_path, args.base_dtype != BaseDtype::F32)?;
+    let mut lm = crate::models::load::load_lm_base(&gpu, &model_path, args.base_dtype)?;
     let load_s = t0.elapsed().as_secs_f64();
     if let Some(p) = args.dropout()? {
         lm.model.set_dropout(p)?;
@@ -83,6 +86,8 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     let seq = train.examples.iter().map(|e| e.ids.len()).max().unwrap_or(max_len);
     let memory = crate::train::memory::estimate_lm(lm.model.as_mut(), args.batch_size, seq);
     let budget = crate::train::memory::device_budget(gpu.info().device_type, args.gpu_memory);
+    let (memory, auto_checkpoint) = crate::train::memory::choose_checkpointing(memory, args.grad_checkpoint, budget);
+    lm.model.set_grad_checkpoint(memory.grad_checkpoint)?;
     crate::train::memory::check_fits(&memory, gpu.limits(), budget, !base.is_empty())?;
     let out = args.run_dir();
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
@@ -145,6 +150,9 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     progress.note(&memory.table());
     if let Some((b, source)) = budget {
         progress.note(&format!("    checked against {:.0} MiB ({source})", b as f64 / 1048576.0));
+    }
+    if let Some(line) = &auto_checkpoint {
+        progress.note(&format!("  {line}"));
     }
 
     let test_words = if args.task.as_deref() == Some("cmudict") && args.test_words > 0 {
