@@ -157,6 +157,29 @@ fn softmax_cross_entropy_weighted_matches_pytorch() {
 }
 
 #[test]
+fn dora_backward_with_detached_norm() {
+    // y = (c + k0)·p + c·s·q, c = m/n with n constant: dp = (c + k0)·w, dq = c·s·w,
+    // dm = Σ_rows w·(p + s·q)/n. Finite differences hold n fixed, as PEFT's .detach() does.
+    let mut rng = Rng::new(16);
+    let (rows, out, s) = (3, 4, 1.5);
+    for k0 in [0.0, -1.0] {
+        let (m, p, q, w) = (
+            randv(&mut rng, out),
+            randv(&mut rng, rows * out),
+            randv(&mut rng, rows * out),
+            randv(&mut rng, rows * out),
+        );
+        let n: Vec<f64> = randv(&mut rng, out).iter().map(|x| 0.5 + x.abs()).collect();
+        let bias = randv(&mut rng, out);
+        let (dp, dq, dm) = dora::backward(&m, &n, &p, &q, &w, s, k0);
+        let f = |m: &[f64], p: &[f64], q: &[f64]| dot(&w, &dora::forward(m, &n, p, q, Some(&bias), s, k0));
+        check(&format!("dora k0={k0} dp"), &p, &dp, |x| f(&m, x, &q));
+        check(&format!("dora k0={k0} dq"), &q, &dq, |x| f(&m, &p, x));
+        check(&format!("dora k0={k0} dm"), &m, &dm, |x| f(x, &p, &q));
+    }
+}
+
+#[test]
 fn attention_backward() {
     let mut rng = Rng::new(14);
     for (causal, with_mask, hq, hkv, window) in [

@@ -10,6 +10,7 @@
 mod attention;
 mod batch_norm;
 mod conv2d;
+mod dora;
 mod elementwise;
 mod embedding;
 mod linear;
@@ -22,6 +23,7 @@ mod rope;
 pub use attention::attention;
 pub use batch_norm::{BnStats, RunningStats, batch_norm};
 pub use conv2d::conv2d;
+pub use dora::dora;
 pub use elementwise::{activation, add, dropout, split_cols, swiglu};
 pub use embedding::embedding;
 pub use linear::{Lora, WeightLayout, linear, linear_quant};

@@ -183,6 +183,7 @@ impl<'g> StepBench<'g> {
             dropout: 0.05,
             target_modules: targets.iter().map(|t| t.to_string()).collect(),
             use_rslora: false,
+            use_dora: false,
         };
         let config_path = src.origin.clone();
         let model = match shape.model {

@@ -110,6 +110,9 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     let run_start = Instant::now();
     let c = &args.classify;
     let strategy: Strategy = c.strategy.parse()?;
+    if args.dora && strategy != Strategy::Lora {
+        return Err(Error::invalid("--dora", format!("DoRA adapts LoRA; it needs --strategy lora, not {strategy}")));
+    }
     if args.retain_generate.is_some() {
         return Err(Error::invalid(
             "--retain-generate",
@@ -183,6 +186,7 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
             args.target_modules.clone()
         },
         use_rslora: false,
+        use_dora: args.dora,
     };
     // Refuse a run the adapter cannot hold before anything is written (quantization is for
     // decoders, so it is not suggested).

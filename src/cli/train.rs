@@ -85,6 +85,10 @@ pub struct TrainArgs {
     /// for BERT]
     #[arg(long, alias = "lora-targets", value_delimiter = ',')]
     pub target_modules: Vec<String>,
+    /// DoRA (PEFT's `use_dora`): LoRA plus a trainable magnitude per output feature, saved as
+    /// `lora_magnitude_vector` with `use_dora: true`
+    #[arg(long)]
+    pub dora: bool,
     /// Validate every N optimizer steps (0: only at the end)
     #[arg(long, default_value_t = 50)]
     pub eval_every: usize,
@@ -251,6 +255,7 @@ pub fn run_on(args: TrainArgs, gpu: &Gpu) -> Result<()> {
         dropout: args.lora_dropout,
         target_modules: lm.model.lora_targets(&args.target_modules),
         use_rslora: false,
+        use_dora: args.dora,
     };
     let adapted = lm.model.add_lora(&gpu, &lora, args.seed)?;
     let mut train_records = splits.train;
