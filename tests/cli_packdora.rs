@@ -138,3 +138,69 @@ fn dora_without_lora_is_refused_by_name() {
     assert!(!out.status.success());
     assert!(err.contains("--dora") && err.contains("lora"), "{err}");
 }
+
+/// `kiln train --pack` learns the counting task with several examples per row (the 7-token
+/// examples share rows of 32), and says how many tokens it trained on.
+#[test]
+fn packed_training_learns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (m, d) = workspace(tmp.path());
+    let run = tmp.path().join("run");
+    let (out, _) = kiln(&[
+        "train",
+        "--model",
+        &m,
+        "--data",
+        &d,
+        "--out",
+        run.to_str().unwrap(),
+        "--steps",
+        "40",
+        "--batch-size",
+        "2",
+        "--max-len",
+        "32",
+        "--pack",
+        "--lr",
+        "3e-2",
+        "--lora-dropout",
+        "0",
+        "--eval-every",
+        "0",
+        "--json",
+        "--target-modules",
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+    ]);
+    let steps = step_losses(&run);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(mean(&steps[35..]) < 0.6 * mean(&steps[..5]), "training loss fell: {steps:?}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    // Two rows of up to 32 tokens hold 8 of the 7-token examples: 56 real tokens per step,
+    // where unpacked 2 examples (14 tokens) would be.
+    assert!(first["tokens"].as_u64().unwrap() >= 42, "{first}");
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("settings.json")).unwrap()).unwrap();
+    assert_eq!(settings["train"]["pack"], 32, "{settings}");
+    assert!(!out.is_empty());
+}
+
+/// `--pack` is for language models: a classifier run says so, naming the flag.
+#[test]
+fn pack_with_a_classifier_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
+    for d in [&model, &data] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    tiny_bert(&model);
+    std::fs::write(
+        data.join("train.jsonl"),
+        "{\"text\": \"w10 w11\", \"label\": \"a\"}\n{\"text\": \"w12\", \"label\": \"b\"}\n",
+    )
+    .unwrap();
+    let out = run_kiln(&["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--pack"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--pack") && err.contains("classifier"), "{err}");
+}

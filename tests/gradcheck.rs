@@ -190,7 +190,7 @@ fn attention_backward() {
         (true, false, 2, 1, Some(2)),
         (true, true, 2, 2, Some(3)),
     ] {
-        let dm = attention::Dims { b: 2, t: 5, hq, hkv, d: 3, causal, scale: 0.6, window };
+        let dm = attention::Dims { b: 2, t: 5, hq, hkv, d: 3, causal, scale: 0.6, window, segments: None };
         let nq = dm.b * dm.t * hq * dm.d;
         let nk = dm.b * dm.t * hkv * dm.d;
         let (q, k, v, w) = (randv(&mut rng, nq), randv(&mut rng, nk), randv(&mut rng, nk), randv(&mut rng, nq));
@@ -202,6 +202,28 @@ fn attention_backward() {
         check(&format!("{what} dq"), &q, &dq, |x| dot(&w, &attention::forward(&dm, x, &k, &v, mask).0));
         check(&format!("{what} dk"), &k, &dk, |x| dot(&w, &attention::forward(&dm, &q, x, &v, mask).0));
         check(&format!("{what} dv"), &v, &dv, |x| dot(&w, &attention::forward(&dm, &q, &k, x, mask).0));
+    }
+}
+
+/// Packed sequences: the block-diagonal causal mask of two examples (and a padding tail) per
+/// row; the masked probabilities are zero, so the same dS formula holds.
+#[test]
+fn attention_backward_packed() {
+    let mut rng = Rng::new(15);
+    for (hq, hkv, window) in [(2, 1, None), (2, 2, Some(2))] {
+        let segments = vec![1, 1, 2, 2, 2, 0, 1, 2, 2, 3, 3, 3];
+        let mask: Vec<bool> = segments.iter().map(|&s| s != 0).collect();
+        let dm =
+            attention::Dims { b: 2, t: 6, hq, hkv, d: 3, causal: true, scale: 0.6, window, segments: Some(segments) };
+        let nq = dm.b * dm.t * hq * dm.d;
+        let nk = dm.b * dm.t * hkv * dm.d;
+        let (q, k, v, w) = (randv(&mut rng, nq), randv(&mut rng, nk), randv(&mut rng, nk), randv(&mut rng, nq));
+        let m = Some(&mask[..]);
+        let (dq, dk, dv) = attention::backward(&dm, &q, &k, &v, m, &w);
+        let what = format!("packed attention hq={hq} hkv={hkv} window={window:?}");
+        check(&format!("{what} dq"), &q, &dq, |x| dot(&w, &attention::forward(&dm, x, &k, &v, m).0));
+        check(&format!("{what} dk"), &k, &dk, |x| dot(&w, &attention::forward(&dm, &q, x, &v, m).0));
+        check(&format!("{what} dv"), &v, &dv, |x| dot(&w, &attention::forward(&dm, &q, &k, x, m).0));
     }
 }
 

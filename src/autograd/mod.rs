@@ -31,7 +31,7 @@ pub use loss::{Loss, cross_entropy, cross_entropy_weighted, linear_cross_entropy
 pub use norm::norm;
 pub use pool::{first_token_weights, mean_weights, pool};
 pub use pool2d::{global_avg_pool, max_pool2d};
-pub use rope::rope;
+pub use rope::{rope, rope_at};
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -110,6 +110,12 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     let run_start = Instant::now();
     let c = &args.classify;
     let strategy: Strategy = c.strategy.parse()?;
+    if args.pack {
+        return Err(Error::invalid(
+            "--pack",
+            "packs language-model examples into shared rows; a classifier reads one text per row",
+        ));
+    }
     if args.dora && strategy != Strategy::Lora {
         return Err(Error::invalid("--dora", format!("DoRA adapts LoRA; it needs --strategy lora, not {strategy}")));
     }

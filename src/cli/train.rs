@@ -89,6 +89,10 @@ pub struct TrainArgs {
     /// `lora_magnitude_vector` with `use_dora: true`
     #[arg(long)]
     pub dora: bool,
+    /// Sequence packing (language models): several examples per row of up to --max-len tokens,
+    /// attention and positions kept within each example; --batch-size then counts rows
+    #[arg(long)]
+    pub pack: bool,
     /// Validate every N optimizer steps (0: only at the end)
     #[arg(long, default_value_t = 50)]
     pub eval_every: usize,
@@ -281,7 +285,7 @@ pub fn run_on(args: TrainArgs, gpu: &Gpu) -> Result<()> {
     };
     let base = crate::models::quantize::quantized_summary(lm.model.as_mut());
     // Memory: estimated from the shapes, printed, and refused here if it cannot fit.
-    let seq = train.examples.iter().map(|e| e.ids.len()).max().unwrap_or(max_len);
+    let seq = if args.pack { max_len } else { train.examples.iter().map(|e| e.ids.len()).max().unwrap_or(max_len) };
     let memory = crate::train::memory::estimate_lm(lm.model.as_mut(), args.batch_size, seq);
     let budget = crate::train::memory::device_budget(gpu.info().device_type, args.gpu_memory);
     crate::train::memory::check_fits(&memory, gpu.limits(), budget, !base.is_empty())?;
@@ -312,6 +316,7 @@ pub fn run_on(args: TrainArgs, gpu: &Gpu) -> Result<()> {
         l2sp: args.l2sp,
         ewc: args.ewc,
         seed: args.seed,
+        pack: args.pack.then_some(max_len),
     };
     let (trainable, total) = count_params(lm.model.as_ref());
     let total = total + base.values().map(|v| v.1).sum::<usize>();

@@ -550,6 +550,10 @@ impl CausalLm for Decoder {
         self.config.model_type
     }
 
+    fn supports_packing(&self) -> bool {
+        true
+    }
+
     fn shape(&self) -> LmShape {
         LmShape {
             vocab: self.config.vocab_size,
@@ -566,9 +570,9 @@ impl CausalLm for Decoder {
         let (b, t) = (input.batch, input.seq);
         let (hq, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let offset = cache.map_or(0, |k| k.len);
-        let rope = self.rope_for(offset + t);
+        let rope = self.rope_for(input.position_span(offset));
         let mut x = autograd::embedding(tape, &tape.param(&self.embed_tokens), &input.ids, &input.ids_gpu)?;
-        let mut spec = AttentionSpec::new(b, t, hq, hkv, d, true);
+        let mut spec = AttentionSpec::new(b, t, hq, hkv, d, true).with_segments(input.packed);
         if let Some(k) = cache {
             spec = spec.with_cache(k.capacity, offset);
         }
@@ -593,8 +597,8 @@ impl CausalLm for Decoder {
                 q = head_norm(tape, qn, &q)?;
                 k = head_norm(tape, kn, &k)?;
             }
-            let q = autograd::rope(tape, rope, &q, offset)?;
-            let k = autograd::rope(tape, rope, &k, offset)?;
+            let q = input.rope(tape, rope, &q, offset)?;
+            let k = input.rope(tape, rope, &k, offset)?;
             let spec = spec.with_window(cfg.sliding_window[i]);
             let y = self_attention(tape, &spec, &q, &k, &v, input.key_mask.as_ref(), cache, i)?;
             let y = l.o_proj.forward(tape, &y.reshape(&[b, t, hq * d])?)?;

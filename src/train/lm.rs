@@ -12,6 +12,7 @@ use super::schedule::{Schedule, ScheduleKind};
 use super::stopping::{StopMetric, StopSettings};
 use crate::autograd::Tape;
 use crate::data::lm::{Example, LmBatch, make_batches};
+use crate::data::packing;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::adamw::AdamW;
@@ -43,6 +44,9 @@ pub struct LmTrainConfig {
     /// information on the retain set, with this strength.
     pub ewc: Option<f32>,
     pub seed: u64,
+    /// Sequence packing (`--pack`): rows of up to this many tokens, several examples each
+    /// (`data::packing`); `batch_size` then counts rows. None: one padded example per row.
+    pub pack: Option<usize>,
 }
 
 /// What the loop reports as it goes.
@@ -129,7 +133,23 @@ pub fn train_lm(
     if cfg.batch_size == 0 || cfg.grad_accum == 0 {
         return Err(Error::invalid("train", "batch size and gradient accumulation must be at least 1"));
     }
-    let micro_per_epoch = train.len().div_ceil(cfg.batch_size);
+    if cfg.pack.is_some() && !model.supports_packing() {
+        return Err(Error::invalid(
+            "--pack",
+            format!("the {} model does not implement packed attention yet; train without --pack", model.model_type()),
+        ));
+    }
+    // Packed or padded, as the run asks; each epoch its own shuffle.
+    let epoch_batches = |epoch: usize| match cfg.pack {
+        Some(max_len) => {
+            packing::pack_batches(train, cfg.batch_size, max_len, pad, Some(cfg.seed.wrapping_add(epoch as u64)))
+        }
+        None => make_batches(train, cfg.batch_size, pad, Some(cfg.seed.wrapping_add(epoch as u64))),
+    };
+    let micro_per_epoch = match cfg.pack {
+        Some(_) => epoch_batches(0)?.len(),
+        None => train.len().div_ceil(cfg.batch_size),
+    };
     let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);
     let total = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
     if total == 0 {
@@ -227,7 +247,7 @@ pub fn train_lm(
     }
     let start = Instant::now();
     'epochs: for epoch in 0.. {
-        let batches = make_batches(train, cfg.batch_size, pad, Some(cfg.seed.wrapping_add(epoch as u64)))?;
+        let batches = epoch_batches(epoch)?;
         for (group_index, group) in batches.chunks(cfg.grad_accum).enumerate() {
             // A resumed run replays the data order up to where the checkpoint was.
             if (epoch, group_index) < resume_at {
@@ -244,7 +264,7 @@ pub fn train_lm(
             let mut micro = (epoch * micro_per_epoch + group_index * cfg.grad_accum) as u32;
             for b in group {
                 micro += 1;
-                let input = LmInput::new(gpu, b.ids.clone(), b.batch, b.seq, Some(&b.key_mask))?;
+                let input = packing::lm_input(gpu, b)?;
                 let tape = Tape::train(gpu, cfg.seed as u32, micro);
                 let loss = model.loss(&tape, &input, &b.targets)?;
                 tape.backward(&loss, 1.0 / group.len() as f32)?;
