@@ -1,7 +1,8 @@
 //! Trains fresh LoRA adapters on a fixture model for a few steps, saves them in PEFT's format and
 //! writes kiln's logits with them, for `scripts/check_peft_roundtrip.py` to compare with real PEFT.
 //!
-//! `cargo run --release --example lora_roundtrip -- tests/fixtures/gpt2_tiny OUT_DIR`
+//! `cargo run --release --example lora_roundtrip -- tests/fixtures/gpt2_tiny OUT_DIR [--dora]`
+//! (`--dora`: DoRA adapters, PEFT's `use_dora`)
 
 use std::path::Path;
 
@@ -20,7 +21,8 @@ fn main() -> kiln::Result<()> {
     let mut model = load_causal_lm(&gpu, base)?;
     // Every linear layer under the family's names (Phi-3's fused qkv_proj and gate_up_proj).
     let targets = model.lora_targets(&["all-linear".to_string()]);
-    let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, target_modules: targets, use_rslora: false };
+    let use_dora = args.get(3).is_some_and(|a| a == "--dora");
+    let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, target_modules: targets, use_rslora: false, use_dora };
     model.add_lora(&gpu, &cfg, 3)?;
     // The fixture's inputs, as the checker will feed them to PEFT.
     let bytes = std::fs::read(base.join("expected.safetensors")).map_err(|e| kiln::Error::io(base, e))?;

@@ -2,7 +2,7 @@
 """Checks that real PEFT reads an adapter saved by kiln and gives kiln's logits.
 
     python3 scripts/check_peft_roundtrip.py ADAPTER_DIR BASE_DIR KILN_LOGITS
-    python3 scripts/check_peft_roundtrip.py --fixtures [NAME ...]
+    python3 scripts/check_peft_roundtrip.py --fixtures [NAME ...] [--dora]
 
 ADAPTER_DIR  adapter folder written by kiln (adapter_config.json + adapter_model.safetensors)
 BASE_DIR     a fixture folder, e.g. tests/fixtures/gpt2_tiny (config.json, model.safetensors,
@@ -20,7 +20,8 @@ With --fixtures it does this for each named fixture (default: every decoder fami
 gpt2_tiny llama_tiny llama3_tiny qwen2_tiny qwen3_tiny mistral_tiny phi3_tiny gemma3_tiny): runs
 `cargo run --release --example lora_roundtrip -- tests/fixtures/NAME TMP/NAME` (a few training
 steps of LoRA on every linear layer, saved in PEFT's format under the family's module names,
-Phi-3's fused qkv_proj / gate_up_proj included) and checks the result as above.
+Phi-3's fused qkv_proj / gate_up_proj included) and checks the result as above. With --dora the
+adapters are DoRA (`use_dora: true`, trained `lora_magnitude_vector`s).
 
 Needs: torch, transformers, peft, safetensors.
 """
@@ -58,6 +59,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("paths", nargs="*", help="ADAPTER_DIR BASE_DIR KILN_LOGITS")
     ap.add_argument("--fixtures", nargs="*", help="fixtures to train on with kiln and check (default: all)")
+    ap.add_argument("--dora", action="store_true", help="train DoRA adapters instead of plain LoRA")
     args = ap.parse_args()
     if args.fixtures is None:
         if len(args.paths) != 3:
@@ -69,6 +71,8 @@ def main():
         base = os.path.join(repo, "tests", "fixtures", name)
         out = tempfile.mkdtemp(prefix=f"kiln_peft_{name}_")
         cmd = ["cargo", "run", "--release", "--quiet", "--example", "lora_roundtrip", "--", base, out]
+        if args.dora:
+            cmd.append("--dora")
         print(f"\n== {name}\n$ {' '.join(cmd)}", flush=True)
         subprocess.run(cmd, cwd=repo, check=True, stderr=subprocess.DEVNULL)
         if check(os.path.join(out, "adapter"), base, os.path.join(out, "kiln_logits.safetensors")) != 0:

@@ -104,8 +104,9 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import (BertConfig, BertForSequenceClassification, Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config,
-                          GPT2LMHeadModel, LlamaConfig,
+from safetensors.torch import load_file
+from transformers import (AutoModelForCausalLM, BertConfig, BertForSequenceClassification, Gemma3ForCausalLM,
+                          Gemma3TextConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config,
                           Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
@@ -252,6 +253,66 @@ def build(name, model, targets, fan_in_fan_out, out_root, seed, new_tokens=6, ch
     err = (exp["merged_logits"] - exp["lora_logits"]).abs().max().item()
     assert err < 1e-4, f"{name}: merged vs lora logits differ by {err}"
 
+    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(out, "expected.safetensors"))
+    return out
+
+
+def build_dora(name, targets, fan_in_fan_out, out_root, seed):
+    """DoRA (PEFT's `use_dora`) on an existing fixture's base model, under `<name>/dora/`:
+    `peft_adapter/` and `expected.safetensors` with lora_logits, lora_loss, grad.<key> (A, B and
+    `lora_magnitude_vector`) and merged_logits, on the fixture's own inputs. A and B are random
+    and non-zero, so ||W + s·BA|| differs from ||W||; the magnitude is moved off its init
+    (||W||) so that m/||W + s·BA|| is not close to 1 either."""
+    base_dir = os.path.join(out_root, name)
+    out = os.path.join(base_dir, "dora")
+    os.makedirs(out, exist_ok=True)
+    base = load_file(os.path.join(base_dir, "expected.safetensors"))
+    input_ids, attention_mask = base["input_ids"].long(), base["attention_mask"].long()
+    labels = base["labels"].long()
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+                      target_modules=targets, fan_in_fan_out=fan_in_fan_out, use_dora=True)
+    # Loaded from a folder, the model would record its absolute path in the adapter config.
+    model.config.name_or_path = None
+    model.name_or_path = None
+    peft_model = get_peft_model(model, lcfg)
+    peft_model.eval()
+    g = torch.Generator().manual_seed(seed)
+    params = {}
+    with torch.no_grad():
+        for pname, p in peft_model.named_parameters():
+            if ".lora_A." in pname or ".lora_B." in pname:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32) * 0.3)
+            elif ".lora_magnitude_vector." in pname:
+                p.mul_(1.0 + 0.2 * torch.randn(p.shape, generator=g, dtype=torch.float32))
+            else:
+                continue
+            # Saved without the adapter name; the magnitude as `<module>.lora_magnitude_vector`.
+            key = pname.replace(".default.", ".").replace(".lora_magnitude_vector.weight", ".lora_magnitude_vector")
+            params[key] = p
+    adir = os.path.join(out, "peft_adapter")
+    peft_model.save_pretrained(adir)
+    tidy_adapter_dir(adir)
+    saved_keys = set(get_peft_model_state_dict(peft_model).keys())
+    assert saved_keys == set(params), (saved_keys ^ set(params))
+
+    exp = {}
+    peft_model.zero_grad(set_to_none=True)
+    o = peft_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    o.loss.backward()
+    exp["lora_logits"] = o.logits.detach().float().contiguous()
+    exp["lora_loss"] = o.loss.detach().float().reshape(1)
+    for k in sorted(params):
+        grad = params[k].grad
+        assert grad is not None and grad.abs().max() > 0, k
+        exp["grad." + k] = grad.detach().float().contiguous().clone()
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    with torch.no_grad():
+        mo = merged(input_ids=input_ids, attention_mask=attention_mask)
+    exp["merged_logits"] = mo.logits.float().contiguous()
+    err = (exp["merged_logits"] - exp["lora_logits"]).abs().max().item()
+    assert err < 1e-4, f"{name} dora: merged vs unmerged logits differ by {err}"
     save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(out, "expected.safetensors"))
     return out
 
@@ -964,12 +1025,21 @@ def main():
     ap.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures"))
     ap.add_argument("--tokenizers-only", action="store_true",
                     help="write only tokenizers/ (tokenizer_fixtures.py: tiny tokenizers, GGUF copies, chat templates)")
-    ap.add_argument("--only", choices=["text", "vision", "bf16"],
-                    help="make only the text, the vision or the 16-bit base fixtures")
+    ap.add_argument("--only", choices=["text", "vision", "bf16", "dora"],
+                    help="make only the text, the vision, the 16-bit base or the DoRA fixtures")
     ap.add_argument("--family", action="append", choices=[f[0] for f in FAMILIES],
                     help="make only this decoder family's fixture (repeatable); nothing else is rewritten")
     args = ap.parse_args()
     out_root = os.path.normpath(args.out)
+
+    def dora():
+        # On the base models of llama_tiny and gpt2_tiny (which must exist): `--only dora`.
+        return [build_dora("llama_tiny", ALL_LINEAR, False, out_root, seed=97),
+                build_dora("gpt2_tiny", ["c_attn", "c_proj", "c_fc"], True, out_root, seed=98)]
+    if args.only == "dora":
+        torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(1)
+        return report(dora())
 
     sys.path.insert(0, here)
     import tokenizer_fixtures
@@ -1004,6 +1074,7 @@ def main():
         build_bf16(out_root, seed=1357),
     ]
     if args.only != "vision":
+        dirs += dora()
         for name, make, targets, arch, seed, check in FAMILIES:
             out = build(name, make(), targets, False, out_root, seed=seed, new_tokens=10, check=check)
             write_gguf(out, arch)

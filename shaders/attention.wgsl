@@ -4,12 +4,18 @@
 //
 //   q, dq, out, dout:  [B, T, Hq, D]    (the layout of the projections; no transposes)
 //   k, v, dk, dv:      [B, T, Hkv, D]   query head h reads key/value head h / (Hq / Hkv)
-//   key_mask:          [B, T] u32       1 = attend, 0 = padding (only read when has_mask)
+//   key_mask:          [B, T] u32       1 = attend, 0 = padding (only read when has_mask); with
+//                                       `segments` (sequence packing) the example each token
+//                                       belongs to, 1, 2, ... (0 = padding): a query then sees
+//                                       only keys of its own example (block-diagonal causal)
 //   stats:             [2, B, Hq, T]    row 0: lse = log sum_j exp(s_ij); row 1: delta
 //                                       (delta_i = dout_i . out_i, filled by attn_delta)
 //   s_ij = scale * q_i . k_j, masked keys (padding, or j > i + q_offset when causal) are skipped.
 //   With a sliding window W > 0 (causal only), key j is also skipped when i + q_offset - j >= W:
 //   each query sees itself and the W - 1 keys before it (transformers' `kv_idx > q_idx - W`).
+//   With segments, key j is also skipped when query i's segment is not 0 and differs from j's
+//   (a padding query, segment 0, sees every real key as it does without packing; its loss is
+//   masked anyway).
 //
 // For decoding with a KV cache the forward also takes keys that differ from the queries: k and v
 // are [B, kv_seq, Hkv, D] with the first kv_len rows in use, and query t sits at position
@@ -32,6 +38,10 @@ struct Params {
     kv_len: u32,
     q_offset: u32,
     window: u32,
+    segments: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -41,7 +51,10 @@ const KT: u32 = 16u;
 
 var<workgroup> tile_a: array<f32, KT * D>;
 var<workgroup> tile_b: array<f32, KT * D>;
+// Per staged key: 0 if it may not be attended to, else its segment (1 without packing).
 var<workgroup> tile_valid: array<u32, KT>;
+// Per staged query (dk/dv pass): its segment, 0 when it may see every key.
+var<workgroup> tile_qseg: array<u32, KT>;
 var<workgroup> tile_s0: array<f32, KT>;
 var<workgroup> tile_s1: array<f32, KT>;
 
@@ -69,10 +82,22 @@ fn first_key(first_pos: u32) -> u32 {
     return first_pos + 1u - p.window;
 }
 
+// 0 when key j may not be attended to (past the end, padding), else its segment tag.
 fn key_valid(b: u32, j: u32) -> u32 {
     if (j >= p.kv_len) { return 0u; }
-    if (p.has_mask != 0u && key_mask[b * p.kv_seq + j] == 0u) { return 0u; }
+    if (p.has_mask != 0u) { return key_mask[b * p.kv_seq + j]; }
     return 1u;
+}
+
+// The segment the query at key position `pos` must stay in; 0 = no restriction.
+fn query_segment(b: u32, pos: u32) -> u32 {
+    if (p.segments == 0u || pos >= p.kv_len) { return 0u; }
+    return key_mask[b * p.kv_seq + pos];
+}
+
+// Whether a key tagged `tag` (from key_valid) is visible to a query of segment `seg`.
+fn visible(tag: u32, seg: u32) -> bool {
+    return tag != 0u && (seg == 0u || tag == seg);
 }
 
 // Stages keys j0 .. j0+KT of key/value head hk: K into tile_a, V into tile_b (zeros past the
@@ -113,6 +138,8 @@ fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
     }
     var m = -3.0e38;
     var l = 0.0;
+    var seg = 0u;
+    if (row_valid) { seg = query_segment(b, t + p.q_offset); }
     var key_end = p.kv_len;
     if (p.causal != 0u) { key_end = min(p.kv_len, (wg.x + 1u) * WG + p.q_offset); }
     // Tiles start at a multiple of KT at or before the block's first reachable key.
@@ -123,7 +150,7 @@ fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
         if (row_valid) {
             for (var jj = 0u; jj < KT; jj++) {
                 let j = j0 + jj;
-                if (tile_valid[jj] == 0u || !in_reach(t + p.q_offset, j)) { continue; }
+                if (!visible(tile_valid[jj], seg) || !in_reach(t + p.q_offset, j)) { continue; }
                 var s = 0.0;
                 for (var d = 0u; d < D; d++) { s = fma(q[d], tile_a[jj * D + d], s); }
                 // Online softmax: rescale what was summed under the old max.
@@ -190,9 +217,11 @@ fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
             dout[d] = q_dout[q_index(b, t, h) + d];
         }
     }
+    var seg = 0u;
     if (row_valid) {
         lse = q_stats[stat_index(b, h, t)];
         delta = q_stats[p.batch * p.hq * p.seq + stat_index(b, h, t)];
+        seg = query_segment(b, t);
     }
     var key_end = p.seq;
     if (p.causal != 0u) { key_end = min(p.seq, (wg.x + 1u) * WG); }
@@ -203,7 +232,7 @@ fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         if (row_valid) {
             for (var jj = 0u; jj < KT; jj++) {
                 let j = j0 + jj;
-                if (tile_valid[jj] == 0u || !in_reach(t, j)) { continue; }
+                if (!visible(tile_valid[jj], seg) || !in_reach(t, j)) { continue; }
                 var s = 0.0;
                 var dp = 0.0;
                 for (var d = 0u; d < D; d++) {
@@ -236,7 +265,8 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let hk = wg.y % p.hkv;
     let group = p.hq / p.hkv;
     let j = wg.x * WG + lid;
-    let this_key_valid = key_valid(b, j) != 0u;
+    let tag = key_valid(b, j);
+    let this_key_valid = tag != 0u;
 
     var k: array<f32, D>;
     var v: array<f32, D>;
@@ -284,12 +314,13 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
                 }
                 tile_s0[lid] = lse;
                 tile_s1[lid] = delta;
+                tile_qseg[lid] = query_segment(b, i);
             }
             workgroupBarrier();
             if (this_key_valid) {
                 for (var ii = 0u; ii < KT; ii++) {
                     let i = i0 + ii;
-                    if (i >= p.seq || !in_reach(i, j)) { continue; }
+                    if (i >= p.seq || !visible(tag, tile_qseg[ii]) || !in_reach(i, j)) { continue; }
                     var s = 0.0;
                     var dp = 0.0;
                     for (var d = 0u; d < D; d++) {

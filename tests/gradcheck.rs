@@ -160,6 +160,29 @@ fn softmax_cross_entropy_weighted_matches_pytorch() {
 }
 
 #[test]
+fn dora_backward_with_detached_norm() {
+    // y = (c + k0)·p + c·s·q, c = m/n with n constant: dp = (c + k0)·w, dq = c·s·w,
+    // dm = Σ_rows w·(p + s·q)/n. Finite differences hold n fixed, as PEFT's .detach() does.
+    let mut rng = Rng::new(16);
+    let (rows, out, s) = (3, 4, 1.5);
+    for k0 in [0.0, -1.0] {
+        let (m, p, q, w) = (
+            randv(&mut rng, out),
+            randv(&mut rng, rows * out),
+            randv(&mut rng, rows * out),
+            randv(&mut rng, rows * out),
+        );
+        let n: Vec<f64> = randv(&mut rng, out).iter().map(|x| 0.5 + x.abs()).collect();
+        let bias = randv(&mut rng, out);
+        let (dp, dq, dm) = dora::backward(&m, &n, &p, &q, &w, s, k0);
+        let f = |m: &[f64], p: &[f64], q: &[f64]| dot(&w, &dora::forward(m, &n, p, q, Some(&bias), s, k0));
+        check(&format!("dora k0={k0} dp"), &p, &dp, |x| f(&m, x, &q));
+        check(&format!("dora k0={k0} dq"), &q, &dq, |x| f(&m, &p, x));
+        check(&format!("dora k0={k0} dm"), &m, &dm, |x| f(x, &p, &q));
+    }
+}
+
+#[test]
 fn attention_backward() {
     let mut rng = Rng::new(14);
     for (causal, with_mask, hq, hkv, window) in [
@@ -170,7 +193,7 @@ fn attention_backward() {
         (true, false, 2, 1, Some(2)),
         (true, true, 2, 2, Some(3)),
     ] {
-        let dm = attention::Dims { b: 2, t: 5, hq, hkv, d: 3, causal, scale: 0.6, window };
+        let dm = attention::Dims { b: 2, t: 5, hq, hkv, d: 3, causal, scale: 0.6, window, segments: None };
         let nq = dm.b * dm.t * hq * dm.d;
         let nk = dm.b * dm.t * hkv * dm.d;
         let (q, k, v, w) = (randv(&mut rng, nq), randv(&mut rng, nk), randv(&mut rng, nk), randv(&mut rng, nq));
@@ -182,6 +205,28 @@ fn attention_backward() {
         check(&format!("{what} dq"), &q, &dq, |x| dot(&w, &attention::forward(&dm, x, &k, &v, mask).0));
         check(&format!("{what} dk"), &k, &dk, |x| dot(&w, &attention::forward(&dm, &q, x, &v, mask).0));
         check(&format!("{what} dv"), &v, &dv, |x| dot(&w, &attention::forward(&dm, &q, &k, x, mask).0));
+    }
+}
+
+/// Packed sequences: the block-diagonal causal mask of two examples (and a padding tail) per
+/// row; the masked probabilities are zero, so the same dS formula holds.
+#[test]
+fn attention_backward_packed() {
+    let mut rng = Rng::new(15);
+    for (hq, hkv, window) in [(2, 1, None), (2, 2, Some(2))] {
+        let segments = vec![1, 1, 2, 2, 2, 0, 1, 2, 2, 3, 3, 3];
+        let mask: Vec<bool> = segments.iter().map(|&s| s != 0).collect();
+        let dm =
+            attention::Dims { b: 2, t: 6, hq, hkv, d: 3, causal: true, scale: 0.6, window, segments: Some(segments) };
+        let nq = dm.b * dm.t * hq * dm.d;
+        let nk = dm.b * dm.t * hkv * dm.d;
+        let (q, k, v, w) = (randv(&mut rng, nq), randv(&mut rng, nk), randv(&mut rng, nk), randv(&mut rng, nq));
+        let m = Some(&mask[..]);
+        let (dq, dk, dv) = attention::backward(&dm, &q, &k, &v, m, &w);
+        let what = format!("packed attention hq={hq} hkv={hkv} window={window:?}");
+        check(&format!("{what} dq"), &q, &dq, |x| dot(&w, &attention::forward(&dm, x, &k, &v, m).0));
+        check(&format!("{what} dk"), &k, &dk, |x| dot(&w, &attention::forward(&dm, &q, x, &v, m).0));
+        check(&format!("{what} dv"), &v, &dv, |x| dot(&w, &attention::forward(&dm, &q, &k, x, m).0));
     }
 }
 

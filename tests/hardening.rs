@@ -599,7 +599,14 @@ fn a_non_finite_gradient_is_named() {
     let gpu = common::gpu();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_tiny");
     let mut model = load_causal_lm(gpu, &fixture).unwrap();
-    let lora = LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, target_modules: vec!["q_proj".into()], use_rslora: false };
+    let lora = LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        target_modules: vec!["q_proj".into()],
+        use_rslora: false,
+        use_dora: false,
+    };
     model.add_lora(gpu, &lora, 0).unwrap();
     let poisoned = ["model.layers.0.self_attn.q_proj.lora_A.weight", "model.layers.1.self_attn.q_proj.lora_B.weight"];
     let mut names = Vec::new();

@@ -18,6 +18,8 @@ mod attention;
 mod batch_norm;
 #[path = "kernels/conv2d.rs"]
 mod conv2d;
+#[path = "kernels/dora.rs"]
+mod dora;
 #[path = "kernels/dropout.rs"]
 mod dropout;
 #[path = "kernels/elementwise.rs"]

@@ -122,11 +122,22 @@ fn llama_logits_and_loss_match_transformers() {
 /// PEFT's adapter loads; logits, loss and every LoRA gradient match PEFT's; merging gives the
 /// merged model's logits.
 fn lora_matches(name: &str) {
+    adapter_matches(name, "");
+}
+
+/// [`lora_matches`] for the adapter under `<fixture>/<sub>/` (its own expected.safetensors with
+/// the adapter's logits, loss, gradients and merged logits; inputs and base from the fixture).
+fn adapter_matches(name: &str, sub: &str) {
     let g = gpu();
     let dir = fixture(name);
-    let e = Expected::read(&dir);
+    let mut e = Expected::read(&dir);
+    let adapter_dir = dir.join(sub);
+    if !sub.is_empty() {
+        e.f.retain(|k, _| !k.starts_with("grad."));
+        e.f.extend(Expected::read(&adapter_dir).f);
+    }
     let mut model = load_causal_lm(g, &dir).unwrap();
-    model.load_adapter(g, &dir.join("peft_adapter")).unwrap();
+    model.load_adapter(g, &adapter_dir.join("peft_adapter")).unwrap();
     check_logits(&format!("{name} lora logits"), model.as_ref(), &e, "lora_logits");
 
     let (input, targets) = e.batch();
@@ -157,6 +168,19 @@ fn gpt2_lora_matches_peft() {
 #[test]
 fn llama_lora_matches_peft() {
     lora_matches("llama_tiny");
+}
+
+/// DoRA (PEFT's `use_dora`): logits, loss, the gradients of A, B and the magnitude, and the
+/// merged model, against PEFT 0.21 with non-zero B (so ||W + s·B·A|| ≠ ||W||).
+#[test]
+fn llama_dora_matches_peft() {
+    adapter_matches("llama_tiny", "dora");
+}
+
+/// The same through GPT-2's `[in, out]` Conv1D weights (PEFT's `fan_in_fan_out`).
+#[test]
+fn gpt2_dora_matches_peft() {
+    adapter_matches("gpt2_tiny", "dora");
 }
 
 /// Greedy decoding through the KV cache reproduces transformers' `generate`.
@@ -315,6 +339,7 @@ fn tape_records_only_above_the_lowest_trainable_tensor() {
         dropout: 0.0,
         target_modules: vec!["model.layers.1.self_attn.v_proj".into()],
         use_rslora: false,
+        use_dora: false,
     };
     assert_eq!(model.add_lora(g, &cfg, 7).unwrap(), 1);
     let tape = Tape::train(g, 0, 1);
@@ -461,6 +486,10 @@ mod families;
 /// dX kernel: layer 0's adapters see the gradient through layer 1's frozen blocks), and the
 /// merge (which dequantizes). GPT-2's Conv1D weights are transposed to [out, in] blocks.
 fn quantized_base_equals_its_dequantized_copy(name: &str, kind: QuantType) {
+    quantized_base_with_adapter(name, kind, "peft_adapter");
+}
+
+fn quantized_base_with_adapter(name: &str, kind: QuantType, adapter: &str) {
     let g = gpu();
     let dir = fixture(name);
     let e = Expected::read(&dir);
@@ -476,7 +505,7 @@ fn quantized_base_equals_its_dequantized_copy(name: &str, kind: QuantType) {
     eprintln!("{name} {kind}: loss {f32_loss} (f32) -> {quant_loss}");
     assert!((quant_loss - f32_loss).abs() < 0.05 * f32_loss, "{kind} moved the loss from {f32_loss} to {quant_loss}");
     for m in [&mut q, &mut d] {
-        m.load_adapter(g, &dir.join("peft_adapter")).unwrap();
+        m.load_adapter(g, &dir.join(adapter)).unwrap();
     }
     let (input, targets) = e.batch();
     let what = format!("{name} {kind}");
@@ -516,6 +545,41 @@ fn llama_quantized_base_lora_equals_dequantized() {
     }
 }
 
+/// DoRA on a quantized base: the norm of W + s·B·A comes from the dequantized rows, so the
+/// logits, gradients (magnitudes included) and merge equal those of the dequantized copy.
+#[test]
+fn quantized_base_dora_equals_dequantized() {
+    quantized_base_with_adapter("llama_tiny", QuantType::Q8_0, "dora/peft_adapter");
+    quantized_base_with_adapter("gpt2_tiny", QuantType::Q4_0, "dora/peft_adapter");
+}
+
+/// A DoRA adapter kiln saves says `use_dora: true`, holds the magnitudes under PEFT's key and
+/// loads back (in kiln) with the same logits; `check_peft_roundtrip.py --dora` has real PEFT
+/// read it.
+#[test]
+fn dora_adapter_save_and_load_round_trip() {
+    let g = gpu();
+    let dir = fixture("gpt2_tiny");
+    let e = Expected::read(&dir);
+    let mut model = load_causal_lm(g, &dir).unwrap();
+    let cfg = model.load_adapter(g, &dir.join("dora/peft_adapter")).unwrap();
+    assert!(cfg.use_dora);
+    let (input, _) = e.batch();
+    let before = model.all_logits(g, &input).unwrap().to_f32_vec(g).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    model.save_adapter(g, &cfg, TaskType::CausalLm, "gpt2_tiny", out.path()).unwrap();
+    let text = std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap();
+    assert!(text.contains("\"use_dora\": true"), "{text}");
+    let bytes = std::fs::read(out.path().join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let m = st.tensor("base_model.model.transformer.h.1.mlp.c_fc.lora_magnitude_vector").unwrap();
+    assert_eq!(m.shape(), [128]);
+    let mut again = load_causal_lm(g, &dir).unwrap();
+    assert_eq!(again.load_adapter(g, out.path()).unwrap(), cfg);
+    let after = again.all_logits(g, &input).unwrap().to_f32_vec(g).unwrap();
+    assert_close("reloaded DoRA adapter logits", &after, &f64s(&before), 0.0, 0.0);
+}
+
 #[test]
 fn gpt2_quantized_base_lora_equals_dequantized() {
     quantized_base_equals_its_dequantized_copy("gpt2_tiny", QuantType::Q4_1);
@@ -547,6 +611,7 @@ fn memory_estimate_and_refusal() {
         dropout: 0.1,
         target_modules: vec!["q_proj".into(), "v_proj".into()],
         use_rslora: false,
+        use_dora: false,
     };
     let mut m = load_causal_lm(g, &fixture("llama_tiny")).unwrap();
     m.add_lora(g, &cfg, 0).unwrap();
@@ -628,6 +693,7 @@ fn llama_k_quantized_base_lora_equals_dequantized() {
         dropout: 0.0,
         target_modules: ["q_proj", "v_proj", "o_proj", "down_proj"].map(String::from).to_vec(),
         use_rslora: false,
+        use_dora: false,
     };
     let (b, t) = (2, 7);
     let ids: Vec<u32> = (0..b * t).map(|i| (i * 37 % vocab) as u32).collect();
@@ -697,4 +763,73 @@ fn llama_k_quantized_base_lora_equals_dequantized() {
         );
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Sequence packing: six examples of different lengths (some tokens not trained) packed into
+/// two rows equal, example by example, their losses unpacked (to 1e-5), and the packed batch's
+/// loss and LoRA gradients equal those of the same examples padded one per row. Positions
+/// restart per example (RoPE, or GPT-2's learned positions) and attention stays inside each
+/// (Mistral's sliding window included).
+fn packed_equals_unpacked(name: &str) {
+    use kiln::data::{lm::make_batches, packing};
+    let g = gpu();
+    let dir = fixture(name);
+    let mut rng = Rng::new(77);
+    let examples: Vec<Example> = [5usize, 3, 7, 2, 6, 4]
+        .iter()
+        .map(|&n| Example {
+            ids: (0..n).map(|_| 3 + rng.below(90)).collect(),
+            loss_mask: (0..n).map(|t| t == 0 || t % 3 != 1).collect(),
+            truncated: false,
+        })
+        .collect();
+    let packed = packing::pack_batches(&examples, 3, 14, 0, None).unwrap();
+    assert_eq!(packed.len(), 1);
+    let p = &packed[0];
+    assert_eq!((p.batch, p.seq), (2, 14), "first fit: [5, 3, 2, 4] and [7, 6]");
+    let load = || {
+        let mut m = load_causal_lm(g, &dir).unwrap();
+        m.load_adapter(g, &dir.join("peft_adapter")).unwrap();
+        m
+    };
+    let model = load();
+    let input = packing::lm_input(g, p).unwrap();
+    // Where each example sits in the packed batch: rows are filled in first-fit order.
+    let mut at = [0usize; 2];
+    for (i, e) in examples.iter().enumerate() {
+        let row = if [0, 1, 3, 5].contains(&i) { 0 } else { 1 };
+        let start = row * p.seq + at[row];
+        at[row] += e.ids.len();
+        let mut targets = vec![-100; p.batch * p.seq];
+        targets[start..start + e.ids.len()].copy_from_slice(&p.targets[start..start + e.ids.len()]);
+        let tape = Tape::no_grad(g);
+        let got = model.loss(&tape, &input, &targets).unwrap().read(g).unwrap().0;
+        let alone = &make_batches(&examples[i..i + 1], 1, 0, None).unwrap()[0];
+        let alone_input = LmInput::new(g, alone.ids.clone(), 1, alone.seq, None).unwrap();
+        let want = model.loss(&Tape::no_grad(g), &alone_input, &alone.targets).unwrap().read(g).unwrap().0;
+        assert_close(&format!("{name} example {i} packed loss"), &[got], &[want as f64], 1e-5, 0.0);
+    }
+    // The whole batch, with gradients: packed vs padded (one example per row).
+    let mut grads = Vec::new();
+    for batch in [p.clone(), make_batches(&examples, 6, 0, None).unwrap().remove(0)] {
+        let m = load();
+        let tape = Tape::grad_only(g);
+        let loss = m.loss(&tape, &packing::lm_input(g, &batch).unwrap(), &batch.targets).unwrap();
+        tape.backward(&loss, 1.0).unwrap();
+        let mut gs = vec![loss.read(g).unwrap().0];
+        m.visit_params(&mut |p| {
+            if let Some(grad) = &p.grad {
+                gs.extend(grad.to_f32_vec(g).unwrap());
+            }
+        });
+        grads.push(gs);
+    }
+    assert_close(&format!("{name} packed loss and LoRA gradients"), &grads[0], &f64s(&grads[1]), 1e-5, 1e-4);
+}
+
+#[test]
+fn packed_examples_equal_unpacked() {
+    for name in ["llama_tiny", "gpt2_tiny", "mistral_tiny", "qwen3_tiny", "phi3_tiny"] {
+        packed_equals_unpacked(name);
+    }
 }

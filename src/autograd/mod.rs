@@ -11,6 +11,7 @@ mod attention;
 mod batch_norm;
 mod checkpoint;
 mod conv2d;
+mod dora;
 mod elementwise;
 mod embedding;
 mod linear;
@@ -24,6 +25,7 @@ pub use attention::attention;
 pub use batch_norm::{BnStats, RunningStats, batch_norm};
 pub use checkpoint::checkpoint;
 pub use conv2d::conv2d;
+pub use dora::dora;
 pub use elementwise::{activation, add, dropout, gated, scale, split_cols, swiglu};
 pub use embedding::embedding;
 pub use linear::{Lora, WeightLayout, linear, linear_quant};
@@ -31,7 +33,7 @@ pub use loss::{Loss, cross_entropy, cross_entropy_weighted, linear_cross_entropy
 pub use norm::norm;
 pub use pool::{first_token_weights, mean_weights, pool};
 pub use pool2d::{global_avg_pool, max_pool2d};
-pub use rope::rope;
+pub use rope::{rope, rope_at};
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

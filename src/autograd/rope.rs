@@ -12,7 +12,31 @@ pub fn rope(tape: &Tape, tables: &Arc<RopeTables>, x: &Var, offset: usize) -> Re
     let out = Tensor::empty(tape.gpu, x.shape(), DType::F32)?;
     rk::apply_into(tape.gpu, tables, &x.value, Positions::Offset(offset), false, &out, false)?;
     Ok(tape.output(out, &[x], |out| {
-        Box::new(RopeOp { out, tables: tables.clone(), x_id: x.id(), shape: x.shape().to_vec(), offset })
+        Box::new(RopeOp {
+            out,
+            tables: tables.clone(),
+            x_id: x.id(),
+            shape: x.shape().to_vec(),
+            offset,
+            positions: None,
+        })
+    }))
+}
+
+/// Rotates x `[B, T, H, D]` by explicit positions `[B, T]` u32 (packed sequences, where each
+/// example's positions start again at 0).
+pub fn rope_at(tape: &Tape, tables: &Arc<RopeTables>, x: &Var, positions: &Tensor) -> Result<Var> {
+    let out = Tensor::empty(tape.gpu, x.shape(), DType::F32)?;
+    rk::apply_into(tape.gpu, tables, &x.value, Positions::Explicit(positions), false, &out, false)?;
+    Ok(tape.output(out, &[x], |out| {
+        Box::new(RopeOp {
+            out,
+            tables: tables.clone(),
+            x_id: x.id(),
+            shape: x.shape().to_vec(),
+            offset: 0,
+            positions: Some(positions.clone()),
+        })
     }))
 }
 
@@ -22,6 +46,7 @@ struct RopeOp {
     x_id: Option<VarId>,
     shape: Vec<usize>,
     offset: usize,
+    positions: Option<Tensor>,
 }
 
 impl Backward for RopeOp {
@@ -34,7 +59,11 @@ impl Backward for RopeOp {
         if let Some(dx) = g.target(self.x_id, &self.shape)? {
             // A rotation's transpose is its inverse.
             let dy = dy.reshape(&self.shape)?;
-            rk::apply_into(gpu, &self.tables, &dy, Positions::Offset(self.offset), true, &dx.tensor, dx.accumulate)?;
+            let positions = match &self.positions {
+                Some(p) => Positions::Explicit(p),
+                None => Positions::Offset(self.offset),
+            };
+            rk::apply_into(gpu, &self.tables, &dy, positions, true, &dx.tensor, dx.accumulate)?;
         }
         Ok(())
     }

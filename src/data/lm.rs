@@ -435,8 +435,11 @@ pub struct LmBatch {
     /// `[B, T]`: `ids[t + 1]` where token `t + 1` is trained, [`IGNORE_INDEX`] elsewhere, on
     /// padding and at the last position.
     pub targets: Vec<i32>,
-    /// `[B, T]`: 1 for a real token, 0 for padding (the attention key mask).
+    /// `[B, T]`: 1 for a real token, 0 for padding (the attention key mask). Packed batches
+    /// (`data::packing`): each token's example in its row, 1, 2, ... (0 = padding).
     pub key_mask: Vec<u32>,
+    /// Packed batches: `[B, T]` each token's position inside its example. None: not packed.
+    pub positions: Option<Vec<u32>>,
     /// Real (unpadded) tokens in the batch.
     pub tokens: usize,
     /// Targets that are not [`IGNORE_INDEX`].
@@ -489,7 +492,7 @@ fn pad_batch<'a>(rows: impl ExactSizeIterator<Item = &'a Example> + Clone, pad_i
         }
         tokens += n;
     }
-    LmBatch { batch, seq, ids, targets, key_mask, tokens, target_count }
+    LmBatch { batch, seq, ids, targets, key_mask, positions: None, tokens, target_count }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod encode;
 pub mod fetch;
 pub mod images;
 pub mod lm;
+pub mod packing;
 pub mod spamassassin;
 
 /// An error in a data file at a line: `path: line N: message`.

@@ -1,6 +1,8 @@
 //! LoRA adapters in PEFT's format: a folder with `adapter_config.json` and
 //! `adapter_model.safetensors`, keys `base_model.model.<module path>.lora_{A,B}.weight` (no
-//! adapter name), A `[r, in]`, B `[out, r]`. Loadable by `peft.PeftModel.from_pretrained`.
+//! adapter name), A `[r, in]`, B `[out, r]`; with DoRA (`use_dora: true`) also
+//! `base_model.model.<module path>.lora_magnitude_vector` `[out]`. Loadable by
+//! `peft.PeftModel.from_pretrained`.
 
 use std::path::Path;
 
@@ -51,7 +53,7 @@ pub fn write_adapter(
     for lin in linears {
         if let Some(l) = &lin.lora {
             fan_in_fan_out |= lin.layout == WeightLayout::InOut;
-            for p in [&l.a, &l.b] {
+            for p in [Some(&l.a), Some(&l.b), l.magnitude.as_ref()].into_iter().flatten() {
                 tensors.push((format!("{PREFIX}{}", p.name), p.value.to_f32_vec(gpu)?, p.value.shape().to_vec()));
             }
         }
@@ -78,7 +80,7 @@ pub fn write_adapter(
         "bias": "none",
         "fan_in_fan_out": fan_in_fan_out,
         "use_rslora": cfg.use_rslora,
-        "use_dora": false,
+        "use_dora": cfg.use_dora,
         "modules_to_save": if modules.is_empty() { serde_json::Value::Null } else { json!(modules) },
         "init_lora_weights": true,
         "inference_mode": true,
@@ -114,7 +116,7 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
             _ => true,
         }
     };
-    for key in ["use_dora", "rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern", "bias"] {
+    for key in ["rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern", "bias"] {
         if unsupported(key) {
             return Err(bad(format!("`{key}` = {} is not supported by kiln", v[key])));
         }
@@ -133,6 +135,11 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
         dropout: v["lora_dropout"].as_f64().unwrap_or(0.0) as f32,
         target_modules,
         use_rslora: v["use_rslora"].as_bool().unwrap_or(false),
+        use_dora: match &v["use_dora"] {
+            serde_json::Value::Null => false,
+            serde_json::Value::Bool(b) => *b,
+            other => return Err(bad(format!("`use_dora` = {other} is not true or false"))),
+        },
     };
     cfg.validate().map_err(|e| bad(e.to_string()))?;
     Ok(cfg)
@@ -145,8 +152,8 @@ pub fn open_adapter(dir: &Path) -> Result<(LoraConfig, SafetensorsSource)> {
     Ok((cfg, src))
 }
 
-/// Puts the file's `lora_A`/`lora_B` pairs on the linears they name (trainable); none found is
-/// an error, and so is a target module that names no linear.
+/// Puts the file's `lora_A`/`lora_B` pairs (and DoRA magnitudes) on the linears they name
+/// (trainable); none found is an error, and so is a target module that names no linear.
 pub fn attach(
     gpu: &Gpu,
     linears: Vec<&mut Linear>,
@@ -182,7 +189,15 @@ pub fn attach(
         let mut b = Param::new(format!("{}.lora_B.weight", lin.path), b);
         a.set_trainable(gpu, true)?;
         b.set_trainable(gpu, true)?;
-        lin.lora = Some(LoraAdapter { a, b, scale: cfg.scale(), dropout: cfg.dropout });
+        let magnitude = if cfg.use_dora {
+            let key = format!("{PREFIX}{}.lora_magnitude_vector", lin.path);
+            let mut m = Param::new(format!("{}.lora_magnitude_vector", lin.path), src.tensor(gpu, &key, &[d_out])?);
+            m.set_trainable(gpu, true)?;
+            Some(m)
+        } else {
+            None
+        };
+        lin.lora = Some(LoraAdapter { a, b, scale: cfg.scale(), dropout: cfg.dropout, magnitude });
         found += 1;
     }
     if found == 0 {

@@ -1,5 +1,5 @@
 //! Scaled dot-product attention (`shaders/attention.wgsl`): causal and key-padding masks,
-//! sliding windows, grouped-query attention, a forward that saves only the log-sum-exp per row, and a
+//! packed sequences (block-diagonal causal masks from segment ids), sliding windows, grouped-query attention, a forward that saves only the log-sum-exp per row, and a
 //! backward that recomputes the probabilities (memory O(T) per head, not O(T²)).
 
 use bytemuck::{Pod, Zeroable};
@@ -29,6 +29,9 @@ pub struct AttentionSpec {
     /// Sliding window (causal only): a query sees itself and the `window - 1` keys before it,
     /// as Mistral's `sliding_window` and transformers' `kv_idx > q_idx - window`. None: all.
     pub window: Option<usize>,
+    /// Sequence packing: the key mask holds each token's example (1, 2, ...; 0 = padding) and a
+    /// query attends only to keys of its own example (block-diagonal causal attention).
+    pub segments: bool,
 }
 
 impl AttentionSpec {
@@ -46,7 +49,14 @@ impl AttentionSpec {
             kv_len: seq,
             q_offset: 0,
             window: None,
+            segments: false,
         }
+    }
+
+    /// Packed rows: `key_mask` tells each token's example and attention stays inside it.
+    pub fn with_segments(mut self, segments: bool) -> Self {
+        self.segments = segments;
+        self
     }
 
     /// Restricts each query to the last `window` keys up to and including its own position.
@@ -97,6 +107,8 @@ struct Params {
     kv_len: u32,
     q_offset: u32,
     window: u32,
+    segments: u32,
+    _pad: [u32; 3],
 }
 
 /// Head dims the shader is compiled for (it keeps rows of D floats in registers).
@@ -141,6 +153,9 @@ fn check(
     expect_numel(op, "q", q, qn, "batch × seq × q_heads × head_dim")?;
     expect_numel(op, "k", k, kn, "batch × seq × kv_heads × head_dim")?;
     expect_numel(op, "v", v, kn, "batch × seq × kv_heads × head_dim")?;
+    if s.segments && key_mask.is_none() {
+        return Err(Error::invalid(op, "packed attention (segments) needs the key mask that holds the segment ids"));
+    }
     if let Some(m) = key_mask {
         m.expect_dtype(op, DType::U32)?;
         expect_numel(op, "key_mask", m, s.batch * s.kv_seq, "batch × kv_seq")?;
@@ -160,6 +175,8 @@ fn check(
         kv_len: s.kv_len as u32,
         q_offset: s.q_offset as u32,
         window: u32_of(op, "window", s.window.unwrap_or(0))?,
+        segments: s.segments as u32,
+        _pad: [0; 3],
     })
 }
 

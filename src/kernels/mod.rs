@@ -8,6 +8,7 @@ pub mod adamw;
 pub mod attention;
 pub mod batch_norm;
 pub mod conv2d;
+pub mod dora;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;

@@ -639,6 +639,8 @@ impl Module for Decoder {
 /// What one block's forward reads besides its weights and input.
 struct BlockInputs<'a> {
     rope: &'a Arc<RopeTables>,
+    /// `[B, T]` per-token positions of a packed batch; None: `offset..` along each row.
+    positions: Option<&'a Tensor>,
     spec: AttentionSpec,
     key_mask: Option<&'a Tensor>,
     cache: Option<&'a KvCache>,
@@ -670,8 +672,10 @@ fn block_forward(tape: &Tape, cfg: &DecoderConfig, l: &Block, x: &Var, inp: &Blo
         q = head_norm(tape, qn, &q)?;
         k = head_norm(tape, kn, &k)?;
     }
-    let q = autograd::rope(tape, inp.rope, &q, offset)?;
-    let k = autograd::rope(tape, inp.rope, &k, offset)?;
+    let (q, k) = match inp.positions {
+        Some(pos) => (autograd::rope_at(tape, inp.rope, &q, pos)?, autograd::rope_at(tape, inp.rope, &k, pos)?),
+        None => (autograd::rope(tape, inp.rope, &q, offset)?, autograd::rope(tape, inp.rope, &k, offset)?),
+    };
     let y = self_attention(tape, &inp.spec, &q, &k, &v, inp.key_mask, inp.cache, inp.layer)?;
     let y = l.o_proj.forward(tape, &y.reshape(&[b, t, hq * d])?)?;
     // Gemma 3's sandwich: the attention output is normed before the residual add, and the MLP
@@ -717,6 +721,10 @@ impl CausalLm for Decoder {
         self.config.model_type
     }
 
+    fn supports_packing(&self) -> bool {
+        true
+    }
+
     fn shape(&self) -> LmShape {
         LmShape {
             vocab: self.config.vocab_size,
@@ -733,12 +741,12 @@ impl CausalLm for Decoder {
         let (b, t) = (input.batch, input.seq);
         let (hq, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let offset = cache.map_or(0, |k| k.len);
-        let rope = self.rope_for(offset + t);
+        let rope = self.rope_for(input.position_span(offset));
         let mut x = autograd::embedding(tape, &tape.param(&self.embed_tokens), &input.ids, &input.ids_gpu)?;
         if let Some(s) = cfg.embed_scale {
             x = autograd::scale(tape, &x, s)?;
         }
-        let mut spec = AttentionSpec::new(b, t, hq, hkv, d, true);
+        let mut spec = AttentionSpec::new(b, t, hq, hkv, d, true).with_segments(input.packed);
         if let Some(s) = cfg.query_pre_attn_scalar {
             spec.scale = (1.0 / s.sqrt()) as f32;
         }
@@ -754,17 +762,22 @@ impl CausalLm for Decoder {
             x = if self.grad_checkpoint && cache.is_none() {
                 // The rerun in backward needs its own handles on the block and the inputs.
                 let (l, cfg, rope, mask) = (l.clone(), cfg.clone(), rope.clone(), input.key_mask.clone());
+                let positions = input.positions.as_ref().map(|p| p.1.clone());
                 autograd::checkpoint(tape, &x, move |tape, x| {
-                    block_forward(
-                        tape,
-                        &cfg,
-                        &l,
-                        x,
-                        &BlockInputs { rope: &rope, spec, key_mask: mask.as_ref(), cache: None, layer: i },
-                    )
+                    let inputs = BlockInputs {
+                        rope: &rope,
+                        positions: positions.as_ref(),
+                        spec,
+                        key_mask: mask.as_ref(),
+                        cache: None,
+                        layer: i,
+                    };
+                    block_forward(tape, &cfg, &l, x, &inputs)
                 })?
             } else {
-                let inputs = BlockInputs { rope, spec, key_mask: input.key_mask.as_ref(), cache, layer: i };
+                let positions = input.positions.as_ref().map(|p| &p.1);
+                let inputs =
+                    BlockInputs { rope, positions, spec, key_mask: input.key_mask.as_ref(), cache, layer: i };
                 block_forward(tape, cfg, l, &x, &inputs)?
             };
         }

@@ -245,6 +245,10 @@ impl CausalLm for Gpt2 {
         "gpt2"
     }
 
+    fn supports_packing(&self) -> bool {
+        true
+    }
+
     fn shape(&self) -> LmShape {
         LmShape {
             vocab: self.config.vocab_size,
@@ -267,11 +271,14 @@ impl CausalLm for Gpt2 {
             ));
         }
         let tok = autograd::embedding(tape, &tape.param(&self.wte), &input.ids, &input.ids_gpu)?;
-        let (pos, pos_gpu) = positions(tape.gpu, b, t, offset)?;
+        let (pos, pos_gpu) = match &input.positions {
+            Some((p, g)) => (p.clone(), g.clone()),
+            None => positions(tape.gpu, b, t, offset)?,
+        };
         let pe = autograd::embedding(tape, &tape.param(&self.wpe), &pos, &pos_gpu)?;
         let mut x = autograd::add(tape, &tok, &pe)?;
         x = autograd::dropout(tape, &x, cfg.embd_pdrop)?;
-        let mut spec = AttentionSpec::new(b, t, nh, nh, d, true);
+        let mut spec = AttentionSpec::new(b, t, nh, nh, d, true).with_segments(input.packed);
         if !cfg.scale_attn_weights {
             spec.scale = 1.0;
         }

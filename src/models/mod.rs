@@ -29,6 +29,7 @@ use crate::formats::safetensors::{self as weights, WeightSource};
 use crate::gpu::Gpu;
 use crate::kernels::attention::AttentionSpec;
 use crate::kernels::matmul::matmul_bt_wide_into;
+use crate::kernels::rope::RopeTables;
 use crate::nn::{KvCache, Linear, LoraConfig, Rng};
 use crate::tensor::{DType, Tensor};
 
@@ -39,8 +40,14 @@ pub struct LmInput {
     /// `[B, T]` row-major.
     pub ids: Vec<u32>,
     pub ids_gpu: Tensor,
-    /// `[B, T]` u32, 1 for real tokens and 0 for padding; None when there is no padding.
+    /// `[B, T]` u32, 1 for real tokens and 0 for padding; None when there is no padding. In a
+    /// packed batch, each token's example in its row (1, 2, ...; 0 = padding).
     pub key_mask: Option<Tensor>,
+    /// Sequence packing: several examples per row, attention kept inside each (`key_mask` holds
+    /// the segments) and positions restarting at each example (`positions`).
+    pub packed: bool,
+    /// `[B, T]` position of each token (host and GPU); None: 0, 1, ... along the row.
+    pub positions: Option<(Vec<u32>, Tensor)>,
 }
 
 impl LmInput {
@@ -53,7 +60,52 @@ impl LmInput {
             Some(m) if m.contains(&0) => Some(Tensor::from_u32(gpu, m, &[batch, seq])?),
             _ => None,
         };
-        Ok(LmInput { batch, seq, ids, ids_gpu, key_mask })
+        Ok(LmInput { batch, seq, ids, ids_gpu, key_mask, packed: false, positions: None })
+    }
+
+    /// A packed batch: `segments` `[B, T]` says which example of its row each token belongs to
+    /// (1, 2, ...; 0 = padding), `positions` `[B, T]` its position inside that example.
+    pub fn packed(
+        gpu: &Gpu,
+        ids: Vec<u32>,
+        batch: usize,
+        seq: usize,
+        segments: &[u32],
+        positions: Vec<u32>,
+    ) -> Result<Self> {
+        if segments.len() != batch * seq || positions.len() != batch * seq {
+            return Err(Error::invalid(
+                "input",
+                format!(
+                    "{} segment ids and {} positions for a packed batch of {batch} × {seq}",
+                    segments.len(),
+                    positions.len()
+                ),
+            ));
+        }
+        let mut input = LmInput::new(gpu, ids, batch, seq, None)?;
+        input.key_mask = Some(Tensor::from_u32(gpu, segments, &[batch, seq])?);
+        let pos_gpu = Tensor::from_u32(gpu, &positions, &[batch, seq])?;
+        input.positions = Some((positions, pos_gpu));
+        input.packed = true;
+        Ok(input)
+    }
+
+    /// Rotates q or k `[B, T, H, D]` by each token's position: `offset + t`, or the packed
+    /// batch's positions.
+    pub fn rope(&self, tape: &Tape, tables: &std::sync::Arc<RopeTables>, x: &Var, offset: usize) -> Result<Var> {
+        match &self.positions {
+            Some((_, pos)) => autograd::rope_at(tape, tables, x, pos),
+            None => autograd::rope(tape, tables, x, offset),
+        }
+    }
+
+    /// The largest position any token takes, plus one (the RoPE table rows a pass needs).
+    pub fn position_span(&self, offset: usize) -> usize {
+        match &self.positions {
+            Some((p, _)) => p.iter().max().map_or(0, |m| *m as usize + 1),
+            None => offset + self.seq,
+        }
     }
 }
 
@@ -72,6 +124,11 @@ pub struct LmShape {
 pub trait CausalLm: Module {
     /// `gpt2` or `llama` (config.json's `model_type`).
     fn model_type(&self) -> &'static str;
+    /// Whether [`CausalLm::hidden`] honours a packed [`LmInput`] (segments and positions);
+    /// training refuses `--pack` for a model that does not.
+    fn supports_packing(&self) -> bool {
+        false
+    }
     fn shape(&self) -> LmShape;
     /// The final hidden states `[B, T, C]` (after the last norm). With a cache, the input is the
     /// tokens after the cached ones; the caller advances `cache.len`.

@@ -1,6 +1,7 @@
 //! LoRA (Hu et al. 2021) as PEFT does it: W stays frozen, ΔW = s·B·A with A `[r, in]`
 //! Kaiming-uniform, B `[out, r]` zero (so training starts from the base model), s = α/r
-//! (α/√r with rsLoRA).
+//! (α/√r with rsLoRA). With DoRA (Liu et al. 2024, PEFT's `use_dora`) each output feature is
+//! also rescaled by a trainable magnitude over the detached norm of W + s·B·A (see `nn::linear`).
 
 use crate::autograd::Param;
 use crate::error::{Error, Result};
@@ -17,6 +18,8 @@ pub struct LoraConfig {
     /// Module names matched against the last component of a layer's path (`q_proj`, `c_attn`).
     pub target_modules: Vec<String>,
     pub use_rslora: bool,
+    /// DoRA (PEFT's `use_dora`): a trainable magnitude per output feature on top of LoRA.
+    pub use_dora: bool,
 }
 
 impl LoraConfig {
@@ -57,16 +60,20 @@ pub struct LoraAdapter {
     pub b: Param,
     pub scale: f32,
     pub dropout: f32,
+    /// DoRA's magnitude m `[out]`, named `<path>.lora_magnitude_vector` (PEFT's saved key); the
+    /// layer then computes m/||W + s·B·A|| ⊙ (x·Wᵀ + s·x·Aᵀ·Bᵀ). None for plain LoRA.
+    pub magnitude: Option<Param>,
 }
 
 impl LoraAdapter {
     /// A fresh adapter initialised like PEFT: A ~ U(±1/√in) (kaiming_uniform with a = √5), B = 0.
+    /// DoRA's magnitude is set by the layer, which has the weight ([`crate::nn::Linear::add_lora`]).
     pub fn init(gpu: &Gpu, path: &str, d_in: usize, d_out: usize, cfg: &LoraConfig, rng: &mut Rng) -> Result<Self> {
         let a = rng.uniform(cfg.r * d_in, 1.0 / (d_in as f32).sqrt());
         let mut a = Param::new(format!("{path}.lora_A.weight"), Tensor::from_f32(gpu, &a, &[cfg.r, d_in])?);
         let mut b = Param::new(format!("{path}.lora_B.weight"), Tensor::zeros(gpu, &[d_out, cfg.r])?);
         a.set_trainable(gpu, true)?;
         b.set_trainable(gpu, true)?;
-        Ok(LoraAdapter { a, b, scale: cfg.scale(), dropout: cfg.dropout })
+        Ok(LoraAdapter { a, b, scale: cfg.scale(), dropout: cfg.dropout, magnitude: None })
     }
 }

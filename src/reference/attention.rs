@@ -2,7 +2,9 @@
 //!
 //! Shapes: q, out, dout, dq [B, T, Hq, D]; k, v, dk, dv [B, T, Hkv, D]; key_mask [B, T]
 //! (true = attend); lse [B, Hq, T]. Query head h uses key/value head h / (Hq/Hkv).
-//! A sliding window W (causal only) lets query i see keys i−W+1 ..= i.
+//! A sliding window W (causal only) lets query i see keys i−W+1 ..= i. With `segments` [B, T]
+//! (sequence packing: each token's example, 0 = padding) a query of segment s ≠ 0 sees only keys
+//! of segment s; a padding query (0) sees every allowed key.
 
 pub struct Dims {
     pub b: usize,
@@ -13,6 +15,7 @@ pub struct Dims {
     pub causal: bool,
     pub scale: f64,
     pub window: Option<usize>,
+    pub segments: Option<Vec<u32>>,
 }
 
 impl Dims {
@@ -24,7 +27,9 @@ impl Dims {
     }
     fn allowed(&self, mask: Option<&[bool]>, b: usize, i: usize, j: usize) -> bool {
         let in_window = !self.causal || self.window.is_none_or(|w| j + w > i);
-        !(self.causal && j > i) && in_window && mask.is_none_or(|m| m[b * self.t + j])
+        let same_example =
+            self.segments.as_ref().is_none_or(|s| s[b * self.t + i] == 0 || s[b * self.t + j] == s[b * self.t + i]);
+        !(self.causal && j > i) && in_window && same_example && mask.is_none_or(|m| m[b * self.t + j])
     }
     /// Probabilities of row (b, h, i) over keys j; all zero if no key is allowed.
     fn probs(&self, q: &[f64], k: &[f64], mask: Option<&[bool]>, b: usize, h: usize, i: usize) -> (Vec<f64>, f64) {

@@ -10,6 +10,7 @@ use super::stopping::StopMetric;
 use crate::autograd::Module;
 use crate::autograd::{Loss, Tape};
 use crate::data::lm::{Example, LmBatch, make_batches};
+use crate::data::packing;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::models::{CausalLm, LmInput};
@@ -24,6 +25,9 @@ pub struct LmTrainConfig {
     pub grad_accum: usize,
     /// Validation batches used each time (all when None).
     pub eval_batches: Option<usize>,
+    /// Sequence packing (`--pack`): rows of up to this many tokens, several examples each
+    /// (`data::packing`); `batch_size` then counts rows. None: one padded example per row.
+    pub pack: Option<usize>,
 }
 
 /// Mean loss over the targets of `batches` (no gradients), and the number of targets.
@@ -85,7 +89,16 @@ impl<'a> LmTask<'a> {
             }
             _ => Vec::new(),
         };
-        let micro_per_epoch = train.len().div_ceil(cfg.batch_size);
+        if cfg.pack.is_some() && !model.supports_packing() {
+            return Err(Error::invalid(
+                "--pack",
+                format!("the {} model does not implement packed attention yet; train without --pack", model.model_type()),
+            ));
+        }
+        let micro_per_epoch = match cfg.pack {
+            Some(max_len) => packing::pack_batches(train, cfg.batch_size, max_len, pad, Some(cfg.run.seed))?.len(),
+            None => train.len().div_ceil(cfg.batch_size),
+        };
         Ok(LmTask { gpu, model, train, retain, valid_batches, pad, cfg, micro_per_epoch, batches: Vec::new() })
     }
 }
@@ -134,7 +147,11 @@ impl Task for LmTask<'_> {
 
     fn start_epoch(&mut self, epoch: usize) -> Result<usize> {
         let seed = self.cfg.run.seed.wrapping_add(epoch as u64);
-        self.batches = make_batches(self.train, self.cfg.batch_size, self.pad, Some(seed))?;
+        // Packed or padded, as the run asks; each epoch its own shuffle.
+        self.batches = match self.cfg.pack {
+            Some(max_len) => packing::pack_batches(self.train, self.cfg.batch_size, max_len, self.pad, Some(seed))?,
+            None => make_batches(self.train, self.cfg.batch_size, self.pad, Some(seed))?,
+        };
         Ok(self.batches.len().div_ceil(self.cfg.grad_accum))
     }
 
@@ -147,7 +164,7 @@ impl Task for LmTask<'_> {
         let mut micro = (epoch * self.micro_per_epoch + index * accum) as u32;
         for b in group {
             micro += 1;
-            let input = LmInput::new(self.gpu, b.ids.clone(), b.batch, b.seq, Some(&b.key_mask))?;
+            let input = packing::lm_input(self.gpu, b)?;
             let tape = Tape::train(self.gpu, self.cfg.run.seed as u32, micro);
             let loss = self.model.loss(&tape, &input, &b.targets)?;
             tape.backward(&loss, 1.0 / group.len() as f32)?;

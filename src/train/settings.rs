@@ -71,6 +71,14 @@ pub struct TrainSettings {
     /// for BERT]
     #[arg(long, alias = "lora-targets", value_delimiter = ',')]
     pub target_modules: Vec<String>,
+    /// DoRA (PEFT's `use_dora`): LoRA plus a trainable magnitude per output feature, saved as
+    /// `lora_magnitude_vector` with `use_dora: true`
+    #[arg(long)]
+    pub dora: bool,
+    /// Sequence packing (language models): several examples per row of up to --max-len tokens,
+    /// attention and positions kept within each example; --batch-size then counts rows
+    #[arg(long)]
+    pub pack: bool,
     /// Validate every N optimizer steps (0: only at the end)
     #[arg(long, default_value_t = 50)]
     pub eval_every: usize,

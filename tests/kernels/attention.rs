@@ -34,7 +34,7 @@ fn windowed(
     let key_mask = padded.then_some(&mask_t);
     let (qt, kt, vt) = (upload(&q, &[b, t, hq, d]), upload(&k, &[b, t, hkv, d]), upload(&v, &[b, t, hkv, d]));
     let fwd = attention::forward(gpu, &spec, &qt, &kt, &vt, key_mask).unwrap();
-    let dims = r::Dims { b, t, hq, hkv, d, causal, scale: spec.scale as f64, window };
+    let dims = r::Dims { b, t, hq, hkv, d, causal, scale: spec.scale as f64, window, segments: None };
     let m = padded.then_some(&mask[..]);
     let (want_out, want_lse) = r::forward(&dims, &f64s(&q), &f64s(&k), &f64s(&v), m);
     let what =
@@ -84,6 +84,62 @@ fn attention_sliding_window() {
     windowed(&mut rng, (1, 9, 1, 1, 4), true, false, Some(100));
 }
 
+/// Packed rows: each row holds examples of the given lengths (then padding); every query sees
+/// only the keys of its own example, in forward and both backward passes. Segments cross the
+/// 16-key tiles and the 64-row blocks; with grouped heads and with a sliding window.
+fn packed(rng: &mut Rng, (hq, hkv, d): (usize, usize, usize), rows: &[&[usize]], t: usize, window: Option<usize>) {
+    let gpu = gpu();
+    let b = rows.len();
+    let mut seg = vec![0u32; b * t];
+    for (bi, lens) in rows.iter().enumerate() {
+        let mut pos = 0;
+        for (e, &len) in lens.iter().enumerate() {
+            seg[bi * t + pos..bi * t + pos + len].fill(e as u32 + 1);
+            pos += len;
+        }
+    }
+    let spec = AttentionSpec::new(b, t, hq, hkv, d, true).with_window(window).with_segments(true);
+    let (nq, nk) = (b * t * hq * d, b * t * hkv * d);
+    let (q, k, v, dout) = (rng.vec(nq), rng.vec(nk), rng.vec(nk), rng.vec(nq));
+    let seg_t = Tensor::from_u32(gpu, &seg, &[b, t]).unwrap();
+    let (qt, kt, vt) = (upload(&q, &[b, t, hq, d]), upload(&k, &[b, t, hkv, d]), upload(&v, &[b, t, hkv, d]));
+    let fwd = attention::forward(gpu, &spec, &qt, &kt, &vt, Some(&seg_t)).unwrap();
+    let dims =
+        r::Dims { b, t, hq, hkv, d, causal: true, scale: spec.scale as f64, window, segments: Some(seg.clone()) };
+    let mask: Vec<bool> = seg.iter().map(|&s| s != 0).collect();
+    let (want_out, want_lse) = r::forward(&dims, &f64s(&q), &f64s(&k), &f64s(&v), Some(&mask));
+    let what = format!("packed attention rows={rows:?} t={t} hq={hq} hkv={hkv} d={d} window={window:?}");
+    assert_close(&format!("{what} out"), &download(&fwd.out), &want_out, ATOL, RTOL);
+    assert_close(&format!("{what} lse"), &download(&fwd.stats)[..b * hq * t], &want_lse, ATOL, RTOL);
+    let (dq, dk, dv) =
+        (Tensor::zeros(gpu, &[nq]).unwrap(), Tensor::zeros(gpu, &[nk]).unwrap(), Tensor::zeros(gpu, &[nk]).unwrap());
+    attention::backward(gpu, &spec, &qt, &kt, &vt, Some(&seg_t), &fwd, &upload(&dout, &[nq]), (&dq, &dk, &dv), false)
+        .unwrap();
+    let (wq, wk, wv) = r::backward(&dims, &f64s(&q), &f64s(&k), &f64s(&v), Some(&mask), &f64s(&dout));
+    let tol = ATOL * (t as f64).sqrt();
+    assert_close(&format!("{what} dq"), &download(&dq), &wq, tol, RTOL * 10.0);
+    assert_close(&format!("{what} dk"), &download(&dk), &wk, tol, RTOL * 10.0);
+    assert_close(&format!("{what} dv"), &download(&dv), &wv, tol, RTOL * 10.0);
+}
+
+#[test]
+fn attention_packed_segments() {
+    let mut rng = Rng::new(94);
+    packed(&mut rng, (2, 1, 5), &[&[3, 4], &[1, 2, 2]], 7, None);
+    packed(&mut rng, (4, 2, 8), &[&[17, 5, 9], &[30], &[1, 1, 1, 20]], 33, None);
+    packed(&mut rng, (3, 3, 16), &[&[70, 3, 40], &[64, 50]], 130, None);
+    packed(&mut rng, (2, 1, 8), &[&[20, 45, 6], &[9, 9]], 75, Some(12));
+}
+
+#[test]
+fn attention_packed_needs_the_mask() {
+    let gpu = gpu();
+    let z = Tensor::zeros(gpu, &[32]).unwrap();
+    let spec = AttentionSpec::new(1, 4, 1, 1, 8, true).with_segments(true);
+    let err = attention::forward(gpu, &spec, &z, &z, &z, None).err().expect("segments without a mask").to_string();
+    assert!(err.contains("segment"), "{err}");
+}
+
 #[test]
 fn attention_rejects_bad_windows() {
     let gpu = gpu();
@@ -118,7 +174,7 @@ fn attention_with_kv_cache_matches_the_full_sequence() {
     for (t, new, window) in cases {
         let cached = t - new;
         let (q, k, v) = (rng.vec(b * t * hq * d), rng.vec(b * t * hkv * d), rng.vec(b * t * hkv * d));
-        let dims = r::Dims { b, t, hq, hkv, d, causal: true, scale: 1.0 / (d as f64).sqrt(), window };
+        let dims = r::Dims { b, t, hq, hkv, d, causal: true, scale: 1.0 / (d as f64).sqrt(), window, segments: None };
         let (want, _) = r::forward(&dims, &f64s(&q), &f64s(&k), &f64s(&v), None);
         // Cache [b, cap, hkv, d] with rows 0..t filled; queries are the last `new` rows.
         let (mut kc, mut vc) = (vec![9.0f32; b * cap * hkv * d], vec![9.0f32; b * cap * hkv * d]);

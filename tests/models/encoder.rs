@@ -201,6 +201,7 @@ fn toy_config(strategy: Strategy, steps: usize) -> ClassifyConfig {
             dropout: 0.0,
             target_modules: ["query", "key", "value", "dense"].map(String::from).to_vec(),
             use_rslora: false,
+            use_dora: false,
         },
         run: LoopSettings {
             epochs: 1,

@@ -41,6 +41,15 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     let run_start = Instant::now();
     let c = &args.classify;
     let strategy: Strategy = c.strategy.parse()?;
+    if args.pack {
+        return Err(Error::invalid(
+            "--pack",
+            "packs language-model examples into shared rows; a classifier reads one text per row",
+        ));
+    }
+    if args.dora && strategy != Strategy::Lora {
+        return Err(Error::invalid("--dora", format!("DoRA adapts LoRA; it needs --strategy lora, not {strategy}")));
+    }
     if args.retain_generate.is_some() {
         return Err(Error::invalid(
             "--retain-generate",
@@ -114,6 +123,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
             args.target_modules.clone()
         },
         use_rslora: false,
+        use_dora: args.dora,
     };
     // Refuse a run the adapter cannot hold before anything is written (quantization is for
     // decoders, so it is not suggested).

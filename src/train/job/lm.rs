@@ -58,6 +58,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
         dropout: args.lora_dropout,
         target_modules: lm.model.lora_targets(&args.target_modules),
         use_rslora: false,
+        use_dora: args.dora,
     };
     let adapted = lm.model.add_lora(&gpu, &lora, args.seed)?;
     let mut train_records = splits.train;
@@ -83,7 +84,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     };
     let base = crate::models::quantize::quantized_summary(lm.model.as_mut());
     // Memory: estimated from the shapes, printed, and refused here if it cannot fit.
-    let seq = train.examples.iter().map(|e| e.ids.len()).max().unwrap_or(max_len);
+    let seq = if args.pack { max_len } else { train.examples.iter().map(|e| e.ids.len()).max().unwrap_or(max_len) };
     let memory = crate::train::memory::estimate_lm(lm.model.as_mut(), args.batch_size, seq);
     let budget = crate::train::memory::device_budget(gpu.info().device_type, args.gpu_memory);
     let (memory, auto_checkpoint) = crate::train::memory::choose_checkpointing(memory, args.grad_checkpoint, budget);
@@ -104,6 +105,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
         batch_size: args.batch_size,
         grad_accum: args.grad_accum,
         eval_batches: Some(args.eval_batches),
+        pack: args.pack.then_some(max_len),
     };
     let (trainable, total) = count_params(lm.model.as_ref());
     let total = total + base.values().map(|v| v.1).sum::<usize>();
