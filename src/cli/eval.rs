@@ -18,12 +18,12 @@ use crate::data::lm::{self, Record};
 use crate::error::{Error, Result};
 use crate::eval::classifier::{ClassifierEval, Scored};
 use crate::eval::counterfactual::{self, PairIndex, TermPair};
-use crate::eval::edge_cases::{self, EdgeCase};
+use crate::eval::edge_cases::{self, EdgeCase, EdgeResult};
 use crate::eval::language_model::{LmEval, edit_distance};
 use crate::eval::latency::parse_batch_sizes;
 use crate::eval::plots;
 use crate::eval::report::{
-    CounterfactualReport, EvalReport, GenerationScores, LatencyReport, LmScores, Sample, markdown,
+    CounterfactualReport, EvalReport, GenerationScores, GroupReport, LatencyReport, LmScores, Sample, markdown,
 };
 use crate::eval::slices::{GapSettings, SliceMetric, group_report, read_column};
 use crate::formats::safetensors::read_config;
@@ -132,7 +132,7 @@ pub struct EvalArgs {
 }
 
 /// What `--model` (and `--lora`) turned out to be.
-enum Family {
+enum Kind {
     /// The encoder folder, the adapter folder if any, labels and pooling if known.
     Classifier {
         base: PathBuf,
@@ -178,7 +178,7 @@ fn is_classifier_adapter(adapter: &Path) -> Result<bool> {
 }
 
 /// Decides the family the way `train` does: from the adapter's task and the model's config.
-fn family(args: &EvalArgs) -> Result<Family> {
+fn kind(args: &EvalArgs) -> Result<Kind> {
     let mut model = catalog::resolve(Some(&args.model), "smollm2-135m", &fetch::default_cache_dir())?;
     let mut run = None;
     // A kiln run folder: its adapter or model.
@@ -202,18 +202,18 @@ fn family(args: &EvalArgs) -> Result<Family> {
         let run = run.or_else(|| parent_run(lora));
         return Ok(if is_classifier_adapter(lora)? {
             let meta = classifier::read_classifier_meta(lora).ok();
-            Family::Classifier { base: model, adapter: Some(lora.clone()), meta, run }
+            Kind::Classifier { base: model, adapter: Some(lora.clone()), meta, run }
         } else {
-            Family::Lm { path: model, adapter: Some(lora.clone()), run }
+            Kind::Lm { path: model, adapter: Some(lora.clone()), run }
         });
     }
     if model.join("adapter_config.json").is_file() {
         let base = adapter_base(&model)?;
         let run = run.or_else(|| parent_run(&model));
         return Ok(if is_classifier_adapter(&model)? {
-            Family::Classifier { meta: classifier::read_classifier_meta(&model).ok(), base, adapter: Some(model), run }
+            Kind::Classifier { meta: classifier::read_classifier_meta(&model).ok(), base, adapter: Some(model), run }
         } else {
-            Family::Lm { path: base, adapter: Some(model), run }
+            Kind::Lm { path: base, adapter: Some(model), run }
         });
     }
     if model.is_dir() && model.join("config.json").is_file() {
@@ -221,10 +221,10 @@ fn family(args: &EvalArgs) -> Result<Family> {
         if cfg["model_type"].as_str() == Some("bert") {
             let meta = classifier::read_classifier_meta(&model).ok();
             let run = run.or_else(|| parent_run(&model));
-            return Ok(Family::Classifier { base: model, adapter: None, meta, run });
+            return Ok(Kind::Classifier { base: model, adapter: None, meta, run });
         }
     }
-    Ok(Family::Lm { path: model, adapter: None, run })
+    Ok(Kind::Lm { path: model, adapter: None, run })
 }
 
 /// Labels of a classifier folder without kiln_classifier.json: config.json's id2label.
@@ -306,11 +306,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
     });
     super::check_output(&out, args.overwrite)?;
     let gpu = args.adapter.open()?;
-    let report = match family(&args)? {
-        Family::Classifier { base, adapter, meta, run } => {
-            eval_classifier(&args, &gpu, &data, base, adapter, meta, run, user_cases, &batch_sizes)?
+    let report = match kind(&args)? {
+        Kind::Classifier { base, adapter, meta, run } => {
+            let (family, scoring) = score_classifier(&args, &gpu, &data, base, adapter, meta, run)?;
+            evaluate(&args, &gpu, &family, scoring, user_cases, &batch_sizes)?
         }
-        Family::Lm { path, adapter, run } => eval_lm(&args, &gpu, &data, path, adapter, run, user_cases, &batch_sizes)?,
+        Kind::Lm { path, adapter, run } => {
+            let (family, scoring) = score_lm(&args, &gpu, &data, path, adapter, run)?;
+            evaluate(&args, &gpu, &family, scoring, user_cases, &batch_sizes)?
+        }
     };
     let mut report = report;
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
@@ -353,18 +357,144 @@ fn limit<T>(mut v: Vec<T>, n: Option<usize>) -> Vec<T> {
     v
 }
 
-#[allow(clippy::too_many_arguments)]
-fn eval_classifier(
+fn gap_settings(args: &EvalArgs) -> GapSettings {
+    GapSettings { resamples: args.bootstrap, seed: args.seed, threshold: args.gap_threshold }
+}
+
+/// What differs between a classifier and a language model once the test set is scored. The
+/// parts every `kiln eval` has whatever the model (per-group scores, counterfactual swaps, edge
+/// cases, latency, the memory peak and the report) are run once, by [`evaluate`].
+trait Family {
+    /// Per-example metrics the groups are scored on (their largest gaps bootstrapped).
+    fn slice_metrics(&self) -> Vec<SliceMetric>;
+    /// Each group row's other scores (a classifier's macro-F1, a language model's perplexity).
+    fn complete_group_rows(&self, report: &mut GroupReport, groups: &[Option<String>]) -> Result<()>;
+    /// The swaps of `pairs` in each example, and what they changed.
+    fn counterfactual(&self, pairs: &[TermPair], source: &str, args: &EvalArgs) -> Result<CounterfactualReport>;
+    /// Characters of the built-in case "longer than the model's maximum".
+    fn edge_case_chars(&self) -> usize;
+    fn edge_case(&self, case: &EdgeCase) -> EdgeResult;
+    /// Whether the test set has anything to time.
+    fn is_empty(&self) -> bool;
+    fn latency(&self, args: &EvalArgs, batch_sizes: &[usize], peak: &mut u64) -> Result<LatencyReport>;
+}
+
+/// What a family's loading and scoring hand to [`evaluate`].
+struct Scoring {
+    parts: Parts,
+    /// The most GPU memory seen so far.
+    peak: u64,
+    /// The counterfactual term pairs and where they came from (None: swaps switched off).
+    pairs: Option<(Vec<TermPair>, String)>,
+    /// Each example's group (empty without --group-by).
+    groups: Vec<Option<String>>,
+    /// The report with the family's scores; the shared parts are filled in by `evaluate`.
+    report: EvalReport,
+}
+
+/// The shared parts after a family's scores: groups, counterfactual swaps, edge cases, latency.
+fn evaluate(
     args: &EvalArgs,
     gpu: &Gpu,
+    family: &dyn Family,
+    scoring: Scoring,
+    user_cases: Vec<EdgeCase>,
+    batch_sizes: &[usize],
+) -> Result<EvalReport> {
+    let Scoring { mut parts, mut peak, pairs, groups, mut report } = scoring;
+    report.groups = match &args.group_by {
+        Some(column) => {
+            let mut r = group_report(column, &groups, &family.slice_metrics(), &gap_settings(args));
+            if let Some(r) = &mut r {
+                family.complete_group_rows(r, &groups)?;
+            }
+            r
+        }
+        None => None,
+    };
+    report.counterfactual = match &pairs {
+        Some((pairs, source)) => Some(parts.run("counterfactual", || family.counterfactual(pairs, source, args))?),
+        None => None,
+    };
+    report.edge_cases = if args.no_edge_cases {
+        None
+    } else {
+        Some(parts.run("edge cases", || {
+            let mut cases = edge_cases::builtin(family.edge_case_chars());
+            cases.extend(user_cases);
+            Ok(cases.iter().map(|c| family.edge_case(c)).collect::<Vec<_>>())
+        })?)
+    };
+    peak = peak.max(gpu.allocated_bytes());
+    report.latency = if args.no_latency || family.is_empty() {
+        None
+    } else {
+        Some(parts.run("latency", || family.latency(args, batch_sizes, &mut peak))?)
+    };
+    report.peak_gpu_bytes = peak.max(gpu.allocated_bytes());
+    report.seconds = parts.seconds;
+    Ok(report)
+}
+
+/// The report's fields every family fills the same way, its scores and shared parts empty.
+#[allow(clippy::too_many_arguments)]
+fn report_head(
+    task: &str,
+    model: &Path,
+    adapter: Option<&Path>,
+    data: &Path,
+    gpu: &Gpu,
+    examples: usize,
+    (max_len, max_positions): (usize, usize),
+    truncated: usize,
+) -> EvalReport {
+    EvalReport {
+        task: task.into(),
+        model: model.display().to_string(),
+        lora: adapter.map(|a| a.display().to_string()),
+        data: data.display().to_string(),
+        device: gpu.describe(),
+        examples,
+        max_len,
+        model_max_positions: max_positions,
+        truncated,
+        classification: None,
+        language_model: None,
+        groups: None,
+        counterfactual: None,
+        edge_cases: None,
+        latency: None,
+        peak_gpu_bytes: 0,
+        seconds: BTreeMap::new(),
+        plots: Vec::new(),
+    }
+}
+
+/// A classifier scored on labelled texts.
+struct ClassifierFamily<'a> {
+    ev: ClassifierEval<'a>,
+    examples: Vec<classify::Example>,
+    scored: Scored,
+    max_positions: usize,
+}
+
+impl ClassifierFamily<'_> {
+    fn texts(&self) -> Vec<&str> {
+        self.examples.iter().map(|e| e.text.as_str()).collect()
+    }
+}
+
+/// Loads the classifier and scores the test set.
+#[allow(clippy::too_many_arguments)]
+fn score_classifier<'a>(
+    args: &EvalArgs,
+    gpu: &'a Gpu,
     data: &Path,
     base: PathBuf,
     adapter: Option<PathBuf>,
     meta: Option<(Vec<String>, Pooling)>,
     run: Option<PathBuf>,
-    user_cases: Vec<EdgeCase>,
-    batch_sizes: &[usize],
-) -> Result<EvalReport> {
+) -> Result<(ClassifierFamily<'a>, Scoring)> {
     let mut parts = Parts { seconds: BTreeMap::new() };
     let examples = limit(classify::read_examples(data)?, args.limit);
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
@@ -405,110 +535,107 @@ fn eval_classifier(
     let truncated = items.iter().filter(|e| e.ids.len() >= max_len).count();
     let scored: Scored = parts.run("scores", || ev.score(&items, gold.clone()))?;
     peak = peak.max(gpu.allocated_bytes());
-    let scores = ev.scores(&scored)?;
+    let mut report = report_head(
+        "classification",
+        &base,
+        adapter.as_deref(),
+        data,
+        gpu,
+        texts.len(),
+        (max_len, max_positions),
+        truncated,
+    );
+    report.classification = Some(ev.scores(&scored)?);
+    let family = ClassifierFamily { ev, examples, scored, max_positions };
+    Ok((family, Scoring { parts, peak, pairs, groups, report }))
+}
 
-    let groups_report = if args.group_by.is_some() {
-        let correct = scored.correct();
-        let acc = SliceMetric {
+impl Family for ClassifierFamily<'_> {
+    fn slice_metrics(&self) -> Vec<SliceMetric> {
+        let n = self.examples.len();
+        vec![SliceMetric {
             name: "accuracy".into(),
-            num: correct,
-            den: vec![1.0; texts.len()],
+            num: self.scored.correct(),
+            den: vec![1.0; n],
             higher_is_better: true,
             gap: true,
-        };
-        let mut r = group_report(args.group_by.as_deref().unwrap_or("group"), &groups, &[acc], &gap_settings(args));
-        // Macro-F1 within each group, beside its accuracy (a group of one class has a low
-        // macro-F1 by construction, so the gap is on accuracy).
-        if let Some(r) = &mut r {
-            for row in &mut r.rows {
-                let idx: Vec<usize> =
-                    (0..texts.len()).filter(|&i| groups[i].as_deref() == Some(row.group.as_str())).collect();
-                // Over the classes that occur in the group (gold or predicted), as scikit-learn's
-                // f1_score does by default: a group of ham alone is scored on ham alone.
-                let mut present: Vec<usize> = idx.iter().flat_map(|&i| [scored.gold[i], scored.pred[i]]).collect();
-                present.sort();
-                present.dedup();
-                let id = |c: usize| present.binary_search(&c).expect("present");
-                let g: Vec<usize> = idx.iter().map(|&i| id(scored.gold[i])).collect();
-                let p: Vec<usize> = idx.iter().map(|&i| id(scored.pred[i])).collect();
-                row.metrics.insert("macro_f1".into(), Metrics::compute(&g, &p, present.len())?.macro_f1);
-            }
+        }]
+    }
+
+    /// Macro-F1 within each group, beside its accuracy (a group of one class has a low macro-F1
+    /// by construction, so the gap is on accuracy).
+    fn complete_group_rows(&self, report: &mut GroupReport, groups: &[Option<String>]) -> Result<()> {
+        let scored = &self.scored;
+        for row in &mut report.rows {
+            let idx: Vec<usize> =
+                (0..self.examples.len()).filter(|&i| groups[i].as_deref() == Some(row.group.as_str())).collect();
+            // Over the classes that occur in the group (gold or predicted), as scikit-learn's
+            // f1_score does by default: a group of ham alone is scored on ham alone.
+            let mut present: Vec<usize> = idx.iter().flat_map(|&i| [scored.gold[i], scored.pred[i]]).collect();
+            present.sort();
+            present.dedup();
+            let id = |c: usize| present.binary_search(&c).expect("present");
+            let g: Vec<usize> = idx.iter().map(|&i| id(scored.gold[i])).collect();
+            let p: Vec<usize> = idx.iter().map(|&i| id(scored.pred[i])).collect();
+            row.metrics.insert("macro_f1".into(), Metrics::compute(&g, &p, present.len())?.macro_f1);
         }
-        r
-    } else {
-        None
-    };
+        Ok(())
+    }
 
-    let counterfactual = match &pairs {
-        Some((pairs, source)) => Some(parts.run("counterfactual", || {
-            let index = PairIndex::new(pairs);
-            let visible = |t: &str| ev.visible_bytes(t);
-            let (variants, with_terms) = counterfactual::variants(&texts, &visible, &index, args.max_swaps);
-            let outcomes = ev.counterfactuals(&texts, &variants)?;
-            let rule = "A flip is a change of the predicted class; the change is the new probability of the class predicted before the swap minus the old. Terms past the tokens the model reads are not counted.".to_string();
-            Ok(counterfactual::summarize(&index, &variants, &outcomes, &texts, source.clone(), rule, with_terms, 5))
-        })?),
-        None => None,
-    };
+    fn counterfactual(&self, pairs: &[TermPair], source: &str, args: &EvalArgs) -> Result<CounterfactualReport> {
+        let texts = self.texts();
+        let index = PairIndex::new(pairs);
+        let visible = |t: &str| self.ev.visible_bytes(t);
+        let (variants, with_terms) = counterfactual::variants(&texts, &visible, &index, args.max_swaps);
+        let outcomes = self.ev.counterfactuals(&texts, &variants)?;
+        let rule = "A flip is a change of the predicted class; the change is the new probability of the class predicted before the swap minus the old. Terms past the tokens the model reads are not counted.".to_string();
+        Ok(counterfactual::summarize(&index, &variants, &outcomes, &texts, source.to_string(), rule, with_terms, 5))
+    }
 
-    let edge = if args.no_edge_cases {
-        None
-    } else {
-        Some(parts.run("edge cases", || {
-            let mut cases = edge_cases::builtin(max_positions + 64);
-            cases.extend(user_cases);
-            Ok(cases.iter().map(|c| ev.edge_case(c)).collect::<Vec<_>>())
-        })?)
-    };
-    peak = peak.max(gpu.allocated_bytes());
+    fn edge_case_chars(&self) -> usize {
+        self.max_positions + 64
+    }
 
-    let latency = if args.no_latency || texts.is_empty() {
-        None
-    } else {
-        Some(parts.run("latency", || {
-            let single = ev.single_latency(&texts, args.warmup, args.latency_runs, &mut peak)?;
-            let throughput = ev.throughput(&texts, batch_sizes, args.throughput_batches, args.warmup > 0, &mut peak)?;
-            Ok(LatencyReport { warmup_runs: args.warmup, single: Some(single), throughput, generation: None })
-        })?)
-    };
+    fn edge_case(&self, case: &EdgeCase) -> EdgeResult {
+        self.ev.edge_case(case)
+    }
 
-    Ok(EvalReport {
-        task: "classification".into(),
-        model: base.display().to_string(),
-        lora: adapter.map(|a| a.display().to_string()),
-        data: data.display().to_string(),
-        device: gpu.describe(),
-        examples: texts.len(),
-        max_len,
-        model_max_positions: max_positions,
-        truncated,
-        classification: Some(scores),
-        language_model: None,
-        groups: groups_report,
-        counterfactual,
-        edge_cases: edge,
-        latency,
-        peak_gpu_bytes: peak.max(gpu.allocated_bytes()),
-        seconds: parts.seconds,
-        plots: Vec::new(),
-    })
+    fn is_empty(&self) -> bool {
+        self.examples.is_empty()
+    }
+
+    fn latency(&self, args: &EvalArgs, batch_sizes: &[usize], peak: &mut u64) -> Result<LatencyReport> {
+        let texts = self.texts();
+        let single = self.ev.single_latency(&texts, args.warmup, args.latency_runs, peak)?;
+        let throughput = self.ev.throughput(&texts, batch_sizes, args.throughput_batches, args.warmup > 0, peak)?;
+        Ok(LatencyReport { warmup_runs: args.warmup, single: Some(single), throughput, generation: None })
+    }
 }
 
-fn gap_settings(args: &EvalArgs) -> GapSettings {
-    GapSettings { resamples: args.bootstrap, seed: args.seed, threshold: args.gap_threshold }
+/// A causal LM scored on records: loss and perplexity, greedy completions.
+struct LmFamily<'a> {
+    ev: LmEval<'a>,
+    records: Vec<Record>,
+    examples: Vec<lm::Example>,
+    /// Each record's summed loss and its number of targets.
+    losses: Vec<(f64, usize)>,
+    /// Each record's exact match (NaN: no reference, or not generated) and its completion.
+    exact: Vec<f64>,
+    completions: Vec<Option<String>>,
+    /// Whether completions were scored against references (exact match is then a group metric).
+    generated: bool,
+    max_len: usize,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn eval_lm(
+/// Loads the language model and scores the test set: loss, and greedy completions.
+fn score_lm<'a>(
     args: &EvalArgs,
-    gpu: &Gpu,
+    gpu: &'a Gpu,
     data: &Path,
     path: PathBuf,
     adapter: Option<PathBuf>,
     run: Option<PathBuf>,
-    user_cases: Vec<EdgeCase>,
-    batch_sizes: &[usize],
-) -> Result<EvalReport> {
+) -> Result<(LmFamily<'a>, Scoring)> {
     let mut parts = Parts { seconds: BTreeMap::new() };
     let records = limit(lm::read_jsonl(data)?, args.limit);
     let groups = match &args.group_by {
@@ -576,103 +703,92 @@ fn eval_lm(
         })?
     };
     peak = peak.max(gpu.allocated_bytes());
+    let mut report = report_head(
+        "language-model",
+        &path,
+        adapter.as_deref(),
+        data,
+        gpu,
+        records.len(),
+        (max_len, max_positions),
+        truncated,
+    );
+    let generated = generation.is_some();
+    report.language_model = Some(LmScores { loss, perplexity: loss.exp(), tokens, generation, samples });
+    let family = LmFamily { ev, records, examples, losses, exact, completions, generated, max_len };
+    Ok((family, Scoring { parts, peak, pairs, groups, report }))
+}
 
-    let groups_report = if args.group_by.is_some() {
+impl Family for LmFamily<'_> {
+    fn slice_metrics(&self) -> Vec<SliceMetric> {
         let mut metrics = vec![SliceMetric {
             name: "loss".into(),
-            num: losses.iter().map(|l| l.0).collect(),
-            den: losses.iter().map(|l| l.1 as f64).collect(),
+            num: self.losses.iter().map(|l| l.0).collect(),
+            den: self.losses.iter().map(|l| l.1 as f64).collect(),
             higher_is_better: false,
             gap: true,
         }];
-        if generation.is_some() {
+        if self.generated {
             // Records without a reference (texts) do not count towards exact match.
             metrics.push(SliceMetric {
                 name: "exact_match".into(),
-                num: exact.iter().map(|&x| if x.is_nan() { 0.0 } else { x }).collect(),
-                den: exact.iter().map(|&x| if x.is_nan() { 0.0 } else { 1.0 }).collect(),
+                num: self.exact.iter().map(|&x| if x.is_nan() { 0.0 } else { x }).collect(),
+                den: self.exact.iter().map(|&x| if x.is_nan() { 0.0 } else { 1.0 }).collect(),
                 higher_is_better: true,
                 gap: true,
             });
         }
-        let mut r = group_report(args.group_by.as_deref().unwrap_or("group"), &groups, &metrics, &gap_settings(args));
-        if let Some(r) = &mut r {
-            for row in &mut r.rows {
-                let l = row.metrics["loss"];
-                row.metrics.insert("perplexity".into(), l.exp());
-            }
+        metrics
+    }
+
+    fn complete_group_rows(&self, report: &mut GroupReport, _groups: &[Option<String>]) -> Result<()> {
+        for row in &mut report.rows {
+            let l = row.metrics["loss"];
+            row.metrics.insert("perplexity".into(), l.exp());
         }
-        r
-    } else {
-        None
-    };
+        Ok(())
+    }
 
-    let counterfactual = match &pairs {
-        Some((pairs, source)) => Some(parts.run("counterfactual", || {
-            // What the scores already computed: each record's completion (texts have none) and loss.
-            let known: Vec<Option<(Option<String>, f64)>> = records
-                .iter()
-                .zip(&completions)
-                .zip(&losses)
-                .map(|((r, c), &(sum, n))| match (r, c) {
-                    (Record::Text(_), _) => Some((None, sum / n.max(1) as f64)),
-                    (_, Some(c)) => Some((Some(c.clone()), sum / n.max(1) as f64)),
-                    _ => None,
-                })
-                .collect();
-            lm_counterfactual(&ev, &records, pairs, source, args, &known)
-        })?),
-        None => None,
-    };
+    fn counterfactual(&self, pairs: &[TermPair], source: &str, args: &EvalArgs) -> Result<CounterfactualReport> {
+        // What the scores already computed: each record's completion (texts have none) and loss.
+        let known: Vec<Option<(Option<String>, f64)>> = self
+            .records
+            .iter()
+            .zip(&self.completions)
+            .zip(&self.losses)
+            .map(|((r, c), &(sum, n))| match (r, c) {
+                (Record::Text(_), _) => Some((None, sum / n.max(1) as f64)),
+                (_, Some(c)) => Some((Some(c.clone()), sum / n.max(1) as f64)),
+                _ => None,
+            })
+            .collect();
+        lm_counterfactual(&self.ev, &self.records, pairs, source, args, &known)
+    }
 
-    let edge = if args.no_edge_cases {
-        None
-    } else {
-        Some(parts.run("edge cases", || {
-            let mut cases = edge_cases::builtin(max_len + 64);
-            cases.extend(user_cases);
-            Ok(cases.iter().map(|c| ev.edge_case(c)).collect::<Vec<_>>())
-        })?)
-    };
-    peak = peak.max(gpu.allocated_bytes());
+    fn edge_case_chars(&self) -> usize {
+        self.max_len + 64
+    }
 
-    let latency = if args.no_latency || examples.is_empty() {
-        None
-    } else {
-        Some(parts.run("latency", || {
-            let single = ev.single_latency(&examples, args.warmup, args.latency_runs, &mut peak)?;
-            let prompts: Vec<Vec<u32>> = records.iter().take(8).map(|r| Ok(ev.prompt(r)?.0)).collect::<Result<_>>()?;
-            let generation = if args.gen_tokens > 0 {
-                Some(ev.generation_timing(&prompts, args.warmup, args.latency_runs, &mut peak)?)
-            } else {
-                None
-            };
-            let throughput =
-                ev.throughput(&examples, batch_sizes, args.throughput_batches, args.warmup > 0, &mut peak)?;
-            Ok(LatencyReport { warmup_runs: args.warmup, single: Some(single), throughput, generation })
-        })?)
-    };
+    fn edge_case(&self, case: &EdgeCase) -> EdgeResult {
+        self.ev.edge_case(case)
+    }
 
-    Ok(EvalReport {
-        task: "language-model".into(),
-        model: path.display().to_string(),
-        lora: adapter.map(|a| a.display().to_string()),
-        data: data.display().to_string(),
-        device: gpu.describe(),
-        examples: records.len(),
-        max_len,
-        model_max_positions: max_positions,
-        truncated,
-        classification: None,
-        language_model: Some(LmScores { loss, perplexity: loss.exp(), tokens, generation, samples }),
-        groups: groups_report,
-        counterfactual,
-        edge_cases: edge,
-        latency,
-        peak_gpu_bytes: peak.max(gpu.allocated_bytes()),
-        seconds: parts.seconds,
-        plots: Vec::new(),
-    })
+    fn is_empty(&self) -> bool {
+        self.examples.is_empty()
+    }
+
+    fn latency(&self, args: &EvalArgs, batch_sizes: &[usize], peak: &mut u64) -> Result<LatencyReport> {
+        let ev = &self.ev;
+        let single = ev.single_latency(&self.examples, args.warmup, args.latency_runs, peak)?;
+        let prompts: Vec<Vec<u32>> = self.records.iter().take(8).map(|r| Ok(ev.prompt(r)?.0)).collect::<Result<_>>()?;
+        let generation = if args.gen_tokens > 0 {
+            Some(ev.generation_timing(&prompts, args.warmup, args.latency_runs, peak)?)
+        } else {
+            None
+        };
+        let throughput = ev.throughput(&self.examples, batch_sizes, args.throughput_batches, args.warmup > 0, peak)?;
+        Ok(LatencyReport { warmup_runs: args.warmup, single: Some(single), throughput, generation })
+    }
 }
 
 /// Swaps in the part of each record the model is prompted with (a completion's prompt, a

@@ -118,7 +118,7 @@ impl FromStr for Asset {
 
 /// The default cache: `$KILN_CACHE`, else `~/.cache/kiln` (shared with the matmul tile cache).
 pub fn default_cache_dir() -> PathBuf {
-    crate::kernels::matmul::cache_dir()
+    crate::util::cache_dir()
 }
 
 /// Downloads and unpacks `asset` into `cache` unless it is already there; returns its path

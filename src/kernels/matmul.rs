@@ -94,16 +94,8 @@ pub fn default_tile(device_type: wgpu::DeviceType) -> MatmulTile {
     }
 }
 
-/// Where `kiln bench --tune` keeps its results: `$KILN_CACHE` or `~/.cache/kiln`.
-pub fn cache_dir() -> PathBuf {
-    match std::env::var_os("KILN_CACHE") {
-        Some(dir) => PathBuf::from(dir),
-        None => dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("kiln"),
-    }
-}
-
 fn tune_file() -> PathBuf {
-    cache_dir().join("matmul_tiles.json")
+    crate::util::cache_dir().join("matmul_tiles.json")
 }
 
 /// The tile this device's matmuls use: the one `kiln bench --tune` cached for the adapter, else
@@ -152,7 +144,7 @@ pub fn write_tune_cache(info: &wgpu::AdapterInfo, tile: MatmulTile) -> Result<Pa
     let mut cache = read_tune_cache();
     cache.insert(adapter_key(info), tile);
     let path = tune_file();
-    let dir = cache_dir();
+    let dir = crate::util::cache_dir();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(&cache).expect("tile map serialises");

@@ -7,6 +7,13 @@
 //! One step: the task records forward and backward of its batch (or micro-batches), the
 //! optimizer updates every trainable tensor, and only then are the losses and the gradient norm
 //! read back, once, after everything of the step is submitted.
+//!
+//! A new task (image classification, say) is a struct holding its model and data that
+//! implements [`Task`]: its epoch order ([`Task::start_epoch`]), its step
+//! ([`Task::forward_backward`]) and its validation ([`Task::evaluate`], returning one of the
+//! [`Scores`]); [`train`] then gives it resuming, checkpoints, early stopping, the divergence
+//! checks and metrics.jsonl's events. Its run (loading, the run folder, the report) goes beside
+//! the others in [`super::job`].
 
 use std::collections::HashMap;
 use std::time::Instant;

@@ -142,7 +142,7 @@ impl Space {
         }
         params.sort_by(|a, b| a.name.cmp(&b.name));
         // The parsed contents, not the bytes: comments and spacing may change between runs.
-        let mut h = crate::train::feature_cache::Hash64::default();
+        let mut h = crate::util::Hash64::default();
         h.bytes(toml::to_string(&table).unwrap_or_default().as_bytes());
         let fingerprint = format!("{:016x}", h.0);
         Ok(Space { path: path.to_path_buf(), params, base, fingerprint })

@@ -1,13 +1,16 @@
 //! Small helpers every layer may use: nothing here knows about GPUs, models or training.
-//! [`plot`] holds the plotting primitives; [`SplitMix64`] the seeded generator; [`write_atomic`]
-//! the one way files are replaced.
+//! [`plot`] holds the plotting primitives; [`SplitMix64`] the seeded generator; [`Hash64`] the
+//! stable hash; [`write_atomic`] the one way files are replaced; [`cache_dir`] where fetched
+//! and measured things are kept.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+mod hash;
 pub mod plot;
 mod rng;
+pub use hash::Hash64;
 pub use rng::SplitMix64;
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
@@ -35,4 +38,13 @@ pub fn check_output(path: &Path, overwrite: bool) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// kiln's cache folder (fetched models and data, measured matmul tiles): `$KILN_CACHE` or
+/// `~/.cache/kiln`.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("KILN_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("kiln"),
+    }
 }

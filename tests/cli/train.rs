@@ -1,0 +1,277 @@
+//! `kiln train`: a classifier with each strategy, the run folder and its config.toml, early
+//! stopping, a killed run resumed to the same numbers, divergence, retain sets and EWC, a
+//! quantized base, and bad input named.
+
+use std::path::Path;
+
+use super::{Kiln, bert_workspace, classifier_run, curve, events, kiln, lm_run, lm_workspace, read_json, values};
+
+#[test]
+fn bad_data_line_is_an_error_naming_file_and_line() {
+    let ws = lm_workspace();
+    std::fs::write(ws.data.join("train.jsonl"), "{\"text\": \"w1 w2\"}\n{\"txet\": 3}\n").unwrap();
+    kiln("train").model(&ws.model).data(&ws.data).fails_naming(&["train.jsonl", "line 2"]);
+}
+
+#[test]
+fn train_classifier_end_to_end_with_each_strategy() {
+    let ws = bert_workspace();
+    for (strategy, epochs, saved) in [("lora", "6", "adapter"), ("head", "30", "model"), ("top:1", "4", "model")] {
+        let run = ws.path(&format!("run-{}", strategy.replace(':', "")));
+        let report = classifier_run(&ws, &run, strategy)
+            .args(["--epochs", epochs, "--lr", "1e-2", "--lora-dropout", "0", "--eval-every", "0"])
+            .args(["--class-weights", "balanced"])
+            .json();
+        let f1 = report["test"]["macro_f1"].as_f64().unwrap();
+        assert!(f1 >= 0.9, "{strategy}: test macro-F1 {f1}: {report}");
+        assert_eq!(report["test"]["count"], 32);
+        assert_eq!(report["test_groups"]["a"]["total"], 10, "{strategy}: per-group scores");
+        for f in ["settings.json", "config.toml", "metrics.jsonl", "report.json", "report.md", "loss.png", "metric.png"]
+        {
+            assert!(run.join(f).is_file(), "{strategy}: missing {f}");
+        }
+        assert_eq!(report["saved"], run.join(saved).to_str().unwrap());
+        let settings = read_json(&run.join("settings.json"));
+        assert_eq!(settings["labels"], serde_json::json!(["neg", "pos"]));
+        // 64 training texts, 10% held out for validation (stratified).
+        assert_eq!(settings["examples"]["valid"], 6, "{settings}");
+    }
+    let cfg = read_json(&ws.path("run-lora/adapter/adapter_config.json"));
+    assert_eq!(cfg["task_type"], "SEQ_CLS");
+    assert_eq!(cfg["modules_to_save"], serde_json::json!(["classifier"]));
+    let config = read_json(&ws.path("run-head/model/config.json"));
+    assert_eq!(config["id2label"], serde_json::json!({"0": "neg", "1": "pos"}));
+}
+
+#[test]
+fn classifier_data_errors_name_the_problem() {
+    let ws = bert_workspace();
+    let with = |files: &[(&str, &str)]| -> Kiln {
+        for (name, text) in files {
+            std::fs::write(ws.data.join(name), text).unwrap();
+        }
+        kiln("train").model(&ws.model).data(&ws.data)
+    };
+    std::fs::remove_file(ws.data.join("test.jsonl")).unwrap();
+    let ok = "{\"text\": \"w4 w5\", \"label\": \"a\"}\n{\"text\": \"w6\", \"label\": \"b\"}\n";
+    with(&[("train.jsonl", &format!("{ok}{{\"text\": \"w7\"}}\n"))]).fails_naming(&["train.jsonl", "line 3", "label"]);
+    with(&[("train.jsonl", ok), ("test.jsonl", "{\"text\": \"w7\", \"label\": \"c\"}\n")])
+        .fails_naming(&["test", "`c`"]);
+    std::fs::remove_file(ws.data.join("test.jsonl")).unwrap();
+    with(&[("train.jsonl", ok)]).flag("strategy", "top:x").fails_naming(&["top:x"]);
+    with(&[("train.jsonl", ok)]).flag("class-weights", "1,2,3").fails_naming(&["class-weights", "2"]);
+    with(&[("train.jsonl", ok)]).flag("dropout", "1.5").fails_naming(&["--dropout", "1.5"]);
+}
+
+/// Early stopping on a language model: patience 1 with a min_delta nothing can beat stops at
+/// the first evaluation after step 0, and the saved adapter is step 0's (every lora_B zero).
+#[test]
+fn lm_early_stopping_restores_the_best_adapter() {
+    let ws = lm_workspace();
+    let run = ws.path("run");
+    let report =
+        lm_run(&ws, &run).args(["--steps", "20", "--eval-every", "5", "--patience", "1", "--min-delta", "100"]).json();
+    assert_eq!(report["steps"], 5, "{report}");
+    assert_eq!(report["stopped_early_at"], 5);
+    assert_eq!(report["best"]["step"], 0);
+    assert_eq!(report["best"]["metric"], "val_loss");
+    let bytes = std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut b_matrices = 0;
+    for (name, t) in st.tensors() {
+        if name.contains(".lora_B.") {
+            b_matrices += 1;
+            assert!(t.data().iter().all(|&b| b == 0), "{name} is back to its initial zeros");
+        }
+    }
+    assert!(b_matrices > 0);
+}
+
+/// `--config run.toml` sets flags, the command line overrides them, and the run folder's
+/// config.toml reproduces the run's settings when read back.
+#[test]
+fn config_file_sets_flags_and_the_run_folder_keeps_them() {
+    let ws = bert_workspace();
+    let config = ws.path("run.toml");
+    let toml = format!(
+        "model = {:?}\ndata = {:?}\nstrategy = \"head\"\nepochs = 3\nlr = 0.05\nbatch_size = 16\neval_every = 0\n\
+         metric = \"accuracy\"\n",
+        ws.model, ws.data
+    );
+    std::fs::write(&config, toml).unwrap();
+    let (run1, run2) = (ws.path("run1"), ws.path("run2"));
+    kiln("train").flag("config", &config).flag("lr", "0.02").out(&run1).run();
+    let first = read_json(&run1.join("settings.json"));
+    assert_eq!(first["train"]["strategy"], "head");
+    assert_eq!(first["train"]["epochs"], 3);
+    assert_eq!(first["train"]["batch_size"], 16);
+    assert_eq!(first["train"]["lr"].as_f64().unwrap() as f32, 0.02, "the command line wins over the file");
+    assert_eq!(first["train"]["stop"]["metric"], "accuracy");
+    kiln("train").flag("config", run1.join("config.toml")).out(&run2).run();
+    assert_eq!(read_json(&run2.join("settings.json"))["train"], first["train"], "config.toml reproduces the settings");
+}
+
+/// Runs `train` to the end in `whole`, and again in `halted` with `--halt-after STEP` (which
+/// must fail as asked) then `--resume`d: the two curves must be equal.
+fn halt_and_resume(train: impl Fn(&Path) -> Kiln, whole: &Path, halted: &Path, step: usize) {
+    train(whole).json();
+    train(halted).flag("halt-after", step.to_string()).fails_naming(&[&format!("halted after step {step}")]);
+    kiln("train").flag("resume", halted).json();
+    let (a, b) = (curve(whole), curve(halted));
+    assert_eq!(a, b, "the resumed curve equals the uninterrupted one");
+}
+
+/// A run halted right after the checkpoint of step 6 and resumed with `--resume` gives the
+/// uninterrupted run's curve: the same loss, learning rate and gradient norm at every step, the
+/// same validations, the same test scores (dropout on, so the masks must line up too).
+#[test]
+fn killed_and_resumed_run_equals_the_uninterrupted_one() {
+    let ws = bert_workspace();
+    let (whole, halted) = (ws.path("whole"), ws.path("halted"));
+    let train = |out: &Path| {
+        classifier_run(&ws, out, "lora").args([
+            "--steps",
+            "10",
+            "--lr",
+            "1e-2",
+            "--lora-dropout",
+            "0.1",
+            "--eval-every",
+            "4",
+            "--save-every",
+            "3",
+        ])
+    };
+    halt_and_resume(train, &whole, &halted, 6);
+    assert_eq!(events(&whole, "step").len(), 10);
+    let report = |run: &Path| read_json(&run.join("report.json"));
+    assert_eq!(report(&whole)["test"], report(&halted)["test"]);
+    assert_eq!(report(&whole)["best"], report(&halted)["best"]);
+    // Resuming a finished run trains no further step.
+    kiln("train").flag("resume", &whole).json();
+    assert_eq!(events(&whole, "step").len(), 10);
+    assert_eq!(report(&whole)["steps"], 10);
+}
+
+/// The same for a language model, with gradient accumulation and LoRA dropout: halted after step
+/// 4 and resumed, the curve and the adapter equal the uninterrupted run's.
+#[test]
+fn killed_and_resumed_lm_run_equals_the_uninterrupted_one() {
+    let ws = lm_workspace();
+    let (whole, halted) = (ws.path("whole"), ws.path("halted"));
+    let train = |out: &Path| {
+        lm_run(&ws, out)
+            .args(["--steps", "8", "--batch-size", "4", "--grad-accum", "2", "--lora-dropout", "0.1"])
+            .args(["--eval-every", "3", "--save-every", "2"])
+    };
+    halt_and_resume(train, &whole, &halted, 4);
+    assert_eq!(events(&whole, "step").len(), 8);
+    let adapter = |run: &Path| std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap();
+    assert!(adapter(&whole) == adapter(&halted), "the same adapter, byte for byte");
+}
+
+/// A loss that is no longer finite stops the run with the step and points at the last good
+/// checkpoint.
+#[test]
+fn non_finite_loss_names_the_step_and_the_last_good_checkpoint() {
+    let ws = bert_workspace();
+    classifier_run(&ws, &ws.path("run"), "full")
+        .args(["--lr", "1e38", "--steps", "8", "--save-every", "1", "--max-grad-norm", "0", "--warmup-ratio", "0"])
+        .fails_naming(&["loss became", "at step", "last good checkpoint is step", "checkpoints"]);
+}
+
+/// A retain set is scored before and after training (forgetting in report.json), for both
+/// model families, and `--ewc` estimates its Fisher from it; `--ewc` without one is an error.
+#[test]
+fn retain_sets_measure_forgetting_and_feed_ewc() {
+    // A language model: retain text is the validation file.
+    let ws = lm_workspace();
+    let short = |out: &Path| lm_run(&ws, out).args(["--steps", "6", "--ewc", "100"]);
+    let report = short(&ws.path("run")).flag("retain", ws.data.join("valid.jsonl")).json();
+    let f = &report["forgetting"];
+    assert!(f["retain_tokens"].as_u64().unwrap() > 0, "{report}");
+    assert!(f["perplexity_before"].as_f64().unwrap() > 1.0 && f["perplexity_after"].as_f64().unwrap() > 1.0);
+    kiln("train").model(&ws.model).data(&ws.data).args(["--steps", "1", "--ewc", "1"]).fails_naming(&["retain"]);
+
+    // A retain set drawn from the base model: written to the run folder, scored, and the mean KL
+    // from the base after training is above 0 (the adapter moved the distribution).
+    let run = ws.path("run-generated");
+    let report = short(&run).args(["--retain-generate", "5", "--retain-sample-len", "8"]).json();
+    let f = &report["forgetting"];
+    assert_eq!(f["retain_examples"], 5, "{report}");
+    assert_eq!(f["kl_from_base_before"], 0.0, "{report}");
+    assert!(f["kl_from_base_after"].as_f64().unwrap() > 1e-4, "{report}");
+    // The Fisher's size is logged, so λ can be chosen.
+    let fisher = &events(&run, "fisher")[0];
+    assert_eq!(fisher["retain_examples"], 5);
+    assert!(fisher["max"].as_f64().unwrap() >= fisher["mean"].as_f64().unwrap());
+    assert!(fisher["weights"].as_u64().unwrap() > 0);
+    assert_eq!(fisher["lambda"], 100.0);
+    let samples = std::fs::read_to_string(run.join("data/retain.jsonl")).unwrap();
+    assert_eq!(samples.lines().count(), 5, "{samples}");
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(md.contains("| kl_from_base |"), "{md}");
+    // Llama has no dropout layers of its own: --dropout says so instead of doing nothing.
+    kiln("train")
+        .model(&ws.model)
+        .data(&ws.data)
+        .args(["--steps", "1", "--dropout", "0.1"])
+        .fails_naming(&["no dropout layers"]);
+
+    // A classifier: retain texts are labelled.
+    let ws = bert_workspace();
+    let report = classifier_run(&ws, &ws.path("run"), "full")
+        .args(["--steps", "4", "--lr", "1e-3", "--ewc", "1000"])
+        .flag("retain", ws.data.join("test.jsonl"))
+        .json();
+    let f = &report["forgetting"];
+    assert_eq!(f["retain_examples"], 32, "{report}");
+    for k in ["accuracy_before", "accuracy_after", "macro_f1_before", "macro_f1_after"] {
+        assert!((0.0..=1.0).contains(&f[k].as_f64().unwrap()), "{k}: {report}");
+    }
+}
+
+/// LoRA on a base quantized on load (`--quantize q4_0`): the error per tensor type and the
+/// validation perplexity before and after are reported, the memory table is printed, the
+/// adapter learns, generation runs on the quantized base; a budget the run cannot fit is
+/// refused before any work, saying what to lower.
+#[test]
+fn train_on_a_quantized_base_end_to_end() {
+    let ws = lm_workspace();
+    let run = ws.path("run");
+    let quantized = |out: &Path| {
+        lm_run(&ws, out)
+            .args(["--quantize", "q4_0", "--steps", "60", "--batch-size", "8", "--eval-every", "0"])
+            .args(["--lora-dropout", "0"])
+    };
+    let (_, err) = quantized(&run).run();
+    // intermediate_size 48: down_proj stays f32, the other 12 linears are quantized.
+    for want in [
+        "quantized 12 linear weights to q4_0",
+        "kept f32: model.layers.0.mlp.down_proj.weight",
+        "q_proj",
+        "validation perplexity",
+        "GPU memory (estimate)",
+        "weights quantized",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+    let report = read_json(&run.join("report.json"));
+    let q = &report["quantize"];
+    let (before, after) = (q["val_ppl_f32"].as_f64().unwrap(), q["val_ppl_quantized"].as_f64().unwrap());
+    assert!(before > 1.0 && (after / before - 1.0).abs() < 0.2, "perplexity {before} -> {after}");
+    assert!(q["report"]["by_type"]["q_proj"]["max_abs"].as_f64().unwrap() > 0.0);
+    assert!(report["memory_estimate_bytes"].as_u64().unwrap() > 0);
+    let settings = read_json(&run.join("settings.json"));
+    assert_eq!(settings["base_quantized"]["q4_0"][0], 12);
+    let evals = report["evals"].as_array().unwrap();
+    let last_val = evals.last().unwrap()[1].as_f64().unwrap();
+    let first_val = q["val_loss_quantized"].as_f64().unwrap();
+    assert!(last_val < first_val - 0.5, "validation loss fell on the quantized base: {first_val} -> {evals:?}");
+    assert!(values(&run, "step", "loss").len() == 60);
+
+    // Refused before training: the budget is far below the estimate.
+    let refused = ws.path("run2");
+    quantized(&refused).flag("gpu-memory", "0").fails_naming(&["lower --batch-size (now 8)", "--gpu-memory"]);
+    assert!(!refused.join("metrics.jsonl").exists(), "refused before the run started");
+}
