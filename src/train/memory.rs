@@ -94,13 +94,10 @@ impl MemoryEstimate {
             ("logits", self.logits),
         ] {
             s.push_str(&format!("    {what:<26}{}\n", mib(b)));
-        }
-        if self.grad_checkpoint {
-            s.push_str(&format!(
-                "    {:<26}{}\n",
-                "  (without checkpointing",
-                format!("{})", mib(self.activations_plain).trim())
-            ));
+            if what.starts_with("activations") && self.grad_checkpoint {
+                let plain = format!("{})", mib(self.activations_plain).trim());
+                s.push_str(&format!("    {:<26}{plain:>13}\n", "  (without checkpointing"));
+            }
         }
         s.push_str(&format!(
             "    {:<26}{} (up to {} with the pool's rounding)",
