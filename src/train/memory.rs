@@ -3,7 +3,8 @@
 //! refuses early with a message that says what to lower, instead of a driver error mid-run.
 //!
 //! The estimate counts
-//!   weights      every parameter by its dtype (f32), plus quantized bases at their block size;
+//!   weights      every parameter by its dtype (f32), plus quantized and 16-bit bases at their
+//!                block size, plus tables the model keeps (RoPE cos/sin, under `weights f32`);
 //!   trainable    LoRA (and any other trainable) parameters: the weights themselves are in
 //!                `weights`; here their gradients (f32) and AdamW's two moments (f32 each);
 //!   activations  what the tape saves for backward, per token: each linear's input and output
@@ -127,6 +128,7 @@ pub fn estimate_lm(model: &mut dyn CausalLm, batch: usize, seq: usize) -> Memory
             e.trainable_params += p.numel() as u64;
         }
     });
+    e.weights_f32 += model.table_bytes();
     e.gradients = 4 * e.trainable_params;
     e.optimizer = 8 * e.trainable_params;
     let tokens = (batch * seq) as u64;
