@@ -13,7 +13,8 @@
 //!   32 heads / 8 KV heads, FFN 8192, vocabulary 128,256, tied) with a Q4_0 base (random weights
 //!   quantized on load), LoRA r 16 (α 32, dropout 0.05) on all seven linears, batches of 4 × 512.
 //!
-//! `--grad-checkpoint` runs the decoder or encoder checkpointed; the figure carries the pool's
+//! `--base KIND` holds a decoder's linear weights in a block type (`bf16`, `q4_k`, ...; random
+//! f32 values rounded on load); `--grad-checkpoint` runs the decoder or encoder checkpointed; the figure carries the pool's
 //! peak (`peak_gpu_bytes`) beside the memory estimate of the same run.
 //!
 //! Each step is what the training loops do: upload the batch, forward, backward, the optimizer,
@@ -62,6 +63,8 @@ pub struct StepShape {
     pub vocab: usize,
     /// Gradient checkpointing of every block.
     pub grad_checkpoint: bool,
+    /// The decoder's linear weights in this block type (16-bit or quantized); None: f32.
+    pub base: Option<QuantType>,
 }
 
 impl StepShape {
@@ -77,6 +80,7 @@ impl StepShape {
                 // take lavapipe seconds.
                 vocab: if full { 49_152 } else { 8_192 },
                 grad_checkpoint: false,
+                base: None,
             },
             StepModel::Minilm => StepShape {
                 model,
@@ -85,6 +89,7 @@ impl StepShape {
                 seq: 64,
                 vocab: 30_522,
                 grad_checkpoint: false,
+                base: None,
             },
             // Small: every width of the real model, two layers, one row of 128 tokens and a cut
             // vocabulary, so lavapipe runs a step in about a minute.
@@ -95,12 +100,19 @@ impl StepShape {
                 seq: if full { 512 } else { 128 },
                 vocab: if full { 128_256 } else { 8_192 },
                 grad_checkpoint: false,
+                base: Some(QuantType::Q4_0),
             },
         }
     }
 
     pub fn with_checkpointing(mut self, on: bool) -> Self {
         self.grad_checkpoint = on;
+        self
+    }
+
+    /// The decoder's linear weights held as `base` (the BERT step keeps f32).
+    pub fn with_base(mut self, base: QuantType) -> Self {
+        self.base = Some(base);
         self
     }
 
@@ -112,10 +124,14 @@ impl StepShape {
         let name = match self.model {
             StepModel::Smollm2 => "SmolLM2-135M-shaped Llama, LoRA r8 q/k/v/o",
             StepModel::Minilm => "MiniLM-shaped BERT classifier, LoRA r8 q/k/v/dense + head",
-            StepModel::Laptop => "Llama-3.2-1B-shaped Llama, Q4_0 base, LoRA r16 all linears",
+            StepModel::Laptop => "Llama-3.2-1B-shaped Llama, LoRA r16 all linears",
         };
         let ckpt = if self.grad_checkpoint { ", gradient checkpointing" } else { "" };
-        format!("{name}, {} layers, batch {} × {}, vocab {}{ckpt}", self.layers, self.batch, self.seq, self.vocab)
+        let base = match (self.model, self.base) {
+            (StepModel::Minilm, _) | (_, None) => String::new(),
+            (_, Some(kind)) => format!(", {kind} base"),
+        };
+        format!("{name}, {} layers, batch {} × {}, vocab {}{base}{ckpt}", self.layers, self.batch, self.seq, self.vocab)
     }
 
     /// SmolLM2-135M's config.json with this shape's layers and vocabulary.
@@ -238,12 +254,13 @@ impl<'g> StepBench<'g> {
         let config_path = src.origin.clone();
         let model = match shape.model {
             StepModel::Smollm2 => {
+                src.quantize = shape.base;
                 let mut m = Decoder::from_source(gpu, shape.llama_config()?, &mut src, &config_path)?;
                 m.add_lora(gpu, &lora(&["q_proj", "k_proj", "v_proj", "o_proj"]), SEED)?;
                 Model::Lm(Box::new(m))
             }
             StepModel::Laptop => {
-                src.quantize = Some(QuantType::Q4_0);
+                src.quantize = shape.base;
                 let mut m = Decoder::from_source(gpu, shape.llama_1b_config()?, &mut src, &config_path)?;
                 let all = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
                 m.add_lora(gpu, &LoraConfig { r: 16, alpha: 32.0, ..lora(&all) }, SEED)?;

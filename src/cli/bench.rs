@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// With --step: checkpoint every block (recompute activations in backward)
     #[arg(long)]
     pub grad_checkpoint: bool,
+    /// With --step: hold the decoder's linear weights in this type (f16, bf16, q4_0, ...) instead
+    /// of f32 (laptop: q4_0)
+    #[arg(long, value_enum)]
+    pub base: Option<crate::quant::QuantType>,
     /// Steps run before measuring (the first compiles pipelines and fills the buffer pool)
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
@@ -164,17 +168,18 @@ fn run_step(gpu: &Gpu, args: &BenchArgs, model: StepModel, scale: Scale) -> Resu
     if (args.plot.is_some() || args.gpu_times) && !args.profile {
         return Err(Error::invalid("--plot", "--plot and --gpu-times need --profile"));
     }
-    let shape = StepShape::new(model, scale).with_checkpointing(args.grad_checkpoint);
+    let mut shape = StepShape::new(model, scale).with_checkpointing(args.grad_checkpoint);
+    if let Some(kind) = args.base {
+        shape = shape.with_base(kind);
+    }
     eprintln!("kiln bench --step on {}: {} (scale {scale:?})", gpu.describe(), shape.describe());
     let mut step = StepBench::new(gpu, shape)?;
     if args.steps == 0 {
         let e = step.estimate();
-        println!(
-            "{}
-{}",
-            e.clone().with_checkpointing(false).table(),
-            e.with_checkpointing(true).table()
-        );
+        println!("{}", e.clone().with_checkpointing(false).table());
+        println!("{}", e.with_checkpointing(true).table());
+        gpu.synchronize()?;
+        println!("measured: the model holds {:.1} MiB of GPU buffers", gpu.allocated_bytes() as f64 / 1048576.0);
         return Ok(());
     }
     let profile = args.profile.then_some(args.gpu_times);

@@ -1,6 +1,6 @@
-//! Matmul through a frozen quantized weight (`shaders/qmatmul.wgsl`), dequantizing in the
-//! inner loop: the forward y = x·Wᵀ of a linear layer whose W `[out, in]` is a
-//! [`QuantTensor`], and the backward dx = dy·W. W never gets a gradient.
+//! Matmul through a frozen quantized or 16-bit (F16/BF16) weight (`shaders/qmatmul.wgsl`),
+//! dequantizing (widening) in the inner loop: the forward y = x·Wᵀ of a linear layer whose W
+//! `[out, in]` is a [`QuantTensor`], and the backward dx = dy·W. W never gets a gradient.
 //!
 //! Up to [`SKINNY_M`] rows (generation) the forward takes `qmatvec`, one invocation per output
 //! column reading W once; more rows take the tiled `qmatmul`. The tile is BK = 32 (one block)

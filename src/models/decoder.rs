@@ -788,6 +788,14 @@ impl CausalLm for Decoder {
         tape.param(self.lm_head.as_ref().unwrap_or(&self.embed_tokens))
     }
 
+    fn table_bytes(&self) -> u64 {
+        [Some(&self.rope), self.rope_long.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|t| t.cos.byte_len() + t.sin.byte_len())
+            .sum()
+    }
+
     fn set_grad_checkpoint(&mut self, on: bool) -> Result<()> {
         self.grad_checkpoint = on;
         Ok(())

@@ -28,7 +28,7 @@ pub fn load_decoder(gpu: &Gpu, file: &GgufFile) -> Result<Decoder> {
 }
 
 /// Reads the model in `file`; with `keep_quantized`, linear weights stored in a block format
-/// kiln keeps on the GPU (`QuantType`: Q8_0, Q4_0/1, Q5_0/1, Q2_K-Q6_K) go to the GPU as they
+/// kiln keeps on the GPU (`QuantType`: Q8_0, Q4_0/1, Q5_0/1, Q2_K-Q6_K, F16, BF16) go to the GPU as they
 /// are (frozen, in blocks) instead of being dequantized. The token
 /// embedding (Q8_0 in SmolLM2's file) is dequantized either way: the embedding lookup and the
 /// tied LM head read f32.

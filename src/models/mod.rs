@@ -162,6 +162,12 @@ pub trait CausalLm: Module {
         ))
     }
 
+    /// Bytes of GPU tables the model keeps besides its parameters (the decoder's RoPE cos/sin),
+    /// for the memory estimate.
+    fn table_bytes(&self) -> u64 {
+        0
+    }
+
     /// Gradient checkpointing (`--grad-checkpoint`, transformers'
     /// `gradient_checkpointing_enable()`): each block keeps only its input on the tape and is
     /// run again in backward (`autograd::checkpoint`).

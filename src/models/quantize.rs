@@ -50,15 +50,16 @@ impl QuantizeReport {
     }
 }
 
-/// Quantizes every f32 linear base weight of `model` to `kind` (adapters and already quantized
-/// layers are left alone). A layer whose input size is not whole blocks (32, or 256 for the
+/// Quantizes every f32 or 16-bit (F16/BF16) linear base weight of `model` to `kind` (adapters
+/// and layers already in a block format are left alone). A layer whose input size is not whole blocks (32, or 256 for the
 /// K-quants) stays f32 and is
 /// listed in the report, as llama.cpp falls back for such tensors. Pooled buffers the f32
 /// weights freed are released.
 pub fn quantize_linears(gpu: &Gpu, model: &mut dyn CausalLm, kind: QuantType) -> Result<QuantizeReport> {
     let mut report = QuantizeReport { kind: Some(kind), ..Default::default() };
     for lin in model.linears_mut() {
-        if lin.quant.is_some() {
+        // A 16-bit base (kept so from a bf16/f16 file) is quantized like an f32 one.
+        if lin.quant.as_ref().is_some_and(|q| !q.kind.is_16bit() || q.kind == kind) {
             continue;
         }
         let (d_in, d_out) = lin.in_out();
@@ -70,11 +71,12 @@ pub fn quantize_linears(gpu: &Gpu, model: &mut dyn CausalLm, kind: QuantType) ->
             ));
             continue;
         }
-        let data = lin.weight.value.to_f32_vec(gpu)?;
-        // Blocks run along the input dimension: [out, in] rows. GPT-2's Conv1D is [in, out].
-        let data = match lin.layout {
-            WeightLayout::OutIn => data,
-            WeightLayout::InOut => transpose(&data, d_in, d_out),
+        // Blocks run along the input dimension: [out, in] rows. GPT-2's Conv1D is [in, out]; a
+        // 16-bit base is [out, in] already.
+        let data = match (&lin.quant, lin.layout) {
+            (Some(q), _) => q.download(gpu)?.dequantize(),
+            (None, WeightLayout::OutIn) => lin.weight.value.to_f32_vec(gpu)?,
+            (None, WeightLayout::InOut) => transpose(&lin.weight.value.to_f32_vec(gpu)?, d_in, d_out),
         };
         let name = format!("{}.weight", lin.path);
         let q = QuantWeights::quantize(kind, &data, d_out, d_in, &name)?;

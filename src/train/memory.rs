@@ -3,7 +3,8 @@
 //! refuses early with a message that says what to lower, instead of a driver error mid-run.
 //!
 //! The estimate counts
-//!   weights      every parameter by its dtype (f32), plus quantized bases at their block size;
+//!   weights      every parameter by its dtype (f32), plus quantized and 16-bit bases at their
+//!                block size, plus tables the model keeps (RoPE cos/sin, under `weights f32`);
 //!   trainable    LoRA (and any other trainable) parameters: the weights themselves are in
 //!                `weights`; here their gradients (f32) and AdamW's two moments (f32 each);
 //!   activations  what the tape saves for backward, per token: each linear's input and output
@@ -97,13 +98,10 @@ impl MemoryEstimate {
             ("logits", self.logits),
         ] {
             s.push_str(&format!("    {what:<26}{}\n", mib(b)));
-        }
-        if self.grad_checkpoint {
-            s.push_str(&format!(
-                "    {:<26}{}\n",
-                "  (without checkpointing",
-                format!("{})", mib(self.activations_plain).trim())
-            ));
+            if what.starts_with("activations") && self.grad_checkpoint {
+                let plain = format!("{})", mib(self.activations_plain).trim());
+                s.push_str(&format!("    {:<26}{plain:>13}\n", "  (without checkpointing"));
+            }
         }
         s.push_str(&format!(
             "    {:<26}{} (up to {} with the pool's rounding)",
@@ -140,6 +138,7 @@ pub fn estimate_lm(model: &mut dyn CausalLm, batch: usize, seq: usize) -> Memory
             e.trainable_params += p.numel() as u64;
         }
     });
+    e.weights_f32 += model.table_bytes();
     e.gradients = 4 * e.trainable_params;
     e.optimizer = 8 * e.trainable_params;
     let tokens = (batch * seq) as u64;

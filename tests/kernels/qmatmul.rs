@@ -1,6 +1,6 @@
 //! The quantized matmul kernels (`shaders/qmatmul.wgsl`) against the reference: dequantize the
 //! same blocks, then multiply in f64. Every format (the K-quants on rows of 256-weight
-//! super-blocks), awkward shapes (M and N off the 64-wide tile, size 1, K one block and many),
+//! super-blocks; F16 and BF16 as blocks of 32 plain values), awkward shapes (M and N off the 64-wide tile, size 1, K one block and many),
 //! the skinny path (M ≤ 16), bias, alpha and accumulate.
 
 use kiln::kernels::qmatmul::QuantTensor;

@@ -123,3 +123,22 @@ fn a_dtype_the_file_cannot_give_names_the_flag() {
     assert_eq!(BaseDtype::Auto.keep(GgmlType::F32, "w").unwrap(), None);
     assert_eq!(BaseDtype::F32.keep(GgmlType::BF16, "w").unwrap(), None);
 }
+
+/// `--quantize` on a base kept 16-bit quantizes it as it would the f32 one.
+#[test]
+fn a_sixteen_bit_base_quantizes_like_an_f32_one() {
+    let g = gpu();
+    let dir = fixture("llama_bf16_tiny");
+    let mut half = load_causal_lm_with(g, &dir, BaseDtype::Auto).unwrap();
+    let mut wide = load_causal_lm_with(g, &dir, BaseDtype::F32).unwrap();
+    for m in [&mut half, &mut wide] {
+        let report = quantize::quantize_linears(g, m.as_mut(), QuantType::Q8_0).unwrap();
+        assert_eq!(report.tensors, LINEARS);
+        assert_eq!(kept(m.as_mut()), vec![("q8_0".to_string(), LINEARS)]);
+    }
+    let e = Expected::read(&dir);
+    let (input, _) = e.batch();
+    let a = half.all_logits(g, &input).unwrap().to_f32_vec(g).unwrap();
+    let b = wide.all_logits(g, &input).unwrap().to_f32_vec(g).unwrap();
+    assert_eq!(a, b, "the same values quantized to the same blocks");
+}
