@@ -1,11 +1,12 @@
 //! Dumps a causal LM's logits for prompts, for parity checks against transformers
 //! (`scripts/check_smollm2.py`).
 //!
-//! `cargo run --release --example lm_logits -- [--quantized] [--last N] MODEL.gguf OUT.safetensors "prompt" ...`
+//! `cargo run --release --example lm_logits -- [--quantized] [--last N] [--lora DIR] MODEL.gguf OUT.safetensors "prompt" ...`
 //!
 //! Weights are dequantized to f32 (as transformers loads a GGUF), or with `--quantized` kept in
 //! their blocks on the GPU (what `kiln train` fine-tunes on by default). `--last N` keeps only
-//! the last N positions' logits (a long prompt's full logits would be gigabytes).
+//! the last N positions' logits (a long prompt's full logits would be gigabytes). `--lora DIR`
+//! applies a PEFT adapter (for `scripts/check_gemma3.py --lora`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,6 +28,11 @@ fn main() -> kiln::Result<()> {
         last = Some(args[2].parse::<usize>().expect("--last takes a number of positions"));
         args.drain(1..3);
     }
+    let mut lora = None;
+    if args.get(1).is_some_and(|a| a == "--lora") {
+        lora = Some(std::path::PathBuf::from(&args[2]));
+        args.drain(1..3);
+    }
     if args.len() < 4 {
         eprintln!("usage: lm_logits [--quantized] MODEL.gguf OUT.safetensors PROMPT...");
         std::process::exit(2);
@@ -35,7 +41,10 @@ fn main() -> kiln::Result<()> {
     let file = GgufFile::open(Path::new(&args[1]))?;
     let tok = GgufTokenizer::from_gguf(&file)?;
     let t0 = std::time::Instant::now();
-    let model = gguf_decoder::load_decoder_with(&gpu, &file, quantized)?;
+    let mut model = gguf_decoder::load_decoder_with(&gpu, &file, quantized)?;
+    if let Some(dir) = &lora {
+        model.load_adapter(&gpu, dir)?;
+    }
     eprintln!("loaded in {:.1}s on {}", t0.elapsed().as_secs_f64(), gpu.describe());
     let mut tensors: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = Vec::new();
     for (i, prompt) in args[3..].iter().enumerate() {

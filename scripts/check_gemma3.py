@@ -8,6 +8,12 @@ real model); its numbers go in the README.
 
 kiln dequantizes too (`examples/lm_logits`), or with --quantized keeps the Q4_K/Q6_K/Q5_0/Q8_0
 blocks on the GPU as `kiln train` does (then the difference includes the kernels' f32 order).
+
+    python3 scripts/check_gemma3.py PATH.gguf --lora RUN/adapter
+
+checks instead that real PEFT loads an adapter kiln trained on the file (`PeftModel.from_pretrained`
+on transformers' Gemma3ForCausalLM, no missing or unexpected keys) and gives kiln's logits with it
+on the first three prompts.
 """
 import os, subprocess, sys, tempfile
 
@@ -26,16 +32,46 @@ LONG = "<bos>" + " ".join(f"Item {i}: the {['red', 'green', 'blue'][i % 3]} box 
 LAST = 8
 
 
-def run_kiln(gguf, quantized, last, prompts):
+def run_kiln(gguf, quantized, last, prompts, lora=None):
     out = os.path.join(tempfile.mkdtemp(), "kiln_logits.safetensors")
     flags = (["--quantized"] if quantized else []) + (["--last", str(last)] if last else [])
+    flags += ["--lora", lora] if lora else []
     subprocess.run(["cargo", "run", "--release", "--example", "lm_logits", "--", *flags, gguf, out, *prompts],
                    check=True)
     return load_file(out)
 
 
+def check_lora(gguf, adapter):
+    from peft import PeftModel
+    prompts = PROMPTS[:3]
+    kiln = run_kiln(gguf, False, None, prompts, lora=adapter)
+    d, f = os.path.dirname(gguf), os.path.basename(gguf)
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    base = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = PeftModel.from_pretrained(base, adapter).eval()
+    key_warnings = [str(w.message) for w in caught if "key" in str(w.message).lower()]
+    assert not key_warnings, key_warnings
+    loaded = {k for k, _ in model.named_parameters() if "lora_" in k}
+    print(f"PEFT: {len(loaded)} LoRA tensors in the model, adapter {adapter}")
+    worst = 0.0
+    for i, p in enumerate(prompts):
+        ids = tok(p, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            ref = model(ids).logits[0]
+        err = (ref - kiln[f"logits.{i}"]).abs().max().item()
+        agree = (ref.argmax(-1) == kiln[f"logits.{i}"].argmax(-1)).float().mean().item()
+        worst = max(worst, err)
+        print(f"prompt {i}: {ids.shape[1]} tokens, max |logit diff| with the adapter {err:.2e}, argmax agreement {agree:.0%}")
+    print(f"max abs logit error with the adapter: {worst:.2e}")
+
+
 def main():
     gguf = os.path.expanduser(sys.argv[1])
+    if "--lora" in sys.argv[2:]:
+        return check_lora(gguf, sys.argv[sys.argv.index("--lora") + 1])
     quantized = "--quantized" in sys.argv[2:]
     kiln = run_kiln(gguf, quantized, None, PROMPTS)
     kiln_long = run_kiln(gguf, quantized, LAST, [LONG])
