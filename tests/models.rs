@@ -553,6 +553,23 @@ fn quantized_base_dora_equals_dequantized() {
     quantized_base_with_adapter("gpt2_tiny", QuantType::Q4_0, "dora/peft_adapter");
 }
 
+/// Switching DoRA adapters off (forgetting's base comparison) gives the base model, not the
+/// magnitude-scaled one; switched back on, PEFT's DoRA logits again.
+#[test]
+fn dora_adapters_off_is_the_base() {
+    let g = gpu();
+    let dir = fixture("llama_tiny");
+    let mut e = Expected::read(&dir);
+    e.f.extend(Expected::read(&dir.join("dora")).f);
+    let mut model = load_causal_lm(g, &dir).unwrap();
+    model.load_adapter(g, &dir.join("dora/peft_adapter")).unwrap();
+    let (input, _) = e.batch();
+    let off = forgetting::with_adapters_off(model.as_mut(), |m| m.all_logits(g, &input)?.to_f32_vec(g)).unwrap();
+    let base = load_causal_lm(g, &dir).unwrap().all_logits(g, &input).unwrap().to_f32_vec(g).unwrap();
+    assert_close("DoRA adapters off", &off, &f64s(&base), 1e-6, 0.0);
+    check_logits("DoRA logits after switching back", model.as_ref(), &e, "lora_logits");
+}
+
 /// A DoRA adapter kiln saves says `use_dora: true`, holds the magnitudes under PEFT's key and
 /// loads back (in kiln) with the same logits; `check_peft_roundtrip.py --dora` has real PEFT
 /// read it.

@@ -10,12 +10,13 @@ use crate::models::{CausalLm, LmInput};
 
 /// Runs `f` on the model with its LoRA adapters switched off, which is the base model (as PEFT's
 /// `disable_adapter()`): no second copy of the weights is needed to compare with the base. The
-/// adapters' scales are zeroed and put back, whatever `f` returns.
+/// adapters' scales are zeroed (and DoRA's magnitudes set aside, so the layer is plain W again)
+/// and put back, whatever `f` returns.
 pub fn with_adapters_off<R>(model: &mut dyn CausalLm, f: impl FnOnce(&dyn CausalLm) -> Result<R>) -> Result<R> {
     let mut scales = Vec::new();
     for lin in model.linears_mut() {
         if let Some(lora) = &mut lin.lora {
-            scales.push(lora.scale);
+            scales.push((lora.scale, lora.magnitude.take()));
             lora.scale = 0.0;
         }
     }
@@ -29,7 +30,7 @@ pub fn with_adapters_off<R>(model: &mut dyn CausalLm, f: impl FnOnce(&dyn Causal
     let mut saved = scales.into_iter();
     for lin in model.linears_mut() {
         if let Some(lora) = &mut lin.lora {
-            lora.scale = saved.next().expect("one scale per adapter");
+            (lora.scale, lora.magnitude) = saved.next().expect("one scale per adapter");
         }
     }
     result
