@@ -1,7 +1,8 @@
 //! The command line end to end, one test binary (one device and pipeline cache) with a module
 //! per subject: `kiln train` on the tiny Llama and the tiny BERT ([`train`]), training then
 //! `generate` and `export --merge` ([`export`]), `kiln data` ([`data`]), `kiln eval` ([`eval`]),
-//! `kiln tune` ([`tune`]) and `kiln bench` ([`bench`]).
+//! `kiln tune` ([`tune`]), `kiln bench` ([`bench`]), the memory savers
+//! (16-bit bases, checkpointing, packing: [`memory`]) and DoRA ([`dora`]).
 //!
 //! A command is built with [`kiln`] (`kiln("train").model(&ws.model).data(&ws.data)...`), run
 //! with [`Kiln::run`] (it must succeed) or [`Kiln::fails_naming`] (it must fail, without a panic,
@@ -14,8 +15,10 @@ mod common;
 
 mod bench;
 mod data;
+mod dora;
 mod eval;
 mod export;
+mod memory;
 mod train;
 mod tune;
 
@@ -107,7 +110,7 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    fn new(make_model: impl FnOnce(&Path), make_data: impl FnOnce(&Path)) -> Workspace {
+    pub fn new(make_model: impl FnOnce(&Path), make_data: impl FnOnce(&Path)) -> Workspace {
         let tmp = tempfile::tempdir().unwrap();
         let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
         for d in [&model, &data] {
