@@ -252,14 +252,10 @@ impl<'g> Tape<'g> {
     /// Wraps an op's output: a new id when any input needs a gradient (and then `node` is
     /// recorded, built from that id), a constant otherwise.
     pub(crate) fn output(&self, value: Tensor, inputs: &[&Var], node: impl FnOnce(VarId) -> Box<dyn Backward>) -> Var {
-        if !self.recording || inputs.iter().all(|v| v.id.is_none()) {
+        if inputs.iter().all(|v| v.id.is_none()) {
             return Var::constant(value);
         }
-        let mut st = self.state.borrow_mut();
-        let id = st.next_id;
-        st.next_id += 1;
-        st.nodes.push(node(id));
-        Var { value, id: Some(id) }
+        self.record(value, node)
     }
 
     /// The next dropout stream (seed, step) for one call site of this pass.

@@ -9,8 +9,22 @@ use std::sync::Arc;
 
 /// Rotates x `[B, T, H, D]` by the positions `offset..offset + T` of each sequence.
 pub fn rope(tape: &Tape, tables: &Arc<RopeTables>, x: &Var, offset: usize) -> Result<Var> {
+    rotate(tape, tables, x, offset, None)
+}
+
+/// Rotates x `[B, T, H, D]` by explicit positions `[B, T]` u32 (packed sequences, where each
+/// example's positions start again at 0).
+pub fn rope_at(tape: &Tape, tables: &Arc<RopeTables>, x: &Var, positions: &Tensor) -> Result<Var> {
+    rotate(tape, tables, x, 0, Some(positions))
+}
+
+fn rotate(tape: &Tape, tables: &Arc<RopeTables>, x: &Var, offset: usize, positions: Option<&Tensor>) -> Result<Var> {
     let out = Tensor::empty(tape.gpu, x.shape(), DType::F32)?;
-    rk::apply_into(tape.gpu, tables, &x.value, Positions::Offset(offset), false, &out, false)?;
+    let at = match positions {
+        Some(p) => Positions::Explicit(p),
+        None => Positions::Offset(offset),
+    };
+    rk::apply_into(tape.gpu, tables, &x.value, at, false, &out, false)?;
     Ok(tape.output(out, &[x], |out| {
         Box::new(RopeOp {
             out,
@@ -18,24 +32,7 @@ pub fn rope(tape: &Tape, tables: &Arc<RopeTables>, x: &Var, offset: usize) -> Re
             x_id: x.id(),
             shape: x.shape().to_vec(),
             offset,
-            positions: None,
-        })
-    }))
-}
-
-/// Rotates x `[B, T, H, D]` by explicit positions `[B, T]` u32 (packed sequences, where each
-/// example's positions start again at 0).
-pub fn rope_at(tape: &Tape, tables: &Arc<RopeTables>, x: &Var, positions: &Tensor) -> Result<Var> {
-    let out = Tensor::empty(tape.gpu, x.shape(), DType::F32)?;
-    rk::apply_into(tape.gpu, tables, &x.value, Positions::Explicit(positions), false, &out, false)?;
-    Ok(tape.output(out, &[x], |out| {
-        Box::new(RopeOp {
-            out,
-            tables: tables.clone(),
-            x_id: x.id(),
-            shape: x.shape().to_vec(),
-            offset: 0,
-            positions: Some(positions.clone()),
+            positions: positions.cloned(),
         })
     }))
 }
