@@ -11,6 +11,7 @@ pub mod generate;
 pub mod models;
 pub mod train;
 pub mod tune;
+pub mod vision;
 
 use clap::{Parser, Subcommand};
 

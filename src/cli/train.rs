@@ -116,6 +116,9 @@ pub struct TrainArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub classify: super::classify::ClassifyArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub vision: super::vision::VisionArgs,
     /// Run folder [default: runs/train-<unix time>]
     #[arg(long)]
     #[serde(skip)]
@@ -221,6 +224,9 @@ pub fn run_on(args: TrainArgs, gpu: &Gpu) -> Result<()> {
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
         }
+    }
+    if super::vision::is_image_job(&args)? {
+        return super::vision::run(&args, &gpu);
     }
     if super::classify::is_classification(&args)? {
         return super::classify::run(&args, &gpu);

@@ -10,6 +10,7 @@ pub mod decoder;
 pub mod efficientnet_lite;
 pub mod gguf_decoder;
 pub mod gpt2;
+pub mod image_classifier;
 pub mod llama;
 pub mod load;
 pub mod mistral;

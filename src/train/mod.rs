@@ -13,6 +13,7 @@ pub mod optim;
 pub mod report;
 pub mod schedule;
 pub mod stopping;
+pub mod vision;
 
 pub use optim::Optimizer;
 pub use schedule::Schedule;
