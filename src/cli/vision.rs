@@ -180,9 +180,11 @@ pub fn run(args: &TrainArgs, gpu: &Gpu) -> Result<()> {
     let run_start = Instant::now();
     let c = &args.classify;
     let v = &args.vision;
-    let strategy: Strategy = c.strategy.parse()?;
+    let mut strategy: Strategy = c.strategy.parse()?;
     if strategy == Strategy::Lora {
-        return Err(Error::invalid("--strategy", "image models take head, top:N or full (lora is for transformers)"));
+        // `lora` is the text classifiers' default; a CNN has no adapters.
+        eprintln!("note: image models have no LoRA adapters; training `head` (--strategy head|top:N|full)");
+        strategy = Strategy::Head;
     }
     if v.image_size < 32 {
         return Err(Error::invalid("--image-size", format!("{} is below 32 (the CNNs downsample 32×)", v.image_size)));
