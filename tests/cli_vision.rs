@@ -32,7 +32,7 @@ fn stripes(dir: &Path, n: usize) -> Vec<(PathBuf, &'static str)> {
                 let noise = ((x * 31 + y * 17 + i as u32 * 7) % 23) as u8;
                 // The classes differ in brightness too, which any random body passes on.
                 let base = if horizontal { 20 } else { 120 };
-                let v = base + if (t / 3) % 2 == 0 { 100 } else { 0 } + noise;
+                let v = base + if (t / 3).is_multiple_of(2) { 100 } else { 0 } + noise;
                 image::Rgb([v, v, v])
             });
             let path = dir.join(class).join(format!("{i:02}.png"));

@@ -50,11 +50,14 @@ fn from_folder(dir: &Path) -> Result<Vec<Example>> {
         .collect())
 }
 
+/// One listed image as read: (line, image, label, group).
+type Row = (usize, Option<String>, Option<String>, Option<String>);
+
 /// A csv (with a header) or jsonl list of images.
 fn read_list(file: &Path) -> Result<Vec<Example>> {
     let base = file.parent().unwrap_or(Path::new("."));
     let bad = |line: usize, m: String| Error::Parse { path: file.to_path_buf(), message: format!("line {line}: {m}") };
-    let mut rows: Vec<(usize, Option<String>, Option<String>, Option<String>)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     if file.extension().is_some_and(|x| x == "jsonl") {
         let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {

@@ -573,7 +573,7 @@ impl<'a> Unpickler<'a> {
 
 /// Key/value pairs from a flat list.
 fn pairs(items: Vec<Value>) -> std::result::Result<Vec<(Value, Value)>, String> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err("pickle: an odd number of dict items".into());
     }
     let mut it = items.into_iter();
@@ -699,5 +699,31 @@ mod tests {
             let e = read(&cut).unwrap_err().to_string();
             assert!(e.contains(file) && e.contains("truncated"), "{e}");
         }
+    }
+
+    /// The real EfficientNet-Lite0 file (legacy format, 296 tensors) against its conversion by
+    /// torch (`scripts/pth_to_safetensors.py`): every tensor equal, bit for bit.
+    /// `KILN_LITE0_PTH=...pth KILN_LITE0_ST=...safetensors cargo test --release --lib -- --ignored lite0_pth`
+    #[test]
+    #[ignore = "needs the real weights: see the doc comment"]
+    fn lite0_pth_equals_torch_conversion() {
+        use crate::formats::safetensors::WeightSource;
+        let pth = std::env::var("KILN_LITE0_PTH").expect("KILN_LITE0_PTH names the .pth");
+        let st = std::env::var("KILN_LITE0_ST").expect("KILN_LITE0_ST names its safetensors conversion");
+        let mut want = SafetensorsSource::open_file(Path::new(&st)).unwrap();
+        let mut got = open(Path::new(&pth)).unwrap();
+        let (mut count, mut values) = (0, 0);
+        for name in want.names() {
+            let shape = want.shape_of(&name).unwrap().to_vec();
+            if name.ends_with("num_batches_tracked") {
+                continue;
+            }
+            let (a, b) = (got.take(&name, &shape).unwrap(), want.take(&name, &shape).unwrap());
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs");
+            count += 1;
+            values += a.len();
+        }
+        assert!(got.remaining().is_empty(), "left over: {:?}", got.remaining());
+        println!("{count} tensors, {values} values equal torch's");
     }
 }
