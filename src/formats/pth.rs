@@ -723,7 +723,9 @@ mod tests {
             count += 1;
             values += a.len();
         }
-        assert!(got.remaining().is_empty(), "left over: {:?}", got.remaining());
+        // Only the int64 BN counters are left (no model reads them).
+        let left: Vec<String> = got.remaining().into_iter().filter(|n| !n.ends_with("num_batches_tracked")).collect();
+        assert!(left.is_empty(), "left over: {left:?}");
         println!("{count} tensors, {values} values equal torch's");
     }
 }
