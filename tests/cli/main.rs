@@ -1,7 +1,7 @@
 //! The command line end to end, one test binary (one device and pipeline cache) with a module
 //! per subject: `kiln train` on the tiny Llama and the tiny BERT ([`train`]), training then
 //! `generate` and `export --merge` ([`export`]), `kiln data` ([`data`]), `kiln eval` ([`eval`]),
-//! `kiln tune` ([`tune`]) and `kiln bench` ([`bench`]).
+//! `kiln tune` ([`tune`]), `kiln bench` ([`bench`]) and `kiln train` on images ([`vision`]).
 //!
 //! A command is built with [`kiln`] (`kiln("train").model(&ws.model).data(&ws.data)...`), run
 //! with [`Kiln::run`] (it must succeed) or [`Kiln::fails_naming`] (it must fail, without a panic,
@@ -18,6 +18,7 @@ mod eval;
 mod export;
 mod train;
 mod tune;
+mod vision;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
