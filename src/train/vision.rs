@@ -160,7 +160,10 @@ impl<'a> ImageTask<'a> {
             return Err(Error::invalid("class weights", format!("{} weights for {k} classes", w.len())));
         }
         if cfg.strategy == Strategy::Lora {
-            return Err(Error::invalid("--strategy", "lora is for transformers; image models take head, top:N or full"));
+            return Err(Error::invalid(
+                "--strategy",
+                "lora is for transformers; image models take head, top:N or full",
+            ));
         }
         if cfg.run.ewc.is_some() {
             return Err(Error::invalid("--ewc", "not for image models yet; --l2sp works"));

@@ -79,9 +79,8 @@ fn image_folder_with_each_strategy_and_a_saved_model() {
     assert_eq!(r["trainable_parameters"], r["total_parameters"]);
     let saved = run.join("model");
     assert!(saved.join("model.safetensors").is_file() && saved.join("config.json").is_file());
-    let (stdout, stderr) = common(image_run(&saved, &data, &tmp.path().join("again")))
-        .args(["--strategy", "head", "--epochs", "1"])
-        .run();
+    let (stdout, stderr) =
+        common(image_run(&saved, &data, &tmp.path().join("again"))).args(["--strategy", "head", "--epochs", "1"]).run();
     let out = format!("{stdout}\n{stderr}");
     assert!(out.contains("the checkpoint's head"), "{out}");
 }
@@ -115,4 +114,24 @@ fn resnet_top_n_from_a_csv_with_groups_and_a_broken_image() {
     image_run(&resnet, &list, &tmp.path().join("broken"))
         .args(["--steps", "1", "--strategy", "full"])
         .fails_naming(&["03.png", "cannot decode"]);
+}
+
+#[test]
+fn killed_and_resumed_image_run_equals_the_uninterrupted_one() {
+    // The driver's resume for an image task: the data order and each image's crops are replayed.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    stripes(&data, 8);
+    let train = |out: &Path| {
+        image_run(&fixture("resnet18_tiny"), &data, out)
+            .args(["--strategy", "full", "--batch-size", "4", "--steps", "6", "--eval-every", "2"])
+            .args(["--valid-frac", "0.25", "--seed", "1"])
+    };
+    let whole = train(&tmp.path().join("whole")).json();
+    let halted = tmp.path().join("halted");
+    train(&halted).flag("halt-after", "4").fails_naming(&["halted after step 4"]);
+    let resumed = kiln("train").flag("resume", &halted).json();
+    for key in ["last_loss", "evals", "valid"] {
+        assert_eq!(whole[key], resumed[key], "{key}: {whole}\n{resumed}");
+    }
 }
