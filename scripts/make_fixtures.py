@@ -916,6 +916,34 @@ def build_efficientnet_lite(out_root, seed):
     return out
 
 
+def build_pth(out_root):
+    """PyTorch checkpoints in both of torch.save's formats for kiln's reader (src/formats/pth.rs):
+    the zip one and the older pickle-only one (`_use_new_zipfile_serialization=False`, the format
+    of efficientnet-lite0-57934424.pth). The tensors are the awkward cases: a transposed view and
+    an offset slice sharing another tensor's storage, f16, bf16, f64, an int64 scalar; the
+    expected values are written contiguous to expected.safetensors."""
+    g = torch.Generator().manual_seed(99)
+    base = torch.randn(3, 4, generator=g)
+    long = torch.arange(10, dtype=torch.float32) * 0.5
+    sd = {
+        "block.weight": base,
+        "block.weight_t": base.t(),
+        "block.slice": long[2:7],
+        "half": torch.randn(5, generator=g).to(torch.float16),
+        "brain": torch.randn(2, 2, generator=g).to(torch.bfloat16),
+        "double": torch.randn(2, 3, generator=g).to(torch.float64),
+        "bn.num_batches_tracked": torch.tensor(7, dtype=torch.int64),
+        "conv.weight": torch.nn.Parameter(torch.randn(2, 1, 3, 3, generator=g)),
+    }
+    out = os.path.join(out_root, "pth")
+    os.makedirs(out, exist_ok=True)
+    torch.save(sd, os.path.join(out, "legacy.pth"), _use_new_zipfile_serialization=False)
+    torch.save({"state_dict": sd, "epoch": 3}, os.path.join(out, "zip.pth"))
+    exp = {k: (v.detach().to(torch.float32) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+    save_file(exp, os.path.join(out, "expected.safetensors"))
+    return out
+
+
 def resnets(out_root):
     return [
         build_resnet("resnet18_tiny", BasicBlock, 3, out_root, 2718, [
@@ -1080,7 +1108,7 @@ def main():
             write_gguf(out, arch)
             dirs.append(out)
     if args.only != "text":
-        dirs += resnets(out_root) + [build_efficientnet_lite(out_root, 1618)]
+        dirs += resnets(out_root) + [build_efficientnet_lite(out_root, 1618), build_pth(out_root)]
     return report(dirs + tokenizer_dirs)
 
 

@@ -186,6 +186,27 @@ pub fn group_accuracy(
     Ok(scores)
 }
 
+/// The full scores ([`Metrics`]) within each group of examples (ELPV's cell types); examples
+/// without a group are skipped. An error if the three slices differ in length.
+pub fn group_metrics(
+    gold: &[usize],
+    pred: &[usize],
+    groups: &[Option<String>],
+    n_classes: usize,
+) -> Result<BTreeMap<String, Metrics>> {
+    // The same length check as group_accuracy's.
+    group_accuracy(gold, pred, groups)?;
+    let mut by: BTreeMap<String, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
+    for ((g, p), group) in gold.iter().zip(pred).zip(groups) {
+        if let Some(group) = group {
+            let e = by.entry(group.clone()).or_default();
+            e.0.push(*g);
+            e.1.push(*p);
+        }
+    }
+    by.into_iter().map(|(name, (g, p))| Ok((name, Metrics::compute(&g, &p, n_classes)?))).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +321,14 @@ mod tests {
         assert_eq!(GroupScore::default().accuracy(), 0.0);
         let err = group_accuracy(&[0], &[0], &[]).unwrap_err().to_string();
         assert!(err.contains("1 gold labels, 1 predictions and 0 groups"), "{err}");
+    }
+
+    #[test]
+    fn metrics_per_group_score_apart() {
+        let groups = [Some("a".to_string()), Some("a".into()), Some("b".into()), None];
+        let m = group_metrics(&[0, 1, 1, 0], &[0, 0, 1, 1], &groups, 2).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!((m["a"].accuracy, m["a"].count, m["b"].accuracy), (0.5, 2, 1.0));
+        assert_eq!(m["a"].per_class[1].recall, 0.0);
     }
 }

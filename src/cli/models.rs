@@ -64,11 +64,11 @@ pub fn run(args: ModelsArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialize"));
         return Ok(());
     }
-    println!("{:<14} {:<17} {:<8} {:>8}  {:<7} description", "name", "kind", "arch", "MB", "cached");
+    println!("{:<18} {:<17} {:<18} {:>8}  {:<7} description", "name", "kind", "arch", "MB", "cached");
     for r in &rows {
         let kind = serde_json::to_value(r.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
         println!(
-            "{:<14} {:<17} {:<8} {:>8.1}  {:<7} {}",
+            "{:<18} {:<17} {:<18} {:>8.1}  {:<7} {}",
             r.name,
             kind,
             r.architecture,

@@ -22,10 +22,11 @@ use crate::error::{Error, Result};
 const OP: &str = "model";
 
 /// The manifests, in the order `kiln models` lists them.
-const MANIFESTS: [(&str, &str); 3] = [
+const MANIFESTS: [(&str, &str); 4] = [
     ("models/smollm2-135m.toml", include_str!("../../models/smollm2-135m.toml")),
     ("models/gemma3-270m.toml", include_str!("../../models/gemma3-270m.toml")),
     ("models/minilm.toml", include_str!("../../models/minilm.toml")),
+    ("models/efficientnet-lite0.toml", include_str!("../../models/efficientnet-lite0.toml")),
 ];
 
 /// What a model is for.
@@ -268,6 +269,8 @@ mod tests {
         assert_eq!(find("smollm2").unwrap().unwrap().name, "smollm2-135m");
         assert_eq!(find("gemma3-270m").unwrap().unwrap().sources.len(), 5);
         assert!(find("gpt5").unwrap().is_none());
+        let lite0 = find("lite0").unwrap().unwrap();
+        assert_eq!((lite0.name.as_str(), lite0.kind), ("efficientnet-lite0", ModelKind::ImageClassifier));
     }
 
     #[test]

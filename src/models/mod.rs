@@ -11,6 +11,7 @@ pub mod efficientnet_lite;
 pub mod gemma3;
 pub mod gguf_decoder;
 pub mod gpt2;
+pub mod image_classifier;
 pub mod llama;
 pub mod load;
 pub mod mistral;

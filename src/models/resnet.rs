@@ -203,7 +203,7 @@ pub struct ResNetOptions {
 impl ResNet {
     /// Loads `model.safetensors` of `dir` (or a single .safetensors file).
     pub fn load(gpu: &Gpu, path: &Path, opts: &ResNetOptions) -> Result<ResNet> {
-        let mut src = if path.is_dir() { SafetensorsSource::open(path)? } else { SafetensorsSource::open_file(path)? };
+        let mut src = crate::formats::weights::open(path)?;
         let mut config = ResNetConfig::infer(&src)?;
         if let Some(depth) = opts.depth {
             let want = ResNetConfig::from_depth(depth, config.width, config.num_classes)?;
@@ -288,6 +288,12 @@ impl ResNet {
     pub fn loss(&self, tape: &Tape, images: &Var, targets: &[i32]) -> Result<Loss> {
         let logits = self.forward(tape, images)?;
         autograd::cross_entropy(tape, &logits, targets)
+    }
+
+    /// Every conv → BN unit, stem first (saving needs the BNs' running statistics).
+    pub fn conv_bns(&self) -> Vec<&ConvBn> {
+        let blocks = self.stages.iter().flatten().flat_map(|b| b.convs.iter().chain(&b.downsample));
+        std::iter::once(&self.stem).chain(blocks).collect()
     }
 
     /// Makes `fc` and the last `stages` stages trainable and freezes the rest (`--strategy

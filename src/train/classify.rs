@@ -138,7 +138,7 @@ pub struct Predictions {
 }
 
 impl Predictions {
-    fn from_logits(logits: Vec<f32>, k: usize, labels: Option<&[usize]>) -> Predictions {
+    pub fn from_logits(logits: Vec<f32>, k: usize, labels: Option<&[usize]>) -> Predictions {
         let pred = logits.chunks(k).map(argmax).collect();
         let loss = labels.map(|l| mean_cross_entropy(&logits, l, k));
         Predictions { logits, pred, loss }

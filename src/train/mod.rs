@@ -17,6 +17,7 @@ pub mod report;
 pub mod schedule;
 pub mod settings;
 pub mod stopping;
+pub mod vision;
 
 pub use job::{Progress, Quiet, RunReport, run};
 pub use optim::Optimizer;

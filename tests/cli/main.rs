@@ -1,8 +1,8 @@
 //! The command line end to end, one test binary (one device and pipeline cache) with a module
 //! per subject: `kiln train` on the tiny Llama and the tiny BERT ([`train`]), training then
 //! `generate` and `export --merge` ([`export`]), `kiln data` ([`data`]), `kiln eval` ([`eval`]),
-//! `kiln tune` ([`tune`]), `kiln bench` ([`bench`]), the memory savers
-//! (16-bit bases, checkpointing, packing: [`memory`]) and DoRA ([`dora`]).
+//! `kiln tune` ([`tune`]), `kiln bench` ([`bench`]), the memory savers (16-bit bases,
+//! checkpointing, packing: [`memory`]), DoRA ([`dora`]) and `kiln train` on images ([`vision`]).
 //!
 //! A command is built with [`kiln`] (`kiln("train").model(&ws.model).data(&ws.data)...`), run
 //! with [`Kiln::run`] (it must succeed) or [`Kiln::fails_naming`] (it must fail, without a panic,
@@ -21,6 +21,7 @@ mod export;
 mod memory;
 mod train;
 mod tune;
+mod vision;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -321,7 +321,7 @@ fn spamassassin_splits(cache: &Path, full: bool, seed: u64) -> Result<Splits> {
 
 /// The texts the run used, as jsonl (`data/{train,valid,test}.jsonl`), so a run can be
 /// reproduced or compared (`scripts/peft_classify_baseline.py`) on exactly the same split.
-fn write_data(dir: &Path, splits: &Splits) -> Result<()> {
+pub(crate) fn write_data(dir: &Path, splits: &Splits) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     for (name, set) in [("train", &splits.train), ("valid", &splits.valid), ("test", &splits.test)] {
         let mut text = String::new();
@@ -339,7 +339,7 @@ fn label_of_group(group: Option<&str>) -> String {
     if group.is_some_and(|g| g.starts_with("spam")) { "spam" } else { "ham" }.to_string()
 }
 
-fn parse_weights(list: &str, n: usize) -> Result<Vec<f32>> {
+pub(crate) fn parse_weights(list: &str, n: usize) -> Result<Vec<f32>> {
     let w: Vec<f32> = list
         .split(',')
         .map(|x| x.trim().parse::<f32>())

@@ -1,15 +1,17 @@
 //! `train::run`: one `kiln train` run from its settings to its run folder. It picks the task
-//! (a classifier for an encoder or labelled data, else a causal LM), loads the model and the
-//! data, checks the memory, writes settings.json and config.toml, trains through the
+//! (an image classifier for a CNN or images, a classifier for an encoder or labelled data, else
+//! a causal LM), loads the model and the data, checks the memory, writes settings.json and config.toml, trains through the
 //! [driver](super::driver), scores and saves the result, and writes report.json, the plots and
 //! report.md. The command line and `kiln tune` call it; it prints nothing itself: lines worth
 //! reading and the step count go to a [`Progress`].
 //!
 //! - [`lm`]: a causal LM with LoRA (optionally on a quantized base), the cmudict task.
 //! - [`classify`]: a sequence classifier by strategy, SpamAssassin or a labelled folder.
+//! - [`vision`]: an image classifier (a CNN) by strategy, an image folder or list, or ELPV.
 
 pub mod classify;
 pub mod lm;
+pub mod vision;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -69,6 +71,9 @@ pub fn run(gpu: &Gpu, settings: &TrainSettings, progress: &mut dyn Progress) -> 
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
         }
+    }
+    if vision::is_image_job(settings)? {
+        return vision::run(gpu, settings, progress);
     }
     if is_classification(settings)? { classify::run(gpu, settings, progress) } else { lm::run(gpu, settings, progress) }
 }
@@ -135,7 +140,7 @@ impl<'a> RunLog<'a> {
             .map_err(|err| Error::io(&self.path, err))?;
         let line = match e {
             Event::Features { examples, seconds } => {
-                format!("features of {examples} texts from the frozen body in {seconds:.1}s")
+                format!("features of {examples} examples from the frozen body in {seconds:.1}s")
             }
             Event::Trainable { step, depth, params } => {
                 self.trainable = *params;
