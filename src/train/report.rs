@@ -648,26 +648,27 @@ mod tests {
         (info.width, info.height, drawn)
     }
 
-    #[test]
-    fn plots_a_classifier_run() {
-        let dir = tempfile::tempdir().unwrap();
-        classifier_run(dir.path());
-        let written = plot_curves(dir.path()).unwrap();
-        assert_eq!(written, vec![dir.path().join("loss.png"), dir.path().join("metric.png")]);
+    /// Plots the run in `dir` and checks that it wrote loss.png and metric.png, both drawn on.
+    fn assert_plots_both_curves(dir: &Path) {
+        let written = plot_curves(dir).unwrap();
+        assert_eq!(written, vec![dir.join("loss.png"), dir.join("metric.png")]);
         for path in &written {
             assert_eq!(decode_png(path), (SIZE.0, SIZE.1, true), "{}", path.display());
         }
     }
 
     #[test]
+    fn plots_a_classifier_run() {
+        let dir = tempfile::tempdir().unwrap();
+        classifier_run(dir.path());
+        assert_plots_both_curves(dir.path());
+    }
+
+    #[test]
     fn plots_a_language_model_run() {
         let dir = tempfile::tempdir().unwrap();
         lm_run(dir.path());
-        let written = plot_curves(dir.path()).unwrap();
-        assert_eq!(written, vec![dir.path().join("loss.png"), dir.path().join("metric.png")]);
-        for path in &written {
-            assert_eq!(decode_png(path), (SIZE.0, SIZE.1, true), "{}", path.display());
-        }
+        assert_plots_both_curves(dir.path());
         // Perplexity 403 -> 7.8 was drawn on a log scale; without the eval before training the
         // span is under a decade and the scale linear.
         let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
