@@ -163,6 +163,9 @@ fn moving_average(values: &[f64], window: usize) -> Vec<f64> {
     out
 }
 
+/// A chart with steps along x and `Y`'s values along y.
+type StepChart<'a, 'b, Y> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordusize, Y>>;
+
 /// A chart over the run's steps with the caption, margins and labelled mesh every run chart has;
 /// the caller draws the series and their legend.
 fn step_chart<'a, 'b, Y>(
@@ -171,10 +174,7 @@ fn step_chart<'a, 'b, Y>(
     title: &str,
     y: Y,
     y_desc: &str,
-) -> std::result::Result<
-    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordusize, Y::CoordDescType>>,
-    Box<dyn std::error::Error>,
->
+) -> std::result::Result<StepChart<'a, 'b, Y::CoordDescType>, Box<dyn std::error::Error>>
 where
     Y: AsRangedCoord<Value = f64>,
     Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
