@@ -509,14 +509,31 @@ fn quantized_base_with_adapter(name: &str, kind: QuantType, adapter: &str) {
     }
     let (input, targets) = e.batch();
     let what = format!("{name} {kind}");
+    assert!(assert_same_logits_and_grads(g, &what, q.as_ref(), d.as_ref(), &input, &targets) > 0);
     let logits = |m: &dyn CausalLm| m.all_logits(g, &input).unwrap().to_f32_vec(g).unwrap();
-    assert_close(&format!("{what} logits"), &logits(q.as_ref()), &f64s(&logits(d.as_ref())), LOGIT_TOL, 1e-4);
-    let last = |m: &dyn CausalLm| m.last_logits(g, &input, None).unwrap().to_f32_vec(g).unwrap();
-    assert_close(&format!("{what} last logits"), &last(q.as_ref()), &f64s(&last(d.as_ref())), LOGIT_TOL, 1e-4);
+    q.merge_lora(g).unwrap();
+    d.merge_lora(g).unwrap();
+    assert_close(&format!("{what} merged logits"), &logits(q.as_ref()), &f64s(&logits(d.as_ref())), LOGIT_TOL, 1e-4);
+}
+
+/// Checks that two models meant to be equal give the same logits, last-position logits and
+/// parameter gradients (same names, none all zero) on one batch; returns how many gradients.
+fn assert_same_logits_and_grads(
+    g: &kiln::Gpu,
+    what: &str,
+    q: &dyn CausalLm,
+    d: &dyn CausalLm,
+    input: &LmInput,
+    targets: &[i32],
+) -> usize {
+    let logits = |m: &dyn CausalLm| m.all_logits(g, input).unwrap().to_f32_vec(g).unwrap();
+    assert_close(&format!("{what} logits"), &logits(q), &f64s(&logits(d)), LOGIT_TOL, 1e-4);
+    let last = |m: &dyn CausalLm| m.last_logits(g, input, None).unwrap().to_f32_vec(g).unwrap();
+    assert_close(&format!("{what} last logits"), &last(q), &f64s(&last(d)), LOGIT_TOL, 1e-4);
     let mut grads = Vec::new();
-    for m in [&q, &d] {
+    for m in [q, d] {
         let tape = Tape::train(g, 0, 1);
-        let loss = m.loss(&tape, &input, &targets).unwrap();
+        let loss = m.loss(&tape, input, targets).unwrap();
         tape.backward(&loss, 1.0).unwrap();
         let mut gs = Vec::new();
         m.visit_params(&mut |p| {
@@ -526,15 +543,13 @@ fn quantized_base_with_adapter(name: &str, kind: QuantType, adapter: &str) {
         });
         grads.push(gs);
     }
-    assert!(!grads[0].is_empty() && grads[0].len() == grads[1].len());
+    assert_eq!(grads[0].len(), grads[1].len(), "{what}: gradient count");
     for ((nq, gq), (nd, gd)) in grads[0].iter().zip(&grads[1]) {
         assert_eq!(nq, nd);
-        assert!(gq.iter().any(|&v| v != 0.0), "{nq}: zero gradient");
+        assert!(gq.iter().any(|&v| v != 0.0), "{what} {nq}: zero gradient");
         assert_close(&format!("{what} {nq}"), gq, &f64s(gd), GRAD_TOL, 1e-3);
     }
-    q.merge_lora(g).unwrap();
-    d.merge_lora(g).unwrap();
-    assert_close(&format!("{what} merged logits"), &logits(q.as_ref()), &f64s(&logits(d.as_ref())), LOGIT_TOL, 1e-4);
+    grads[0].len()
 }
 
 #[test]
@@ -743,30 +758,9 @@ fn llama_k_quantized_base_lora_equals_dequantized() {
             models.push(m);
         }
         let (q, d) = (&models[0], &models[1]);
+        let grads = assert_same_logits_and_grads(g, &what, q.as_ref(), d.as_ref(), &input, &targets);
+        assert_eq!(grads, 2 * 4 * 2, "{what}: A and B of 4 targets in 2 layers");
         let logits = |m: &dyn CausalLm| m.all_logits(g, &input).unwrap().to_f32_vec(g).unwrap();
-        assert_close(&format!("{what} logits"), &logits(q.as_ref()), &f64s(&logits(d.as_ref())), LOGIT_TOL, 1e-4);
-        let last = |m: &dyn CausalLm| m.last_logits(g, &input, None).unwrap().to_f32_vec(g).unwrap();
-        assert_close(&format!("{what} last logits"), &last(q.as_ref()), &f64s(&last(d.as_ref())), LOGIT_TOL, 1e-4);
-        let mut grads = Vec::new();
-        for m in [q, d] {
-            let tape = Tape::train(g, 0, 1);
-            let loss = m.loss(&tape, &input, &targets).unwrap();
-            tape.backward(&loss, 1.0).unwrap();
-            let mut gs = Vec::new();
-            m.visit_params(&mut |p| {
-                if let Some(grad) = &p.grad {
-                    gs.push((p.name.clone(), grad.to_f32_vec(g).unwrap()));
-                }
-            });
-            grads.push(gs);
-        }
-        assert_eq!(grads[0].len(), 2 * 4 * 2, "{what}: A and B of 4 targets in 2 layers");
-        assert_eq!(grads[0].len(), grads[1].len());
-        for ((nq, gq), (nd, gd)) in grads[0].iter().zip(&grads[1]) {
-            assert_eq!(nq, nd);
-            assert!(gq.iter().any(|&v| v != 0.0), "{what} {nq}: zero gradient");
-            assert_close(&format!("{what} {nq}"), gq, &f64s(gd), GRAD_TOL, 1e-3);
-        }
         for m in &mut models {
             m.merge_lora(g).unwrap();
         }

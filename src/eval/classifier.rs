@@ -182,22 +182,12 @@ impl ClassifierEval<'_> {
         for &b in sizes {
             let batch: Vec<&Encoded> = (0..b).map(|i| &items[i % items.len()]).collect();
             let tokens: usize = batch.iter().map(|e| e.ids.len()).sum();
-            if warmup {
+            let point = ThroughputPoint::measure(b, tokens, batches, warmup, || {
                 self.model.predict(self.gpu, &make_input(self.gpu, &batch, self.pad)?)?;
-            }
-            let t0 = Instant::now();
-            for _ in 0..batches {
-                self.model.predict(self.gpu, &make_input(self.gpu, &batch, self.pad)?)?;
-            }
-            let seconds = t0.elapsed().as_secs_f64();
+                Ok(())
+            })?;
             *peak = (*peak).max(self.gpu.allocated_bytes());
-            out.push(ThroughputPoint {
-                batch: b,
-                batches,
-                seconds,
-                examples_per_second: (b * batches) as f64 / seconds,
-                tokens_per_second: (tokens * batches) as f64 / seconds,
-            });
+            out.push(point);
         }
         Ok(out)
     }

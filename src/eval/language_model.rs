@@ -278,22 +278,12 @@ impl LmEval<'_> {
             let rows: Vec<Example> = (0..b).map(|i| examples[i % examples.len()].clone()).collect();
             let tokens: usize = rows.iter().map(|e| e.ids.len()).sum();
             let batch = make_batches(&rows, b, self.lm.pad, None)?;
-            if warmup {
+            let point = ThroughputPoint::measure(b, tokens, batches, warmup, || {
                 eval_loss(self.gpu, self.lm.model.as_ref(), &batch)?;
-            }
-            let t0 = Instant::now();
-            for _ in 0..batches {
-                eval_loss(self.gpu, self.lm.model.as_ref(), &batch)?;
-            }
-            let seconds = t0.elapsed().as_secs_f64();
+                Ok(())
+            })?;
             *peak = (*peak).max(self.gpu.allocated_bytes());
-            out.push(ThroughputPoint {
-                batch: b,
-                batches,
-                seconds,
-                examples_per_second: (b * batches) as f64 / seconds,
-                tokens_per_second: (tokens * batches) as f64 / seconds,
-            });
+            out.push(point);
         }
         Ok(out)
     }

@@ -1,6 +1,8 @@
 //! Latency and throughput summaries: percentiles of single-example timings (warm-up runs are
 //! never part of them) and rates per batch size.
 
+use std::time::Instant;
+
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -58,6 +60,34 @@ pub struct ThroughputPoint {
     pub examples_per_second: f64,
     /// Real (unpadded) tokens per second.
     pub tokens_per_second: f64,
+}
+
+impl ThroughputPoint {
+    /// Runs one batch of `batch` examples holding `tokens` real tokens: once untimed when
+    /// `warmup`, then `batches` times on the clock.
+    pub fn measure(
+        batch: usize,
+        tokens: usize,
+        batches: usize,
+        warmup: bool,
+        mut run: impl FnMut() -> Result<()>,
+    ) -> Result<ThroughputPoint> {
+        if warmup {
+            run()?;
+        }
+        let t0 = Instant::now();
+        for _ in 0..batches {
+            run()?;
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        Ok(ThroughputPoint {
+            batch,
+            batches,
+            seconds,
+            examples_per_second: (batch * batches) as f64 / seconds,
+            tokens_per_second: (tokens * batches) as f64 / seconds,
+        })
+    }
 }
 
 /// `--batch-sizes`: a comma-separated list of positive integers, e.g. `1,2,4,8`.

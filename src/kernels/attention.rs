@@ -285,20 +285,21 @@ pub fn backward(
     let read6 = [Access::Read; 6];
     let mut access = read6.to_vec();
     access.push(Access::ReadWrite);
+    // Both passes read the same six buffers (bindings 1-6) and differ only in what they write.
+    let inputs: &[(&str, Option<&Tensor>)] = &[
+        ("q", Some(q)),
+        ("k", Some(k)),
+        ("v", Some(v)),
+        ("key_mask", key_mask),
+        ("dout", Some(dout)),
+        ("stats", Some(&fwd.stats)),
+    ];
     let dq_spec = KernelSpec { file, entry: "attn_bwd_dq", header: &header, access: &access };
     gpu.dispatch(
         OP,
         &dq_spec,
         bytemuck::bytes_of(&p),
-        &[
-            ("q", Some(q)),
-            ("k", Some(k)),
-            ("v", Some(v)),
-            ("key_mask", key_mask),
-            ("dout", Some(dout)),
-            ("stats", Some(&fwd.stats)),
-            ("dq", Some(dq)),
-        ],
+        &[inputs, &[("dq", Some(dq))]].concat(),
         groups(gpu, s, s.q_heads)?,
     )?;
     access.push(Access::ReadWrite);
@@ -307,16 +308,7 @@ pub fn backward(
         OP,
         &dkv_spec,
         bytemuck::bytes_of(&p),
-        &[
-            ("q", Some(q)),
-            ("k", Some(k)),
-            ("v", Some(v)),
-            ("key_mask", key_mask),
-            ("dout", Some(dout)),
-            ("stats", Some(&fwd.stats)),
-            ("dk", Some(dk)),
-            ("dv", Some(dv)),
-        ],
+        &[inputs, &[("dk", Some(dk)), ("dv", Some(dv))]].concat(),
         groups(gpu, s, s.kv_heads)?,
     )
 }

@@ -53,6 +53,23 @@ fn params(op: &'static str, norm: Norm, rows: usize, cols: usize, eps: f32, accu
     })
 }
 
+/// Runs one entry of layer_norm.wgsl over its six bindings, of which the last `writes` are
+/// written and the others only read.
+fn dispatch(
+    gpu: &Gpu,
+    op: &'static str,
+    entry: &'static str,
+    writes: usize,
+    p: &Params,
+    bindings: &[(&'static str, Option<&Tensor>); 6],
+    groups: [u32; 3],
+) -> Result<()> {
+    let mut access = [Access::Read; 6];
+    access[6 - writes..].fill(Access::ReadWrite);
+    let spec = KernelSpec { file: shader!("layer_norm"), entry, header: "", access: &access };
+    gpu.dispatch(op, &spec, bytemuck::bytes_of(p), bindings, groups)
+}
+
 /// Normalises each row of x `[..., C]`; gamma (and beta, LayerNorm only) are `[C]`.
 ///
 /// Bindings: 1 x, 2 gamma, 3 beta, 4 y, 5 mean, 6 rstd.
@@ -78,17 +95,13 @@ pub fn forward(
     };
     let rstd = Tensor::empty(gpu, &[rows], DType::F32)?;
     let p = params(OP, norm, rows, cols, eps, false)?;
-    let spec = KernelSpec {
-        file: shader!("layer_norm"),
-        entry: "norm_fwd",
-        header: "",
-        access: &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite],
-    };
     let beta = if norm == Norm::LayerNorm { beta } else { None };
-    gpu.dispatch(
+    dispatch(
+        gpu,
         OP,
-        &spec,
-        bytemuck::bytes_of(&p),
+        "norm_fwd",
+        3,
+        &p,
         &[
             ("x", Some(x)),
             ("gamma", Some(gamma)),
@@ -126,14 +139,14 @@ pub fn backward(
         return Err(Error::invalid(OP, "LayerNorm backward needs the saved mean"));
     }
     let p = params(OP, norm, rows, cols, 0.0, accumulate)?;
-    let six = &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
     if let Some(dx) = dx {
         expect_numel(OP, "dx", dx, x.numel(), "the size of x")?;
-        let spec = KernelSpec { file: shader!("layer_norm"), entry: "norm_bwd_dx", header: "", access: six };
-        gpu.dispatch(
+        dispatch(
+            gpu,
             OP,
-            &spec,
-            bytemuck::bytes_of(&p),
+            "norm_bwd_dx",
+            1,
+            &p,
             &[
                 ("x", Some(x)),
                 ("gamma", Some(gamma)),
@@ -150,17 +163,13 @@ pub fn backward(
         if let Some(db) = dbeta {
             expect_numel(OP, "dbeta", db, cols, "the last dimension of x")?;
         }
-        let spec = KernelSpec {
-            file: shader!("layer_norm"),
-            entry: "norm_bwd_params",
-            header: "",
-            access: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite],
-        };
         let dbeta = if norm == Norm::LayerNorm { dbeta } else { None };
-        gpu.dispatch(
+        dispatch(
+            gpu,
             OP,
-            &spec,
-            bytemuck::bytes_of(&p),
+            "norm_bwd_params",
+            2,
+            &p,
             &[
                 ("x", Some(x)),
                 ("dy", Some(dy)),

@@ -107,10 +107,9 @@ fn make_qkx2_quants(
     (scale, -min)
 }
 
-/// ggml's `make_qx_quants` with `rmse_type` 1 and no importance weights (Q6_K's sub-blocks):
-/// signed levels in −nmax..nmax−1 (stored + nmax) and the scale, trying 19 inverse scales
-/// around −nmax / max and keeping the one of least weighted (x²) squared error.
-fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8]) -> f32 {
+/// (the value of largest magnitude with its sign, that magnitude); the first one on ties, as
+/// ggml picks it.
+fn signed_abs_max(x: &[f32]) -> (f32, f32) {
     let (mut max, mut amax) = (0.0f32, 0.0f32);
     for &v in x {
         if v.abs() > amax {
@@ -118,6 +117,14 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8]) -> f32 {
             max = v;
         }
     }
+    (max, amax)
+}
+
+/// ggml's `make_qx_quants` with `rmse_type` 1 and no importance weights (Q6_K's sub-blocks):
+/// signed levels in −nmax..nmax−1 (stored + nmax) and the scale, trying 19 inverse scales
+/// around −nmax / max and keeping the one of least weighted (x²) squared error.
+fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8]) -> f32 {
+    let (max, amax) = signed_abs_max(x);
     if amax < GROUP_MAX_EPS {
         l.fill(0);
         return 0.0;
@@ -272,13 +279,7 @@ pub(super) fn quantize_q6_k(x: &[f32], out: &mut Vec<u8>) {
 /// starting from the rounding at −nmax / max, then up to 5 passes that move single levels when
 /// that raises the weighted (x²) fit Σwxl² / Σwl². Returns the scale.
 fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
-    let (mut max, mut amax) = (0.0f32, 0.0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let (max, amax) = signed_abs_max(x);
     if amax < GROUP_MAX_EPS {
         l.fill(0);
         return 0.0;

@@ -138,32 +138,37 @@ fn input_pos(o: usize, k: usize, stride: usize, pad: usize, dil: usize, len: usi
     (p >= 0 && (p as usize) < len).then_some(p as usize)
 }
 
+/// Calls `f(x index, w index)` for every product in the sum for output `[n, o, i, j]`, in the
+/// order channel, kernel row, kernel column (taps outside the image are skipped).
+fn for_each_tap(g: &Conv2dGeometry, (n, o, i, j): (usize, usize, usize, usize), mut f: impl FnMut(usize, usize)) {
+    let (cg, og) = (g.c_in / g.groups, g.c_out / g.groups);
+    let grp = o / og;
+    for c in 0..cg {
+        let ci = grp * cg + c;
+        for a in 0..g.kh {
+            let Some(hi) = input_pos(i, a, g.stride.0, g.pad_begin.0, g.dilation.0, g.h) else {
+                continue;
+            };
+            for b in 0..g.kw {
+                let Some(wi) = input_pos(j, b, g.stride.1, g.pad_begin.1, g.dilation.1, g.w) else {
+                    continue;
+                };
+                f(((n * g.c_in + ci) * g.h + hi) * g.w + wi, ((o * cg + c) * g.kh + a) * g.kw + b);
+            }
+        }
+    }
+}
+
 /// y = conv(x, w) + bias. x `[N, C, H, W]`, w `[O, C/G, KH, KW]`, bias `[O]` → y `[N, O, OH, OW]`.
 pub fn forward(g: &Conv2dGeometry, x: &[f64], w: &[f64], bias: Option<&[f64]>) -> Vec<f64> {
     let (oh, ow) = g.out_hw();
-    let (cg, og) = (g.c_in / g.groups, g.c_out / g.groups);
     let mut y = vec![0.0; g.n * g.c_out * oh * ow];
     for n in 0..g.n {
         for o in 0..g.c_out {
-            let grp = o / og;
             for i in 0..oh {
                 for j in 0..ow {
                     let mut s = bias.map_or(0.0, |b| b[o]);
-                    for c in 0..cg {
-                        let ci = grp * cg + c;
-                        for a in 0..g.kh {
-                            let Some(hi) = input_pos(i, a, g.stride.0, g.pad_begin.0, g.dilation.0, g.h) else {
-                                continue;
-                            };
-                            for b in 0..g.kw {
-                                let Some(wi) = input_pos(j, b, g.stride.1, g.pad_begin.1, g.dilation.1, g.w) else {
-                                    continue;
-                                };
-                                s += w[((o * cg + c) * g.kh + a) * g.kw + b]
-                                    * x[((n * g.c_in + ci) * g.h + hi) * g.w + wi];
-                            }
-                        }
-                    }
+                    for_each_tap(g, (n, o, i, j), |xi, wk| s += w[wk] * x[xi]);
                     y[((n * g.c_out + o) * oh + i) * ow + j] = s;
                 }
             }
@@ -176,34 +181,19 @@ pub fn forward(g: &Conv2dGeometry, x: &[f64], w: &[f64], bias: Option<&[f64]>) -
 /// dbias `[O]`). Every product of the forward sum is visited once and its two partials added.
 pub fn backward(g: &Conv2dGeometry, x: &[f64], w: &[f64], dy: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (oh, ow) = g.out_hw();
-    let (cg, og) = (g.c_in / g.groups, g.c_out / g.groups);
     let mut dx = vec![0.0; x.len()];
     let mut dw = vec![0.0; w.len()];
     let mut db = vec![0.0; g.c_out];
     for n in 0..g.n {
         for o in 0..g.c_out {
-            let grp = o / og;
             for i in 0..oh {
                 for j in 0..ow {
                     let d = dy[((n * g.c_out + o) * oh + i) * ow + j];
                     db[o] += d;
-                    for c in 0..cg {
-                        let ci = grp * cg + c;
-                        for a in 0..g.kh {
-                            let Some(hi) = input_pos(i, a, g.stride.0, g.pad_begin.0, g.dilation.0, g.h) else {
-                                continue;
-                            };
-                            for b in 0..g.kw {
-                                let Some(wi) = input_pos(j, b, g.stride.1, g.pad_begin.1, g.dilation.1, g.w) else {
-                                    continue;
-                                };
-                                let xi = ((n * g.c_in + ci) * g.h + hi) * g.w + wi;
-                                let wk = ((o * cg + c) * g.kh + a) * g.kw + b;
-                                dx[xi] += d * w[wk];
-                                dw[wk] += d * x[xi];
-                            }
-                        }
-                    }
+                    for_each_tap(g, (n, o, i, j), |xi, wk| {
+                        dx[xi] += d * w[wk];
+                        dw[wk] += d * x[xi];
+                    });
                 }
             }
         }

@@ -3,23 +3,42 @@
 //!
 //! Shapes: R rows, V classes. logits [R, V]; targets [R]; class_weights [V]; lse [R].
 
-/// Returns (mean loss, lse per row, counted rows).
-pub fn forward(logits: &[f64], targets: &[i32], vocab: usize, ignore_index: i32) -> (f64, Vec<f64>, usize) {
+/// log Σ exp(row), subtracting the max first so exp cannot overflow.
+fn log_sum_exp(row: &[f64]) -> f64 {
+    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+}
+
+/// (Σ weight(t)·(lse − logit[t]), lse per row, Σ weight(t)) over the rows whose target is not
+/// the ignore index.
+fn weighted_sum(
+    logits: &[f64],
+    targets: &[i32],
+    vocab: usize,
+    ignore_index: i32,
+    weight: impl Fn(usize) -> f64,
+) -> (f64, Vec<f64>, f64) {
     let rows = targets.len();
-    let (mut total, mut count, mut lses) = (0.0, 0, vec![0.0; rows]);
+    let (mut total, mut weight_sum, mut lses) = (0.0, 0.0, vec![0.0; rows]);
     for r in 0..rows {
         let row = &logits[r * vocab..(r + 1) * vocab];
-        // Subtract the max so exp cannot overflow.
-        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        let lse = log_sum_exp(row);
         lses[r] = lse;
         let t = targets[r];
         if t != ignore_index {
-            total += lse - row[t as usize];
-            count += 1;
+            let w = weight(t as usize);
+            total += w * (lse - row[t as usize]);
+            weight_sum += w;
         }
     }
-    (total / count.max(1) as f64, lses, count)
+    (total, lses, weight_sum)
+}
+
+/// Returns (mean loss, lse per row, counted rows).
+pub fn forward(logits: &[f64], targets: &[i32], vocab: usize, ignore_index: i32) -> (f64, Vec<f64>, usize) {
+    // Every counted row weighs 1, so the weight sum is the count.
+    let (total, lses, count) = weighted_sum(logits, targets, vocab, ignore_index, |_| 1.0);
+    (total / count.max(1.0), lses, count as usize)
 }
 
 /// d(mean loss)/dlogits, times `dloss`.
@@ -55,21 +74,7 @@ pub fn forward_weighted(
     vocab: usize,
     ignore_index: i32,
 ) -> (f64, Vec<f64>, f64) {
-    let rows = targets.len();
-    let (mut total, mut weight_sum, mut lses) = (0.0, 0.0, vec![0.0; rows]);
-    for r in 0..rows {
-        let row = &logits[r * vocab..(r + 1) * vocab];
-        // Subtract the max so exp cannot overflow.
-        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
-        lses[r] = lse;
-        let t = targets[r];
-        if t != ignore_index {
-            let w = class_weights[t as usize];
-            total += w * (lse - row[t as usize]);
-            weight_sum += w;
-        }
-    }
+    let (total, lses, weight_sum) = weighted_sum(logits, targets, vocab, ignore_index, |t| class_weights[t]);
     (if weight_sum > 0.0 { total / weight_sum } else { 0.0 }, lses, weight_sum)
 }
 

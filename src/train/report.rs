@@ -15,6 +15,7 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::coord::types::RangedCoordusize;
 use plotters::prelude::*;
 use serde::Deserialize;
 use serde_json::Value;
@@ -162,6 +163,32 @@ fn moving_average(values: &[f64], window: usize) -> Vec<f64> {
     out
 }
 
+/// A chart with steps along x and `Y`'s values along y.
+type StepChart<'a, 'b, Y> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordusize, Y>>;
+
+/// A chart over the run's steps with the caption, margins and labelled mesh every run chart has;
+/// the caller draws the series and their legend.
+fn step_chart<'a, 'b, Y>(
+    area: &'a Area<'b>,
+    curves: &Curves,
+    title: &str,
+    y: Y,
+    y_desc: &str,
+) -> std::result::Result<StepChart<'a, 'b, Y::CoordDescType>, Box<dyn std::error::Error>>
+where
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0..curves.last_step().max(1), y)?;
+    chart.configure_mesh().x_desc("step").y_desc(y_desc).draw()?;
+    Ok(chart)
+}
+
 /// Training loss per step (faint), its moving average over ~5% of the steps, and validation loss.
 fn draw_loss(area: &Area, curves: &Curves, title: &str) -> DrawResult {
     let losses: Vec<f64> = curves.steps.iter().map(|s| s.1).collect();
@@ -169,13 +196,7 @@ fn draw_loss(area: &Area, curves: &Curves, title: &str) -> DrawResult {
     let smooth = moving_average(&losses, window);
     let y = padded_range(losses.iter().copied().chain(curves.evals.iter().map(|e| e.val_loss)));
 
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0..curves.last_step().max(1), y)?;
-    chart.configure_mesh().x_desc("step").y_desc("loss").draw()?;
+    let mut chart = step_chart(area, curves, title, y, "loss")?;
 
     let steps = || curves.steps.iter().map(|s| s.0);
     chart
@@ -204,13 +225,7 @@ fn draw_scores(area: &Area, curves: &Curves, title: &str) -> DrawResult {
     let y = padded_range(f1.iter().chain(&acc).map(|p| p.1));
     let y = y.start.max(0.0)..y.end.min(1.0);
 
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0..curves.last_step().max(1), y)?;
-    chart.configure_mesh().x_desc("step").y_desc("score").draw()?;
+    let mut chart = step_chart(area, curves, title, y, "score")?;
     for (points, color, label) in [(f1, ORANGE, "macro-F1"), (acc, GREEN, "accuracy")] {
         if !points.is_empty() {
             chart
@@ -249,13 +264,7 @@ where
     Y: AsRangedCoord<Value = f64>,
     Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0..curves.last_step().max(1), y)?;
-    chart.configure_mesh().x_desc("step").y_desc("perplexity").draw()?;
+    let mut chart = step_chart(area, curves, title, y, "perplexity")?;
     chart
         .draw_series(LineSeries::new(ppl, PURPLE.stroke_width(2)).point_size(4))?
         .label("validation perplexity")
@@ -648,26 +657,27 @@ mod tests {
         (info.width, info.height, drawn)
     }
 
-    #[test]
-    fn plots_a_classifier_run() {
-        let dir = tempfile::tempdir().unwrap();
-        classifier_run(dir.path());
-        let written = plot_curves(dir.path()).unwrap();
-        assert_eq!(written, vec![dir.path().join("loss.png"), dir.path().join("metric.png")]);
+    /// Plots the run in `dir` and checks that it wrote loss.png and metric.png, both drawn on.
+    fn assert_plots_both_curves(dir: &Path) {
+        let written = plot_curves(dir).unwrap();
+        assert_eq!(written, vec![dir.join("loss.png"), dir.join("metric.png")]);
         for path in &written {
             assert_eq!(decode_png(path), (SIZE.0, SIZE.1, true), "{}", path.display());
         }
     }
 
     #[test]
+    fn plots_a_classifier_run() {
+        let dir = tempfile::tempdir().unwrap();
+        classifier_run(dir.path());
+        assert_plots_both_curves(dir.path());
+    }
+
+    #[test]
     fn plots_a_language_model_run() {
         let dir = tempfile::tempdir().unwrap();
         lm_run(dir.path());
-        let written = plot_curves(dir.path()).unwrap();
-        assert_eq!(written, vec![dir.path().join("loss.png"), dir.path().join("metric.png")]);
-        for path in &written {
-            assert_eq!(decode_png(path), (SIZE.0, SIZE.1, true), "{}", path.display());
-        }
+        assert_plots_both_curves(dir.path());
         // Perplexity 403 -> 7.8 was drawn on a log scale; without the eval before training the
         // span is under a decade and the scale linear.
         let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
