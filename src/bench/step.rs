@@ -301,7 +301,14 @@ impl<'g> StepBench<'g> {
             Model::Lm(m) => memory::estimate_lm(m.as_mut(), b, t).with_checkpointing(ckpt),
             Model::Classifier(m) => {
                 // Its adapters are attached already: count them as trainable weights.
-                let none = LoraConfig { r: 0, alpha: 0.0, dropout: 0.0, target_modules: vec![], use_rslora: false, use_dora: false };
+                let none = LoraConfig {
+                    r: 0,
+                    alpha: 0.0,
+                    dropout: 0.0,
+                    target_modules: vec![],
+                    use_rslora: false,
+                    use_dora: false,
+                };
                 memory::estimate_classifier(m, Strategy::Lora, &none, b, t).with_checkpointing(ckpt)
             }
         }

@@ -228,7 +228,7 @@ impl Trials {
             // before its first checkpoint) replaces what it left.
             flags.push("--overwrite".into());
         }
-        match super::Cli::try_parse_from(&flags) {
+        match super::Cli::try_parse_args(&flags) {
             Ok(super::Cli { command: super::Command::Train(mut a) }) => {
                 a.quiet = true;
                 Ok(*a)

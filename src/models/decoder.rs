@@ -776,8 +776,7 @@ impl CausalLm for Decoder {
                 })?
             } else {
                 let positions = input.positions.as_ref().map(|p| &p.1);
-                let inputs =
-                    BlockInputs { rope, positions, spec, key_mask: input.key_mask.as_ref(), cache, layer: i };
+                let inputs = BlockInputs { rope, positions, spec, key_mask: input.key_mask.as_ref(), cache, layer: i };
                 block_forward(tape, cfg, l, &x, &inputs)?
             };
         }

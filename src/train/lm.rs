@@ -92,7 +92,10 @@ impl<'a> LmTask<'a> {
         if cfg.pack.is_some() && !model.supports_packing() {
             return Err(Error::invalid(
                 "--pack",
-                format!("the {} model does not implement packed attention yet; train without --pack", model.model_type()),
+                format!(
+                    "the {} model does not implement packed attention yet; train without --pack",
+                    model.model_type()
+                ),
             ));
         }
         let micro_per_epoch = match cfg.pack {

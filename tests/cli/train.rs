@@ -63,6 +63,21 @@ fn classifier_data_errors_name_the_problem() {
     with(&[("train.jsonl", ok)]).flag("dropout", "1.5").fails_naming(&["--dropout", "1.5"]);
 }
 
+/// A negative value written with a space (`--lr -1`, as README's table writes it) is a value,
+/// not a flag: it reaches kiln's own range check, for floats and integers alike.
+#[test]
+fn negative_values_reach_kilns_range_checks() {
+    let ws = bert_workspace();
+    let train = || kiln("train").model(&ws.model).data(&ws.data).out(&ws.path("run"));
+    train().flag("lr", "-1").fails_naming(&["--lr: -1; expected a positive number"]);
+    train().flag("weight-decay", "-0.5").fails_naming(&["--weight-decay: -0.5; expected a number ≥ 0"]);
+    train().flag("lora-dropout", "-1e3").fails_naming(&["--lora-dropout: -1000"]);
+    train().flag("max-grad-norm", "-0.5").fails_naming(&["--max-grad-norm: -0.5"]);
+    let err = train().flag("batch-size", "-2").fails_naming(&["--batch-size", "-2"]);
+    assert!(!err.contains("unexpected argument"), "{err}");
+    assert!(!ws.path("run").exists(), "a refused run left its folder");
+}
+
 /// Early stopping on a language model: patience 1 with a min_delta nothing can beat stops at
 /// the first evaluation after step 0, and the saved adapter is step 0's (every lora_B zero).
 #[test]

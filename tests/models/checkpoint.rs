@@ -58,7 +58,8 @@ fn decoder_case(name: &str) {
     let e = Expected::read(&dir);
     let mut model = load_causal_lm(g, &dir).unwrap();
     let targets = model.lora_targets(&["all-linear".to_string()]);
-    let lora = LoraConfig { r: 4, alpha: 8.0, dropout: 0.1, target_modules: targets, use_rslora: false, use_dora: false };
+    let lora =
+        LoraConfig { r: 4, alpha: 8.0, dropout: 0.1, target_modules: targets, use_rslora: false, use_dora: false };
     model.add_lora(g, &lora, 7).unwrap();
     // GPT-2's residual and embedding dropout too.
     let _ = model.set_dropout(0.1);
@@ -142,7 +143,11 @@ fn checkpointing_turns_on_when_the_run_would_not_fit() {
     let mut model = load_causal_lm(g, &fixture("llama_tiny")).unwrap();
     let targets = model.lora_targets(&["all-linear".to_string()]);
     model
-        .add_lora(g, &LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, target_modules: targets, use_rslora: false, use_dora: false }, 1)
+        .add_lora(
+            g,
+            &LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, target_modules: targets, use_rslora: false, use_dora: false },
+            1,
+        )
         .unwrap();
     let e = estimate_lm(model.as_mut(), 64, 64);
     assert!(e.activations_checkpointed < e.activations_plain, "{e:?}");

@@ -68,7 +68,8 @@ fn lora_gradients_through_a_bf16_base_equal_the_widened_ones() {
     for base in [BaseDtype::Auto, BaseDtype::F32] {
         let mut model = load_causal_lm_with(g, &dir, base).unwrap();
         let targets_ = model.lora_targets(&["all-linear".to_string()]);
-        let lora = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, target_modules: targets_, use_rslora: false, use_dora: false };
+        let lora =
+            LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, target_modules: targets_, use_rslora: false, use_dora: false };
         model.add_lora(g, &lora, 3).unwrap();
         // Nonzero B, so A's gradients and dx through the adapters are not zero.
         let mut rng = Rng::new(5);
