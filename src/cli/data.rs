@@ -211,6 +211,7 @@ fn read_all(paths: &[PathBuf]) -> Result<Vec<DataFile>> {
 /// The tokenizer of a model folder, without truncation or padding (lengths as they are).
 fn length_tokenizer(model: &Path) -> Result<Tokenizer> {
     let path = model.join("tokenizer.json");
+    crate::formats::lfs::check_file(&path)?;
     let mut tok = Tokenizer::from_file(&path)
         .map_err(|e| Error::Parse { path: path.clone(), message: format!("not a tokenizer: {e}") })?;
     tok.with_padding(None);

@@ -5,7 +5,9 @@
 
 pub mod chat_template;
 pub mod gguf;
+pub mod lfs;
 pub mod peft;
 pub mod safetensors;
+mod safetensors_header;
 pub mod sentencepiece;
 pub mod tokenizer;

@@ -367,10 +367,13 @@ impl HfTokenizer {
 pub fn hf_tokenizer(dir: &Path) -> Result<Tokenizer> {
     let json = dir.join("tokenizer.json");
     if json.is_file() {
+        super::lfs::check_file(&json)?;
         return Tokenizer::from_file(&json).map_err(|e| Error::Parse { path: json, message: e.to_string() });
     }
     let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
     if vocab.is_file() && merges.is_file() {
+        super::lfs::check_file(&vocab)?;
+        super::lfs::check_file(&merges)?;
         let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
             .build()
             .map_err(|e| Error::Parse { path: vocab.clone(), message: e.to_string() })?;

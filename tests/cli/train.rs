@@ -78,6 +78,44 @@ fn negative_values_reach_kilns_range_checks() {
     assert!(!ws.path("run").exists(), "a refused run left its folder");
 }
 
+/// A git-lfs pointer where a model file should be is named as one, in each kind of file kiln
+/// reads; a safetensors header with an unknown dtype or offsets past the end names the tensor.
+#[test]
+fn lfs_pointers_and_broken_safetensors_headers_are_named() {
+    let ws = lm_workspace();
+    let pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a21\nsize 269060552\n";
+    let broken = |name: &str, contents: &[u8]| -> std::path::PathBuf {
+        let model = ws.path(&format!("model-{name}"));
+        std::fs::create_dir_all(&model).unwrap();
+        for e in std::fs::read_dir(&ws.model).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+        }
+        std::fs::write(model.join(name), contents).unwrap();
+        model
+    };
+    for name in ["model.safetensors", "config.json", "tokenizer.json"] {
+        let model = broken(name, pointer.as_bytes());
+        lm_run(&ws, &ws.path("run")).model(&model).fails_naming(&[name, "git-lfs pointer", "git lfs pull"]);
+    }
+    let gguf = ws.path("model.gguf");
+    std::fs::write(&gguf, pointer).unwrap();
+    lm_run(&ws, &ws.path("run")).model(&gguf).fails_naming(&["model.gguf", "git-lfs pointer"]);
+    let header = |h: &str| {
+        let mut b = (h.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(h.as_bytes());
+        b.extend([0u8; 8]);
+        b
+    };
+    let model =
+        broken("model.safetensors", &header(r#"{"w": {"dtype": "F12", "shape": [2], "data_offsets": [0, 8]}}"#));
+    lm_run(&ws, &ws.path("run")).model(&model).fails_naming(&["tensor `w`", "`F12`"]);
+    let model =
+        broken("model.safetensors", &header(r#"{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}"#));
+    lm_run(&ws, &ws.path("run")).model(&model).fails_naming(&["tensor `w` (F32)", "[0, 16]", "bytes"]);
+    assert!(!ws.path("run").exists(), "a refused run left its folder");
+}
+
 /// Early stopping on a language model: patience 1 with a min_delta nothing can beat stops at
 /// the first evaluation after step 0, and the saved adapter is step 0's (every lora_B zero).
 #[test]

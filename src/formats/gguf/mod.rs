@@ -186,6 +186,7 @@ impl GgufFile {
     /// Reads and parses the file at `path`.
     pub fn open(path: &Path) -> Result<GgufFile> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        crate::formats::lfs::check_bytes(path, &bytes)?;
         GgufFile::parse(bytes, path)
     }
 
