@@ -78,6 +78,21 @@ fn negative_values_reach_kilns_range_checks() {
     assert!(!ws.path("run").exists(), "a refused run left its folder");
 }
 
+/// A folder above the data, or the training file itself, given as `--data` is pointed at the
+/// folder that holds train.jsonl; a model of the wrong kind is named without Rust debug text.
+#[test]
+fn data_and_model_mistakes_point_at_the_fix() {
+    let ws = lm_workspace();
+    let data = ws.data.display().to_string();
+    lm_run(&ws, &ws.path("a")).data(ws.tmp.path()).fails_naming(&["no train.jsonl", &format!("try --data {data}")]);
+    lm_run(&ws, &ws.path("b")).data(&ws.data.join("train.jsonl")).fails_naming(&["the folder, not the file", &data]);
+    let bert = ws.path("bert");
+    std::fs::create_dir_all(&bert).unwrap();
+    std::fs::write(bert.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
+    let err = kiln("generate").model(&bert).flag("prompt", "w3").fails_naming(&["model_type `bert`"]);
+    assert!(!err.contains("Some("), "{err}");
+}
+
 /// A git-lfs pointer where a model file should be is named as one, in each kind of file kiln
 /// reads; a safetensors header with an unknown dtype or offsets past the end names the tensor.
 #[test]
