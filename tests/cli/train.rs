@@ -131,6 +131,31 @@ fn lfs_pointers_and_broken_safetensors_headers_are_named() {
     assert!(!ws.path("run").exists(), "a refused run left its folder");
 }
 
+/// Data that tokenizes to nothing and a classifier's --max-len past the encoder's positions
+/// are refused before the run folder exists, naming the file or the flag.
+#[test]
+fn empty_after_tokenizing_and_too_long_max_len_are_refused_up_front() {
+    let ws = lm_workspace();
+    // Prompts of three words and a BOS fill 3 tokens: no completion token is left to train on.
+    let run = ws.path("run");
+    lm_run(&ws, &run).flag("max-len", "3").fails_naming(&[
+        "train.jsonl",
+        "no training examples",
+        "64 of 64 records",
+        "tokenizing",
+        "--max-len 3",
+    ]);
+    assert!(!run.exists(), "a refused run left its folder");
+    // The tiny BERT has 32 positions: an explicit --max-len past them is refused by name, the
+    // default (128) is kept within them.
+    let ws = bert_workspace();
+    let run = ws.path("run");
+    classifier_run(&ws, &run, "head").flag("max-len", "33").fails_naming(&["--max-len", "33", "32 positions"]);
+    assert!(!run.exists(), "a refused run left its folder");
+    classifier_run(&ws, &run, "head").flag("steps", "1").run();
+    assert_eq!(read_json(&run.join("settings.json"))["max_len"], 32);
+}
+
 /// Early stopping on a language model: patience 1 with a min_delta nothing can beat stops at
 /// the first evaluation after step 0, and the saved adapter is step 0's (every lora_B zero).
 #[test]
