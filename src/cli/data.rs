@@ -424,14 +424,14 @@ fn run_split(a: SplitArgs) -> Result<()> {
     let ins = inspect(std::slice::from_ref(&file), &a.near.config(a.seed), None)?;
     let labels: Vec<Option<&str>> = file.rows.iter().map(|r| r.label.as_deref()).collect();
     let split = assign(&labels, &ins.cluster, &cfg);
-    // The splits and all three outputs checked before anything is written.
-    cfg.check_assigned(&split, &a.file.display().to_string())?;
+    // All three outputs and the splits checked before anything is written.
     let names = SPLIT_NAMES;
     let paths: Vec<PathBuf> = names.iter().map(|n| a.out.join(format!("{n}.{ext}"))).collect();
     for path in &paths {
         refuse_overwrite(path, &a.file)?;
         super::check_output(path, a.overwrite)?;
     }
+    cfg.check_assigned(&split, &a.file.display().to_string())?;
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     let mut counts = Vec::new();
     for (s, (name, path)) in names.iter().zip(&paths).enumerate() {

@@ -142,6 +142,7 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
+        super::lfs::check_file(&index)?;
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| Error::Parse { path: index.clone(), message: e.to_string() })?;

@@ -286,6 +286,7 @@ impl HfTokenizer {
         let tokenizer = hf_tokenizer(dir)?;
         let config_path = dir.join("tokenizer_config.json");
         let config: serde_json::Value = if config_path.is_file() {
+            super::lfs::check_file(&config_path)?;
             let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
             serde_json::from_str(&text)
                 .map_err(|e| Error::Parse { path: config_path.clone(), message: e.to_string() })?

@@ -347,7 +347,7 @@ mod tests {
         let (tmp, dir) = (root.path().join(".tmp-step-0000003-1"), root.path().join("step-0000003"));
         let err = write_whole(&tmp, &dir, |t| {
             std::fs::write(t.join("state.safetensors"), b"half").unwrap();
-            Err(Error::io(&t.join("state.json"), std::io::Error::other("no space left on device")))
+            Err(Error::io(t.join("state.json"), std::io::Error::other("no space left on device")))
         })
         .unwrap_err();
         assert!(err.to_string().contains("no space left"), "{err}");
