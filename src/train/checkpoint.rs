@@ -107,7 +107,7 @@ pub fn save(
     remove_stale_temps(root);
     let tmp = root.join(format!(".tmp-step-{:07}-{}", state.step, std::process::id()));
     let json = serde_json::to_string_pretty(&file).expect("checkpoint state serializes");
-    write_whole(&tmp, &dir, |tmp| {
+    crate::util::write_folder_whole(&tmp, &dir, |tmp| {
         save_safetensors(&tmp.join("state.safetensors"), &tensors, None)?;
         write_atomic(&tmp.join("state.json"), json.as_bytes())
     })?;
@@ -116,23 +116,6 @@ pub fn save(
         std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
     }
     Ok(dir)
-}
-
-/// Fills the folder `tmp` with `write`, then renames it to `dir` (replacing one there): a reader
-/// sees a whole checkpoint or none. When writing fails (a full disk) `tmp` is removed before the
-/// error is returned, so a failed save leaves nothing behind.
-fn write_whole(tmp: &Path, dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let filled = std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e)).and_then(|()| write(tmp));
-    let moved = filled.and_then(|()| {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        std::fs::rename(tmp, dir).map_err(|e| Error::io(dir, e))
-    });
-    if moved.is_err() {
-        let _ = std::fs::remove_dir_all(tmp);
-    }
-    moved
 }
 
 /// Half-written checkpoints of runs that were killed: never listed, removed at the next save.
@@ -332,27 +315,5 @@ impl<'a> RunKeeper<'a> {
     /// Puts the best evaluation's weights back (when restoring); the best (step, value).
     pub fn finish(&self, model: &mut dyn Module) -> Result<Option<(usize, f64)>> {
         self.tracker.finish(self.gpu, model)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A save that fails halfway (here the second file, as a full disk would) removes its
-    /// `.tmp-step-*` folder and leaves no checkpoint; one that succeeds leaves only the step.
-    #[test]
-    fn a_failed_write_removes_its_temp_folder() {
-        let root = tempfile::tempdir().unwrap();
-        let (tmp, dir) = (root.path().join(".tmp-step-0000003-1"), root.path().join("step-0000003"));
-        let err = write_whole(&tmp, &dir, |t| {
-            std::fs::write(t.join("state.safetensors"), b"half").unwrap();
-            Err(Error::io(t.join("state.json"), std::io::Error::other("no space left on device")))
-        })
-        .unwrap_err();
-        assert!(err.to_string().contains("no space left"), "{err}");
-        assert!(!tmp.exists() && !dir.exists(), "a failed save left {:?}", std::fs::read_dir(root.path()).unwrap());
-        write_whole(&tmp, &dir, |t| std::fs::write(t.join("state.json"), b"{}").map_err(|e| Error::io(t, e))).unwrap();
-        assert!(dir.join("state.json").is_file() && !tmp.exists());
     }
 }
