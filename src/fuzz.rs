@@ -63,11 +63,10 @@ pub fn csv(bytes: &[u8]) {
 
 /// A `--config` TOML file expanded into flags and parsed as `kiln train`'s command line.
 pub fn toml(bytes: &[u8]) {
-    use clap::Parser;
     let path = ScratchFile::new("toml", bytes);
     let args = ["kiln", "train", "--config"].map(std::ffi::OsString::from).into_iter().chain([path.0.clone().into()]);
     let Ok(args) = crate::cli::config::expand(args.collect()) else { return };
-    if let Ok(crate::cli::Cli { command: crate::cli::Command::Train(train) }) = crate::cli::Cli::try_parse_from(args) {
+    if let Ok(crate::cli::Cli { command: crate::cli::Command::Train(train) }) = crate::cli::Cli::try_parse_args(args) {
         let _ = train.settings.validate();
     }
 }

@@ -1,8 +1,6 @@
 //! The `kiln` binary: parse the command line, call the library, map errors to a message and
 //! a non-zero exit code.
 
-use clap::Parser;
-
 fn main() {
     let args = match kiln::cli::config::expand(std::env::args_os().collect()) {
         Ok(args) => args,
@@ -11,7 +9,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let cli = kiln::cli::Cli::parse_from(args);
+    let cli = kiln::cli::Cli::parse_args(args);
     if let Err(e) = kiln::cli::run(cli) {
         eprintln!("error: {e}");
         let code = match e {

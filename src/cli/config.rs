@@ -102,7 +102,7 @@ fn check_flags(path: &Path, sub: &str, flags: &[OsString]) -> Result<()> {
         let n = if takes_value { 2 } else { 1 };
         let one: Vec<OsString> =
             ["kiln".into(), sub.into()].into_iter().chain(flags[i..i + n].iter().cloned()).collect();
-        if let Err(e) = <super::Cli as clap::Parser>::try_parse_from(&one) {
+        if let Err(e) = super::Cli::try_parse_args(&one) {
             let key = flags[i].to_string_lossy().trim_start_matches("--").replace('-', "_");
             let message = match e.kind() {
                 ErrorKind::UnknownArgument => {

@@ -11,7 +11,7 @@ use crate::curate::inspect::{Inspection, inspect};
 use crate::curate::minhash::NearDupConfig;
 use crate::curate::report::{self, SuspectRow};
 use crate::curate::rows::{DataFile, read_rows, write_rows};
-use crate::curate::split::{SplitConfig, assign};
+use crate::curate::split::{SPLIT_NAMES, SplitConfig, assign};
 use crate::curate::suspicious::{HeadFit, find_suspects, out_of_fold_probabilities};
 use crate::data::catalog;
 use crate::data::encode::{encode_texts, encoder_tokenizer, pad_id};
@@ -211,6 +211,7 @@ fn read_all(paths: &[PathBuf]) -> Result<Vec<DataFile>> {
 /// The tokenizer of a model folder, without truncation or padding (lengths as they are).
 fn length_tokenizer(model: &Path) -> Result<Tokenizer> {
     let path = model.join("tokenizer.json");
+    crate::formats::lfs::check_file(&path)?;
     let mut tok = Tokenizer::from_file(&path)
         .map_err(|e| Error::Parse { path: path.clone(), message: format!("not a tokenizer: {e}") })?;
     tok.with_padding(None);
@@ -416,20 +417,22 @@ fn run_clean(a: CleanArgs) -> Result<()> {
 }
 
 fn run_split(a: SplitArgs) -> Result<()> {
+    let cfg = SplitConfig { valid: a.valid, test: a.test, seed: a.seed, group_aware: !a.no_group };
+    cfg.check()?;
     let file = read_rows(&a.file)?;
     let ext = a.file.extension().and_then(|x| x.to_str()).unwrap_or("jsonl").to_string();
     let ins = inspect(std::slice::from_ref(&file), &a.near.config(a.seed), None)?;
     let labels: Vec<Option<&str>> = file.rows.iter().map(|r| r.label.as_deref()).collect();
-    let cfg = SplitConfig { valid: a.valid, test: a.test, seed: a.seed, group_aware: !a.no_group };
     let split = assign(&labels, &ins.cluster, &cfg);
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
-    // All three checked before any is written.
-    let names = ["train", "valid", "test"];
+    // All three outputs and the splits checked before anything is written.
+    let names = SPLIT_NAMES;
     let paths: Vec<PathBuf> = names.iter().map(|n| a.out.join(format!("{n}.{ext}"))).collect();
     for path in &paths {
         refuse_overwrite(path, &a.file)?;
         super::check_output(path, a.overwrite)?;
     }
+    cfg.check_assigned(&split, &a.file.display().to_string())?;
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     let mut counts = Vec::new();
     for (s, (name, path)) in names.iter().zip(&paths).enumerate() {
         let rows: Vec<_> =

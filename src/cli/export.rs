@@ -47,18 +47,16 @@ pub fn run(args: ExportArgs) -> Result<()> {
     // model folder with some of its files.
     let name = args.out.file_name().map_or("export".into(), |n| n.to_string_lossy().into_owned());
     let tmp = args.out.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    save_safetensors(&tmp.join("model.safetensors"), &tensors, Some(meta))?;
     let config = serde_json::to_string_pretty(&lm.model.config_json()).expect("json");
-    write_atomic(&tmp.join("config.json"), config.as_bytes())?;
     let tok_json = lm.tokenizer.to_string(true).map_err(|e| Error::invalid("export", e.to_string()))?;
-    write_atomic(&tmp.join("tokenizer.json"), tok_json.as_bytes())?;
-    if args.out.exists() {
-        std::fs::remove_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
-    }
-    std::fs::rename(&tmp, &args.out).map_err(|e| Error::io(&args.out, e))?;
+    // A failed write (a full disk) removes the temporary folder.
+    crate::util::write_folder_whole(&tmp, &args.out, |tmp| {
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        save_safetensors(&tmp.join("model.safetensors"), &tensors, Some(meta))?;
+        write_atomic(&tmp.join("config.json"), config.as_bytes())?;
+        write_atomic(&tmp.join("tokenizer.json"), tok_json.as_bytes())
+    })?;
     println!("merged model written to {} ({} tensors)", args.out.display(), tensors.len());
     Ok(())
 }

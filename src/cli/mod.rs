@@ -49,6 +49,44 @@ pub enum Command {
     Tune(Box<tune::TuneArgs>),
 }
 
+impl Cli {
+    /// kiln's command line: the derived one with negative numbers taken as values in every
+    /// subcommand, so `--lr -1` reaches kiln's own range check (`--lr: -1; expected a positive
+    /// number`) instead of clap's "unexpected argument '-1'". clap keeps this setting per
+    /// command, hence the walk over the tree. (Not `allow_hyphen_values` on numeric flags: that
+    /// would take the next flag as a forgotten value, `--lr --steps 3`, and hide clap's "a value
+    /// is required". The cost: `-1e-3`, whose exponent has a sign, still needs `--lr=-1e-3`.)
+    pub fn command_line() -> clap::Command {
+        fn allow_negative(cmd: clap::Command) -> clap::Command {
+            let mut cmd = cmd.allow_negative_numbers(true);
+            for sub in cmd.get_subcommands_mut() {
+                *sub = allow_negative(std::mem::take(sub));
+            }
+            cmd
+        }
+        allow_negative(<Cli as clap::CommandFactory>::command())
+    }
+
+    /// Parses a command line with [`Cli::command_line`]'s settings.
+    pub fn try_parse_args<I, T>(args: I) -> std::result::Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command_line().try_get_matches_from(args)?;
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
+    }
+
+    /// [`Cli::try_parse_args`], printing clap's message (or the help) and exiting on an error.
+    pub fn parse_args<I, T>(args: I) -> Cli
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Cli::try_parse_args(args).unwrap_or_else(|e| e.exit())
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices(args) => devices::run(args),

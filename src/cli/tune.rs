@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 
 use super::AdapterArgs;
 use super::train::TrainArgs;
@@ -228,7 +228,7 @@ impl Trials {
             // before its first checkpoint) replaces what it left.
             flags.push("--overwrite".into());
         }
-        match super::Cli::try_parse_from(&flags) {
+        match super::Cli::try_parse_args(&flags) {
             Ok(super::Cli { command: super::Command::Train(mut a) }) => {
                 a.quiet = true;
                 Ok(*a)

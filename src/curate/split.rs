@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::error::{Error, Result};
 use crate::util::SplitMix64;
 
 #[derive(Clone, Debug, Serialize)]
@@ -14,6 +15,55 @@ pub struct SplitConfig {
     pub test: f64,
     pub seed: u64,
     pub group_aware: bool,
+}
+
+/// The splits in the order [`assign`] numbers them.
+pub const SPLIT_NAMES: [&str; 3] = ["train", "valid", "test"];
+
+impl SplitConfig {
+    /// The fractions checked: each finite and in [0, 1), and together under 1 so training keeps
+    /// some rows (`--valid 0.9 --test 0.9` would otherwise write an empty train file).
+    pub fn check(&self) -> Result<()> {
+        for (flag, v) in [("--valid", self.valid), ("--test", self.test)] {
+            if !(v.is_finite() && (0.0..1.0).contains(&v)) {
+                return Err(Error::invalid(flag, format!("{v}; expected a fraction in [0, 1)")));
+            }
+        }
+        if self.valid + self.test >= 1.0 {
+            return Err(Error::invalid(
+                "--valid",
+                format!(
+                    "--valid {} and --test {} add up to {} and leave nothing to train on; their sum must be under 1",
+                    self.valid,
+                    self.test,
+                    self.valid + self.test
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`assign`]'s result checked: train, and each split asked for (fraction above 0), holds
+    /// at least one row; `file` names the input in the message.
+    pub fn check_assigned(&self, split: &[u8], file: &str) -> Result<()> {
+        if split.is_empty() {
+            return Err(Error::invalid("data split", format!("{file} has no rows to split")));
+        }
+        for (s, (name, asked)) in SPLIT_NAMES.iter().zip([1.0, self.valid, self.test]).enumerate() {
+            if asked > 0.0 && !split.iter().any(|&x| x as usize == s) {
+                let why = if s == 0 {
+                    "every row went to valid or test; lower --valid/--test".to_string()
+                } else {
+                    format!(
+                        "--{name} {asked} of {} rows rounds to none; raise --{name} or pass --{name} 0",
+                        split.len()
+                    )
+                };
+                return Err(Error::invalid("data split", format!("{file}: the {name} split would be empty: {why}")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Which split each row goes to: 0 train, 1 valid, 2 test.
@@ -71,6 +121,29 @@ pub fn assign(labels: &[Option<&str>], cluster: &[usize], cfg: &SplitConfig) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fractions_are_checked_and_no_asked_split_is_left_empty() {
+        let cfg = |valid, test| SplitConfig { valid, test, seed: 0, group_aware: false };
+        for (v, t, flag) in [
+            (-0.1, 0.2, "--valid"),
+            (f64::NAN, 0.2, "--valid"),
+            (0.1, 1.0, "--test"),
+            (0.9, 0.9, "sum must be under 1"),
+        ] {
+            let e = cfg(v, t).check().unwrap_err().to_string();
+            assert!(e.contains(flag), "valid {v} test {t}: {e}");
+        }
+        cfg(0.0, 0.5).check().unwrap();
+        // 5 rows: 0.05 of them rounds to none; a split not asked for (0) may stay empty.
+        let labels = vec![None; 5];
+        let cluster: Vec<usize> = (0..5).collect();
+        let e = cfg(0.05, 0.2).check_assigned(&assign(&labels, &cluster, &cfg(0.05, 0.2)), "f.jsonl").unwrap_err();
+        assert!(e.to_string().contains("f.jsonl: the valid split would be empty"), "{e}");
+        cfg(0.0, 0.2).check_assigned(&assign(&labels, &cluster, &cfg(0.0, 0.2)), "f.jsonl").unwrap();
+        let e = cfg(0.1, 0.2).check_assigned(&[], "f.jsonl").unwrap_err();
+        assert!(e.to_string().contains("no rows"), "{e}");
+    }
 
     #[test]
     fn clusters_stay_whole_and_labels_keep_their_share() {

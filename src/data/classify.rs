@@ -165,7 +165,10 @@ fn csv_error(path: &Path, e: csv::Error) -> Error {
 pub fn read_folder(dir: &Path) -> Result<Splits> {
     const EXPECTED: &str = "expected train.jsonl or train.csv (and optionally valid.*, test.*)";
     if !dir.is_dir() {
-        return Err(Error::Parse { path: dir.to_path_buf(), message: format!("not a folder; {EXPECTED}") });
+        return Err(Error::Parse {
+            path: dir.to_path_buf(),
+            message: format!("not a folder; {EXPECTED}{}", super::train_file_hint(dir)),
+        });
     }
     let split_path = |name: &str| -> Result<Option<PathBuf>> {
         let jsonl = dir.join(format!("{name}.jsonl"));
@@ -181,7 +184,10 @@ pub fn read_folder(dir: &Path) -> Result<Splits> {
         }
     };
     let Some(train) = split_path("train")? else {
-        return Err(Error::Parse { path: dir.to_path_buf(), message: format!("no training file; {EXPECTED}") });
+        return Err(Error::Parse {
+            path: dir.to_path_buf(),
+            message: format!("no training file; {EXPECTED}{}", super::train_file_hint(dir)),
+        });
     };
     let optional = |name: &str| -> Result<Vec<Example>> {
         match split_path(name)? {

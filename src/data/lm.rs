@@ -99,14 +99,20 @@ pub fn read_folder(dir: &Path) -> Result<LmSplits> {
     if !dir.is_dir() {
         return Err(Error::Parse {
             path: dir.to_path_buf(),
-            message: "not a folder; expected a folder with train.jsonl (and optionally valid.jsonl, test.jsonl)".into(),
+            message: format!(
+                "not a folder; expected a folder with train.jsonl (and optionally valid.jsonl, test.jsonl){}",
+                super::train_file_hint(dir)
+            ),
         });
     }
     let train_path = dir.join("train.jsonl");
     if !train_path.is_file() {
         return Err(Error::Parse {
             path: dir.to_path_buf(),
-            message: "no train.jsonl; expected train.jsonl (and optionally valid.jsonl, test.jsonl)".into(),
+            message: format!(
+                "no train.jsonl; expected train.jsonl (and optionally valid.jsonl, test.jsonl){}",
+                super::train_file_hint(dir)
+            ),
         });
     }
     let optional = |name: &str| -> Result<Option<Vec<Record>>> {

@@ -24,6 +24,34 @@ pub mod lm;
 pub mod packing;
 pub mod spamassassin;
 
+/// What to say when `dir` (given as `--data`) holds no training file: a file given instead of
+/// its folder, or a folder whose subfolders hold one (`--data project` for `project/data`),
+/// is pointed at; otherwise nothing is added.
+pub(crate) fn train_file_hint(dir: &std::path::Path) -> String {
+    let holds_train = |d: &std::path::Path| ["train.jsonl", "train.csv"].iter().any(|f| d.join(f).is_file());
+    if dir.is_file() {
+        if let Some(parent) = dir.parent().filter(|p| holds_train(p)) {
+            let parent = if parent.as_os_str().is_empty() { std::path::Path::new(".") } else { parent };
+            return format!("; --data takes the folder, not the file: try --data {}", parent.display());
+        }
+        return String::new();
+    }
+    let mut inner: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && holds_train(p))
+        .map(|p| p.display().to_string())
+        .collect();
+    inner.sort();
+    match inner.as_slice() {
+        [] => String::new(),
+        [one] => format!("; its subfolder {one} has one: try --data {one}"),
+        many => format!("; its subfolders {} have one: pass one of them as --data", many.join(", ")),
+    }
+}
+
 /// An error in a data file at a line: `path: line N: message`.
 pub(crate) fn line_error(path: &std::path::Path, line: usize, message: impl std::fmt::Display) -> crate::Error {
     crate::Error::Parse { path: path.to_path_buf(), message: format!("line {line}: {message}") }

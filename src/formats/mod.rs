@@ -5,9 +5,11 @@
 
 pub mod chat_template;
 pub mod gguf;
+pub mod lfs;
 pub mod peft;
 pub mod pth;
 pub mod safetensors;
+mod safetensors_header;
 pub mod sentencepiece;
 pub mod tokenizer;
 pub mod weights;

@@ -99,6 +99,7 @@ pub fn write_adapter(
 /// Reads `adapter_config.json`, refusing PEFT options kiln does not implement.
 pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
     let path = dir.join("adapter_config.json");
+    super::lfs::check_file(&path)?;
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::Parse { path: path.clone(), message: e.to_string() })?;

@@ -109,9 +109,13 @@ impl SafetensorsSource {
 
     fn add_file(&mut self, file: &Path, bytes: &[u8]) -> Result<()> {
         // The crate checks the header length, every offset and each tensor's byte count against
-        // the file before it hands out a view.
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| Error::Parse { path: file.to_path_buf(), message: format!("not a safetensors file: {e}") })?;
+        // the file before it hands out a view; when it refuses, the header is read again here to
+        // name the tensor and the sizes.
+        super::lfs::check_bytes(file, bytes)?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Parse {
+            path: file.to_path_buf(),
+            message: format!("not a safetensors file: {}", super::safetensors_header::diagnose(bytes, &e.to_string())),
+        })?;
         for (name, view) in st.tensors() {
             let entry = (file.to_path_buf(), view.dtype(), view.shape().to_vec(), view.data().to_vec());
             if self.tensors.insert(name.clone(), entry).is_some() {
@@ -138,6 +142,7 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
+        super::lfs::check_file(&index)?;
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| Error::Parse { path: index.clone(), message: e.to_string() })?;
@@ -260,6 +265,7 @@ pub fn check_dims(config_path: &Path, dims: &[(&str, usize)]) -> Result<()> {
 /// Reads and parses `config.json` of a model folder.
 pub fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
     let path = dir.join("config.json");
+    super::lfs::check_file(&path)?;
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::Parse { path, message: format!("config: {e}") })
 }

@@ -286,6 +286,7 @@ impl HfTokenizer {
         let tokenizer = hf_tokenizer(dir)?;
         let config_path = dir.join("tokenizer_config.json");
         let config: serde_json::Value = if config_path.is_file() {
+            super::lfs::check_file(&config_path)?;
             let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
             serde_json::from_str(&text)
                 .map_err(|e| Error::Parse { path: config_path.clone(), message: e.to_string() })?
@@ -367,10 +368,13 @@ impl HfTokenizer {
 pub fn hf_tokenizer(dir: &Path) -> Result<Tokenizer> {
     let json = dir.join("tokenizer.json");
     if json.is_file() {
+        super::lfs::check_file(&json)?;
         return Tokenizer::from_file(&json).map_err(|e| Error::Parse { path: json, message: e.to_string() });
     }
     let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
     if vocab.is_file() && merges.is_file() {
+        super::lfs::check_file(&vocab)?;
+        super::lfs::check_file(&merges)?;
         let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
             .build()
             .map_err(|e| Error::Parse { path: vocab.clone(), message: e.to_string() })?;

@@ -13,6 +13,17 @@ pub enum AdapterChoice {
     Name(String),
 }
 
+/// The choice as the user wrote it (`--adapter` or KILN_ADAPTER), for messages.
+impl std::fmt::Display for AdapterChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdapterChoice::Best => write!(f, "the best adapter"),
+            AdapterChoice::Index(i) => write!(f, "{i}"),
+            AdapterChoice::Name(name) => write!(f, "{name}"),
+        }
+    }
+}
+
 impl AdapterChoice {
     /// Parses `--adapter`'s value: a number is an index, anything else a name.
     pub fn parse(text: &str) -> Self {
@@ -86,6 +97,6 @@ pub(crate) fn choose(adapters: Vec<wgpu::Adapter>, choice: &AdapterChoice) -> Re
     };
     match found {
         Some(i) => Ok(adapters.into_iter().nth(i).expect("index checked above")),
-        None => Err(Error::AdapterNotFound { wanted: format!("{choice:?}"), available: names() }),
+        None => Err(Error::AdapterNotFound { wanted: choice.to_string(), available: names() }),
     }
 }

@@ -169,8 +169,9 @@ impl<'a> GgufConfig<'a> {
             match file.get_f64(&self.key("rope.scaling.factor"))? {
                 Some(f) if f > 0.0 => Ok(f),
                 other => Err(self.bad(format!(
-                    "{} is {other:?}; rope scaling `{kind}` needs a positive factor",
-                    self.key("rope.scaling.factor")
+                    "{} is {}; rope scaling `{kind}` needs a positive factor",
+                    self.key("rope.scaling.factor"),
+                    other.map_or("missing".to_string(), |f| f.to_string())
                 ))),
             }
         };

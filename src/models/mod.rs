@@ -338,10 +338,12 @@ pub fn load_causal_lm_with(gpu: &Gpu, dir: &Path, base: crate::quant::BaseDtype)
         Some("phi3") => phi3::config(&json, &path)?,
         Some("gemma3_text" | "gemma3") => gemma3::config(&json, &path)?,
         other => {
-            return Err(Error::Parse {
-                path,
-                message: format!("model_type {other:?} is not a causal LM kiln knows {CAUSAL_LM_TYPES:?}"),
-            });
+            let known = CAUSAL_LM_TYPES.join(", ");
+            let message = match other {
+                Some(t) => format!("model_type `{t}` is not a causal LM kiln knows ({known})"),
+                None => format!("there is no string `model_type`; kiln knows the causal LMs {known}"),
+            };
+            return Err(Error::Parse { path, message });
         }
     };
     let mut src = weights::SafetensorsSource::open(dir)?;

@@ -106,14 +106,11 @@ pub fn save(
     let dir = step_dir(root, state.step);
     remove_stale_temps(root);
     let tmp = root.join(format!(".tmp-step-{:07}-{}", state.step, std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    save_safetensors(&tmp.join("state.safetensors"), &tensors, None)?;
     let json = serde_json::to_string_pretty(&file).expect("checkpoint state serializes");
-    write_atomic(&tmp.join("state.json"), json.as_bytes())?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    crate::util::write_folder_whole(&tmp, &dir, |tmp| {
+        save_safetensors(&tmp.join("state.safetensors"), &tensors, None)?;
+        write_atomic(&tmp.join("state.json"), json.as_bytes())
+    })?;
     let all = list(root)?;
     for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
         std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;

@@ -186,3 +186,27 @@ fn data_commands_find_and_fix_planted_problems() {
 fn text_of(line: &str) -> String {
     serde_json::from_str::<serde_json::Value>(line).unwrap()["text"].as_str().unwrap().to_string()
 }
+
+/// `kiln data split` checks its fractions and the splits they give before writing anything:
+/// each fraction in [0, 1) and finite, their sum under 1, no split asked for left empty.
+#[test]
+fn split_fractions_are_checked_before_anything_is_written() {
+    let ws = bert_workspace();
+    let input = ws.path("rows.jsonl");
+    let rows: String =
+        (0..6).map(|i| format!("{{\"text\": \"w{} w{}\", \"label\": \"a\"}}\n", 10 + i, 40 + i)).collect();
+    std::fs::write(&input, &rows).unwrap();
+    let out = ws.path("split");
+    let split =
+        |valid: &str, test: &str| kiln("data split").args([&input]).out(&out).flag("valid", valid).flag("test", test);
+    split("0.9", "0.9").fails_naming(&["--valid 0.9 and --test 0.9", "under 1"]);
+    split("-0.1", "0.2").fails_naming(&["--valid: -0.1", "[0, 1)"]);
+    split("nan", "0.2").fails_naming(&["--valid: NaN"]);
+    split("0.1", "1").fails_naming(&["--test: 1"]);
+    split("0.05", "0.2").fails_naming(&["rows.jsonl", "the valid split would be empty"]);
+    assert!(!out.exists(), "a refused split wrote {}", out.display());
+    assert_eq!(std::fs::read_to_string(&input).unwrap(), rows, "the input changed");
+    // A split not asked for may be empty.
+    split("0", "0.5").run();
+    assert_eq!(read_jsonl(&out.join("train.jsonl")).len(), 3);
+}

@@ -63,6 +63,99 @@ fn classifier_data_errors_name_the_problem() {
     with(&[("train.jsonl", ok)]).flag("dropout", "1.5").fails_naming(&["--dropout", "1.5"]);
 }
 
+/// A negative value written with a space (`--lr -1`, as README's table writes it) is a value,
+/// not a flag: it reaches kiln's own range check, for floats and integers alike.
+#[test]
+fn negative_values_reach_kilns_range_checks() {
+    let ws = bert_workspace();
+    let train = || kiln("train").model(&ws.model).data(&ws.data).out(&ws.path("run"));
+    train().flag("lr", "-1").fails_naming(&["--lr: -1; expected a positive number"]);
+    train().flag("weight-decay", "-0.5").fails_naming(&["--weight-decay: -0.5; expected a number ≥ 0"]);
+    train().flag("lora-dropout", "-1e3").fails_naming(&["--lora-dropout: -1000"]);
+    train().flag("max-grad-norm", "-0.5").fails_naming(&["--max-grad-norm: -0.5"]);
+    let err = train().flag("batch-size", "-2").fails_naming(&["--batch-size", "-2"]);
+    assert!(!err.contains("unexpected argument"), "{err}");
+    assert!(!ws.path("run").exists(), "a refused run left its folder");
+}
+
+/// A folder above the data, or the training file itself, given as `--data` is pointed at the
+/// folder that holds train.jsonl; a model of the wrong kind is named without Rust debug text.
+#[test]
+fn data_and_model_mistakes_point_at_the_fix() {
+    let ws = lm_workspace();
+    let data = ws.data.display().to_string();
+    lm_run(&ws, &ws.path("a")).data(ws.tmp.path()).fails_naming(&["no train.jsonl", &format!("try --data {data}")]);
+    lm_run(&ws, &ws.path("b")).data(&ws.data.join("train.jsonl")).fails_naming(&["the folder, not the file", &data]);
+    let bert = ws.path("bert");
+    std::fs::create_dir_all(&bert).unwrap();
+    std::fs::write(bert.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
+    let err = kiln("generate").model(&bert).flag("prompt", "w3").fails_naming(&["model_type `bert`"]);
+    assert!(!err.contains("Some("), "{err}");
+}
+
+/// A git-lfs pointer where a model file should be is named as one, in each kind of file kiln
+/// reads; a safetensors header with an unknown dtype or offsets past the end names the tensor.
+#[test]
+fn lfs_pointers_and_broken_safetensors_headers_are_named() {
+    let ws = lm_workspace();
+    let pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a21\nsize 269060552\n";
+    let broken = |name: &str, contents: &[u8]| -> std::path::PathBuf {
+        let model = ws.path(&format!("model-{name}"));
+        std::fs::create_dir_all(&model).unwrap();
+        for e in std::fs::read_dir(&ws.model).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+        }
+        std::fs::write(model.join(name), contents).unwrap();
+        model
+    };
+    for name in ["model.safetensors", "config.json", "tokenizer.json"] {
+        let model = broken(name, pointer.as_bytes());
+        lm_run(&ws, &ws.path("run")).model(&model).fails_naming(&[name, "git-lfs pointer", "git lfs pull"]);
+    }
+    let gguf = ws.path("model.gguf");
+    std::fs::write(&gguf, pointer).unwrap();
+    lm_run(&ws, &ws.path("run")).model(&gguf).fails_naming(&["model.gguf", "git-lfs pointer"]);
+    let header = |h: &str| {
+        let mut b = (h.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(h.as_bytes());
+        b.extend([0u8; 8]);
+        b
+    };
+    let model =
+        broken("model.safetensors", &header(r#"{"w": {"dtype": "F12", "shape": [2], "data_offsets": [0, 8]}}"#));
+    lm_run(&ws, &ws.path("run")).model(&model).fails_naming(&["tensor `w`", "`F12`"]);
+    let model =
+        broken("model.safetensors", &header(r#"{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}"#));
+    lm_run(&ws, &ws.path("run")).model(&model).fails_naming(&["tensor `w` (F32)", "[0, 16]", "bytes"]);
+    assert!(!ws.path("run").exists(), "a refused run left its folder");
+}
+
+/// Data that tokenizes to nothing and a classifier's --max-len past the encoder's positions
+/// are refused before the run folder exists, naming the file or the flag.
+#[test]
+fn empty_after_tokenizing_and_too_long_max_len_are_refused_up_front() {
+    let ws = lm_workspace();
+    // Prompts of three words and a BOS fill 3 tokens: no completion token is left to train on.
+    let run = ws.path("run");
+    lm_run(&ws, &run).flag("max-len", "3").fails_naming(&[
+        "train.jsonl",
+        "no training examples",
+        "64 of 64 records",
+        "tokenizing",
+        "--max-len 3",
+    ]);
+    assert!(!run.exists(), "a refused run left its folder");
+    // The tiny BERT has 32 positions: an explicit --max-len past them is refused by name, the
+    // default (128) is kept within them.
+    let ws = bert_workspace();
+    let run = ws.path("run");
+    classifier_run(&ws, &run, "head").flag("max-len", "33").fails_naming(&["--max-len", "33", "32 positions"]);
+    assert!(!run.exists(), "a refused run left its folder");
+    classifier_run(&ws, &run, "head").flag("steps", "1").run();
+    assert_eq!(read_json(&run.join("settings.json"))["max_len"], 32);
+}
+
 /// Early stopping on a language model: patience 1 with a min_delta nothing can beat stops at
 /// the first evaluation after step 0, and the saved adapter is step 0's (every lora_B zero).
 #[test]

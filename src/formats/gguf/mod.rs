@@ -49,6 +49,27 @@ pub enum GgufValue {
     F64(f64),
 }
 
+/// The value as a user reads it in a message: `3`, `"llama"`, `an array of 4 values`.
+impl std::fmt::Display for GgufValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GgufValue::U8(v) => write!(f, "{v}"),
+            GgufValue::I8(v) => write!(f, "{v}"),
+            GgufValue::U16(v) => write!(f, "{v}"),
+            GgufValue::I16(v) => write!(f, "{v}"),
+            GgufValue::U32(v) => write!(f, "{v}"),
+            GgufValue::I32(v) => write!(f, "{v}"),
+            GgufValue::F32(v) => write!(f, "{v}"),
+            GgufValue::Bool(v) => write!(f, "{v}"),
+            GgufValue::String(s) => write!(f, "{s:?}"),
+            GgufValue::Array(a) => write!(f, "an array of {} values", a.len()),
+            GgufValue::U64(v) => write!(f, "{v}"),
+            GgufValue::I64(v) => write!(f, "{v}"),
+            GgufValue::F64(v) => write!(f, "{v}"),
+        }
+    }
+}
+
 impl GgufValue {
     /// The GGUF name of this value's type, for error messages.
     pub fn type_name(&self) -> &'static str {
@@ -186,6 +207,7 @@ impl GgufFile {
     /// Reads and parses the file at `path`.
     pub fn open(path: &Path) -> Result<GgufFile> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        crate::formats::lfs::check_bytes(path, &bytes)?;
         GgufFile::parse(bytes, path)
     }
 
@@ -227,7 +249,7 @@ impl GgufFile {
             Some(v) => match v.as_u64() {
                 Some(a) if a > 0 && a.is_power_of_two() => a,
                 _ => {
-                    return Err(r.err(format!("metadata key `general.alignment` is {v:?}, expected a power of two")));
+                    return Err(r.err(format!("metadata key `general.alignment` is {v}, expected a power of two")));
                 }
             },
         };
@@ -401,7 +423,7 @@ impl GgufFile {
         let shown = match found {
             GgufValue::Array(a) => format!("an array of {} values", a.len()),
             GgufValue::String(s) if s.len() > 60 => format!("a string of {} bytes", s.len()),
-            other => format!("{other:?}"),
+            other => other.to_string(),
         };
         self.parse_err(format!("metadata key `{key}` should be {expected}, found a {}: {shown}", found.type_name()))
     }
@@ -930,7 +952,7 @@ mod tests {
             assert!(e.contains(want), "expected `{want}` in: {e}");
         }
         let e = err_text(parse(GgufBuilder::new().kv("general.alignment", GgufValue::U32(24)).build()));
-        assert!(e.contains("`general.alignment`") && e.contains("power of two"), "{e}");
+        assert!(e.contains("`general.alignment` is 24,") && e.contains("power of two") && !e.contains("U32("), "{e}");
     }
 
     #[test]

@@ -83,7 +83,22 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     // The main job's documented default: 64 tokens (subject and the start of the body) keep
     // it within minutes on a CPU; --full and other data sets take 128.
     let spam_subsample = args.data.is_none() && !c.full;
-    let max_len = args.max_len.unwrap_or(if spam_subsample { SPAM_MAX_LEN } else { 128 });
+    // A text longer than the encoder's positions would fail at the first batch that holds one
+    // (or never, when none lands in the steps run): a --max-len past them is refused here,
+    // before the run folder exists, and the default is kept within them (as for LMs).
+    let config: serde_json::Value = crate::formats::safetensors::read_config(&model_dir)?;
+    let positions = config["max_position_embeddings"].as_u64().map_or(usize::MAX, |p| p as usize);
+    let max_len = args.max_len.unwrap_or((if spam_subsample { SPAM_MAX_LEN } else { 128 }).min(positions));
+    if max_len > positions {
+        return Err(Error::invalid(
+            "--max-len",
+            format!(
+                "{max_len} tokens is beyond the {positions} positions of {} (max_position_embeddings); \
+                 pass --max-len {positions} or less",
+                model_dir.display()
+            ),
+        ));
+    }
     let tokenizer = encoder_tokenizer(&model_dir, max_len)?;
     let pad = pad_id(&tokenizer);
     let encode = |set: &[Example], name: &str| -> Result<(Vec<Encoded>, Vec<usize>)> {
@@ -104,10 +119,6 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     let t0 = Instant::now();
     let mut model = SequenceClassifier::load(gpu, &model_dir, labels.names.clone(), c.pooling, args.seed)?;
     let load_s = t0.elapsed().as_secs_f64();
-    if let Some(p) = args.dropout()? {
-        model.body.config.hidden_dropout_prob = p;
-        model.dropout = p;
-    }
     let class_weights = match c.class_weights.as_deref() {
         None | Some("none") => None,
         Some("balanced") => Some(classify::balanced_class_weights(&classify::label_counts(&splits.train, &labels))),

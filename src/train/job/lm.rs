@@ -74,6 +74,19 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
         ));
     }
     let train = lm::tokenize_all(&train_records, &lm.tokenizer, &lm.format, max_len)?;
+    if train.examples.is_empty() {
+        // Refused here, before the run folder exists, so the next try needs no --overwrite.
+        return Err(Error::Parse {
+            path: data_dir.join("train.jsonl"),
+            message: format!(
+                "no training examples: {} of {} records left nothing to predict after tokenizing with the \
+                 tokenizer of {} (empty texts or completions, or prompts that fill --max-len {max_len})",
+                train.dropped,
+                train_records.len(),
+                model_path.display()
+            ),
+        });
+    }
     let valid = match &splits.valid {
         Some(v) => Some(lm::tokenize_all(v, &lm.tokenizer, &lm.format, max_len)?.examples),
         None => None,
