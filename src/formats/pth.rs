@@ -38,6 +38,7 @@ pub struct PthTensor {
 /// non-tensor entries are left out.
 pub fn read(path: &Path) -> Result<Vec<(String, PthTensor)>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    super::lfs::check_bytes(path, &bytes)?;
     let bad = |message: String| Error::Parse { path: path.to_path_buf(), message };
     let (object, storages) = if bytes.starts_with(b"PK\x03\x04") {
         read_zip(&bytes).map_err(bad)?
@@ -624,6 +625,15 @@ fn reduce(callable: Value, args: Value) -> std::result::Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_git_lfs_pointer_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weights.pth");
+        std::fs::write(&path, "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 18826032\n").unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("git-lfs pointer") && err.contains("weights.pth"), "{err}");
+    }
 
     #[test]
     fn small_pickles_and_bad_input() {
