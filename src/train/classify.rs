@@ -292,13 +292,7 @@ impl Task for ClassifierTask<'_> {
     }
 
     fn check_metric(&self, metric: StopMetric) -> Result<()> {
-        if metric == StopMetric::Perplexity {
-            return Err(Error::invalid(
-                "--metric",
-                "perplexity is for language models; use val_loss, accuracy or macro_f1",
-            ));
-        }
-        Ok(())
+        driver::check_classification_metric(metric)
     }
 
     fn steps_per_epoch(&self) -> usize {

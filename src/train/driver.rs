@@ -186,6 +186,18 @@ impl Summary {
     }
 }
 
+/// A classifier (of texts or images) is judged by val_loss, accuracy or macro-F1, never by
+/// perplexity: the one `check_metric` both tasks give.
+pub fn check_classification_metric(metric: StopMetric) -> Result<()> {
+    if metric == StopMetric::Perplexity {
+        return Err(Error::invalid(
+            "--metric",
+            "perplexity is for language models; use val_loss, accuracy or macro_f1",
+        ));
+    }
+    Ok(())
+}
+
 /// What a task supplies to the loop.
 pub trait Task {
     /// The model being trained: the optimizer, the checkpoints and the best-weights snapshot
