@@ -105,6 +105,19 @@ pub struct Unfreeze {
     pub unit: UnfreezeUnit,
 }
 
+impl Unfreeze {
+    /// The depth that may train at (`step`, `epoch`): everything (`max_depth`) without
+    /// unfreezing, else one more block or stage every `every` units, up to `max_depth`.
+    pub fn stage(unfreeze: Option<Unfreeze>, step: usize, epoch: usize, max_depth: usize) -> usize {
+        match unfreeze {
+            None => max_depth,
+            Some(Unfreeze { every, unit: UnfreezeUnit::Step }) => step / every,
+            Some(Unfreeze { every, unit: UnfreezeUnit::Epoch }) => epoch / every,
+        }
+        .min(max_depth)
+    }
+}
+
 /// The classifier's settings: the loop's, and what the strategy trains at which rate.
 #[derive(Clone, Debug, Serialize)]
 pub struct ClassifyConfig {
@@ -330,19 +343,13 @@ impl Task for ClassifierTask<'_> {
         };
         let examples = self.train.items.len() + self.valid.map_or(0, |v| v.items.len());
         let seconds = t0.elapsed().as_secs_f64();
-        on_event(&Event::Features { examples, seconds: t0.elapsed().as_secs_f64() })?;
+        on_event(&Event::Features { examples, seconds })?;
         Ok(seconds)
     }
 
     /// Progressive unfreezing: the head alone at first, one more block every `every` units.
     fn enter(&mut self, step: usize, epoch: usize, on_event: &mut OnEvent) -> Result<()> {
-        let max_depth = self.model.max_depth();
-        let stage = match self.cfg.unfreeze {
-            None => max_depth,
-            Some(Unfreeze { every, unit: UnfreezeUnit::Step }) => step / every,
-            Some(Unfreeze { every, unit: UnfreezeUnit::Epoch }) => epoch / every,
-        }
-        .min(max_depth);
+        let stage = Unfreeze::stage(self.cfg.unfreeze, step, epoch, self.model.max_depth());
         if stage == self.stage {
             return Ok(());
         }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::classify::{ClassifyConfig, Predictions, Strategy, Unfreeze, UnfreezeUnit};
+use super::classify::{ClassifyConfig, Predictions, Strategy, Unfreeze};
 use super::driver::{self, Evaluation, Event, OnEvent, Scores, Seen, Summary, Task};
 use super::stopping::StopMetric;
 use crate::autograd::{self, Loss, Module, Tape, Var};
@@ -248,13 +248,7 @@ impl Task for ImageTask<'_> {
 
     /// Progressive unfreezing: the head alone at first, one more stage every `every` units.
     fn enter(&mut self, step: usize, epoch: usize, on_event: &mut OnEvent) -> Result<()> {
-        let max_depth = self.model.max_depth();
-        let stage = match self.cfg.unfreeze {
-            None => max_depth,
-            Some(Unfreeze { every, unit: UnfreezeUnit::Step }) => step / every,
-            Some(Unfreeze { every, unit: UnfreezeUnit::Epoch }) => epoch / every,
-        }
-        .min(max_depth);
+        let stage = Unfreeze::stage(self.cfg.unfreeze, step, epoch, self.model.max_depth());
         if stage == self.stage {
             return Ok(());
         }
