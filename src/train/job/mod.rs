@@ -63,6 +63,7 @@ pub struct RunReport {
 /// Runs `kiln train` as `settings` say on an adapter already open.
 pub fn run(gpu: &Gpu, settings: &TrainSettings, progress: &mut dyn Progress) -> Result<RunReport> {
     settings.validate()?;
+    let settings = &settings.with_fresh_run_dir();
     if settings.resume.is_none() {
         let out = settings.run_dir();
         crate::util::check_output(&out, settings.overwrite)?;
