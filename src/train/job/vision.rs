@@ -12,7 +12,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::classify::{parse_weights, write_data};
-use super::{Progress, RunLog, RunReport, best_json, best_text, write_json, write_report};
+use super::{Progress, RunLog, RunReport, Trained, write_json, write_report};
 use crate::data::catalog::{self, ModelKind};
 use crate::data::classify::{self, Example, LabelSet, Splits};
 use crate::data::elpv;
@@ -283,29 +283,15 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
             .collect::<serde_json::Map<_, _>>()
             .into()
     });
-    let report = json!({
-        "strategy": strategy, "trainable_parameters": trainable, "total_parameters": total_params,
-        "steps": summary.steps, "train_seconds": summary.seconds,
-        "examples_per_second": summary.per_second(), "first_loss": summary.first_loss,
-        "best": best_json(&cfg.run.stop, summary.best),
-        "stopped_early_at": summary.stopped_early_at, "last_loss": summary.last_loss, "evals": summary.evals,
-        "valid": valid_scores["all"], "valid_groups": valid_scores["groups"],
-        "test": test_scores["all"], "test_groups": test_groups, "test_group_scores": test_scores["groups"],
-        "test_seconds": eval_s, "decode_seconds": decode_s, "saved": saved,
-        "peak_gpu_bytes": gpu.allocated_bytes(), "wall_seconds": run_start.elapsed().as_secs_f64(),
-        "device": gpu.describe(),
-    });
+    let trained = Trained { summary: &summary, stop: &cfg.run.stop, strategy, trainable, total_params, run_start };
+    let report = trained.json(
+        gpu,
+        json!({"valid": valid_scores["all"], "valid_groups": valid_scores["groups"],
+            "test": test_scores["all"], "test_groups": test_groups, "test_group_scores": test_scores["groups"],
+            "test_seconds": eval_s, "decode_seconds": decode_s, "saved": saved}),
+    );
     write_report(&out, &report)?;
     let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "trained {} steps in {:.1}s ({:.1} images/s); loss {:.4} -> {:.4}; {trainable} trainable parameters",
-        summary.steps,
-        summary.seconds,
-        summary.per_second(),
-        summary.first_loss,
-        summary.last_loss
-    );
     for (name, s) in [("validation", &valid_scores), ("test", &test_scores)] {
         let Ok(m) = serde_json::from_value::<Metrics>(s["all"].clone()) else { continue };
         let _ = writeln!(text, "{name} set ({} images):\n{}", m.count, m.report(&labels.names));
@@ -319,7 +305,6 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
             );
         }
     }
-    best_text(&mut text, &cfg.run.stop, summary.best, summary.stopped_early_at);
-    let _ = writeln!(text, "saved: {}  (whole run {:.0}s)", saved.display(), run_start.elapsed().as_secs_f64());
+    let text = trained.text("images", &text, "", &saved);
     Ok(RunReport { dir: out, json: report, text })
 }
