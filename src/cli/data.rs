@@ -59,7 +59,8 @@ pub enum DataCommand {
     Split(SplitArgs),
 }
 
-/// Near-duplicate search settings (MinHash + LSH).
+/// Near-duplicate search settings (MinHash + LSH), and the seed of all that is random in the
+/// command (the hashes, folds, rebalancing, the split).
 #[derive(clap::Args, Debug, Clone)]
 pub struct NearArgs {
     /// Jaccard similarity of word shingles from which two texts are near duplicates
@@ -71,11 +72,13 @@ pub struct NearArgs {
     /// MinHash permutations
     #[arg(long, default_value_t = 128)]
     pub num_perm: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 impl NearArgs {
-    fn config(&self, seed: u64) -> NearDupConfig {
-        NearDupConfig { shingle: self.shingle, threshold: self.threshold, num_perm: self.num_perm, seed }
+    fn config(&self) -> NearDupConfig {
+        NearDupConfig { shingle: self.shingle, threshold: self.threshold, num_perm: self.num_perm, seed: self.seed }
     }
 }
 
@@ -105,8 +108,6 @@ pub struct InspectArgs {
     /// Write report.md here
     #[arg(long)]
     pub report: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Print the findings as JSON
     #[arg(long)]
     pub json: bool,
@@ -146,8 +147,6 @@ pub struct CleanArgs {
     pub rebalance: Option<Rebalance>,
     #[command(flatten)]
     pub near: NearArgs,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     #[arg(long)]
     pub json: bool,
     /// Replace existing output files in --out (never an input)
@@ -171,8 +170,6 @@ pub struct SplitArgs {
     pub no_group: bool,
     #[command(flatten)]
     pub near: NearArgs,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     #[arg(long)]
     pub json: bool,
     /// Replace existing output files in --out (never the input)
@@ -231,7 +228,7 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
         (None, false) => None,
     };
     let tok = model.as_deref().map(length_tokenizer).transpose()?;
-    let ins = inspect(&files, &a.near.config(a.seed), tok.as_ref().map(|t| (t, a.max_len)))?;
+    let ins = inspect(&files, &a.near.config(), tok.as_ref().map(|t| (t, a.max_len)))?;
     let suspects = match (&model, a.suspicious) {
         (Some(m), true) => Some(suspicious_labels(&a, m, &files, &ins)?),
         _ => None,
@@ -307,7 +304,7 @@ fn suspicious_labels(
     let labels: Vec<usize> =
         rows.iter().map(|id| names.binary_search(row(id).label.as_ref().expect("labelled")).expect("known")).collect();
     let gpu = a.adapter.open()?;
-    let model = SequenceClassifier::load(&gpu, model_dir, names.clone(), Pooling::Mean, a.seed)?;
+    let model = SequenceClassifier::load(&gpu, model_dir, names.clone(), Pooling::Mean, a.near.seed)?;
     let tok = encoder_tokenizer(model_dir, a.max_len)?;
     let texts: Vec<&str> = rows.iter().map(|id| row(id).text.as_str()).collect();
     eprintln!(
@@ -319,7 +316,7 @@ fn suspicious_labels(
     );
     let items = encode_texts(&tok, &texts, a.max_len)?;
     let feats = features(&gpu, &model, &items, 16, pad_id(&tok))?;
-    let fit = HeadFit { folds: a.folds, seed: a.seed, ..HeadFit::default() };
+    let fit = HeadFit { folds: a.folds, seed: a.near.seed, ..HeadFit::default() };
     let probs = out_of_fold_probabilities(&gpu, &feats, model.body.hidden_size(), &labels, names.len(), &fit)?;
     Ok(find_suspects(&probs, &labels, names.len())
         .into_iter()
@@ -366,7 +363,7 @@ fn run_clean(a: CleanArgs) -> Result<()> {
     let targets = outputs(&a.files, &names, &a.out, a.overwrite)?;
     super::check_output(&a.out.join("removed.jsonl"), a.overwrite)?;
     let tok = a.model.as_deref().map(length_tokenizer).transpose()?;
-    let ins = inspect(&files, &a.near.config(a.seed), None)?;
+    let ins = inspect(&files, &a.near.config(), None)?;
     let cfg = CleanConfig {
         dedupe: a.dedupe,
         drop_junk: !a.keep_junk,
@@ -374,7 +371,7 @@ fn run_clean(a: CleanArgs) -> Result<()> {
         max_tokens: a.max_tokens,
         conflicts: a.conflicts,
         rebalance: a.rebalance,
-        seed: a.seed,
+        seed: a.near.seed,
     };
     let cleaned = clean(&files, &ins, &cfg, tok.as_ref())?;
     for (file, target) in cleaned.files.iter().zip(&targets) {
@@ -417,11 +414,11 @@ fn run_clean(a: CleanArgs) -> Result<()> {
 }
 
 fn run_split(a: SplitArgs) -> Result<()> {
-    let cfg = SplitConfig { valid: a.valid, test: a.test, seed: a.seed, group_aware: !a.no_group };
+    let cfg = SplitConfig { valid: a.valid, test: a.test, seed: a.near.seed, group_aware: !a.no_group };
     cfg.check()?;
     let file = read_rows(&a.file)?;
     let ext = a.file.extension().and_then(|x| x.to_str()).unwrap_or("jsonl").to_string();
-    let ins = inspect(std::slice::from_ref(&file), &a.near.config(a.seed), None)?;
+    let ins = inspect(std::slice::from_ref(&file), &a.near.config(), None)?;
     let labels: Vec<Option<&str>> = file.rows.iter().map(|r| r.label.as_deref()).collect();
     let split = assign(&labels, &ins.cluster, &cfg);
     // All three outputs and the splits checked before anything is written.

@@ -177,6 +177,11 @@ pub struct TrainSettings {
     /// system's available memory is used)
     #[arg(long)]
     pub gpu_memory: Option<u64>,
+    /// The `--adapter` the command was given (the command line's flag, copied here), so that
+    /// config.toml records it and a resumed run opens the same device.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
 }
 
 /// Flags only classifiers use.
