@@ -526,7 +526,7 @@ fn bad_settings_name_the_flag_or_key_and_the_valid_range() {
 // ---------------------------------------------------------------------------------------------
 
 /// An existing run folder, export, cleaned file or report is never replaced without
-/// `--overwrite`; with it, a run folder's stale checkpoints go too.
+/// `--overwrite` (what `--overwrite` replaces: `overwrite_replaces_only_what_kiln_wrote`).
 #[test]
 fn existing_outputs_need_overwrite() {
     let ws = Workspace::new();
@@ -574,15 +574,158 @@ fn existing_outputs_need_overwrite() {
     assert_eq!(std::fs::read_to_string(taken.join("precious.txt")).unwrap(), "keep me");
     assert_eq!(std::fs::read_to_string(&report).unwrap(), "an old report");
     assert_eq!(std::fs::read_to_string(split_out.join("train.jsonl")).unwrap(), "old");
+}
 
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(with(train_lm(&llama, &data), &["--out", &t, "--overwrite"]))
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .output()
-        .unwrap();
+fn kiln_output(args: &[String]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).env("XDG_RUNTIME_DIR", "/tmp").output().unwrap()
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// `--overwrite` replaces only a folder kiln wrote (it carries a `.kiln` marker): a user's own
+/// folder given to `--out` is refused, train's and export's alike, with nothing in it touched. A
+/// kiln run folder is replaced whole: the old run's checkpoint and a file the user added to it
+/// go, and nothing is left beside it.
+#[test]
+fn overwrite_replaces_only_what_kiln_wrote() {
+    let ws = Workspace::new();
+    let (llama, data) = (ws.path("llama"), ws.path("lm_data"));
+    let users = ws.root.join("users");
+    std::fs::create_dir_all(users.join("checkpoints/step-0000007")).unwrap();
+    std::fs::write(users.join("precious.txt"), "keep me").unwrap();
+    let u = s(&users);
+    run_cases(vec![
+        case_args(
+            "train_overwrite_a_users_folder",
+            with(train_lm(&llama, &data), &["--out", &u, "--overwrite"]),
+            &["--out", "users", "not a kiln run or export folder", "remove it yourself"],
+        ),
+        case(
+            "export_overwrite_a_users_folder",
+            &["export", "--merge", "--model", &llama, "--lora", &ws.path("adapter"), "--out", &u, "--overwrite"],
+            &["--out", "users", "not a kiln run or export folder", "remove it yourself"],
+        ),
+    ]);
+    assert_eq!(names(&users), ["checkpoints", "precious.txt"]);
+    assert_eq!(std::fs::read_to_string(users.join("precious.txt")).unwrap(), "keep me");
+
+    let run = ws.root.join("runs").join("run");
+    let r = s(&run);
+    let out = kiln_output(&with(train_lm(&llama, &data), &["--out", &r, "--save-every", "1"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!taken.join("checkpoints/step-0000007").exists(), "the replaced run's checkpoint is gone");
-    assert!(taken.join("adapter/adapter_model.safetensors").is_file());
+    assert!(run.join(".kiln").is_file() && run.join("checkpoints/step-0000001").is_dir());
+    std::fs::write(run.join("notes.txt"), "a note added to the run").unwrap();
+    let out = kiln_output(&with(train_lm(&llama, &data), &["--out", &r, "--overwrite"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let inside = names(&run);
+    assert!(!inside.contains(&"notes.txt".to_string()) && !inside.contains(&"checkpoints".to_string()), "{inside:?}");
+    assert!(run.join(".kiln").is_file() && run.join("adapter/adapter_model.safetensors").is_file());
+    assert_eq!(names(&ws.root.join("runs")), ["run"], "nothing left beside the run (old folder, lock)");
+
+    // An export is marked too, so exporting again with --overwrite replaces it whole.
+    let export = ws.root.join("export");
+    let args: Vec<String> =
+        ["export", "--merge", "--model", &llama, "--lora", &ws.path("adapter"), "--out", &s(&export)]
+            .map(String::from)
+            .to_vec();
+    assert!(kiln_output(&args).status.success());
+    std::fs::write(export.join("extra.txt"), "x").unwrap();
+    let out = kiln_output(&with(args, &["--overwrite"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(export.join(".kiln").is_file() && !export.join("extra.txt").exists(), "{:?}", names(&export));
+}
+
+/// A run that fails after its folder exists removes it when no checkpoint was written (no
+/// folder left behind, the message is the failure's own); with a checkpoint the folder stays
+/// and the message points at it. A run refused in validation leaves an existing run untouched.
+#[test]
+fn a_failed_run_leaves_no_folder_unless_it_has_a_checkpoint() {
+    let ws = Workspace::new();
+    let diverging = |out: &Path, save_every: &str| -> Vec<String> {
+        ["train", "--model", &ws.path("bert"), "--data", &ws.path("cls_data"), "--strategy", "full"]
+            .iter()
+            .chain(&[
+                "--lr",
+                "1e38",
+                "--steps",
+                "6",
+                "--max-grad-norm",
+                "0",
+                "--warmup-ratio",
+                "0",
+                "--eval-every",
+                "0",
+            ])
+            .chain(&["--batch-size", "8", "--save-every", save_every, "--out", out.to_str().unwrap()])
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let gone = ws.root.join("gone");
+    let kept = ws.root.join("kept");
+    run_cases(vec![
+        case_args("diverged_without_checkpoint", diverging(&gone, "0"), &["loss became", "at step"]),
+        case_args("diverged_with_checkpoint", diverging(&kept, "1"), &["loss became", "last good checkpoint"]),
+    ]);
+    assert!(!gone.exists(), "a failed run without a checkpoint left {:?}", names(&gone));
+    assert!(kiln::train::checkpoint::list(&kept.join("checkpoints")).unwrap().pop().is_some());
+    assert!(kept.join(".kiln").is_file());
+
+    // A refusal in validation (here a --max-len past the positions) under --overwrite: the old
+    // run stays as it was.
+    let before = names(&kept);
+    let (llama, data) = (ws.path("llama"), ws.path("lm_data"));
+    run_cases(vec![case_args(
+        "refused_overwrite_keeps_the_old_run",
+        with(train_lm(&llama, &data), &["--out", &s(&kept), "--overwrite", "--max-len", "100000"]),
+        &["--max-len"],
+    )]);
+    assert_eq!(names(&kept), before);
+}
+
+/// One writer per run folder: two `kiln train --overwrite --out SAME` started together give
+/// one run and one refusal that names the holder's pid, every time, over 20 tries. The run
+/// folder then holds exactly one run's metrics, and no lock file is left.
+#[test]
+fn two_trainings_on_one_folder_give_one_run_and_one_refusal() {
+    let ws = Workspace::new();
+    let run = ws.root.join("runs").join("same");
+    let args = with(train_lm(&ws.path("llama"), &ws.path("lm_data")), &["--out", &s(&run), "--overwrite"]);
+    let mut outcomes = Vec::new();
+    for attempt in 0..20 {
+        let (a, b) = (spawn_kiln(&args), spawn_kiln(&args));
+        let (pa, pb) = (a.id(), b.id());
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        let (ok, refused, holder) = match (a.status.success(), b.status.success()) {
+            (true, false) => (&a, &b, pa),
+            (false, true) => (&b, &a, pb),
+            _ => panic!(
+                "attempt {attempt}: exits {:?} and {:?}\n{}\n{}",
+                a.status.code(),
+                b.status.code(),
+                String::from_utf8_lossy(&a.stderr),
+                String::from_utf8_lossy(&b.stderr)
+            ),
+        };
+        let message = String::from_utf8_lossy(&refused.stderr);
+        let errors: Vec<&str> = message.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(errors.len(), 1, "attempt {attempt}: {message}");
+        assert!(
+            errors[0].contains("in use by another kiln") && errors[0].contains(&format!("pid {holder} ")),
+            "attempt {attempt}: {message}"
+        );
+        assert_eq!(refused.status.code(), Some(1), "attempt {attempt}: {message}");
+        assert!(ok.stderr.len() < 100_000);
+        assert_eq!(logged_steps(&run), [1], "attempt {attempt}: one run's metrics");
+        assert_eq!(names(run.parent().unwrap()), ["same"], "attempt {attempt}: a lock file or old folder left");
+        outcomes.push(if pa == holder { 'a' } else { 'b' });
+    }
+    eprintln!("winners over 20 tries: {}", outcomes.iter().collect::<String>());
 }
 
 // ---------------------------------------------------------------------------------------------

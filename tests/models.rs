@@ -669,6 +669,14 @@ fn memory_estimate_and_refusal() {
     small.max_storage_buffer_binding_size = 1024;
     let e = check_fits(&f, &small, None, false).unwrap_err().to_string();
     assert!(e.contains("max_storage_buffer_binding_size") && e.contains('`'), "{e}");
+    // Logits over one binding are no reason to refuse: the loss binds them 64 rows at a time
+    // (`linear_cross_entropy_splits_a_head_larger_than_one_binding`). 256 tokens of a 96-word
+    // vocabulary are 96 KiB of logits; under a 64 KiB binding only 64 rows (24 KiB) must fit.
+    let wide = estimate_lm(m.as_mut(), 16, 16);
+    small.max_storage_buffer_binding_size = 64 << 10;
+    assert!(4 * 256 * 96 > small.max_storage_buffer_binding_size);
+    check_fits(&wide, &small, None, true).unwrap();
+    assert_eq!(wide.largest_tensor.1, (4 * 256 * 48) as u64, "{:?}", wide.largest_tensor);
 }
 
 /// A Llama whose linear rows are whole K-quant super-blocks (hidden 256, FFN 512), written with

@@ -53,6 +53,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     crate::util::write_folder_whole(&tmp, &args.out, |tmp| {
         let mut meta = std::collections::HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
+        crate::util::folder::mark(tmp, "kiln export")?;
         save_safetensors(&tmp.join("model.safetensors"), &tensors, Some(meta))?;
         write_atomic(&tmp.join("config.json"), config.as_bytes())?;
         write_atomic(&tmp.join("tokenizer.json"), tok_json.as_bytes())

@@ -124,6 +124,14 @@ pub fn run(args: TuneArgs) -> Result<()> {
         seed: args.seed,
         train_flags: fixed,
     };
+    // One writer per study: two `kiln tune` on one folder would interleave trials.jsonl.
+    let lock = crate::util::lock::Lock::take(&args.study, "--study", "kiln tune")?;
+    if let Some(holder) = lock.took_over() {
+        eprintln!(
+            "took over the lock of {}: it was left by {holder}, which is no longer running",
+            args.study.display()
+        );
+    }
     let mut study = Study::open(&args.study, settings)?;
     let gpu = args.adapter.open()?;
     // Trials share the frozen body's features (the `head` strategy): see train::feature_cache.

@@ -163,6 +163,14 @@ pub fn fetch(m: &Manifest, cache: &Path) -> Result<PathBuf> {
     if target.exists() {
         return Ok(target);
     }
+    // One fetch of a model at a time: a second one waits for the first, then finds it in place.
+    let _lock = crate::util::lock::Lock::wait(&folder, &format!("fetching model {}", m.name), &mut |holder| {
+        let who = holder.map_or("another kiln".to_string(), |h| h.to_string());
+        eprintln!("waiting for {who}, which is fetching {} into {}", m.name, folder.display());
+    })?;
+    if target.exists() {
+        return Ok(target);
+    }
     if folder.exists() {
         // Only whole, verified models are renamed into place, so this one was changed by hand.
         fs::remove_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;

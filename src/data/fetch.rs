@@ -138,6 +138,14 @@ pub fn fetch(asset: Asset, cache: &Path) -> Result<PathBuf> {
     if target.exists() {
         return Ok(target);
     }
+    // One fetch of an asset at a time: a second one waits for the first, then finds it in place.
+    let _lock = crate::util::lock::Lock::wait(&folder, &format!("fetching {asset}"), &mut |holder| {
+        let who = holder.map_or("another kiln".to_string(), |h| h.to_string());
+        eprintln!("waiting for {who}, which is fetching {asset} into {}", folder.display());
+    })?;
+    if target.exists() {
+        return Ok(target);
+    }
     if folder.exists() {
         // Only whole downloads are renamed into place, so this one was changed by hand: redo it.
         fs::remove_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;

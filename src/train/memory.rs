@@ -15,7 +15,8 @@
 //!                (B·T·C per layer) and, during backward, one block's saved tensors at a time;
 //!   logits       the LM head's logits, kept whole when they fit 256 MiB (as
 //!                `linear_cross_entropy` does), else one 64 MiB chunk, twice (the logits and
-//!                their gradient).
+//!                their gradient). Against the binding limit only 64 rows count: the loss
+//!                binds its logits in chunks of rows that fit.
 //! The buffer pool rounds each buffer up by at most a fifth, so the measured peak
 //! (`peak_gpu_bytes`) can be up to 20% above the sum; `total_with_pool` allows for it.
 //!
@@ -169,7 +170,9 @@ pub fn estimate_lm(model: &mut dyn CausalLm, batch: usize, seq: usize) -> Memory
     let logits = 4 * tokens * shape.vocab as u64;
     let chunk = if logits <= 256 << 20 { logits } else { logits.min(64 << 20) };
     e.logits = 2 * chunk;
-    bigger("logits (one chunk)", chunk);
+    // What one kernel binds: `linear_cross_entropy` computes (and keeps) the logits in chunks
+    // of rows that fit the binding, down to 64 rows, so only 64 rows too wide for it can not run.
+    bigger("logits (64 rows of the LM head)", logits.min(64 * 4 * shape.vocab as u64));
     e.largest_tensor = largest;
     e.largest_table = table;
     e

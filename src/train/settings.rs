@@ -430,9 +430,11 @@ fn trim_metrics(path: &Path, resumed_at: usize) -> Result<()> {
 /// `parent/train-<unix time>`, or that with `-2`, `-3`... when it is taken.
 fn fresh_run_dir(parent: &Path) -> PathBuf {
     let time = std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_secs();
+    // A folder another run has locked but not made yet (it is still checking its data) is taken.
+    let free = |p: &Path| !p.exists() && !crate::util::lock::lock_path(p).exists();
     let first = parent.join(format!("train-{time}"));
-    if !first.exists() {
+    if free(&first) {
         return first;
     }
-    (2..).map(|n| parent.join(format!("train-{time}-{n}"))).find(|p| !p.exists()).unwrap_or(first)
+    (2..).map(|n| parent.join(format!("train-{time}-{n}"))).find(|p| free(p)).unwrap_or(first)
 }

@@ -147,7 +147,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     }
     crate::train::memory::check_fits(&memory, gpu.limits(), budget, true)?;
     let out = args.run_dir();
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    super::open_run_dir(args, &out)?;
     let lr = match strategy {
         Strategy::Head => 1e-3,
         Strategy::Lora => 5e-4,

@@ -104,7 +104,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     lm.model.set_grad_checkpoint(memory.grad_checkpoint)?;
     crate::train::memory::check_fits(&memory, gpu.limits(), budget, !base.is_empty())?;
     let out = args.run_dir();
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    super::open_run_dir(args, &out)?;
     let (retain, retain_source) = retain_set(args, &gpu, &lm, max_len, &out, progress)?;
     // Forgetting: the retain text's loss before training and again at the end.
     let retain_batches = match &retain {

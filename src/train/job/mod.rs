@@ -63,22 +63,85 @@ pub struct RunReport {
 }
 
 /// Runs `kiln train` as `settings` say on an adapter already open.
+///
+/// The run folder is locked first (one writer per folder: a second `kiln train` on it is refused
+/// naming this one) and checked (`--overwrite` replaces only a kiln run folder); the task then
+/// validates its model and data before it makes the folder ([`open_run_dir`]). A run that fails
+/// after that removes the folder it made, unless a checkpoint is in it: then the folder stays and
+/// the error says how to resume.
 pub fn run(gpu: &Gpu, settings: &TrainSettings, progress: &mut dyn Progress) -> Result<RunReport> {
     settings.validate()?;
-    let settings = &settings.with_fresh_run_dir();
-    if settings.resume.is_none() {
-        let out = settings.run_dir();
-        crate::util::check_output(&out, settings.overwrite)?;
-        // A stale checkpoint of the replaced run must never be resumed as this one's.
-        let old = out.join("checkpoints");
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    let named = settings.resume.is_some() || settings.out.is_some();
+    let flag = if settings.resume.is_some() { "--resume" } else { "--out" };
+    let mut fresh = settings.with_fresh_run_dir();
+    let mut tries = 0;
+    let lock = loop {
+        match crate::util::lock::Lock::take(&fresh.run_dir(), flag, "kiln train") {
+            Ok(lock) => break lock,
+            // Two runs without --out started in the same second: the second takes the next name.
+            Err(_) if !named && tries < 100 => {
+                tries += 1;
+                fresh = settings.with_fresh_run_dir();
+            }
+            Err(e) => return Err(e),
         }
+    };
+    let settings = &fresh;
+    let out = settings.run_dir();
+    if let Some(holder) = lock.took_over() {
+        progress.note(&format!(
+            "took over the lock of {}: it was left by {holder}, which is no longer running",
+            out.display()
+        ));
     }
+    if settings.resume.is_none() {
+        crate::util::check_output(&out, settings.overwrite)?;
+    }
+    let before = crate::util::folder::identity(&out);
+    let result = run_task(gpu, settings, progress);
+    result.map_err(|e| clean_up_failed(settings, &out, before, e))
+}
+
+fn run_task(gpu: &Gpu, settings: &TrainSettings, progress: &mut dyn Progress) -> Result<RunReport> {
     if vision::is_image_job(settings)? {
         return vision::run(gpu, settings, progress);
     }
     if is_classification(settings)? { classify::run(gpu, settings, progress) } else { lm::run(gpu, settings, progress) }
+}
+
+/// Makes the run folder once the task's model and data are checked: a new, marked folder (an
+/// old kiln run folder under `--overwrite` is replaced whole), or the resumed run's own.
+fn open_run_dir(settings: &TrainSettings, out: &Path) -> Result<()> {
+    if settings.resume.is_some() {
+        return Ok(());
+    }
+    crate::util::folder::create_fresh(out, "kiln train run")
+}
+
+/// After a failed run: the folder this run made goes, unless it holds a checkpoint (then the
+/// error says how to continue). A resumed run's folder, and one that was there before this run
+/// made its own (a failure before [`open_run_dir`]), are left as they were.
+fn clean_up_failed(settings: &TrainSettings, out: &Path, before: Option<(u64, u64)>, e: Error) -> Error {
+    let now = crate::util::folder::identity(out);
+    if settings.resume.is_some() || now.is_none() || now == before || super::checkpoint::is_halt(&e) {
+        return e;
+    }
+    match super::checkpoint::list(&out.join("checkpoints")).ok().and_then(|mut all| all.pop()) {
+        Some(_) if matches!(e, Error::Interrupted { .. } | Error::Diverged { .. } | Error::DeviceLost { .. }) => e,
+        Some((step, _)) => Error::invalid(
+            "train",
+            format!(
+                "{e}; the run folder keeps its checkpoint of step {step}: continue with `kiln train --resume {}`",
+                out.display()
+            ),
+        ),
+        None => match std::fs::remove_dir_all(out) {
+            Ok(()) => e,
+            Err(io) => {
+                Error::invalid("train", format!("{e}; the run folder {} could not be removed: {io}", out.display()))
+            }
+        },
+    }
 }
 
 /// A classifier job: the spamassassin task, an encoder model, or a data folder with labels.
@@ -278,4 +341,54 @@ fn write_report(out: &Path, report: &serde_json::Value) -> Result<()> {
     super::report::plot_curves(out)?;
     super::report::write_report(out)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(extra: &[&str]) -> TrainSettings {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            s: TrainSettings,
+        }
+        use clap::Parser;
+        Flags::parse_from(["train"].iter().chain(extra)).s
+    }
+
+    /// A run that fails after making its folder removes it; with a checkpoint in it the folder
+    /// stays and the error says how to resume; a folder that was there before the run made its
+    /// own (a failure in validation) and a resumed run's folder are never touched.
+    #[test]
+    fn a_failed_run_removes_its_folder_unless_a_checkpoint_is_in_it() {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("run");
+        let s = settings(&["--out", out.to_str().unwrap()]);
+        let fail = || Error::io(out.join("adapter"), std::io::Error::other("no space left on device"));
+
+        crate::util::folder::create_fresh(&out, "kiln train run").unwrap();
+        std::fs::write(out.join("metrics.jsonl"), "{}\n").unwrap();
+        let e = clean_up_failed(&s, &out, None, fail()).to_string();
+        assert!(e.contains("no space left") && !e.contains("--resume"), "{e}");
+        assert!(!out.exists(), "the failed run's folder was left behind");
+
+        crate::util::folder::create_fresh(&out, "kiln train run").unwrap();
+        let step = out.join("checkpoints/step-0000004");
+        std::fs::create_dir_all(&step).unwrap();
+        std::fs::write(step.join("state.json"), "{}").unwrap();
+        let e = clean_up_failed(&s, &out, None, fail()).to_string();
+        assert!(e.contains("no space left") && e.contains("checkpoint of step 4"), "{e}");
+        assert!(e.contains(&format!("kiln train --resume {}", out.display())), "{e}");
+        assert!(step.join("state.json").is_file());
+
+        // The same folder as before the run: the failure came before the run made its own.
+        std::fs::remove_dir_all(out.join("checkpoints")).unwrap();
+        let before = crate::util::folder::identity(&out);
+        clean_up_failed(&s, &out, before, fail());
+        assert!(out.join(crate::util::folder::MARKER).is_file(), "a folder the run did not make was removed");
+        let resumed = settings(&["--resume", out.to_str().unwrap()]);
+        clean_up_failed(&resumed, &out, None, fail());
+        assert!(out.exists(), "a resumed run's folder was removed");
+    }
 }

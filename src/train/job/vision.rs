@@ -208,7 +208,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
         Some(list) => Some(parse_weights(list, labels.len())?),
     };
     let out = args.run_dir();
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    super::open_run_dir(args, &out)?;
     let (lr, epochs) = if strategy == Strategy::Head { (1e-3, 20) } else { (1e-4, 3) };
     let cfg = ClassifyConfig {
         strategy,
