@@ -12,7 +12,7 @@ use image::RgbImage;
 use image::imageops::FilterType;
 
 use super::classify::{Example, Splits};
-use super::images::ImageFolder;
+use super::images::{EXTENSIONS, ImageFolder};
 use crate::error::{Error, Result};
 
 /// The splits found at `path`; a split not given is empty (the caller splits train).
@@ -100,13 +100,30 @@ fn read_list(file: &Path) -> Result<Vec<Example>> {
     Ok(out)
 }
 
-/// Whether `data` holds labelled images: a list with an image column (`image` or `path`), a
-/// folder of class folders, or such a folder under `train/`.
+/// Whether `data` holds labelled images: a list with an image column (`image` or `path`, or a
+/// `text` that names an image file, as a kiln run's data/*.jsonl), a folder of class folders,
+/// such a folder under `train/`, or a folder with such lists (`train.csv`, `test.jsonl`, ...).
 pub fn looks_like_images(data: &Path) -> bool {
     if data.is_file() {
         let text = std::fs::read_to_string(data).unwrap_or_default();
         let first = text.lines().next().unwrap_or("");
-        return first.split(',').any(|h| matches!(h.trim(), "image" | "path")) || first.contains("\"image\"");
+        if first.split(',').any(|h| matches!(h.trim(), "image" | "path")) {
+            return true;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(first) else { return false };
+        let names_image = |p: &str| {
+            let p = Path::new(p);
+            p.extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
+        };
+        return v.get("image").is_some()
+            || v.get("path").is_some()
+            || v["text"].as_str().is_some_and(|t| names_image(t) && Path::new(t).is_file());
+    }
+    let lists = ["train", "valid", "test"].iter().flat_map(|s| ["csv", "jsonl"].map(|x| data.join(format!("{s}.{x}"))));
+    if let Some(list) = lists.into_iter().find(|p| p.is_file()) {
+        return looks_like_images(&list);
     }
     let root = if data.join("train").is_dir() { data.join("train") } else { data.to_path_buf() };
     ImageFolder::scan(&root).is_ok()
