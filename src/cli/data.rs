@@ -7,6 +7,7 @@ use serde_json::json;
 use tokenizers::Tokenizer;
 
 use crate::curate::clean::{CleanConfig, Conflicts, Dedupe, Rebalance, clean};
+use crate::curate::image_dups::{self, ImageList, inspect_images};
 use crate::curate::inspect::{Inspection, inspect};
 use crate::curate::minhash::NearDupConfig;
 use crate::curate::report::{self, SuspectRow};
@@ -16,6 +17,7 @@ use crate::curate::suspicious::{HeadFit, find_suspects, out_of_fold_probabilitie
 use crate::data::catalog;
 use crate::data::encode::{encode_texts, encoder_tokenizer, pad_id};
 use crate::data::fetch::{self, Asset};
+use crate::data::image_list;
 use crate::data::spamassassin;
 use crate::error::{Error, Result};
 use crate::models::classifier::{Pooling, SequenceClassifier};
@@ -102,6 +104,10 @@ pub struct InspectArgs {
     pub suspicious: bool,
     #[arg(long, default_value_t = 5)]
     pub folds: usize,
+    /// Images (lists with an `image` column, or folders of class folders): dHash bits in which
+    /// two near duplicates may differ (of 64)
+    #[arg(long, default_value_t = 4)]
+    pub image_distance: u32,
     /// Examples of each finding in the report (suspicious labels: at least 20)
     #[arg(long, default_value_t = 10)]
     pub examples: usize,
@@ -220,6 +226,9 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
     if let Some(report) = &a.report {
         super::check_output(report, a.overwrite)?;
     }
+    if a.files.iter().all(|f| image_list::looks_like_images(f)) {
+        return run_inspect_images(&a);
+    }
     let files = read_all(&a.files)?;
     // --suspicious needs an encoder; its tokenizer then measures lengths too.
     let model = match (&a.model, a.suspicious) {
@@ -270,6 +279,40 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
                 );
             }
         }
+        if let Some(path) = &a.report {
+            println!("report: {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// `kiln data inspect` on image lists or folders: each given list, or each split of a folder
+/// (train, valid, test), is one list; duplicates and leaks are found across all of them.
+fn run_inspect_images(a: &InspectArgs) -> Result<()> {
+    let mut lists = Vec::new();
+    for path in &a.files {
+        let s = image_list::read(path)?;
+        // A folder with splits is one list per split, so leaks between them are found.
+        let several = !s.valid.is_empty() || !s.test.is_empty();
+        let named =
+            |split: &str| if several { format!("{}/{split}", path.display()) } else { path.display().to_string() };
+        for (split, images) in [("train", &s.train), ("valid", &s.valid), ("test", &s.test)] {
+            if !images.is_empty() {
+                lists.push(ImageList { name: named(split), images: images.clone() });
+            }
+        }
+    }
+    let ins = inspect_images(&lists, a.image_distance)?;
+    if let Some(path) = &a.report {
+        let md = format!("# Image data inspection\n\n```\n{}```\n", image_dups::summary(&ins, a.examples));
+        crate::util::write_atomic(path, md.as_bytes())?;
+    }
+    if a.json {
+        let mut v = serde_json::to_value(&ins).expect("inspections serialize");
+        v["files_read"] = json!(a.files);
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        print!("{}", image_dups::summary(&ins, a.examples));
         if let Some(path) = &a.report {
             println!("report: {}", path.display());
         }

