@@ -317,8 +317,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
     };
     let mut report = report;
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    crate::util::folder::mark(&out, "kiln eval report")?;
+    // A new marked folder; an old report under --overwrite is replaced whole (no stale plot).
+    crate::util::folder::create_fresh(&out, "kiln eval report")?;
     if !args.no_plots {
         report.plots = draw_plots(&report, &out)?;
     }
