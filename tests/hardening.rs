@@ -1021,3 +1021,18 @@ fn kill_9_at_random_moments_always_leaves_a_resumable_checkpoint() {
     let report: Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["steps"], 60, "{report}");
 }
+
+/// A lock file left by a process that was killed (no one holds its OS lock any more) does not
+/// block the next run: it is reported, naming the dead holder, and taken over; none is left.
+#[test]
+fn a_stale_lock_is_reported_and_taken_over() {
+    let ws = Workspace::new();
+    let run = ws.root.join("run");
+    let lock = kiln::util::lock::lock_path(&run);
+    std::fs::write(&lock, "pid 999999999\nhost elsewhere\nstarted 1700000000\nwhat kiln train\n").unwrap();
+    let out = kiln_output(&with(train_lm(&ws.path("llama"), &ws.path("lm_data")), &["--out", &s(&run)]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("took over the lock") && stderr.contains("pid 999999999 on host elsewhere"), "{stderr}");
+    assert!(!lock.exists() && run.join("adapter/adapter_model.safetensors").is_file());
+}

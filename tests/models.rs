@@ -677,6 +677,10 @@ fn memory_estimate_and_refusal() {
     assert!(4 * 256 * 96 > small.max_storage_buffer_binding_size);
     check_fits(&wide, &small, None, true).unwrap();
     assert_eq!(wide.largest_tensor.1, (4 * 256 * 48) as u64, "{:?}", wide.largest_tensor);
+    // Under 24 KiB not even 64 rows fit: no flag can help, and the message says so.
+    small.max_storage_buffer_binding_size = 20 << 10;
+    let e = check_fits(&f, &small, None, true).unwrap_err().to_string();
+    assert!(e.contains("logits (64 rows") && e.contains("vocabulary is too wide") && e.contains("--adapter"), "{e}");
 }
 
 /// A Llama whose linear rows are whole K-quant super-blocks (hidden 256, FFN 512), written with

@@ -281,6 +281,27 @@ mod tests {
         assert_eq!((lite0.name.as_str(), lite0.kind), ("efficientnet-lite0", ModelKind::ImageClassifier));
     }
 
+    /// Two fetches of one model: the second waits on the first's lock, then finds the model in
+    /// place and downloads nothing (here the first "download" is the test writing the file).
+    #[test]
+    fn a_second_fetch_waits_for_the_first_and_uses_its_model() {
+        let cache = tempfile::tempdir().unwrap();
+        let m = known("smollm2-135m").unwrap();
+        let first = crate::util::lock::Lock::take(&m.folder(cache.path()), "--model", "fetching").unwrap();
+        let (root, m2) = (cache.path().to_path_buf(), m.clone());
+        let second = std::thread::spawn(move || fetch(&m2, &root));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!second.is_finished(), "the second fetch did not wait");
+        fs::create_dir_all(m.folder(cache.path())).unwrap();
+        fs::write(m.model_path(cache.path()), b"the first fetch's model").unwrap();
+        drop(first);
+        let got = second.join().unwrap().unwrap();
+        assert_eq!(got, m.model_path(cache.path()));
+        assert_eq!(fs::read(&got).unwrap(), b"the first fetch's model");
+        let left: Vec<_> = fs::read_dir(cache.path().join("models")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [std::ffi::OsString::from("smollm2-135m")], "no lock file or partial folder left");
+    }
+
     #[test]
     fn bad_manifests_name_the_file_and_the_problem() {
         let base = include_str!("../../models/smollm2-135m.toml");

@@ -177,8 +177,8 @@ pub fn run(gpu: &Gpu, s: &EvalSettings) -> Result<EvalReport> {
             evaluate(s, gpu, &family, scoring, &[])?
         }
     };
-    std::fs::create_dir_all(&s.out).map_err(|e| Error::io(&s.out, e))?;
-    crate::util::folder::mark(&s.out, "kiln eval report")?;
+    // A new marked folder; an old report under --overwrite is replaced whole (no stale plot).
+    crate::util::folder::create_fresh(&s.out, "kiln eval report")?;
     if !s.no_plots {
         report.plots = draw_plots(&report, &s.out)?;
     }

@@ -309,6 +309,19 @@ pub fn check_fits(
         (name, bytes, "max_buffer_size", limits.max_buffer_size),
         (name, bytes, "max_storage_buffer_binding_size", limits.max_storage_buffer_binding_size),
     ] {
+        if *bytes > limit && name.starts_with("logits") {
+            // Fewer rows would not help: 64 rows is the least the loss binds at once.
+            return Err(Error::invalid(
+                "memory",
+                format!(
+                    "`{name}` needs {} in one binding, over this adapter's {limit_name} of {}: the model's \
+                     vocabulary is too wide for this adapter at any --batch-size or --max-len; choose an \
+                     adapter with larger limits (--adapter)",
+                    mib(*bytes),
+                    mib(limit)
+                ),
+            ));
+        }
         if *bytes > limit {
             return Err(Error::invalid(
                 "memory",

@@ -154,7 +154,8 @@ pub struct TrainSettings {
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub halt_after: Option<usize>,
-    /// Replace an existing run folder given by --out (its old checkpoints are deleted)
+    /// Replace a kiln run folder given by --out, whole (its old checkpoints and any file added to
+    /// it go); a folder kiln did not write (no .kiln marker) is refused
     #[arg(long)]
     #[serde(skip)]
     pub overwrite: bool,

@@ -163,3 +163,24 @@ fn tune_refuses_bad_spaces_naming_file_and_key() {
     }
     assert!(!tmp.path().join("s/trials").exists(), "nothing trained");
 }
+
+/// One writer per study: while another process holds the study's lock, `kiln tune` on it is
+/// refused before any trial, naming the holder's pid; nothing is written into the study.
+#[test]
+fn a_study_in_use_is_refused_naming_the_holder() {
+    let ws = bert_workspace();
+    let space = ws.path("space.toml");
+    let base = format!("[base]\nmodel = {:?}\ndata = {:?}\nstrategy = \"head\"\n", ws.model, ws.data);
+    std::fs::write(&space, base + "\n[params]\nlr = { log_uniform = [1e-3, 0.3] }\n").unwrap();
+    let study = ws.path("study");
+    let held = kiln::util::lock::Lock::take(&study, "--study", "a test holding the study").unwrap();
+    let err = kiln("tune").flag("space", &space).flag("study", &study).args(["--trials", "1"]).fails_naming(&[
+        "--study",
+        "in use by another kiln",
+        &format!("pid {} ", std::process::id()),
+        "a test holding the study",
+    ]);
+    assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
+    assert!(!study.exists(), "the refused study wrote {study:?}");
+    drop(held);
+}
