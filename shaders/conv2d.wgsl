@@ -17,7 +17,9 @@
 //
 // Depthwise convolutions (G = C = O) have an M of 1 per group, which wastes a GEMM tile, so
 // they take direct kernels: dw_forward and dw_dx (one invocation per output element, grid
-// stride), dw_dw (one workgroup per filter tap, a tree reduction over N*OH*OW).
+// stride), dw_dw_channel (one workgroup per channel holding all of its KH*KW <= 25 taps in
+// registers, so each dy element is read once rather than once per tap; a tree reduction over
+// N*OH*OW per tap), dw_dw (one workgroup per filter tap, for larger filters).
 // bias_grad: dbias[o] = sum over n, i, j of dy[n,o,i,j], one workgroup per channel.
 // Every entry adds into out instead of overwriting it when `accumulate` is set.
 
@@ -272,12 +274,24 @@ fn dw_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
         var s = 0.0;
         for (var a = 0u; a < p.kh; a++) {
             let ti = i32(y + p.ph) - i32(a * p.dh);
-            if (ti < 0 || u32(ti) % p.sh != 0u || u32(ti) / p.sh >= p.oh) { continue; }
-            let i = u32(ti) / p.sh;
+            if (ti < 0) { continue; }
+            // Stride 1 (most depthwise layers) needs no division: integer division by a
+            // runtime value is slow on CPU adapters, and this is the inner loop.
+            var i = u32(ti);
+            if (p.sh != 1u) {
+                if (i % p.sh != 0u) { continue; }
+                i = i / p.sh;
+            }
+            if (i >= p.oh) { continue; }
             for (var b = 0u; b < p.kw; b++) {
                 let tj = i32(x + p.pw) - i32(b * p.dw);
-                if (tj < 0 || u32(tj) % p.sw != 0u || u32(tj) / p.sw >= p.ow) { continue; }
-                let j = u32(tj) / p.sw;
+                if (tj < 0) { continue; }
+                var j = u32(tj);
+                if (p.sw != 1u) {
+                    if (j % p.sw != 0u) { continue; }
+                    j = j / p.sw;
+                }
+                if (j >= p.ow) { continue; }
                 s = fma(mat[(c * p.kh + a) * p.kw + b], img[(nc * p.oh + i) * p.ow + j], s);
             }
         }
@@ -318,6 +332,42 @@ fn dw_dw(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     scratch[lid] = acc;
     reduce_scratch(lid);
     if (lid == 0u) { store(tap, scratch[0]); }
+}
+
+// The most taps dw_dw_channel holds (5x5, EfficientNet's largest depthwise filter).
+const DW_TAPS: u32 = 25u;
+
+// img = x, mat = dy, out = dw [C, 1, KH, KW]: workgroup c sums every tap (a, b) over n, i, j,
+// each invocation keeping its partial sums of all taps; then one reduction per tap.
+@compute @workgroup_size(256)
+fn dw_dw_channel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.y * nwg.x + wg.x;
+    if (c >= p.c) { return; }
+    let s = p.oh * p.ow;
+    var acc: array<f32, DW_TAPS>;
+    for (var e = lid; e < p.n * s; e += 256u) {
+        let n = e / s;
+        let i = (e % s) / p.ow;
+        let j = e % p.ow;
+        let g = mat[(n * p.c + c) * s + i * p.ow + j];
+        let plane = (n * p.c + c) * p.h;
+        for (var a = 0u; a < p.kh; a++) {
+            let hi = i32(i * p.sh + a * p.dh) - i32(p.ph);
+            if (hi < 0 || hi >= i32(p.h)) { continue; }
+            for (var b = 0u; b < p.kw; b++) {
+                let wi = i32(j * p.sw + b * p.dw) - i32(p.pw);
+                if (wi < 0 || wi >= i32(p.w)) { continue; }
+                let t = a * p.kw + b;
+                acc[t] = fma(g, img[(plane + u32(hi)) * p.w + u32(wi)], acc[t]);
+            }
+        }
+    }
+    // taps() is uniform, so every invocation meets the reductions' barriers.
+    for (var t = 0u; t < taps(); t++) {
+        scratch[lid] = acc[t];
+        reduce_scratch(lid);
+        if (lid == 0u) { store(c * taps() + t, scratch[0]); }
+    }
 }
 
 // img = dy, out = dbias [O]: workgroup o sums dy[n, o, :, :].

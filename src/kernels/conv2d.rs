@@ -39,6 +39,8 @@ struct Params {
 }
 
 const OP: &str = "conv2d";
+/// The most filter taps `dw_dw_channel` keeps in registers (shaders/conv2d.wgsl's DW_TAPS).
+const DW_TAPS: usize = 25;
 const ACCESS: &[Access] = &[Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 
 /// The implicit GEMM's three directions (the shader's MODE).
@@ -197,7 +199,9 @@ pub fn weight_grad(
     let p = params(g, false, accumulate)?;
     check(g, [("x", x, &g.x_shape()), ("dy", dy, &g.y_shape()), ("dw", dw, &g.w_shape())])?;
     let bindings = [("x", Some(x)), ("dy", Some(dy)), ("bias", None), ("dw", Some(dw))];
-    if g.is_depthwise() {
+    if g.is_depthwise() && g.kh * g.kw <= DW_TAPS {
+        direct(gpu, "dw_dw_channel", p, &bindings, gpu.grid_1d(g.c_in as u64))
+    } else if g.is_depthwise() {
         direct(gpu, "dw_dw", p, &bindings, gpu.grid_1d(dw.numel() as u64))
     } else {
         gemm(gpu, g, Mode::WeightGrad, p, &bindings)
