@@ -69,10 +69,12 @@ def diff(ref, ours, what):
             print(f"   tensor {t}: converter {rt[t]}, kiln {ot[t]}")
 
 
-def kiln_logits(args, out):
-    """kiln's logits (base + adapter, dequantized to f32) and the prompts' token ids."""
+def kiln_logits(model, out, adapter=None):
+    """kiln's logits (dequantized to f32, with the PEFT adapter if given) and the token ids."""
     from safetensors.numpy import load_file
-    run(["cargo", "run", "--release", "--example", "lm_logits", "--", "--lora", args.adapter, args.base, out, *PROMPTS])
+    if not os.path.exists(out):
+        lora = ["--lora", adapter] if adapter else []
+        run(["cargo", "run", "--release", "--example", "lm_logits", "--", *lora, model, out, *PROMPTS])
     t = load_file(out)
     return [(t[f"ids.{i}"].astype(np.int64).tolist(), t[f"logits.{i}"]) for i in range(len(PROMPTS))]
 
@@ -127,13 +129,21 @@ def main():
         if os.path.exists(ref):
             diff(describe(ref), describe(w("f16", "model.gguf")), "convert_hf_to_gguf.py --outtype f16 vs kiln f16")
 
+    # kiln reads its own exports back: logits against kiln's base + adapter.
+    want = kiln_logits(args.base, w("kiln_logits.safetensors"), args.adapter)
+    ids = [i for i, _ in want]
+    print("| kiln reads | max abs logit diff vs base + adapter (3 prompts) | max abs logit |")
+    print("| --- | ---: | ---: |")
+    for ty in types:
+        got = kiln_logits(w(ty, "model.gguf"), w(ty, "kiln_logits.safetensors"))
+        err = max(float(np.abs(a - b).max()) for (_, a), (_, b) in zip(want, got))
+        print(f"| {ty} export | {err:.3e} | {max(float(np.abs(a).max()) for _, a in want):.1f} |", flush=True)
+
     try:
         import llama_cpp  # noqa: F401
     except Exception as e:  # the library is optional: say why there are no llama.cpp numbers
         print(f"no llama.cpp logits: cannot import llama_cpp ({e})")
         return
-    want = kiln_logits(args, w("kiln_logits.safetensors"))
-    ids = [i for i, _ in want]
     rows = [(ty, w(ty, "model.gguf"), None) for ty in types] + [("base + LoRA GGUF", args.base, w("lora", "adapter.gguf"))]
     print("| file | prompt tokens | max abs logit diff vs kiln | max abs logit | argmax agreement |")
     print("| --- | --- | ---: | ---: | ---: |")

@@ -344,7 +344,7 @@ pub fn encode(ty: GgmlType, data: &[f32], cols: usize, name: &str) -> Result<Vec
             let kind = QuantType::from_ggml(ty).filter(|k| !k.is_16bit()).ok_or_else(|| {
                 Error::invalid("quantize", format!("tensor `{name}`: kiln does not write {ty} blocks"))
             })?;
-            let rows = if cols == 0 { 0 } else { data.len() / cols };
+            let rows = data.len().checked_div(cols).unwrap_or(0);
             QuantWeights::quantize(kind, data, rows, cols, name)?.blocks
         }
     })
