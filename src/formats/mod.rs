@@ -6,6 +6,7 @@
 pub mod chat_template;
 pub mod gguf;
 pub mod lfs;
+pub mod modelfile;
 pub mod peft;
 pub mod pth;
 pub mod safetensors;

@@ -808,6 +808,10 @@ impl CausalLm for Decoder {
         self.config.to_hf_json()
     }
 
+    fn decoder_config(&self) -> Option<&DecoderConfig> {
+        Some(&self.config)
+    }
+
     /// Gemma's checkpoints store w for norms computing x·(1 + w): kiln's 1 + w loses the 1.
     fn hf_weights(&self, gpu: &Gpu) -> Result<Vec<super::NamedWeight>> {
         let mut tensors = super::weights_f32(self, gpu)?;

@@ -224,9 +224,10 @@ impl<'a> GgufSource<'a> {
     /// Rows of `g` to unpermute: the head count when it is a permuted Q or K weight.
     fn permuted_heads(&self, g: &str) -> Option<usize> {
         let (hq, hkv) = self.permuted?;
-        if g.ends_with("attn_q.weight") {
+        // The converter permutes the biases' rows too (Llama's `attention_bias`).
+        if g.ends_with("attn_q.weight") || g.ends_with("attn_q.bias") {
             Some(hq)
-        } else if g.ends_with("attn_k.weight") {
+        } else if g.ends_with("attn_k.weight") || g.ends_with("attn_k.bias") {
             Some(hkv)
         } else {
             None
@@ -346,7 +347,7 @@ impl WeightSource for GgufSource<'_> {
         }
         self.taken.insert(g.clone());
         Ok(match self.permuted_heads(&g) {
-            Some(heads) => unpermute_rows(&data, shape[0], shape[1], heads),
+            Some(heads) => unpermute_rows(&data, shape[0], shape.get(1).copied().unwrap_or(1), heads),
             None => data,
         })
     }

@@ -10,6 +10,7 @@ pub mod decoder;
 pub mod efficientnet_lite;
 pub mod gemma3;
 pub mod gguf_decoder;
+pub mod gguf_export;
 pub mod gpt2;
 pub mod image_classifier;
 pub mod llama;
@@ -144,6 +145,12 @@ pub trait CausalLm: Module {
     /// Every weight as Hugging Face names and stores it (for exports): (name, values, shape).
     fn hf_weights(&self, gpu: &Gpu) -> Result<Vec<NamedWeight>> {
         weights_f32(self, gpu)
+    }
+
+    /// The decoder's switches, for a model built on the one decoder (every family but GPT-2):
+    /// exports to formats that name them (GGUF's `<arch>.*` keys).
+    fn decoder_config(&self) -> Option<&decoder::DecoderConfig> {
+        None
     }
 
     /// A sequence length past which every position is encoded differently (LongRoPE's original

@@ -332,6 +332,24 @@ impl QuantWeights {
     }
 }
 
+/// Encodes a row-major matrix with rows of `cols` values as a GGUF tensor of type `ty`: F32,
+/// F16 and BF16 value by value (rounded to nearest), the block formats by [`QuantWeights::quantize`].
+/// `name` (the tensor) goes into errors.
+pub fn encode(ty: GgmlType, data: &[f32], cols: usize, name: &str) -> Result<Vec<u8>> {
+    Ok(match ty {
+        GgmlType::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::F16 => data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+        GgmlType::BF16 => data.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+        _ => {
+            let kind = QuantType::from_ggml(ty).filter(|k| !k.is_16bit()).ok_or_else(|| {
+                Error::invalid("quantize", format!("tensor `{name}`: kiln does not write {ty} blocks"))
+            })?;
+            let rows = data.len().checked_div(cols).unwrap_or(0);
+            QuantWeights::quantize(kind, data, rows, cols, name)?.blocks
+        }
+    })
+}
+
 /// Rows must be whole blocks: K-quant rows whole super-blocks of 256 (llama.cpp refuses the
 /// rest too, and its converters fall back to another type for such tensors).
 pub fn check_row_len(kind: QuantType, cols: usize, name: &str) -> Result<()> {

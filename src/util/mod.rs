@@ -28,6 +28,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// Writes the file `path` by streaming into a temporary file beside it, then renaming it: a
+/// reader sees the whole file or none, and a failed write (a full disk) removes the temporary
+/// file before the error is returned.
+pub fn write_file_whole(path: &Path, write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> Result<()> {
+    let name = path.file_name().map_or("out".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    let written = (|| {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        write(&mut file)?;
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()
+    })()
+    .map_err(|e| Error::io(&tmp, e))
+    .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// kiln's cache folder (fetched models and data, measured matmul tiles): `$KILN_CACHE` or
 /// `~/.cache/kiln`.
 pub fn cache_dir() -> PathBuf {

@@ -18,6 +18,7 @@ mod data;
 mod dora;
 mod eval;
 mod export;
+mod gguf_export;
 mod memory;
 mod train;
 mod tune;

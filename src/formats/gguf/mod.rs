@@ -654,6 +654,7 @@ impl<'a> Reader<'a> {
 
 #[doc(hidden)]
 pub mod testing;
+pub mod write;
 
 #[cfg(test)]
 mod tests {

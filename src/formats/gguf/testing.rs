@@ -3,7 +3,8 @@
 
 use half::{bf16, f16};
 
-use super::{GgmlType, GgufValue, value_type as t};
+use super::write::{type_of, write_string, write_value};
+use super::{GgmlType, GgufValue};
 use crate::quant::{QuantType, QuantWeights};
 
 pub struct TensorSpec {
@@ -70,7 +71,7 @@ impl GgufBuilder {
         for (key, value) in &self.kvs {
             write_string(&mut out, key);
             out.extend(type_of(value).to_le_bytes());
-            write_value(&mut out, value);
+            write_value(&mut out, value).expect("test arrays hold one type");
         }
         let mut data = Vec::new();
         for spec in &self.tensors {
@@ -87,55 +88,6 @@ impl GgufBuilder {
         out.resize(out.len().div_ceil(alignment) * alignment, 0);
         out.extend(data);
         out
-    }
-}
-
-fn write_string(out: &mut Vec<u8>, s: &str) {
-    out.extend((s.len() as u64).to_le_bytes());
-    out.extend(s.as_bytes());
-}
-
-fn type_of(v: &GgufValue) -> u32 {
-    match v {
-        GgufValue::U8(_) => t::U8,
-        GgufValue::I8(_) => t::I8,
-        GgufValue::U16(_) => t::U16,
-        GgufValue::I16(_) => t::I16,
-        GgufValue::U32(_) => t::U32,
-        GgufValue::I32(_) => t::I32,
-        GgufValue::F32(_) => t::F32,
-        GgufValue::Bool(_) => t::BOOL,
-        GgufValue::String(_) => t::STRING,
-        GgufValue::Array(_) => t::ARRAY,
-        GgufValue::U64(_) => t::U64,
-        GgufValue::I64(_) => t::I64,
-        GgufValue::F64(_) => t::F64,
-    }
-}
-
-fn write_value(out: &mut Vec<u8>, v: &GgufValue) {
-    match v {
-        GgufValue::U8(x) => out.push(*x),
-        GgufValue::I8(x) => out.extend(x.to_le_bytes()),
-        GgufValue::U16(x) => out.extend(x.to_le_bytes()),
-        GgufValue::I16(x) => out.extend(x.to_le_bytes()),
-        GgufValue::U32(x) => out.extend(x.to_le_bytes()),
-        GgufValue::I32(x) => out.extend(x.to_le_bytes()),
-        GgufValue::F32(x) => out.extend(x.to_le_bytes()),
-        GgufValue::Bool(x) => out.push(*x as u8),
-        GgufValue::String(s) => write_string(out, s),
-        GgufValue::Array(items) => {
-            let elem = items.first().map(type_of).unwrap_or(t::STRING);
-            out.extend(elem.to_le_bytes());
-            out.extend((items.len() as u64).to_le_bytes());
-            for item in items {
-                assert_eq!(type_of(item), elem, "test arrays hold one type");
-                write_value(out, item);
-            }
-        }
-        GgufValue::U64(x) => out.extend(x.to_le_bytes()),
-        GgufValue::I64(x) => out.extend(x.to_le_bytes()),
-        GgufValue::F64(x) => out.extend(x.to_le_bytes()),
     }
 }
 
