@@ -13,6 +13,7 @@
 //   gelu_tanh:      out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (GPT-2's "gelu_new")
 //   silu:           out = x * sigmoid(x)
 //   relu, relu6:    out = max(x, 0), min(max(x, 0), 6)   (derivative 0 at the kinks, as PyTorch)
+//   tanh_act:       out = tanh(x)                          (BERT's pooler; `tanh` is WGSL's builtin)
 //   *_bwd:          out = dy * f'(x)                       (x = binding 1, dy = binding 2)
 //   swiglu:         out = silu(gate) * up                  (gate = x, up = y)
 //   swiglu_bwd:     dgate = dy * up * silu'(gate), dup = dy * silu(gate)
@@ -189,6 +190,22 @@ fn relu6(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
 fn relu6_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
         store(i, select(0.0, y[i], x[i] > 0.0 && x[i] < 6.0));
+    }
+}
+
+@compute @workgroup_size(256)
+fn tanh_act(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
+        store(i, tanh_safe(x[i]));
+    }
+}
+
+// d tanh(x)/dx = 1 - tanh(x)^2, which the clamp at ±10 leaves at 0 in f32 as it should be.
+@compute @workgroup_size(256)
+fn tanh_act_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
+        let t = tanh_safe(x[i]);
+        store(i, y[i] * (1.0 - t * t));
     }
 }
 

