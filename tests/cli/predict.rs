@@ -11,6 +11,32 @@ fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
+/// The workspace's tiny BERT (`model`) with a pooler (the `bert_tiny` fixture's, scaled to
+/// transformers' initial size) in `dir`, for `--pooling pooler`.
+fn with_pooler(model: &Path, dir: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in std::fs::read_dir(model).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let (mine, fixture_bytes) =
+        (read(&model.join("model.safetensors")), read(&fixture("bert_tiny").join("model.safetensors")));
+    let mut tensors = Vec::new();
+    for (bytes, pooler) in [(&mine, false), (&fixture_bytes, true)] {
+        for (name, v) in safetensors::SafeTensors::deserialize(bytes).unwrap().tensors() {
+            if name.contains("pooler") != pooler {
+                continue;
+            }
+            let scale = if pooler { 0.1 } else { 1.0 };
+            let data = v.data().chunks_exact(4).map(|b| scale * f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            tensors.push((name.to_string(), data, v.shape().to_vec()));
+        }
+    }
+    kiln::formats::safetensors::save_safetensors(&dir.join("model.safetensors"), &tensors, None).unwrap();
+    dir.to_path_buf()
+}
+
 /// The confusion matrix (rows: given label) of predictions against the labels they carried.
 fn confusion(preds: &[serde_json::Value], labels: &[&str]) -> Vec<Vec<u64>> {
     let id = |l: &serde_json::Value| labels.iter().position(|x| l == x).unwrap();
@@ -32,13 +58,14 @@ fn matrix(v: &serde_json::Value) -> Vec<Vec<u64>> {
 #[test]
 fn text_classifier_predictions_equal_eval() {
     let ws = bert_workspace();
+    let base = with_pooler(&ws.model, &ws.path("bert-pooler"));
     let run = ws.path("run");
-    let train = classifier_run(&ws, &run, "lora").model(&fixture("bert_tiny")).flag("pooling", "pooler");
+    let train = classifier_run(&ws, &run, "lora").model(&base).flag("pooling", "pooler");
     train.args(["--epochs", "2", "--lr", "1e-2", "--eval-every", "0"]).json();
     // The adapter names its base as given (no repo id known), carries the pooler whole, and its
     // README shows PEFT's class.
     let cfg = read_json(&run.join("adapter/adapter_config.json"));
-    assert_eq!(cfg["base_model_name_or_path"], fixture("bert_tiny").display().to_string());
+    assert_eq!(cfg["base_model_name_or_path"], base.display().to_string());
     assert_eq!(cfg["modules_to_save"], serde_json::json!(["bert.pooler.dense", "classifier"]));
     let readme = std::fs::read_to_string(run.join("adapter/README.md")).unwrap();
     assert!(readme.contains("AutoPeftModelForSequenceClassification"), "{readme}");
