@@ -99,7 +99,7 @@ impl SequenceClassifier {
         let head = fresh_head(gpu, c, labels.len(), seed)?;
         let mut model = Self::assemble(body, head, labels, pooling)?;
         if pooling == Pooling::Pooler {
-            let mut rng = Rng::new(seed ^ 0x9001_E5);
+            let mut rng = Rng::new(seed ^ 0x9001_00E5);
             let w = Tensor::from_f32(gpu, &rng.normal(c * c, HEAD_INIT_STD), &[c, c])?;
             model.pooler = Some(Linear::new(POOLER, w, Some(Tensor::zeros(gpu, &[c])?), WeightLayout::OutIn));
         }

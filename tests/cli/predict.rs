@@ -201,7 +201,7 @@ fn image_predictions_equal_the_runs_test_scores() {
                 let v = if horizontal { 20 } else { 120 }
                     + if (t / 3) % 2 == 0 { 100 } else { 0 }
                     + ((x * 7 + y) % 13) as u8;
-                image::Rgb([v as u8, v as u8, v as u8])
+                image::Rgb([v, v, v])
             });
             img.save(images.join(class).join(format!("{i}.png"))).unwrap();
         }
