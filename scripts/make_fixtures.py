@@ -658,6 +658,19 @@ def build_bert(out_root, seed):
     exp["pooled_cls"] = pooled_cls.contiguous()
     exp["logits_cls"] = logits_cls.contiguous()
 
+    # BERT's own head (`--pooling pooler`): [CLS] -> pooler dense + tanh -> classifier, as
+    # BertForSequenceClassification computes it; the loss's gradients reach the pooler.
+    model.zero_grad(set_to_none=True)
+    pooler_out = model(**kw)
+    pooler_loss = torch.nn.functional.cross_entropy(pooler_out.logits, labels)
+    pooler_loss.backward()
+    exp["logits_pooler"] = pooler_out.logits.detach().contiguous()
+    exp["loss_pooler"] = pooler_loss.detach().reshape(1)
+    for name in ["bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight",
+                 "bert.encoder.layer.1.attention.self.query.weight"]:
+        exp["pooler_grad." + name] = params[name].grad.detach().contiguous().clone()
+    model.zero_grad(set_to_none=True)
+
     lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", task_type="SEQ_CLS",
                       target_modules=["query", "key", "value", "dense"])
     peft_model = get_peft_model(model, lcfg)
@@ -1037,8 +1050,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures"))
     ap.add_argument("--tokenizers-only", action="store_true",
                     help="write only tokenizers/ (tokenizer_fixtures.py: tiny tokenizers, GGUF copies, chat templates)")
-    ap.add_argument("--only", choices=["text", "vision", "bf16", "dora"],
-                    help="make only the text, the vision, the 16-bit base or the DoRA fixtures")
+    ap.add_argument("--only", choices=["text", "vision", "bf16", "dora", "bert"],
+                    help="make only the text, the vision, the 16-bit base, the DoRA or the BERT fixtures")
     ap.add_argument("--family", action="append", choices=[f[0] for f in FAMILIES],
                     help="make only this decoder family's fixture (repeatable); nothing else is rewritten")
     args = ap.parse_args()
@@ -1052,6 +1065,11 @@ def main():
         torch.use_deterministic_algorithms(True)
         torch.set_num_threads(1)
         return report(dora())
+    if args.only == "bert":
+        torch.manual_seed(0)
+        torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(1)
+        return report([build_bert(out_root, seed=4321)])
 
     sys.path.insert(0, here)
     import tokenizer_fixtures

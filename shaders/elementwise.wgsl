@@ -15,6 +15,7 @@
 //   gelu_tanh:      out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (GPT-2's "gelu_new")
 //   silu:           out = x * sigmoid(x)
 //   relu, relu6:    out = max(x, 0), min(max(x, 0), 6)   (derivative 0 at the kinks, as PyTorch)
+//   tanh_act:       out = tanh(x)                          (BERT's pooler; `tanh` is WGSL's builtin)
 //   *_bwd:          out = dy * f'(x)                       (x = binding 1, dy = binding 2)
 //   swiglu:         out = silu(gate) * up                  (gate = x, up = y)
 //   swiglu_bwd:     dgate = dy * up * silu'(gate), dup = dy * silu(gate)
@@ -113,6 +114,8 @@ const RELU6: u32 = 12u;
 const RELU6_BWD: u32 = 13u;
 const SWIGLU: u32 = 14u;
 const GEGLU: u32 = 15u;
+const TANH_ACT: u32 = 16u;
+const TANH_ACT_BWD: u32 = 17u;
 
 // What op `op` writes at element i: the table at the top, one line per op.
 fn value(op: u32, i: u32) -> f32 {
@@ -133,6 +136,9 @@ fn value(op: u32, i: u32) -> f32 {
         case RELU6_BWD: { return select(0.0, y[i], x[i] > 0.0 && x[i] < 6.0); }
         case SWIGLU: { return silu_f(x[i]) * y[i]; }
         case GEGLU: { return gelu_tanh_f(x[i]) * y[i]; }
+        case TANH_ACT: { return tanh_safe(x[i]); }
+        // d tanh(x)/dx = 1 - tanh(x)^2, which the clamp at ±10 leaves at 0 in f32 as it should be.
+        case TANH_ACT_BWD: { let t = tanh_safe(x[i]); return y[i] * (1.0 - t * t); }
         default: { return 0.0; }
     }
 }
@@ -167,6 +173,8 @@ fn map(op: u32, id: Ids) {
 @compute @workgroup_size(256) fn relu6_bwd(id: Ids) { map(RELU6_BWD, id); }
 @compute @workgroup_size(256) fn swiglu(id: Ids) { map(SWIGLU, id); }
 @compute @workgroup_size(256) fn geglu(id: Ids) { map(GEGLU, id); }
+@compute @workgroup_size(256) fn tanh_act(id: Ids) { map(TANH_ACT, id); }
+@compute @workgroup_size(256) fn tanh_act_bwd(id: Ids) { map(TANH_ACT_BWD, id); }
 
 // swiglu_bwd and geglu_bwd have their own bindings: gate, up, dy in; dgate, dup out.
 @group(0) @binding(1) var<storage, read> sw_gate: array<f32>;

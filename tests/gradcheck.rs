@@ -390,4 +390,7 @@ fn pooling_and_relu_backward() {
         let analytic: Vec<f64> = x.iter().zip(&w).map(|(&x, &w)| w * df(x)).collect();
         check(name, &x, &analytic, |x| x.iter().zip(&w).map(|(&x, &w)| w * f(x)).sum());
     }
+    // tanh (BERT's pooler): d/dx tanh(x) = 1 − tanh(x)², smooth everywhere.
+    let analytic: Vec<f64> = x.iter().zip(&w).map(|(&x, &w)| w * elementwise::tanh_grad(x)).collect();
+    check("tanh", &x, &analytic, |x| x.iter().zip(&w).map(|(&x, &w)| w * elementwise::tanh(x)).sum());
 }

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod models;
+pub mod predict;
 pub mod train;
 pub mod tune;
 
@@ -44,6 +45,9 @@ pub enum Command {
     /// Evaluate a finished model: scores, per-group gaps, counterfactual swaps, edge cases,
     /// latency and throughput, in one report.
     Eval(Box<eval::EvalArgs>),
+    /// Predictions for new, unlabelled inputs: each text's or image's label and class
+    /// probabilities, or a language model's completion of each prompt, as jsonl or csv.
+    Predict(predict::PredictArgs),
     /// Hyperparameter search over `kiln train`: random, grid or TPE sampling, successive
     /// halving, a resumable study folder with a results table, the best config and a plot.
     Tune(Box<tune::TuneArgs>),
@@ -97,6 +101,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => export::run(args),
         Command::Data(args) => data::run(args),
         Command::Eval(args) => eval::run(*args),
+        Command::Predict(args) => predict::run(args),
         Command::Tune(args) => tune::run(*args),
     }
 }

@@ -244,6 +244,58 @@ fn verify(m: &Manifest, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How an adapter names its base (`base_model_name_or_path`): the Hugging Face repo id when kiln
+/// knows it (the manifest of the cached model at `path`, else config.json's `_name_or_path`
+/// when it reads as a repo id), otherwise `path` as the user gave it. Never a GGUF's
+/// `general.name` ("Smollm2 135M 8k Lc100K Mix1 Ep2"), which PEFT cannot load as a repo id.
+pub fn hub_name(path: &Path, cache: &Path) -> String {
+    let canon = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let here = canon(path);
+    for m in manifests().unwrap_or_default() {
+        if let Some(repo) = &m.hf_repo
+            && (here == canon(&m.model_path(cache)) || here.starts_with(canon(&m.folder(cache))))
+        {
+            return repo.clone();
+        }
+    }
+    let config = if path.is_dir() { path.join("config.json") } else { path.with_file_name("config.json") };
+    let named = fs::read_to_string(&config)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["_name_or_path"].as_str().map(str::to_string));
+    match named {
+        Some(id) if path.is_dir() && looks_like_repo_id(&id) => id,
+        _ => path.display().to_string(),
+    }
+}
+
+/// `owner/name` or `name` of Hugging Face's characters, and no file or folder here by that name
+/// (transformers writes a local path into `_name_or_path` when a model was loaded from one).
+fn looks_like_repo_id(id: &str) -> bool {
+    let ok = |part: &str| {
+        !part.is_empty()
+            && !part.starts_with(['.', '-'])
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    let parts: Vec<&str> = id.split('/').collect();
+    parts.len() <= 2 && parts.iter().all(|p| ok(p)) && !Path::new(id).exists()
+}
+
+/// The local model an adapter's `base_model_name_or_path` names: a file or folder that exists,
+/// or the repo id of a model kiln knows (fetched into `cache` when it is not there yet).
+pub fn base_path(name: &str, cache: &Path) -> Result<Option<PathBuf>> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if Path::new(name).exists() {
+        return Ok(Some(PathBuf::from(name)));
+    }
+    match manifests()?.into_iter().find(|m| m.hf_repo.as_deref() == Some(name)) {
+        Some(m) => Ok(Some(fetch(&m, cache)?)),
+        None => Ok(None),
+    }
+}
+
 /// The sha256 of a file, as lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -373,5 +425,33 @@ path = "b/part1"
                 .to_string()
                 .contains("known: smollm2-135m, gemma3-270m, minilm")
         );
+    }
+
+    #[test]
+    fn bases_are_named_by_repo_id_when_known() {
+        let cache = tempfile::tempdir().unwrap();
+        let m = known("minilm").unwrap();
+        let model = m.model_path(cache.path());
+        fs::create_dir_all(&model).unwrap();
+        // The manifest wins over config.json's `_name_or_path` (MiniLM's names its parent model).
+        fs::write(model.join("config.json"), r#"{"_name_or_path": "nreimers/MiniLM-L6-H384-uncased"}"#).unwrap();
+        assert_eq!(hub_name(&model, cache.path()), "sentence-transformers/all-MiniLM-L6-v2");
+        let gguf = known("smollm2-135m").unwrap().model_path(cache.path());
+        assert_eq!(hub_name(&gguf, cache.path()), "HuggingFaceTB/SmolLM2-135M-Instruct");
+        // A folder of the user's: its config's repo id, else the path as given.
+        let mine = cache.path().join("mine");
+        fs::create_dir_all(&mine).unwrap();
+        fs::write(mine.join("config.json"), r#"{"_name_or_path": "prajjwal1/bert-tiny"}"#).unwrap();
+        assert_eq!(hub_name(&mine, cache.path()), "prajjwal1/bert-tiny");
+        fs::write(mine.join("config.json"), r#"{"_name_or_path": "/home/me/old/checkpoint"}"#).unwrap();
+        assert_eq!(hub_name(&mine, cache.path()), mine.display().to_string());
+        fs::write(mine.join("config.json"), "{}").unwrap();
+        assert_eq!(hub_name(&mine, cache.path()), mine.display().to_string());
+        let file = cache.path().join("other.gguf");
+        assert_eq!(hub_name(&file, cache.path()), file.display().to_string());
+        // And back: a known repo id is the cached model, a path is itself, the rest is unknown.
+        assert_eq!(base_path("sentence-transformers/all-MiniLM-L6-v2", cache.path()).unwrap(), Some(model));
+        assert_eq!(base_path(&mine.display().to_string(), cache.path()).unwrap(), Some(mine));
+        assert_eq!(base_path("someone/unknown-model", cache.path()).unwrap(), None);
     }
 }

@@ -20,7 +20,7 @@ pub struct Encoded {
 
 /// Characters kept of a text before tokenizing: far more than `max_len` tokens ever need, so
 /// a megabyte-long e-mail costs nothing.
-const CHARS_PER_TOKEN_BOUND: usize = 32;
+pub const CHARS_PER_TOKEN_BOUND: usize = 32;
 
 /// The folder's tokenizer, truncating to `max_len` tokens (special tokens included) and not
 /// padding (tokenizer.json files often carry a fixed padding that batching does better).

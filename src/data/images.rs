@@ -58,7 +58,8 @@ fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
 }
 
-fn is_image(p: &Path) -> bool {
+/// A file with an image extension ([`EXTENSIONS`]).
+pub fn is_image(p: &Path) -> bool {
     p.is_file()
         && p.extension().and_then(|x| x.to_str()).is_some_and(|x| EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
 }

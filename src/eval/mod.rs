@@ -7,6 +7,8 @@
 //!   records; [`calibration`] (ECE), [`slices`] and [`bootstrap`] (per-group scores and the
 //!   largest gap with its interval), [`counterfactual`] (term swaps), [`edge_cases`], [`latency`]
 //!   (percentiles, throughput), [`report`] (report.json and report.md) and [`plots`].
+//! - [`target`] says what a `--model` is (text or image classifier, or causal LM, with its
+//!   adapter and run folder); [`predict`] is `kiln predict`: predictions for new inputs.
 
 pub mod bootstrap;
 pub mod calibration;
@@ -19,10 +21,12 @@ pub mod language_model;
 pub mod latency;
 pub mod lm_family;
 pub mod plots;
+pub mod predict;
 pub mod report;
 pub mod run;
 pub mod settings;
 pub mod slices;
+pub mod target;
 pub mod text_family;
 
 pub use run::run;

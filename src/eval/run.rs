@@ -43,22 +43,10 @@ enum Kind {
     },
 }
 
-/// The base an adapter names (`base_model_name_or_path`), when it is a path that exists.
+/// The base an adapter names (`base_model_name_or_path`: a path, or the repo id of a model
+/// kiln knows), else its run's model.
 fn adapter_base(adapter: &Path) -> Result<PathBuf> {
-    let cfg_path = adapter.join("adapter_config.json");
-    let cfg = read_json(&cfg_path)?;
-    let base = cfg["base_model_name_or_path"].as_str().unwrap_or_default();
-    let path = PathBuf::from(base);
-    if base.is_empty() || !path.exists() {
-        return Err(Error::Parse {
-            path: cfg_path,
-            message: format!(
-                "base_model_name_or_path `{base}` is not a file or folder here; give the base with --model BASE --lora {}",
-                adapter.display()
-            ),
-        });
-    }
-    Ok(path)
+    super::target::adapter_base(adapter, &crate::data::fetch::default_cache_dir())
 }
 
 fn is_classifier_adapter(adapter: &Path) -> Result<bool> {

@@ -1,5 +1,5 @@
 //! Elementwise ops (`shaders/elementwise.wgsl`): add/scale/mul/bias, the activations GELU
-//! (erf and tanh forms), SiLU, ReLU, ReLU6, SwiGLU and GeGLU, and their backward passes.
+//! (erf and tanh forms), SiLU, ReLU, ReLU6, tanh, SwiGLU and GeGLU, and their backward passes.
 //!
 //! Backward functions write `dx` (or add into it with `accumulate`), so the autograd tape can
 //! sum gradients from several uses of a tensor without extra kernels.
@@ -24,6 +24,8 @@ pub enum Activation {
     Relu,
     /// min(max(x, 0), 6) (MobileNet's and EfficientNet-Lite's).
     Relu6,
+    /// tanh(x) (BERT's pooler).
+    Tanh,
 }
 
 impl Activation {
@@ -34,10 +36,11 @@ impl Activation {
             Activation::Silu => ("silu", "silu_bwd"),
             Activation::Relu => ("relu", "relu_bwd"),
             Activation::Relu6 => ("relu6", "relu6_bwd"),
+            Activation::Tanh => ("tanh_act", "tanh_act_bwd"),
         }
     }
 
-    /// The kernel's name: `gelu_erf`, `gelu_tanh`, `silu`, `relu` or `relu6`.
+    /// The kernel's name: `gelu_erf`, `gelu_tanh`, `silu`, `relu`, `relu6` or `tanh_act`.
     pub fn name(self) -> &'static str {
         self.entries().0
     }
@@ -50,6 +53,7 @@ impl Activation {
             "silu" | "swish" => Some(Activation::Silu),
             "relu" => Some(Activation::Relu),
             "relu6" => Some(Activation::Relu6),
+            "tanh" => Some(Activation::Tanh),
             _ => None,
         }
     }

@@ -104,3 +104,13 @@ pub fn relu6(x: f64) -> f64 {
 pub fn relu6_grad(x: f64) -> f64 {
     if x > 0.0 && x < 6.0 { 1.0 } else { 0.0 }
 }
+
+/// tanh(x) (BERT's pooler activation).
+pub fn tanh(x: f64) -> f64 {
+    x.tanh()
+}
+
+/// 1 − tanh(x)².
+pub fn tanh_grad(x: f64) -> f64 {
+    1.0 - x.tanh().powi(2)
+}

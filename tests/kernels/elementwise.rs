@@ -20,12 +20,13 @@ fn activations_forward_and_backward() {
     let gpu = gpu();
     let mut rng = Rng::new(20);
     type Case = (Activation, fn(f64) -> f64, fn(f64) -> f64);
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         (Activation::GeluErf, r::gelu_erf, r::gelu_erf_grad),
         (Activation::GeluTanh, r::gelu_tanh, r::gelu_tanh_grad),
         (Activation::Silu, r::silu, r::silu_grad),
         (Activation::Relu, r::relu, r::relu_grad),
         (Activation::Relu6, r::relu6, r::relu6_grad),
+        (Activation::Tanh, r::tanh, r::tanh_grad),
     ];
     for n in SIZES {
         // Spread inputs over [-12, 12] to reach the saturated tails.

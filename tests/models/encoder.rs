@@ -115,6 +115,52 @@ fn classifier_loss_and_gradients_match_pytorch() {
     assert_close("class-weighted loss", &[weighted.read(g).unwrap().0], e.f("loss_weighted"), LOGIT_TOL, 1e-5);
 }
 
+/// `--pooling pooler` is `BertForSequenceClassification`'s own head: [CLS] → the checkpoint's
+/// pooler dense + tanh → classifier. Logits, loss and the gradients of the pooler, the head and
+/// an encoder weight match PyTorch's to 1e-4; a saved adapter carries the pooler in PEFT's
+/// `modules_to_save` and loads back to the same logits.
+#[test]
+fn classifier_with_berts_pooler_matches_pytorch() {
+    let g = gpu();
+    let (mut model, e) = classifier(Pooling::Pooler);
+    let input = e.encoder_input();
+    let logits = model.predict(g, &input).unwrap();
+    assert_close("pooler logits", &logits, e.f("logits_pooler"), 1e-4, 1e-4);
+    model.set_trainable(g, &|_| true).unwrap();
+    let tape = Tape::train(g, 0, 1);
+    let l = model.logits(&tape, &input).unwrap();
+    let loss = model.loss(&tape, &l, &e.targets(), None).unwrap();
+    tape.backward(&loss, 1.0).unwrap();
+    assert_close("pooler loss", &[loss.read(g).unwrap().0], e.f("loss_pooler"), 1e-4, 1e-5);
+    let mut checked = 0;
+    model.visit_params(&mut |p| {
+        let key = format!("pooler_grad.{}", p.name);
+        if e.f.contains_key(&key) {
+            assert_close(&key, &p.grad.as_ref().unwrap().to_f32_vec(g).unwrap(), e.f(&key), GRAD_TOL, 1e-3);
+            checked += 1;
+        }
+    });
+    assert_eq!(checked, 4, "every pooler gradient of the fixture was compared");
+    // The pooler is part of the head: depth 0, so `head` and `lora` train it.
+    assert_eq!(model.depth("bert.pooler.dense.weight"), 0);
+
+    // An adapter: LoRA, then the pooler and head changed as training would; saved and loaded.
+    let cfg = model.load_adapter(g, &fixture("bert_tiny").join("peft_adapter")).unwrap();
+    let pooler = model.pooler.as_mut().unwrap();
+    let w: Vec<f32> = pooler.weight.value.to_f32_vec(g).unwrap().iter().map(|x| x * 0.5 + 0.01).collect();
+    pooler.weight.value = kiln::Tensor::from_f32(g, &w, &[32, 32]).unwrap();
+    let before = model.predict(g, &input).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    model.save_adapter(g, &cfg, "bert_tiny", out.path()).unwrap();
+    let config = std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap();
+    assert!(config.contains("\"bert.pooler.dense\"") && config.contains("\"classifier\""), "{config}");
+    let readme = std::fs::read_to_string(out.path().join("README.md")).unwrap();
+    assert!(readme.contains("AutoPeftModelForSequenceClassification") && readme.contains("model(**enc)"), "{readme}");
+    let mut again = SequenceClassifier::load(g, &fixture("bert_tiny"), labels(), Pooling::Pooler, 99).unwrap();
+    again.load_adapter(g, out.path()).unwrap();
+    assert_close("reloaded pooler logits", &again.predict(g, &input).unwrap(), &f64s(&before), 0.0, 0.0);
+}
+
 /// PEFT's SEQ_CLS adapter (LoRA on query/key/value/dense, classifier in modules_to_save) loads;
 /// logits, loss and every gradient (adapters and head) match PEFT's.
 #[test]
@@ -155,6 +201,9 @@ fn classifier_adapter_save_and_load_round_trip() {
     model.save_adapter(g, &cfg, "bert_tiny", out.path()).unwrap();
     let (labels, pooling) = kiln::models::classifier::read_classifier_meta(out.path()).unwrap();
     assert_eq!((labels.len(), pooling), (LABELS, Pooling::Cls));
+    // Without BERT's pooler, the README shows how to pool as kiln does.
+    let readme = std::fs::read_to_string(out.path().join("README.md")).unwrap();
+    assert!(readme.contains("h[:, 0]") && readme.contains("num_labels=3"), "{readme}");
     let mut again = SequenceClassifier::load(g, &fixture("bert_tiny"), labels, pooling, 99).unwrap();
     let cfg2 = again.load_adapter(g, out.path()).unwrap();
     assert_eq!(cfg, cfg2);

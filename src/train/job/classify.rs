@@ -18,7 +18,7 @@ use crate::data::spamassassin;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::metrics::{Metrics, group_accuracy};
-use crate::models::classifier::{Pooling, SequenceClassifier};
+use crate::models::classifier::SequenceClassifier;
 use crate::models::count_params;
 use crate::nn::LoraConfig;
 use crate::train::classify::{ClassifyConfig, LabeledSet, Strategy, Unfreeze, predict, train_classifier};
@@ -185,10 +185,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
         valid_x.len(),
         test_x.len(),
     ));
-    let pooling = match c.pooling {
-        Pooling::Mean => "mean",
-        Pooling::Cls => "CLS",
-    };
+    let pooling = c.pooling.describe();
     let head = if model.head_from_checkpoint { "the checkpoint's head" } else { "a new head" };
     progress.note(&format!(
         "  strategy  {strategy}, {pooling} pooling, {head}, lr {:.1e}, {} epochs",
@@ -363,7 +360,7 @@ fn save(
 ) -> Result<PathBuf> {
     if strategy == Strategy::Lora {
         let dir = out.join("adapter");
-        model.save_adapter(gpu, lora, &base.display().to_string(), &dir)?;
+        model.save_adapter(gpu, lora, &catalog::hub_name(base, &fetch::default_cache_dir()), &dir)?;
         return Ok(dir);
     }
     let dir = out.join("model");

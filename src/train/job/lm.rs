@@ -193,7 +193,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     drop(log);
     progress.finish();
     let adapter_dir = out.join("adapter");
-    lm.model.save_adapter(&gpu, &lora, TaskType::CausalLm, &lm.name, &adapter_dir)?;
+    lm.model.save_adapter(&gpu, &lora, TaskType::CausalLm, &catalog::hub_name(&model_path, &cache), &adapter_dir)?;
     let after = score_pronunciations(&gpu, &lm, &test_words, "after", progress)?;
     let forgetting = match retain_before {
         Some((before, tokens)) => {
