@@ -58,6 +58,9 @@ fn kernels(c: &mut Criterion) {
     for case in bench::conv_cases(&gpu, scale).expect("conv cases") {
         run_case(c, &gpu, case);
     }
+    for case in bench::cnn_cases(&gpu, scale).expect("batch norm and pooling cases") {
+        run_case(c, &gpu, case);
+    }
     for case in quant_cases(&gpu, scale) {
         run_case(c, &gpu, case);
     }

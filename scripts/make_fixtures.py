@@ -235,26 +235,32 @@ def build(name, model, targets, fan_in_fan_out, out_root, seed, new_tokens=6, ch
     saved_keys = set(get_peft_model_state_dict(peft_model).keys())
     assert saved_keys == set(lora_params), (saved_keys ^ set(lora_params))
 
+    exp.update(adapter_expected(peft_model, lora_params, input_ids, attention_mask, labels, name))
+    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(out, "expected.safetensors"))
+    return out
+
+
+def adapter_expected(peft_model, params, input_ids, attention_mask, labels, what):
+    """lora_logits, lora_loss and grad.<key> for each adapter parameter in `params` (all must get
+    a non-zero gradient), and merged_logits after merge_and_unload, which must match lora_logits."""
+    exp = {}
     peft_model.zero_grad(set_to_none=True)
     o = peft_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
     o.loss.backward()
     exp["lora_logits"] = o.logits.detach().float().contiguous()
     exp["lora_loss"] = o.loss.detach().float().reshape(1)
-    for k in sorted(lora_params):
-        grad = lora_params[k].grad
+    for k in sorted(params):
+        grad = params[k].grad
         assert grad is not None and grad.abs().max() > 0, k
         exp["grad." + k] = grad.detach().float().contiguous().clone()
-
     merged = peft_model.merge_and_unload()
     merged.eval()
     with torch.no_grad():
         mo = merged(input_ids=input_ids, attention_mask=attention_mask)
     exp["merged_logits"] = mo.logits.float().contiguous()
     err = (exp["merged_logits"] - exp["lora_logits"]).abs().max().item()
-    assert err < 1e-4, f"{name}: merged vs lora logits differ by {err}"
-
-    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(out, "expected.safetensors"))
-    return out
+    assert err < 1e-4, f"{what}: merged vs unmerged logits differ by {err}"
+    return exp
 
 
 def build_dora(name, targets, fan_in_fan_out, out_root, seed):
@@ -296,23 +302,7 @@ def build_dora(name, targets, fan_in_fan_out, out_root, seed):
     saved_keys = set(get_peft_model_state_dict(peft_model).keys())
     assert saved_keys == set(params), (saved_keys ^ set(params))
 
-    exp = {}
-    peft_model.zero_grad(set_to_none=True)
-    o = peft_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-    o.loss.backward()
-    exp["lora_logits"] = o.logits.detach().float().contiguous()
-    exp["lora_loss"] = o.loss.detach().float().reshape(1)
-    for k in sorted(params):
-        grad = params[k].grad
-        assert grad is not None and grad.abs().max() > 0, k
-        exp["grad." + k] = grad.detach().float().contiguous().clone()
-    merged = peft_model.merge_and_unload()
-    merged.eval()
-    with torch.no_grad():
-        mo = merged(input_ids=input_ids, attention_mask=attention_mask)
-    exp["merged_logits"] = mo.logits.float().contiguous()
-    err = (exp["merged_logits"] - exp["lora_logits"]).abs().max().item()
-    assert err < 1e-4, f"{name} dora: merged vs unmerged logits differ by {err}"
+    exp = adapter_expected(peft_model, params, input_ids, attention_mask, labels, f"{name} dora")
     save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(out, "expected.safetensors"))
     return out
 
@@ -825,25 +815,21 @@ class ResNet(torch.nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def build_resnet(name, block, width, out_root, seed, checked):
-    torch.manual_seed(seed)
-    model = ResNet(block, [2, 2, 2, 2] if block is BasicBlock else [3, 4, 6, 3], width, 3)
-    g = torch.Generator().manual_seed(seed)
+def randomize_bn(model, g):
+    """Random BN statistics and affine weights, so evaluation mode is not the identity."""
     with torch.no_grad():
         for mod in model.modules():
-            # Random BN statistics and affine weights, so evaluation mode is not the identity.
             if isinstance(mod, torch.nn.BatchNorm2d):
                 c = mod.num_features
                 mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
                 mod.bias.copy_((torch.rand(c, generator=g) - 0.5) * 0.4)
                 mod.running_mean.copy_((torch.rand(c, generator=g) - 0.5) * 0.4)
                 mod.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-    out = os.path.join(out_root, name)
-    os.makedirs(out, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, "model.safetensors"))
 
-    images = torch.randn(2, 3, 40, 40, generator=g)
-    labels = torch.tensor([2, 0])
+
+def cnn_expected(model, images, labels, checked):
+    """images, labels, and in evaluation then training mode: logits_<mode>, loss_<mode>
+    (cross-entropy) and grad_<mode>.<name> for each parameter name in checked(mode)."""
     exp = {"images": images, "labels": labels.to(torch.int32)}
     for mode in ["eval", "train"]:
         model.train(mode == "train")
@@ -854,8 +840,23 @@ def build_resnet(name, block, width, out_root, seed, checked):
         exp[f"logits_{mode}"] = logits.detach()
         exp[f"loss_{mode}"] = loss.detach().reshape(1)
         params = dict(model.named_parameters())
-        for p in checked:
+        for p in checked(mode):
             exp[f"grad_{mode}.{p}"] = params[p].grad.detach().clone()
+    return exp
+
+
+def build_resnet(name, block, width, out_root, seed, checked):
+    torch.manual_seed(seed)
+    model = ResNet(block, [2, 2, 2, 2] if block is BasicBlock else [3, 4, 6, 3], width, 3)
+    g = torch.Generator().manual_seed(seed)
+    randomize_bn(model, g)
+    out = os.path.join(out_root, name)
+    os.makedirs(out, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, "model.safetensors"))
+
+    images = torch.randn(2, 3, 40, 40, generator=g)
+    labels = torch.tensor([2, 0])
+    exp = cnn_expected(model, images, labels, lambda mode: checked)
     bufs = dict(model.named_buffers())
     for bn in ["bn1", checked[2].rsplit(".", 1)[0]]:
         for stat in ["running_mean", "running_var"]:
@@ -879,14 +880,7 @@ def build_efficientnet_lite(out_root, seed):
     gp = gp._replace(fix_head_stem=False)
     model = EfficientNet(blocks, gp)
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                c = mod.num_features
-                mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                mod.bias.copy_((torch.rand(c, generator=g) - 0.5) * 0.4)
-                mod.running_mean.copy_((torch.rand(c, generator=g) - 0.5) * 0.4)
-                mod.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    randomize_bn(model, g)
     out = os.path.join(out_root, "efficientnet_lite_tiny")
     os.makedirs(out, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, "model.safetensors"))
@@ -899,19 +893,9 @@ def build_efficientnet_lite(out_root, seed):
                f"_blocks.{last}._bn1.bias", f"_blocks.{last}._bn0.weight"]
     images = torch.randn(2, 3, 40, 40, generator=g)
     labels = torch.tensor([1, 2])
-    exp = {"images": images, "labels": labels.to(torch.int32)}
-    for mode in ["eval", "train"]:
-        model.train(mode == "train")
-        model.zero_grad()
-        logits = model(images)
-        loss = torch.nn.functional.cross_entropy(logits, labels)
-        loss.backward()
-        exp[f"logits_{mode}"] = logits.detach()
-        exp[f"loss_{mode}"] = loss.detach().reshape(1)
-        params = dict(model.named_parameters())
-        # The projection's gradient once (the size limit): the 1x1 dW is the ResNets' kernel too.
-        for p in checked if mode == "eval" else [c for c in checked if "_project_conv" not in c]:
-            exp[f"grad_{mode}.{p}"] = params[p].grad.detach().clone()
+    # The projection's gradient once (the size limit): the 1x1 dW is the ResNets' kernel too.
+    exp = cnn_expected(model, images, labels,
+                       lambda mode: checked if mode == "eval" else [c for c in checked if "_project_conv" not in c])
     save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(out, "expected.safetensors"))
     return out
 

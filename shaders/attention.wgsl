@@ -117,40 +117,73 @@ fn load_kv_tile(b: u32, hk: u32, j0: u32, lid: u32) {
     if (lid < KT) { tile_valid[lid] = key_valid(b, j0 + lid); }
 }
 
+// The query row one invocation of attn_fwd or attn_bwd_dq owns: batch b, query head h, the
+// key/value head hk it reads, position t (valid: t < seq).
+struct QueryRow {
+    b: u32,
+    h: u32,
+    hk: u32,
+    t: u32,
+    valid: bool,
+}
+
+fn query_row(wg: vec3<u32>, lid: u32) -> QueryRow {
+    let h = wg.y % p.hq;
+    let t = wg.x * WG + lid;
+    return QueryRow(wg.y / p.hq, h, h / (p.hq / p.hkv), t, t < p.seq);
+}
+
+// The query row times the scale (zeros past the end), as both passes over query rows hold it.
+fn scaled_query(r: QueryRow) -> array<f32, D> {
+    var q: array<f32, D>;
+    for (var d = 0u; d < D; d++) {
+        q[d] = 0.0;
+        if (r.valid) { q[d] = q_in[q_index(r.b, r.t, r.h) + d] * p.scale; }
+    }
+    return q;
+}
+
+// The backward's recomputed probability of one (query, key) pair and its score gradient, the
+// same in the dq and the dk/dv pass: s = x . tile_a[row] (the scaled query against a staged
+// key, or the scaled key against a staged query), p = exp(s - lse), dp = y . tile_b[row] (dout
+// against a staged value, or the value against a staged dout), ds = p (dp - delta).
+// Returns (p, ds).
+fn prob_and_ds(x: ptr<function, array<f32, D>>, y: ptr<function, array<f32, D>>, row: u32, lse: f32, delta: f32) -> vec2<f32> {
+    var s = 0.0;
+    var dp = 0.0;
+    for (var d = 0u; d < D; d++) {
+        s = fma((*x)[d], tile_a[row * D + d], s);
+        dp = fma((*y)[d], tile_b[row * D + d], dp);
+    }
+    let pr = exp(s - lse);
+    return vec2(pr, pr * (dp - delta));
+}
+
 // ---- forward ----
 @group(0) @binding(5) var<storage, read_write> f_out: array<f32>;
 @group(0) @binding(6) var<storage, read_write> f_stats: array<f32>;
 
 @compute @workgroup_size(64)
 fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let b = wg.y / p.hq;
-    let h = wg.y % p.hq;
-    let hk = h / (p.hq / p.hkv);
-    let t = wg.x * WG + lid;
-    let row_valid = t < p.seq;
-
-    var q: array<f32, D>;
+    let r = query_row(wg, lid);
+    var q = scaled_query(r);
     var acc: array<f32, D>;
-    for (var d = 0u; d < D; d++) {
-        acc[d] = 0.0;
-        q[d] = 0.0;
-        if (row_valid) { q[d] = q_in[q_index(b, t, h) + d] * p.scale; }
-    }
+    for (var d = 0u; d < D; d++) { acc[d] = 0.0; }
     var m = -3.0e38;
     var l = 0.0;
     var seg = 0u;
-    if (row_valid) { seg = query_segment(b, t + p.q_offset); }
+    if (r.valid) { seg = query_segment(r.b, r.t + p.q_offset); }
     var key_end = p.kv_len;
     if (p.causal != 0u) { key_end = min(p.kv_len, (wg.x + 1u) * WG + p.q_offset); }
     // Tiles start at a multiple of KT at or before the block's first reachable key.
     for (var j0 = first_key(wg.x * WG + p.q_offset) / KT * KT; j0 < key_end; j0 += KT) {
         workgroupBarrier();
-        load_kv_tile(b, hk, j0, lid);
+        load_kv_tile(r.b, r.hk, j0, lid);
         workgroupBarrier();
-        if (row_valid) {
+        if (r.valid) {
             for (var jj = 0u; jj < KT; jj++) {
                 let j = j0 + jj;
-                if (!visible(tile_valid[jj], seg) || !in_reach(t + p.q_offset, j)) { continue; }
+                if (!visible(tile_valid[jj], seg) || !in_reach(r.t + p.q_offset, j)) { continue; }
                 var s = 0.0;
                 for (var d = 0u; d < D; d++) { s = fma(q[d], tile_a[jj * D + d], s); }
                 // Online softmax: rescale what was summed under the old max.
@@ -163,14 +196,14 @@ fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
             }
         }
     }
-    if (!row_valid) { return; }
+    if (!r.valid) { return; }
     // A row with no key to attend to (all padding) outputs zeros; its lse is never used,
     // since every pass skips the same keys.
     var inv_l = 0.0;
     var lse = 0.0;
     if (l > 0.0) { inv_l = 1.0 / l; lse = m + log(l); }
-    for (var d = 0u; d < D; d++) { f_out[q_index(b, t, h) + d] = acc[d] * inv_l; }
-    f_stats[stat_index(b, h, t)] = lse;
+    for (var d = 0u; d < D; d++) { f_out[q_index(r.b, r.t, r.h) + d] = acc[d] * inv_l; }
+    f_stats[stat_index(r.b, r.h, r.t)] = lse;
 }
 
 // ---- backward: delta_i = dout_i . out_i ----
@@ -197,56 +230,41 @@ fn attn_delta(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
 
 @compute @workgroup_size(64)
 fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let b = wg.y / p.hq;
-    let h = wg.y % p.hq;
-    let hk = h / (p.hq / p.hkv);
-    let t = wg.x * WG + lid;
-    let row_valid = t < p.seq;
-
-    var q: array<f32, D>;
+    let r = query_row(wg, lid);
+    var q = scaled_query(r);
     var dout: array<f32, D>;
     var dq: array<f32, D>;
     var lse = 0.0;
     var delta = 0.0;
     for (var d = 0u; d < D; d++) {
-        q[d] = 0.0;
         dout[d] = 0.0;
         dq[d] = 0.0;
-        if (row_valid) {
-            q[d] = q_in[q_index(b, t, h) + d] * p.scale;
-            dout[d] = q_dout[q_index(b, t, h) + d];
-        }
+        if (r.valid) { dout[d] = q_dout[q_index(r.b, r.t, r.h) + d]; }
     }
     var seg = 0u;
-    if (row_valid) {
-        lse = q_stats[stat_index(b, h, t)];
-        delta = q_stats[p.batch * p.hq * p.seq + stat_index(b, h, t)];
-        seg = query_segment(b, t);
+    if (r.valid) {
+        lse = q_stats[stat_index(r.b, r.h, r.t)];
+        delta = q_stats[p.batch * p.hq * p.seq + stat_index(r.b, r.h, r.t)];
+        seg = query_segment(r.b, r.t);
     }
     var key_end = p.seq;
     if (p.causal != 0u) { key_end = min(p.seq, (wg.x + 1u) * WG); }
     for (var j0 = first_key(wg.x * WG) / KT * KT; j0 < key_end; j0 += KT) {
         workgroupBarrier();
-        load_kv_tile(b, hk, j0, lid);
+        load_kv_tile(r.b, r.hk, j0, lid);
         workgroupBarrier();
-        if (row_valid) {
+        if (r.valid) {
             for (var jj = 0u; jj < KT; jj++) {
                 let j = j0 + jj;
-                if (!visible(tile_valid[jj], seg) || !in_reach(t, j)) { continue; }
-                var s = 0.0;
-                var dp = 0.0;
-                for (var d = 0u; d < D; d++) {
-                    s = fma(q[d], tile_a[jj * D + d], s);
-                    dp = fma(dout[d], tile_b[jj * D + d], dp);
-                }
-                let ds = exp(s - lse) * (dp - delta);
+                if (!visible(tile_valid[jj], seg) || !in_reach(r.t, j)) { continue; }
+                let ds = prob_and_ds(&q, &dout, jj, lse, delta).y;
                 for (var d = 0u; d < D; d++) { dq[d] = fma(ds, tile_a[jj * D + d], dq[d]); }
             }
         }
     }
-    if (!row_valid) { return; }
+    if (!r.valid) { return; }
     for (var d = 0u; d < D; d++) {
-        let idx = q_index(b, t, h) + d;
+        let idx = q_index(r.b, r.t, r.h) + d;
         let v = dq[d] * p.scale;
         if (p.accumulate != 0u) { q_dq[idx] += v; } else { q_dq[idx] = v; }
     }
@@ -321,17 +339,10 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
                 for (var ii = 0u; ii < KT; ii++) {
                     let i = i0 + ii;
                     if (i >= p.seq || !visible(tag, tile_qseg[ii]) || !in_reach(i, j)) { continue; }
-                    var s = 0.0;
-                    var dp = 0.0;
+                    let pds = prob_and_ds(&k, &v, ii, tile_s0[ii], tile_s1[ii]);
                     for (var d = 0u; d < D; d++) {
-                        s = fma(k[d], tile_a[ii * D + d], s);
-                        dp = fma(v[d], tile_b[ii * D + d], dp);
-                    }
-                    let pr = exp(s - tile_s0[ii]);
-                    let ds = pr * (dp - tile_s1[ii]);
-                    for (var d = 0u; d < D; d++) {
-                        dv[d] = fma(pr, tile_b[ii * D + d], dv[d]);
-                        dk[d] = fma(ds, tile_a[ii * D + d], dk[d]);
+                        dv[d] = fma(pds.x, tile_b[ii * D + d], dv[d]);
+                        dk[d] = fma(pds.y, tile_a[ii * D + d], dk[d]);
                     }
                 }
             }

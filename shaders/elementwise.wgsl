@@ -4,6 +4,8 @@
 // device type (a CPU adapter such as lavapipe runs 2.5-3x faster with a few hundred workgroups
 // looping than with one per 256 elements), folded into y past the per-dimension limit.
 // With `accumulate` the result is added into `out` instead of overwriting it (for gradients).
+// Each op's entry point is one line over `map` (its grid-stride loop) and `value` (the op's
+// formula, by a constant the compiler folds), so every loop and formula is written once.
 //
 //   add:            out = alpha * x + beta * y           (residual add, difference, lerp)
 //   scale:          out = alpha * x
@@ -94,125 +96,99 @@ fn silu_grad(v: f32) -> f32 {
     return s * (1.0 + v * (1.0 - s));
 }
 
-@compute @workgroup_size(256)
-fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, p.alpha * x[i] + p.beta * y[i]);
+// The ops of `value`; an entry point passes its own as a constant, so the switch folds away.
+const ADD: u32 = 0u;
+const SCALE: u32 = 1u;
+const MUL: u32 = 2u;
+const ADD_BIAS: u32 = 3u;
+const GELU_ERF: u32 = 4u;
+const GELU_ERF_BWD: u32 = 5u;
+const GELU_TANH: u32 = 6u;
+const GELU_TANH_BWD: u32 = 7u;
+const SILU: u32 = 8u;
+const SILU_BWD: u32 = 9u;
+const RELU: u32 = 10u;
+const RELU_BWD: u32 = 11u;
+const RELU6: u32 = 12u;
+const RELU6_BWD: u32 = 13u;
+const SWIGLU: u32 = 14u;
+const GEGLU: u32 = 15u;
+
+// What op `op` writes at element i: the table at the top, one line per op.
+fn value(op: u32, i: u32) -> f32 {
+    switch op {
+        case ADD: { return p.alpha * x[i] + p.beta * y[i]; }
+        case SCALE: { return p.alpha * x[i]; }
+        case MUL: { return x[i] * y[i]; }
+        case ADD_BIAS: { return x[i] + y[i % p.cols]; }
+        case GELU_ERF: { return gelu_erf_f(x[i]); }
+        case GELU_ERF_BWD: { return y[i] * gelu_erf_grad(x[i]); }
+        case GELU_TANH: { return gelu_tanh_f(x[i]); }
+        case GELU_TANH_BWD: { return y[i] * gelu_tanh_grad(x[i]); }
+        case SILU: { return silu_f(x[i]); }
+        case SILU_BWD: { return y[i] * silu_grad(x[i]); }
+        case RELU: { return max(x[i], 0.0); }
+        case RELU_BWD: { return select(0.0, y[i], x[i] > 0.0); }
+        case RELU6: { return clamp(x[i], 0.0, 6.0); }
+        case RELU6_BWD: { return select(0.0, y[i], x[i] > 0.0 && x[i] < 6.0); }
+        case SWIGLU: { return silu_f(x[i]) * y[i]; }
+        case GEGLU: { return gelu_tanh_f(x[i]) * y[i]; }
+        default: { return 0.0; }
     }
 }
 
-@compute @workgroup_size(256)
-fn scale(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, p.alpha * x[i]);
+// The built-in ids every entry point takes.
+struct Ids {
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+}
+
+// out[i] = value(op, i) (or += with accumulate) over the grid-stride loop.
+fn map(op: u32, id: Ids) {
+    for (var i = flat_index(id.wg, id.nwg, id.lid); i < p.n; i += grid_stride(id.nwg)) {
+        store(i, value(op, i));
     }
 }
 
-@compute @workgroup_size(256)
-fn mul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, x[i] * y[i]);
-    }
-}
+@compute @workgroup_size(256) fn add(id: Ids) { map(ADD, id); }
+@compute @workgroup_size(256) fn scale(id: Ids) { map(SCALE, id); }
+@compute @workgroup_size(256) fn mul(id: Ids) { map(MUL, id); }
+@compute @workgroup_size(256) fn add_bias(id: Ids) { map(ADD_BIAS, id); }
+@compute @workgroup_size(256) fn gelu_erf(id: Ids) { map(GELU_ERF, id); }
+@compute @workgroup_size(256) fn gelu_erf_bwd(id: Ids) { map(GELU_ERF_BWD, id); }
+@compute @workgroup_size(256) fn gelu_tanh(id: Ids) { map(GELU_TANH, id); }
+@compute @workgroup_size(256) fn gelu_tanh_bwd(id: Ids) { map(GELU_TANH_BWD, id); }
+@compute @workgroup_size(256) fn silu(id: Ids) { map(SILU, id); }
+@compute @workgroup_size(256) fn silu_bwd(id: Ids) { map(SILU_BWD, id); }
+@compute @workgroup_size(256) fn relu(id: Ids) { map(RELU, id); }
+@compute @workgroup_size(256) fn relu_bwd(id: Ids) { map(RELU_BWD, id); }
+@compute @workgroup_size(256) fn relu6(id: Ids) { map(RELU6, id); }
+@compute @workgroup_size(256) fn relu6_bwd(id: Ids) { map(RELU6_BWD, id); }
+@compute @workgroup_size(256) fn swiglu(id: Ids) { map(SWIGLU, id); }
+@compute @workgroup_size(256) fn geglu(id: Ids) { map(GEGLU, id); }
 
-@compute @workgroup_size(256)
-fn add_bias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, x[i] + y[i % p.cols]);
-    }
-}
-
-@compute @workgroup_size(256)
-fn gelu_erf(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, gelu_erf_f(x[i]));
-    }
-}
-
-@compute @workgroup_size(256)
-fn gelu_erf_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, y[i] * gelu_erf_grad(x[i]));
-    }
-}
-
-@compute @workgroup_size(256)
-fn gelu_tanh(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, gelu_tanh_f(x[i]));
-    }
-}
-
-@compute @workgroup_size(256)
-fn gelu_tanh_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, y[i] * gelu_tanh_grad(x[i]));
-    }
-}
-
-@compute @workgroup_size(256)
-fn silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, silu_f(x[i]));
-    }
-}
-
-@compute @workgroup_size(256)
-fn silu_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, y[i] * silu_grad(x[i]));
-    }
-}
-
-@compute @workgroup_size(256)
-fn relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, max(x[i], 0.0));
-    }
-}
-
-@compute @workgroup_size(256)
-fn relu_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, select(0.0, y[i], x[i] > 0.0));
-    }
-}
-
-@compute @workgroup_size(256)
-fn relu6(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, clamp(x[i], 0.0, 6.0));
-    }
-}
-
-@compute @workgroup_size(256)
-fn relu6_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, select(0.0, y[i], x[i] > 0.0 && x[i] < 6.0));
-    }
-}
-
-@compute @workgroup_size(256)
-fn swiglu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, silu_f(x[i]) * y[i]);
-    }
-}
-
-// swiglu_bwd has its own bindings: gate, up, dy in; dgate, dup out.
+// swiglu_bwd and geglu_bwd have their own bindings: gate, up, dy in; dgate, dup out.
 @group(0) @binding(1) var<storage, read> sw_gate: array<f32>;
 @group(0) @binding(2) var<storage, read> sw_up: array<f32>;
 @group(0) @binding(3) var<storage, read> sw_dy: array<f32>;
 @group(0) @binding(4) var<storage, read_write> sw_dgate: array<f32>;
 @group(0) @binding(5) var<storage, read_write> sw_dup: array<f32>;
 
-@compute @workgroup_size(256)
-fn swiglu_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        let g = sw_gate[i];
+// A gated unit's activation of its gate and the derivative, (act(g), act'(g)): GeGLU's
+// gelu_tanh for op GEGLU, else SwiGLU's silu.
+fn gate_act(op: u32, g: f32) -> vec2<f32> {
+    if (op == GEGLU) { return vec2(gelu_tanh_f(g), gelu_tanh_grad(g)); }
+    return vec2(silu_f(g), silu_grad(g));
+}
+
+// dgate = dy * up * act'(gate), dup = dy * act(gate).
+fn glu_bwd(op: u32, id: Ids) {
+    for (var i = flat_index(id.wg, id.nwg, id.lid); i < p.n; i += grid_stride(id.nwg)) {
+        let a = gate_act(op, sw_gate[i]);
         let dy = sw_dy[i];
-        let dgate = dy * sw_up[i] * silu_grad(g);
-        let dup = dy * silu_f(g);
+        let dgate = dy * sw_up[i] * a.y;
+        let dup = dy * a.x;
         if (p.accumulate != 0u) {
             sw_dgate[i] += dgate;
             sw_dup[i] += dup;
@@ -223,30 +199,8 @@ fn swiglu_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     }
 }
 
-@compute @workgroup_size(256)
-fn geglu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        store(i, gelu_tanh_f(x[i]) * y[i]);
-    }
-}
-
-// geglu_bwd has swiglu_bwd's bindings.
-@compute @workgroup_size(256)
-fn geglu_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var i = flat_index(wg, nwg, lid); i < p.n; i += grid_stride(nwg)) {
-        let g = sw_gate[i];
-        let dy = sw_dy[i];
-        let dgate = dy * sw_up[i] * gelu_tanh_grad(g);
-        let dup = dy * gelu_tanh_f(g);
-        if (p.accumulate != 0u) {
-            sw_dgate[i] += dgate;
-            sw_dup[i] += dup;
-        } else {
-            sw_dgate[i] = dgate;
-            sw_dup[i] = dup;
-        }
-    }
-}
+@compute @workgroup_size(256) fn swiglu_bwd(id: Ids) { glu_bwd(SWIGLU, id); }
+@compute @workgroup_size(256) fn geglu_bwd(id: Ids) { glu_bwd(GEGLU, id); }
 
 // copy_cols has its own uniform: a block of `width` columns of every row of x [rows, src_cols]
 // goes to the columns starting at dst_off of out [rows, dst_cols].

@@ -24,20 +24,30 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// The flat index of this invocation in the [rows, cols] grid of both entries.
+fn element(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.y * nwg.x + wg.x) * 256u + lid;
+}
+
+// Whether token `id` has its row in the bound chunk of the table (rows row_start..+vocab).
+fn in_chunk(id: u32) -> bool {
+    return id >= p.row_start && id - p.row_start < p.vocab;
+}
+
 @group(0) @binding(1) var<storage, read> g_table: array<f32>;
 @group(0) @binding(2) var<storage, read> g_ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> g_out: array<f32>;
 
 @compute @workgroup_size(256)
 fn gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.y * nwg.x + wg.x) * 256u + lid;
+    let i = element(wg, nwg, lid);
     if (i >= p.rows * p.cols) { return; }
     let n = i / p.cols;
     let c = i % p.cols;
     let id = g_ids[n];
     // Ids are validated on the host; an out-of-range one reads zero, never out of bounds.
     var v = 0.0;
-    if (id >= p.row_start && id - p.row_start < p.vocab) { v = g_table[(id - p.row_start) * p.cols + c]; }
+    if (in_chunk(id)) { v = g_table[(id - p.row_start) * p.cols + c]; }
     if (p.accumulate != 0u) { g_out[i] += v; } else { g_out[i] = v; }
 }
 
@@ -50,12 +60,12 @@ fn gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 // p.rows here is the number of distinct ids.
 @compute @workgroup_size(256)
 fn scatter_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.y * nwg.x + wg.x) * 256u + lid;
+    let i = element(wg, nwg, lid);
     if (i >= p.rows * p.cols) { return; }
     let u = i / p.cols;
     let c = i % p.cols;
     let id = s_uids[u];
-    if (id < p.row_start || id - p.row_start >= p.vocab) { return; }
+    if (!in_chunk(id)) { return; }
     var s = 0.0;
     for (var k = s_offsets[u]; k < s_offsets[u + 1u]; k++) {
         s += s_dout[s_positions[k] * p.cols + c];

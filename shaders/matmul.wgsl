@@ -11,27 +11,11 @@
 // the A and B slices in workgroup memory, k-major, so an invocation reads its TM values of A
 // and TN values of B as vec4s. Loads outside the matrix are zero, so any M, N, K works.
 
-struct Params {
-    m: u32, n: u32, k: u32, trans_a: u32,
-    trans_b: u32, has_bias: u32, accumulate: u32, alpha: f32,
-    stride_a: u32, stride_b: u32, stride_c: u32, _pad0: u32,
-    offset_a: u32, offset_b: u32, offset_c: u32, _pad1: u32,
-}
+// Params (src/kernels/matmul.rs's Params) and bindings 0-4: p, a, b, bias, c.
+// #include "matmul_params.wgsl"
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
-
-const WG_X: u32 = BN / TN;
-const WG_Y: u32 = BM / TM;
-const WG: u32 = WG_X * WG_Y;
-const TM4: u32 = TM / 4u;
-const TN4: u32 = TN / 4u;
-
-var<workgroup> a_tile: array<vec4<f32>, BK * BM / 4u>; // [BK][BM]
-var<workgroup> b_tile: array<vec4<f32>, BK * BN / 4u>; // [BK][BN]
+// WG, a_tile, b_tile, set_a, set_b, multiply_tiles.
+// #include "matmul_tiles.wgsl"
 
 @compute @workgroup_size(WG)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -42,12 +26,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let a_base = p.offset_a + wg.z * p.stride_a;
     let b_base = p.offset_b + wg.z * p.stride_b;
     let c_base = p.offset_c + wg.z * p.stride_c;
-
-    // Element strides of op(A) along m and k, and of op(B) along k and n.
-    var sam = p.k; var sak = 1u;
-    if (p.trans_a != 0u) { sam = 1u; sak = p.m; }
-    var sbk = p.n; var sbn = 1u;
-    if (p.trans_b != 0u) { sbk = 1u; sbn = p.k; }
+    let s = op_strides();
 
     var acc: array<vec4<f32>, TM * TN4>;
     for (var i = 0u; i < TM * TN4; i++) { acc[i] = vec4<f32>(0.0); }
@@ -57,39 +36,25 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         // dimension that is contiguous in memory, so their loads coalesce.
         for (var i = lid; i < BM * BK; i += WG) {
             var mm: u32; var kk: u32;
-            if (sak == 1u) { kk = i % BK; mm = i / BK; } else { mm = i % BM; kk = i / BM; }
+            if (s.ak == 1u) { kk = i % BK; mm = i / BK; } else { mm = i % BM; kk = i / BM; }
             let gm = row0 + mm;
             let gk = k0 + kk;
             var v = 0.0;
-            if (gm < p.m && gk < p.k) { v = a[a_base + gm * sam + gk * sak]; }
-            let t = kk * BM + mm;
-            a_tile[t / 4u][t % 4u] = v;
+            if (gm < p.m && gk < p.k) { v = a[a_base + gm * s.am + gk * s.ak]; }
+            set_a(kk * BM + mm, v);
         }
         for (var i = lid; i < BN * BK; i += WG) {
             var nn: u32; var kk: u32;
-            if (sbn == 1u) { nn = i % BN; kk = i / BN; } else { kk = i % BK; nn = i / BK; }
+            if (s.bn == 1u) { nn = i % BN; kk = i / BN; } else { kk = i % BK; nn = i / BK; }
             let gn = col0 + nn;
             let gk = k0 + kk;
             var v = 0.0;
-            if (gn < p.n && gk < p.k) { v = b[b_base + gk * sbk + gn * sbn]; }
-            let t = kk * BN + nn;
-            b_tile[t / 4u][t % 4u] = v;
+            if (gn < p.n && gk < p.k) { v = b[b_base + gk * s.bk + gn * s.bn]; }
+            set_b(kk * BN + nn, v);
         }
         workgroupBarrier();
 
-        for (var kk = 0u; kk < BK; kk++) {
-            var bv: array<vec4<f32>, TN4>;
-            for (var j = 0u; j < TN4; j++) { bv[j] = b_tile[(kk * BN + tx * TN) / 4u + j]; }
-            for (var i4 = 0u; i4 < TM4; i4++) {
-                let a4 = a_tile[(kk * BM + ty * TM) / 4u + i4];
-                for (var j = 0u; j < TN4; j++) {
-                    acc[(i4 * 4u + 0u) * TN4 + j] = fma(vec4<f32>(a4.x), bv[j], acc[(i4 * 4u + 0u) * TN4 + j]);
-                    acc[(i4 * 4u + 1u) * TN4 + j] = fma(vec4<f32>(a4.y), bv[j], acc[(i4 * 4u + 1u) * TN4 + j]);
-                    acc[(i4 * 4u + 2u) * TN4 + j] = fma(vec4<f32>(a4.z), bv[j], acc[(i4 * 4u + 2u) * TN4 + j]);
-                    acc[(i4 * 4u + 3u) * TN4 + j] = fma(vec4<f32>(a4.w), bv[j], acc[(i4 * 4u + 3u) * TN4 + j]);
-                }
-            }
-        }
+        multiply_tiles(tx, ty, &acc);
         workgroupBarrier();
     }
 

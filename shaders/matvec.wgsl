@@ -27,18 +27,8 @@
 //   matvec_vec4n  !trans_a, !trans_b, N % 4 == 0: B rows read as vec4s of 4 adjacent columns.
 // In both vec4 cases every row of the vec4-read operands starts 16-byte aligned.
 
-struct Params {
-    m: u32, n: u32, k: u32, trans_a: u32,
-    trans_b: u32, has_bias: u32, accumulate: u32, alpha: f32,
-    stride_a: u32, stride_b: u32, stride_c: u32, _pad0: u32,
-    offset_a: u32, offset_b: u32, offset_c: u32, _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+// Params (src/kernels/matmul.rs's Params) and bindings 0-4: p, a, b, bias, c.
+// #include "matmul_params.wgsl"
 // The same buffers seen as vec4s, for the vec4 entry points (an entry point uses one view of
 // a binding, never both).
 @group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
@@ -103,30 +93,25 @@ fn matvec(
     let a_base = p.offset_a + wg.z * p.stride_a;
     let b_base = p.offset_b + wg.z * p.stride_b;
     let c_base = p.offset_c + wg.z * p.stride_c;
-
-    // Element strides of op(A) along m and k, and of op(B) along k and n.
-    var sam = p.k; var sak = 1u;
-    if (p.trans_a != 0u) { sam = 1u; sak = p.m; }
-    var sbk = p.n; var sbn = 1u;
-    if (p.trans_b != 0u) { sbk = 1u; sbn = p.k; }
+    let s = op_strides();
 
     // Columns past N read column N-1 (in bounds, never stored), so the K loop has no guard.
     var cols: array<u32, TN>;
     var boff: array<u32, TN>;
     for (var j = 0u; j < TN; j++) {
         cols[j] = col0 + j * CS + cs;
-        boff[j] = b_base + min(cols[j], p.n - 1u) * sbn;
+        boff[j] = b_base + min(cols[j], p.n - 1u) * s.bn;
     }
     var aoff: array<u32, MR>;
-    for (var m = 0u; m < MR; m++) { aoff[m] = a_base + min(m, p.m - 1u) * sam; }
+    for (var m = 0u; m < MR; m++) { aoff[m] = a_base + min(m, p.m - 1u) * s.am; }
 
     var acc: array<f32, MR * TN>;
     for (var i = 0u; i < MR * TN; i++) { acc[i] = 0.0; }
     for (var k = ks; k < p.k; k += KS) {
         var w: array<f32, TN>;
-        for (var j = 0u; j < TN; j++) { w[j] = b[boff[j] + k * sbk]; }
+        for (var j = 0u; j < TN; j++) { w[j] = b[boff[j] + k * s.bk]; }
         for (var m = 0u; m < MR; m++) {
-            let x = a[aoff[m] + k * sak];
+            let x = a[aoff[m] + k * s.ak];
             for (var j = 0u; j < TN; j++) { acc[m * TN + j] = fma(x, w[j], acc[m * TN + j]); }
         }
     }

@@ -29,6 +29,33 @@ const WG: u32 = 256u;
 var<workgroup> wg_max: array<f32, WG>;
 var<workgroup> wg_sum: array<f32, WG>;
 
+// Whether a row with target t counts: not ignored, and a class of the vocabulary.
+fn counted(t: i32) -> bool {
+    return t != p.ignore_index && t >= 0 && u32(t) < p.vocab;
+}
+
+// The two means' reduction: every invocation's (a, b) summed over the workgroup into
+// (wg_sum[0], wg_max[0]), by halving strides. Call from uniform control flow.
+fn sum_two(lid: u32, a: f32, b: f32) {
+    wg_sum[lid] = a;
+    wg_max[lid] = b;
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if (lid < stride) {
+            wg_sum[lid] += wg_sum[lid + stride];
+            wg_max[lid] += wg_max[lid + stride];
+        }
+    }
+    workgroupBarrier();
+}
+
+// d row_loss / d logit, times the row's `scale`: softmax (recomputed from lse) minus the one-hot
+// of the target.
+fn logit_grad(logit: f32, lse: f32, is_target: bool, scale: f32) -> f32 {
+    let prob = exp(logit - lse);
+    return (prob - select(0.0, 1.0, is_target)) * scale;
+}
+
 // ---- forward ----
 @group(0) @binding(1) var<storage, read> f_logits: array<f32>;
 @group(0) @binding(2) var<storage, read> f_targets: array<i32>;
@@ -70,7 +97,7 @@ fn xent_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
         let lse = wg_max[0] + log(wg_sum[0]);
         f_lse[row] = lse;
         let t = f_targets[row];
-        if (t == p.ignore_index || t < 0 || u32(t) >= p.vocab) {
+        if (!counted(t)) {
             f_row_loss[row] = 0.0;
         } else {
             f_row_loss[row] = lse - f_logits[base + u32(t)];
@@ -89,21 +116,12 @@ fn xent_mean(@builtin(local_invocation_index) lid: u32) {
     var count = 0.0;
     for (var r = lid; r < p.rows; r += WG) {
         let t = m_targets[r];
-        if (t != p.ignore_index && t >= 0 && u32(t) < p.vocab) {
+        if (counted(t)) {
             s += m_row_loss[r];
             count += 1.0;
         }
     }
-    wg_sum[lid] = s;
-    wg_max[lid] = count;
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if (lid < stride) {
-            wg_sum[lid] += wg_sum[lid + stride];
-            wg_max[lid] += wg_max[lid + stride];
-        }
-    }
-    workgroupBarrier();
+    sum_two(lid, s, count);
     if (lid == 0u) {
         // No counted rows: the loss is 0 (not NaN), and so is every gradient.
         m_stats[0] = wg_sum[0] / max(wg_max[0], 1.0);
@@ -127,10 +145,8 @@ fn xent_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     let v = i % p.vocab;
     let t = b_targets[row];
     var g = 0.0;
-    if (t != p.ignore_index && t >= 0 && u32(t) < p.vocab) {
-        let scale = b_dloss[0] / max(b_stats[1], 1.0);
-        let prob = exp(b_logits[i] - b_lse[row]);
-        g = (prob - select(0.0, 1.0, u32(t) == v)) * scale;
+    if (counted(t)) {
+        g = logit_grad(b_logits[i], b_lse[row], u32(t) == v, b_dloss[0] / max(b_stats[1], 1.0));
     }
     if (p.accumulate != 0u) { b_dlogits[i] += g; } else { b_dlogits[i] = g; }
 }
@@ -147,22 +163,13 @@ fn xent_mean_weighted(@builtin(local_invocation_index) lid: u32) {
     var wsum = 0.0;
     for (var r = lid; r < p.rows; r += WG) {
         let t = mw_targets[r];
-        if (t != p.ignore_index && t >= 0 && u32(t) < p.vocab) {
+        if (counted(t)) {
             let w = mw_weights[r];
             s += w * mw_row_loss[r];
             wsum += w;
         }
     }
-    wg_sum[lid] = s;
-    wg_max[lid] = wsum;
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if (lid < stride) {
-            wg_sum[lid] += wg_sum[lid + stride];
-            wg_max[lid] += wg_max[lid + stride];
-        }
-    }
-    workgroupBarrier();
+    sum_two(lid, s, wsum);
     if (lid == 0u) {
         // Weights may sum to less than 1, so no max(·, 1) here; a zero sum (every counted row
         // weighted 0, or none counted) gives loss 0 rather than PyTorch's NaN.
@@ -193,10 +200,8 @@ fn xent_bwd_weighted(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     let total = bw_stats[1];
     var g = 0.0;
     // total > 0 matches the forward's zero loss when no weight is counted.
-    if (t != p.ignore_index && t >= 0 && u32(t) < p.vocab && total > 0.0) {
-        let scale = bw_weights[row] * bw_dloss[0] / total;
-        let prob = exp(bw_logits[i] - bw_lse[row]);
-        g = (prob - select(0.0, 1.0, u32(t) == v)) * scale;
+    if (counted(t) && total > 0.0) {
+        g = logit_grad(bw_logits[i], bw_lse[row], u32(t) == v, bw_weights[row] * bw_dloss[0] / total);
     }
     if (p.accumulate != 0u) { bw_dlogits[i] += g; } else { bw_dlogits[i] = g; }
 }

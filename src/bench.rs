@@ -550,3 +550,88 @@ pub fn conv_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
     }
     Ok(cases)
 }
+
+/// Batch norm and pooling at ResNet-50 shapes (batch 2 on the small scale, 32 on the full one),
+/// held to the copy roofline: each reads its inputs and writes its outputs once at least.
+/// Batch norm in training mode (batch statistics, running averages moved) and its backward
+/// (dX, dγ, dβ); the stem's 3×3/2 max-pool and its backward through the argmax; the global
+/// average pool of the last stage.
+pub fn cnn_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
+    use crate::kernels::{batch_norm as bn, pool2d};
+    let n = if scale == Scale::Small { 2 } else { 32 };
+    let numel = |s: &[usize]| s.iter().product::<usize>() as f64;
+    let mut cases = Vec::new();
+    for (seed, (name, shape)) in
+        [("layer1 256ch", [n, 256, 56, 56]), ("layer4 2048ch", [n, 2048, 7, 7])].into_iter().enumerate()
+    {
+        let c = shape[1];
+        let x = random(gpu, &shape, 400 + seed as u64)?;
+        let dy = random(gpu, &shape, 500 + seed as u64)?;
+        let (gamma, beta) = (random(gpu, &[c], 600)?, random(gpu, &[c], 601)?);
+        let (rm, rv) = (Tensor::zeros(gpu, &[c])?, Tensor::from_f32(gpu, &vec![1.0; c], &[c])?);
+        let (_, saved) = bn::forward_train(gpu, &x, &gamma, &beta, Some((&rm, &rv)), 1e-5, 0.1)?;
+        let (dx, dgamma, dbeta) =
+            (Tensor::empty(gpu, &shape, DType::F32)?, Tensor::zeros(gpu, &[c])?, Tensor::zeros(gpu, &[c])?);
+        let x2 = x.clone();
+        // Statistics (one read of x), then y (one read, one write).
+        cases.push(Case {
+            kernel: "batch_norm".into(),
+            shape: format!("{name} n{n}"),
+            flops: 0.0,
+            bytes: F32 * 3.0 * numel(&shape),
+            bound: Bound::Memory,
+            run: Box::new(move || bn::forward_train(gpu, &x, &gamma, &beta, Some((&rm, &rv)), 1e-5, 0.1).map(|_| ())),
+        });
+        let gamma2 = random(gpu, &[c], 600)?;
+        // Sums (x and dy read), then dX (x and dy read, dx written).
+        cases.push(Case {
+            kernel: "batch_norm_bwd".into(),
+            shape: format!("{name} n{n}"),
+            flops: 0.0,
+            bytes: F32 * 5.0 * numel(&shape),
+            bound: Bound::Memory,
+            run: Box::new(move || {
+                let out = bn::BnGrads {
+                    dx: Some((&dx, false)),
+                    dgamma: Some(&dgamma),
+                    dbeta: Some(&dbeta),
+                    accumulate_params: true,
+                };
+                bn::backward(gpu, &x2, &gamma2, &saved, &dy, out)
+            }),
+        });
+    }
+    let stem = [n, 64, 112, 112];
+    let x = random(gpu, &stem, 700)?;
+    let (y, argmax, g) = pool2d::max_pool(gpu, &x, 3, 2, 1)?;
+    let dy = random(gpu, y.shape(), 701)?;
+    let dx = Tensor::empty(gpu, &stem, DType::F32)?;
+    let out = numel(y.shape());
+    cases.push(Case {
+        kernel: "max_pool".into(),
+        shape: format!("stem 3x3/2 64ch n{n}"),
+        flops: 0.0,
+        bytes: F32 * (numel(&stem) + 2.0 * out),
+        bound: Bound::Memory,
+        run: Box::new(move || pool2d::max_pool(gpu, &x, 3, 2, 1).map(|_| ())),
+    });
+    cases.push(Case {
+        kernel: "max_pool_bwd".into(),
+        shape: format!("stem 3x3/2 64ch n{n}"),
+        flops: 0.0,
+        bytes: F32 * (2.0 * out + numel(&stem)),
+        bound: Bound::Memory,
+        run: Box::new(move || pool2d::max_pool_backward(gpu, &g, &argmax, &dy, &dx, false)),
+    });
+    let last = [n, 2048, 7, 7];
+    let x = random(gpu, &last, 702)?;
+    cases.push(Case {
+        kernel: "global_avg_pool".into(),
+        shape: format!("layer4 2048ch n{n}"),
+        flops: 0.0,
+        bytes: F32 * (numel(&last) + (n * 2048) as f64),
+        bound: Bound::Memory,
+        run: Box::new(move || pool2d::global_avg(gpu, &x).map(|_| ())),
+    });
+    Ok(cases)
+}

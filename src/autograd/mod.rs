@@ -116,6 +116,9 @@ impl Param {
 pub trait Module {
     fn visit_params(&self, f: &mut dyn FnMut(&Param));
     fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param));
+    /// State that is not trained but changes while training and that a checkpoint must keep,
+    /// by name (batch norm's running statistics under `--bn train`); none by default.
+    fn visit_buffers(&self, _f: &mut dyn FnMut(&str, &Tensor)) {}
 }
 
 /// One recorded op: what it needs to run its backward kernels.

@@ -130,6 +130,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         }
     }
+    gpu.trim_pool();
+    if ["batch_norm", "max_pool", "global_avg_pool"].iter().any(|k| wanted(k)) {
+        for mut case in bench::cnn_cases(&gpu, scale)? {
+            if wanted(&case.kernel) {
+                record(bench::measure(&gpu, &mut case)?, &mut figures);
+            }
+        }
+    }
     let best = bench::apply_rooflines(&mut figures, copy_gbps);
     if args.json {
         let doc = serde_json::json!({

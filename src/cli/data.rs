@@ -7,6 +7,7 @@ use serde_json::json;
 use tokenizers::Tokenizer;
 
 use crate::curate::clean::{CleanConfig, Conflicts, Dedupe, Rebalance, clean};
+use crate::curate::image_dups::{self, ImageList, inspect_images};
 use crate::curate::inspect::{Inspection, inspect};
 use crate::curate::minhash::NearDupConfig;
 use crate::curate::report::{self, SuspectRow};
@@ -16,6 +17,7 @@ use crate::curate::suspicious::{HeadFit, find_suspects, out_of_fold_probabilitie
 use crate::data::catalog;
 use crate::data::encode::{encode_texts, encoder_tokenizer, pad_id};
 use crate::data::fetch::{self, Asset};
+use crate::data::image_list;
 use crate::data::spamassassin;
 use crate::error::{Error, Result};
 use crate::models::classifier::{Pooling, SequenceClassifier};
@@ -59,7 +61,8 @@ pub enum DataCommand {
     Split(SplitArgs),
 }
 
-/// Near-duplicate search settings (MinHash + LSH).
+/// Near-duplicate search settings (MinHash + LSH), and the seed of all that is random in the
+/// command (the hashes, folds, rebalancing, the split).
 #[derive(clap::Args, Debug, Clone)]
 pub struct NearArgs {
     /// Jaccard similarity of word shingles from which two texts are near duplicates
@@ -71,11 +74,13 @@ pub struct NearArgs {
     /// MinHash permutations
     #[arg(long, default_value_t = 128)]
     pub num_perm: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 impl NearArgs {
-    fn config(&self, seed: u64) -> NearDupConfig {
-        NearDupConfig { shingle: self.shingle, threshold: self.threshold, num_perm: self.num_perm, seed }
+    fn config(&self) -> NearDupConfig {
+        NearDupConfig { shingle: self.shingle, threshold: self.threshold, num_perm: self.num_perm, seed: self.seed }
     }
 }
 
@@ -99,14 +104,16 @@ pub struct InspectArgs {
     pub suspicious: bool,
     #[arg(long, default_value_t = 5)]
     pub folds: usize,
+    /// Images (lists with an `image` column, or folders of class folders): dHash bits in which
+    /// two near duplicates may differ (of 64)
+    #[arg(long, default_value_t = 4)]
+    pub image_distance: u32,
     /// Examples of each finding in the report (suspicious labels: at least 20)
     #[arg(long, default_value_t = 10)]
     pub examples: usize,
     /// Write report.md here
     #[arg(long)]
     pub report: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Print the findings as JSON
     #[arg(long)]
     pub json: bool,
@@ -146,8 +153,6 @@ pub struct CleanArgs {
     pub rebalance: Option<Rebalance>,
     #[command(flatten)]
     pub near: NearArgs,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     #[arg(long)]
     pub json: bool,
     /// Replace existing output files in --out (never an input)
@@ -171,8 +176,6 @@ pub struct SplitArgs {
     pub no_group: bool,
     #[command(flatten)]
     pub near: NearArgs,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     #[arg(long)]
     pub json: bool,
     /// Replace existing output files in --out (never the input)
@@ -223,6 +226,9 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
     if let Some(report) = &a.report {
         super::check_output(report, a.overwrite)?;
     }
+    if a.files.iter().all(|f| image_list::looks_like_images(f)) {
+        return run_inspect_images(&a);
+    }
     let files = read_all(&a.files)?;
     // --suspicious needs an encoder; its tokenizer then measures lengths too.
     let model = match (&a.model, a.suspicious) {
@@ -231,7 +237,7 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
         (None, false) => None,
     };
     let tok = model.as_deref().map(length_tokenizer).transpose()?;
-    let ins = inspect(&files, &a.near.config(a.seed), tok.as_ref().map(|t| (t, a.max_len)))?;
+    let ins = inspect(&files, &a.near.config(), tok.as_ref().map(|t| (t, a.max_len)))?;
     let suspects = match (&model, a.suspicious) {
         (Some(m), true) => Some(suspicious_labels(&a, m, &files, &ins)?),
         _ => None,
@@ -280,6 +286,40 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
+/// `kiln data inspect` on image lists or folders: each given list, or each split of a folder
+/// (train, valid, test), is one list; duplicates and leaks are found across all of them.
+fn run_inspect_images(a: &InspectArgs) -> Result<()> {
+    let mut lists = Vec::new();
+    for path in &a.files {
+        let s = image_list::read(path)?;
+        // A folder with splits is one list per split, so leaks between them are found.
+        let several = !s.valid.is_empty() || !s.test.is_empty();
+        let named =
+            |split: &str| if several { format!("{}/{split}", path.display()) } else { path.display().to_string() };
+        for (split, images) in [("train", &s.train), ("valid", &s.valid), ("test", &s.test)] {
+            if !images.is_empty() {
+                lists.push(ImageList { name: named(split), images: images.clone() });
+            }
+        }
+    }
+    let ins = inspect_images(&lists, a.image_distance)?;
+    if let Some(path) = &a.report {
+        let md = format!("# Image data inspection\n\n```\n{}```\n", image_dups::summary(&ins, a.examples));
+        crate::util::write_atomic(path, md.as_bytes())?;
+    }
+    if a.json {
+        let mut v = serde_json::to_value(&ins).expect("inspections serialize");
+        v["files_read"] = json!(a.files);
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        print!("{}", image_dups::summary(&ins, a.examples));
+        if let Some(path) = &a.report {
+            println!("report: {}", path.display());
+        }
+    }
+    Ok(())
+}
+
 /// Out-of-fold head fits on the encoder's mean-pooled features of every labelled row that is
 /// not empty or junk (those are findings of their own, and their features say little).
 fn suspicious_labels(
@@ -307,7 +347,7 @@ fn suspicious_labels(
     let labels: Vec<usize> =
         rows.iter().map(|id| names.binary_search(row(id).label.as_ref().expect("labelled")).expect("known")).collect();
     let gpu = a.adapter.open()?;
-    let model = SequenceClassifier::load(&gpu, model_dir, names.clone(), Pooling::Mean, a.seed)?;
+    let model = SequenceClassifier::load(&gpu, model_dir, names.clone(), Pooling::Mean, a.near.seed)?;
     let tok = encoder_tokenizer(model_dir, a.max_len)?;
     let texts: Vec<&str> = rows.iter().map(|id| row(id).text.as_str()).collect();
     eprintln!(
@@ -319,7 +359,7 @@ fn suspicious_labels(
     );
     let items = encode_texts(&tok, &texts, a.max_len)?;
     let feats = features(&gpu, &model, &items, 16, pad_id(&tok))?;
-    let fit = HeadFit { folds: a.folds, seed: a.seed, ..HeadFit::default() };
+    let fit = HeadFit { folds: a.folds, seed: a.near.seed, ..HeadFit::default() };
     let probs = out_of_fold_probabilities(&gpu, &feats, model.body.hidden_size(), &labels, names.len(), &fit)?;
     Ok(find_suspects(&probs, &labels, names.len())
         .into_iter()
@@ -366,7 +406,7 @@ fn run_clean(a: CleanArgs) -> Result<()> {
     let targets = outputs(&a.files, &names, &a.out, a.overwrite)?;
     super::check_output(&a.out.join("removed.jsonl"), a.overwrite)?;
     let tok = a.model.as_deref().map(length_tokenizer).transpose()?;
-    let ins = inspect(&files, &a.near.config(a.seed), None)?;
+    let ins = inspect(&files, &a.near.config(), None)?;
     let cfg = CleanConfig {
         dedupe: a.dedupe,
         drop_junk: !a.keep_junk,
@@ -374,7 +414,7 @@ fn run_clean(a: CleanArgs) -> Result<()> {
         max_tokens: a.max_tokens,
         conflicts: a.conflicts,
         rebalance: a.rebalance,
-        seed: a.seed,
+        seed: a.near.seed,
     };
     let cleaned = clean(&files, &ins, &cfg, tok.as_ref())?;
     for (file, target) in cleaned.files.iter().zip(&targets) {
@@ -417,11 +457,11 @@ fn run_clean(a: CleanArgs) -> Result<()> {
 }
 
 fn run_split(a: SplitArgs) -> Result<()> {
-    let cfg = SplitConfig { valid: a.valid, test: a.test, seed: a.seed, group_aware: !a.no_group };
+    let cfg = SplitConfig { valid: a.valid, test: a.test, seed: a.near.seed, group_aware: !a.no_group };
     cfg.check()?;
     let file = read_rows(&a.file)?;
     let ext = a.file.extension().and_then(|x| x.to_str()).unwrap_or("jsonl").to_string();
-    let ins = inspect(std::slice::from_ref(&file), &a.near.config(a.seed), None)?;
+    let ins = inspect(std::slice::from_ref(&file), &a.near.config(), None)?;
     let labels: Vec<Option<&str>> = file.rows.iter().map(|r| r.label.as_deref()).collect();
     let split = assign(&labels, &ins.cluster, &cfg);
     // All three outputs and the splits checked before anything is written.

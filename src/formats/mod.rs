@@ -9,7 +9,7 @@ pub mod lfs;
 pub mod peft;
 pub mod pth;
 pub mod safetensors;
-mod safetensors_header;
+pub mod safetensors_header;
 pub mod sentencepiece;
 pub mod tokenizer;
 pub mod weights;

@@ -1,6 +1,8 @@
 //! A safetensors file the `safetensors` crate refused, read again to say which tensor is wrong
 //! and by how much: the crate's messages ("invalid JSON in header", "incomplete metadata")
-//! name neither the tensor nor its dtype, offsets or the file's size.
+//! name neither the tensor nor its dtype, offsets or the file's size. Also the tensor names of a
+//! file from its header alone ([`tensor_names`]), for deciding what a file holds without reading
+//! its weights.
 
 use serde_json::Value;
 
@@ -27,6 +29,25 @@ const DTYPES: &[(&str, usize)] = &[
     ("I64", 64),
     ("U64", 64),
 ];
+
+/// The tensor names of a safetensors file read from its header alone: the first 8 bytes are the
+/// header's length (little-endian), then the header is JSON keyed by tensor name. None when the
+/// file is not one.
+pub fn tensor_names(file: &std::path::Path) -> Option<Vec<String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(file).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    // The format caps the header at 100 MB; a larger length is not a safetensors file.
+    if len > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).ok()?;
+    let v: serde_json::Map<String, Value> = serde_json::from_slice(&header).ok()?;
+    Some(v.into_iter().map(|(k, _)| k).filter(|k| k != "__metadata__").collect())
+}
 
 /// Why `bytes` is not a valid safetensors file, naming the tensor, its dtype or offsets and
 /// the sizes where the header shows it; `crate_says` (the crate's message) when no finer cause
@@ -93,6 +114,22 @@ mod tests {
         b.extend_from_slice(header.as_bytes());
         b.extend(std::iter::repeat_n(0u8, data));
         b
+    }
+
+    #[test]
+    fn names_from_the_header_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let header =
+            r#"{"__metadata__":{"format":"pt"},"conv1.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        std::fs::write(&path, file(header, 4)).unwrap();
+        assert_eq!(tensor_names(&path), Some(vec!["conv1.weight".to_string()]));
+        // Truncated weights do not matter: only the header is read.
+        std::fs::write(&path, file(header, 0)).unwrap();
+        assert_eq!(tensor_names(&path), Some(vec!["conv1.weight".to_string()]));
+        std::fs::write(&path, b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk").unwrap();
+        assert_eq!(tensor_names(&path), None);
+        assert_eq!(tensor_names(&dir.path().join("missing")), None);
     }
 
     #[test]

@@ -20,6 +20,32 @@ use crate::error::{Error, Result};
 pub struct ShaderFile {
     pub name: &'static str,
     pub source: &'static str,
+    /// The shared pieces (`shaders/common/`) a `// #include "NAME"` line of the source may
+    /// name, by name.
+    pub parts: &'static [(&'static str, &'static str)],
+}
+
+impl ShaderFile {
+    /// The source with each `// #include "NAME"` line replaced by the part of that name: WGSL
+    /// has no includes, and several shaders share their tiles or params. Parts include nothing.
+    pub fn expand(&self) -> std::result::Result<String, String> {
+        let mut out = String::with_capacity(self.source.len());
+        for line in self.source.lines() {
+            match line.trim().strip_prefix("// #include ") {
+                Some(name) => {
+                    let name = name.trim().trim_matches('"');
+                    let Some((_, part)) = self.parts.iter().find(|(n, _)| *n == name) else {
+                        let known: Vec<&str> = self.parts.iter().map(|(n, _)| *n).collect();
+                        return Err(format!("#include \"{name}\": no such part (the parts are {known:?})"));
+                    };
+                    out.push_str(part);
+                }
+                None => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        Ok(out)
+    }
 }
 
 /// How a kernel uses one storage binding.
@@ -118,7 +144,9 @@ impl PipelineCache {
         if let Some(m) = modules.get(&key) {
             return Ok(m.clone());
         }
-        let source = format!("{}\n{}", spec.header, spec.file.source);
+        let body =
+            spec.file.expand().map_err(|message| Error::Shader { file: spec.file.name, entry: spec.entry, message })?;
+        let source = format!("{}\n{}", spec.header, body);
         if super::backend_check::enabled() {
             super::backend_check::translate(&source).map_err(|message| Error::Shader {
                 file: spec.file.name,
@@ -164,4 +192,19 @@ fn bind_group_layout(device: &wgpu::Device, spec: &KernelSpec) -> wgpu::BindGrou
         });
     }
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(spec.entry), entries: &entries })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShaderFile;
+
+    #[test]
+    fn include_lines_are_replaced_by_their_part() {
+        let parts = &[("two.wgsl", "const TWO: u32 = 2u;\n")];
+        let file = ShaderFile { name: "t", source: "// head\n  // #include \"two.wgsl\"\nconst X: u32 = TWO;", parts };
+        assert_eq!(file.expand().unwrap(), "// head\nconst TWO: u32 = 2u;\n\nconst X: u32 = TWO;\n");
+        let missing = ShaderFile { source: "// #include \"three.wgsl\"", ..file };
+        let e = missing.expand().unwrap_err();
+        assert!(e.contains("three.wgsl") && e.contains("two.wgsl"), "{e}");
+    }
 }

@@ -250,24 +250,6 @@ pub fn gated_backward(
     )
 }
 
-/// silu(gate)·up (Llama's MLP).
-pub fn swiglu(gpu: &Gpu, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    gated(gpu, GatedUnit::SwiGlu, gate, up)
-}
-
-/// dgate = dy·up·silu'(gate), dup = dy·silu(gate), written or added.
-pub fn swiglu_backward(
-    gpu: &Gpu,
-    gate: &Tensor,
-    up: &Tensor,
-    dy: &Tensor,
-    dgate: &Tensor,
-    dup: &Tensor,
-    accumulate: bool,
-) -> Result<()> {
-    gated_backward(gpu, GatedUnit::SwiGlu, gate, up, dy, dgate, dup, accumulate)
-}
-
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct SliceParams {

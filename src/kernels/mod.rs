@@ -24,9 +24,20 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::tensor::Tensor;
 
+/// WGSL that several shader files share, which they pull in with a `// #include "NAME"` line
+/// ([`ShaderFile::expand`](crate::gpu::ShaderFile::expand)).
+pub(crate) const SHADER_PARTS: &[(&str, &str)] = &[
+    ("matmul_params.wgsl", include_str!("../../shaders/common/matmul_params.wgsl")),
+    ("matmul_tiles.wgsl", include_str!("../../shaders/common/matmul_tiles.wgsl")),
+];
+
 macro_rules! shader {
     ($name:literal) => {
-        $crate::gpu::ShaderFile { name: $name, source: include_str!(concat!("../../shaders/", $name, ".wgsl")) }
+        $crate::gpu::ShaderFile {
+            name: $name,
+            source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
+            parts: $crate::kernels::SHADER_PARTS,
+        }
     };
 }
 pub(crate) use shader;
@@ -76,4 +87,31 @@ pub(crate) fn row_chunks(op: &'static str, gpu: &Gpu, rows: usize, row_bytes: u6
 
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every part the shaders name exists, and every part is named by some shader.
+    #[test]
+    fn the_shaders_parts_are_all_there_and_all_used() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+        let mut used = std::collections::HashSet::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "wgsl") {
+                let source: &'static str = std::fs::read_to_string(&path).unwrap().leak();
+                let file = crate::gpu::ShaderFile { name: "t", source, parts: super::SHADER_PARTS };
+                file.expand().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                used.extend(
+                    source
+                        .lines()
+                        .filter_map(|l| l.trim().strip_prefix("// #include "))
+                        .map(|n| n.trim_matches('"').to_string()),
+                );
+            }
+        }
+        for (name, _) in super::SHADER_PARTS {
+            assert!(used.contains(*name), "shaders/common/{name} is included by no shader");
+        }
+    }
 }

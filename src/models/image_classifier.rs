@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::formats::safetensors::save_safetensors;
 use crate::gpu::Gpu;
 use crate::nn::BnMode;
+use crate::tensor::Tensor;
 use crate::util::write_atomic;
 
 /// The file beside a saved classifier's weights naming its architecture and labels.
@@ -204,15 +205,10 @@ impl ImageClassifier {
         for (name, t) in params {
             tensors.push((name, t.to_f32_vec(gpu)?, t.shape().to_vec()));
         }
-        let units = match self {
-            ImageClassifier::Lite(m) => m.conv_bns(),
-            ImageClassifier::ResNet(m) => m.conv_bns(),
-        };
-        for unit in units {
-            let path = unit.bn.weight.name.strip_suffix(".weight").unwrap_or(&unit.bn.weight.name).to_string();
-            for (stat, t) in [("running_mean", &unit.bn.running_mean), ("running_var", &unit.bn.running_var)] {
-                tensors.push((format!("{path}.{stat}"), t.to_f32_vec(gpu)?, t.shape().to_vec()));
-            }
+        let mut buffers = Vec::new();
+        self.visit_buffers(&mut |name, t| buffers.push((name.to_string(), t.clone())));
+        for (name, t) in buffers {
+            tensors.push((name, t.to_f32_vec(gpu)?, t.shape().to_vec()));
         }
         let mut config = match self {
             ImageClassifier::Lite(m) => serde_json::json!({
@@ -242,6 +238,19 @@ impl Module for ImageClassifier {
         match self {
             ImageClassifier::Lite(m) => m.visit_params_mut(f),
             ImageClassifier::ResNet(m) => m.visit_params_mut(f),
+        }
+    }
+
+    /// Every BN layer's `running_mean` and `running_var`, with the checkpoint's names.
+    fn visit_buffers(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        let units = match self {
+            ImageClassifier::Lite(m) => m.conv_bns(),
+            ImageClassifier::ResNet(m) => m.conv_bns(),
+        };
+        for unit in units {
+            let path = unit.bn.weight.name.strip_suffix(".weight").unwrap_or(&unit.bn.weight.name);
+            f(&format!("{path}.running_mean"), &unit.bn.running_mean);
+            f(&format!("{path}.running_var"), &unit.bn.running_var);
         }
     }
 }

@@ -22,16 +22,10 @@ impl NormLayer {
     }
 
     pub fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
-        f(&self.weight);
-        if let Some(b) = &self.bias {
-            f(b);
-        }
+        std::iter::once(&self.weight).chain(&self.bias).for_each(f);
     }
 
     pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        f(&mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(b);
-        }
+        std::iter::once(&mut self.weight).chain(&mut self.bias).for_each(f);
     }
 }

@@ -1,7 +1,8 @@
 //! Checkpoints: what resuming a run needs to continue exactly as if it had never stopped.
 //!
 //! `RUN/checkpoints/step-NNNNNNN/` holds `state.safetensors` (every trainable weight as
-//! `param.<name>`, AdamW's moments as `m.<name>` / `v.<name>`) and `state.json` (the step, the
+//! `param.<name>`, AdamW's moments as `m.<name>` / `v.<name>`, the model's buffers such as batch
+//! norm's running statistics as `buffer.<name>`) and `state.json` (the step, the
 //! data position, each parameter's AdamW step count, early stopping's state, the summary so far).
 //! The folder is written under a temporary name and renamed, so a checkpoint is whole or absent;
 //! older ones beyond `keep` are deleted afterwards. Dropout masks, the data order and the
@@ -96,6 +97,11 @@ pub fn save(
     for (name, value) in params {
         tensors.push((format!("param.{name}"), value.to_f32_vec(gpu)?, value.shape().to_vec()));
     }
+    let mut buffers = Vec::new();
+    model.visit_buffers(&mut |name, t| buffers.push((name.to_string(), t.clone())));
+    for (name, t) in buffers {
+        tensors.push((format!("buffer.{name}"), t.to_f32_vec(gpu)?, t.shape().to_vec()));
+    }
     let mut adam_steps = Vec::new();
     for (name, m, v, shape, steps) in opt.export_state(gpu)? {
         tensors.push((format!("m.{name}"), m, shape.clone()));
@@ -185,6 +191,15 @@ pub fn restore_latest(gpu: &Gpu, root: &Path, model: &mut dyn Module, opt: &mut 
         }
     });
     result?;
+    // Buffers are written in place (a checkpoint from before buffers were kept has none).
+    let mut buffers = Vec::new();
+    model.visit_buffers(&mut |name, t| buffers.push((name.to_string(), t.clone())));
+    for (name, t) in buffers {
+        let key = format!("buffer.{name}");
+        if src.shape_of(&key).is_some() {
+            t.write_f32(gpu, &src.take(&key, t.shape())?)?;
+        }
+    }
     for (name, steps) in &file.adam_steps {
         let shape = src.shape_of(&format!("m.{name}")).map(<[usize]>::to_vec).unwrap_or_default();
         let m = src.take(&format!("m.{name}"), &shape)?;

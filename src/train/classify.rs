@@ -135,6 +135,41 @@ pub struct ClassifyConfig {
     pub class_weights: Option<Vec<f32>>,
 }
 
+impl ClassifyConfig {
+    /// What the text and image tasks check alike: `n` training examples with one label each,
+    /// every label below the head's `k`, one class weight per label, a batch size and an
+    /// unfreezing interval of at least 1. `names`: the examples' and the labels' word in the
+    /// errors ("texts", "labels"; "images", "classes").
+    pub(crate) fn check(&self, names: (&str, &str), n: usize, labels: &[usize], k: usize) -> Result<()> {
+        let (items, classes) = names;
+        if n == 0 || labels.len() != n {
+            return Err(Error::invalid("train", format!("{n} training {items} with {} labels", labels.len())));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid("train", "batch size must be at least 1"));
+        }
+        if let Some(&bad) = labels.iter().find(|&&y| y >= k) {
+            return Err(Error::invalid("train", format!("label id {bad} for a head of {k} {classes}")));
+        }
+        if let Some(w) = &self.class_weights
+            && w.len() != k
+        {
+            return Err(Error::invalid("class weights", format!("{} weights for {k} {classes}", w.len())));
+        }
+        if self.unfreeze.is_some_and(|u| u.every == 0) {
+            return Err(Error::invalid("unfreeze", "--unfreeze-every must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Progressive unfreezing's stage at (step, epoch), when it differs from `*current` (which
+    /// becomes it): the task then lets train what may at that depth. None when unchanged.
+    pub(crate) fn next_stage(&self, current: &mut usize, step: usize, epoch: usize, max_depth: usize) -> Option<usize> {
+        let stage = Unfreeze::stage(self.unfreeze, step, epoch, max_depth);
+        (stage != std::mem::replace(current, stage)).then_some(stage)
+    }
+}
+
 /// Texts with their label ids.
 #[derive(Clone, Copy)]
 pub struct LabeledSet<'a> {
@@ -247,29 +282,12 @@ impl<'a> ClassifierTask<'a> {
         cfg: &'a ClassifyConfig,
     ) -> Result<Self> {
         let n = train.items.len();
-        if n == 0 || train.labels.len() != n {
-            return Err(Error::invalid("train", format!("{n} training texts with {} labels", train.labels.len())));
-        }
-        if cfg.batch_size == 0 {
-            return Err(Error::invalid("train", "batch size must be at least 1"));
-        }
-        let k = model.num_labels();
-        if let Some(&bad) = train.labels.iter().find(|&&y| y >= k) {
-            return Err(Error::invalid("train", format!("label id {bad} for a head of {k} labels")));
-        }
-        if let Some(w) = &cfg.class_weights
-            && w.len() != k
-        {
-            return Err(Error::invalid("class weights", format!("{} weights for {k} labels", w.len())));
-        }
+        cfg.check(("texts", "labels"), n, train.labels, model.num_labels())?;
         if cfg.strategy == Strategy::Head && cfg.unfreeze.is_some() {
             return Err(Error::invalid(
                 "unfreeze",
                 "progressive unfreezing needs a strategy that trains more than the head (top:N, lora or full)",
             ));
-        }
-        if cfg.unfreeze.is_some_and(|u| u.every == 0) {
-            return Err(Error::invalid("unfreeze", "--unfreeze-every must be at least 1"));
         }
         if cfg.strategy == Strategy::Lora {
             model.add_lora(gpu, &cfg.lora, cfg.run.seed)?;
@@ -349,11 +367,9 @@ impl Task for ClassifierTask<'_> {
 
     /// Progressive unfreezing: the head alone at first, one more block every `every` units.
     fn enter(&mut self, step: usize, epoch: usize, on_event: &mut OnEvent) -> Result<()> {
-        let stage = Unfreeze::stage(self.cfg.unfreeze, step, epoch, self.model.max_depth());
-        if stage == self.stage {
+        let Some(stage) = self.cfg.next_stage(&mut self.stage, step, epoch, self.model.max_depth()) else {
             return Ok(());
-        }
-        self.stage = stage;
+        };
         let (strategy, layers) = (self.cfg.strategy, self.layers());
         self.model
             .set_trainable(self.gpu, &|name| strategy.trains(name, layers) && block_depth(name, layers) <= stage)?;

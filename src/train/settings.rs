@@ -25,8 +25,9 @@ pub struct TrainSettings {
     #[arg(long, conflicts_with = "task")]
     pub data: Option<PathBuf>,
     /// A built-in task instead of --data: `spamassassin` (ham or spam, MiniLM; the default),
-    /// `cmudict` (pronounce a word in ARPAbet, SmolLM2), both fetched with npm, or `elpv`
-    /// (defective solar cells, EfficientNet-Lite0; pip)
+    /// `cmudict` (pronounce a word in ARPAbet, SmolLM2), both fetched with npm, `elpv`
+    /// (defective solar cells, EfficientNet-Lite0; pip) or `fashion-mnist` (ten kinds of
+    /// clothing, 28×28; apt-get download, written out once as PNGs in the cache)
     #[arg(long)]
     pub task: Option<String>,
     /// Use at most this many training examples (a quick run)
@@ -178,6 +179,11 @@ pub struct TrainSettings {
     /// system's available memory is used)
     #[arg(long)]
     pub gpu_memory: Option<u64>,
+    /// The `--adapter` the command was given (the command line's flag, copied here), so that
+    /// config.toml records it and a resumed run opens the same device.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
 }
 
 /// Flags only classifiers use.

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::classify::{ClassifyConfig, Predictions, Strategy, Unfreeze};
+use super::classify::{ClassifyConfig, Predictions, Strategy};
 use super::driver::{self, Evaluation, Event, OnEvent, Scores, Seen, Summary, Task};
 use super::stopping::StopMetric;
 use crate::autograd::{self, Loss, Module, Tape, Var};
@@ -52,6 +52,15 @@ pub fn trains(strategy: Strategy, depth: usize) -> bool {
         Strategy::Top(n) => depth <= n,
         Strategy::Full => true,
         Strategy::Lora => false,
+    }
+}
+
+/// The evaluation transform of `model`'s family at `resize`/`crop`: the EfficientNet-Lite
+/// package's (x − 0.5)/0.5, torchvision's ImageNet statistics for ResNets.
+pub fn eval_transform(model: &ImageClassifier, resize: u32, crop: u32) -> EvalTransform {
+    match model {
+        ImageClassifier::Lite(_) => EvalTransform::half_centered(resize, crop),
+        ImageClassifier::ResNet(_) => EvalTransform { resize, crop, ..EvalTransform::imagenet() },
     }
 }
 
@@ -144,21 +153,7 @@ impl<'a> ImageTask<'a> {
         cfg: &'a ClassifyConfig,
     ) -> Result<Self> {
         let n = train.bank.images.len();
-        if n == 0 || train.labels.len() != n {
-            return Err(Error::invalid("train", format!("{n} training images with {} labels", train.labels.len())));
-        }
-        if cfg.batch_size == 0 {
-            return Err(Error::invalid("train", "batch size must be at least 1"));
-        }
-        let k = model.num_classes();
-        if let Some(&bad) = train.labels.iter().find(|&&y| y >= k) {
-            return Err(Error::invalid("train", format!("label id {bad} for a head of {k} classes")));
-        }
-        if let Some(w) = &cfg.class_weights
-            && w.len() != k
-        {
-            return Err(Error::invalid("class weights", format!("{} weights for {k} classes", w.len())));
-        }
+        cfg.check(("images", "classes"), n, train.labels, model.num_classes())?;
         if cfg.strategy == Strategy::Lora {
             return Err(Error::invalid(
                 "--strategy",
@@ -170,9 +165,6 @@ impl<'a> ImageTask<'a> {
         }
         if cfg.strategy == Strategy::Head && cfg.unfreeze.is_some() {
             return Err(Error::invalid("unfreeze", "progressive unfreezing needs top:N or full, not head"));
-        }
-        if cfg.unfreeze.is_some_and(|u| u.every == 0) {
-            return Err(Error::invalid("unfreeze", "--unfreeze-every must be at least 1"));
         }
         let mut depths = HashMap::new();
         {
@@ -248,11 +240,9 @@ impl Task for ImageTask<'_> {
 
     /// Progressive unfreezing: the head alone at first, one more stage every `every` units.
     fn enter(&mut self, step: usize, epoch: usize, on_event: &mut OnEvent) -> Result<()> {
-        let stage = Unfreeze::stage(self.cfg.unfreeze, step, epoch, self.model.max_depth());
-        if stage == self.stage {
+        let Some(stage) = self.cfg.next_stage(&mut self.stage, step, epoch, self.model.max_depth()) else {
             return Ok(());
-        }
-        self.stage = stage;
+        };
         let (strategy, depths) = (self.cfg.strategy, Arc::clone(&self.depths));
         self.model.set_trainable(self.gpu, &|name| {
             let d = depths.get(name).copied().unwrap_or(usize::MAX);

@@ -25,3 +25,35 @@ fn bench_step_profiles_a_training_step() {
     assert_eq!(by_family, dispatches);
     assert!(std::fs::metadata(&png).unwrap().len() > 1000, "the PNG was written");
 }
+
+/// `kiln bench --only` the CNN kernels: convolution (forward, dX, dW, depthwise), batch norm
+/// and its backward, max-pool and its backward, global average pooling, each with a positive
+/// time and its GFLOP/s (convolutions) or GB/s (the memory-bound rest).
+#[test]
+fn bench_rows_of_the_cnn_kernels() {
+    let doc = kiln("bench").args(["--scale", "small", "--only", "conv2d,batch_norm,max_pool,global_avg_pool"]).json();
+    let rows = doc["figures"].as_array().unwrap_or_else(|| panic!("no figures: {doc}"));
+    let kernels: Vec<&str> = rows.iter().map(|r| r["kernel"].as_str().unwrap()).collect();
+    for k in [
+        "conv2d",
+        "conv2d_dx",
+        "conv2d_dw",
+        "batch_norm",
+        "batch_norm_bwd",
+        "max_pool",
+        "max_pool_bwd",
+        "global_avg_pool",
+    ] {
+        assert!(kernels.contains(&k), "{k} missing from {kernels:?}");
+    }
+    assert!(rows.iter().any(|r| r["shape"].as_str().unwrap().starts_with("dw 3x3")), "no depthwise row");
+    for r in rows {
+        assert!(r["median_ms"].as_f64().unwrap() > 0.0, "{r}");
+        let figure = if r["kernel"].as_str().unwrap().starts_with("conv2d") && r["bound"] == "Compute" {
+            "gflops"
+        } else {
+            "gbps"
+        };
+        assert!(r[figure].as_f64().unwrap() > 0.0, "{figure} of {r}");
+    }
+}

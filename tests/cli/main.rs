@@ -31,17 +31,24 @@ use std::process::{Command, Output};
 #[derive(Clone, Debug)]
 pub struct Kiln {
     args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
 }
 
 /// `kiln SUBCOMMAND...`: `sub` may hold several words (`"data clean"`).
 pub fn kiln(sub: &str) -> Kiln {
-    Kiln { args: sub.split_whitespace().map(OsString::from).collect() }
+    Kiln { args: sub.split_whitespace().map(OsString::from).collect(), envs: Vec::new() }
 }
 
 impl Kiln {
     /// Appends arguments as they are.
     pub fn args<S: AsRef<std::ffi::OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Kiln {
         self.args.extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self
+    }
+
+    /// Sets an environment variable of the command (e.g. `KILN_CACHE`).
+    pub fn env(mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Kiln {
+        self.envs.push((name.into(), value.as_ref().to_os_string()));
         self
     }
 
@@ -70,7 +77,12 @@ impl Kiln {
 
     /// Runs the command as it is.
     pub fn output(&self) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kiln")).args(&self.args).env("XDG_RUNTIME_DIR", "/tmp").output().unwrap()
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(&self.args)
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap()
     }
 
     /// Runs the command, which must succeed; its stdout and stderr.

@@ -193,7 +193,10 @@ fn config_file_sets_flags_and_the_run_folder_keeps_them() {
     );
     std::fs::write(&config, toml).unwrap();
     let (run1, run2) = (ws.path("run1"), ws.path("run2"));
-    kiln("train").flag("config", &config).flag("lr", "0.02").out(&run1).run();
+    // `--adapter 0`: the first of `kiln devices`, which every machine that runs these tests has.
+    kiln("train").flag("config", &config).flag("lr", "0.02").flag("adapter", "0").out(&run1).run();
+    let recorded = std::fs::read_to_string(run1.join("config.toml")).unwrap();
+    assert!(recorded.contains("adapter = \"0\""), "config.toml records --adapter:\n{recorded}");
     let first = read_json(&run1.join("settings.json"));
     assert_eq!(first["train"]["strategy"], "head");
     assert_eq!(first["train"]["epochs"], 3);

