@@ -95,8 +95,12 @@ pub fn dhash(img: &image::DynamicImage) -> u64 {
     h
 }
 
+/// What one file is compared by: (the content hash of its dimensions and RGB pixels, its
+/// dHash, its width and height).
+type Hashes = (u64, u64, (u32, u32));
+
 /// The content hash (dimensions and RGB pixels) and the dHash of one file.
-fn hashes(path: &Path) -> Result<(u64, u64, (u32, u32))> {
+fn hashes(path: &Path) -> Result<Hashes> {
     let img = image::ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
@@ -149,8 +153,8 @@ pub fn inspect_images(lists: &[ImageList], max_distance: u32) -> Result<ImageIns
     let all: Vec<(usize, usize, &Example)> =
         lists.iter().enumerate().flat_map(|(f, l)| l.images.iter().enumerate().map(move |(r, e)| (f, r, e))).collect();
     let id = |k: usize| ImageId { file: all[k].0, row: all[k].1, path: all[k].2.text.clone() };
-    let hashed: Vec<Result<(u64, u64, (u32, u32))>> = par_map(all.len(), |k| hashes(Path::new(&all[k].2.text)));
-    let hashed: Vec<(u64, u64, (u32, u32))> = hashed.into_iter().collect::<Result<_>>()?;
+    let hashed: Vec<Result<Hashes>> = par_map(all.len(), |k| hashes(Path::new(&all[k].2.text)));
+    let hashed: Vec<Hashes> = hashed.into_iter().collect::<Result<_>>()?;
 
     let mut files: Vec<ImageFileReport> = lists
         .iter()
@@ -284,4 +288,53 @@ pub fn summary(ins: &ImageInspection, examples: usize) -> String {
     }
     let _ = writeln!(s, "leaks across groups: {}", ins.group_leaks.len());
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::SplitMix64;
+
+    /// The band buckets find exactly the pairs an all-pairs comparison finds.
+    #[test]
+    fn band_buckets_find_every_pair_within_the_distance() {
+        let mut rng = SplitMix64::new(7);
+        let mut hashes: Vec<u64> = (0..300).map(|_| rng.next_u64()).collect();
+        // Planted neighbours: copies of earlier hashes with 0..=6 bits flipped.
+        for k in 0..120 {
+            let mut h = hashes[k];
+            for f in 0..(k % 7) {
+                h ^= 1 << ((k * 13 + f * 29) % 64);
+            }
+            hashes.push(h);
+        }
+        for d in [0, 3, 4, 6] {
+            let mut brute = Vec::new();
+            for i in 0..hashes.len() {
+                for j in i + 1..hashes.len() {
+                    let dist = (hashes[i] ^ hashes[j]).count_ones();
+                    if dist <= d {
+                        brute.push((i, j, dist));
+                    }
+                }
+            }
+            assert!(!brute.is_empty());
+            assert_eq!(near_pairs(&hashes, d), brute, "distance {d}");
+        }
+    }
+
+    #[test]
+    fn dhash_survives_brightness_and_resizing_but_not_a_mirror() {
+        let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([((x * 7 + y * 3) % 200) as u8 + 20; 3]));
+        let h = dhash(&image::DynamicImage::ImageRgb8(img.clone()));
+        let brighter = image::RgbImage::from_fn(64, 48, |x, y| {
+            let v = img.get_pixel(x, y).0[0] + 10;
+            image::Rgb([v; 3])
+        });
+        assert_eq!(dhash(&image::DynamicImage::ImageRgb8(brighter)), h);
+        let smaller = image::imageops::resize(&img, 32, 24, FilterType::Triangle);
+        assert!((dhash(&image::DynamicImage::ImageRgb8(smaller)) ^ h).count_ones() <= 4);
+        let mirrored = image::imageops::flip_horizontal(&img);
+        assert!((dhash(&image::DynamicImage::ImageRgb8(mirrored)) ^ h).count_ones() > 16);
+    }
 }
