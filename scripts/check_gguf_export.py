@@ -15,6 +15,15 @@ For a base GGUF and a PEFT adapter trained on it, the script
 
     python3 scripts/check_gguf_export.py --base BASE.gguf --adapter RUN/adapter --work DIR \
         --llama-cpp LLAMA_CPP_SOURCE_DIR [--kiln target/release/kiln]
+
+libllama from PyPI's source package (no network beyond PyPI; cmake from its wheel):
+
+    pip download --no-deps --no-binary :all: llama-cpp-python   # or take the .tar.gz pip unpacks
+    tar xzf llama_cpp_python-*.tar.gz && cd llama_cpp_python-*/vendor/llama.cpp
+    cmake -B build -DBUILD_SHARED_LIBS=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=OFF
+    cmake --build build --target llama -j2
+    export PYTHONPATH=../..:DIR_WITH_diskcache LLAMA_CPP_LIB_PATH=$PWD/build/bin LD_LIBRARY_PATH=$PWD/build/bin
 """
 import argparse, json, os, subprocess, sys
 

@@ -107,6 +107,14 @@ pub fn decoder_keys(c: &DecoderConfig) -> Result<ArchKeys> {
             if let Some(local) = &c.rope_local {
                 f32(&mut kvs, "rope.freq_base_swa", local.theta);
             }
+            // GGUF has no key for it: llama.cpp scales by key_length^-1/2 (hidden / heads for
+            // the 62-layer 27B), as kiln's reader does.
+            let implied = if c.num_hidden_layers == 62 { c.hidden_size / c.num_attention_heads } else { c.head_dim };
+            if let Some(q) = c.query_pre_attn_scalar.filter(|&q| q != implied as f64) {
+                notes.push(format!(
+                    "query_pre_attn_scalar is {q}; GGUF has no key for it and llama.cpp scales attention by {implied}^-1/2"
+                ));
+            }
         }
         _ => {
             if window.is_some() {
