@@ -21,7 +21,8 @@ use super::cluster::clusters;
 use super::minhash::NearPair;
 use super::parallel::par_map;
 use crate::data::classify::Example;
-use crate::error::{Error, Result};
+use crate::data::images::decode;
+use crate::error::Result;
 use crate::util::Hash64;
 
 /// One listed image: its file (index into the inspected lists), its row and line for people.
@@ -101,12 +102,7 @@ type Hashes = (u64, u64, (u32, u32));
 
 /// The content hash (dimensions and RGB pixels) and the dHash of one file.
 fn hashes(path: &Path) -> Result<Hashes> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .decode()
-        .map_err(|e| Error::Parse { path: path.to_path_buf(), message: format!("cannot decode the image: {e}") })?;
+    let img = decode(path)?;
     let rgb = img.to_rgb8();
     let mut content = Hash64::default();
     content.u64(rgb.width() as u64);

@@ -12,7 +12,7 @@ use image::RgbImage;
 use image::imageops::FilterType;
 
 use super::classify::{Example, Splits};
-use super::images::{EXTENSIONS, ImageFolder};
+use super::images::{EXTENSIONS, ImageFolder, decode, resized_dims};
 use crate::error::{Error, Result};
 
 /// The splits found at `path`; a split not given is empty (the caller splits train).
@@ -148,16 +148,9 @@ impl ImageBank {
 /// One file decoded to RGB, its short side made `short_side` (the aspect ratio kept, as
 /// torchvision's `Resize(int)`).
 pub fn decode_resized(path: &Path, short_side: u32) -> Result<RgbImage> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .decode()
-        .map_err(|e| Error::Parse { path: path.to_path_buf(), message: format!("cannot decode the image: {e}") })?
-        .to_rgb8();
+    let img = decode(path)?.to_rgb8();
     let (w, h) = img.dimensions();
-    let long = |l: u32, s: u32| ((short_side as u64 * l as u64) / s.max(1) as u64).max(1) as u32;
-    let (nw, nh) = if w <= h { (short_side, long(h, w)) } else { (long(w, h), short_side) };
+    let (nw, nh) = resized_dims(w, h, short_side);
     if (nw, nh) == (w, h) {
         return Ok(img);
     }

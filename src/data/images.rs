@@ -64,6 +64,24 @@ pub fn is_image(p: &Path) -> bool {
         && p.extension().and_then(|x| x.to_str()).is_some_and(|x| EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
 }
 
+/// One image file decoded, its format guessed from its bytes; an unreadable or truncated file
+/// is an error naming it.
+pub fn decode(path: &Path) -> Result<image::DynamicImage> {
+    image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?
+        .decode()
+        .map_err(|e| Error::Parse { path: path.to_path_buf(), message: format!("cannot decode the image: {e}") })
+}
+
+/// The size a `w`×`h` image takes when its short side becomes `short_side` and the long one
+/// keeps the aspect ratio, truncated, as torchvision's `Resize(int)` does.
+pub fn resized_dims(w: u32, h: u32, short_side: u32) -> (u32, u32) {
+    let long = |l: u32, s: u32| ((short_side as u64 * l as u64) / s.max(1) as u64).max(1) as u32;
+    if w <= h { (short_side, long(h, w)) } else { (long(w, h), short_side) }
+}
+
 /// Resize the short side to `resize`, crop `crop`×`crop` from the centre, then
 /// (x/255 − mean)/std per channel.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -87,23 +105,14 @@ impl EvalTransform {
 
     /// The file decoded and transformed, `[3, crop, crop]` channel-major.
     pub fn load(&self, path: &Path) -> Result<Vec<f32>> {
-        let img = image::ImageReader::open(path)
-            .map_err(|e| Error::io(path, e))?
-            .with_guessed_format()
-            .map_err(|e| Error::io(path, e))?
-            .decode()
-            .map_err(|e| Error::Parse { path: path.to_path_buf(), message: format!("cannot decode the image: {e}") })?;
-        let rgb = img.to_rgb8();
-        Ok(self.apply(&rgb))
+        Ok(self.apply(&decode(path)?.to_rgb8()))
     }
 
     /// The transform of a decoded RGB image.
     pub fn apply(&self, rgb: &image::RgbImage) -> Vec<f32> {
         let (w, h) = rgb.dimensions();
-        // The short side becomes `resize`, the long one keeps the aspect ratio truncated as
-        // torchvision's Resize(int) does, with a triangle (bilinear) filter.
-        let long = |l: u32, s: u32| ((self.resize as u64 * l as u64) / s.max(1) as u64).max(1) as u32;
-        let (nw, nh) = if w <= h { (self.resize, long(h, w)) } else { (long(w, h), self.resize) };
+        // Resized as torchvision's Resize(int), with a triangle (bilinear) filter.
+        let (nw, nh) = resized_dims(w, h, self.resize);
         let resized = image::imageops::resize(rgb, nw, nh, FilterType::Triangle);
         let c = self.crop;
         // CenterCrop: the offset rounds as torchvision's does, (size − crop)/2 rounded.

@@ -16,7 +16,7 @@ use super::calibration::softmax;
 use super::classifier::{Scored, argmax, classification_scores};
 use super::counterfactual::TermPair;
 use super::edge_cases::{EdgeCase, EdgeResult};
-use super::family::{Family, Head, Parts, Scoring, classifier_group_rows, limit, read_json, run_settings};
+use super::family::{Family, Head, Parts, Scoring, classifier_group_rows, limit, run_settings};
 use super::latency::{Percentiles, ThroughputPoint};
 use super::report::{CounterfactualReport, GroupReport, ImageInput, LatencyReport};
 use super::settings::EvalSettings;
@@ -27,39 +27,11 @@ use crate::data::image_list::{self, ImageBank};
 use crate::data::images::EvalTransform;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::models::image_classifier::{IMAGE_CONFIG, ImageClassifier};
+use crate::models::image_classifier::ImageClassifier;
 use crate::nn::BnMode;
 use crate::tensor::Tensor;
 use crate::train::vision::{eval_transform, predict};
 use crate::util::SplitMix64;
-
-/// A folder holding an image classifier saved by kiln: its config.json names a CNN
-/// architecture (`kiln train` on images writes it beside model.safetensors).
-pub fn is_image_model(dir: &Path) -> bool {
-    let config = dir.join(IMAGE_CONFIG);
-    if !dir.is_dir() || !config.is_file() {
-        return false;
-    }
-    read_json(&config)
-        .ok()
-        .and_then(|c| c["architecture"].as_str().map(str::to_string))
-        .is_some_and(|a| a.starts_with("efficientnet") || a.starts_with("resnet"))
-}
-
-/// The labels a saved image classifier was trained on, in class order.
-fn saved_labels(model: &Path) -> Result<Vec<String>> {
-    let path = model.join(IMAGE_CONFIG);
-    let config = read_json(&path)?;
-    let labels: Option<Vec<String>> =
-        config["labels"].as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_string)).collect());
-    match labels {
-        Some(l) if l.len() >= 2 => Ok(l),
-        _ => Err(Error::Parse {
-            path,
-            message: "no `labels` (two or more): not an image classifier trained by kiln (train one with `kiln train --data IMAGES`)".into(),
-        }),
-    }
-}
 
 /// The test images at `data`: a list (csv/jsonl, as `kiln train` reads, or a run's
 /// data/test.jsonl), a folder with a `test` split, or a folder of class folders (all of it).
@@ -100,13 +72,13 @@ pub fn score_images<'a>(
     gpu: &'a Gpu,
     data: &Path,
     model_dir: PathBuf,
+    labels: Vec<String>,
     run: Option<PathBuf>,
 ) -> Result<(ImageFamily<'a>, Scoring)> {
     let mut parts = Parts::new();
     if s.swap_terms.is_some() {
         return Err(Error::invalid("--swap-terms", "term swaps are for text models; this is an image classifier"));
     }
-    let labels = saved_labels(&model_dir)?;
     let examples = limit(test_examples(data)?, s.limit);
     let gold = LabelSet { names: labels.clone() }.ids(&examples, &data.display().to_string())?;
     let (group_column, groups) = image_groups(s, data, &examples)?;

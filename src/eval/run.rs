@@ -7,108 +7,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::edge_cases;
-use super::family::{evaluate, read_json};
-use super::image_family::{is_image_model, score_images};
+use super::family::evaluate;
+use super::image_family::score_images;
 use super::lm_family::score_lm;
 use super::plots;
 use super::report::{EvalReport, markdown};
 use super::settings::EvalSettings;
+use super::target::{self, Target};
 use super::text_family::score_classifier;
-use crate::data::catalog;
 use crate::data::fetch;
 use crate::error::{Error, Result};
-use crate::formats::safetensors::read_config;
 use crate::gpu::Gpu;
-use crate::models::classifier::{self, Pooling};
 use crate::util::{check_output, write_atomic};
-
-/// What `--model` (and `--lora`) turned out to be.
-enum Kind {
-    /// The encoder folder, the adapter folder if any, labels and pooling if known.
-    Classifier {
-        base: PathBuf,
-        adapter: Option<PathBuf>,
-        meta: Option<(Vec<String>, Pooling)>,
-        run: Option<PathBuf>,
-    },
-    Lm {
-        path: PathBuf,
-        adapter: Option<PathBuf>,
-        run: Option<PathBuf>,
-    },
-    /// An image classifier saved by kiln (model.safetensors and config.json with its labels).
-    Image {
-        model: PathBuf,
-        run: Option<PathBuf>,
-    },
-}
-
-/// The base an adapter names (`base_model_name_or_path`: a path, or the repo id of a model
-/// kiln knows), else its run's model.
-fn adapter_base(adapter: &Path) -> Result<PathBuf> {
-    super::target::adapter_base(adapter, &crate::data::fetch::default_cache_dir())
-}
-
-fn is_classifier_adapter(adapter: &Path) -> Result<bool> {
-    if adapter.join(classifier::CLASSIFIER_META).is_file() {
-        return Ok(true);
-    }
-    Ok(read_json(&adapter.join("adapter_config.json"))?["task_type"] == "SEQ_CLS")
-}
-
-/// Decides the family the way `train` does: from the adapter's task and the model's config.
-fn kind(s: &EvalSettings) -> Result<Kind> {
-    let mut model = catalog::resolve(Some(&s.model), "smollm2-135m", &fetch::default_cache_dir())?;
-    let mut run = None;
-    // A kiln run folder: its adapter or model.
-    if model.join("settings.json").is_file() {
-        run = Some(model.clone());
-        for sub in ["adapter", "model"] {
-            if model.join(sub).is_dir() {
-                model = model.join(sub);
-                break;
-            }
-        }
-    }
-    let parent_run = |dir: &Path| dir.parent().filter(|p| p.join("settings.json").is_file()).map(Path::to_path_buf);
-    if s.lora.is_none() && is_image_model(&model) {
-        let run = run.or_else(|| parent_run(&model));
-        return Ok(Kind::Image { model, run });
-    }
-    if let Some(lora) = &s.lora {
-        if !lora.join("adapter_config.json").is_file() {
-            return Err(Error::Parse {
-                path: lora.clone(),
-                message: "no adapter_config.json: not a PEFT adapter folder".into(),
-            });
-        }
-        let run = run.or_else(|| parent_run(lora));
-        return Ok(if is_classifier_adapter(lora)? {
-            let meta = classifier::read_classifier_meta(lora).ok();
-            Kind::Classifier { base: model, adapter: Some(lora.clone()), meta, run }
-        } else {
-            Kind::Lm { path: model, adapter: Some(lora.clone()), run }
-        });
-    }
-    if model.join("adapter_config.json").is_file() {
-        let base = adapter_base(&model)?;
-        let run = run.or_else(|| parent_run(&model));
-        return Ok(if is_classifier_adapter(&model)? {
-            Kind::Classifier { meta: classifier::read_classifier_meta(&model).ok(), base, adapter: Some(model), run }
-        } else {
-            Kind::Lm { path: base, adapter: Some(model), run }
-        });
-    }
-    if model.is_dir() && model.join("config.json").is_file() {
-        let cfg: serde_json::Value = read_config(&model)?;
-        if cfg["model_type"].as_str() == Some("bert") {
-            let meta = classifier::read_classifier_meta(&model).ok();
-            let run = run.or_else(|| parent_run(&model));
-            return Ok(Kind::Classifier { base: model, adapter: None, meta, run });
-        }
-    }
-    Ok(Kind::Lm { path: model, adapter: None, run })
-}
 
 /// The data file: the path itself, or a folder's test.jsonl / test.csv.
 fn data_file(path: &Path) -> Result<PathBuf> {
@@ -137,31 +47,31 @@ pub fn run(gpu: &Gpu, s: &EvalSettings) -> Result<EvalReport> {
         return Err(Error::invalid("--batch-sizes", "no batch size given"));
     }
     // Read the user's files before any slow work, so a bad one fails at once.
-    let kind = kind(s)?;
+    let target = target::resolve(&s.model, s.lora.as_deref(), s.pooling, &fetch::default_cache_dir())?;
     // An image test set may be a folder of class folders; a text one is a file.
-    let data = if matches!(kind, Kind::Image { .. }) { s.data.clone() } else { data_file(&s.data)? };
+    let data = if matches!(target, Target::Image { .. }) { s.data.clone() } else { data_file(&s.data)? };
     let user_cases = match &s.edge_cases {
         Some(p) => edge_cases::read_file(p)?,
         None => Vec::new(),
     };
     check_output(&s.out, s.overwrite)?;
-    let mut report = match kind {
-        Kind::Classifier { base, adapter, meta, run } => {
-            let (family, scoring) = score_classifier(s, gpu, &data, base, adapter, meta, run)?;
+    let mut report = match target {
+        Target::Text { base, adapter, labels, pooling, run } => {
+            let (family, scoring) = score_classifier(s, gpu, &data, base, adapter, labels, pooling, run)?;
             evaluate(s, gpu, &family, scoring, &user_cases)?
         }
-        Kind::Lm { path, adapter, run } => {
+        Target::Lm { path, adapter, run } => {
             let (family, scoring) = score_lm(s, gpu, &data, path, adapter, run)?;
             evaluate(s, gpu, &family, scoring, &user_cases)?
         }
-        Kind::Image { model, run } => {
+        Target::Image { model, labels, run } => {
             if !user_cases.is_empty() {
                 return Err(Error::invalid(
                     "--edge-cases",
                     "the cases are texts; an image model has built-in ones only",
                 ));
             }
-            let (family, scoring) = score_images(s, gpu, &data, model, run)?;
+            let (family, scoring) = score_images(s, gpu, &data, model, labels, run)?;
             evaluate(s, gpu, &family, scoring, &[])?
         }
     };

@@ -98,6 +98,16 @@ fn config_labels(dir: &Path) -> Result<Vec<String>> {
 }
 
 fn text_target(base: PathBuf, adapter: Option<PathBuf>, pooling: Pooling, run: Option<PathBuf>) -> Result<Target> {
+    if adapter.is_none()
+        && crate::formats::safetensors::SafetensorsSource::open(&base)?.shape_of("classifier.weight").is_none()
+    {
+        return Err(Error::Parse {
+            path: base,
+            message: "no `classifier.weight`: this encoder has no trained classification head (train one with \
+                      `kiln train`, or give its adapter with --lora)"
+                .into(),
+        });
+    }
     let meta_dir = adapter.as_deref().unwrap_or(&base);
     let (labels, pooling) = if meta_dir.join(classifier::CLASSIFIER_META).is_file() {
         classifier::read_classifier_meta(meta_dir)?

@@ -12,26 +12,9 @@ use super::settings::EvalSettings;
 use super::slices::{SliceMetric, read_column};
 use crate::data::classify::{self, LabelSet};
 use crate::data::encode::{encoder_tokenizer, pad_id};
-use crate::error::{Error, Result};
-use crate::formats::safetensors::read_config;
+use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::models::classifier::{Pooling, SequenceClassifier};
-
-/// Labels of a classifier folder without kiln_classifier.json: config.json's id2label.
-fn config_labels(dir: &Path) -> Result<Vec<String>> {
-    let cfg: serde_json::Value = read_config(dir)?;
-    let Some(map) = cfg["id2label"].as_object() else {
-        return Err(Error::Parse {
-            path: dir.join("config.json"),
-            message: "no id2label: this encoder has no trained classification head (train one with `kiln train`)"
-                .into(),
-        });
-    };
-    let mut pairs: Vec<(usize, String)> =
-        map.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_string()))).collect();
-    pairs.sort();
-    Ok(pairs.into_iter().map(|(_, l)| l).collect())
-}
 
 /// A classifier scored on labelled texts.
 pub struct ClassifierFamily<'a> {
@@ -54,25 +37,14 @@ pub fn score_classifier<'a>(
     data: &Path,
     base: PathBuf,
     adapter: Option<PathBuf>,
-    meta: Option<(Vec<String>, Pooling)>,
+    labels: Vec<String>,
+    pooling: Pooling,
     run: Option<PathBuf>,
 ) -> Result<(ClassifierFamily<'a>, Scoring)> {
     let mut parts = Parts::new();
     let examples = limit(classify::read_examples(data)?, s.limit);
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
     let pairs = if s.no_counterfactual { None } else { Some(term_pairs(s, &texts)?) };
-    if adapter.is_none()
-        && crate::formats::safetensors::SafetensorsSource::open(&base)?.shape_of("classifier.weight").is_none()
-    {
-        return Err(Error::Parse {
-            path: base.clone(),
-            message: "no `classifier.weight`: this encoder has no trained classification head (train one with `kiln train`, or give its adapter with --lora)".into(),
-        });
-    }
-    let (labels, pooling) = match meta {
-        Some(m) => m,
-        None => (config_labels(&base)?, s.pooling),
-    };
     let label_set = LabelSet { names: labels.clone() };
     let gold = label_set.ids(&examples, &data.display().to_string())?;
     let groups = match &s.group_by {

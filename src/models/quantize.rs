@@ -121,7 +121,8 @@ pub fn quantized_summary(model: &mut dyn CausalLm) -> BTreeMap<String, (usize, u
     out
 }
 
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+/// A row-major `rows`×`cols` matrix as `cols`×`rows` (an `[in, out]` weight as `[out, in]`).
+pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; data.len()];
     for r in 0..rows {
         for c in 0..cols {

@@ -217,17 +217,20 @@ fn eval_language_model_reports_every_part() {
 #[test]
 fn eval_errors_name_the_problem() {
     let ws = bert_workspace();
+    // A classifier with a trained head (one step), so each bad file below is the only fault.
+    let run = ws.path("run");
+    classifier_run(&ws, &run, "head").args(["--steps", "1", "--eval-every", "0"]).json();
     let bad = ws.path("bad.jsonl");
     std::fs::write(&bad, "{\"text\": \"w4\", \"label\": \"pos\"}\n{\"text\": 5}\n").unwrap();
     let eval = |model: &Path, data: &Path| kiln("eval").model(model).data(data);
     let test = ws.data.join("test.jsonl");
-    eval(&ws.model, &bad).on("no-counterfactual").fails_naming(&["bad.jsonl", "line 2"]);
+    eval(&run, &bad).on("no-counterfactual").fails_naming(&["bad.jsonl", "line 2"]);
     let pairs = ws.path("pairs.txt");
     std::fs::write(&pairs, "he,she\nlonely\n").unwrap();
-    eval(&ws.model, &test).flag("swap-terms", &pairs).fails_naming(&["pairs.txt", "line 2"]);
+    eval(&run, &test).flag("swap-terms", &pairs).fails_naming(&["pairs.txt", "line 2"]);
     let cases = ws.path("cases.jsonl");
     std::fs::write(&cases, "{\"name\": \"no text\"}\n").unwrap();
-    eval(&ws.model, &test).on("no-counterfactual").flag("edge-cases", &cases).fails_naming(&[
+    eval(&run, &test).on("no-counterfactual").flag("edge-cases", &cases).fails_naming(&[
         "cases.jsonl",
         "line 1",
         "`text`",

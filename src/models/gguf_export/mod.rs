@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::load::LoadedLm;
+use super::quantize::transpose;
 use crate::error::{Error, Result};
 use crate::formats::gguf::write::{GgufWriter, TensorOut};
 use crate::formats::gguf::{GgmlType, GgufFile, GgufValue};
@@ -137,16 +138,6 @@ pub fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec
                 let (dst, src) = (h * 2 * half + 2 * i + j, h * 2 * half + j * half + i);
                 out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
-        }
-    }
-    out
-}
-
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; data.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = data[r * cols + c];
         }
     }
     out
