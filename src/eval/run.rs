@@ -57,7 +57,7 @@ pub fn run(gpu: &Gpu, s: &EvalSettings) -> Result<EvalReport> {
     check_output(&s.out, s.overwrite)?;
     let mut report = match target {
         Target::Text { base, adapter, labels, pooling, run } => {
-            let (family, scoring) = score_classifier(s, gpu, &data, base, adapter, labels, pooling, run)?;
+            let (family, scoring) = score_classifier(s, gpu, &data, base, adapter, (labels, pooling), run)?;
             evaluate(s, gpu, &family, scoring, &user_cases)?
         }
         Target::Lm { path, adapter, run } => {

@@ -37,8 +37,7 @@ pub fn score_classifier<'a>(
     data: &Path,
     base: PathBuf,
     adapter: Option<PathBuf>,
-    labels: Vec<String>,
-    pooling: Pooling,
+    (labels, pooling): (Vec<String>, Pooling),
     run: Option<PathBuf>,
 ) -> Result<(ClassifierFamily<'a>, Scoring)> {
     let mut parts = Parts::new();
