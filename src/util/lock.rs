@@ -131,7 +131,7 @@ impl Lock {
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
-                    let holder = read_holder(&mut file);
+                    let holder = holder_once_named(&mut file);
                     if told {
                         file.lock().map_err(|e| Error::io(&path, e))?;
                     } else if busy(holder.as_ref())? {
@@ -175,6 +175,19 @@ fn make_parents(dir: &Path) -> Result<Vec<PathBuf>> {
     missing.reverse();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     Ok(missing)
+}
+
+/// The holder of a lock that is taken: it writes its name just after it locks, so a reader
+/// that comes in between waits a moment (up to a second) for the name rather than report none.
+fn holder_once_named(file: &mut File) -> Option<Holder> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let holder = read_holder(file);
+        if holder.is_some() || std::time::Instant::now() >= deadline {
+            return holder;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 fn read_holder(file: &mut File) -> Option<Holder> {
