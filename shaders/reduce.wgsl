@@ -3,10 +3,11 @@
 //   sum_rows:            out[c] (+)= sum_r x[r, c]       x [rows, cols], out [cols]
 //                        (bias gradients). One invocation per column walks the rows in order,
 //                        so the result is deterministic; neighbours read neighbouring columns.
-//   sum_squares_partial: partial[g] = sum of x[i]^2 over chunk g (CHUNK elements per workgroup)
-//   sum_squares_final:   out[0] (+)= sum_g partial[g]    (one workgroup)
-//                        Together: a global squared L2 norm for gradient clipping, accumulated
-//                        over tensors one at a time, with a fixed summation order.
+//   sum_squares_partial:  partial[g] = sum of x[i]^2 over chunk g (CHUNK elements per workgroup)
+//   sum_squares_segments: out[t * rows] = sum of partial[t * cols .. (t + 1) * cols), one
+//                         workgroup per tensor t: every tensor's partials, written at a stride
+//                         of `cols` (zero-padded), summed in one dispatch. Together: each
+//                         tensor's squared L2 norm for gradient clipping, in a fixed order.
 
 struct Params {
     rows: u32,
@@ -52,6 +53,9 @@ fn reduce_scratch(lid: u32) {
 fn sum_squares_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = wg.y * nwg.x + wg.x;
     let start = g * CHUNK;
+    // A 2-D grid's last row may hold workgroups past the end (uniform per workgroup, so the
+    // early return is before every barrier of this workgroup).
+    if (g > 0u && start >= p.n) { return; }
     var s = 0.0;
     for (var i = start + lid; i < min(start + CHUNK, p.n); i += WG) {
         let v = sq_x[i];
@@ -62,16 +66,15 @@ fn sum_squares_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     if (lid == 0u) { sq_partial[g] = scratch[0]; }
 }
 
-@group(0) @binding(1) var<storage, read> fin_partial: array<f32>;
-@group(0) @binding(2) var<storage, read_write> fin_out: array<f32>;
+@group(0) @binding(1) var<storage, read> seg_partial: array<f32>;
+@group(0) @binding(2) var<storage, read_write> seg_out: array<f32>;
 
 @compute @workgroup_size(256)
-fn sum_squares_final(@builtin(local_invocation_index) lid: u32) {
+fn sum_squares_segments(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let base = wg.x * p.cols;
     var s = 0.0;
-    for (var i = lid; i < p.n; i += WG) { s += fin_partial[i]; }
+    for (var i = lid; i < p.cols; i += WG) { s += seg_partial[base + i]; }
     scratch[lid] = s;
     reduce_scratch(lid);
-    if (lid == 0u) {
-        if (p.accumulate != 0u) { fin_out[0] += scratch[0]; } else { fin_out[0] = scratch[0]; }
-    }
+    if (lid == 0u) { seg_out[wg.x * p.rows] = scratch[0]; }
 }

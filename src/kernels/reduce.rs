@@ -4,7 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{expect_numel, shader, u32_of};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{Access, Gpu, KernelSpec};
 use crate::tensor::{DType, Tensor};
 
@@ -39,29 +39,6 @@ pub fn sum_rows_into(gpu: &Gpu, x: &Tensor, out: &Tensor, accumulate: bool) -> R
     gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), &[("x", Some(x)), ("out", Some(out))], [p.cols.div_ceil(256), 1, 1])
 }
 
-/// acc[0] += Σ x² (or = when not accumulating). `acc` is a one-element tensor.
-///
-/// Bindings (two passes): 1 x, 2 partial sums; then 1 partial sums, 2 acc.
-pub fn sum_squares_into(gpu: &Gpu, x: &Tensor, acc: &Tensor, accumulate: bool) -> Result<()> {
-    const OP: &str = "sum_squares";
-    expect_numel(OP, "acc", acc, 1, "a scalar")?;
-    let n = x.numel() as u64;
-    let groups = n.div_ceil(CHUNK).max(1);
-    let partial = Tensor::empty(gpu, &[groups as usize], DType::F32)?;
-    let p = Params { rows: 0, cols: 0, n: u32_of(OP, "elements", x.numel())?, accumulate: 0 };
-    let spec = KernelSpec { file: shader!("reduce"), entry: "sum_squares_partial", header: "", access: RW };
-    gpu.dispatch(
-        OP,
-        &spec,
-        bytemuck::bytes_of(&p),
-        &[("x", Some(x)), ("partial", Some(&partial))],
-        gpu.grid_1d(groups),
-    )?;
-    let p = Params { rows: 0, cols: 0, n: groups as u32, accumulate: accumulate as u32 };
-    let spec = KernelSpec { file: shader!("reduce"), entry: "sum_squares_final", header: "", access: RW };
-    gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), &[("partial", Some(&partial)), ("acc", Some(acc))], [1, 1, 1])
-}
-
 /// Σ over tensors of Σ x², as a one-element tensor that stays on the GPU.
 pub fn global_norm_squared(gpu: &Gpu, tensors: &[&Tensor]) -> Result<Tensor> {
     Ok(norms_squared(gpu, tensors)?.global)
@@ -87,14 +64,37 @@ impl NormsSquared {
     }
 }
 
-/// Each tensor's Σ x² into its own slot, then the slots summed: one more dispatch than a single
-/// accumulator, and the per-tensor values are there when something goes wrong.
+/// Each tensor's Σ x² into its own slot, then the slots summed: one dispatch per tensor for
+/// its partial sums (written at a common stride into one buffer), one for every tensor's total
+/// and one for the sum of those, so a step with N trainable tensors spends N + 2 dispatches here.
+/// The per-tensor values are there when something goes wrong.
 pub fn norms_squared(gpu: &Gpu, tensors: &[&Tensor]) -> Result<NormsSquared> {
+    const OP: &str = "sum_squares";
     let n = tensors.len().max(1);
-    let per_tensor = Tensor::zeros(gpu, &[n * SLOT_STRIDE])?;
-    for (i, t) in tensors.iter().enumerate() {
-        sum_squares_into(gpu, t, &per_tensor.narrow_rows(i * SLOT_STRIDE, 1)?, false)?;
+    let max_workgroups = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    if n > max_workgroups {
+        return Err(Error::invalid(OP, format!("{n} tensors; at most {max_workgroups} in one norm")));
     }
+    let groups: Vec<u64> = tensors.iter().map(|t| (t.numel() as u64).div_ceil(CHUNK).max(1)).collect();
+    // Each tensor's partials start on a storage-binding boundary (SLOT_STRIDE floats = 256 bytes).
+    let stride = groups.iter().copied().max().unwrap_or(1).next_multiple_of(SLOT_STRIDE as u64) as usize;
+    let partials = Tensor::zeros(gpu, &[n * stride])?;
+    let spec = KernelSpec { file: shader!("reduce"), entry: "sum_squares_partial", header: "", access: RW };
+    for (i, (t, &g)) in tensors.iter().zip(&groups).enumerate() {
+        let p = Params { rows: 0, cols: 0, n: u32_of(OP, "elements", t.numel())?, accumulate: 0 };
+        let slots = partials.narrow_rows(i * stride, g as usize)?;
+        gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), &[("x", Some(*t)), ("partial", Some(&slots))], gpu.grid_1d(g))?;
+    }
+    let per_tensor = Tensor::empty(gpu, &[n * SLOT_STRIDE], DType::F32)?;
+    let p = Params { rows: SLOT_STRIDE as u32, cols: u32_of(OP, "partials per tensor", stride)?, n: 0, accumulate: 0 };
+    let spec = KernelSpec { file: shader!("reduce"), entry: "sum_squares_segments", header: "", access: RW };
+    gpu.dispatch(
+        OP,
+        &spec,
+        bytemuck::bytes_of(&p),
+        &[("partial", Some(&partials)), ("per_tensor", Some(&per_tensor))],
+        [n as u32, 1, 1],
+    )?;
     let per_tensor = per_tensor.reshape(&[n, SLOT_STRIDE])?;
     let columns = Tensor::empty(gpu, &[SLOT_STRIDE], DType::F32)?;
     sum_rows_into(gpu, &per_tensor, &columns, false)?;

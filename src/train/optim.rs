@@ -138,6 +138,10 @@ impl Optimizer {
             return Err(Error::invalid("optimizer", "no trainable parameters"));
         }
         self.steps += 1;
+        // The previous step's norms go back to the pool first, so this step's take their
+        // buffers (and the bind groups cached for them) instead of new ones.
+        self.last_norm_sq = None;
+        self.last_norms = None;
         let grads: Vec<&Tensor> = params.iter().map(|p| &p.2).collect();
         let norms = reduce::norms_squared(gpu, &grads)?;
         let norm_sq = norms.global.clone();

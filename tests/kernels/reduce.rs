@@ -33,4 +33,9 @@ fn global_norm_of_several_tensors() {
     let d64: Vec<Vec<f64>> = data.iter().map(|d| f64s(d)).collect();
     let slices: Vec<&[f64]> = d64.iter().map(|d| &d[..]).collect();
     assert_close("global norm²", &got, &[r::global_norm_squared(&slices)], 0.0, 1e-5);
+    // Each tensor's own norm² (its partials sit at a common stride, zero-padded), in any order.
+    let reversed: Vec<&Tensor> = refs.iter().rev().copied().collect();
+    let per = reduce::norms_squared(gpu, &reversed).unwrap().read_per_tensor(gpu).unwrap();
+    let want: Vec<f64> = slices.iter().rev().map(|t| r::global_norm_squared(&[t])).collect();
+    assert_close("per-tensor norm²", &per, &want, 0.0, 1e-5);
 }
