@@ -852,7 +852,7 @@ fn packed_equals_unpacked(name: &str) {
 
 #[test]
 fn packed_examples_equal_unpacked() {
-    for name in ["llama_tiny", "gpt2_tiny", "mistral_tiny", "qwen3_tiny", "phi3_tiny"] {
+    for name in ["llama_tiny", "gpt2_tiny", "mistral_tiny", "qwen3_tiny", "phi3_tiny", "gemma3_tiny"] {
         packed_equals_unpacked(name);
     }
 }

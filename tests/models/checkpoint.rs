@@ -84,7 +84,16 @@ fn decoder_case(name: &str) {
 
 #[test]
 fn checkpointed_gradients_equal_plain_ones_for_every_decoder_family() {
-    for name in ["gpt2_tiny", "llama_tiny", "llama3_tiny", "qwen2_tiny", "qwen3_tiny", "mistral_tiny", "phi3_tiny"] {
+    for name in [
+        "gpt2_tiny",
+        "llama_tiny",
+        "llama3_tiny",
+        "qwen2_tiny",
+        "qwen3_tiny",
+        "mistral_tiny",
+        "phi3_tiny",
+        "gemma3_tiny",
+    ] {
         decoder_case(name);
     }
 }
