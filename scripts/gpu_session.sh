@@ -15,7 +15,9 @@
 #
 # Each step has its own time limit so one that hangs cannot eat the session (about 8 minutes in
 # all on an H200). What comes back: session.log (every command and its output), kernels.json,
-# step-smollm2.json, step-minilm.json, profile-smollm2.png, profile-minilm.png, pytorch.jsonl.
+# step-smollm2.json, step-minilm.json, profile-smollm2.png, profile-minilm.png, eval-minilm.json
+# (kiln eval's report: one e-mail's p50/p95/p99 and throughput at batch 1/8/32/64, the figures of
+# README's GPU table) and pytorch.jsonl (bert-latency's line, then the steps).
 #
 # KILN_SESSION_QUICK=1 runs the same plumbing small and short (no tune, small steps, one test
 # binary), to check the script on lavapipe: OUT=/tmp/s KILN_SESSION_QUICK=1 bash ... run
@@ -32,6 +34,20 @@ prepare() {
     cargo test --release --no-run --test kernels --test gradcheck --test models --test hardening 2>&1 |
         sed -n 's/.*Executable tests\/\([a-z_]*\)\.rs (\(.*\))/\1 \2/p' >.gpu/tests.txt
     while read -r name path; do strip -o ".gpu/$name" "$path"; done <.gpu/tests.txt
+    # The MiniLM latency part: its tokenizer (the weights are made random there) and the texts,
+    # KILN_TEXTS (a jsonl with `text` and `label`, e.g. a main-job run's data/test.jsonl) or else
+    # the first 400 e-mails of the SpamAssassin import.
+    mkdir -p .gpu/minilm-tok
+    tok=$(./target/release/kiln models --json | python3 -c 'import json,sys; print(next(m["path"] for m in json.load(sys.stdin) if m["name"] == "minilm"))')
+    for f in tokenizer.json tokenizer_config.json vocab.txt special_tokens_map.json; do
+        [ -f "$tok/$f" ] && cp "$tok/$f" .gpu/minilm-tok/
+    done
+    if [ -n "${KILN_TEXTS:-}" ]; then
+        cp "$KILN_TEXTS" .gpu/texts.jsonl
+    else
+        ./target/release/kiln data import spamassassin --out /tmp/kiln-spam.jsonl --overwrite >/dev/null
+        head -400 /tmp/kiln-spam.jsonl >.gpu/texts.jsonl
+    fi
     # The Vulkan loader (the device machine has the NVIDIA driver's ICD but maybe no loader).
     mkdir -p .gl /tmp/amd64/partial
     o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
@@ -73,8 +89,9 @@ run() {
     K=.gpu/kiln PY=${PYTHON:-python3}
     quick=${KILN_SESSION_QUICK:-}
     scale=full tests="kernels gradcheck models hardening" tune=--tune steps=10 psteps=20 compile=--compile
+    small= runs=100 batches=1,8,32,64
     if [ -n "$quick" ]; then
-        scale=small tests=gradcheck tune="--only copy" steps=1 psteps=1 compile=
+        scale=small tests=gradcheck tune="--only copy" steps=1 psteps=1 compile= small=--small runs=3 batches=1,8
         log "quick run: small scale, no tuning, one test binary"
     fi
 
@@ -106,10 +123,21 @@ run() {
         KILN_SUBMIT_EVERY=1000000 step 120 $K bench --step $m --scale $scale --steps $steps
     done
 
+    log "MiniLM classifier: one e-mail's latency and throughput per batch size, kiln eval and PyTorch"
+    work=/tmp/kiln-gpu-work
+    step 120 "$PY" scripts/gpu_baselines.py make-models "$work" --tokenizer .gpu/minilm-tok $small
+    echo "\$ $K eval --model $work/minilm-cls --data .gpu/texts.jsonl ... --json" >>"$OUT/session.log"
+    timeout 240 $K eval --model "$work/minilm-cls" --data .gpu/texts.jsonl --max-len 64 --no-counterfactual \
+        --no-edge-cases --latency-runs $runs --warmup 5 --batch-sizes $batches --out "$work/eval" --overwrite --json \
+        >"$OUT/eval-minilm.json" 2>>"$OUT/session.log" || echo "(kiln eval failed)" | tee -a "$OUT/session.log"
+    echo "\$ python3 scripts/gpu_baselines.py bert-latency $work/minilm-cls .gpu/texts.jsonl --runs $runs" >>"$OUT/session.log"
+    timeout 120 "$PY" scripts/gpu_baselines.py bert-latency "$work/minilm-cls" .gpu/texts.jsonl --runs $runs --batch-sizes $batches \
+        >>"$OUT/pytorch.jsonl" 2>>"$OUT/session.log" || echo "(pytorch latency failed)" | tee -a "$OUT/session.log"
+
     log "PyTorch eager and torch.compile on the same steps (scripts/gpu_baselines.py steps)"
     echo "\$ python3 scripts/gpu_baselines.py steps --scale $scale --steps $psteps $compile" >>"$OUT/session.log"
     # shellcheck disable=SC2086
-    timeout 240 "$PY" scripts/gpu_baselines.py steps --scale $scale --steps $psteps $compile >"$OUT/pytorch.jsonl" \
+    timeout 240 "$PY" scripts/gpu_baselines.py steps --scale $scale --steps $psteps $compile >>"$OUT/pytorch.jsonl" \
         2>>"$OUT/session.log" || echo "(pytorch baselines failed or timed out)" | tee -a "$OUT/session.log"
     cat "$OUT/pytorch.jsonl"
     grep -h -E '"median_ms"|"tokens_per_s"|"dispatches_per_step"' "$OUT"/step-*.json
