@@ -560,6 +560,17 @@ fn llama_quantized_base_lora_equals_dequantized() {
     }
 }
 
+/// Qwen2 (q/k/v biases beside the blocks) and Qwen3 (per-head q/k norms, head_dim 12) with a
+/// frozen base in each 32-block type: the same as their dequantized copies.
+#[test]
+fn qwen_quantized_base_lora_equals_dequantized() {
+    for name in ["qwen2_tiny", "qwen3_tiny"] {
+        for kind in QuantType::ALL.into_iter().filter(|k| !k.is_k_quant()) {
+            quantized_base_equals_its_dequantized_copy(name, kind);
+        }
+    }
+}
+
 /// DoRA on a quantized base: the norm of W + s·B·A comes from the dequantized rows, so the
 /// logits, gradients (magnitudes included) and merge equal those of the dequantized copy.
 #[test]
