@@ -20,24 +20,15 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-// PCG's output permutation (O'Neill), a good 32-bit mixer. Chaining it over (step, seed, i)
-// gives every element of every step an independent-looking word.
-fn pcg(v: u32) -> u32 {
-    let state = v * 747796405u + 2891336453u;
-    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
-    return (word >> 22u) ^ word;
-}
-
-fn keep_hash(i: u32) -> u32 {
-    return pcg(i ^ pcg(p.seed ^ pcg(p.step)));
-}
+// pcg, dropout_keeps.
+// #include "dropout_hash.wgsl"
 
 @compute @workgroup_size(256)
 fn dropout(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     // Grid-stride loop over a host-capped number of workgroups (see elementwise.wgsl).
     for (var i = (wg.y * nwg.x + wg.x) * 256u + lid; i < p.n; i += nwg.x * nwg.y * 256u) {
         var v = 0.0;
-        if (keep_hash(i) >= p.threshold) { v = x[i] * p.scale; }
+        if (dropout_keeps(p.seed, p.step, p.threshold, i)) { v = x[i] * p.scale; }
         if (p.accumulate != 0u) { out[i] += v; } else { out[i] = v; }
     }
 }

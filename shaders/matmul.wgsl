@@ -11,7 +11,8 @@
 // the A and B slices in workgroup memory, k-major, so an invocation reads its TM values of A
 // and TN values of B as vec4s. Loads outside the matrix are zero, so any M, N, K works.
 
-// Params (src/kernels/matmul.rs's Params) and bindings 0-4: p, a, b, bias, c.
+// Params (src/kernels/matmul.rs's Params) and bindings 0-4: p, a, b, bias, c; `dropped`.
+// #include "dropout_hash.wgsl"
 // #include "matmul_params.wgsl"
 
 // WG, a_tile, b_tile, set_a, set_b, multiply_tiles.
@@ -40,7 +41,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let gm = row0 + mm;
             let gk = k0 + kk;
             var v = 0.0;
-            if (gm < p.m && gk < p.k) { v = a[a_base + gm * s.am + gk * s.ak]; }
+            if (gm < p.m && gk < p.k) { v = dropped(1u, a[a_base + gm * s.am + gk * s.ak], gm * s.am + gk * s.ak); }
             set_a(kk * BM + mm, v);
         }
         for (var i = lid; i < BN * BK; i += WG) {
@@ -49,7 +50,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let gn = col0 + nn;
             let gk = k0 + kk;
             var v = 0.0;
-            if (gn < p.n && gk < p.k) { v = b[b_base + gk * s.bk + gn * s.bn]; }
+            if (gn < p.n && gk < p.k) { v = dropped(2u, b[b_base + gk * s.bk + gn * s.bn], gk * s.bk + gn * s.bn); }
             set_b(kk * BN + nn, v);
         }
         workgroupBarrier();
@@ -64,7 +65,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         for (var j = 0u; j < TN; j++) {
             let col = col0 + tx * TN + j;
             if (col >= p.n) { break; }
-            var v = p.alpha * acc[i * TN4 + j / 4u][j % 4u];
+            var v = dropped(3u, p.alpha * acc[i * TN4 + j / 4u][j % 4u], row * p.n + col);
             if (p.has_bias != 0u) { v += bias[col]; }
             let idx = c_base + row * p.n + col;
             if (p.accumulate != 0u) { v += c[idx]; }

@@ -27,7 +27,9 @@
 //   matvec_vec4n  !trans_a, !trans_b, N % 4 == 0: B rows read as vec4s of 4 adjacent columns.
 // In both vec4 cases every row of the vec4-read operands starts 16-byte aligned.
 
-// Params (src/kernels/matmul.rs's Params) and bindings 0-4: p, a, b, bias, c.
+// Params (src/kernels/matmul.rs's Params) and bindings 0-4: p, a, b, bias, c; `dropped`
+// (a fused dropout: the host picks the scalar `matvec` entry when one is on).
+// #include "dropout_hash.wgsl"
 // #include "matmul_params.wgsl"
 // The same buffers seen as vec4s, for the vec4 entry points (an entry point uses one view of
 // a binding, never both).
@@ -71,7 +73,7 @@ fn reduce_and_store(m: u32, part: array<f32, TN>, cols: array<u32, TN>, ks: u32,
     for (var j = 0u; j < TN; j++) {
         let col = cols[j];
         if (col < p.n) {
-            var v = p.alpha * sum[j];
+            var v = dropped(3u, p.alpha * sum[j], m * p.n + col);
             if (p.has_bias != 0u) { v += bias[col]; }
             let idx = c_base + m * p.n + col;
             if (p.accumulate != 0u) { v += c[idx]; }
@@ -109,9 +111,13 @@ fn matvec(
     for (var i = 0u; i < MR * TN; i++) { acc[i] = 0.0; }
     for (var k = ks; k < p.k; k += KS) {
         var w: array<f32, TN>;
-        for (var j = 0u; j < TN; j++) { w[j] = b[boff[j] + k * s.bk]; }
+        for (var j = 0u; j < TN; j++) {
+            let bi = boff[j] + k * s.bk;
+            w[j] = dropped(2u, b[bi], bi - b_base);
+        }
         for (var m = 0u; m < MR; m++) {
-            let x = a[aoff[m] + k * s.ak];
+            let ai = aoff[m] + k * s.ak;
+            let x = dropped(1u, a[ai], ai - a_base);
             for (var j = 0u; j < TN; j++) { acc[m * TN + j] = fma(x, w[j], acc[m * TN + j]); }
         }
     }

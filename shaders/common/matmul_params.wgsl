@@ -1,11 +1,17 @@
 // The params and bindings of the two dense matmul shaders, matmul.wgsl (tiled) and matvec.wgsl
-// (skinny M), which the host dispatches alike (src/kernels/matmul.rs); both include this file.
+// (skinny M), which the host dispatches alike (src/kernels/matmul.rs); both include this file,
+// and dropout_hash.wgsl before it.
 
 struct Params {
     m: u32, n: u32, k: u32, trans_a: u32,
     trans_b: u32, has_bias: u32, accumulate: u32, alpha: f32,
     stride_a: u32, stride_b: u32, stride_c: u32, _pad0: u32,
     offset_a: u32, offset_b: u32, offset_c: u32, _pad1: u32,
+    // Dropout fused into one operand (LoRA's dropout of its input): 0 none, 1 A, 2 B, 3 the
+    // product alpha * op(A) * op(B) before bias and accumulation. Element i of that matrix (its
+    // row-major index as stored, batch 1 only) is kept by dropout_keeps and scaled.
+    drop_on: u32, drop_seed: u32, drop_step: u32, drop_threshold: u32,
+    drop_scale: f32, _pad2: u32, _pad3: u32, _pad4: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -27,4 +33,10 @@ fn op_strides() -> Strides {
     if (p.trans_a != 0u) { s.am = 1u; s.ak = p.m; }
     if (p.trans_b != 0u) { s.bk = 1u; s.bn = p.k; }
     return s;
+}
+
+// v, element i of operand `on`, after the fused dropout (unchanged when it is off or elsewhere).
+fn dropped(on: u32, v: f32, i: u32) -> f32 {
+    if (p.drop_on != on) { return v; }
+    return select(0.0, v * p.drop_scale, dropout_keeps(p.drop_seed, p.drop_step, p.drop_threshold, i));
 }

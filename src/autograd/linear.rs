@@ -7,8 +7,8 @@
 use super::{Backward, Grads, Tape, Var, VarId};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::dropout::{self, DropoutMask};
-use crate::kernels::matmul::{Matmul, matmul_into};
+use crate::kernels::dropout::DropoutMask;
+use crate::kernels::matmul::{DropOn, Matmul, matmul_into};
 use crate::kernels::qmatmul::QuantTensor;
 use crate::kernels::qmatmul::{qmatmul_dx_into, qmatmul_into};
 use crate::kernels::reduce;
@@ -118,13 +118,13 @@ fn linear_impl(tape: &Tape, x: &Var, base: Base, bias: Option<&Var>, lora: Optio
         } else {
             None
         };
-        let xd = match mask {
-            Some(m) => dropout::apply(gpu, m, &x.value)?,
-            None => x.value.clone(),
-        };
-        // h = xd·Aᵀ [rows, r]; y += s·h·Bᵀ.
+        // h = dropout(x)·Aᵀ [rows, r], the mask fused into the matmul's reads of x; y += s·h·Bᵀ.
         let h = Tensor::empty(gpu, &[rows, r], DType::F32)?;
-        matmul_into(gpu, &Matmul::new(rows, r, d_in).trans_b(true), &xd, &l.a.value, None, &h)?;
+        let mut down = Matmul::new(rows, r, d_in).trans_b(true);
+        if let Some(m) = mask {
+            down = down.dropout(DropOn::A, m);
+        }
+        matmul_into(gpu, &down, &x.value, &l.a.value, None, &h)?;
         let up = Matmul::new(rows, d_out, r).trans_b(true).alpha(l.scale).accumulate(true);
         matmul_into(gpu, &up, &h, &l.b.value, None, &y)?;
         saved_lora = Some(SavedLora {
@@ -134,7 +134,7 @@ fn linear_impl(tape: &Tape, x: &Var, base: Base, bias: Option<&Var>, lora: Optio
             b_id: l.b.id(),
             scale: l.scale,
             mask,
-            xd,
+            x: x.value.clone(),
             h,
         });
     }
@@ -175,8 +175,8 @@ struct SavedLora {
     b_id: Option<VarId>,
     scale: f32,
     mask: Option<DropoutMask>,
-    /// dropout(x) (x itself without dropout) and h = xd·Aᵀ, both from the forward.
-    xd: Tensor,
+    /// x (its dropout is recomputed from `mask` where it is read) and h = dropout(x)·Aᵀ.
+    x: Tensor,
     h: Tensor,
 }
 
@@ -251,22 +251,21 @@ impl Backward for LinearOp {
                 // dh [rows, r] = s·dy·B.
                 let dh = Tensor::empty(gpu, &[rows, r], DType::F32)?;
                 matmul_into(gpu, &Matmul::new(rows, r, d_out).alpha(l.scale), &dy, &l.b, None, &dh)?;
-                // dA [r, in] += dhᵀ·dropout(x).
+                // dA [r, in] += dhᵀ·dropout(x), the mask fused into the reads of x.
                 if let Some(da) = g.target(l.a_id, l.a.shape())? {
-                    let mm = Matmul::new(r, d_in, rows).trans_a(true).accumulate(da.accumulate);
-                    matmul_into(gpu, &mm, &dh, &l.xd, None, &da.tensor)?;
-                }
-                // dx += dropout'(dh·A): the mask again, scaled by 1/(1-p).
-                if let Some(dx) = &dx {
-                    let mm = Matmul::new(rows, d_in, r);
-                    match l.mask {
-                        None => matmul_into(gpu, &mm.accumulate(true), &dh, &l.a, None, &dx.tensor)?,
-                        Some(mask) => {
-                            let t = Tensor::empty(gpu, &[rows, d_in], DType::F32)?;
-                            matmul_into(gpu, &mm, &dh, &l.a, None, &t)?;
-                            dropout::apply_into(gpu, mask, &t, &dx.tensor, true)?;
-                        }
+                    let mut mm = Matmul::new(r, d_in, rows).trans_a(true).accumulate(da.accumulate);
+                    if let Some(mask) = l.mask {
+                        mm = mm.dropout(DropOn::B, mask);
                     }
+                    matmul_into(gpu, &mm, &dh, &l.x, None, &da.tensor)?;
+                }
+                // dx += dropout'(dh·A): the mask again, scaled by 1/(1-p), on the product.
+                if let Some(dx) = &dx {
+                    let mut mm = Matmul::new(rows, d_in, r).accumulate(true);
+                    if let Some(mask) = l.mask {
+                        mm = mm.dropout(DropOn::Product, mask);
+                    }
+                    matmul_into(gpu, &mm, &dh, &l.a, None, &dx.tensor)?;
                 }
             }
         }

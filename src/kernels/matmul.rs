@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
 
+use super::dropout::DropoutMask;
 use super::elementwise::{ColumnBlock, copy_cols};
 use super::{expect_numel, row_chunks, shader, u32_of};
 use crate::error::{Error, Result};
@@ -235,11 +236,30 @@ pub struct Matmul {
     pub alpha: f32,
     /// Add the product into C instead of overwriting it (gradient accumulation).
     pub accumulate: bool,
+    /// A dropout mask fused into one operand, as `dropout::apply` would give it (batch 1).
+    pub dropout: Option<(DropOn, DropoutMask)>,
+}
+
+/// Which matrix a fused dropout applies to: its element i (row-major as stored) is the one
+/// `dropout::apply` on that tensor would keep or drop, so LoRA's dropout of its input needs
+/// no dispatch and no copy of the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropOn {
+    /// A as stored (LoRA's forward: dropout(x)·Aᵀ).
+    A = 1,
+    /// B as stored (dA = dhᵀ·dropout(x)).
+    B = 2,
+    /// The product alpha·op(A)·op(B), before bias and accumulation (dx += dropout'(dh·A)).
+    Product = 3,
 }
 
 impl Matmul {
     pub fn new(m: usize, n: usize, k: usize) -> Self {
-        Matmul { m, n, k, batch: 1, trans_a: false, trans_b: false, alpha: 1.0, accumulate: false }
+        Matmul { m, n, k, batch: 1, trans_a: false, trans_b: false, alpha: 1.0, accumulate: false, dropout: None }
+    }
+    pub fn dropout(mut self, on: DropOn, mask: DropoutMask) -> Self {
+        self.dropout = Some((on, mask));
+        self
     }
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch;
@@ -285,6 +305,12 @@ struct Params {
     offset_b: u32,
     offset_c: u32,
     _pad1: u32,
+    drop_on: u32,
+    drop_seed: u32,
+    drop_step: u32,
+    drop_threshold: u32,
+    drop_scale: f32,
+    _pad2: [u32; 3],
 }
 
 const OP: &str = "matmul";
@@ -320,6 +346,15 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
     if a.same_buffer(c) || b.same_buffer(c) {
         return Err(Error::invalid(OP, "the output `c` must not share a buffer with `a` or `b`"));
     }
+    if let Some((_, mask)) = mm.dropout {
+        if mm.batch != 1 {
+            return Err(Error::invalid(OP, "a fused dropout takes one matrix, not a batch"));
+        }
+        if !(0.0..1.0).contains(&mask.p) {
+            return Err(Error::invalid(OP, format!("dropout probability must be in [0, 1), got {}", mask.p)));
+        }
+    }
+    let (drop_on, mask) = mm.dropout.map_or((0, DropoutMask { p: 0.0, seed: 0, step: 0 }), |(on, m)| (on as u32, m));
     let params = Params {
         m: u32_of(OP, "M", mm.m)?,
         n: u32_of(OP, "N", mm.n)?,
@@ -337,6 +372,12 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
         offset_b: 0,
         offset_c: 0,
         _pad1: 0,
+        drop_on,
+        drop_seed: mask.seed,
+        drop_step: mask.step,
+        drop_threshold: mask.threshold(),
+        drop_scale: 1.0 / (1.0 - mask.p),
+        _pad2: [0; 3],
     };
     let access = &[Access::Read, Access::Read, Access::Read, Access::ReadWrite];
     let batch = u32_of(OP, "batch", mm.batch)?;
@@ -344,7 +385,10 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
     if mm.m <= SKINNY_M {
         // One workgroup per block of columns, for every row at once; blocks fold into x and y.
         let shape = matvec_shape(gpu);
-        let (entry, cols) = if !mm.trans_a && mm.trans_b && mm.k > 0 && mm.k.is_multiple_of(4) {
+        // The vec4 entries read whole vec4s; a fused dropout is in the scalar one only.
+        let (entry, cols) = if mm.dropout.is_some() {
+            ("matvec", mm.n)
+        } else if !mm.trans_a && mm.trans_b && mm.k > 0 && mm.k.is_multiple_of(4) {
             ("matvec_vec4", mm.n)
         } else if !mm.trans_a && !mm.trans_b && mm.n.is_multiple_of(4) {
             ("matvec_vec4n", mm.n / 4)

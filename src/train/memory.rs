@@ -9,7 +9,8 @@
 //!                `weights`; here their gradients (f32) and AdamW's two moments (f32 each);
 //!   activations  what the tape saves for backward, per token: each linear's input and output
 //!                (B·T·(in + out) floats; shared inputs such as q/k/v's counted once per layer
-//!                by the generous side), LoRA's dropout copy of each adapted input, and per
+//!                by the generous side), DoRA's dropout copy of each adapted input (LoRA's
+//!                dropout is fused into its matmuls and keeps none), and per
 //!                layer four hidden-size tensors for the norms and residual adds;
 //!                With gradient checkpointing the tape keeps only each block's input
 //!                (B·T·C per layer) and, during backward, one block's saved tensors at a time;
@@ -157,7 +158,8 @@ pub fn estimate_lm(model: &mut dyn CausalLm, batch: usize, seq: usize) -> Memory
         }
         let (d_in, d_out) = lin.in_out();
         per_token += (d_in + d_out) as u64;
-        if lin.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
+        // LoRA's dropout is fused into its matmuls; DoRA's still keeps a dropped-out copy.
+        if lin.lora.as_ref().is_some_and(|l| l.dropout > 0.0 && l.magnitude.is_some()) {
             per_token += d_in as u64;
         }
         widest = widest.max(d_out as u64);
@@ -214,7 +216,7 @@ pub fn estimate_classifier(
             let adapter = (lora.r * (d_in + d_out)) as u64;
             e.weights_f32 += 4 * adapter;
             e.trainable_params += adapter;
-            if lora.dropout > 0.0 {
+            if lora.dropout > 0.0 && lora.use_dora {
                 per_token += d_in as u64;
             }
         }

@@ -166,3 +166,81 @@ fn matmul_rejects_mismatched_shapes() {
         .to_string();
     assert!(err.contains("tensor `c`"), "{err}");
 }
+
+/// A dropout fused into one operand (LoRA's dropout of its input) gives exactly what
+/// `dropout::apply` on that operand, then the plain matmul, gives (the same f32 operations), and
+/// the reference's dropout then matmul within the usual tolerance: on A, on B and on the
+/// product (before bias and accumulation), through the tiled kernel and the skinny one, with
+/// every transpose, bias, alpha and accumulate.
+#[test]
+fn matmul_with_fused_dropout() {
+    use kiln::kernels::dropout::{self, DropoutMask};
+    use kiln::kernels::matmul::DropOn;
+    let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    let mut rng = Rng::new(4);
+    let mask = DropoutMask { p: 0.3, seed: 11, step: 5 };
+    let scale = 1.0 / (1.0 - 0.3f64);
+    // (m, n, k): a tiled product, a skinny one (M ≤ SKINNY_M), LoRA's three shapes at r = 8.
+    for (m, n, k) in [(37, 19, 45), (5, 23, 33), (70, 8, 96), (8, 96, 70), (70, 96, 8)] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for on in [DropOn::A, DropOn::B, DropOn::Product] {
+                let (with_bias, accumulate, alpha) = (on == DropOn::Product, on != DropOn::A, 0.75);
+                let mm = Matmul::new(m, n, k).trans_a(ta).trans_b(tb).alpha(alpha).accumulate(accumulate);
+                let (a, b, bias, c0) = (rng.vec(m * k), rng.vec(k * n), rng.vec(n), rng.vec(m * n));
+                let (at, bt, bias_t) = (upload(&a, &[a.len()]), upload(&b, &[b.len()]), upload(&bias, &[n]));
+                let fused = upload(&c0, &[m, n]);
+                let bias_arg = with_bias.then_some(&bias_t);
+                matmul_into(gpu, &mm.dropout(on, mask), &at, &bt, bias_arg, &fused).unwrap();
+                // The same with the dropout kernel.
+                let plain = upload(&c0, &[m, n]);
+                match on {
+                    DropOn::A => matmul_into(gpu, &mm, &dropout::apply(gpu, mask, &at).unwrap(), &bt, bias_arg, &plain),
+                    DropOn::B => matmul_into(gpu, &mm, &at, &dropout::apply(gpu, mask, &bt).unwrap(), bias_arg, &plain),
+                    DropOn::Product => {
+                        let t = Tensor::empty(gpu, &[m, n], DType::F32).unwrap();
+                        matmul_into(gpu, &mm.accumulate(false), &at, &bt, None, &t).unwrap();
+                        dropout::apply_into(gpu, mask, &t, &plain, true).unwrap();
+                        Ok(())
+                    }
+                }
+                .unwrap();
+                let what = format!("fused dropout on {on:?}, {mm:?}");
+                let got = download(&fused);
+                if on == DropOn::Product {
+                    // The unfused path adds the bias before the dropout; compare without it.
+                    let minus_bias: Vec<f32> = got.iter().enumerate().map(|(i, v)| v - bias[i % n]).collect();
+                    assert_close(&what, &minus_bias, &f64s(&download(&plain)), 1e-5, 1e-5);
+                } else {
+                    assert_eq!(got, download(&plain), "{what}: not the dropout kernel's result bit for bit");
+                }
+                // The reference: dropout of the operand (or of the product), then the matmul.
+                let (mut a64, mut b64) = (f64s(&a), f64s(&b));
+                match on {
+                    DropOn::A => a64 = reference::dropout::apply(&a64, 0.3, 11, 5),
+                    DropOn::B => b64 = reference::dropout::apply(&b64, 0.3, 11, 5),
+                    DropOn::Product => {}
+                }
+                let mut prod = vec![0.0; m * n];
+                reference::matmul::matmul(&a64, &b64, None, &mut prod, (1, m, n, k), ta, tb, alpha as f64, false);
+                if on == DropOn::Product {
+                    prod = reference::dropout::apply(&prod, 0.3, 11, 5);
+                }
+                let want: Vec<f64> = prod
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v + if with_bias { bias[i % n] as f64 } else { 0.0 }
+                            + if accumulate { c0[i] as f64 } else { 0.0 }
+                    })
+                    .collect();
+                assert_close(&what, &got, &want, ATOL * scale * (k as f64).sqrt(), RTOL);
+            }
+        }
+    }
+    // A batch cannot take a fused dropout (its mask indexes one matrix).
+    let (a, b, c) =
+        (upload(&rng.vec(2 * 4 * 3), &[24]), upload(&rng.vec(3 * 5), &[15]), upload(&[0.0; 40], &[2, 4, 5]));
+    let e = matmul_into(gpu, &Matmul::new(4, 5, 3).batch(2).dropout(DropOn::A, mask), &a, &b, None, &c).unwrap_err();
+    assert!(e.to_string().contains("one matrix"), "{e}");
+}
