@@ -34,6 +34,19 @@ impl DropoutMask {
     pub fn threshold(&self) -> u32 {
         (self.p as f64 * 4294967296.0).round().min(u32::MAX as f64) as u32
     }
+
+    /// What a kept element is multiplied by: 1/(1−p).
+    pub fn scale(&self) -> f32 {
+        1.0 / (1.0 - self.p)
+    }
+
+    /// The probability is in [0, 1); `op` names the kernel in the error.
+    pub fn check(&self, op: &'static str) -> Result<()> {
+        if !(0.0..1.0).contains(&self.p) {
+            return Err(Error::invalid(op, format!("dropout probability must be in [0, 1), got {}", self.p)));
+        }
+        Ok(())
+    }
 }
 
 /// out (+)= x·mask/(1−p). Used for the forward (x) and the backward (dy) alike.
@@ -41,16 +54,14 @@ impl DropoutMask {
 /// Bindings: 1 x, 2 out.
 pub fn apply_into(gpu: &Gpu, mask: DropoutMask, x: &Tensor, out: &Tensor, accumulate: bool) -> Result<()> {
     const OP: &str = "dropout";
-    if !(0.0..1.0).contains(&mask.p) {
-        return Err(Error::invalid(OP, format!("dropout probability must be in [0, 1), got {}", mask.p)));
-    }
+    mask.check(OP)?;
     expect_numel(OP, "out", out, x.numel(), "the size of x")?;
     let p = Params {
         n: u32_of(OP, "elements", x.numel())?,
         seed: mask.seed,
         step: mask.step,
         threshold: mask.threshold(),
-        scale: 1.0 / (1.0 - mask.p),
+        scale: mask.scale(),
         accumulate: accumulate as u32,
         _pad: [0; 2],
     };

@@ -350,9 +350,7 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
         if mm.batch != 1 {
             return Err(Error::invalid(OP, "a fused dropout takes one matrix, not a batch"));
         }
-        if !(0.0..1.0).contains(&mask.p) {
-            return Err(Error::invalid(OP, format!("dropout probability must be in [0, 1), got {}", mask.p)));
-        }
+        mask.check(OP)?;
     }
     let (drop_on, mask) = mm.dropout.map_or((0, DropoutMask { p: 0.0, seed: 0, step: 0 }), |(on, m)| (on as u32, m));
     let params = Params {
@@ -376,7 +374,7 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
         drop_seed: mask.seed,
         drop_step: mask.step,
         drop_threshold: mask.threshold(),
-        drop_scale: 1.0 / (1.0 - mask.p),
+        drop_scale: mask.scale(),
         _pad2: [0; 3],
     };
     let access = &[Access::Read, Access::Read, Access::Read, Access::ReadWrite];
