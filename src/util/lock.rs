@@ -131,10 +131,9 @@ impl Lock {
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
-                    let holder = holder_once_named(&mut file);
                     if told {
                         file.lock().map_err(|e| Error::io(&path, e))?;
-                    } else if busy(holder.as_ref())? {
+                    } else if busy(holder_once_named(&mut file).as_ref())? {
                         told = true;
                         file.lock().map_err(|e| Error::io(&path, e))?;
                     }
