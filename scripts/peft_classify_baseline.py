@@ -56,6 +56,9 @@ def main():
     ap.add_argument("run_dir")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--no-attention-dropout", action="store_true",
+                    help="attention_probs_dropout_prob = 0, as kiln trains (its attention kernel keeps no "
+                         "probabilities to drop)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,7 +79,8 @@ def main():
         y = torch.tensor([labels.index(r["label"]) for r in rows])
         return enc["input_ids"], enc["attention_mask"], y
 
-    body = AutoModel.from_pretrained(s["model"], add_pooling_layer=False, dtype=torch.float32)
+    extra = {"attention_probs_dropout_prob": 0.0} if args.no_attention_dropout else {}
+    body = AutoModel.from_pretrained(s["model"], add_pooling_layer=False, dtype=torch.float32, **extra)
     cfg = body.config
     drop = cfg.classifier_dropout if getattr(cfg, "classifier_dropout", None) is not None else cfg.hidden_dropout_prob
     model = Classifier(body, len(labels), s["pooling"], drop)
