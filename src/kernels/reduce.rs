@@ -51,7 +51,8 @@ pub const SLOT_STRIDE: usize = 64;
 /// Squared L2 norms kept on the GPU: each tensor's (for naming the first bad one when the
 /// global norm is not finite) and their sum.
 pub struct NormsSquared {
-    /// `[n, SLOT_STRIDE]`: tensor i's Σ x² in column 0 of row i, the other columns unused (not cleared; only column 0 is read).
+    /// `[n, SLOT_STRIDE]`: tensor i's Σ x² in column 0 of row i; the other columns are not
+    /// cleared, and only column 0 (and its sum in `global`) is used.
     pub per_tensor: Tensor,
     /// `[1]`: the sum over tensors.
     pub global: Tensor,
