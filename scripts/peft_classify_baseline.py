@@ -80,9 +80,14 @@ def main():
         return enc["input_ids"], enc["attention_mask"], y
 
     extra = {"attention_probs_dropout_prob": 0.0} if args.no_attention_dropout else {}
+    # The dropout kiln trained with (settings.json has it since --dropout reached classifiers).
+    if s.get("dropout"):
+        extra["hidden_dropout_prob"] = s["dropout"]["hidden"]
     body = AutoModel.from_pretrained(s["model"], add_pooling_layer=False, dtype=torch.float32, **extra)
     cfg = body.config
     drop = cfg.classifier_dropout if getattr(cfg, "classifier_dropout", None) is not None else cfg.hidden_dropout_prob
+    if s.get("dropout"):
+        drop = s["dropout"]["classifier"]
     model = Classifier(body, len(labels), s["pooling"], drop)
     strategy = t["strategy"]
     if strategy == "lora":

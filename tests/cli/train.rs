@@ -43,6 +43,29 @@ fn train_classifier_end_to_end_with_each_strategy() {
     assert_eq!(config["id2label"], serde_json::json!({"0": "neg", "1": "pos"}));
 }
 
+/// `--dropout` reaches an encoder classifier (it once stopped at the LM): the fixture's own
+/// dropout is 0, so with `--dropout 0.3` the first step's loss differs, and settings.json says
+/// which rates ran.
+#[test]
+fn dropout_flag_sets_the_classifiers_dropout() {
+    let ws = bert_workspace();
+    let first_loss = |name: &str, dropout: Option<&str>| {
+        let run = ws.path(name);
+        let mut cmd = classifier_run(&ws, &run, "full").args(["--steps", "1", "--eval-every", "0"]);
+        if let Some(p) = dropout {
+            cmd = cmd.flag("dropout", p);
+        }
+        cmd.json();
+        (values(&run, "step", "loss")[0], read_json(&run.join("settings.json"))["dropout"].clone())
+    };
+    let (plain, plain_rates) = first_loss("run-plain", None);
+    let (dropped, rates) = first_loss("run-dropout", Some("0.3"));
+    assert_eq!(plain_rates, serde_json::json!({"hidden": 0.0, "classifier": 0.0}));
+    let hidden = rates["hidden"].as_f64().unwrap();
+    assert!((hidden - 0.3).abs() < 1e-6 && rates["classifier"] == rates["hidden"], "{rates}");
+    assert!((plain - dropped).abs() > 1e-6, "--dropout 0.3 changed nothing: loss {plain} both times");
+}
+
 #[test]
 fn classifier_data_errors_name_the_problem() {
     let ws = bert_workspace();

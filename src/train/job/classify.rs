@@ -119,6 +119,10 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     let t0 = Instant::now();
     let mut model = SequenceClassifier::load(gpu, &model_dir, labels.names.clone(), c.pooling, args.seed)?;
     let load_s = t0.elapsed().as_secs_f64();
+    if let Some(p) = args.dropout()? {
+        model.body.config.hidden_dropout_prob = p;
+        model.dropout = p;
+    }
     let class_weights = match c.class_weights.as_deref() {
         None | Some("none") => None,
         Some("balanced") => Some(classify::balanced_class_weights(&classify::label_counts(&splits.train, &labels))),
@@ -167,6 +171,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     let settings = json!({
         "task": "sequence-classification", "model": model_dir, "data": data_name, "device": gpu.describe(),
         "labels": labels.names, "pooling": c.pooling, "max_len": max_len, "train": cfg,
+        "dropout": {"hidden": model.body.config.hidden_dropout_prob, "classifier": model.dropout},
         "lora": (strategy == Strategy::Lora).then(|| json!({"r": lora.r, "alpha": lora.alpha,
             "dropout": lora.dropout, "target_modules": lora.target_modules})),
         "examples": {"train": train_x.len(), "valid": valid_x.len(), "test": test_x.len(),
