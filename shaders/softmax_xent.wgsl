@@ -5,7 +5,7 @@
 //   row_loss, lse:   [rows]          row_weights: [rows] f32 (weighted entries only)
 //   stats: [2] = (mean loss over counted rows, counted rows)            unweighted
 //              = (Σ w·row_loss / Σ w over counted rows, Σ w)            weighted
-//   dloss: [1], the upstream gradient of the mean loss (1.0 for a plain backward)
+//   p.dloss: the upstream gradient of the mean loss (1.0 for a plain backward)
 //
 //   xent_fwd:           one workgroup per row. lse = log sum exp(logits); row_loss = lse - logit[target].
 //   xent_mean:          one workgroup: stats = (sum row_loss / count, count).
@@ -21,6 +21,10 @@ struct Params {
     vocab: u32,
     ignore_index: i32,
     accumulate: u32,
+    dloss: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -134,8 +138,7 @@ fn xent_mean(@builtin(local_invocation_index) lid: u32) {
 @group(0) @binding(2) var<storage, read> b_targets: array<i32>;
 @group(0) @binding(3) var<storage, read> b_lse: array<f32>;
 @group(0) @binding(4) var<storage, read> b_stats: array<f32>;
-@group(0) @binding(5) var<storage, read> b_dloss: array<f32>;
-@group(0) @binding(6) var<storage, read_write> b_dlogits: array<f32>;
+@group(0) @binding(5) var<storage, read_write> b_dlogits: array<f32>;
 
 @compute @workgroup_size(256)
 fn xent_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -146,7 +149,7 @@ fn xent_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     let t = b_targets[row];
     var g = 0.0;
     if (counted(t)) {
-        g = logit_grad(b_logits[i], b_lse[row], u32(t) == v, b_dloss[0] / max(b_stats[1], 1.0));
+        g = logit_grad(b_logits[i], b_lse[row], u32(t) == v, p.dloss / max(b_stats[1], 1.0));
     }
     if (p.accumulate != 0u) { b_dlogits[i] += g; } else { b_dlogits[i] = g; }
 }
@@ -187,8 +190,7 @@ fn xent_mean_weighted(@builtin(local_invocation_index) lid: u32) {
 @group(0) @binding(3) var<storage, read> bw_weights: array<f32>;
 @group(0) @binding(4) var<storage, read> bw_lse: array<f32>;
 @group(0) @binding(5) var<storage, read> bw_stats: array<f32>;
-@group(0) @binding(6) var<storage, read> bw_dloss: array<f32>;
-@group(0) @binding(7) var<storage, read_write> bw_dlogits: array<f32>;
+@group(0) @binding(6) var<storage, read_write> bw_dlogits: array<f32>;
 
 @compute @workgroup_size(256)
 fn xent_bwd_weighted(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -201,7 +203,7 @@ fn xent_bwd_weighted(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     var g = 0.0;
     // total > 0 matches the forward's zero loss when no weight is counted.
     if (counted(t) && total > 0.0) {
-        g = logit_grad(bw_logits[i], bw_lse[row], u32(t) == v, bw_weights[row] * bw_dloss[0] / total);
+        g = logit_grad(bw_logits[i], bw_lse[row], u32(t) == v, bw_weights[row] * p.dloss / total);
     }
     if (p.accumulate != 0u) { bw_dlogits[i] += g; } else { bw_dlogits[i] = g; }
 }

@@ -433,7 +433,6 @@ pub fn memory_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
         run: Box::new(move || softmax_xent::forward(gpu, &l1, &t1, IGNORE_INDEX).map(drop)),
     });
     let fwd = softmax_xent::forward(gpu, &logits, &targets, IGNORE_INDEX)?;
-    let dloss = Tensor::from_f32(gpu, &[1.0], &[1])?;
     let dlogits = Tensor::empty(gpu, &[xent_rows, vocab], DType::F32)?;
     cases.push(Case {
         kernel: "softmax_xent_bwd".into(),
@@ -441,9 +440,7 @@ pub fn memory_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
         flops: 0.0,
         bytes: 2.0 * ln * F32,
         bound: Bound::Memory,
-        run: Box::new(move || {
-            softmax_xent::backward(gpu, &logits, &targets, &fwd, &dloss, &dlogits, IGNORE_INDEX, false)
-        }),
+        run: Box::new(move || softmax_xent::backward(gpu, &logits, &targets, &fwd, 1.0, &dlogits, IGNORE_INDEX, false)),
     });
 
     let grad = random(gpu, &[params], 11)?;

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::{BufferRange, Gpu, pool::Allocation};
+use crate::gpu::pool::{Allocation, Reuse};
+use crate::gpu::{BufferRange, Gpu};
 
 /// Element type. Quantized block types (Q8_0, Q4_1) will join as byte-addressed dtypes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,13 +49,13 @@ impl std::fmt::Debug for Tensor {
 impl Tensor {
     /// An uninitialised tensor (its buffer may hold a previous tensor's data).
     pub fn empty(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        Self::allocate(gpu, shape, dtype, false)
+        Self::allocate(gpu, shape, dtype, Reuse::Output)
     }
 
-    fn allocate(gpu: &Gpu, shape: &[usize], dtype: DType, for_upload: bool) -> Result<Tensor> {
+    fn allocate(gpu: &Gpu, shape: &[usize], dtype: DType, reuse: Reuse) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
         let bytes = (numel * dtype.size()) as u64;
-        let alloc = gpu.allocate("tensor", "new tensor", bytes, for_upload)?;
+        let alloc = gpu.allocate("tensor", "new tensor", bytes, reuse)?;
         Ok(Tensor { alloc: Arc::new(alloc), offset: 0, shape: shape.to_vec(), dtype })
     }
 
@@ -62,6 +63,20 @@ impl Tensor {
         let t = Tensor::empty(gpu, shape, DType::F32)?;
         gpu.clear(&t);
         Ok(t)
+    }
+
+    /// Zeros in a new buffer, for state kept across training steps (optimizer moments). Created
+    /// mid-step, a pooled buffer would be one of the step's recycled temporaries, which the next
+    /// step would then have to create again.
+    pub fn zeros_kept(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+        let t = Self::empty_kept(gpu, shape, DType::F32)?;
+        gpu.clear(&t);
+        Ok(t)
+    }
+
+    /// [`Tensor::empty`] in a new buffer, for state kept across steps (see [`Tensor::zeros_kept`]).
+    pub fn empty_kept(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Self::allocate(gpu, shape, dtype, Reuse::Never)
     }
 
     pub fn from_f32(gpu: &Gpu, data: &[f32], shape: &[usize]) -> Result<Tensor> {
@@ -84,7 +99,7 @@ impl Tensor {
                 format!("shape {shape:?} holds {numel} elements but {} were given", data.len()),
             ));
         }
-        let t = Tensor::allocate(gpu, shape, dtype, true)?;
+        let t = Tensor::allocate(gpu, shape, dtype, Reuse::Upload)?;
         gpu.write_fresh(&t, bytemuck::cast_slice(data));
         Ok(t)
     }

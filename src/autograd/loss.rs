@@ -108,8 +108,7 @@ impl Backward for CrossEntropyOp {
     fn backward(&self, gpu: &Gpu, g: &mut Grads) -> Result<()> {
         let Some(seed) = g.take_seed(self.out) else { return Ok(()) };
         if let Some(dl) = g.target(self.logits_id, self.logits.shape())? {
-            let dloss = Tensor::from_f32(gpu, &[seed], &[1])?;
-            xk::backward(gpu, &self.logits, &self.targets, &self.fwd, &dloss, &dl.tensor, IGNORE_INDEX, dl.accumulate)?;
+            xk::backward(gpu, &self.logits, &self.targets, &self.fwd, seed, &dl.tensor, IGNORE_INDEX, dl.accumulate)?;
         }
         Ok(())
     }
@@ -226,9 +225,8 @@ impl Backward for LinearXentOp {
             };
             // The kernel divides by the chunk's own count; the objective divides by the total.
             let share = if self.total > 0 { ch.count as f32 / self.total as f32 } else { 0.0 };
-            let dloss = Tensor::from_f32(gpu, &[seed * share], &[1])?;
             let dlogits = Tensor::empty(gpu, &[ch.len, vocab], DType::F32)?;
-            xk::backward(gpu, &logits, &ch.targets, &ch.fwd, &dloss, &dlogits, IGNORE_INDEX, false)?;
+            xk::backward(gpu, &logits, &ch.targets, &ch.fwd, seed * share, &dlogits, IGNORE_INDEX, false)?;
             for (i, &(v0, vc)) in blocks.iter().enumerate() {
                 // This block's columns of dlogits, copied out when W is split.
                 let dl = if blocks.len() == 1 {

@@ -30,6 +30,7 @@ use std::time::Instant;
 
 pub use adapter::AdapterChoice;
 pub use pipelines::{Access, KernelSpec, ShaderFile};
+pub(crate) use pool::Reuse;
 pub use profile::{Counts, GpuTiming, Profile};
 
 use crate::error::{Error, Result};
@@ -276,13 +277,14 @@ impl Gpu {
     }
 
     /// A buffer of at least `bytes` from the pool; checks the adapter's buffer size limit.
-    /// `for_upload`: the buffer is about to be written through the queue ([`Gpu::write_fresh`]).
+    /// `reuse` says which pooled buffers it may be ([`Reuse::Upload`]: it is about to be
+    /// written through the queue, [`Gpu::write_fresh`]).
     pub(crate) fn allocate(
         &self,
         op: &'static str,
         tensor: &'static str,
         bytes: u64,
-        for_upload: bool,
+        reuse: Reuse,
     ) -> Result<pool::Allocation> {
         if bytes > self.limits.max_buffer_size {
             return Err(Error::TooLarge {
@@ -297,7 +299,7 @@ impl Gpu {
             &self.device,
             bytes,
             self.limits.max_buffer_size,
-            for_upload,
+            reuse,
             &self.profiler.counters.buffers_created,
         ))
     }

@@ -70,16 +70,28 @@ pub(crate) fn bucket_for(bytes: u64) -> u64 {
     bytes.div_ceil(step) * step
 }
 
+/// Which pooled buffers a new tensor may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reuse {
+    /// A kernel output: any, those released since the last submit first.
+    Output,
+    /// Written through the queue next: only buffers freed by an earlier submit.
+    Upload,
+    /// Kept across steps (optimizer moments): a new buffer. Taken mid-step from the pool, it
+    /// would hold one of the step's recycled temporaries, and the next step would have to
+    /// create that temporary again.
+    Never,
+}
+
 impl Pool {
-    /// A buffer of at least `bytes`. `for_upload`: it will be written through the queue, so it
-    /// must not be one that unsubmitted commands still name.
+    /// A buffer of at least `bytes`, reusing a pooled one as `reuse` allows.
     /// `created` counts the buffers it had to create (the profiler's counter).
     pub(crate) fn take(
         &self,
         device: &wgpu::Device,
         bytes: u64,
         max_buffer: u64,
-        for_upload: bool,
+        reuse: Reuse,
         created: &std::sync::atomic::AtomicU64,
     ) -> Allocation {
         // Round up to a bucket, but never past the adapter's largest buffer.
@@ -89,10 +101,10 @@ impl Pool {
         // it must when the pool is still empty (the first step): later steps then repeat the
         // first one's choices sooner, and its bind groups are found again.
         let mut reused = None;
-        if !for_upload {
+        if reuse == Reuse::Output {
             reused = state.pending.get_mut(&bucket).and_then(BTreeMap::pop_first);
         }
-        if reused.is_none() {
+        if reused.is_none() && reuse != Reuse::Never {
             reused = state.free.get_mut(&bucket).and_then(BTreeMap::pop_first);
         }
         let (number, buffer) = match reused {

@@ -54,24 +54,51 @@ pub struct NormsSquared {
     /// `[n, SLOT_STRIDE]`: tensor i's Σ x² in column 0 of row i; the other columns are not
     /// cleared, and only column 0 (and its sum in `global`) is used.
     pub per_tensor: Tensor,
-    /// `[1]`: the sum over tensors.
+    /// `[1]`: the sum over tensors (column 0 of `columns`).
     pub global: Tensor,
+    /// `[SLOT_STRIDE]`: `per_tensor` summed over its rows.
+    columns: Tensor,
 }
 
 impl NormsSquared {
+    /// Room for the norms of `n` tensors, in new buffers: an optimizer keeps them from step to
+    /// step ([`norms_squared_into`]), so they never hold one of a step's recycled temporaries.
+    pub fn kept(gpu: &Gpu, n: usize) -> Result<NormsSquared> {
+        let per_tensor = Tensor::empty_kept(gpu, &[n.max(1), SLOT_STRIDE], DType::F32)?;
+        let columns = Tensor::empty_kept(gpu, &[SLOT_STRIDE], DType::F32)?;
+        Ok(NormsSquared { global: columns.narrow_rows(0, 1)?, per_tensor, columns })
+    }
+
+    /// How many tensors' norms it holds.
+    pub fn tensors(&self) -> usize {
+        self.per_tensor.shape()[0]
+    }
+
     /// Tensor i's Σ x² (a readback).
     pub fn read_per_tensor(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         Ok(self.per_tensor.to_f32_vec(gpu)?.chunks(SLOT_STRIDE).map(|row| row[0]).collect())
     }
 }
 
-/// Each tensor's Σ x² into its own slot, then the slots summed: one dispatch per tensor for
-/// its partial sums (written at a common stride into one buffer), one for every tensor's total
-/// and one for the sum of those, so a step with N trainable tensors spends N + 2 dispatches here.
-/// The per-tensor values are there when something goes wrong.
+/// Each tensor's Σ x² and their sum, in new buffers (see [`norms_squared_into`]).
 pub fn norms_squared(gpu: &Gpu, tensors: &[&Tensor]) -> Result<NormsSquared> {
+    let per_tensor = Tensor::empty(gpu, &[tensors.len().max(1), SLOT_STRIDE], DType::F32)?;
+    let columns = Tensor::empty(gpu, &[SLOT_STRIDE], DType::F32)?;
+    let out = NormsSquared { global: columns.narrow_rows(0, 1)?, per_tensor, columns };
+    norms_squared_into(gpu, tensors, &out)?;
+    Ok(out)
+}
+
+/// Each tensor's Σ x² into its own slot of `out`, then the slots summed: one dispatch per
+/// tensor for its partial sums (written at a common stride into one buffer), one for every
+/// tensor's total and one for the sum of those, so a step with N trainable tensors spends
+/// N + 2 dispatches here. The per-tensor values are there when something goes wrong.
+pub fn norms_squared_into(gpu: &Gpu, tensors: &[&Tensor], out: &NormsSquared) -> Result<()> {
     const OP: &str = "sum_squares";
     let n = tensors.len().max(1);
+    if out.tensors() != n {
+        return Err(Error::invalid(OP, format!("room for {} tensors' norms, {n} given", out.tensors())));
+    }
     let max_workgroups = gpu.limits().max_compute_workgroups_per_dimension as usize;
     if n > max_workgroups {
         return Err(Error::invalid(OP, format!("{n} tensors; at most {max_workgroups} in one norm")));
@@ -86,9 +113,9 @@ pub fn norms_squared(gpu: &Gpu, tensors: &[&Tensor]) -> Result<NormsSquared> {
         let slots = partials.narrow_rows(i * stride, g as usize)?;
         gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), &[("x", Some(*t)), ("partial", Some(&slots))], gpu.grid_1d(g))?;
     }
-    let per_tensor = Tensor::empty(gpu, &[n * SLOT_STRIDE], DType::F32)?;
     let p = Params { rows: SLOT_STRIDE as u32, cols: u32_of(OP, "partials per tensor", stride)?, n: 0, accumulate: 0 };
     let spec = KernelSpec { file: shader!("reduce"), entry: "sum_squares_segments", header: "", access: RW };
+    let per_tensor = out.per_tensor.reshape(&[n * SLOT_STRIDE])?;
     gpu.dispatch(
         OP,
         &spec,
@@ -96,8 +123,5 @@ pub fn norms_squared(gpu: &Gpu, tensors: &[&Tensor]) -> Result<NormsSquared> {
         &[("partial", Some(&partials)), ("per_tensor", Some(&per_tensor))],
         [n as u32, 1, 1],
     )?;
-    let per_tensor = per_tensor.reshape(&[n, SLOT_STRIDE])?;
-    let columns = Tensor::empty(gpu, &[SLOT_STRIDE], DType::F32)?;
-    sum_rows_into(gpu, &per_tensor, &columns, false)?;
-    Ok(NormsSquared { global: columns.narrow_rows(0, 1)?, per_tensor })
+    sum_rows_into(gpu, &out.per_tensor, &out.columns, false)
 }

@@ -37,6 +37,9 @@ struct Params {
     vocab: u32,
     ignore_index: i32,
     accumulate: u32,
+    /// The upstream gradient of the loss (backward only).
+    dloss: f32,
+    _pad: [u32; 3],
 }
 
 /// Errors on a target that is neither in `[0, vocab)` nor the ignore index, naming its row.
@@ -157,7 +160,14 @@ pub fn forward_weighted(
 
 fn params(op: &'static str, rows: usize, vocab: usize, ignore_index: i32) -> Result<Params> {
     u32_of(op, "rows × vocab", rows * vocab)?;
-    Ok(Params { rows: u32_of(op, "rows", rows)?, vocab: u32_of(op, "vocab", vocab)?, ignore_index, accumulate: 0 })
+    Ok(Params {
+        rows: u32_of(op, "rows", rows)?,
+        vocab: u32_of(op, "vocab", vocab)?,
+        ignore_index,
+        accumulate: 0,
+        dloss: 0.0,
+        _pad: [0; 3],
+    })
 }
 
 /// The row pass shared by both forwards: (row_loss, lse), each `[rows]`.
@@ -182,34 +192,40 @@ fn row_pass(gpu: &Gpu, op: &'static str, p: &Params, logits: &Tensor, targets: &
 }
 
 /// dlogits = (softmax − onehot)·dloss/count, written or added; after [`forward_weighted`],
-/// (softmax − onehot)·w[row]·dloss/Σw. `dloss` is a one-element tensor on the GPU (so a scaled
-/// loss needs no readback).
+/// (softmax − onehot)·w[row]·dloss/Σw. `dloss`, the backward's seed, is known on the host, so it
+/// goes in the parameters: no buffer is uploaded for it.
 ///
-/// Bindings: 1 logits, 2 targets, 3 lse, 4 stats, 5 dloss, 6 dlogits; weighted: 1 logits,
-/// 2 targets, 3 row_weights, 4 lse, 5 stats, 6 dloss, 7 dlogits.
+/// Bindings: 1 logits, 2 targets, 3 lse, 4 stats, 5 dlogits; weighted: 1 logits, 2 targets,
+/// 3 row_weights, 4 lse, 5 stats, 6 dlogits.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     gpu: &Gpu,
     logits: &Tensor,
     targets: &Tensor,
     fwd: &Xent,
-    dloss: &Tensor,
+    dloss: f32,
     dlogits: &Tensor,
     ignore_index: i32,
     accumulate: bool,
 ) -> Result<()> {
     const OP: &str = "cross_entropy_bwd";
     let (rows, vocab) = dims(OP, logits, targets)?;
-    expect_numel(OP, "dloss", dloss, 1, "a scalar")?;
     expect_numel(OP, "dlogits", dlogits, logits.numel(), "the size of logits")?;
-    let p = Params { rows: rows as u32, vocab: vocab as u32, ignore_index, accumulate: accumulate as u32 };
+    let p = Params {
+        rows: rows as u32,
+        vocab: vocab as u32,
+        ignore_index,
+        accumulate: accumulate as u32,
+        dloss,
+        _pad: [0; 3],
+    };
     let groups = gpu.grid_1d(((rows * vocab) as u64).div_ceil(256));
     let Some(row_weights) = &fwd.row_weights else {
         let spec = KernelSpec {
             file: shader!("softmax_xent"),
             entry: "xent_bwd",
             header: "",
-            access: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+            access: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
         };
         return gpu.dispatch(
             OP,
@@ -220,7 +236,6 @@ pub fn backward(
                 ("targets", Some(targets)),
                 ("lse", Some(&fwd.lse)),
                 ("stats", Some(&fwd.stats)),
-                ("dloss", Some(dloss)),
                 ("dlogits", Some(dlogits)),
             ],
             groups,
@@ -231,15 +246,7 @@ pub fn backward(
         file: shader!("softmax_xent"),
         entry: "xent_bwd_weighted",
         header: "",
-        access: &[
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::ReadWrite,
-        ],
+        access: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
     };
     gpu.dispatch(
         OP,
@@ -251,7 +258,6 @@ pub fn backward(
             ("row_weights", Some(row_weights)),
             ("lse", Some(&fwd.lse)),
             ("stats", Some(&fwd.stats)),
-            ("dloss", Some(dloss)),
             ("dlogits", Some(dlogits)),
         ],
         groups,

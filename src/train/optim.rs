@@ -138,17 +138,23 @@ impl Optimizer {
             return Err(Error::invalid("optimizer", "no trainable parameters"));
         }
         self.steps += 1;
-        // The previous step's norms go back to the pool first, so this step's take their
-        // buffers (and the bind groups cached for them) instead of new ones.
+        // The norms are written into the previous step's buffers (so its bind groups are found
+        // again); new ones only when the number of trainable tensors changed.
         self.last_norm_sq = None;
-        self.last_norms = None;
+        let norms = match self.last_norms.take() {
+            Some((_, kept)) if kept.tensors() == params.len() => kept,
+            _ => reduce::NormsSquared::kept(gpu, params.len())?,
+        };
         let grads: Vec<&Tensor> = params.iter().map(|p| &p.2).collect();
-        let norms = reduce::norms_squared(gpu, &grads)?;
+        reduce::norms_squared_into(gpu, &grads, &norms)?;
         let norm_sq = norms.global.clone();
         for (name, value, grad) in &params {
             if !self.moments.contains_key(name) {
-                let fresh =
-                    Moments { m: Tensor::zeros(gpu, value.shape())?, v: Tensor::zeros(gpu, value.shape())?, steps: 0 };
+                let fresh = Moments {
+                    m: Tensor::zeros_kept(gpu, value.shape())?,
+                    v: Tensor::zeros_kept(gpu, value.shape())?,
+                    steps: 0,
+                };
                 self.moments.insert(name.clone(), fresh);
             }
             let state = self.moments.get_mut(name).expect("inserted above");

@@ -2,8 +2,10 @@
 
 use super::kiln;
 
-/// `kiln bench --step` with a profile: the JSON has the step's figures, and the profile's
-/// dispatches add up to the step's counted ones.
+/// `kiln bench --step` with a profile: the JSON has the step's figures, the profile's
+/// dispatches add up to the step's counted ones, and the second step creates no buffer and no
+/// bind group (the optimizer's moments and norms are made in buffers of their own, so they never
+/// hold a temporary that the next step wants back from the pool).
 #[test]
 fn bench_step_profiles_a_training_step() {
     let dir = tempfile::tempdir().unwrap();
@@ -17,6 +19,9 @@ fn bench_step_profiles_a_training_step() {
     assert!(dispatches > 50, "a 2-layer LoRA step is many dispatches: {dispatches}");
     assert!(fig["median_ms"].as_f64().unwrap() > 0.0 && fig["tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(fig["record_us_per_dispatch"].as_f64().unwrap() > 0.0);
+    let second = &fig["steps"][0]["counts"];
+    assert_eq!(second["buffers_created"], 0, "the second step: {second}");
+    assert_eq!(second["bind_groups_created"], 0, "the second step: {second}");
     let loss = fig["steps"][0]["loss"].as_f64().unwrap();
     assert!((loss - 2f64.ln()).abs() < 0.2, "two labels, random weights: loss near ln 2, got {loss}");
     let profile = &doc["profiles"][0];

@@ -23,9 +23,8 @@ fn cross_entropy_forward_backward() {
         let what = format!("xent {rows}x{vocab}");
         assert_close(&format!("{what} stats"), &download(&fwd.stats), &[loss, count as f64], 1e-4, 1e-5);
         assert_close(&format!("{what} lse"), &download(&fwd.lse), &lse, 1e-4, 1e-5);
-        let dloss = upload(&[0.5], &[1]);
         let d = Tensor::zeros(gpu, &[rows, vocab]).unwrap();
-        xent::backward(gpu, &lt, &tt, &fwd, &dloss, &d, IGNORE_INDEX, false).unwrap();
+        xent::backward(gpu, &lt, &tt, &fwd, 0.5, &d, IGNORE_INDEX, false).unwrap();
         let want = r::backward(&f64s(&logits), &targets, vocab, IGNORE_INDEX, &lse, count, 0.5);
         assert_close(&format!("{what} dlogits"), &download(&d), &want, 1e-6, 1e-4);
     }
@@ -98,13 +97,12 @@ fn cross_entropy_weighted_forward_backward() {
 
             let want =
                 r::backward_weighted(&f64s(&logits), &targets, &f64s(&class_w), classes, IGNORE_INDEX, &lse, wsum, 0.5);
-            let dloss = upload(&[0.5], &[1]);
             let d = Tensor::zeros(gpu, &[rows, classes]).unwrap();
             let (atol, rtol) = WEIGHTED_GRAD_TOL;
-            xent::backward(gpu, &lt, &tt, &fwd, &dloss, &d, IGNORE_INDEX, false).unwrap();
+            xent::backward(gpu, &lt, &tt, &fwd, 0.5, &d, IGNORE_INDEX, false).unwrap();
             assert_close(&format!("{what} dlogits"), &download(&d), &want, atol, rtol);
             // Accumulating adds the same gradient again.
-            xent::backward(gpu, &lt, &tt, &fwd, &dloss, &d, IGNORE_INDEX, true).unwrap();
+            xent::backward(gpu, &lt, &tt, &fwd, 0.5, &d, IGNORE_INDEX, true).unwrap();
             let twice: Vec<f64> = want.iter().map(|g| 2.0 * g).collect();
             assert_close(&format!("{what} dlogits accumulated"), &download(&d), &twice, atol, rtol);
         }
@@ -122,7 +120,7 @@ fn cross_entropy_weighted_zero_weight_sum_is_zero_not_nan() {
     let fwd = xent::forward_weighted(gpu, &lt, &tt, &wt, IGNORE_INDEX).unwrap();
     assert_eq!(download(&fwd.stats), vec![0.0, 0.0]);
     let d = upload(&[9.0; 6], &[3, 2]);
-    xent::backward(gpu, &lt, &tt, &fwd, &upload(&[1.0], &[1]), &d, IGNORE_INDEX, false).unwrap();
+    xent::backward(gpu, &lt, &tt, &fwd, 1.0, &d, IGNORE_INDEX, false).unwrap();
     assert_eq!(download(&d), vec![0.0; 6]);
 }
 
