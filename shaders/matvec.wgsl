@@ -1,5 +1,7 @@
 // Skinny matmul, for M ≤ MR rows (one token at a time with a KV cache, a short prompt):
 //   C[b] = alpha * op(A[b]) · op(B[b]) (+ bias) (+ C[b] when accumulating).
+// With p.trans_c, C is stored transposed ([N, M]) and the bias is indexed by row: the host runs
+// a product with few columns (LoRA's x·Aᵀ and dh = dy·B at rank r) as its transpose here.
 //
 //   Same bindings, params and layouts as matmul.wgsl:
 //   op(A) is [M, K]: A is stored [M, K], or [K, M] when trans_a.
@@ -73,9 +75,14 @@ fn reduce_and_store(m: u32, part: array<f32, TN>, cols: array<u32, TN>, ks: u32,
     for (var j = 0u; j < TN; j++) {
         let col = cols[j];
         if (col < p.n) {
-            var v = dropped(3u, p.alpha * sum[j], m * p.n + col);
-            if (p.has_bias != 0u) { v += bias[col]; }
-            let idx = c_base + m * p.n + col;
+            // Stored transposed, C[m][col] is element (col, m) of the [N, M] product the caller
+            // asked for: its dropout index and its bias are that product's.
+            var at = m * p.n + col;
+            var bias_at = col;
+            if (p.trans_c != 0u) { at = col * p.m + m; bias_at = m; }
+            var v = dropped(3u, p.alpha * sum[j], at);
+            if (p.has_bias != 0u) { v += bias[bias_at]; }
+            let idx = c_base + at;
             if (p.accumulate != 0u) { v += c[idx]; }
             c[idx] = v;
         }

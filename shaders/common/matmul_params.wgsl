@@ -5,7 +5,9 @@
 struct Params {
     m: u32, n: u32, k: u32, trans_a: u32,
     trans_b: u32, has_bias: u32, accumulate: u32, alpha: f32,
-    stride_a: u32, stride_b: u32, stride_c: u32, _pad0: u32,
+    // trans_c (matvec.wgsl only): C is stored transposed, [N, M] — the host runs a product
+    // with few columns as its transpose, Cᵀ = op(B)ᵀ·op(A)ᵀ, which has few rows.
+    stride_a: u32, stride_b: u32, stride_c: u32, trans_c: u32,
     offset_a: u32, offset_b: u32, offset_c: u32, _pad1: u32,
     // Dropout fused into one operand (LoRA's dropout of its input): 0 none, 1 A, 2 B, 3 the
     // product alpha * op(A) * op(B) before bias and accumulation. Element i of that matrix (its

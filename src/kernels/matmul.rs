@@ -253,6 +253,17 @@ pub enum DropOn {
     Product = 3,
 }
 
+impl DropOn {
+    /// The same operand once A and B trade places (a product run as its transpose).
+    fn swapped(self) -> DropOn {
+        match self {
+            DropOn::A => DropOn::B,
+            DropOn::B => DropOn::A,
+            DropOn::Product => DropOn::Product,
+        }
+    }
+}
+
 impl Matmul {
     pub fn new(m: usize, n: usize, k: usize) -> Self {
         Matmul { m, n, k, batch: 1, trans_a: false, trans_b: false, alpha: 1.0, accumulate: false, dropout: None }
@@ -300,7 +311,8 @@ struct Params {
     stride_a: u32,
     stride_b: u32,
     stride_c: u32,
-    _pad0: u32,
+    /// C stored transposed (`matvec.wgsl` only; see [`matmul_into`]).
+    trans_c: u32,
     offset_a: u32,
     offset_b: u32,
     offset_c: u32,
@@ -365,7 +377,7 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
         stride_a,
         stride_b,
         stride_c: u32_of(OP, "M×N", if mm.batch == 1 { 0 } else { mm.m * mm.n })?,
-        _pad0: 0,
+        trans_c: 0,
         offset_a: 0,
         offset_b: 0,
         offset_c: 0,
@@ -381,22 +393,40 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
     let batch = u32_of(OP, "batch", mm.batch)?;
     let (header, spec, groups);
     if mm.m <= SKINNY_M {
-        // One workgroup per block of columns, for every row at once; blocks fold into x and y.
-        let shape = matvec_shape(gpu);
-        // The vec4 entries read whole vec4s; a fused dropout is in the scalar one only.
-        let (entry, cols) = if mm.dropout.is_some() {
-            ("matvec", mm.n)
-        } else if !mm.trans_a && mm.trans_b && mm.k > 0 && mm.k.is_multiple_of(4) {
-            ("matvec_vec4", mm.n)
-        } else if !mm.trans_a && !mm.trans_b && mm.n.is_multiple_of(4) {
-            ("matvec_vec4n", mm.n / 4)
-        } else {
-            ("matvec", mm.n)
-        };
-        header = shape.header(mm.m);
+        let entry = skinny_entry(mm);
+        header = matvec_shape(gpu).header(mm.m);
         spec = KernelSpec { file: shader!("matvec"), entry, header: &header, access };
-        let [x, y, _] = gpu.grid_1d((cols as u64).div_ceil(shape.cols(mm.m) as u64));
-        groups = [x, y, batch];
+        groups = skinny_groups(gpu, mm, entry, batch);
+    } else if mm.n <= SKINNY_M {
+        // Few columns (LoRA's x·Aᵀ and dh = dy·B at rank r): a tile would compute BN columns
+        // to keep r of them, so the skinny kernel runs the transpose, Cᵀ = op(B)ᵀ·op(A)ᵀ, and
+        // stores it transposed. op(B)ᵀ is B read with the other transpose flag, and so is A;
+        // a fused dropout follows its operand to the other binding.
+        let t = Matmul {
+            m: mm.n,
+            n: mm.m,
+            trans_a: !mm.trans_b,
+            trans_b: !mm.trans_a,
+            dropout: mm.dropout.map(|(on, mask)| (on.swapped(), mask)),
+            ..*mm
+        };
+        let swapped = Params {
+            m: params.n,
+            n: params.m,
+            trans_a: t.trans_a as u32,
+            trans_b: t.trans_b as u32,
+            stride_a: params.stride_b,
+            stride_b: params.stride_a,
+            trans_c: 1,
+            drop_on: t.dropout.map_or(0, |(on, _)| on as u32),
+            ..params
+        };
+        let entry = skinny_entry(&t);
+        let header = matvec_shape(gpu).header(t.m);
+        let spec = KernelSpec { file: shader!("matvec"), entry, header: &header, access };
+        let groups = skinny_groups(gpu, &t, entry, batch);
+        let bindings = [("a", Some(b)), ("b", Some(a)), ("bias", bias), ("c", Some(c))];
+        return gpu.dispatch(OP, &spec, bytemuck::bytes_of(&swapped), &bindings, groups);
     } else {
         let tile = tile(gpu);
         header = tile.header();
@@ -410,6 +440,29 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
         &[("a", Some(a)), ("b", Some(b)), ("bias", bias), ("c", Some(c))],
         groups,
     )
+}
+
+/// The skinny path's entry point for a product of at most [`SKINNY_M`] rows. The vec4 entries
+/// read whole vec4s; a fused dropout is in the scalar one only.
+fn skinny_entry(mm: &Matmul) -> &'static str {
+    if mm.dropout.is_some() {
+        "matvec"
+    } else if !mm.trans_a && mm.trans_b && mm.k > 0 && mm.k.is_multiple_of(4) {
+        "matvec_vec4"
+    } else if !mm.trans_a && !mm.trans_b && mm.n.is_multiple_of(4) {
+        "matvec_vec4n"
+    } else {
+        "matvec"
+    }
+}
+
+/// One workgroup per block of columns (of 4-column groups in `matvec_vec4n`), for every row at
+/// once; blocks fold into x and y.
+fn skinny_groups(gpu: &Gpu, mm: &Matmul, entry: &str, batch: u32) -> [u32; 3] {
+    let shape = matvec_shape(gpu);
+    let cols = if entry == "matvec_vec4n" { mm.n / 4 } else { mm.n };
+    let [x, y, _] = gpu.grid_1d((cols as u64).div_ceil(shape.cols(mm.m) as u64));
+    [x, y, batch]
 }
 
 /// C `[M, N]` = A `[M, K]` · Bᵀ for a B `[N, K]` that may exceed one storage binding (a

@@ -1,7 +1,8 @@
 //! matmul vs the reference, on awkward shapes, every transpose, batch, bias and accumulate,
 //! for the adapter's tile and a small one (so tile edges are crossed on small inputs too);
-//! then the skinny path (M ≤ SKINNY_M, `shaders/matvec.wgsl`) for the adapter's shape, a
-//! GPU-style one that splits K across 64 invocations, and an odd one.
+//! then the skinny path (M ≤ SKINNY_M, `shaders/matvec.wgsl`, and N ≤ SKINNY_M through the
+//! transpose) for the adapter's shape, a GPU-style one that splits K across 64 invocations, and
+//! an odd one.
 
 use kiln::kernels::matmul::{self, Matmul, MatmulTile, MatvecShape, SKINNY_M, matmul_into};
 use kiln::reference;
@@ -115,8 +116,22 @@ fn skinny_shapes(shape: MatvecShape) {
         case(&mut rng, mm.batch(2).trans_a(true).accumulate(true), true, false, false);
         case(&mut rng, Matmul::new(1, n, k).trans_b(tb).alpha(-2.0), false, false, true);
     }
+    // Few columns and many rows: run as the transpose and stored transposed, with every
+    // transpose, bias (indexed by column of C), alpha, accumulate and batch.
+    for n in [1, 3, 8, SKINNY_M] {
+        for (m, k) in [(SKINNY_M + 1, 7), (70, 96), (129, 128), (300, 33)] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                case(&mut rng, Matmul::new(m, n, k).trans_a(ta).trans_b(tb), false, false, ta != tb);
+            }
+        }
+        let mm = Matmul::new(37, n, 20).trans_b(true).alpha(0.5);
+        case(&mut rng, mm.batch(3).accumulate(true), false, true, true);
+        case(&mut rng, mm.batch(2).trans_a(true), true, false, false);
+    }
     // One row past the skinny path: the tiled kernel takes it.
     case(&mut rng, Matmul::new(SKINNY_M + 1, 129, 576).trans_b(true), false, false, true);
+    // One column past it: the tiled kernel too.
+    case(&mut rng, Matmul::new(70, SKINNY_M + 1, 96), false, false, true);
     matmul::set_matvec_shape(gpu, saved);
 }
 
@@ -181,8 +196,11 @@ fn matmul_with_fused_dropout() {
     let mut rng = Rng::new(4);
     let mask = DropoutMask { p: 0.3, seed: 11, step: 5 };
     let scale = 1.0 / (1.0 - 0.3f64);
-    // (m, n, k): a tiled product, a skinny one (M ≤ SKINNY_M), LoRA's three shapes at r = 8.
-    for (m, n, k) in [(37, 19, 45), (5, 23, 33), (70, 8, 96), (8, 96, 70), (70, 96, 8)] {
+    // (m, n, k): a tiled product, a skinny one (M ≤ SKINNY_M), LoRA's three shapes at r = 8
+    // (the first, N ≤ SKINNY_M, run as its transpose), and a tiled one with few columns. K of
+    // the first is odd: with K % 4 == 0 the unfused product would take `matvec_vec4`, whose
+    // sums run in another order than the scalar entry a fused dropout takes.
+    for (m, n, k) in [(37, 19, 45), (5, 23, 33), (70, 8, 97), (8, 96, 70), (70, 96, 8), (70, 17, 9)] {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             for on in [DropOn::A, DropOn::B, DropOn::Product] {
                 let (with_bias, accumulate, alpha) = (on == DropOn::Product, on != DropOn::A, 0.75);
