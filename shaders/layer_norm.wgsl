@@ -5,7 +5,9 @@
 //   RMSNorm:   y = x * rstd * gamma,                  rstd = 1 / sqrt(mean(x^2) + eps)
 //   (`rms` selects RMSNorm; its entries ignore beta and mean.)
 //
-// Forward and dx: one workgroup per row, reductions through workgroup memory.
+// Forward and dx: one workgroup of WG invocations per row (WG from the host's header: 256 on a
+// GPU, fewer on lavapipe, whose barriers switch between SIMD lane groups), reductions through
+// workgroup memory.
 // dgamma/dbeta: one invocation per column summing over rows in order (deterministic).
 
 struct Params {
@@ -21,7 +23,6 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-const WG: u32 = 256u;
 var<workgroup> scratch: array<f32, WG>;
 
 // Sum of `v` over the workgroup, returned to every invocation.
@@ -44,7 +45,7 @@ fn workgroup_sum(lid: u32, v: f32) -> f32 {
 @group(0) @binding(5) var<storage, read_write> f_mean: array<f32>;
 @group(0) @binding(6) var<storage, read_write> f_rstd: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn norm_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = wg.y * nwg.x + wg.x;
     if (row >= p.rows) { return; }
@@ -86,7 +87,7 @@ fn norm_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 // With xhat = (x - mean) * rstd and g = dy * gamma:
 //   LayerNorm: dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
 //   RMSNorm:   dx = rstd * (g - xhat * mean(g * xhat))
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn norm_bwd_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = wg.y * nwg.x + wg.x;
     if (row >= p.rows) { return; }

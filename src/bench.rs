@@ -245,6 +245,11 @@ pub fn matmul_shapes(scale: Scale) -> Vec<Matmul> {
     v.push(Matmul::new(tokens, 1536, 384));
     v.push(Matmul::new(tokens, 384, 1536).trans_b(true));
     v.push(Matmul::new(384, 1536, tokens).trans_a(true));
+    // LoRA at rank 8 on a 384 → 384 linear: x·Aᵀ, dh = dy·B and dB = dyᵀ·h, products with 8
+    // columns and a row per token (run as their transposes on the skinny kernel).
+    v.push(Matmul::new(tokens, 8, 384).trans_b(true));
+    v.push(Matmul::new(tokens, 8, 384));
+    v.push(Matmul::new(384, 8, tokens).trans_a(true));
     // Generation with a KV cache: x[M, C]·Wᵀ with W stored [out, in] (nn.Linear), SmolLM2-135M
     // sizes: the LM head, the MLP up and down projections, and a few rows at once; then one
     // with W stored [in, out] (GPT-2's Conv1D).

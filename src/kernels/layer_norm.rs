@@ -25,6 +25,39 @@ pub struct NormStats {
     pub rstd: Tensor,
 }
 
+/// How many invocations share one row in the forward and dx passes, summing its values through
+/// a barrier tree in workgroup memory (a power of two, at most 256).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowWorkgroup(pub u32);
+
+/// A GPU wants many invocations per row (256). On lavapipe an invocation is a SIMD lane and a
+/// barrier switches between the workgroup's lane groups, so a row's eight-level tree over 256
+/// invocations cost more than its arithmetic: 32 made the norms of a MiniLM step 5–10× faster
+/// there (README's performance section).
+pub fn default_row_workgroup(device_type: wgpu::DeviceType) -> RowWorkgroup {
+    match device_type {
+        wgpu::DeviceType::Cpu => RowWorkgroup(32),
+        _ => RowWorkgroup(256),
+    }
+}
+
+/// This device's [`RowWorkgroup`]: the adapter type's default unless [`set_row_workgroup`] changed it.
+pub fn row_workgroup(gpu: &Gpu) -> RowWorkgroup {
+    gpu.setting(|info| default_row_workgroup(info.device_type))
+}
+
+/// Sets how many invocations share a row (tests run both kinds on any adapter).
+pub fn set_row_workgroup(gpu: &Gpu, wg: RowWorkgroup) -> Result<()> {
+    if !wg.0.is_power_of_two() || wg.0 > 256 {
+        return Err(Error::invalid(
+            "layer_norm",
+            format!("{} invocations per row; expected a power of two ≤ 256", wg.0),
+        ));
+    }
+    gpu.set_setting(wg);
+    Ok(())
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
@@ -66,7 +99,8 @@ fn dispatch(
 ) -> Result<()> {
     let mut access = [Access::Read; 6];
     access[6 - writes..].fill(Access::ReadWrite);
-    let spec = KernelSpec { file: shader!("layer_norm"), entry, header: "", access: &access };
+    let header = format!("const WG: u32 = {}u;\n", row_workgroup(gpu).0);
+    let spec = KernelSpec { file: shader!("layer_norm"), entry, header: &header, access: &access };
     gpu.dispatch(op, &spec, bytemuck::bytes_of(p), bindings, groups)
 }
 
