@@ -64,8 +64,12 @@ impl NormsSquared {
     /// Room for the norms of `n` tensors, in new buffers: an optimizer keeps them from step to
     /// step ([`norms_squared_into`]), so they never hold one of a step's recycled temporaries.
     pub fn kept(gpu: &Gpu, n: usize) -> Result<NormsSquared> {
-        let per_tensor = Tensor::empty_kept(gpu, &[n.max(1), SLOT_STRIDE], DType::F32)?;
-        let columns = Tensor::empty_kept(gpu, &[SLOT_STRIDE], DType::F32)?;
+        Self::allocate(gpu, n, Tensor::empty_kept)
+    }
+
+    fn allocate(gpu: &Gpu, n: usize, empty: fn(&Gpu, &[usize], DType) -> Result<Tensor>) -> Result<NormsSquared> {
+        let per_tensor = empty(gpu, &[n.max(1), SLOT_STRIDE], DType::F32)?;
+        let columns = empty(gpu, &[SLOT_STRIDE], DType::F32)?;
         Ok(NormsSquared { global: columns.narrow_rows(0, 1)?, per_tensor, columns })
     }
 
@@ -82,9 +86,7 @@ impl NormsSquared {
 
 /// Each tensor's Σ x² and their sum, in new buffers (see [`norms_squared_into`]).
 pub fn norms_squared(gpu: &Gpu, tensors: &[&Tensor]) -> Result<NormsSquared> {
-    let per_tensor = Tensor::empty(gpu, &[tensors.len().max(1), SLOT_STRIDE], DType::F32)?;
-    let columns = Tensor::empty(gpu, &[SLOT_STRIDE], DType::F32)?;
-    let out = NormsSquared { global: columns.narrow_rows(0, 1)?, per_tensor, columns };
+    let out = NormsSquared::allocate(gpu, tensors.len(), Tensor::empty)?;
     norms_squared_into(gpu, tensors, &out)?;
     Ok(out)
 }
