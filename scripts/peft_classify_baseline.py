@@ -12,6 +12,13 @@ head (masked-mean or CLS pooling, dropout, Linear); LoRA through PEFT (`get_peft
 head in modules_to_save); AdamW, linear schedule with warmup, clipping at max_grad_norm; the
 `head` strategy caches the frozen body's pooled vectors first, as kiln does. Prints one JSON
 line. Needs torch, transformers, peft, scikit-learn.
+
+    --kiln-order   draws the head's initial weights and the data order as kiln does (SplitMix64
+                   from the run's seed), so only the arithmetic and the dropout masks differ; the
+                   JSON then also has each step's loss and gradient norm next to the run's own
+                   (metrics.jsonl). With a run trained with --dropout 0 and
+                   --no-attention-dropout here, nothing random is left and the two agree step by
+                   step to float rounding.
 """
 import argparse, json, math, os, random, sys, time
 
@@ -20,6 +27,50 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 from peft import LoraConfig, get_peft_model
 from sklearn.metrics import f1_score
+
+
+MASK64 = (1 << 64) - 1
+
+
+class SplitMix64:
+    """kiln's generator (src/util/rng.rs): shuffles and, with Box-Muller, the head's init."""
+
+    def __init__(self, seed):
+        self.state = seed & MASK64
+
+    def next_u64(self):
+        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        return z ^ (z >> 31)
+
+    def below(self, n):
+        return (self.next_u64() * n) >> 64
+
+    def shuffle(self, items):
+        for i in range(len(items) - 1, 0, -1):
+            j = self.below(i + 1)
+            items[i], items[j] = items[j], items[i]
+
+    def next_f64(self):
+        return (self.next_u64() >> 11) / float(1 << 53)
+
+    def normal(self, n, std):
+        out = []
+        for _ in range(n):
+            u1 = max(self.next_f64(), 1e-300)
+            u2 = self.next_f64()
+            out.append(math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2) * std)
+        return out
+
+
+def kiln_head_init(classifier, seed):
+    """src/models/classifier.rs's fresh_head: N(0, 0.02) from Rng(seed ^ 0xC1A551F1), bias 0."""
+    k, c = classifier.weight.shape
+    w = SplitMix64(seed ^ 0xC1A551F1).normal(k * c, 0.02)
+    classifier.weight.data = torch.tensor(w, dtype=torch.float32).reshape(k, c)
+    classifier.bias.data.zero_()
 
 
 def read_jsonl(path):
@@ -59,11 +110,18 @@ def main():
     ap.add_argument("--no-attention-dropout", action="store_true",
                     help="attention_probs_dropout_prob = 0, as kiln trains (its attention kernel keeps no "
                          "probabilities to drop)")
+    ap.add_argument("--kiln-order", action="store_true",
+                    help="kiln's head initialisation and data order (see above)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="another seed than the run's (for a study of the seed alone; the "
+                         "step-by-step comparison with the run then means nothing)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     s = json.load(open(os.path.join(args.run_dir, "settings.json")))
     t = s["train"]
+    if args.seed is not None:
+        t["seed"] = args.seed
     torch.manual_seed(t["seed"])
     random.seed(t["seed"])
     dev = torch.device(args.device)
@@ -89,6 +147,8 @@ def main():
     if s.get("dropout"):
         drop = s["dropout"]["classifier"]
     model = Classifier(body, len(labels), s["pooling"], drop)
+    if args.kiln_order:
+        kiln_head_init(model.classifier, t["seed"])
     strategy = t["strategy"]
     if strategy == "lora":
         lc = s["lora"]
@@ -130,9 +190,15 @@ def main():
             feats = torch.cat([inner.pooled(train_ids[i:i + bs].to(dev), train_mask[i:i + bs].to(dev))
                                for i in range(0, n, bs)])
     model.train()
-    step = 0
+    step, epoch, trace = 0, 0, []
     while step < steps:
-        order = torch.randperm(n)
+        if args.kiln_order:
+            kiln_order = list(range(n))
+            SplitMix64(t["seed"] + epoch).shuffle(kiln_order)
+            order = torch.tensor(kiln_order)
+        else:
+            order = torch.randperm(n)
+        epoch += 1
         for i in range(0, n, bs):
             idx = order[i:i + bs]
             y = train_y[idx].to(dev)
@@ -144,7 +210,10 @@ def main():
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if t.get("max_grad_norm"):
-                torch.nn.utils.clip_grad_norm_(params, t["max_grad_norm"])
+                norm = torch.nn.utils.clip_grad_norm_(params, t["max_grad_norm"])
+            else:
+                norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            trace.append((loss.item(), norm.item()))
             opt.step()
             sched.step()
             step += 1
@@ -162,13 +231,25 @@ def main():
     groups = [r.get("group") for r in data["test"]]
     hard = [i for i, g in enumerate(groups) if g == "hard-ham-1"]
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    steps_vs_kiln = None
+    if args.kiln_order and args.seed is None:
+        events = [json.loads(l) for l in open(os.path.join(args.run_dir, "metrics.jsonl")) if l.strip()]
+        kiln_steps = [(e["loss"], e["grad_norm"]) for e in events if e.get("event") == "step"]
+        pairs = list(zip(trace, kiln_steps))
+        steps_vs_kiln = {
+            "steps": len(pairs),
+            "max_abs_loss_diff": max(abs(a[0] - b[0]) for a, b in pairs),
+            "max_rel_grad_norm_diff": max(abs(a[1] - b[1]) / max(abs(b[1]), 1e-12) for a, b in pairs),
+            "torch": trace, "kiln": kiln_steps,
+        }
     print(json.dumps({
-        "strategy": strategy, "trainable_parameters": trainable, "steps": steps,
+        "strategy": strategy, "seed": t["seed"], "kiln_draws": args.kiln_order, "trainable_parameters": trainable, "steps": steps,
         "macro_f1": f1_score(test_y.numpy(), pred.numpy(), average="macro"),
         "accuracy": (pred == test_y).float().mean().item(),
         "hard_ham_recall": sum(int(pred[i] == test_y[i]) for i in hard) / max(1, len(hard)),
         "hard_ham": len(hard), "wall_seconds": time.time() - start, "train_seconds": train_s,
         "device": device_name, "torch": torch.__version__,
+        **({"kiln_order": steps_vs_kiln} if steps_vs_kiln else {}),
     }))
 
 
