@@ -46,8 +46,8 @@ fn kernels(c: &mut Criterion) {
         run_case(c, &gpu, bench::matmul_case(&gpu, mm).expect("matmul case"));
         gpu.trim_pool();
     }
-    for t in bench::attention_lengths(scale) {
-        for case in bench::attention_cases(&gpu, t).expect("attention cases") {
+    for shape in bench::attention_shapes(scale) {
+        for case in bench::attention_cases(&gpu, shape).expect("attention cases") {
             run_case(c, &gpu, case);
         }
         gpu.trim_pool();

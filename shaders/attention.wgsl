@@ -22,8 +22,9 @@
 // t + q_offset (the cached tokens before it). Training passes have kv_seq = kv_len = T, q_offset 0.
 //
 // D (head dim) is a constant from the host-prepended header, so the per-row arrays live in
-// registers. Workgroups take 64 rows of one (batch, head) and stage 16 keys (or queries) at a
-// time in workgroup memory, 2 * 16 * D floats.
+// registers. Rows are held as D4 = ceil(D / 4) vec4s (zeros past D): one load from workgroup
+// memory then feeds four multiply-adds. Workgroups take 64 rows of one (batch, head) and stage
+// 16 keys (or queries) at a time in workgroup memory, 2 * 16 * D4 vec4s.
 
 struct Params {
     batch: u32,
@@ -48,9 +49,12 @@ struct Params {
 
 const WG: u32 = 64u;
 const KT: u32 = 16u;
+const D4: u32 = (D + 3u) / 4u;
+// The score of a key a query may not see, below any real score.
+const NO_KEY: f32 = -3.0e38;
 
-var<workgroup> tile_a: array<f32, KT * D>;
-var<workgroup> tile_b: array<f32, KT * D>;
+var<workgroup> tile_a: array<vec4<f32>, KT * D4>;
+var<workgroup> tile_b: array<vec4<f32>, KT * D4>;
 // Per staged key: 0 if it may not be attended to, else its segment (1 without packing).
 var<workgroup> tile_valid: array<u32, KT>;
 // Per staged query (dk/dv pass): its segment, 0 when it may see every key.
@@ -100,16 +104,36 @@ fn visible(tag: u32, seg: u32) -> bool {
     return tag != 0u && (seg == 0u || tag == seg);
 }
 
+// Elements 4c .. 4c+3 of a row that starts at `base`, zeros past D. One function per binding:
+// WGSL passes no pointers to storage buffers.
+fn q4(base: u32, c: u32) -> vec4<f32> {
+    var x = vec4(0.0);
+    for (var e = 0u; e < 4u; e++) { if (4u * c + e < D) { x[e] = q_in[base + 4u * c + e]; } }
+    return x;
+}
+
+fn k4(base: u32, c: u32) -> vec4<f32> {
+    var x = vec4(0.0);
+    for (var e = 0u; e < 4u; e++) { if (4u * c + e < D) { x[e] = k_in[base + 4u * c + e]; } }
+    return x;
+}
+
+fn v4(base: u32, c: u32) -> vec4<f32> {
+    var x = vec4(0.0);
+    for (var e = 0u; e < 4u; e++) { if (4u * c + e < D) { x[e] = v_in[base + 4u * c + e]; } }
+    return x;
+}
+
 // Stages keys j0 .. j0+KT of key/value head hk: K into tile_a, V into tile_b (zeros past the
 // end), and whether each may be attended to into tile_valid. Call between barriers.
 fn load_kv_tile(b: u32, hk: u32, j0: u32, lid: u32) {
-    for (var i = lid; i < KT * D; i += WG) {
-        let j = j0 + i / D;
-        var kv = 0.0;
-        var vv = 0.0;
+    for (var i = lid; i < KT * D4; i += WG) {
+        let j = j0 + i / D4;
+        var kv = vec4(0.0);
+        var vv = vec4(0.0);
         if (j < p.kv_len) {
-            kv = k_in[kv_index(b, j, hk) + i % D];
-            vv = v_in[kv_index(b, j, hk) + i % D];
+            kv = k4(kv_index(b, j, hk), i % D4);
+            vv = v4(kv_index(b, j, hk), i % D4);
         }
         tile_a[i] = kv;
         tile_b[i] = vv;
@@ -134,11 +158,11 @@ fn query_row(wg: vec3<u32>, lid: u32) -> QueryRow {
 }
 
 // The query row times the scale (zeros past the end), as both passes over query rows hold it.
-fn scaled_query(r: QueryRow) -> array<f32, D> {
-    var q: array<f32, D>;
-    for (var d = 0u; d < D; d++) {
-        q[d] = 0.0;
-        if (r.valid) { q[d] = q_in[q_index(r.b, r.t, r.h) + d] * p.scale; }
+fn scaled_query(r: QueryRow) -> array<vec4<f32>, D4> {
+    var q: array<vec4<f32>, D4>;
+    for (var c = 0u; c < D4; c++) {
+        q[c] = vec4(0.0);
+        if (r.valid) { q[c] = q4(q_index(r.b, r.t, r.h), c) * p.scale; }
     }
     return q;
 }
@@ -148,15 +172,15 @@ fn scaled_query(r: QueryRow) -> array<f32, D> {
 // key, or the scaled key against a staged query), p = exp(s - lse), dp = y . tile_b[row] (dout
 // against a staged value, or the value against a staged dout), ds = p (dp - delta).
 // Returns (p, ds).
-fn prob_and_ds(x: ptr<function, array<f32, D>>, y: ptr<function, array<f32, D>>, row: u32, lse: f32, delta: f32) -> vec2<f32> {
-    var s = 0.0;
-    var dp = 0.0;
-    for (var d = 0u; d < D; d++) {
-        s = fma((*x)[d], tile_a[row * D + d], s);
-        dp = fma((*y)[d], tile_b[row * D + d], dp);
+fn prob_and_ds(x: ptr<function, array<vec4<f32>, D4>>, y: ptr<function, array<vec4<f32>, D4>>, row: u32, lse: f32, delta: f32) -> vec2<f32> {
+    var s = vec4(0.0);
+    var dp = vec4(0.0);
+    for (var c = 0u; c < D4; c++) {
+        s = fma((*x)[c], tile_a[row * D4 + c], s);
+        dp = fma((*y)[c], tile_b[row * D4 + c], dp);
     }
-    let pr = exp(s - lse);
-    return vec2(pr, pr * (dp - delta));
+    let pr = exp(s.x + s.y + s.z + s.w - lse);
+    return vec2(pr, pr * (dp.x + dp.y + dp.z + dp.w - delta));
 }
 
 // ---- forward ----
@@ -167,9 +191,9 @@ fn prob_and_ds(x: ptr<function, array<f32, D>>, y: ptr<function, array<f32, D>>,
 fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let r = query_row(wg, lid);
     var q = scaled_query(r);
-    var acc: array<f32, D>;
-    for (var d = 0u; d < D; d++) { acc[d] = 0.0; }
-    var m = -3.0e38;
+    var acc: array<vec4<f32>, D4>;
+    for (var c = 0u; c < D4; c++) { acc[c] = vec4(0.0); }
+    var m = NO_KEY;
     var l = 0.0;
     var seg = 0u;
     if (r.valid) { seg = query_segment(r.b, r.t + p.q_offset); }
@@ -180,21 +204,27 @@ fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
         workgroupBarrier();
         load_kv_tile(r.b, r.hk, j0, lid);
         workgroupBarrier();
-        if (r.valid) {
-            for (var jj = 0u; jj < KT; jj++) {
-                let j = j0 + jj;
-                if (!visible(tile_valid[jj], seg) || !in_reach(r.t + p.q_offset, j)) { continue; }
-                var s = 0.0;
-                for (var d = 0u; d < D; d++) { s = fma(q[d], tile_a[jj * D + d], s); }
-                // Online softmax: rescale what was summed under the old max.
-                let m_new = max(m, s);
-                let corr = exp(m - m_new);
-                let e = exp(s - m_new);
-                l = l * corr + e;
-                for (var d = 0u; d < D; d++) { acc[d] = acc[d] * corr + e * tile_b[jj * D + d]; }
-                m = m_new;
-            }
+        // The tile's scores first, then one rescale under the tile's max (online softmax); a key
+        // this query may not see scores NO_KEY. Rows past the end run on zeros and are not
+        // written.
+        var s: array<f32, KT>;
+        var m_new = m;
+        for (var jj = 0u; jj < KT; jj++) {
+            var dot4 = vec4(0.0);
+            for (var c = 0u; c < D4; c++) { dot4 = fma(q[c], tile_a[jj * D4 + c], dot4); }
+            let seen = visible(tile_valid[jj], seg) && in_reach(r.t + p.q_offset, j0 + jj);
+            s[jj] = select(NO_KEY, dot4.x + dot4.y + dot4.z + dot4.w, seen);
+            m_new = max(m_new, s[jj]);
         }
+        let corr = exp(m - m_new);
+        l *= corr;
+        for (var c = 0u; c < D4; c++) { acc[c] *= corr; }
+        for (var jj = 0u; jj < KT; jj++) {
+            let e = select(0.0, exp(s[jj] - m_new), s[jj] > NO_KEY);
+            l += e;
+            for (var c = 0u; c < D4; c++) { acc[c] = fma(vec4(e), tile_b[jj * D4 + c], acc[c]); }
+        }
+        m = m_new;
     }
     if (!r.valid) { return; }
     // A row with no key to attend to (all padding) outputs zeros; its lse is never used,
@@ -202,7 +232,8 @@ fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
     var inv_l = 0.0;
     var lse = 0.0;
     if (l > 0.0) { inv_l = 1.0 / l; lse = m + log(l); }
-    for (var d = 0u; d < D; d++) { f_out[q_index(r.b, r.t, r.h) + d] = acc[d] * inv_l; }
+    let base = q_index(r.b, r.t, r.h);
+    for (var d = 0u; d < D; d++) { f_out[base + d] = acc[d / 4u][d % 4u] * inv_l; }
     f_stats[stat_index(r.b, r.h, r.t)] = lse;
 }
 
@@ -232,14 +263,17 @@ fn attn_delta(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
 fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let r = query_row(wg, lid);
     var q = scaled_query(r);
-    var dout: array<f32, D>;
-    var dq: array<f32, D>;
+    var dout: array<vec4<f32>, D4>;
+    var dq: array<vec4<f32>, D4>;
     var lse = 0.0;
     var delta = 0.0;
-    for (var d = 0u; d < D; d++) {
-        dout[d] = 0.0;
-        dq[d] = 0.0;
-        if (r.valid) { dout[d] = q_dout[q_index(r.b, r.t, r.h) + d]; }
+    let base = q_index(r.b, r.t, r.h);
+    for (var c = 0u; c < D4; c++) {
+        dout[c] = vec4(0.0);
+        dq[c] = vec4(0.0);
+        if (r.valid) {
+            for (var e = 0u; e < 4u; e++) { if (4u * c + e < D) { dout[c][e] = q_dout[base + 4u * c + e]; } }
+        }
     }
     var seg = 0u;
     if (r.valid) {
@@ -253,19 +287,16 @@ fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         workgroupBarrier();
         load_kv_tile(r.b, r.hk, j0, lid);
         workgroupBarrier();
-        if (r.valid) {
-            for (var jj = 0u; jj < KT; jj++) {
-                let j = j0 + jj;
-                if (!visible(tile_valid[jj], seg) || !in_reach(r.t, j)) { continue; }
-                let ds = prob_and_ds(&q, &dout, jj, lse, delta).y;
-                for (var d = 0u; d < D; d++) { dq[d] = fma(ds, tile_a[jj * D + d], dq[d]); }
-            }
+        for (var jj = 0u; jj < KT; jj++) {
+            let seen = visible(tile_valid[jj], seg) && in_reach(r.t, j0 + jj);
+            let ds = select(0.0, prob_and_ds(&q, &dout, jj, lse, delta).y, seen);
+            for (var c = 0u; c < D4; c++) { dq[c] = fma(vec4(ds), tile_a[jj * D4 + c], dq[c]); }
         }
     }
     if (!r.valid) { return; }
     for (var d = 0u; d < D; d++) {
-        let idx = q_index(r.b, r.t, r.h) + d;
-        let v = dq[d] * p.scale;
+        let idx = base + d;
+        let v = dq[d / 4u][d % 4u] * p.scale;
         if (p.accumulate != 0u) { q_dq[idx] += v; } else { q_dq[idx] = v; }
     }
 }
@@ -277,6 +308,12 @@ fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 @group(0) @binding(7) var<storage, read_write> k_dk: array<f32>;
 @group(0) @binding(8) var<storage, read_write> k_dv: array<f32>;
 
+fn dout4(base: u32, c: u32) -> vec4<f32> {
+    var x = vec4(0.0);
+    for (var e = 0u; e < 4u; e++) { if (4u * c + e < D) { x[e] = k_dout[base + 4u * c + e]; } }
+    return x;
+}
+
 @compute @workgroup_size(64)
 fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let b = wg.y / p.hkv;
@@ -286,18 +323,18 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let tag = key_valid(b, j);
     let this_key_valid = tag != 0u;
 
-    var k: array<f32, D>;
-    var v: array<f32, D>;
-    var dk: array<f32, D>;
-    var dv: array<f32, D>;
-    for (var d = 0u; d < D; d++) {
-        k[d] = 0.0;
-        v[d] = 0.0;
-        dk[d] = 0.0;
-        dv[d] = 0.0;
+    var k: array<vec4<f32>, D4>;
+    var v: array<vec4<f32>, D4>;
+    var dk: array<vec4<f32>, D4>;
+    var dv: array<vec4<f32>, D4>;
+    for (var c = 0u; c < D4; c++) {
+        k[c] = vec4(0.0);
+        v[c] = vec4(0.0);
+        dk[c] = vec4(0.0);
+        dv[c] = vec4(0.0);
         if (this_key_valid) {
-            k[d] = k_in[kv_index(b, j, hk) + d] * p.scale;
-            v[d] = v_in[kv_index(b, j, hk) + d];
+            k[c] = k4(kv_index(b, j, hk), c) * p.scale;
+            v[c] = v4(kv_index(b, j, hk), c);
         }
     }
     // Causal: queries before this block's first key never see any of its keys; with a window,
@@ -311,13 +348,13 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         let h = hk * group + g;
         for (var i0 = q_start; i0 < q_end; i0 += KT) {
             workgroupBarrier();
-            for (var x = lid; x < KT * D; x += WG) {
-                let i = i0 + x / D;
-                var qv = 0.0;
-                var dov = 0.0;
+            for (var x = lid; x < KT * D4; x += WG) {
+                let i = i0 + x / D4;
+                var qv = vec4(0.0);
+                var dov = vec4(0.0);
                 if (i < p.seq) {
-                    qv = q_in[q_index(b, i, h) + x % D];
-                    dov = k_dout[q_index(b, i, h) + x % D];
+                    qv = q4(q_index(b, i, h), x % D4);
+                    dov = dout4(q_index(b, i, h), x % D4);
                 }
                 tile_a[x] = qv;
                 tile_b[x] = dov;
@@ -335,29 +372,29 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
                 tile_qseg[lid] = query_segment(b, i);
             }
             workgroupBarrier();
-            if (this_key_valid) {
-                for (var ii = 0u; ii < KT; ii++) {
-                    let i = i0 + ii;
-                    if (i >= p.seq || !visible(tag, tile_qseg[ii]) || !in_reach(i, j)) { continue; }
-                    let pds = prob_and_ds(&k, &v, ii, tile_s0[ii], tile_s1[ii]);
-                    for (var d = 0u; d < D; d++) {
-                        dv[d] = fma(pds.x, tile_b[ii * D + d], dv[d]);
-                        dk[d] = fma(pds.y, tile_a[ii * D + d], dk[d]);
-                    }
+            for (var ii = 0u; ii < KT; ii++) {
+                let i = i0 + ii;
+                let seen = this_key_valid && i < p.seq && visible(tag, tile_qseg[ii]) && in_reach(i, j);
+                let pds = select(vec2(0.0), prob_and_ds(&k, &v, ii, tile_s0[ii], tile_s1[ii]), seen);
+                for (var c = 0u; c < D4; c++) {
+                    dv[c] = fma(vec4(pds.x), tile_b[ii * D4 + c], dv[c]);
+                    dk[c] = fma(vec4(pds.y), tile_a[ii * D4 + c], dk[c]);
                 }
             }
         }
     }
     if (j >= p.seq) { return; }
+    let base = kv_index(b, j, hk);
     for (var d = 0u; d < D; d++) {
-        let idx = kv_index(b, j, hk) + d;
-        let dkv = dk[d] * p.scale;
+        let idx = base + d;
+        let dkv = dk[d / 4u][d % 4u] * p.scale;
+        let dvv = dv[d / 4u][d % 4u];
         if (p.accumulate != 0u) {
             k_dk[idx] += dkv;
-            k_dv[idx] += dv[d];
+            k_dv[idx] += dvv;
         } else {
             k_dk[idx] = dkv;
-            k_dv[idx] = dv[d];
+            k_dv[idx] = dvv;
         }
     }
 }

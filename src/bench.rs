@@ -262,42 +262,78 @@ pub fn matmul_shapes(scale: Scale) -> Vec<Matmul> {
     v
 }
 
-pub fn attention_lengths(scale: Scale) -> Vec<usize> {
-    match scale {
-        Scale::Small => vec![128, 512],
-        Scale::Full => vec![128, 512, 1024, 2048],
+/// One attention benchmark: the shape, whether it is causal, and whether keys are padded.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub heads: usize,
+    pub seq: usize,
+    pub head_dim: usize,
+    pub causal: bool,
+    /// A key mask with padding: row b keeps its first `seq - 4b` tokens, as a batch of
+    /// e-mails of different lengths does.
+    pub padded: bool,
+}
+
+impl AttentionShape {
+    fn decoder(seq: usize) -> Self {
+        AttentionShape { batch: 1, heads: 12, seq, head_dim: 64, causal: true, padded: false }
+    }
+
+    fn describe(&self) -> String {
+        let AttentionShape { batch: b, heads: h, seq: t, head_dim: d, .. } = *self;
+        let kind = if self.causal { " causal" } else { "" };
+        let mask = if self.padded { " padded" } else { "" };
+        format!("b{b} h{h} t{t} d{d}{kind}{mask}")
     }
 }
 
-/// Attention forward and backward at sequence length `t` (12 heads of 64, causal).
-pub fn attention_cases(gpu: &Gpu, t: usize) -> Result<Vec<Case<'_>>> {
-    let (b, h, d) = (1, 12, 64);
-    let spec = AttentionSpec::new(b, t, h, h, d, true);
+/// The main job's attention (MiniLM: 8 e-mails of 64 tokens, 12 heads of 32, padded keys), then
+/// a decoder's (12 heads of 64, causal) at growing lengths.
+pub fn attention_shapes(scale: Scale) -> Vec<AttentionShape> {
+    let minilm = AttentionShape { batch: 8, heads: 12, seq: 64, head_dim: 32, causal: false, padded: true };
+    let lengths: &[usize] = match scale {
+        Scale::Small => &[128, 512],
+        Scale::Full => &[128, 512, 1024, 2048],
+    };
+    std::iter::once(minilm).chain(lengths.iter().map(|&t| AttentionShape::decoder(t))).collect()
+}
+
+/// Attention forward and backward at one shape.
+pub fn attention_cases(gpu: &Gpu, shape: AttentionShape) -> Result<Vec<Case<'_>>> {
+    let AttentionShape { batch: b, heads: h, seq: t, head_dim: d, .. } = shape;
+    let spec = AttentionSpec::new(b, t, h, h, d, shape.causal);
     let q = random(gpu, &[b, t, h, d], 1)?;
     let k = random(gpu, &[b, t, h, d], 2)?;
     let v = random(gpu, &[b, t, h, d], 3)?;
-    let fwd = attention::forward(gpu, &spec, &q, &k, &v, None)?;
+    let mask = if shape.padded {
+        let keep: Vec<u32> = (0..b * t).map(|i| u32::from(i % t < t.saturating_sub(4 * (i / t)).max(1))).collect();
+        Some(Tensor::from_u32(gpu, &keep, &[b, t])?)
+    } else {
+        None
+    };
+    let fwd = attention::forward(gpu, &spec, &q, &k, &v, mask.as_ref())?;
     let dout = random(gpu, &[b, t, h, d], 4)?;
     let grads = [
         Tensor::empty(gpu, &[b, t, h, d], DType::F32)?,
         Tensor::empty(gpu, &[b, t, h, d], DType::F32)?,
         Tensor::empty(gpu, &[b, t, h, d], DType::F32)?,
     ];
-    let shape = format!("b{b} h{h} t{t} d{d} causal");
+    let described = shape.describe();
     let flops = spec.forward_flops();
-    let (q2, k2, v2) = (q.clone(), k.clone(), v.clone());
+    let (q2, k2, v2, mask2) = (q.clone(), k.clone(), v.clone(), mask.clone());
     Ok(vec![
         Case {
             kernel: "attention_fwd".into(),
-            shape: shape.clone(),
+            shape: described.clone(),
             flops,
             bytes: 0.0,
             bound: Bound::Compute,
-            run: Box::new(move || attention::forward(gpu, &spec, &q, &k, &v, None).map(drop)),
+            run: Box::new(move || attention::forward(gpu, &spec, &q, &k, &v, mask.as_ref()).map(drop)),
         },
         Case {
             kernel: "attention_bwd".into(),
-            shape,
+            shape: described,
             // FlashAttention's convention: the backward does 2.5× the forward's work.
             flops: 2.5 * flops,
             bytes: 0.0,
@@ -309,7 +345,7 @@ pub fn attention_cases(gpu: &Gpu, t: usize) -> Result<Vec<Case<'_>>> {
                     &q2,
                     &k2,
                     &v2,
-                    None,
+                    mask2.as_ref(),
                     &fwd,
                     &dout,
                     (&grads[0], &grads[1], &grads[2]),

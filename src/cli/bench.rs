@@ -101,8 +101,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     gpu.trim_pool();
     if wanted("attention") {
-        for t in bench::attention_lengths(scale) {
-            for mut case in bench::attention_cases(&gpu, t)? {
+        for shape in bench::attention_shapes(scale) {
+            for mut case in bench::attention_cases(&gpu, shape)? {
                 record(bench::measure(&gpu, &mut case)?, &mut figures);
             }
             gpu.trim_pool();

@@ -136,6 +136,11 @@ impl Gpu {
             ..Default::default()
         }))
         .map_err(|e| Error::RequestDevice { adapter: adapter::describe(&info), reason: e.to_string() })?;
+        // No binding past 4 GiB, whatever the backend allows: the shaders index with u32, and
+        // their loops end only because no element count comes near 2^32
+        // (`pipelines::runtime_checks`).
+        let mut limits = limits;
+        limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(u64::from(u32::MAX));
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {

@@ -155,10 +155,13 @@ impl PipelineCache {
             })?;
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let desc = wgpu::ShaderModuleDescriptor {
             label: Some(spec.file.name),
             source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
+        };
+        // SAFETY: `runtime_checks` turns off only wgpu's loop bounding, and every loop in
+        // shaders/ ends (see there).
+        let module = unsafe { device.create_shader_module_trusted(desc, runtime_checks()) };
         if let Some(err) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader { file: spec.file.name, entry: spec.entry, message: err.to_string() });
         }
@@ -166,6 +169,26 @@ impl PipelineCache {
         modules.insert(key, module.clone());
         Ok(module)
     }
+}
+
+/// The runtime checks kiln's shaders are compiled with: wgpu's, less its loop bounding.
+///
+/// wgpu guards every loop against running forever with a counter it adds to the loop. That
+/// counter hides the trip count, so the driver's compiler no longer unrolls the short loops
+/// over a row held in registers (attention's head dim, matvec's columns) and keeps the row in
+/// memory instead: on lavapipe the MiniLM training step is about 15% slower with it
+/// (README, "Performance"). kiln's loops all end: each runs to a constant or to an element count
+/// of a bound buffer, and the host keeps bindings under `max_storage_buffer_binding_size` (at
+/// most 4 GiB, so under 2^30 four-byte elements) and grids under 2^22 invocations per stride,
+/// so no counter can wrap past its bound. Bounds checks on buffers and arrays stay on.
+///
+/// `KILN_SHADER_CHECKS=all` restores wgpu's full checks, to compare or to rule them out.
+fn runtime_checks() -> wgpu::ShaderRuntimeChecks {
+    let mut checks = wgpu::ShaderRuntimeChecks::checked();
+    if std::env::var("KILN_SHADER_CHECKS").as_deref() != Ok("all") {
+        checks.force_loop_bounding = false;
+    }
+    checks
 }
 
 fn bind_group_layout(device: &wgpu::Device, spec: &KernelSpec) -> wgpu::BindGroupLayout {
