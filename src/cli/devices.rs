@@ -25,6 +25,29 @@ struct Row {
     max_compute_workgroup_storage_size: u32,
     max_compute_invocations_per_workgroup: u32,
     matmul_tile: String,
+    /// What faster kernels could use, where the adapter has it: subgroup operations (with its
+    /// subgroup sizes), f16 arithmetic, timestamp queries (the profiler's GPU times) and
+    /// cooperative matrices (tensor cores).
+    features: Vec<String>,
+}
+
+fn features(adapter: &wgpu::Adapter) -> Vec<String> {
+    let have = adapter.features();
+    let info = adapter.get_info();
+    let mut out = Vec::new();
+    if have.contains(wgpu::Features::SUBGROUP) {
+        out.push(format!("subgroups {}-{}", info.subgroup_min_size, info.subgroup_max_size));
+    }
+    for (feature, name) in [
+        (wgpu::Features::SHADER_F16, "shader-f16"),
+        (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
+        (wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX, "cooperative-matrix"),
+    ] {
+        if have.contains(feature) {
+            out.push(name.to_string());
+        }
+    }
+    out
 }
 
 pub fn run(args: DevicesArgs) -> Result<()> {
@@ -46,6 +69,7 @@ pub fn run(args: DevicesArgs) -> Result<()> {
                 max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
                 max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
                 matmul_tile: crate::kernels::matmul::tile_for_adapter(&info).to_string(),
+                features: features(a),
             }
         })
         .collect();
@@ -66,6 +90,12 @@ pub fn run(args: DevicesArgs) -> Result<()> {
             r.max_compute_invocations_per_workgroup,
             r.matmul_tile
         );
+        let features = if r.features.is_empty() {
+            "none of subgroups, f16, timestamps, cooperative matrices".to_string()
+        } else {
+            r.features.join(", ")
+        };
+        println!("    features: {features}");
     }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! per subject: `kiln train` on the tiny Llama and the tiny BERT ([`train`]), training then
 //! `generate` and `export --merge` ([`export`]), `kiln data` ([`data`]), `kiln eval` ([`eval`]),
 //! `kiln tune` ([`tune`]), `kiln bench` ([`bench`]), the memory savers (16-bit bases,
-//! checkpointing, packing: [`memory`]), DoRA ([`dora`]) and `kiln train` on images ([`vision`]).
+//! checkpointing, packing: [`memory`]), DoRA ([`dora`]), `kiln train` on images ([`vision`])
+//! and `kiln devices` ([`devices`]).
 //!
 //! A command is built with [`kiln`] (`kiln("train").model(&ws.model).data(&ws.data)...`), run
 //! with [`Kiln::run`] (it must succeed) or [`Kiln::fails_naming`] (it must fail, without a panic,
@@ -15,6 +16,7 @@ mod common;
 
 mod bench;
 mod data;
+mod devices;
 mod dora;
 mod eval;
 mod export;
