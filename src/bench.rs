@@ -250,6 +250,10 @@ pub fn matmul_shapes(scale: Scale) -> Vec<Matmul> {
     v.push(Matmul::new(tokens, 8, 384).trans_b(true));
     v.push(Matmul::new(tokens, 8, 384));
     v.push(Matmul::new(384, 8, tokens).trans_a(true));
+    // The LoRA products with K = 8 and a full tile of outputs: the forward's (x·Aᵀ)·Bᵀ and the
+    // backward's dx += dh·A.
+    v.push(Matmul::new(tokens, 384, 8).trans_b(true));
+    v.push(Matmul::new(tokens, 384, 8));
     // Generation with a KV cache: x[M, C]·Wᵀ with W stored [out, in] (nn.Linear), SmolLM2-135M
     // sizes: the LM head, the MLP up and down projections, and a few rows at once; then one
     // with W stored [in, out] (GPT-2's Conv1D).

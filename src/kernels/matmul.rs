@@ -62,6 +62,14 @@ impl MatmulTile {
         4 * self.bk * (self.bm + self.bn)
     }
 
+    /// This tile with its K slice cut to the product's depth, in powers of two down to 4: a
+    /// slice deeper than K stages and multiplies zeros (LoRA's products through rank r have
+    /// K = r). On lavapipe 1024×384×8 takes about a third less time with BK 8 than with 16.
+    pub fn for_depth(self, k: usize) -> MatmulTile {
+        let bk = u32::try_from(k.max(4).next_power_of_two()).unwrap_or(u32::MAX).min(self.bk);
+        MatmulTile { bk, ..self }
+    }
+
     /// Whether the adapter can run this shape at all.
     pub fn fits(&self, limits: &wgpu::Limits) -> bool {
         self.tm.is_multiple_of(4)
@@ -431,7 +439,7 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
         let bindings = [("a", Some(b)), ("b", Some(a)), ("bias", bias), ("c", Some(c))];
         return gpu.dispatch(OP, &spec, bytemuck::bytes_of(&swapped), &bindings, groups);
     } else {
-        let tile = tile(gpu);
+        let tile = tile(gpu).for_depth(mm.k);
         header = tile.header();
         spec = KernelSpec { file: shader!("matmul"), entry: "matmul", header: &header, access };
         groups = [(mm.n as u32).div_ceil(tile.bn), (mm.m as u32).div_ceil(tile.bm), batch];

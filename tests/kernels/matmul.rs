@@ -51,7 +51,18 @@ fn awkward_shapes(tile: MatmulTile) {
     let saved = matmul::tile(gpu);
     matmul::set_tile(gpu, tile);
     let mut rng = Rng::new(1);
-    let shapes = [(1, 1, 1), (7, 13, 129), (1, 65, 3), (33, 1, 17), (129, 65, 31), (64, 64, 64), (65, 130, 257)];
+    // (40, 70, 3) and (129, 65, 8) take a K slice cut to their depth (`MatmulTile::for_depth`).
+    let shapes = [
+        (1, 1, 1),
+        (7, 13, 129),
+        (1, 65, 3),
+        (33, 1, 17),
+        (129, 65, 31),
+        (64, 64, 64),
+        (65, 130, 257),
+        (40, 70, 3),
+        (129, 65, 8),
+    ];
     for &(m, n, k) in &shapes {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             case(&mut rng, Matmul::new(m, n, k).trans_a(ta).trans_b(tb), false, false, false);
@@ -76,6 +87,16 @@ fn matmul_awkward_shapes_adapter_tile() {
 fn matmul_awkward_shapes_small_tile() {
     let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     awkward_shapes(MatmulTile::new(64, 64, 8, 8, 8));
+}
+
+/// A product shallower than the tile's K slice stages a slice cut to its depth (powers of two
+/// down to 4); deeper ones keep the tile's.
+#[test]
+fn matmul_k_slice_follows_the_depth() {
+    let t = MatmulTile::new(128, 128, 16, 8, 8);
+    let got = [1, 3, 4, 5, 8, 9, 16, 17, 1000].map(|k| t.for_depth(k).bk);
+    assert_eq!(got, [4, 4, 4, 8, 8, 16, 16, 16, 16]);
+    assert_eq!(MatmulTile::new(64, 64, 8, 4, 4).for_depth(100), MatmulTile::new(64, 64, 8, 4, 4));
 }
 
 #[test]
