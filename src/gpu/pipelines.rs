@@ -177,7 +177,7 @@ impl PipelineCache {
 /// counter hides the trip count, so the driver's compiler no longer unrolls the short loops
 /// over a row held in registers (attention's head dim, matvec's columns) and keeps the row in
 /// memory instead: on lavapipe the MiniLM training step is about 15% slower with it
-/// (README, "Performance"). kiln's loops all end: each runs to a constant or to an element count
+/// (README, "Whole training steps and where their time goes"). kiln's loops all end: each runs to a constant or to an element count
 /// of a bound buffer, and the host keeps bindings under `max_storage_buffer_binding_size` (at
 /// most 4 GiB, so under 2^30 four-byte elements) and grids under 2^22 invocations per stride,
 /// so no counter can wrap past its bound. Bounds checks on buffers and arrays stay on.
