@@ -179,8 +179,10 @@ impl PipelineCache {
 /// memory instead: on lavapipe the MiniLM training step is about 15% slower with it
 /// (README, "Whole training steps and where their time goes"). kiln's loops all end: each runs to a constant or to an element count
 /// of a bound buffer, and the host keeps bindings under `max_storage_buffer_binding_size` (at
-/// most 4 GiB, so under 2^30 four-byte elements) and grids under 2^22 invocations per stride,
-/// so no counter can wrap past its bound. Bounds checks on buffers and arrays stay on.
+/// most 4 GiB, so under 2^30 four-byte elements). A loop steps by its workgroup size or, in the
+/// grid-stride kernels, by its grid, which is at most 2^22 invocations (`Gpu::grid_stride`) or
+/// one per element rounded up to whole workgroups; either way no counter passes 2^32, so none
+/// wraps back under its bound. Bounds checks on buffers and arrays stay on.
 ///
 /// `KILN_SHADER_CHECKS=all` restores wgpu's full checks, to compare or to rule them out.
 fn runtime_checks() -> wgpu::ShaderRuntimeChecks {
