@@ -176,10 +176,12 @@ impl PipelineCache {
 /// wgpu guards every loop against running forever with a counter it adds to the loop. That
 /// counter hides the trip count, so the driver's compiler no longer unrolls the short loops
 /// over a row held in registers (attention's head dim, matvec's columns) and keeps the row in
-/// memory instead: on lavapipe the MiniLM training step is about 15% slower with it
-/// (README, "Whole training steps and where their time goes"). kiln's loops all end: each runs to a constant or to an element count
-/// of a bound buffer, and the host keeps bindings under `max_storage_buffer_binding_size` (at
-/// most 4 GiB, so under 2^30 four-byte elements). A loop steps by its workgroup size or, in the
+/// memory instead: on lavapipe the MiniLM training step is about 15% slower with it (README,
+/// "Whole training steps and where their time goes").
+///
+/// kiln's loops all end: each runs to a constant or to an element count of a bound buffer, and
+/// the host keeps bindings under `max_storage_buffer_binding_size` (at most 4 GiB, so under
+/// 2^30 four-byte elements). A loop steps by its workgroup size or, in the
 /// grid-stride kernels, by its grid, which is at most 2^22 invocations (`Gpu::grid_stride`) or
 /// one per element rounded up to whole workgroups; either way no counter passes 2^32, so none
 /// wraps back under its bound. Bounds checks on buffers and arrays stay on.
