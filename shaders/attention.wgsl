@@ -253,10 +253,18 @@ fn attn_delta(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     d_stats[p.batch * p.hq * p.seq + stat_index(b, h, t)] = s;
 }
 
+// Bindings 5 and 6 are the same in both passes over queries and keys: dout and the statistics.
+@group(0) @binding(5) var<storage, read> b_dout: array<f32>;
+@group(0) @binding(6) var<storage, read> b_stats: array<f32>;
+
+fn dout4(base: u32, c: u32) -> vec4<f32> {
+    var x = vec4(0.0);
+    for (var e = 0u; e < 4u; e++) { if (4u * c + e < D) { x[e] = b_dout[base + 4u * c + e]; } }
+    return x;
+}
+
 // ---- backward: dq, per query row ----
 // ds_ij = p_ij (dout_i . v_j - delta_i);  dq_i = scale * sum_j ds_ij k_j
-@group(0) @binding(5) var<storage, read> q_dout: array<f32>;
-@group(0) @binding(6) var<storage, read> q_stats: array<f32>;
 @group(0) @binding(7) var<storage, read_write> q_dq: array<f32>;
 
 @compute @workgroup_size(64)
@@ -271,14 +279,12 @@ fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     for (var c = 0u; c < D4; c++) {
         dout[c] = vec4(0.0);
         dq[c] = vec4(0.0);
-        if (r.valid) {
-            for (var e = 0u; e < 4u; e++) { if (4u * c + e < D) { dout[c][e] = q_dout[base + 4u * c + e]; } }
-        }
+        if (r.valid) { dout[c] = dout4(base, c); }
     }
     var seg = 0u;
     if (r.valid) {
-        lse = q_stats[stat_index(r.b, r.h, r.t)];
-        delta = q_stats[p.batch * p.hq * p.seq + stat_index(r.b, r.h, r.t)];
+        lse = b_stats[stat_index(r.b, r.h, r.t)];
+        delta = b_stats[p.batch * p.hq * p.seq + stat_index(r.b, r.h, r.t)];
         seg = query_segment(r.b, r.t);
     }
     var key_end = p.seq;
@@ -303,16 +309,8 @@ fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 
 // ---- backward: dk, dv, per key row of one key/value head ----
 // dv_j = sum_{h in group, i} p_ij dout_i;  dk_j = scale * sum_{h in group, i} ds_ij q_i
-@group(0) @binding(5) var<storage, read> k_dout: array<f32>;
-@group(0) @binding(6) var<storage, read> k_stats: array<f32>;
 @group(0) @binding(7) var<storage, read_write> k_dk: array<f32>;
 @group(0) @binding(8) var<storage, read_write> k_dv: array<f32>;
-
-fn dout4(base: u32, c: u32) -> vec4<f32> {
-    var x = vec4(0.0);
-    for (var e = 0u; e < 4u; e++) { if (4u * c + e < D) { x[e] = k_dout[base + 4u * c + e]; } }
-    return x;
-}
 
 @compute @workgroup_size(64)
 fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -364,8 +362,8 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
                 var lse = 0.0;
                 var delta = 0.0;
                 if (i < p.seq) {
-                    lse = k_stats[stat_index(b, h, i)];
-                    delta = k_stats[n_stats + stat_index(b, h, i)];
+                    lse = b_stats[stat_index(b, h, i)];
+                    delta = b_stats[n_stats + stat_index(b, h, i)];
                 }
                 tile_s0[lid] = lse;
                 tile_s1[lid] = delta;
