@@ -24,19 +24,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 const WG: u32 = 256u;
-var<workgroup> scratch: array<f32, WG>;
-
-fn reduce_scratch(lid: u32) -> f32 {
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if (lid < stride) { scratch[lid] += scratch[lid + stride]; }
-    }
-    workgroupBarrier();
-    let total = scratch[0];
-    // Everyone has read the total before the next reduction overwrites scratch.
-    workgroupBarrier();
-    return total;
-}
+// workgroup_sum(l, v): subgroup operations or a barrier tree, whichever the host picked.
+// #include "workgroup_reduce.wgsl"
 
 fn channel_of(wg: vec3<u32>, nwg: vec3<u32>) -> u32 { return wg.y * nwg.x + wg.x; }
 
@@ -51,21 +40,20 @@ fn at(ch: u32, e: u32) -> u32 { return ((e / p.s) * p.c + ch) * p.s + e % p.s; }
 @group(0) @binding(5) var<storage, read_write> st_rvar: array<f32>;
 
 @compute @workgroup_size(256)
-fn bn_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn bn_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, l: Lanes) {
+    let lid = l.lid;
     let ch = channel_of(wg, nwg);
     if (ch >= p.c) { return; }
     let m = p.n * p.s;
     var s = 0.0;
     for (var e = lid; e < m; e += WG) { s += st_x[at(ch, e)]; }
-    scratch[lid] = s;
-    let mean = reduce_scratch(lid) / f32(m);
+    let mean = workgroup_sum(l, s) / f32(m);
     var q = 0.0;
     for (var e = lid; e < m; e += WG) {
         let d = st_x[at(ch, e)] - mean;
         q += d * d;
     }
-    scratch[lid] = q;
-    let var_b = reduce_scratch(lid) / f32(m);
+    let var_b = workgroup_sum(l, q) / f32(m);
     if (lid == 0u) {
         st_mean[ch] = mean;
         st_rstd[ch] = inverseSqrt(var_b + p.eps);
@@ -109,7 +97,8 @@ fn bn_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 @group(0) @binding(7) var<storage, read_write> bs_dbeta: array<f32>;
 
 @compute @workgroup_size(256)
-fn bn_bwd_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn bn_bwd_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, l: Lanes) {
+    let lid = l.lid;
     let ch = channel_of(wg, nwg);
     if (ch >= p.c) { return; }
     let m = p.n * p.s;
@@ -123,10 +112,8 @@ fn bn_bwd_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         sd += d;
         sdx += d * (bs_x[i] - mean) * rstd;
     }
-    scratch[lid] = sd;
-    let sum_dy = reduce_scratch(lid);
-    scratch[lid] = sdx;
-    let sum_dyxhat = reduce_scratch(lid);
+    let sum_dy = workgroup_sum(l, sd);
+    let sum_dyxhat = workgroup_sum(l, sdx);
     if (lid == 0u) {
         bs_sums[ch] = sum_dy;
         bs_sums[p.c + ch] = sum_dyxhat;

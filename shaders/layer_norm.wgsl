@@ -6,8 +6,8 @@
 //   (`rms` selects RMSNorm; its entries ignore beta and mean.)
 //
 // Forward and dx: one workgroup of WG invocations per row (WG from the host's header: 256 on a
-// GPU, fewer on lavapipe, whose barriers switch between SIMD lane groups), reductions through
-// workgroup memory.
+// GPU, fewer on lavapipe, whose barriers switch between SIMD lane groups), its sums through
+// workgroup_reduce.wgsl.
 // dgamma/dbeta: one invocation per column summing over rows in order (deterministic).
 
 struct Params {
@@ -23,19 +23,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-var<workgroup> scratch: array<f32, WG>;
-
-// Sum of `v` over the workgroup, returned to every invocation.
-fn workgroup_sum(lid: u32, v: f32) -> f32 {
-    workgroupBarrier();
-    scratch[lid] = v;
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if (lid < stride) { scratch[lid] += scratch[lid + stride]; }
-    }
-    workgroupBarrier();
-    return scratch[0];
-}
+// workgroup_sum(l, v): subgroup operations or a barrier tree, whichever the host picked.
+// #include "workgroup_reduce.wgsl"
 
 // ---- forward ----
 @group(0) @binding(1) var<storage, read> f_x: array<f32>;
@@ -46,7 +35,8 @@ fn workgroup_sum(lid: u32, v: f32) -> f32 {
 @group(0) @binding(6) var<storage, read_write> f_rstd: array<f32>;
 
 @compute @workgroup_size(WG)
-fn norm_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn norm_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, l: Lanes) {
+    let lid = l.lid;
     let row = wg.y * nwg.x + wg.x;
     if (row >= p.rows) { return; }
     let base = row * p.cols;
@@ -55,7 +45,7 @@ fn norm_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     if (p.rms == 0u) {
         var s = 0.0;
         for (var c = lid; c < p.cols; c += WG) { s += f_x[base + c]; }
-        mean = workgroup_sum(lid, s) / n;
+        mean = workgroup_sum(l, s) / n;
     }
     // Second pass over (x - mean)^2 rather than E[x^2] - mean^2, which cancels badly when
     // |mean| >> std (common after residual adds).
@@ -64,7 +54,7 @@ fn norm_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
         let d = f_x[base + c] - mean;
         s2 += d * d;
     }
-    let rstd = inverseSqrt(workgroup_sum(lid, s2) / n + p.eps);
+    let rstd = inverseSqrt(workgroup_sum(l, s2) / n + p.eps);
     for (var c = lid; c < p.cols; c += WG) {
         var v = (f_x[base + c] - mean) * rstd * f_gamma[c];
         if (p.rms == 0u) { v += f_beta[c]; }
@@ -88,7 +78,8 @@ fn norm_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 //   LayerNorm: dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
 //   RMSNorm:   dx = rstd * (g - xhat * mean(g * xhat))
 @compute @workgroup_size(WG)
-fn norm_bwd_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn norm_bwd_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, l: Lanes) {
+    let lid = l.lid;
     let row = wg.y * nwg.x + wg.x;
     if (row >= p.rows) { return; }
     let base = row * p.cols;
@@ -104,8 +95,8 @@ fn norm_bwd_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         sg += g;
         sgx += g * xhat;
     }
-    var mean_g = workgroup_sum(lid, sg) / n;
-    let mean_gx = workgroup_sum(lid, sgx) / n;
+    var mean_g = workgroup_sum(l, sg) / n;
+    let mean_gx = workgroup_sum(l, sgx) / n;
     if (p.rms != 0u) { mean_g = 0.0; }
     for (var c = lid; c < p.cols; c += WG) {
         let g = b_dy[base + c] * b_gamma[c];

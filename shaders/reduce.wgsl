@@ -38,19 +38,12 @@ const CHUNK: u32 = 4096u; // elements per workgroup: 16 per invocation
 @group(0) @binding(1) var<storage, read> sq_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sq_partial: array<f32>;
 
-var<workgroup> scratch: array<f32, WG>;
-
-// Tree reduction of scratch[0..WG] into scratch[0].
-fn reduce_scratch(lid: u32) {
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if (lid < stride) { scratch[lid] += scratch[lid + stride]; }
-    }
-    workgroupBarrier();
-}
+// workgroup_sum(l, v): subgroup operations or a barrier tree, whichever the host picked.
+// #include "workgroup_reduce.wgsl"
 
 @compute @workgroup_size(256)
-fn sum_squares_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn sum_squares_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, l: Lanes) {
+    let lid = l.lid;
     let g = wg.y * nwg.x + wg.x;
     let start = g * CHUNK;
     // A 2-D grid's last row may hold workgroups past the end (uniform per workgroup, so the
@@ -61,20 +54,19 @@ fn sum_squares_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
         let v = sq_x[i];
         s += v * v;
     }
-    scratch[lid] = s;
-    reduce_scratch(lid);
-    if (lid == 0u) { sq_partial[g] = scratch[0]; }
+    let total = workgroup_sum(l, s);
+    if (lid == 0u) { sq_partial[g] = total; }
 }
 
 @group(0) @binding(1) var<storage, read> seg_partial: array<f32>;
 @group(0) @binding(2) var<storage, read_write> seg_out: array<f32>;
 
 @compute @workgroup_size(256)
-fn sum_squares_segments(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn sum_squares_segments(@builtin(workgroup_id) wg: vec3<u32>, l: Lanes) {
+    let lid = l.lid;
     let base = wg.x * p.cols;
     var s = 0.0;
     for (var i = lid; i < p.cols; i += WG) { s += seg_partial[base + i]; }
-    scratch[lid] = s;
-    reduce_scratch(lid);
-    if (lid == 0u) { seg_out[wg.x * p.rows] = scratch[0]; }
+    let total = workgroup_sum(l, s);
+    if (lid == 0u) { seg_out[wg.x * p.rows] = total; }
 }

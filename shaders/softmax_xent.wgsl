@@ -30,27 +30,13 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 const WG: u32 = 256u;
-var<workgroup> wg_max: array<f32, WG>;
-var<workgroup> wg_sum: array<f32, WG>;
+// workgroup_sum(l, v) and workgroup_max(l, v): subgroup operations or a barrier tree, whichever
+// the host picked.
+// #include "workgroup_reduce.wgsl"
 
 // Whether a row with target t counts: not ignored, and a class of the vocabulary.
 fn counted(t: i32) -> bool {
     return t != p.ignore_index && t >= 0 && u32(t) < p.vocab;
-}
-
-// The two means' reduction: every invocation's (a, b) summed over the workgroup into
-// (wg_sum[0], wg_max[0]), by halving strides. Call from uniform control flow.
-fn sum_two(lid: u32, a: f32, b: f32) {
-    wg_sum[lid] = a;
-    wg_max[lid] = b;
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if (lid < stride) {
-            wg_sum[lid] += wg_sum[lid + stride];
-            wg_max[lid] += wg_max[lid + stride];
-        }
-    }
-    workgroupBarrier();
 }
 
 // d row_loss / d logit, times the row's `scale`: softmax (recomputed from lse) minus the one-hot
@@ -67,7 +53,8 @@ fn logit_grad(logit: f32, lse: f32, is_target: bool, scale: f32) -> f32 {
 @group(0) @binding(4) var<storage, read_write> f_lse: array<f32>;
 
 @compute @workgroup_size(256)
-fn xent_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn xent_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, l: Lanes) {
+    let lid = l.lid;
     let row = wg.y * nwg.x + wg.x;
     if (row >= p.rows) { return; }
     let base = row * p.vocab;
@@ -84,21 +71,12 @@ fn xent_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
             s += exp(x - m);
         }
     }
-    wg_max[lid] = m;
-    wg_sum[lid] = s;
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if (lid < stride) {
-            let m1 = wg_max[lid];
-            let m2 = wg_max[lid + stride];
-            let mm = max(m1, m2);
-            wg_sum[lid] = wg_sum[lid] * exp(m1 - mm) + wg_sum[lid + stride] * exp(m2 - mm);
-            wg_max[lid] = mm;
-        }
-    }
-    workgroupBarrier();
+    // The row's maximum, then every invocation's sum rescaled to it (an invocation that saw no
+    // element has s = 0 and adds nothing).
+    let row_max = workgroup_max(l, m);
+    let total = workgroup_sum(l, s * exp(m - row_max));
     if (lid == 0u) {
-        let lse = wg_max[0] + log(wg_sum[0]);
+        let lse = row_max + log(total);
         f_lse[row] = lse;
         let t = f_targets[row];
         if (!counted(t)) {
@@ -115,7 +93,8 @@ fn xent_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 @group(0) @binding(3) var<storage, read_write> m_stats: array<f32>;
 
 @compute @workgroup_size(256)
-fn xent_mean(@builtin(local_invocation_index) lid: u32) {
+fn xent_mean(l: Lanes) {
+    let lid = l.lid;
     var s = 0.0;
     var count = 0.0;
     for (var r = lid; r < p.rows; r += WG) {
@@ -125,11 +104,12 @@ fn xent_mean(@builtin(local_invocation_index) lid: u32) {
             count += 1.0;
         }
     }
-    sum_two(lid, s, count);
+    let total = workgroup_sum(l, s);
+    let counted_rows = workgroup_sum(l, count);
     if (lid == 0u) {
         // No counted rows: the loss is 0 (not NaN), and so is every gradient.
-        m_stats[0] = wg_sum[0] / max(wg_max[0], 1.0);
-        m_stats[1] = wg_max[0];
+        m_stats[0] = total / max(counted_rows, 1.0);
+        m_stats[1] = counted_rows;
     }
 }
 
@@ -161,7 +141,8 @@ fn xent_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 @group(0) @binding(4) var<storage, read_write> mw_stats: array<f32>;
 
 @compute @workgroup_size(256)
-fn xent_mean_weighted(@builtin(local_invocation_index) lid: u32) {
+fn xent_mean_weighted(l: Lanes) {
+    let lid = l.lid;
     var s = 0.0;
     var wsum = 0.0;
     for (var r = lid; r < p.rows; r += WG) {
@@ -172,13 +153,13 @@ fn xent_mean_weighted(@builtin(local_invocation_index) lid: u32) {
             wsum += w;
         }
     }
-    sum_two(lid, s, wsum);
+    let weighted_loss = workgroup_sum(l, s);
+    let total = workgroup_sum(l, wsum);
     if (lid == 0u) {
         // Weights may sum to less than 1, so no max(·, 1) here; a zero sum (every counted row
         // weighted 0, or none counted) gives loss 0 rather than PyTorch's NaN.
-        let total = wg_max[0];
         var mean = 0.0;
-        if (total > 0.0) { mean = wg_sum[0] / total; }
+        if (total > 0.0) { mean = weighted_loss / total; }
         mw_stats[0] = mean;
         mw_stats[1] = total;
     }

@@ -9,6 +9,7 @@ use crate::bench::{self, Figure, Scale};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Profile};
 use crate::kernels::matmul::{self, write_tune_cache};
+use crate::kernels::workgroup_reduce;
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -152,7 +153,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc).expect("figures serialise"));
         return Ok(());
     }
-    println!("kiln bench on {} (matmul tile {}, scale {scale:?})", gpu.describe(), matmul::tile(&gpu));
+    println!(
+        "kiln bench on {} (matmul tile {}, {} reductions, scale {scale:?})",
+        gpu.describe(),
+        matmul::tile(&gpu),
+        workgroup_reduce::reductions(&gpu).name()
+    );
     println!("{:<20} {:<26} {:>10} {:>9} {:>8} {:>9}", "kernel", "shape", "median ms", "GFLOP/s", "GB/s", "roofline");
     let opt = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1}{unit}"));
     for f in &figures {
@@ -180,7 +186,12 @@ fn run_step(gpu: &Gpu, args: &BenchArgs, model: StepModel, scale: Scale) -> Resu
     if let Some(kind) = args.base {
         shape = shape.with_base(kind);
     }
-    eprintln!("kiln bench --step on {}: {} (scale {scale:?})", gpu.describe(), shape.describe());
+    eprintln!(
+        "kiln bench --step on {}: {} (scale {scale:?}, {} reductions)",
+        gpu.describe(),
+        shape.describe(),
+        workgroup_reduce::reductions(gpu).name()
+    );
     let mut step = StepBench::new(gpu, shape)?;
     if args.steps == 0 {
         let e = step.estimate();

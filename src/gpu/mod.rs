@@ -128,7 +128,8 @@ impl Gpu {
         let info = adapter.get_info();
         let limits = adapter.limits();
         // Timestamps serve only the profiler; asking for them costs nothing when unused.
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // Subgroup operations serve the row reductions (`kernels::workgroup_reduce`).
+        let features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("kiln"),
             required_features: features,
@@ -193,6 +194,11 @@ impl Gpu {
 
     pub fn info(&self) -> &wgpu::AdapterInfo {
         &self.info
+    }
+
+    /// The features the device was opened with (those of the adapter's that kiln uses).
+    pub fn features(&self) -> wgpu::Features {
+        self.device.features()
     }
 
     pub fn limits(&self) -> &wgpu::Limits {

@@ -6,9 +6,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::workgroup_reduce::reducing;
 use super::{expect_numel, shader, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Gpu, KernelSpec};
+use crate::gpu::{Access, Gpu, KernelSpec, ShaderFile};
 use crate::tensor::{DType, Tensor};
 
 #[repr(C)]
@@ -78,8 +79,14 @@ fn per_channel(x: &Tensor, named: &[(&'static str, &Tensor)]) -> Result<()> {
     Ok(())
 }
 
-fn spec(entry: &'static str, access: &'static [Access]) -> KernelSpec<'static> {
-    KernelSpec { file: shader!("batch_norm"), entry, header: "", access }
+/// An entry of batch_norm.wgsl, compiled with this device's workgroup reductions (`header`,
+/// from [`shader_file`], names them).
+fn spec<'a>(file: ShaderFile, header: &'a str, entry: &'static str, access: &'static [Access]) -> KernelSpec<'a> {
+    KernelSpec { file, entry, header, access }
+}
+
+fn shader_file(gpu: &Gpu) -> (ShaderFile, String) {
+    reducing(gpu, shader!("batch_norm"), "")
 }
 
 const R: Access = Access::Read;
@@ -95,9 +102,10 @@ fn apply(gpu: &Gpu, p: Params, x: &Tensor, saved: &BnSaved, gamma: &Tensor, beta
         ("beta", Some(beta)),
         ("y", Some(&y)),
     ];
+    let (file, header) = shader_file(gpu);
     gpu.dispatch(
         OP,
-        &spec("bn_apply", &[R, R, R, R, R, RW]),
+        &spec(file, &header, "bn_apply", &[R, R, R, R, R, RW]),
         bytemuck::bytes_of(&p),
         &bindings,
         gpu.grid_stride(x.numel() as u64),
@@ -135,9 +143,10 @@ pub fn forward_train(
         ("running_mean", running.map(|r| r.0)),
         ("running_var", running.map(|r| r.1)),
     ];
+    let (file, header) = shader_file(gpu);
     gpu.dispatch(
         OP,
-        &spec("bn_stats", &[R, RW, RW, RW, RW]),
+        &spec(file, &header, "bn_stats", &[R, RW, RW, RW, RW]),
         bytemuck::bytes_of(&p),
         &bindings,
         gpu.grid_1d(c as u64),
@@ -207,9 +216,10 @@ pub fn backward(gpu: &Gpu, x: &Tensor, gamma: &Tensor, saved: &BnSaved, dy: &Ten
             ("dgamma", out.dgamma),
             ("dbeta", out.dbeta),
         ];
+        let (file, header) = shader_file(gpu);
         gpu.dispatch(
             OP,
-            &spec("bn_bwd_sums", &[R, R, R, R, RW, RW, RW]),
+            &spec(file, &header, "bn_bwd_sums", &[R, R, R, R, RW, RW, RW]),
             bytemuck::bytes_of(&ps),
             &bindings,
             gpu.grid_1d(c as u64),
@@ -230,9 +240,10 @@ pub fn backward(gpu: &Gpu, x: &Tensor, gamma: &Tensor, saved: &BnSaved, dy: &Ten
             ("sums", sums.as_ref()),
             ("dx", Some(dx)),
         ];
+        let (file, header) = shader_file(gpu);
         gpu.dispatch(
             OP,
-            &spec("bn_bwd_dx", &[R, R, R, R, R, R, RW]),
+            &spec(file, &header, "bn_bwd_dx", &[R, R, R, R, R, R, RW]),
             bytemuck::bytes_of(&p),
             &bindings,
             gpu.grid_stride(x.numel() as u64),

@@ -5,6 +5,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::workgroup_reduce::reducing;
 use super::{expect_numel, shader, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Gpu, KernelSpec};
@@ -99,8 +100,8 @@ fn dispatch(
 ) -> Result<()> {
     let mut access = [Access::Read; 6];
     access[6 - writes..].fill(Access::ReadWrite);
-    let header = format!("const WG: u32 = {}u;\n", row_workgroup(gpu).0);
-    let spec = KernelSpec { file: shader!("layer_norm"), entry, header: &header, access: &access };
+    let (file, header) = reducing(gpu, shader!("layer_norm"), &format!("const WG: u32 = {}u;", row_workgroup(gpu).0));
+    let spec = KernelSpec { file, entry, header: &header, access: &access };
     gpu.dispatch(op, &spec, bytemuck::bytes_of(p), bindings, groups)
 }
 

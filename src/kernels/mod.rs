@@ -19,6 +19,7 @@ pub mod qmatmul;
 pub mod reduce;
 pub mod rope;
 pub mod softmax_xent;
+pub mod workgroup_reduce;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -101,8 +102,17 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "wgsl") {
                 let source: &'static str = std::fs::read_to_string(&path).unwrap().leak();
-                let file = crate::gpu::ShaderFile { name: "t", source, parts: super::SHADER_PARTS };
-                file.expand().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                // A reducing shader takes its part from workgroup_reduce, in either variant.
+                let reduces = source.contains("// #include \"workgroup_reduce.wgsl\"");
+                let tables = if reduces {
+                    vec![super::workgroup_reduce::BARRIER_PART, super::workgroup_reduce::SUBGROUP_PART]
+                } else {
+                    vec![super::SHADER_PARTS]
+                };
+                for parts in tables {
+                    let file = crate::gpu::ShaderFile { name: "t", source, parts };
+                    file.expand().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                }
                 used.extend(
                     source
                         .lines()

@@ -3,9 +3,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::workgroup_reduce::reducing;
 use super::{expect_numel, shader, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Gpu, KernelSpec};
+use crate::gpu::{Access, Gpu, KernelSpec, ShaderFile};
 use crate::tensor::{DType, Tensor};
 
 #[repr(C)]
@@ -21,6 +22,12 @@ const RW: &[Access] = &[Access::Read, Access::ReadWrite];
 /// Elements each workgroup of `sum_squares_partial` reduces (CHUNK in the shader).
 const CHUNK: u64 = 4096;
 
+/// reduce.wgsl with this device's workgroup reductions, and the header that names them: every
+/// entry of the file is compiled from the one module.
+fn shader_file(gpu: &Gpu) -> (ShaderFile, String) {
+    reducing(gpu, shader!("reduce"), "")
+}
+
 /// out[c] = Σ_r x[r, c] (or added into out): x `[..., C]`, out `[C]`.
 ///
 /// Bindings: 1 x, 2 out.
@@ -35,7 +42,8 @@ pub fn sum_rows_into(gpu: &Gpu, x: &Tensor, out: &Tensor, accumulate: bool) -> R
         n: 0,
         accumulate: accumulate as u32,
     };
-    let spec = KernelSpec { file: shader!("reduce"), entry: "sum_rows", header: "", access: RW };
+    let (file, header) = shader_file(gpu);
+    let spec = KernelSpec { file, entry: "sum_rows", header: &header, access: RW };
     gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), &[("x", Some(x)), ("out", Some(out))], [p.cols.div_ceil(256), 1, 1])
 }
 
@@ -109,14 +117,15 @@ pub fn norms_squared_into(gpu: &Gpu, tensors: &[&Tensor], out: &NormsSquared) ->
     // Each tensor's partials start on a storage-binding boundary (SLOT_STRIDE floats = 256 bytes).
     let stride = groups.iter().copied().max().unwrap_or(1).next_multiple_of(SLOT_STRIDE as u64) as usize;
     let partials = Tensor::zeros(gpu, &[n * stride])?;
-    let spec = KernelSpec { file: shader!("reduce"), entry: "sum_squares_partial", header: "", access: RW };
+    let (file, header) = shader_file(gpu);
+    let spec = KernelSpec { file, entry: "sum_squares_partial", header: &header, access: RW };
     for (i, (t, &g)) in tensors.iter().zip(&groups).enumerate() {
         let p = Params { rows: 0, cols: 0, n: u32_of(OP, "elements", t.numel())?, accumulate: 0 };
         let slots = partials.narrow_rows(i * stride, g as usize)?;
         gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), &[("x", Some(*t)), ("partial", Some(&slots))], gpu.grid_1d(g))?;
     }
     let p = Params { rows: SLOT_STRIDE as u32, cols: u32_of(OP, "partials per tensor", stride)?, n: 0, accumulate: 0 };
-    let spec = KernelSpec { file: shader!("reduce"), entry: "sum_squares_segments", header: "", access: RW };
+    let spec = KernelSpec { file, entry: "sum_squares_segments", header: &header, access: RW };
     let per_tensor = out.per_tensor.reshape(&[n * SLOT_STRIDE])?;
     gpu.dispatch(
         OP,

@@ -11,9 +11,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::workgroup_reduce::reducing;
 use super::{expect_numel, shader, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Gpu, KernelSpec};
+use crate::gpu::{Access, Gpu, KernelSpec, ShaderFile};
 use crate::tensor::{DType, Tensor};
 
 /// PyTorch's default ignore index.
@@ -101,10 +102,11 @@ pub fn forward(gpu: &Gpu, logits: &Tensor, targets: &Tensor, ignore_index: i32) 
     let p = params(OP, rows, vocab, ignore_index)?;
     let (row_loss, lse) = row_pass(gpu, OP, &p, logits, targets)?;
     let stats = Tensor::empty(gpu, &[2], DType::F32)?;
+    let (file, header) = shader_file(gpu);
     let spec = KernelSpec {
-        file: shader!("softmax_xent"),
+        file,
         entry: "xent_mean",
-        header: "",
+        header: &header,
         access: &[Access::Read, Access::Read, Access::ReadWrite],
     };
     gpu.dispatch(
@@ -137,10 +139,11 @@ pub fn forward_weighted(
     let p = params(OP, rows, vocab, ignore_index)?;
     let (row_loss, lse) = row_pass(gpu, OP, &p, logits, targets)?;
     let stats = Tensor::empty(gpu, &[2], DType::F32)?;
+    let (file, header) = shader_file(gpu);
     let spec = KernelSpec {
-        file: shader!("softmax_xent"),
+        file,
         entry: "xent_mean_weighted",
-        header: "",
+        header: &header,
         access: &[Access::Read, Access::Read, Access::Read, Access::ReadWrite],
     };
     gpu.dispatch(
@@ -156,6 +159,12 @@ pub fn forward_weighted(
         [1, 1, 1],
     )?;
     Ok(Xent { stats, lse, row_weights: Some(row_weights.clone()) })
+}
+
+/// softmax_xent.wgsl with this device's workgroup reductions, and the header that names them:
+/// every entry of the file is compiled from the one module.
+fn shader_file(gpu: &Gpu) -> (ShaderFile, String) {
+    reducing(gpu, shader!("softmax_xent"), "")
 }
 
 fn params(op: &'static str, rows: usize, vocab: usize, ignore_index: i32) -> Result<Params> {
@@ -175,10 +184,11 @@ fn row_pass(gpu: &Gpu, op: &'static str, p: &Params, logits: &Tensor, targets: &
     let rows = p.rows as usize;
     let row_loss = Tensor::empty(gpu, &[rows], DType::F32)?;
     let lse = Tensor::empty(gpu, &[rows], DType::F32)?;
+    let (file, header) = shader_file(gpu);
     let spec = KernelSpec {
-        file: shader!("softmax_xent"),
+        file,
         entry: "xent_fwd",
-        header: "",
+        header: &header,
         access: &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite],
     };
     gpu.dispatch(
@@ -221,10 +231,11 @@ pub fn backward(
     };
     let groups = gpu.grid_1d(((rows * vocab) as u64).div_ceil(256));
     let Some(row_weights) = &fwd.row_weights else {
+        let (file, header) = shader_file(gpu);
         let spec = KernelSpec {
-            file: shader!("softmax_xent"),
+            file,
             entry: "xent_bwd",
-            header: "",
+            header: &header,
             access: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
         };
         return gpu.dispatch(
@@ -242,10 +253,11 @@ pub fn backward(
         );
     };
     expect_numel(OP, "row_weights", row_weights, rows, "one per row of logits")?;
+    let (file, header) = shader_file(gpu);
     let spec = KernelSpec {
-        file: shader!("softmax_xent"),
+        file,
         entry: "xent_bwd_weighted",
-        header: "",
+        header: &header,
         access: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
     };
     gpu.dispatch(

@@ -28,6 +28,28 @@ pub fn gpu() -> &'static Gpu {
     })
 }
 
+/// Runs `f` under each kind of workgroup reduction in turn, subgroup then barrier (`f` gets the
+/// kind's name for its messages), then puts the device's default back. A lock keeps another
+/// test from switching kinds meanwhile. Panics where the adapter has no subgroup operations:
+/// the subgroup path must not pass untested.
+pub fn under_both_reductions(mut f: impl FnMut(&str)) {
+    use kiln::kernels::workgroup_reduce::{Reductions, has_subgroups, reductions, set_reductions};
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    assert!(
+        has_subgroups(gpu),
+        "{} has no subgroup operations: the subgroup reductions cannot be tested here",
+        gpu.describe()
+    );
+    let saved = reductions(gpu);
+    for r in [Reductions::Subgroup, Reductions::Barrier] {
+        set_reductions(gpu, r).unwrap();
+        f(r.name());
+    }
+    set_reductions(gpu, saved).unwrap();
+}
+
 /// A small deterministic generator (xorshift64*), so inputs are the same on every run.
 pub struct Rng(u64);
 

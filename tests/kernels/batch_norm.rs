@@ -24,45 +24,47 @@ fn added(base: &[f32], d: &[f64]) -> Vec<f64> {
 
 #[test]
 fn batch_norm_training_mode_matches_reference() {
-    let gpu = gpu();
-    let mut rng = Rng::new(260);
-    for shape in SHAPES {
-        let [n, c, h, w] = shape;
-        let (s, len) = (h * w, n * c * h * w);
-        let x: Vec<f32> = rng.vec(len).iter().map(|v| v * 2.0 + 3.0).collect();
-        let (gamma, beta, dy) = (rng.vec(c), rng.vec(c), rng.vec(len));
-        let rm0 = rng.vec(c);
-        let rv0: Vec<f32> = rng.vec(c).iter().map(|v| v.abs() + 0.5).collect();
-        let (xt, gt, bt) = (upload(&x, &shape), upload(&gamma, &[c]), upload(&beta, &[c]));
-        let (rm, rv) = (upload(&rm0, &[c]), upload(&rv0, &[c]));
-        let (y, saved) = bn::forward_train(gpu, &xt, &gt, &bt, Some((&rm, &rv)), EPS, MOMENTUM).unwrap();
-        let (mut wrm, mut wrv) = (f64s(&rm0), f64s(&rv0));
-        let (wy, wmean, wrstd) = r::forward_train(
-            &f64s(&x),
-            c,
-            s,
-            &f64s(&gamma),
-            &f64s(&beta),
-            EPS as f64,
-            MOMENTUM as f64,
-            Some((&mut wrm, &mut wrv)),
-        );
-        let what = format!("batch_norm train {shape:?}");
-        assert_close(&format!("{what} y"), &download(&y), &wy, ATOL, RTOL);
-        assert_close(&format!("{what} mean"), &download(&saved.mean), &wmean, ATOL, RTOL);
-        assert_close(&format!("{what} rstd"), &download(&saved.rstd_or_var), &wrstd, ATOL, RTOL);
-        assert_close(&format!("{what} running mean"), &download(&rm), &wrm, ATOL, RTOL);
-        assert_close(&format!("{what} running var"), &download(&rv), &wrv, ATOL, RTOL);
+    under_both_reductions(|reductions| {
+        let gpu = gpu();
+        let mut rng = Rng::new(260);
+        for shape in SHAPES {
+            let [n, c, h, w] = shape;
+            let (s, len) = (h * w, n * c * h * w);
+            let x: Vec<f32> = rng.vec(len).iter().map(|v| v * 2.0 + 3.0).collect();
+            let (gamma, beta, dy) = (rng.vec(c), rng.vec(c), rng.vec(len));
+            let rm0 = rng.vec(c);
+            let rv0: Vec<f32> = rng.vec(c).iter().map(|v| v.abs() + 0.5).collect();
+            let (xt, gt, bt) = (upload(&x, &shape), upload(&gamma, &[c]), upload(&beta, &[c]));
+            let (rm, rv) = (upload(&rm0, &[c]), upload(&rv0, &[c]));
+            let (y, saved) = bn::forward_train(gpu, &xt, &gt, &bt, Some((&rm, &rv)), EPS, MOMENTUM).unwrap();
+            let (mut wrm, mut wrv) = (f64s(&rm0), f64s(&rv0));
+            let (wy, wmean, wrstd) = r::forward_train(
+                &f64s(&x),
+                c,
+                s,
+                &f64s(&gamma),
+                &f64s(&beta),
+                EPS as f64,
+                MOMENTUM as f64,
+                Some((&mut wrm, &mut wrv)),
+            );
+            let what = format!("batch_norm train {shape:?}, {reductions} reductions");
+            assert_close(&format!("{what} y"), &download(&y), &wy, ATOL, RTOL);
+            assert_close(&format!("{what} mean"), &download(&saved.mean), &wmean, ATOL, RTOL);
+            assert_close(&format!("{what} rstd"), &download(&saved.rstd_or_var), &wrstd, ATOL, RTOL);
+            assert_close(&format!("{what} running mean"), &download(&rm), &wrm, ATOL, RTOL);
+            assert_close(&format!("{what} running var"), &download(&rv), &wrv, ATOL, RTOL);
 
-        let (wdx, wdg, wdb) = r::backward_train(&f64s(&x), s, &f64s(&gamma), &wmean, &wrstd, &f64s(&dy));
-        let (bx, bg, bb) = (rng.vec(len), rng.vec(c), rng.vec(c));
-        let (dx, dg, db) = (upload(&bx, &shape), upload(&bg, &[c]), upload(&bb, &[c]));
-        let out = BnGrads { dx: Some((&dx, true)), dgamma: Some(&dg), dbeta: Some(&db), accumulate_params: true };
-        bn::backward(gpu, &xt, &gt, &saved, &upload(&dy, &shape), out).unwrap();
-        assert_close(&format!("{what} dx"), &download(&dx), &added(&bx, &wdx), ATOL * 4.0, RTOL * 10.0);
-        assert_close(&format!("{what} dgamma"), &download(&dg), &added(&bg, &wdg), ATOL * 10.0, RTOL * 10.0);
-        assert_close(&format!("{what} dbeta"), &download(&db), &added(&bb, &wdb), ATOL * 10.0, RTOL * 10.0);
-    }
+            let (wdx, wdg, wdb) = r::backward_train(&f64s(&x), s, &f64s(&gamma), &wmean, &wrstd, &f64s(&dy));
+            let (bx, bg, bb) = (rng.vec(len), rng.vec(c), rng.vec(c));
+            let (dx, dg, db) = (upload(&bx, &shape), upload(&bg, &[c]), upload(&bb, &[c]));
+            let out = BnGrads { dx: Some((&dx, true)), dgamma: Some(&dg), dbeta: Some(&db), accumulate_params: true };
+            bn::backward(gpu, &xt, &gt, &saved, &upload(&dy, &shape), out).unwrap();
+            assert_close(&format!("{what} dx"), &download(&dx), &added(&bx, &wdx), ATOL * 4.0, RTOL * 10.0);
+            assert_close(&format!("{what} dgamma"), &download(&dg), &added(&bg, &wdg), ATOL * 10.0, RTOL * 10.0);
+            assert_close(&format!("{what} dbeta"), &download(&db), &added(&bb, &wdb), ATOL * 10.0, RTOL * 10.0);
+        }
+    });
 }
 
 #[test]

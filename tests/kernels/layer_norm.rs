@@ -9,20 +9,23 @@ use crate::common::*;
 const ATOL: f64 = 2e-5;
 const RTOL: f64 = 1e-4;
 
-/// Every row width a device may use (256 on a GPU, 32 on lavapipe), and 1 (no tree at all).
+/// Every row width a device may use (256 on a GPU, 32 on lavapipe), and 1 (no tree at all),
+/// each with subgroup and barrier reductions.
 #[test]
 fn norms_forward_backward_awkward_shapes() {
     let gpu = gpu();
     let saved = layer_norm::row_workgroup(gpu);
-    for wg in [256, 32, 8, 1] {
-        layer_norm::set_row_workgroup(gpu, layer_norm::RowWorkgroup(wg)).unwrap();
-        norms_against_the_reference(wg);
-    }
+    under_both_reductions(|reductions| {
+        for wg in [256, 32, 8, 1] {
+            layer_norm::set_row_workgroup(gpu, layer_norm::RowWorkgroup(wg)).unwrap();
+            norms_against_the_reference(wg, reductions);
+        }
+    });
     layer_norm::set_row_workgroup(gpu, saved).unwrap();
     assert!(layer_norm::set_row_workgroup(gpu, layer_norm::RowWorkgroup(48)).is_err(), "not a power of two");
 }
 
-fn norms_against_the_reference(wg: u32) {
+fn norms_against_the_reference(wg: u32, reductions: &str) {
     let gpu = gpu();
     let mut rng = Rng::new(40);
     for (rows, cols) in [(1, 1), (1, 7), (13, 129), (5, 384), (64, 1031)] {
@@ -36,7 +39,7 @@ fn norms_against_the_reference(wg: u32) {
             let (y, stats) = layer_norm::forward(gpu, norm, &xt, &gt, Some(&bt), 1e-5).unwrap();
             let beta64 = f64s(&beta);
             let (wy, wmean, wrstd) = r::forward(&f64s(&x), &f64s(&gamma), (!rms).then_some(&beta64[..]), 1e-5);
-            let what = format!("{norm:?} {rows}x{cols}, {wg} invocations per row");
+            let what = format!("{norm:?} {rows}x{cols}, {wg} invocations per row, {reductions} reductions");
             assert_close(&format!("{what} y"), &download(&y), &wy, ATOL, RTOL);
             assert_close(&format!("{what} rstd"), &download(&stats.rstd), &wrstd, ATOL, RTOL);
             if let Some(mean) = &stats.mean {

@@ -10,24 +10,26 @@ use crate::common::*;
 
 #[test]
 fn cross_entropy_forward_backward() {
-    let gpu = gpu();
-    let mut rng = Rng::new(50);
-    for (rows, vocab) in [(1, 1), (1, 7), (9, 257), (5, 50_257)] {
-        let logits: Vec<f32> = rng.vec(rows * vocab).iter().map(|v| v * 8.0).collect();
-        let targets: Vec<i32> =
-            (0..rows).map(|i| if i % 4 == 1 { IGNORE_INDEX } else { rng.below(vocab as u32) as i32 }).collect();
-        let lt = upload(&logits, &[rows, vocab]);
-        let tt = Tensor::from_i32(gpu, &targets, &[rows]).unwrap();
-        let fwd = xent::forward(gpu, &lt, &tt, IGNORE_INDEX).unwrap();
-        let (loss, lse, count) = r::forward(&f64s(&logits), &targets, vocab, IGNORE_INDEX);
-        let what = format!("xent {rows}x{vocab}");
-        assert_close(&format!("{what} stats"), &download(&fwd.stats), &[loss, count as f64], 1e-4, 1e-5);
-        assert_close(&format!("{what} lse"), &download(&fwd.lse), &lse, 1e-4, 1e-5);
-        let d = Tensor::zeros(gpu, &[rows, vocab]).unwrap();
-        xent::backward(gpu, &lt, &tt, &fwd, 0.5, &d, IGNORE_INDEX, false).unwrap();
-        let want = r::backward(&f64s(&logits), &targets, vocab, IGNORE_INDEX, &lse, count, 0.5);
-        assert_close(&format!("{what} dlogits"), &download(&d), &want, 1e-6, 1e-4);
-    }
+    under_both_reductions(|reductions| {
+        let gpu = gpu();
+        let mut rng = Rng::new(50);
+        for (rows, vocab) in [(1, 1), (1, 7), (9, 257), (5, 50_257)] {
+            let logits: Vec<f32> = rng.vec(rows * vocab).iter().map(|v| v * 8.0).collect();
+            let targets: Vec<i32> =
+                (0..rows).map(|i| if i % 4 == 1 { IGNORE_INDEX } else { rng.below(vocab as u32) as i32 }).collect();
+            let lt = upload(&logits, &[rows, vocab]);
+            let tt = Tensor::from_i32(gpu, &targets, &[rows]).unwrap();
+            let fwd = xent::forward(gpu, &lt, &tt, IGNORE_INDEX).unwrap();
+            let (loss, lse, count) = r::forward(&f64s(&logits), &targets, vocab, IGNORE_INDEX);
+            let what = format!("xent {rows}x{vocab}, {reductions} reductions");
+            assert_close(&format!("{what} stats"), &download(&fwd.stats), &[loss, count as f64], 1e-4, 1e-5);
+            assert_close(&format!("{what} lse"), &download(&fwd.lse), &lse, 1e-4, 1e-5);
+            let d = Tensor::zeros(gpu, &[rows, vocab]).unwrap();
+            xent::backward(gpu, &lt, &tt, &fwd, 0.5, &d, IGNORE_INDEX, false).unwrap();
+            let want = r::backward(&f64s(&logits), &targets, vocab, IGNORE_INDEX, &lse, count, 0.5);
+            assert_close(&format!("{what} dlogits"), &download(&d), &want, 1e-6, 1e-4);
+        }
+    });
 }
 
 #[test]
@@ -70,43 +72,53 @@ fn weighted_classes(rng: &mut Rng, classes: usize) -> Vec<f32> {
 
 #[test]
 fn cross_entropy_weighted_forward_backward() {
-    let gpu = gpu();
-    let mut rng = Rng::new(51);
-    for rows in [1, 7, 300] {
-        for classes in [2, 3, 1000] {
-            let logits: Vec<f32> = rng.vec(rows * classes).iter().map(|v| v * 8.0).collect();
-            let targets = weighted_targets(&mut rng, rows, classes);
-            let class_w = weighted_classes(&mut rng, classes);
-            // The kernel must skip ignored rows whatever their weight: give them garbage.
-            let mut row_w = xent::row_weights(&targets, &class_w, IGNORE_INDEX);
-            for (w, &t) in row_w.iter_mut().zip(&targets) {
-                if t == IGNORE_INDEX {
-                    *w = 7.0;
+    under_both_reductions(|reductions| {
+        let gpu = gpu();
+        let mut rng = Rng::new(51);
+        for rows in [1, 7, 300] {
+            for classes in [2, 3, 1000] {
+                let logits: Vec<f32> = rng.vec(rows * classes).iter().map(|v| v * 8.0).collect();
+                let targets = weighted_targets(&mut rng, rows, classes);
+                let class_w = weighted_classes(&mut rng, classes);
+                // The kernel must skip ignored rows whatever their weight: give them garbage.
+                let mut row_w = xent::row_weights(&targets, &class_w, IGNORE_INDEX);
+                for (w, &t) in row_w.iter_mut().zip(&targets) {
+                    if t == IGNORE_INDEX {
+                        *w = 7.0;
+                    }
                 }
-            }
-            let lt = upload(&logits, &[rows, classes]);
-            let tt = Tensor::from_i32(gpu, &targets, &[rows]).unwrap();
-            let wt = upload(&row_w, &[rows]);
-            let fwd = xent::forward_weighted(gpu, &lt, &tt, &wt, IGNORE_INDEX).unwrap();
-            let (loss, lse, wsum) =
-                r::forward_weighted(&f64s(&logits), &targets, &f64s(&class_w), classes, IGNORE_INDEX);
-            let what = format!("weighted xent {rows}x{classes}");
-            let (atol, rtol) = WEIGHTED_LOSS_TOL;
-            assert_close(&format!("{what} stats"), &download(&fwd.stats), &[loss, wsum], atol, rtol);
-            assert_close(&format!("{what} lse"), &download(&fwd.lse), &lse, atol, rtol);
+                let lt = upload(&logits, &[rows, classes]);
+                let tt = Tensor::from_i32(gpu, &targets, &[rows]).unwrap();
+                let wt = upload(&row_w, &[rows]);
+                let fwd = xent::forward_weighted(gpu, &lt, &tt, &wt, IGNORE_INDEX).unwrap();
+                let (loss, lse, wsum) =
+                    r::forward_weighted(&f64s(&logits), &targets, &f64s(&class_w), classes, IGNORE_INDEX);
+                let what = format!("weighted xent {rows}x{classes}, {reductions} reductions");
+                let (atol, rtol) = WEIGHTED_LOSS_TOL;
+                assert_close(&format!("{what} stats"), &download(&fwd.stats), &[loss, wsum], atol, rtol);
+                assert_close(&format!("{what} lse"), &download(&fwd.lse), &lse, atol, rtol);
 
-            let want =
-                r::backward_weighted(&f64s(&logits), &targets, &f64s(&class_w), classes, IGNORE_INDEX, &lse, wsum, 0.5);
-            let d = Tensor::zeros(gpu, &[rows, classes]).unwrap();
-            let (atol, rtol) = WEIGHTED_GRAD_TOL;
-            xent::backward(gpu, &lt, &tt, &fwd, 0.5, &d, IGNORE_INDEX, false).unwrap();
-            assert_close(&format!("{what} dlogits"), &download(&d), &want, atol, rtol);
-            // Accumulating adds the same gradient again.
-            xent::backward(gpu, &lt, &tt, &fwd, 0.5, &d, IGNORE_INDEX, true).unwrap();
-            let twice: Vec<f64> = want.iter().map(|g| 2.0 * g).collect();
-            assert_close(&format!("{what} dlogits accumulated"), &download(&d), &twice, atol, rtol);
+                let want = r::backward_weighted(
+                    &f64s(&logits),
+                    &targets,
+                    &f64s(&class_w),
+                    classes,
+                    IGNORE_INDEX,
+                    &lse,
+                    wsum,
+                    0.5,
+                );
+                let d = Tensor::zeros(gpu, &[rows, classes]).unwrap();
+                let (atol, rtol) = WEIGHTED_GRAD_TOL;
+                xent::backward(gpu, &lt, &tt, &fwd, 0.5, &d, IGNORE_INDEX, false).unwrap();
+                assert_close(&format!("{what} dlogits"), &download(&d), &want, atol, rtol);
+                // Accumulating adds the same gradient again.
+                xent::backward(gpu, &lt, &tt, &fwd, 0.5, &d, IGNORE_INDEX, true).unwrap();
+                let twice: Vec<f64> = want.iter().map(|g| 2.0 * g).collect();
+                assert_close(&format!("{what} dlogits accumulated"), &download(&d), &twice, atol, rtol);
+            }
         }
-    }
+    });
 }
 
 /// Every counted row weighted 0: loss and gradient 0, not NaN (PyTorch gives NaN here).
