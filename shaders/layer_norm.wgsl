@@ -4,6 +4,8 @@
 //   LayerNorm: y = (x - mean) * rstd * gamma + beta,  rstd = 1 / sqrt(var + eps)
 //   RMSNorm:   y = x * rstd * gamma,                  rstd = 1 / sqrt(mean(x^2) + eps)
 //   (`rms` selects RMSNorm; its entries ignore beta and mean.)
+//   Forward with `residual`: sum = x + res is written first and normalised in place of x (a
+//   residual add and the norm that reads it, in one dispatch; the backward sees sum as x).
 //
 // Forward and dx: one workgroup of WG invocations per row (WG from the host's header: 256 on a
 // GPU, fewer on lavapipe, whose barriers switch between SIMD lane groups), its sums through
@@ -16,7 +18,7 @@ struct Params {
     eps: f32,
     accumulate: u32,
     rms: u32,
-    _pad0: u32,
+    residual: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -33,6 +35,15 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> f_y: array<f32>;
 @group(0) @binding(5) var<storage, read_write> f_mean: array<f32>;
 @group(0) @binding(6) var<storage, read_write> f_rstd: array<f32>;
+@group(0) @binding(7) var<storage, read> f_res: array<f32>;
+@group(0) @binding(8) var<storage, read_write> f_sum: array<f32>;
+
+// Element i of the rows being normalised: x, or with `residual` the sum the first pass wrote
+// (each invocation reads back only the elements it wrote itself).
+fn norm_input(i: u32) -> f32 {
+    if (p.residual != 0u) { return f_sum[i]; }
+    return f_x[i];
+}
 
 @compute @workgroup_size(WG)
 fn norm_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, l: Lanes) {
@@ -41,22 +52,25 @@ fn norm_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     if (row >= p.rows) { return; }
     let base = row * p.cols;
     let n = f32(p.cols);
+    if (p.residual != 0u) {
+        for (var c = lid; c < p.cols; c += WG) { f_sum[base + c] = f_x[base + c] + f_res[base + c]; }
+    }
     var mean = 0.0;
     if (p.rms == 0u) {
         var s = 0.0;
-        for (var c = lid; c < p.cols; c += WG) { s += f_x[base + c]; }
+        for (var c = lid; c < p.cols; c += WG) { s += norm_input(base + c); }
         mean = workgroup_sum(l, s) / n;
     }
     // Second pass over (x - mean)^2 rather than E[x^2] - mean^2, which cancels badly when
     // |mean| >> std (common after residual adds).
     var s2 = 0.0;
     for (var c = lid; c < p.cols; c += WG) {
-        let d = f_x[base + c] - mean;
+        let d = norm_input(base + c) - mean;
         s2 += d * d;
     }
     let rstd = inverseSqrt(workgroup_sum(l, s2) / n + p.eps);
     for (var c = lid; c < p.cols; c += WG) {
-        var v = (f_x[base + c] - mean) * rstd * f_gamma[c];
+        var v = (norm_input(base + c) - mean) * rstd * f_gamma[c];
         if (p.rms == 0u) { v += f_beta[c]; }
         f_y[base + c] = v;
     }

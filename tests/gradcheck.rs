@@ -72,6 +72,15 @@ fn layer_norm_and_rms_norm_backward() {
         if !rms {
             check("layer_norm dbeta", &beta, &dbeta, |b| dot(&w, &layer_norm::forward(&x, &gamma, Some(b), 1e-5).0));
         }
+        // add_norm: y = norm(x + r). Its backward is the norm's at the sum, passed to x and to r.
+        let r = randv(&mut rng, rows * cols);
+        let sum = |x: &[f64], r: &[f64]| -> Vec<f64> { x.iter().zip(r).map(|(a, b)| a + b).collect() };
+        let s = sum(&x, &r);
+        let (_, mean, rstd) = layer_norm::forward(&s, &gamma, beta_opt, 1e-5);
+        let (ds, _, _) = layer_norm::backward(&s, &gamma, &mean, &rstd, &w, rms);
+        let normed = |x: &[f64], r: &[f64]| dot(&w, &layer_norm::forward(&sum(x, r), &gamma, beta_opt, 1e-5).0);
+        check(&format!("add + {name} dx"), &x, &ds, |x| normed(x, &r));
+        check(&format!("add + {name} dr"), &r, &ds, |r| normed(&x, r));
     }
 }
 

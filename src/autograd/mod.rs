@@ -30,7 +30,7 @@ pub use elementwise::{activation, add, dropout, gated, scale, split_cols, swiglu
 pub use embedding::embedding;
 pub use linear::{Lora, WeightLayout, linear, linear_quant};
 pub use loss::{Loss, cross_entropy, cross_entropy_weighted, linear_cross_entropy};
-pub use norm::norm;
+pub use norm::{add_norm, norm};
 pub use pool::{first_token_weights, mean_weights, pool};
 pub use pool2d::{global_avg_pool, max_pool2d};
 pub use rope::{rope, rope_at};

@@ -9,11 +9,34 @@ use crate::tensor::Tensor;
 /// y = norm(x)·gamma (+ beta). x `[..., C]`, gamma and beta `[C]`.
 pub fn norm(tape: &Tape, kind: Norm, x: &Var, gamma: &Var, beta: Option<&Var>, eps: f32) -> Result<Var> {
     let (y, stats) = ln::forward(tape.gpu, kind, &x.value, &gamma.value, beta.map(|b| &b.value), eps)?;
+    Ok(record_norm(tape, kind, y, stats, x, gamma, beta))
+}
+
+/// s = x + r and y = norm(s)·gamma (+ beta), returned as (s, y): a residual add and the norm
+/// that reads its sum in one dispatch. The tape records the add and the norm as the two ops
+/// they are, so gradients flow exactly as through `add` then [`norm`].
+pub fn add_norm(
+    tape: &Tape,
+    kind: Norm,
+    x: &Var,
+    r: &Var,
+    gamma: &Var,
+    beta: Option<&Var>,
+    eps: f32,
+) -> Result<(Var, Var)> {
+    let (s, y, stats) =
+        ln::forward_residual(tape.gpu, kind, &x.value, &r.value, &gamma.value, beta.map(|b| &b.value), eps)?;
+    let s = super::elementwise::record_add(tape, s, x, r);
+    let y = record_norm(tape, kind, y, stats, &s, gamma, beta);
+    Ok((s, y))
+}
+
+fn record_norm(tape: &Tape, kind: Norm, y: Tensor, stats: NormStats, x: &Var, gamma: &Var, beta: Option<&Var>) -> Var {
     let mut inputs = vec![x, gamma];
     if let Some(b) = beta {
         inputs.push(b);
     }
-    Ok(tape.output(y, &inputs, |out| {
+    tape.output(y, &inputs, |out| {
         Box::new(NormOp {
             out,
             kind,
@@ -22,7 +45,7 @@ pub fn norm(tape: &Tape, kind: Norm, x: &Var, gamma: &Var, beta: Option<&Var>, e
             stats,
             ids: [x.id(), gamma.id(), beta.and_then(|b| b.id())],
         })
-    }))
+    })
 }
 
 struct NormOp {

@@ -67,7 +67,8 @@ struct Params {
     eps: f32,
     accumulate: u32,
     rms: u32,
-    _pad: [u32; 3],
+    residual: u32,
+    _pad: [u32; 2],
 }
 
 fn rows_cols(op: &'static str, x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
@@ -83,31 +84,30 @@ fn params(op: &'static str, norm: Norm, rows: usize, cols: usize, eps: f32, accu
         eps,
         accumulate: accumulate as u32,
         rms: (norm == Norm::RmsNorm) as u32,
-        _pad: [0; 3],
+        residual: 0,
+        _pad: [0; 2],
     })
 }
 
-/// Runs one entry of layer_norm.wgsl over its six bindings, of which the last `writes` are
-/// written and the others only read.
+const R: Access = Access::Read;
+const RW: Access = Access::ReadWrite;
+
+/// Runs one entry of layer_norm.wgsl; `access` says which of its bindings are written.
 fn dispatch(
     gpu: &Gpu,
     op: &'static str,
     entry: &'static str,
-    writes: usize,
+    access: &[Access],
     p: &Params,
-    bindings: &[(&'static str, Option<&Tensor>); 6],
+    bindings: &[(&'static str, Option<&Tensor>)],
     groups: [u32; 3],
 ) -> Result<()> {
-    let mut access = [Access::Read; 6];
-    access[6 - writes..].fill(Access::ReadWrite);
     let (file, header) = reducing(gpu, shader!("layer_norm"), &format!("const WG: u32 = {}u;", row_workgroup(gpu).0));
-    let spec = KernelSpec { file, entry, header: &header, access: &access };
+    let spec = KernelSpec { file, entry, header: &header, access };
     gpu.dispatch(op, &spec, bytemuck::bytes_of(p), bindings, groups)
 }
 
 /// Normalises each row of x `[..., C]`; gamma (and beta, LayerNorm only) are `[C]`.
-///
-/// Bindings: 1 x, 2 gamma, 3 beta, 4 y, 5 mean, 6 rstd.
 pub fn forward(
     gpu: &Gpu,
     norm: Norm,
@@ -116,11 +116,45 @@ pub fn forward(
     beta: Option<&Tensor>,
     eps: f32,
 ) -> Result<(Tensor, NormStats)> {
-    const OP: &str = "norm_fwd";
-    let (rows, cols) = rows_cols(OP, x, gamma)?;
+    let (y, stats, _) = forward_rows(gpu, "norm_fwd", norm, x, None, gamma, beta, eps)?;
+    Ok((y, stats))
+}
+
+/// A residual add and the norm that reads its sum, in one dispatch: returns (sum, y, stats)
+/// with sum = x + res and y the norm of sum, as [`forward`] of sum would give. The backward
+/// takes sum as its x.
+pub fn forward_residual(
+    gpu: &Gpu,
+    norm: Norm,
+    x: &Tensor,
+    res: &Tensor,
+    gamma: &Tensor,
+    beta: Option<&Tensor>,
+    eps: f32,
+) -> Result<(Tensor, Tensor, NormStats)> {
+    const OP: &str = "add_norm_fwd";
+    expect_numel(OP, "res", res, x.numel(), "the size of x")?;
+    let (y, stats, sum) = forward_rows(gpu, OP, norm, x, Some(res), gamma, beta, eps)?;
+    Ok((sum.expect("a residual forward writes the sum"), y, stats))
+}
+
+/// Bindings: 1 x, 2 gamma, 3 beta, 4 y, 5 mean, 6 rstd, 7 res, 8 sum (the last two with a
+/// residual only).
+#[allow(clippy::too_many_arguments)]
+fn forward_rows(
+    gpu: &Gpu,
+    op: &'static str,
+    norm: Norm,
+    x: &Tensor,
+    res: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: Option<&Tensor>,
+    eps: f32,
+) -> Result<(Tensor, NormStats, Option<Tensor>)> {
+    let (rows, cols) = rows_cols(op, x, gamma)?;
     match (norm, beta) {
-        (Norm::LayerNorm, Some(b)) => expect_numel(OP, "beta", b, cols, "the last dimension of x")?,
-        (Norm::LayerNorm, None) => return Err(Error::invalid(OP, "LayerNorm needs beta")),
+        (Norm::LayerNorm, Some(b)) => expect_numel(op, "beta", b, cols, "the last dimension of x")?,
+        (Norm::LayerNorm, None) => return Err(Error::invalid(op, "LayerNorm needs beta")),
         (Norm::RmsNorm, _) => {}
     }
     let y = Tensor::empty(gpu, x.shape(), DType::F32)?;
@@ -129,13 +163,15 @@ pub fn forward(
         Norm::RmsNorm => None,
     };
     let rstd = Tensor::empty(gpu, &[rows], DType::F32)?;
-    let p = params(OP, norm, rows, cols, eps, false)?;
+    let sum = res.map(|_| Tensor::empty(gpu, x.shape(), DType::F32)).transpose()?;
+    let mut p = params(op, norm, rows, cols, eps, false)?;
+    p.residual = res.is_some() as u32;
     let beta = if norm == Norm::LayerNorm { beta } else { None };
     dispatch(
         gpu,
-        OP,
+        op,
         "norm_fwd",
-        3,
+        &[R, R, R, RW, RW, RW, R, RW],
         &p,
         &[
             ("x", Some(x)),
@@ -144,10 +180,12 @@ pub fn forward(
             ("y", Some(&y)),
             ("mean", mean.as_ref()),
             ("rstd", Some(&rstd)),
+            ("res", res),
+            ("sum", sum.as_ref()),
         ],
         gpu.grid_1d(rows as u64),
     )?;
-    Ok((y, NormStats { mean, rstd }))
+    Ok((y, NormStats { mean, rstd }, sum))
 }
 
 /// Gradients of a norm: writes (or adds into) dx, and dgamma/dbeta when given.
@@ -180,7 +218,7 @@ pub fn backward(
             gpu,
             OP,
             "norm_bwd_dx",
-            1,
+            &[R, R, R, R, R, RW],
             &p,
             &[
                 ("x", Some(x)),
@@ -203,7 +241,7 @@ pub fn backward(
             gpu,
             OP,
             "norm_bwd_params",
-            2,
+            &[R, R, R, R, RW, RW],
             &p,
             &[
                 ("x", Some(x)),

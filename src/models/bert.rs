@@ -150,12 +150,12 @@ impl BertLayer {
         let y = autograd::attention(tape, spec, &q, &k, &v, key_mask)?;
         let y = self.attention_output.forward(tape, &y.reshape(&[b, t, c])?)?;
         let y = autograd::dropout(tape, &y, p)?;
-        let x = self.attention_norm.forward(tape, &autograd::add(tape, x, &y)?)?;
+        let (_, x) = self.attention_norm.forward_add(tape, x, &y)?;
         let m = self.intermediate.forward(tape, &x)?;
         let m = autograd::activation(tape, activation, &m)?;
         let m = self.output.forward(tape, &m)?;
         let m = autograd::dropout(tape, &m, p)?;
-        self.output_norm.forward(tape, &autograd::add(tape, &x, &m)?)
+        Ok(self.output_norm.forward_add(tape, &x, &m)?.1)
     }
 
     fn linears_mut(&mut self) -> [&mut Linear; 6] {
@@ -328,8 +328,7 @@ impl Bert {
         let positions = autograd::embedding(tape, &tape.param(&emb.position), &pos, &pos_gpu)?;
         let types =
             autograd::embedding(tape, &tape.param(&emb.token_type), &input.token_types, &input.token_types_gpu)?;
-        let x = autograd::add(tape, &autograd::add(tape, &words, &positions)?, &types)?;
-        let mut x = emb.norm.forward(tape, &x)?;
+        let (_, mut x) = emb.norm.forward_add(tape, &autograd::add(tape, &words, &positions)?, &types)?;
         x = autograd::dropout(tape, &x, cfg.hidden_dropout_prob)?;
         let spec = AttentionSpec::new(b, t, nh, nh, d, false);
         let (activation, p) = (self.activation, cfg.hidden_dropout_prob);

@@ -683,15 +683,9 @@ fn block_forward(tape: &Tape, cfg: &DecoderConfig, l: &Block, x: &Var, inp: &Blo
     let (x, m) = match &l.pre_feedforward_layernorm {
         Some(pre) => {
             let y = l.post_attention_layernorm.forward(tape, &y)?;
-            let x = autograd::add(tape, x, &y)?;
-            let m = pre.forward(tape, &x)?;
-            (x, m)
+            pre.forward_add(tape, x, &y)?
         }
-        None => {
-            let x = autograd::add(tape, x, &y)?;
-            let m = l.post_attention_layernorm.forward(tape, &x)?;
-            (x, m)
-        }
+        None => l.post_attention_layernorm.forward_add(tape, x, &y)?,
     };
     let (gate, up) = match &l.gate_up {
         GateUpProj::Separate { gate_proj, up_proj } => (gate_proj.forward(tape, &m)?, up_proj.forward(tape, &m)?),

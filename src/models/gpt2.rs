@@ -230,8 +230,7 @@ impl BlockStep {
         let y = self_attention(tape, &self.spec, &q, &k, &v, key_mask, cache, self.layer)?;
         let y = blk.attn_c_proj.forward(tape, &y.reshape(&[b, t, c])?)?;
         let y = autograd::dropout(tape, &y, self.resid_pdrop)?;
-        let x = autograd::add(tape, x, &y)?;
-        let m = blk.ln_2.forward(tape, &x)?;
+        let (x, m) = blk.ln_2.forward_add(tape, x, &y)?;
         let m = blk.c_fc.forward(tape, &m)?;
         let m = autograd::activation(tape, self.activation, &m)?;
         let m = blk.mlp_c_proj.forward(tape, &m)?;

@@ -21,6 +21,13 @@ impl NormLayer {
         autograd::norm(tape, self.kind, x, &w, b.as_ref(), self.eps)
     }
 
+    /// (x + r, the norm of x + r): a residual add and this norm of its sum, in one dispatch.
+    pub fn forward_add(&self, tape: &Tape, x: &Var, r: &Var) -> Result<(Var, Var)> {
+        let w = tape.param(&self.weight);
+        let b = self.bias.as_ref().map(|b| tape.param(b));
+        autograd::add_norm(tape, self.kind, x, r, &w, b.as_ref(), self.eps)
+    }
+
     pub fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
         std::iter::once(&self.weight).chain(&self.bias).for_each(f);
     }

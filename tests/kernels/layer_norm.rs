@@ -68,3 +68,87 @@ fn norms_against_the_reference(wg: u32, reductions: &str) {
         }
     }
 }
+
+/// The residual forward writes sum = x + res and normalises it: against the reference of the
+/// norm of x + res, on awkward shapes, with both kinds of reduction.
+#[test]
+fn residual_add_and_norm_match_the_reference() {
+    let gpu = gpu();
+    under_both_reductions(|reductions| {
+        let mut rng = Rng::new(41);
+        for (rows, cols) in [(1, 1), (1, 7), (13, 129), (64, 1031)] {
+            for norm in [Norm::LayerNorm, Norm::RmsNorm] {
+                let rms = norm == Norm::RmsNorm;
+                let x: Vec<f32> = rng.vec(rows * cols).iter().map(|v| v * 2.0 + 3.0).collect();
+                let (res, gamma, beta) = (rng.vec(rows * cols), rng.vec(cols), rng.vec(cols));
+                let (xt, rt) = (upload(&x, &[rows, cols]), upload(&res, &[rows, cols]));
+                let (gt, bt) = (upload(&gamma, &[cols]), upload(&beta, &[cols]));
+                let (sum, y, stats) = layer_norm::forward_residual(gpu, norm, &xt, &rt, &gt, Some(&bt), 1e-5).unwrap();
+                let sum_f32: Vec<f32> = x.iter().zip(&res).map(|(a, b)| a + b).collect();
+                let beta64 = f64s(&beta);
+                let (wy, wmean, wrstd) =
+                    r::forward(&f64s(&sum_f32), &f64s(&gamma), (!rms).then_some(&beta64[..]), 1e-5);
+                let what = format!("residual {norm:?} {rows}x{cols}, {reductions} reductions");
+                assert_close(&format!("{what} sum"), &download(&sum), &f64s(&sum_f32), 0.0, 0.0);
+                assert_close(&format!("{what} y"), &download(&y), &wy, ATOL, RTOL);
+                assert_close(&format!("{what} rstd"), &download(&stats.rstd), &wrstd, ATOL, RTOL);
+                if let Some(mean) = &stats.mean {
+                    assert_close(&format!("{what} mean"), &download(mean), &wmean, ATOL, RTOL);
+                }
+            }
+        }
+    });
+    let (x, short) = (Tensor::zeros(gpu, &[2, 3]).unwrap(), Tensor::zeros(gpu, &[5]).unwrap());
+    let gamma = Tensor::zeros(gpu, &[3]).unwrap();
+    let Err(err) = layer_norm::forward_residual(gpu, Norm::RmsNorm, &x, &short, &gamma, None, 1e-5) else {
+        panic!("a residual of 5 elements for x of 6 was accepted");
+    };
+    assert!(err.to_string().contains("res"), "{err}");
+}
+
+/// Through the tape, add_norm gives the values and gradients of add then norm (the same
+/// kernels run backward; the forward's sum is the same f32 addition), with a loss that reads
+/// both the sum and the normed rows.
+#[test]
+fn add_norm_on_the_tape_equals_add_then_norm() {
+    use kiln::autograd::{Param, Tape, add, add_norm, cross_entropy, norm as norm_op};
+    let g = gpu();
+    let mut rng = Rng::new(42);
+    let (rows, cols) = (6, 37);
+    let data: Vec<Vec<f32>> = [rows * cols, rows * cols, cols, cols].iter().map(|&n| rng.vec(n)).collect();
+    let targets: Vec<i32> = (0..rows).map(|_| rng.below(cols as u32) as i32).collect();
+    for kind in [Norm::LayerNorm, Norm::RmsNorm] {
+        let run = |fused: bool| -> Vec<Vec<f32>> {
+            let shapes = [vec![rows, cols], vec![rows, cols], vec![cols], vec![cols]];
+            let mut params: Vec<Param> = ["x", "r", "gamma", "beta"]
+                .iter()
+                .zip(&data)
+                .zip(&shapes)
+                .map(|((name, d), shape)| Param::new(*name, upload(d, shape)))
+                .collect();
+            for p in &mut params {
+                p.set_trainable(g, true).unwrap();
+            }
+            let tape = Tape::train(g, 0, 1);
+            let v: Vec<_> = params.iter().map(|p| tape.param(p)).collect();
+            let beta = (kind == Norm::LayerNorm).then_some(&v[3]);
+            let (s, y) = if fused {
+                add_norm(&tape, kind, &v[0], &v[1], &v[2], beta, 1e-5).unwrap()
+            } else {
+                let s = add(&tape, &v[0], &v[1]).unwrap();
+                let y = norm_op(&tape, kind, &s, &v[2], beta, 1e-5).unwrap();
+                (s, y)
+            };
+            let loss = cross_entropy(&tape, &add(&tape, &s, &y).unwrap(), &targets).unwrap();
+            tape.backward(&loss, 1.0).unwrap();
+            let mut out = vec![vec![loss.read(g).unwrap().0]];
+            let used = if kind == Norm::LayerNorm { 4 } else { 3 };
+            out.extend(params[..used].iter().map(|p| download(p.grad.as_ref().expect("a gradient"))));
+            out
+        };
+        let (fused, plain) = (run(true), run(false));
+        for (i, what) in ["loss", "dx", "dr", "dgamma", "dbeta"].iter().enumerate().take(fused.len()) {
+            assert_close(&format!("{kind:?} add_norm {what}"), &fused[i], &f64s(&plain[i]), 0.0, 1e-6);
+        }
+    }
+}
