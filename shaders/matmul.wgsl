@@ -5,6 +5,11 @@
 //   C is [M, N] row-major. bias is [N] (only read when has_bias).
 //   Batch b starts at offset_x + b * stride_x elements; a stride of 0 broadcasts one matrix.
 //
+// Epilogue (p.epilogue, not 0): beside C, epilogue_out gets f(C) for an activation f, or
+// unit(gate)·C for a gated unit (C being the up-projection), gate and epilogue_out shaped as C:
+// the activation after a linear layer, or SwiGLU/GeGLU after the up-projection, in the same
+// dispatch. C keeps the pre-activation value the backward needs.
+//
 // Tiling (constants BM, BN, BK, TM, TN come from a header the host prepends, one per adapter):
 // a workgroup computes a BM x BN block of C with (BM/TM)*(BN/TN) invocations; each invocation
 // keeps a TM x TN block of accumulators in registers. Per BK-slice of K, the workgroup stages
@@ -17,6 +22,37 @@
 
 // WG, a_tile, b_tile, set_a, set_b, multiply_tiles.
 // #include "matmul_tiles.wgsl"
+
+// gelu_erf_f, gelu_tanh_f, silu_f, tanh_safe.
+// #include "activations.wgsl"
+
+@group(0) @binding(5) var<storage, read_write> epilogue_out: array<f32>;
+@group(0) @binding(6) var<storage, read> gate: array<f32>;
+
+// The epilogues, as src/kernels/matmul.rs's Epilogue::code numbers them.
+const EPI_GELU_ERF: u32 = 1u;
+const EPI_GELU_TANH: u32 = 2u;
+const EPI_SILU: u32 = 3u;
+const EPI_RELU: u32 = 4u;
+const EPI_RELU6: u32 = 5u;
+const EPI_TANH: u32 = 6u;
+const EPI_SWIGLU: u32 = 7u;
+const EPI_GEGLU: u32 = 8u;
+
+// What epilogue_out[idx] gets for C[idx] = v.
+fn epilogue(v: f32, idx: u32) -> f32 {
+    switch p.epilogue {
+        case EPI_GELU_ERF: { return gelu_erf_f(v); }
+        case EPI_GELU_TANH: { return gelu_tanh_f(v); }
+        case EPI_SILU: { return silu_f(v); }
+        case EPI_RELU: { return max(v, 0.0); }
+        case EPI_RELU6: { return clamp(v, 0.0, 6.0); }
+        case EPI_TANH: { return tanh_safe(v); }
+        case EPI_SWIGLU: { return silu_f(gate[idx]) * v; }
+        case EPI_GEGLU: { return gelu_tanh_f(gate[idx]) * v; }
+        default: { return v; }
+    }
+}
 
 @compute @workgroup_size(WG)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -70,6 +106,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let idx = c_base + row * p.n + col;
             if (p.accumulate != 0u) { v += c[idx]; }
             c[idx] = v;
+            if (p.epilogue != 0u) { epilogue_out[idx] = epilogue(v, idx); }
         }
     }
 }

@@ -8,7 +8,8 @@ struct Params {
     // trans_c (matvec.wgsl only): C is stored transposed, [N, M] — the host runs a product
     // with few columns as its transpose, Cᵀ = op(B)ᵀ·op(A)ᵀ, which has few rows.
     stride_a: u32, stride_b: u32, stride_c: u32, trans_c: u32,
-    offset_a: u32, offset_b: u32, offset_c: u32, _pad1: u32,
+    // epilogue (matmul.wgsl only): 0 none, else what epilogue_out also gets (EPI_* there).
+    offset_a: u32, offset_b: u32, offset_c: u32, epilogue: u32,
     // Dropout fused into one operand (LoRA's dropout of its input): 0 none, 1 A, 2 B, 3 the
     // product alpha * op(A) * op(B) before bias and accumulation. Element i of that matrix (its
     // row-major index as stored, batch 1 only) is kept by dropout_keeps and scaled.

@@ -66,7 +66,12 @@ impl Backward for ScaleOp {
 /// act(x) elementwise.
 pub fn activation(tape: &Tape, act: Activation, x: &Var) -> Result<Var> {
     let y = ew::activation(tape.gpu, act, &x.value)?;
-    Ok(tape.output(y, &[x], |out| Box::new(ActivationOp { out, act, x: x.value.clone(), x_id: x.id() })))
+    Ok(record_activation(tape, y, x, act))
+}
+
+/// Records `y`, computed elsewhere as act(x) (the matmul's epilogue), as the activation it is.
+pub(super) fn record_activation(tape: &Tape, y: Tensor, x: &Var, act: Activation) -> Var {
+    tape.output(y, &[x], |out| Box::new(ActivationOp { out, act, x: x.value.clone(), x_id: x.id() }))
 }
 
 struct ActivationOp {
@@ -98,9 +103,15 @@ pub fn swiglu(tape: &Tape, gate: &Var, up: &Var) -> Result<Var> {
 /// act(gate)·up: SwiGLU or GeGLU.
 pub fn gated(tape: &Tape, unit: GatedUnit, gate: &Var, up: &Var) -> Result<Var> {
     let y = ew::gated(tape.gpu, unit, &gate.value, &up.value)?;
-    Ok(tape.output(y, &[gate, up], |out| {
+    Ok(record_gated(tape, y, unit, gate, up))
+}
+
+/// Records `y`, computed elsewhere as unit(gate)·up (the matmul's epilogue), as the gated unit
+/// it is.
+pub(super) fn record_gated(tape: &Tape, y: Tensor, unit: GatedUnit, gate: &Var, up: &Var) -> Var {
+    tape.output(y, &[gate, up], |out| {
         Box::new(GatedOp { out, unit, gate: gate.value.clone(), up: up.value.clone(), ids: [gate.id(), up.id()] })
-    }))
+    })
 }
 
 struct GatedOp {

@@ -8,7 +8,8 @@ use super::{Backward, Grads, Tape, Var, VarId};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::dropout::DropoutMask;
-use crate::kernels::matmul::{DropOn, Matmul, matmul_into};
+use crate::kernels::elementwise::{Activation, GatedUnit};
+use crate::kernels::matmul::{DropOn, Epilogue, Matmul, matmul_epilogue_into, matmul_into};
 use crate::kernels::qmatmul::QuantTensor;
 use crate::kernels::qmatmul::{qmatmul_dx_into, qmatmul_into};
 use crate::kernels::reduce;
@@ -58,12 +59,65 @@ pub fn linear(
             found: w.shape().to_vec(),
         });
     }
-    linear_impl(tape, x, Base::Dense { w, layout }, bias, lora)
+    Ok(linear_impl(tape, x, Base::Dense { w, layout }, bias, lora, None)?.0)
+}
+
+/// h = x·W (+ b) and f(h), returned as (h, f(h)): a linear layer and the activation after it in
+/// one dispatch where the matmul's tiled kernel runs (the product and the activation otherwise).
+/// The tape records the linear and the activation as the two ops they are.
+pub fn linear_activation(
+    tape: &Tape,
+    x: &Var,
+    w: &Var,
+    layout: WeightLayout,
+    bias: Option<&Var>,
+    act: Activation,
+) -> Result<(Var, Var)> {
+    let (h, out) = linear_epilogue(tape, x, w, layout, bias, Epilogue::Activation(act))?;
+    let y = super::elementwise::record_activation(tape, out, &h, act);
+    Ok((h, y))
+}
+
+/// up = x·W (+ b) and unit(gate)·up, returned as (up, unit(gate)·up): the up-projection and
+/// the gated unit after it (SwiGLU, GeGLU) in one dispatch where the matmul's tiled kernel
+/// runs. The tape records the linear and the gated unit as the two ops they are.
+pub fn linear_gated(
+    tape: &Tape,
+    x: &Var,
+    w: &Var,
+    layout: WeightLayout,
+    bias: Option<&Var>,
+    unit: GatedUnit,
+    gate: &Var,
+) -> Result<(Var, Var)> {
+    let (up, out) = linear_epilogue(tape, x, w, layout, bias, Epilogue::Gated(unit, &gate.value))?;
+    let y = super::elementwise::record_gated(tape, out, unit, gate, &up);
+    Ok((up, y))
+}
+
+fn linear_epilogue(
+    tape: &Tape,
+    x: &Var,
+    w: &Var,
+    layout: WeightLayout,
+    bias: Option<&Var>,
+    epilogue: Epilogue,
+) -> Result<(Var, Tensor)> {
+    if w.value.rank() != 2 {
+        return Err(Error::Shape {
+            op: "linear",
+            tensor: "weight",
+            expected: "a matrix".into(),
+            found: w.shape().to_vec(),
+        });
+    }
+    let (y, out) = linear_impl(tape, x, Base::Dense { w, layout }, bias, None, Some(epilogue))?;
+    Ok((y, out.expect("a dense product with an epilogue returns its output")))
 }
 
 /// y = x·Wᵀ (+ b) (+ the LoRA branch) with W `[out, in]` frozen and quantized.
 pub fn linear_quant(tape: &Tape, x: &Var, w: &QuantTensor, bias: Option<&Var>, lora: Option<Lora>) -> Result<Var> {
-    linear_impl(tape, x, Base::Quant(w), bias, lora)
+    Ok(linear_impl(tape, x, Base::Quant(w), bias, lora, None)?.0)
 }
 
 /// The base weight of a linear: an f32 matrix (maybe trainable) or a frozen quantized one.
@@ -72,7 +126,16 @@ enum Base<'a> {
     Quant(&'a QuantTensor),
 }
 
-fn linear_impl(tape: &Tape, x: &Var, base: Base, bias: Option<&Var>, lora: Option<Lora>) -> Result<Var> {
+/// The product (and its LoRA branch), recorded; with an epilogue (a dense base without LoRA
+/// only), also the epilogue's output, which the caller records.
+fn linear_impl(
+    tape: &Tape,
+    x: &Var,
+    base: Base,
+    bias: Option<&Var>,
+    lora: Option<Lora>,
+    epilogue: Option<Epilogue>,
+) -> Result<(Var, Option<Tensor>)> {
     const OP: &str = "linear";
     let gpu = tape.gpu;
     let (d_in, d_out) = match &base {
@@ -91,12 +154,23 @@ fn linear_impl(tape: &Tape, x: &Var, base: Base, bias: Option<&Var>, lora: Optio
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().unwrap() = d_out;
     let y = Tensor::empty(gpu, &out_shape, DType::F32)?;
-    match &base {
-        Base::Dense { w, layout } => {
+    let mut epilogue_out = None;
+    match (&base, epilogue) {
+        (Base::Dense { w, layout }, epilogue) => {
             let mm = Matmul::new(rows, d_out, d_in).trans_b(*layout == WeightLayout::OutIn);
-            matmul_into(gpu, &mm, &x.value, &w.value, bias.map(|b| &b.value), &y)?;
+            let bias = bias.map(|b| &b.value);
+            match epilogue {
+                None => matmul_into(gpu, &mm, &x.value, &w.value, bias, &y)?,
+                // The LoRA branch adds into y after the product, so the epilogue would see
+                // the base alone.
+                Some(_) if lora.is_some() => {
+                    return Err(Error::invalid(OP, "an epilogue after a layer with a LoRA branch"));
+                }
+                Some(e) => epilogue_out = Some(matmul_epilogue_into(gpu, &mm, &x.value, &w.value, bias, &y, e)?),
+            }
         }
-        Base::Quant(q) => qmatmul_into(gpu, &x.value, q, bias.map(|b| &b.value), &y, 1.0, false)?,
+        (Base::Quant(_), Some(_)) => return Err(Error::invalid(OP, "an epilogue after a quantized product")),
+        (Base::Quant(q), None) => qmatmul_into(gpu, &x.value, q, bias.map(|b| &b.value), &y, 1.0, false)?,
     }
 
     let mut saved_lora = None;
@@ -150,7 +224,7 @@ fn linear_impl(tape: &Tape, x: &Var, base: Base, bias: Option<&Var>, lora: Optio
         inputs.push(l.a);
         inputs.push(l.b);
     }
-    Ok(tape.output(y, &inputs, |out| {
+    let y = tape.output(y, &inputs, |out| {
         Box::new(LinearOp {
             out,
             x: x.value.clone(),
@@ -165,7 +239,8 @@ fn linear_impl(tape: &Tape, x: &Var, base: Base, bias: Option<&Var>, lora: Optio
             d_out,
             lora: saved_lora,
         })
-    }))
+    });
+    Ok((y, epilogue_out))
 }
 
 struct SavedLora {

@@ -28,7 +28,7 @@ pub use conv2d::conv2d;
 pub use dora::dora;
 pub use elementwise::{activation, add, dropout, gated, scale, split_cols, swiglu};
 pub use embedding::embedding;
-pub use linear::{Lora, WeightLayout, linear, linear_quant};
+pub use linear::{Lora, WeightLayout, linear, linear_activation, linear_gated, linear_quant};
 pub use loss::{Loss, cross_entropy, cross_entropy_weighted, linear_cross_entropy};
 pub use norm::{add_norm, norm};
 pub use pool::{first_token_weights, mean_weights, pool};

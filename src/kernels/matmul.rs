@@ -18,7 +18,7 @@ use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
 
 use super::dropout::DropoutMask;
-use super::elementwise::{ColumnBlock, copy_cols};
+use super::elementwise::{self as ew, Activation, ColumnBlock, GatedUnit, copy_cols};
 use super::{expect_numel, row_chunks, shader, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Gpu, KernelSpec};
@@ -327,7 +327,8 @@ struct Params {
     offset_a: u32,
     offset_b: u32,
     offset_c: u32,
-    _pad1: u32,
+    /// What `epilogue_out` also gets (`matmul.wgsl` only): [`Epilogue::code`], 0 for nothing.
+    epilogue: u32,
     drop_on: u32,
     drop_seed: u32,
     drop_step: u32,
@@ -349,11 +350,83 @@ fn batch_stride(name: &'static str, t: &Tensor, per_matrix: usize, batch: usize)
     }
 }
 
+/// What a product's epilogue computes from C, beside storing it.
+#[derive(Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// f(C): the activation after a linear layer.
+    Activation(Activation),
+    /// unit(gate)·C: SwiGLU or GeGLU, C being the up-projection and `gate` (shaped as C) the
+    /// gate projection.
+    Gated(GatedUnit, &'a Tensor),
+}
+
+impl Epilogue<'_> {
+    /// The number `matmul.wgsl` knows it by (its EPI_* constants).
+    fn code(self) -> u32 {
+        match self {
+            Epilogue::Activation(Activation::GeluErf) => 1,
+            Epilogue::Activation(Activation::GeluTanh) => 2,
+            Epilogue::Activation(Activation::Silu) => 3,
+            Epilogue::Activation(Activation::Relu) => 4,
+            Epilogue::Activation(Activation::Relu6) => 5,
+            Epilogue::Activation(Activation::Tanh) => 6,
+            Epilogue::Gated(GatedUnit::SwiGlu, _) => 7,
+            Epilogue::Gated(GatedUnit::GeGlu, _) => 8,
+        }
+    }
+}
+
+/// Records C = alpha·op(A)·op(B) (+ bias[N]) (+ C if accumulating) into `c`, and returns the
+/// epilogue of C (a new tensor shaped as C). The tiled kernel does both in one dispatch; a
+/// product that takes the skinny kernel (at most [`SKINNY_M`] rows or columns) is followed by
+/// the elementwise kernel instead.
+pub fn matmul_epilogue_into(
+    gpu: &Gpu,
+    mm: &Matmul,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    c: &Tensor,
+    epilogue: Epilogue,
+) -> Result<Tensor> {
+    if let Epilogue::Gated(_, gate) = epilogue {
+        gate.expect_dtype(OP, DType::F32)?;
+        expect_numel(OP, "gate", gate, c.numel(), "the size of c")?;
+        if gate.same_buffer(c) {
+            return Err(Error::invalid(OP, "the gate must not share a buffer with the output `c`"));
+        }
+    }
+    if mm.m <= SKINNY_M || mm.n <= SKINNY_M {
+        matmul_into(gpu, mm, a, b, bias, c)?;
+        return match epilogue {
+            Epilogue::Activation(act) => ew::activation(gpu, act, c),
+            Epilogue::Gated(unit, gate) => ew::gated(gpu, unit, gate, c),
+        };
+    }
+    let out = Tensor::empty(gpu, c.shape(), DType::F32)?;
+    product(gpu, mm, a, b, bias, c, Some((epilogue, &out)))?;
+    Ok(out)
+}
+
 /// Records C = alpha·op(A)·op(B) (+ bias[N]) (+ C if accumulating) into `c`.
 ///
-/// Bindings: 1 `a`, 2 `b`, 3 `bias` (or nothing), 4 `c`. A and B may be one matrix shared
+/// Bindings: 1 `a`, 2 `b`, 3 `bias` (or nothing), 4 `c`; the tiled kernel also 5
+/// `epilogue_out` and 6 `gate` (see [`matmul_epilogue_into`]). A and B may be one matrix shared
 /// across the batch, or one per batch entry; C is `[batch, M, N]`.
 pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, c: &Tensor) -> Result<()> {
+    product(gpu, mm, a, b, bias, c, None)
+}
+
+/// [`matmul_into`], with an epilogue on the tiled path (the caller keeps skinny products off it).
+fn product(
+    gpu: &Gpu,
+    mm: &Matmul,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    c: &Tensor,
+    epilogue: Option<(Epilogue, &Tensor)>,
+) -> Result<()> {
     for t in [a, b, c] {
         t.expect_dtype(OP, DType::F32)?;
     }
@@ -392,7 +465,7 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
         offset_a: 0,
         offset_b: 0,
         offset_c: 0,
-        _pad1: 0,
+        epilogue: epilogue.map_or(0, |(e, _)| e.code()),
         drop_on,
         drop_seed: mask.seed,
         drop_step: mask.step,
@@ -402,13 +475,18 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
     };
     let access = &[Access::Read, Access::Read, Access::Read, Access::ReadWrite];
     let batch = u32_of(OP, "batch", mm.batch)?;
-    let (header, spec, groups);
+    if epilogue.is_some() && (mm.m <= SKINNY_M || mm.n <= SKINNY_M) {
+        return Err(Error::invalid(OP, "an epilogue runs on the tiled kernel only, not on a skinny product"));
+    }
     if mm.m <= SKINNY_M {
         let entry = skinny_entry(mm);
-        header = matvec_shape(gpu).header(mm.m);
-        spec = KernelSpec { file: shader!("matvec"), entry, header: &header, access };
-        groups = skinny_groups(gpu, mm, entry, batch);
-    } else if mm.n <= SKINNY_M {
+        let header = matvec_shape(gpu).header(mm.m);
+        let spec = KernelSpec { file: shader!("matvec"), entry, header: &header, access };
+        let groups = skinny_groups(gpu, mm, entry, batch);
+        let bindings = [("a", Some(a)), ("b", Some(b)), ("bias", bias), ("c", Some(c))];
+        return gpu.dispatch(OP, &spec, bytemuck::bytes_of(&params), &bindings, groups);
+    }
+    if mm.n <= SKINNY_M {
         // Few columns (LoRA's x·Aᵀ and dh = dy·B at rank r): a tile would compute BN columns
         // to keep r of them, so the skinny kernel runs the transpose, Cᵀ = op(B)ᵀ·op(A)ᵀ, and
         // stores it transposed. op(B)ᵀ is B read with the other transpose flag, and so is A;
@@ -438,19 +516,21 @@ pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<
         let groups = skinny_groups(gpu, &t, entry, batch);
         let bindings = [("a", Some(b)), ("b", Some(a)), ("bias", bias), ("c", Some(c))];
         return gpu.dispatch(OP, &spec, bytemuck::bytes_of(&swapped), &bindings, groups);
-    } else {
-        let tile = tile(gpu).for_depth(mm.k);
-        header = tile.header();
-        spec = KernelSpec { file: shader!("matmul"), entry: "matmul", header: &header, access };
-        groups = [(mm.n as u32).div_ceil(tile.bn), (mm.m as u32).div_ceil(tile.bm), batch];
     }
-    gpu.dispatch(
-        OP,
-        &spec,
-        bytemuck::bytes_of(&params),
-        &[("a", Some(a)), ("b", Some(b)), ("bias", bias), ("c", Some(c))],
-        groups,
-    )
+    let tile = tile(gpu).for_depth(mm.k);
+    let header = tile.header();
+    const TILED: &[Access] =
+        &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Read];
+    let spec = KernelSpec { file: shader!("matmul"), entry: "matmul", header: &header, access: TILED };
+    let groups = [(mm.n as u32).div_ceil(tile.bn), (mm.m as u32).div_ceil(tile.bm), batch];
+    let (out, gate) = match epilogue {
+        None => (None, None),
+        Some((Epilogue::Activation(_), out)) => (Some(out), None),
+        Some((Epilogue::Gated(_, gate), out)) => (Some(out), Some(gate)),
+    };
+    let bindings =
+        [("a", Some(a)), ("b", Some(b)), ("bias", bias), ("c", Some(c)), ("epilogue_out", out), ("gate", gate)];
+    gpu.dispatch(OP, &spec, bytemuck::bytes_of(&params), &bindings, groups)
 }
 
 /// The skinny path's entry point for a product of at most [`SKINNY_M`] rows. The vec4 entries

@@ -28,6 +28,7 @@ use crate::tensor::Tensor;
 /// WGSL that several shader files share, which they pull in with a `// #include "NAME"` line
 /// ([`ShaderFile::expand`](crate::gpu::ShaderFile::expand)).
 pub(crate) const SHADER_PARTS: &[(&str, &str)] = &[
+    ("activations.wgsl", include_str!("../../shaders/common/activations.wgsl")),
     ("dropout_hash.wgsl", include_str!("../../shaders/common/dropout_hash.wgsl")),
     ("matmul_params.wgsl", include_str!("../../shaders/common/matmul_params.wgsl")),
     ("matmul_tiles.wgsl", include_str!("../../shaders/common/matmul_tiles.wgsl")),

@@ -151,8 +151,7 @@ impl BertLayer {
         let y = self.attention_output.forward(tape, &y.reshape(&[b, t, c])?)?;
         let y = autograd::dropout(tape, &y, p)?;
         let (_, x) = self.attention_norm.forward_add(tape, x, &y)?;
-        let m = self.intermediate.forward(tape, &x)?;
-        let m = autograd::activation(tape, activation, &m)?;
+        let m = self.intermediate.forward_activation(tape, &x, activation)?;
         let m = self.output.forward(tape, &m)?;
         let m = autograd::dropout(tape, &m, p)?;
         Ok(self.output_norm.forward_add(tape, &x, &m)?.1)

@@ -687,17 +687,20 @@ fn block_forward(tape: &Tape, cfg: &DecoderConfig, l: &Block, x: &Var, inp: &Blo
         }
         None => l.post_attention_layernorm.forward_add(tape, x, &y)?,
     };
-    let (gate, up) = match &l.gate_up {
-        GateUpProj::Separate { gate_proj, up_proj } => (gate_proj.forward(tape, &m)?, up_proj.forward(tape, &m)?),
+    let h = match &l.gate_up {
+        // The up-projection's matmul applies the gated unit as it stores.
+        GateUpProj::Separate { gate_proj, up_proj } => {
+            up_proj.forward_gated(tape, &m, cfg.mlp, &gate_proj.forward(tape, &m)?)?
+        }
         GateUpProj::Fused { gate_up_proj } => {
             let gu = gate_up_proj.forward(tape, &m)?;
             let f = cfg.intermediate_size;
             let mut parts = autograd::split_cols(tape, &gu, &[f, f])?;
             let up = parts.pop().expect("two parts");
-            (parts.pop().expect("two parts"), up)
+            autograd::gated(tape, cfg.mlp, &parts.pop().expect("two parts"), &up)?
         }
     };
-    let mut m = l.down_proj.forward(tape, &autograd::gated(tape, cfg.mlp, &gate, &up)?)?;
+    let mut m = l.down_proj.forward(tape, &h)?;
     if let Some(post) = &l.post_feedforward_layernorm {
         m = post.forward(tape, &m)?;
     }

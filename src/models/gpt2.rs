@@ -231,8 +231,7 @@ impl BlockStep {
         let y = blk.attn_c_proj.forward(tape, &y.reshape(&[b, t, c])?)?;
         let y = autograd::dropout(tape, &y, self.resid_pdrop)?;
         let (x, m) = blk.ln_2.forward_add(tape, x, &y)?;
-        let m = blk.c_fc.forward(tape, &m)?;
-        let m = autograd::activation(tape, self.activation, &m)?;
+        let m = blk.c_fc.forward_activation(tape, &m, self.activation)?;
         let m = blk.mlp_c_proj.forward(tape, &m)?;
         let m = autograd::dropout(tape, &m, self.resid_pdrop)?;
         autograd::add(tape, &x, &m)

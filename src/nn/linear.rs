@@ -12,6 +12,7 @@ use crate::autograd::{self, Lora, Param, Tape, Var, WeightLayout};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::kernels::dora;
+use crate::kernels::elementwise::{Activation, GatedUnit};
 use crate::kernels::matmul::{Matmul, matmul_into};
 use crate::kernels::qmatmul::QuantTensor;
 use crate::nn::{LoraAdapter, LoraConfig, Rng};
@@ -94,6 +95,26 @@ impl Linear {
                 autograd::linear(tape, x, &w, self.layout, b.as_ref(), Some(lora))
             }
         }
+    }
+
+    /// act(self(x)): in one dispatch when the layer is a plain f32 product (no adapter, not
+    /// quantized) whose product takes the tiled matmul, else the layer then the activation.
+    pub fn forward_activation(&self, tape: &Tape, x: &Var, act: Activation) -> Result<Var> {
+        if self.lora.is_some() || self.quant.is_some() {
+            return autograd::activation(tape, act, &self.forward(tape, x)?);
+        }
+        let (w, b) = (tape.param(&self.weight), self.bias.as_ref().map(|b| tape.param(b)));
+        Ok(autograd::linear_activation(tape, x, &w, self.layout, b.as_ref(), act)?.1)
+    }
+
+    /// unit(gate)·self(x), this layer being the up-projection of a gated MLP: in one dispatch
+    /// when the layer is a plain f32 product, as [`Linear::forward_activation`].
+    pub fn forward_gated(&self, tape: &Tape, x: &Var, unit: GatedUnit, gate: &Var) -> Result<Var> {
+        if self.lora.is_some() || self.quant.is_some() {
+            return autograd::gated(tape, unit, gate, &self.forward(tape, x)?);
+        }
+        let (w, b) = (tape.param(&self.weight), self.bias.as_ref().map(|b| tape.param(b)));
+        Ok(autograd::linear_gated(tape, x, &w, self.layout, b.as_ref(), unit, gate)?.1)
     }
 
     /// DoRA as PEFT 0.21 computes it: with c = m / n and n = ||W + s·B·A|| per output feature

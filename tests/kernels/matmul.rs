@@ -283,3 +283,123 @@ fn matmul_with_fused_dropout() {
     let e = matmul_into(gpu, &Matmul::new(4, 5, 3).batch(2).dropout(DropOn::A, mask), &a, &b, None, &c).unwrap_err();
     assert!(e.to_string().contains("one matrix"), "{e}");
 }
+
+/// The epilogues (an activation, or a gated unit reading `gate`) against the reference product
+/// then the reference function, on tiled shapes (with a K slice cut to depth, and a batch) and
+/// on the skinny shapes that fall back to the elementwise kernel; C keeps the product.
+#[test]
+fn epilogues_match_the_reference() {
+    use kiln::kernels::elementwise::{Activation, GatedUnit};
+    use kiln::kernels::matmul::{Epilogue, matmul_epilogue_into};
+    use kiln::reference::elementwise as ew;
+    let gpu = gpu();
+    let mut rng = Rng::new(77);
+    type Pointwise = fn(f64) -> f64;
+    type Gated = fn(&[f64], &[f64]) -> Vec<f64>;
+    let activations: [(Activation, Pointwise); 6] = [
+        (Activation::GeluErf, ew::gelu_erf),
+        (Activation::GeluTanh, ew::gelu_tanh),
+        (Activation::Silu, ew::silu),
+        (Activation::Relu, ew::relu),
+        (Activation::Relu6, ew::relu6),
+        (Activation::Tanh, ew::tanh),
+    ];
+    let gated: [(GatedUnit, Gated); 2] = [(GatedUnit::SwiGlu, ew::swiglu), (GatedUnit::GeGlu, ew::geglu)];
+    // (batch, m, n, k): tiled, tiled with K 8, batched, skinny M, skinny N.
+    for (batch, m, n, k) in [(1, 40, 70, 33), (1, 129, 65, 8), (2, 23, 31, 17), (1, 5, 37, 20), (1, 40, 9, 12)] {
+        let mm = Matmul::new(m, n, k).batch(batch).trans_b(true);
+        // Inputs scaled so the products cross every kink (relu6's 6 included).
+        let a: Vec<f32> = rng.vec(batch * m * k).iter().map(|v| v * 3.0).collect();
+        let (b, bias, gate) = (rng.vec(batch * n * k), rng.vec(n), rng.vec(batch * m * n));
+        let (at, bt, bias_t) = (upload(&a, &[batch * m, k]), upload(&b, &[batch * n, k]), upload(&bias, &[n]));
+        let gate_t = upload(&gate, &[batch, m, n]);
+        let mut product = vec![0.0; batch * m * n];
+        let bias64 = f64s(&bias);
+        let dims = (batch, m, n, k);
+        reference::matmul::matmul(&f64s(&a), &f64s(&b), Some(&bias64), &mut product, dims, false, true, 1.0, false);
+        let tol = ATOL * (k as f64).sqrt() * 4.0;
+        let mut epilogues: Vec<(Epilogue, String, Vec<f64>)> = activations
+            .iter()
+            .map(|&(act, f)| (Epilogue::Activation(act), format!("{act:?}"), product.iter().map(|&v| f(v)).collect()))
+            .collect();
+        for &(unit, f) in &gated {
+            epilogues.push((Epilogue::Gated(unit, &gate_t), format!("{unit:?}"), f(&f64s(&gate), &product)));
+        }
+        for (epilogue, name, want) in epilogues {
+            let c = Tensor::zeros(gpu, &[batch, m, n]).unwrap();
+            let out = matmul_epilogue_into(gpu, &mm, &at, &bt, Some(&bias_t), &c, epilogue).unwrap();
+            let what = format!("matmul {batch}x{m}x{n}x{k} then {name}");
+            assert_close(&format!("{what}: c"), &download(&c), &product, tol, RTOL);
+            assert_close(&format!("{what}: epilogue"), &download(&out), &want, tol, RTOL);
+        }
+    }
+    // A gate that is not shaped as C is refused by name.
+    let (a, c) = (Tensor::zeros(gpu, &[40, 8]).unwrap(), Tensor::zeros(gpu, &[40, 70]).unwrap());
+    let (b, short) = (Tensor::zeros(gpu, &[70, 8]).unwrap(), Tensor::zeros(gpu, &[40]).unwrap());
+    let epilogue = Epilogue::Gated(GatedUnit::SwiGlu, &short);
+    let Err(err) = matmul_epilogue_into(gpu, &Matmul::new(40, 70, 8).trans_b(true), &a, &b, None, &c, epilogue) else {
+        panic!("a gate of 40 elements for a 40x70 product was accepted");
+    };
+    assert!(err.to_string().contains("gate"), "{err}");
+}
+
+/// Through the tape, a linear layer with its activation (or gated unit) in the epilogue gives
+/// the values and gradients of the linear then the elementwise op, on a tiled and a skinny
+/// product, with a loss that reads both the product and the epilogue's output.
+#[test]
+fn linear_epilogues_on_the_tape_equal_the_two_ops() {
+    use kiln::autograd::{
+        Param, Tape, WeightLayout, activation, add, cross_entropy, gated, linear, linear_activation, linear_gated,
+    };
+    use kiln::kernels::elementwise::{Activation, GatedUnit};
+    let g = gpu();
+    let mut rng = Rng::new(78);
+    for (rows, d_in, d_out) in [(40, 19, 33), (6, 19, 33)] {
+        let shapes = [vec![rows, d_in], vec![d_out, d_in], vec![d_out], vec![rows, d_out]];
+        let data: Vec<Vec<f32>> = shapes.iter().map(|s| rng.vec(s.iter().product())).collect();
+        let targets: Vec<i32> = (0..rows).map(|_| rng.below(d_out as u32) as i32).collect();
+        for unit in [None, Some(GatedUnit::SwiGlu)] {
+            let run = |fused: bool| -> Vec<Vec<f32>> {
+                let mut params: Vec<Param> = ["x", "w", "b", "gate"]
+                    .iter()
+                    .zip(&data)
+                    .zip(&shapes)
+                    .map(|((name, d), shape)| Param::new(*name, upload(d, shape)))
+                    .collect();
+                for p in &mut params {
+                    p.set_trainable(g, true).unwrap();
+                }
+                let tape = Tape::train(g, 0, 1);
+                let v: Vec<_> = params.iter().map(|p| tape.param(p)).collect();
+                let (x, w, b, gate) = (&v[0], &v[1], Some(&v[2]), &v[3]);
+                let (h, y) = match (unit, fused) {
+                    (None, true) => {
+                        linear_activation(&tape, x, w, WeightLayout::OutIn, b, Activation::GeluTanh).unwrap()
+                    }
+                    (Some(u), true) => linear_gated(&tape, x, w, WeightLayout::OutIn, b, u, gate).unwrap(),
+                    (None, false) => {
+                        let h = linear(&tape, x, w, WeightLayout::OutIn, b, None).unwrap();
+                        let y = activation(&tape, Activation::GeluTanh, &h).unwrap();
+                        (h, y)
+                    }
+                    (Some(u), false) => {
+                        let h = linear(&tape, x, w, WeightLayout::OutIn, b, None).unwrap();
+                        let y = gated(&tape, u, gate, &h).unwrap();
+                        (h, y)
+                    }
+                };
+                let loss = cross_entropy(&tape, &add(&tape, &h, &y).unwrap(), &targets).unwrap();
+                tape.backward(&loss, 1.0).unwrap();
+                let mut out = vec![vec![loss.read(g).unwrap().0]];
+                let used = if unit.is_some() { 4 } else { 3 };
+                out.extend(params[..used].iter().map(|p| download(p.grad.as_ref().expect("a gradient"))));
+                out
+            };
+            let (fused, plain) = (run(true), run(false));
+            for (i, what) in ["loss", "dx", "dw", "db", "dgate"].iter().enumerate().take(fused.len()) {
+                let name = format!("{rows}x{d_in}->{d_out} {unit:?} epilogue {what}");
+                assert_close(&name, &fused[i], &f64s(&plain[i]), 1e-6, 1e-5);
+            }
+        }
+    }
+}
