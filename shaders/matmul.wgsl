@@ -5,10 +5,11 @@
 //   C is [M, N] row-major. bias is [N] (only read when has_bias).
 //   Batch b starts at offset_x + b * stride_x elements; a stride of 0 broadcasts one matrix.
 //
-// Epilogue (p.epilogue, not 0): beside C, epilogue_out gets f(C) for an activation f, or
+// Epilogue (HAS_EPILOGUE, from the host's header, and p.epilogue, not 0): beside C, epilogue_out gets f(C) for an activation f, or
 // unit(gate)·C for a gated unit (C being the up-projection), gate and epilogue_out shaped as C:
 // the activation after a linear layer, or SwiGLU/GeGLU after the up-projection, in the same
-// dispatch. C keeps the pre-activation value the backward needs.
+// dispatch. C keeps the pre-activation value the backward needs. A plain product's pipeline is
+// compiled with HAS_EPILOGUE false, so its store loop carries no epilogue code.
 //
 // Tiling (constants BM, BN, BK, TM, TN come from a header the host prepends, one per adapter):
 // a workgroup computes a BM x BN block of C with (BM/TM)*(BN/TN) invocations; each invocation
@@ -106,7 +107,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let idx = c_base + row * p.n + col;
             if (p.accumulate != 0u) { v += c[idx]; }
             c[idx] = v;
-            if (p.epilogue != 0u) { epilogue_out[idx] = epilogue(v, idx); }
+            if (HAS_EPILOGUE && p.epilogue != 0u) { epilogue_out[idx] = epilogue(v, idx); }
         }
     }
 }

@@ -184,6 +184,52 @@ pub fn matmul_case(gpu: &Gpu, mm: Matmul) -> Result<Case<'_>> {
     })
 }
 
+/// The MLP up-projection (tokens × 384 → 1536, with its bias) and a GELU after it: in one
+/// dispatch through the matmul's epilogue, and as the product then the activation kernel
+/// ([`FusedEpilogues`] picks between them per adapter type; these rows decide it).
+pub fn epilogue_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
+    use crate::kernels::matmul::{
+        Epilogue, FusedEpilogues, fused_epilogues, matmul_epilogue_into, set_fused_epilogues,
+    };
+    let tokens = if scale == Scale::Small { 1024 } else { 4096 };
+    let mm = Matmul::new(tokens, 1536, 384).trans_b(true);
+    let x = Tensor::zeros(gpu, &[tokens, 384])?;
+    let w = Tensor::zeros(gpu, &[1536, 384])?;
+    let bias = Tensor::zeros(gpu, &[1536])?;
+    let c = Tensor::empty(gpu, &[tokens, 1536], DType::F32)?;
+    let shape = format!("{tokens}x1536x384");
+    let (x1, w1, bias1, c1) = (x.clone(), w.clone(), bias.clone(), c.clone());
+    let gelu = Activation::GeluErf;
+    Ok(vec![
+        Case {
+            kernel: "matmul_gelu".into(),
+            shape: shape.clone(),
+            flops: mm.flops(),
+            bytes: 0.0,
+            bound: Bound::Compute,
+            // Fused whatever the adapter's default, which is what this row measures.
+            run: Box::new(move || {
+                let saved = fused_epilogues(gpu);
+                set_fused_epilogues(gpu, FusedEpilogues(true));
+                let done = matmul_epilogue_into(gpu, &mm, &x1, &w1, Some(&bias1), &c1, Epilogue::Activation(gelu));
+                set_fused_epilogues(gpu, saved);
+                done.map(drop)
+            }),
+        },
+        Case {
+            kernel: "matmul_then_gelu".into(),
+            shape,
+            flops: mm.flops(),
+            bytes: 0.0,
+            bound: Bound::Compute,
+            run: Box::new(move || {
+                matmul_into(gpu, &mm, &x, &w, Some(&bias), &c)?;
+                elementwise::activation(gpu, gelu, &c).map(drop)
+            }),
+        },
+    ])
+}
+
 /// The quantized matmul of a frozen base weight W `[n, k]` in every block format kiln keeps on
 /// the GPU: the tiled forward and dX at `m` rows, and the skinny forward at one row (generation,
 /// memory-bound: W's blocks are most of its bytes). W is quantized on the CPU first.
@@ -392,6 +438,29 @@ pub fn memory_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
             bytes: 2.0 * n * F32,
             bound: Bound::Memory,
             run: Box::new(move || layer_norm::forward(gpu, norm, &x1, &g1, Some(&b1), 1e-5).map(drop)),
+        });
+        // A residual add and the norm of its sum: in one dispatch, and as two.
+        let (x1, r1, g1, b1) = (x.clone(), dy.clone(), gamma.clone(), beta.clone());
+        cases.push(Case {
+            kernel: format!("add_{name}_fwd"),
+            shape: shape.clone(),
+            flops: 0.0,
+            // x and the residual read, the sum and y written.
+            bytes: 4.0 * n * F32,
+            bound: Bound::Memory,
+            run: Box::new(move || layer_norm::forward_residual(gpu, norm, &x1, &r1, &g1, Some(&b1), 1e-5).map(drop)),
+        });
+        let (x1, r1, g1, b1) = (x.clone(), dy.clone(), gamma.clone(), beta.clone());
+        cases.push(Case {
+            kernel: format!("add_then_{name}_fwd"),
+            shape: shape.clone(),
+            flops: 0.0,
+            bytes: 4.0 * n * F32,
+            bound: Bound::Memory,
+            run: Box::new(move || {
+                let sum = elementwise::add(gpu, &x1, &r1)?;
+                layer_norm::forward(gpu, norm, &sum, &g1, Some(&b1), 1e-5).map(drop)
+            }),
         });
         let (_, stats) = layer_norm::forward(gpu, norm, &x, &gamma, Some(&beta), 1e-5)?;
         let (x2, g2, dy2) = (x.clone(), gamma.clone(), dy.clone());

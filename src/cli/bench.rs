@@ -100,6 +100,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             record(bench::measure(&gpu, &mut case)?, &mut figures);
         }
     }
+    for mut case in bench::epilogue_cases(&gpu, scale)? {
+        if wanted(&case.kernel) {
+            record(bench::measure(&gpu, &mut case)?, &mut figures);
+        }
+    }
     gpu.trim_pool();
     if wanted("attention") {
         for shape in bench::attention_shapes(scale) {

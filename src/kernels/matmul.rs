@@ -376,10 +376,42 @@ impl Epilogue<'_> {
     }
 }
 
+/// Whether [`matmul_epilogue_into`] applies its epilogue inside the tiled matmul (one dispatch)
+/// or runs the elementwise kernel after the product (two).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FusedEpilogues(pub bool);
+
+/// Fused on a GPU, where the second dispatch and its pass over C cost more than the epilogue's
+/// arithmetic; separate on a CPU adapter, where lavapipe ran the fused MLP up-projection with
+/// GELU 2–3% slower than the product then the activation (README, "Whole training steps and
+/// where their time goes"). `KILN_EPILOGUES=fused|separate` overrides it.
+pub fn default_fused_epilogues(device_type: wgpu::DeviceType) -> FusedEpilogues {
+    match std::env::var("KILN_EPILOGUES").as_deref() {
+        Ok("fused") => FusedEpilogues(true),
+        Ok("separate") => FusedEpilogues(false),
+        value => {
+            if let Ok(text) = value {
+                eprintln!("warning: KILN_EPILOGUES={text:?} is not `fused` or `separate`; ignored");
+            }
+            FusedEpilogues(device_type != wgpu::DeviceType::Cpu)
+        }
+    }
+}
+
+/// This device's [`FusedEpilogues`].
+pub fn fused_epilogues(gpu: &Gpu) -> FusedEpilogues {
+    gpu.setting(|info| default_fused_epilogues(info.device_type))
+}
+
+/// Sets whether epilogues run fused (tests run both on any adapter).
+pub fn set_fused_epilogues(gpu: &Gpu, fused: FusedEpilogues) {
+    gpu.set_setting(fused);
+}
+
 /// Records C = alpha·op(A)·op(B) (+ bias[N]) (+ C if accumulating) into `c`, and returns the
-/// epilogue of C (a new tensor shaped as C). The tiled kernel does both in one dispatch; a
-/// product that takes the skinny kernel (at most [`SKINNY_M`] rows or columns) is followed by
-/// the elementwise kernel instead.
+/// epilogue of C (a new tensor shaped as C). With [`FusedEpilogues`] on, the tiled kernel does
+/// both in one dispatch; otherwise, and for a product that takes the skinny kernel (at most
+/// [`SKINNY_M`] rows or columns), the elementwise kernel follows the product.
 pub fn matmul_epilogue_into(
     gpu: &Gpu,
     mm: &Matmul,
@@ -396,7 +428,7 @@ pub fn matmul_epilogue_into(
             return Err(Error::invalid(OP, "the gate must not share a buffer with the output `c`"));
         }
     }
-    if mm.m <= SKINNY_M || mm.n <= SKINNY_M {
+    if mm.m <= SKINNY_M || mm.n <= SKINNY_M || !fused_epilogues(gpu).0 {
         matmul_into(gpu, mm, a, b, bias, c)?;
         return match epilogue {
             Epilogue::Activation(act) => ew::activation(gpu, act, c),
@@ -518,7 +550,8 @@ fn product(
         return gpu.dispatch(OP, &spec, bytemuck::bytes_of(&swapped), &bindings, groups);
     }
     let tile = tile(gpu).for_depth(mm.k);
-    let header = tile.header();
+    // Two pipelines: the epilogue's code in a plain product's store loop cost lavapipe 1–3%.
+    let header = format!("{}const HAS_EPILOGUE: bool = {};\n", tile.header(), epilogue.is_some());
     const TILED: &[Access] =
         &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Read];
     let spec = KernelSpec { file: shader!("matmul"), entry: "matmul", header: &header, access: TILED };

@@ -50,6 +50,20 @@ pub fn under_both_reductions(mut f: impl FnMut(&str)) {
     set_reductions(gpu, saved).unwrap();
 }
 
+/// Runs `f` with matmul epilogues fused, then separate (`f` gets which), then puts the device's
+/// default back; a lock keeps another test from switching meanwhile.
+pub fn under_both_epilogues(mut f: impl FnMut(bool)) {
+    use kiln::kernels::matmul::{FusedEpilogues, fused_epilogues, set_fused_epilogues};
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let saved = fused_epilogues(gpu());
+    for fused in [true, false] {
+        set_fused_epilogues(gpu(), FusedEpilogues(fused));
+        f(fused);
+    }
+    set_fused_epilogues(gpu(), saved);
+}
+
 /// A small deterministic generator (xorshift64*), so inputs are the same on every run.
 pub struct Rng(u64);
 

@@ -325,13 +325,15 @@ fn epilogues_match_the_reference() {
         for &(unit, f) in &gated {
             epilogues.push((Epilogue::Gated(unit, &gate_t), format!("{unit:?}"), f(&f64s(&gate), &product)));
         }
-        for (epilogue, name, want) in epilogues {
-            let c = Tensor::zeros(gpu, &[batch, m, n]).unwrap();
-            let out = matmul_epilogue_into(gpu, &mm, &at, &bt, Some(&bias_t), &c, epilogue).unwrap();
-            let what = format!("matmul {batch}x{m}x{n}x{k} then {name}");
-            assert_close(&format!("{what}: c"), &download(&c), &product, tol, RTOL);
-            assert_close(&format!("{what}: epilogue"), &download(&out), &want, tol, RTOL);
-        }
+        under_both_epilogues(|fused| {
+            for (epilogue, name, want) in &epilogues {
+                let c = Tensor::zeros(gpu, &[batch, m, n]).unwrap();
+                let out = matmul_epilogue_into(gpu, &mm, &at, &bt, Some(&bias_t), &c, *epilogue).unwrap();
+                let what = format!("matmul {batch}x{m}x{n}x{k} then {name}, fused {fused}");
+                assert_close(&format!("{what}: c"), &download(&c), &product, tol, RTOL);
+                assert_close(&format!("{what}: epilogue"), &download(&out), want, tol, RTOL);
+            }
+        });
     }
     // A gate that is not shaped as C is refused by name.
     let (a, c) = (Tensor::zeros(gpu, &[40, 8]).unwrap(), Tensor::zeros(gpu, &[40, 70]).unwrap());
@@ -395,11 +397,14 @@ fn linear_epilogues_on_the_tape_equal_the_two_ops() {
                 out.extend(params[..used].iter().map(|p| download(p.grad.as_ref().expect("a gradient"))));
                 out
             };
-            let (fused, plain) = (run(true), run(false));
-            for (i, what) in ["loss", "dx", "dw", "db", "dgate"].iter().enumerate().take(fused.len()) {
-                let name = format!("{rows}x{d_in}->{d_out} {unit:?} epilogue {what}");
-                assert_close(&name, &fused[i], &f64s(&plain[i]), 1e-6, 1e-5);
-            }
+            let plain = run(false);
+            under_both_epilogues(|fused_kernel| {
+                let fused = run(true);
+                for (i, what) in ["loss", "dx", "dw", "db", "dgate"].iter().enumerate().take(fused.len()) {
+                    let name = format!("{rows}x{d_in}->{d_out} {unit:?} epilogue {what}, fused {fused_kernel}");
+                    assert_close(&name, &fused[i], &f64s(&plain[i]), 1e-6, 1e-5);
+                }
+            });
         }
     }
 }
