@@ -120,11 +120,11 @@ run() {
             echo "(step $m failed)" | tee -a "$OUT/session.log"
         step 120 $K bench --step $m --scale $scale --warmup 3 --steps 2 --profile --gpu-times --plot "$OUT/profile-$m.png"
         # The same step in one submit, to see what submitting in chunks buys on a GPU.
-        KILN_SUBMIT_EVERY=1000000 step 120 $K bench --step $m --scale $scale --steps $steps
+        step 120 env KILN_SUBMIT_EVERY=1000000 $K bench --step $m --scale $scale --steps $steps
         # The same step with the barrier-tree reductions, and with the matmul epilogues
         # (SwiGLU into the up-projection) separate, to keep or drop each on a GPU.
-        KILN_REDUCTIONS=barrier step 120 $K bench --step $m --scale $scale --steps $steps
-        KILN_EPILOGUES=separate step 120 $K bench --step $m --scale $scale --steps $steps
+        step 120 env KILN_REDUCTIONS=barrier $K bench --step $m --scale $scale --steps $steps
+        step 120 env KILN_EPILOGUES=separate $K bench --step $m --scale $scale --steps $steps
     done
 
     log "MiniLM classifier: one e-mail's latency and throughput per batch size, kiln eval and PyTorch"

@@ -192,10 +192,11 @@ fn run_step(gpu: &Gpu, args: &BenchArgs, model: StepModel, scale: Scale) -> Resu
         shape = shape.with_base(kind);
     }
     eprintln!(
-        "kiln bench --step on {}: {} (scale {scale:?}, {} reductions)",
+        "kiln bench --step on {}: {} (scale {scale:?}, {} reductions, {} matmul epilogues)",
         gpu.describe(),
         shape.describe(),
-        workgroup_reduce::reductions(gpu).name()
+        workgroup_reduce::reductions(gpu).name(),
+        if matmul::fused_epilogues(gpu).0 { "fused" } else { "separate" }
     );
     let mut step = StepBench::new(gpu, shape)?;
     if args.steps == 0 {
