@@ -440,28 +440,24 @@ pub fn memory_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
             run: Box::new(move || layer_norm::forward(gpu, norm, &x1, &g1, Some(&b1), 1e-5).map(drop)),
         });
         // A residual add and the norm of its sum: in one dispatch, and as two.
-        let (x1, r1, g1, b1) = (x.clone(), dy.clone(), gamma.clone(), beta.clone());
-        cases.push(Case {
-            kernel: format!("add_{name}_fwd"),
-            shape: shape.clone(),
-            flops: 0.0,
-            // x and the residual read, the sum and y written.
-            bytes: 4.0 * n * F32,
-            bound: Bound::Memory,
-            run: Box::new(move || layer_norm::forward_residual(gpu, norm, &x1, &r1, &g1, Some(&b1), 1e-5).map(drop)),
-        });
-        let (x1, r1, g1, b1) = (x.clone(), dy.clone(), gamma.clone(), beta.clone());
-        cases.push(Case {
-            kernel: format!("add_then_{name}_fwd"),
-            shape: shape.clone(),
-            flops: 0.0,
-            bytes: 4.0 * n * F32,
-            bound: Bound::Memory,
-            run: Box::new(move || {
-                let sum = elementwise::add(gpu, &x1, &r1)?;
-                layer_norm::forward(gpu, norm, &sum, &g1, Some(&b1), 1e-5).map(drop)
-            }),
-        });
+        for (kernel, fused) in [(format!("add_{name}_fwd"), true), (format!("add_then_{name}_fwd"), false)] {
+            let (x1, r1, g1, b1) = (x.clone(), dy.clone(), gamma.clone(), beta.clone());
+            cases.push(Case {
+                kernel,
+                shape: shape.clone(),
+                flops: 0.0,
+                // x and the residual read, the sum and y written.
+                bytes: 4.0 * n * F32,
+                bound: Bound::Memory,
+                run: Box::new(move || {
+                    if fused {
+                        return layer_norm::forward_residual(gpu, norm, &x1, &r1, &g1, Some(&b1), 1e-5).map(drop);
+                    }
+                    let sum = elementwise::add(gpu, &x1, &r1)?;
+                    layer_norm::forward(gpu, norm, &sum, &g1, Some(&b1), 1e-5).map(drop)
+                }),
+            });
+        }
         let (_, stats) = layer_norm::forward(gpu, norm, &x, &gamma, Some(&beta), 1e-5)?;
         let (x2, g2, dy2) = (x.clone(), gamma.clone(), dy.clone());
         let dx = Tensor::empty(gpu, &[rows, cols], DType::F32)?;

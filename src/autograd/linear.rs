@@ -42,6 +42,18 @@ pub struct Lora<'a> {
     pub dropout: f32,
 }
 
+fn expect_matrix(w: &Var) -> Result<()> {
+    if w.value.rank() != 2 {
+        return Err(Error::Shape {
+            op: "linear",
+            tensor: "weight",
+            expected: "a matrix".into(),
+            found: w.shape().to_vec(),
+        });
+    }
+    Ok(())
+}
+
 /// y = x·W (+ b) (+ the LoRA branch).
 pub fn linear(
     tape: &Tape,
@@ -51,14 +63,7 @@ pub fn linear(
     bias: Option<&Var>,
     lora: Option<Lora>,
 ) -> Result<Var> {
-    if w.value.rank() != 2 {
-        return Err(Error::Shape {
-            op: "linear",
-            tensor: "weight",
-            expected: "a matrix".into(),
-            found: w.shape().to_vec(),
-        });
-    }
+    expect_matrix(w)?;
     Ok(linear_impl(tape, x, Base::Dense { w, layout }, bias, lora, None)?.0)
 }
 
@@ -103,14 +108,7 @@ fn linear_epilogue(
     bias: Option<&Var>,
     epilogue: Epilogue,
 ) -> Result<(Var, Tensor)> {
-    if w.value.rank() != 2 {
-        return Err(Error::Shape {
-            op: "linear",
-            tensor: "weight",
-            expected: "a matrix".into(),
-            found: w.shape().to_vec(),
-        });
-    }
+    expect_matrix(w)?;
     let (y, out) = linear_impl(tape, x, Base::Dense { w, layout }, bias, None, Some(epilogue))?;
     Ok((y, out.expect("a dense product with an epilogue returns its output")))
 }

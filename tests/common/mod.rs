@@ -64,6 +64,21 @@ pub fn under_both_epilogues(mut f: impl FnMut(bool)) {
     set_fused_epilogues(gpu(), saved);
 }
 
+/// Trainable parameters of these names, values and shapes, for tests that take gradients
+/// through the tape.
+pub fn trainable_params(names: &[&str], data: &[Vec<f32>], shapes: &[Vec<usize>]) -> Vec<kiln::autograd::Param> {
+    names
+        .iter()
+        .zip(data)
+        .zip(shapes)
+        .map(|((name, d), shape)| {
+            let mut p = kiln::autograd::Param::new(*name, upload(d, shape));
+            p.set_trainable(gpu(), true).unwrap();
+            p
+        })
+        .collect()
+}
+
 /// A small deterministic generator (xorshift64*), so inputs are the same on every run.
 pub struct Rng(u64);
 

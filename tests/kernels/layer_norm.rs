@@ -111,7 +111,7 @@ fn residual_add_and_norm_match_the_reference() {
 /// both the sum and the normed rows.
 #[test]
 fn add_norm_on_the_tape_equals_add_then_norm() {
-    use kiln::autograd::{Param, Tape, add, add_norm, cross_entropy, norm as norm_op};
+    use kiln::autograd::{Tape, add, add_norm, cross_entropy, norm as norm_op};
     let g = gpu();
     let mut rng = Rng::new(42);
     let (rows, cols) = (6, 37);
@@ -120,15 +120,7 @@ fn add_norm_on_the_tape_equals_add_then_norm() {
     for kind in [Norm::LayerNorm, Norm::RmsNorm] {
         let run = |fused: bool| -> Vec<Vec<f32>> {
             let shapes = [vec![rows, cols], vec![rows, cols], vec![cols], vec![cols]];
-            let mut params: Vec<Param> = ["x", "r", "gamma", "beta"]
-                .iter()
-                .zip(&data)
-                .zip(&shapes)
-                .map(|((name, d), shape)| Param::new(*name, upload(d, shape)))
-                .collect();
-            for p in &mut params {
-                p.set_trainable(g, true).unwrap();
-            }
+            let params = trainable_params(&["x", "r", "gamma", "beta"], &data, &shapes);
             let tape = Tape::train(g, 0, 1);
             let v: Vec<_> = params.iter().map(|p| tape.param(p)).collect();
             let beta = (kind == Norm::LayerNorm).then_some(&v[3]);

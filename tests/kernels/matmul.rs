@@ -347,45 +347,38 @@ fn epilogues_match_the_reference() {
 
 /// Through the tape, a linear layer with its activation (or gated unit) in the epilogue gives
 /// the values and gradients of the linear then the elementwise op, on a tiled and a skinny
-/// product, with a loss that reads both the product and the epilogue's output.
+/// product and with either weight layout, with a loss that reads both the product and the
+/// epilogue's output.
 #[test]
 fn linear_epilogues_on_the_tape_equal_the_two_ops() {
     use kiln::autograd::{
-        Param, Tape, WeightLayout, activation, add, cross_entropy, gated, linear, linear_activation, linear_gated,
+        Tape, WeightLayout, activation, add, cross_entropy, gated, linear, linear_activation, linear_gated,
     };
     use kiln::kernels::elementwise::{Activation, GatedUnit};
     let g = gpu();
     let mut rng = Rng::new(78);
-    for (rows, d_in, d_out) in [(40, 19, 33), (6, 19, 33)] {
-        let shapes = [vec![rows, d_in], vec![d_out, d_in], vec![d_out], vec![rows, d_out]];
+    let (out_in, in_out) = (WeightLayout::OutIn, WeightLayout::InOut);
+    for (rows, d_in, d_out, layout) in [(40, 19, 33, out_in), (6, 19, 33, out_in), (40, 19, 33, in_out)] {
+        let w_shape = if layout == out_in { vec![d_out, d_in] } else { vec![d_in, d_out] };
+        let shapes = [vec![rows, d_in], w_shape, vec![d_out], vec![rows, d_out]];
         let data: Vec<Vec<f32>> = shapes.iter().map(|s| rng.vec(s.iter().product())).collect();
         let targets: Vec<i32> = (0..rows).map(|_| rng.below(d_out as u32) as i32).collect();
         for unit in [None, Some(GatedUnit::SwiGlu)] {
             let run = |fused: bool| -> Vec<Vec<f32>> {
-                let mut params: Vec<Param> = ["x", "w", "b", "gate"]
-                    .iter()
-                    .zip(&data)
-                    .zip(&shapes)
-                    .map(|((name, d), shape)| Param::new(*name, upload(d, shape)))
-                    .collect();
-                for p in &mut params {
-                    p.set_trainable(g, true).unwrap();
-                }
+                let params = trainable_params(&["x", "w", "b", "gate"], &data, &shapes);
                 let tape = Tape::train(g, 0, 1);
                 let v: Vec<_> = params.iter().map(|p| tape.param(p)).collect();
                 let (x, w, b, gate) = (&v[0], &v[1], Some(&v[2]), &v[3]);
                 let (h, y) = match (unit, fused) {
-                    (None, true) => {
-                        linear_activation(&tape, x, w, WeightLayout::OutIn, b, Activation::GeluTanh).unwrap()
-                    }
-                    (Some(u), true) => linear_gated(&tape, x, w, WeightLayout::OutIn, b, u, gate).unwrap(),
+                    (None, true) => linear_activation(&tape, x, w, layout, b, Activation::GeluTanh).unwrap(),
+                    (Some(u), true) => linear_gated(&tape, x, w, layout, b, u, gate).unwrap(),
                     (None, false) => {
-                        let h = linear(&tape, x, w, WeightLayout::OutIn, b, None).unwrap();
+                        let h = linear(&tape, x, w, layout, b, None).unwrap();
                         let y = activation(&tape, Activation::GeluTanh, &h).unwrap();
                         (h, y)
                     }
                     (Some(u), false) => {
-                        let h = linear(&tape, x, w, WeightLayout::OutIn, b, None).unwrap();
+                        let h = linear(&tape, x, w, layout, b, None).unwrap();
                         let y = gated(&tape, u, gate, &h).unwrap();
                         (h, y)
                     }
@@ -401,7 +394,8 @@ fn linear_epilogues_on_the_tape_equal_the_two_ops() {
             under_both_epilogues(|fused_kernel| {
                 let fused = run(true);
                 for (i, what) in ["loss", "dx", "dw", "db", "dgate"].iter().enumerate().take(fused.len()) {
-                    let name = format!("{rows}x{d_in}->{d_out} {unit:?} epilogue {what}, fused {fused_kernel}");
+                    let name =
+                        format!("{rows}x{d_in}->{d_out} {layout:?} {unit:?} epilogue {what}, fused {fused_kernel}");
                     assert_close(&name, &fused[i], &f64s(&plain[i]), 1e-6, 1e-5);
                 }
             });
