@@ -20,7 +20,7 @@ use crate::kernels::attention::AttentionSpec;
 use crate::kernels::elementwise::GatedUnit;
 use crate::kernels::layer_norm::Norm;
 use crate::kernels::rope::RopeTables;
-use crate::nn::{KvCache, Linear, NormLayer, RopeConfig};
+use crate::nn::{KvCache, Linear, NormLayer, Residual, RopeConfig};
 use crate::tensor::Tensor;
 
 /// Everything that differs between the families, as switches over one block.
@@ -647,12 +647,13 @@ struct BlockInputs<'a> {
     layer: usize,
 }
 
-/// One decoder block: x `[B, T, C]` → x + attention + MLP, pre-norm.
-fn block_forward(tape: &Tape, cfg: &DecoderConfig, l: &Block, x: &Var, inp: &BlockInputs) -> Result<Var> {
+/// One decoder block: x `[B, T, C]` → x + attention + MLP, pre-norm. The MLP's output is
+/// returned pending, for the next norm to add (`Residual`).
+fn block_forward(tape: &Tape, cfg: &DecoderConfig, l: &Block, x: Residual, inp: &BlockInputs) -> Result<Residual> {
     let (b, t) = (inp.spec.batch, inp.spec.seq);
     let (hq, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let offset = inp.cache.map_or(0, |k| k.len);
-    let a = l.input_layernorm.forward(tape, x)?;
+    let (x, a) = x.norm(tape, &l.input_layernorm)?;
     let (q, k, v) = match &l.qkv {
         QkvProj::Separate { q_proj, k_proj, v_proj } => {
             (q_proj.forward(tape, &a)?, k_proj.forward(tape, &a)?, v_proj.forward(tape, &a)?)
@@ -683,9 +684,9 @@ fn block_forward(tape: &Tape, cfg: &DecoderConfig, l: &Block, x: &Var, inp: &Blo
     let (x, m) = match &l.pre_feedforward_layernorm {
         Some(pre) => {
             let y = l.post_attention_layernorm.forward(tape, &y)?;
-            pre.forward_add(tape, x, &y)?
+            pre.forward_add(tape, &x, &y)?
         }
-        None => l.post_attention_layernorm.forward_add(tape, x, &y)?,
+        None => l.post_attention_layernorm.forward_add(tape, &x, &y)?,
     };
     let h = match &l.gate_up {
         // The up-projection's matmul applies the gated unit as it stores.
@@ -704,7 +705,7 @@ fn block_forward(tape: &Tape, cfg: &DecoderConfig, l: &Block, x: &Var, inp: &Blo
     if let Some(post) = &l.post_feedforward_layernorm {
         m = post.forward(tape, &m)?;
     }
-    autograd::add(tape, &x, &m)
+    Ok(Residual::Pending(x, m))
 }
 
 /// RMSNorm over each head's D values of x `[B, T, H, D]`.
@@ -739,10 +740,11 @@ impl CausalLm for Decoder {
         let (hq, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let offset = cache.map_or(0, |k| k.len);
         let rope = self.rope_for(input.position_span(offset));
-        let mut x = autograd::embedding(tape, &tape.param(&self.embed_tokens), &input.ids, &input.ids_gpu)?;
+        let mut embedded = autograd::embedding(tape, &tape.param(&self.embed_tokens), &input.ids, &input.ids_gpu)?;
         if let Some(s) = cfg.embed_scale {
-            x = autograd::scale(tape, &x, s)?;
+            embedded = autograd::scale(tape, &embedded, s)?;
         }
+        let mut x = Residual::Sum(embedded);
         let mut spec = AttentionSpec::new(b, t, hq, hkv, d, true).with_segments(input.packed);
         if let Some(s) = cfg.query_pre_attn_scalar {
             spec.scale = (1.0 / s.sqrt()) as f32;
@@ -760,7 +762,8 @@ impl CausalLm for Decoder {
                 // The rerun in backward needs its own handles on the block and the inputs.
                 let (l, cfg, rope, mask) = (l.clone(), cfg.clone(), rope.clone(), input.key_mask.clone());
                 let positions = input.positions.as_ref().map(|p| p.1.clone());
-                autograd::checkpoint(tape, &x, move |tape, x| {
+                // A checkpoint's input and output are one tensor each: the stream summed.
+                let sum = autograd::checkpoint(tape, &x.sum(tape)?, move |tape, x| {
                     let inputs = BlockInputs {
                         rope: &rope,
                         positions: positions.as_ref(),
@@ -769,15 +772,16 @@ impl CausalLm for Decoder {
                         cache: None,
                         layer: i,
                     };
-                    block_forward(tape, &cfg, &l, x, &inputs)
-                })?
+                    block_forward(tape, &cfg, &l, Residual::Sum(x.clone()), &inputs)?.sum(tape)
+                })?;
+                Residual::Sum(sum)
             } else {
                 let positions = input.positions.as_ref().map(|p| &p.1);
                 let inputs = BlockInputs { rope, positions, spec, key_mask: input.key_mask.as_ref(), cache, layer: i };
-                block_forward(tape, cfg, l, &x, &inputs)?
+                block_forward(tape, cfg, l, x, &inputs)?
             };
         }
-        self.norm.forward(tape, &x)
+        Ok(x.norm(tape, &self.norm)?.1)
     }
 
     fn head(&self, tape: &Tape) -> Var {

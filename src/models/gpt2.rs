@@ -17,7 +17,7 @@ use crate::gpu::Gpu;
 use crate::kernels::attention::AttentionSpec;
 use crate::kernels::elementwise::Activation;
 use crate::kernels::layer_norm::Norm;
-use crate::nn::{KvCache, Linear, NormLayer};
+use crate::nn::{KvCache, Linear, NormLayer, Residual};
 use crate::tensor::Tensor;
 
 fn default_act() -> String {
@@ -210,18 +210,19 @@ struct BlockStep {
 }
 
 impl BlockStep {
-    /// x `[B, T, C]` → x + attention + MLP, pre-norm, with residual dropout.
+    /// x `[B, T, C]` → x + attention + MLP, pre-norm, with residual dropout. The MLP's output
+    /// is returned pending, for the next norm to add (`Residual`).
     fn forward(
         &self,
         tape: &Tape,
         blk: &Block,
-        x: &Var,
+        x: Residual,
         key_mask: Option<&Tensor>,
         cache: Option<&KvCache>,
-    ) -> Result<Var> {
+    ) -> Result<Residual> {
         let (b, t, nh, d) = (self.spec.batch, self.spec.seq, self.spec.q_heads, self.spec.head_dim);
         let c = nh * d;
-        let a = blk.ln_1.forward(tape, x)?;
+        let (x, a) = x.norm(tape, &blk.ln_1)?;
         let qkv = blk.c_attn.forward(tape, &a)?;
         let parts = autograd::split_cols(tape, &qkv, &[c, c, c])?;
         let q = parts[0].reshape(&[b, t, nh, d])?;
@@ -230,11 +231,11 @@ impl BlockStep {
         let y = self_attention(tape, &self.spec, &q, &k, &v, key_mask, cache, self.layer)?;
         let y = blk.attn_c_proj.forward(tape, &y.reshape(&[b, t, c])?)?;
         let y = autograd::dropout(tape, &y, self.resid_pdrop)?;
-        let (x, m) = blk.ln_2.forward_add(tape, x, &y)?;
+        let (x, m) = blk.ln_2.forward_add(tape, &x, &y)?;
         let m = blk.c_fc.forward_activation(tape, &m, self.activation)?;
         let m = blk.mlp_c_proj.forward(tape, &m)?;
         let m = autograd::dropout(tape, &m, self.resid_pdrop)?;
-        autograd::add(tape, &x, &m)
+        Ok(Residual::Pending(x, m))
     }
 }
 
@@ -274,8 +275,8 @@ impl CausalLm for Gpt2 {
             None => positions(tape.gpu, b, t, offset)?,
         };
         let pe = autograd::embedding(tape, &tape.param(&self.wpe), &pos, &pos_gpu)?;
-        let mut x = autograd::add(tape, &tok, &pe)?;
-        x = autograd::dropout(tape, &x, cfg.embd_pdrop)?;
+        let embedded = autograd::dropout(tape, &autograd::add(tape, &tok, &pe)?, cfg.embd_pdrop)?;
+        let mut x = Residual::Sum(embedded);
         let mut spec = AttentionSpec::new(b, t, nh, nh, d, true).with_segments(input.packed);
         if !cfg.scale_attn_weights {
             spec.scale = 1.0;
@@ -286,14 +287,18 @@ impl CausalLm for Gpt2 {
         for (i, blk) in self.h.iter().enumerate() {
             let step = BlockStep { spec, activation: self.activation, resid_pdrop: cfg.resid_pdrop, layer: i };
             x = if self.grad_checkpoint && cache.is_none() {
-                // The rerun in backward needs its own handles on the block and the mask.
+                // The rerun in backward needs its own handles on the block and the mask; a
+                // checkpoint's input and output are one tensor each, the stream summed.
                 let (blk, mask) = (blk.clone(), input.key_mask.clone());
-                autograd::checkpoint(tape, &x, move |tape, x| step.forward(tape, &blk, x, mask.as_ref(), None))?
+                let sum = autograd::checkpoint(tape, &x.sum(tape)?, move |tape, x| {
+                    step.forward(tape, &blk, Residual::Sum(x.clone()), mask.as_ref(), None)?.sum(tape)
+                })?;
+                Residual::Sum(sum)
             } else {
-                step.forward(tape, blk, &x, input.key_mask.as_ref(), cache)?
+                step.forward(tape, blk, x, input.key_mask.as_ref(), cache)?
             };
         }
-        self.ln_f.forward(tape, &x)
+        Ok(x.norm(tape, &self.ln_f)?.1)
     }
 
     fn head(&self, tape: &Tape) -> Var {

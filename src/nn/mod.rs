@@ -17,5 +17,5 @@ pub use init::Rng;
 pub use kv_cache::KvCache;
 pub use linear::Linear;
 pub use lora::{LoraAdapter, LoraConfig};
-pub use norm::NormLayer;
+pub use norm::{NormLayer, Residual};
 pub use rope_scaling::{RopeConfig, RopeScaling};

@@ -36,3 +36,34 @@ impl NormLayer {
         std::iter::once(&mut self.weight).chain(&mut self.bias).for_each(f);
     }
 }
+
+/// The residual stream between pre-norm blocks: its sum so far, or that sum and a block's
+/// output not yet added to it, so that the next block's norm adds it in its own dispatch
+/// ([`NormLayer::forward_add`]) instead of a separate add before it.
+pub enum Residual {
+    Sum(Var),
+    Pending(Var, Var),
+}
+
+impl Residual {
+    /// (the stream's sum, `norm` of it): with an output pending, the add and the norm in one
+    /// dispatch.
+    pub fn norm(self, tape: &Tape, norm: &NormLayer) -> Result<(Var, Var)> {
+        match self {
+            Residual::Sum(x) => {
+                let y = norm.forward(tape, &x)?;
+                Ok((x, y))
+            }
+            Residual::Pending(x, m) => norm.forward_add(tape, &x, &m),
+        }
+    }
+
+    /// The stream's sum (one add, with an output pending): where a single tensor must cross a
+    /// boundary, such as a checkpointed block's output.
+    pub fn sum(self, tape: &Tape) -> Result<Var> {
+        match self {
+            Residual::Sum(x) => Ok(x),
+            Residual::Pending(x, m) => autograd::add(tape, &x, &m),
+        }
+    }
+}
