@@ -79,12 +79,8 @@ fn per_channel(x: &Tensor, named: &[(&'static str, &Tensor)]) -> Result<()> {
     Ok(())
 }
 
-/// An entry of batch_norm.wgsl, compiled with this device's workgroup reductions (`header`,
-/// from [`shader_file`], names them).
-fn spec<'a>(file: ShaderFile, header: &'a str, entry: &'static str, access: &'static [Access]) -> KernelSpec<'a> {
-    KernelSpec { file, entry, header, access }
-}
-
+/// batch_norm.wgsl with this device's workgroup reductions, and the header that names them:
+/// every entry of the file is compiled from the one module.
 fn shader_file(gpu: &Gpu) -> (ShaderFile, String) {
     reducing(gpu, shader!("batch_norm"), "")
 }
@@ -105,7 +101,7 @@ fn apply(gpu: &Gpu, p: Params, x: &Tensor, saved: &BnSaved, gamma: &Tensor, beta
     let (file, header) = shader_file(gpu);
     gpu.dispatch(
         OP,
-        &spec(file, &header, "bn_apply", &[R, R, R, R, R, RW]),
+        &KernelSpec { file, entry: "bn_apply", header: &header, access: &[R, R, R, R, R, RW] },
         bytemuck::bytes_of(&p),
         &bindings,
         gpu.grid_stride(x.numel() as u64),
@@ -146,7 +142,7 @@ pub fn forward_train(
     let (file, header) = shader_file(gpu);
     gpu.dispatch(
         OP,
-        &spec(file, &header, "bn_stats", &[R, RW, RW, RW, RW]),
+        &KernelSpec { file, entry: "bn_stats", header: &header, access: &[R, RW, RW, RW, RW] },
         bytemuck::bytes_of(&p),
         &bindings,
         gpu.grid_1d(c as u64),
@@ -219,7 +215,7 @@ pub fn backward(gpu: &Gpu, x: &Tensor, gamma: &Tensor, saved: &BnSaved, dy: &Ten
         let (file, header) = shader_file(gpu);
         gpu.dispatch(
             OP,
-            &spec(file, &header, "bn_bwd_sums", &[R, R, R, R, RW, RW, RW]),
+            &KernelSpec { file, entry: "bn_bwd_sums", header: &header, access: &[R, R, R, R, RW, RW, RW] },
             bytemuck::bytes_of(&ps),
             &bindings,
             gpu.grid_1d(c as u64),
@@ -243,7 +239,7 @@ pub fn backward(gpu: &Gpu, x: &Tensor, gamma: &Tensor, saved: &BnSaved, dy: &Ten
         let (file, header) = shader_file(gpu);
         gpu.dispatch(
             OP,
-            &spec(file, &header, "bn_bwd_dx", &[R, R, R, R, R, R, RW]),
+            &KernelSpec { file, entry: "bn_bwd_dx", header: &header, access: &[R, R, R, R, R, R, RW] },
             bytemuck::bytes_of(&p),
             &bindings,
             gpu.grid_stride(x.numel() as u64),

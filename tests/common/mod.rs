@@ -28,40 +28,41 @@ pub fn gpu() -> &'static Gpu {
     })
 }
 
-/// Runs `f` under each kind of workgroup reduction in turn, subgroup then barrier (`f` gets the
-/// kind's name for its messages), then puts the device's default back. A lock keeps another
-/// test from switching kinds meanwhile. Panics where the adapter has no subgroup operations:
-/// the subgroup path must not pass untested.
-pub fn under_both_reductions(mut f: impl FnMut(&str)) {
-    use kiln::kernels::workgroup_reduce::{Reductions, has_subgroups, reductions, set_reductions};
+/// Runs `f` under each of `values` of a device setting in turn, then puts the setting back.
+/// One lock for every such setting keeps the tests that switch them from doing it under each
+/// other (other tests may run meanwhile: both values of each setting give correct results).
+fn under_each<T: Copy>(values: [T; 2], get: impl Fn() -> T, set: impl Fn(T), mut f: impl FnMut(T)) {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let saved = get();
+    for v in values {
+        set(v);
+        f(v);
+    }
+    set(saved);
+}
+
+/// Runs `f` under each kind of workgroup reduction, subgroup then barrier (`f` gets the kind's
+/// name for its messages). Panics where the adapter has no subgroup operations: the subgroup
+/// path must not pass untested.
+pub fn under_both_reductions(mut f: impl FnMut(&str)) {
+    use kiln::kernels::workgroup_reduce::{Reductions, has_subgroups, reductions, set_reductions};
     let gpu = gpu();
     assert!(
         has_subgroups(gpu),
         "{} has no subgroup operations: the subgroup reductions cannot be tested here",
         gpu.describe()
     );
-    let saved = reductions(gpu);
-    for r in [Reductions::Subgroup, Reductions::Barrier] {
-        set_reductions(gpu, r).unwrap();
-        f(r.name());
-    }
-    set_reductions(gpu, saved).unwrap();
+    let set = |r| set_reductions(gpu, r).unwrap();
+    under_each([Reductions::Subgroup, Reductions::Barrier], || reductions(gpu), set, |r| f(r.name()));
 }
 
-/// Runs `f` with matmul epilogues fused, then separate (`f` gets which), then puts the device's
-/// default back; a lock keeps another test from switching meanwhile.
+/// Runs `f` with matmul epilogues fused, then separate (`f` gets which).
 pub fn under_both_epilogues(mut f: impl FnMut(bool)) {
     use kiln::kernels::matmul::{FusedEpilogues, fused_epilogues, set_fused_epilogues};
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let saved = fused_epilogues(gpu());
-    for fused in [true, false] {
-        set_fused_epilogues(gpu(), FusedEpilogues(fused));
-        f(fused);
-    }
-    set_fused_epilogues(gpu(), saved);
+    let gpu = gpu();
+    let both = [FusedEpilogues(true), FusedEpilogues(false)];
+    under_each(both, || fused_epilogues(gpu), |v| set_fused_epilogues(gpu, v), |v| f(v.0));
 }
 
 /// Trainable parameters of these names, values and shapes, for tests that take gradients
