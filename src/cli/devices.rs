@@ -25,6 +25,9 @@ struct Row {
     max_compute_workgroup_storage_size: u32,
     max_compute_invocations_per_workgroup: u32,
     matmul_tile: String,
+    /// The kernel paths kiln picks on this adapter: its workgroup reductions (subgroup or
+    /// barrier) and whether matmul epilogues run fused.
+    kernels: Vec<String>,
     /// What faster kernels could use, where the adapter has it: subgroup operations (with its
     /// subgroup sizes), f16 arithmetic, timestamp queries (the profiler's GPU times) and
     /// cooperative matrices (tensor cores).
@@ -50,6 +53,17 @@ fn features(adapter: &wgpu::Adapter) -> Vec<String> {
     out
 }
 
+/// What `Gpu::new` would pick for this adapter, environment overrides included.
+fn kernel_paths(adapter: &wgpu::Adapter) -> Vec<String> {
+    use crate::kernels::{matmul, workgroup_reduce};
+    let reductions = workgroup_reduce::default_reductions(adapter.features().contains(wgpu::Features::SUBGROUP));
+    let fused = matmul::default_fused_epilogues(adapter.get_info().device_type).0;
+    vec![
+        format!("{} reductions", reductions.name()),
+        format!("{} matmul epilogues", if fused { "fused" } else { "separate" }),
+    ]
+}
+
 pub fn run(args: DevicesArgs) -> Result<()> {
     let instance = adapter::instance();
     let rows: Vec<Row> = adapter::list(&instance)
@@ -69,6 +83,7 @@ pub fn run(args: DevicesArgs) -> Result<()> {
                 max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
                 max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
                 matmul_tile: crate::kernels::matmul::tile_for_adapter(&info).to_string(),
+                kernels: kernel_paths(a),
                 features: features(a),
             }
         })
@@ -96,6 +111,7 @@ pub fn run(args: DevicesArgs) -> Result<()> {
             r.features.join(", ")
         };
         println!("    features: {features}");
+        println!("    kernels: {}", r.kernels.join(", "));
     }
     Ok(())
 }

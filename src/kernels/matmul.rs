@@ -390,7 +390,9 @@ pub fn default_fused_epilogues(device_type: wgpu::DeviceType) -> FusedEpilogues 
         Ok("fused") => FusedEpilogues(true),
         Ok("separate") => FusedEpilogues(false),
         value => {
-            if let Ok(text) = value {
+            if let Ok(text) = value
+                && !text.is_empty()
+            {
                 eprintln!("warning: KILN_EPILOGUES={text:?} is not `fused` or `separate`; ignored");
             }
             FusedEpilogues(device_type != wgpu::DeviceType::Cpu)

@@ -40,23 +40,26 @@ pub fn has_subgroups(gpu: &Gpu) -> bool {
     gpu.features().contains(wgpu::Features::SUBGROUP)
 }
 
-/// This device's reductions: subgroups where it has them, unless [`set_reductions`] said
-/// otherwise. `KILN_REDUCTIONS=barrier` picks the barrier tree anyway (to compare the two).
+/// The reductions for a device with or without subgroup operations: subgroups where it has
+/// them. `KILN_REDUCTIONS=barrier` picks the barrier tree anyway (to compare the two).
+pub fn default_reductions(subgroups: bool) -> Reductions {
+    let default = if subgroups { Reductions::Subgroup } else { Reductions::Barrier };
+    match std::env::var("KILN_REDUCTIONS").as_deref() {
+        Err(_) | Ok("") => default,
+        Ok("barrier") => Reductions::Barrier,
+        Ok("subgroup") if subgroups => Reductions::Subgroup,
+        Ok(other) => {
+            let expected = if subgroups { "`barrier` or `subgroup`" } else { "`barrier` (no subgroups here)" };
+            eprintln!("warning: KILN_REDUCTIONS={other:?} is not {expected}; using {} reductions", default.name());
+            default
+        }
+    }
+}
+
+/// This device's reductions: [`default_reductions`] unless [`set_reductions`] said otherwise.
 pub fn reductions(gpu: &Gpu) -> Reductions {
     let subgroups = has_subgroups(gpu);
-    gpu.setting(|_| {
-        let default = if subgroups { Reductions::Subgroup } else { Reductions::Barrier };
-        match std::env::var("KILN_REDUCTIONS").as_deref() {
-            Err(_) | Ok("") => default,
-            Ok("barrier") => Reductions::Barrier,
-            Ok("subgroup") if subgroups => Reductions::Subgroup,
-            Ok(other) => {
-                let expected = if subgroups { "`barrier` or `subgroup`" } else { "`barrier` (no subgroups here)" };
-                eprintln!("warning: KILN_REDUCTIONS={other:?} is not {expected}; using {} reductions", default.name());
-                default
-            }
-        }
-    })
+    gpu.setting(|_| default_reductions(subgroups))
 }
 
 /// Picks the reductions (tests run both; `kiln bench` compares them).

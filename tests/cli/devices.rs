@@ -20,4 +20,34 @@ fn devices_list_each_adapters_features() {
     }
     let (table, _) = kiln("devices").run();
     assert_eq!(table.matches("    features: ").count(), adapters.len(), "{table}");
+    assert_eq!(table.matches("    kernels: ").count(), adapters.len(), "{table}");
+}
+
+/// Each adapter says which kernel paths kiln picks on it: subgroup reductions exactly where it
+/// has subgroups, and epilogues fused on a GPU, separate on a CPU adapter; the environment's
+/// overrides show there too.
+#[test]
+fn devices_name_the_kernel_paths() {
+    let paths = |reductions: &str, epilogues: &str| {
+        let doc = kiln("devices").env("KILN_REDUCTIONS", reductions).env("KILN_EPILOGUES", epilogues).json();
+        let adapters = doc.as_array().unwrap_or_else(|| panic!("not a list: {doc}")).clone();
+        assert!(!adapters.is_empty(), "no adapter listed: {doc}");
+        adapters
+    };
+    for a in paths("", "") {
+        let kernels: Vec<&str> = a["kernels"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no kernels: {a}"))
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        let features = a["features"].as_array().unwrap();
+        let subgroups = features.iter().any(|f| f.as_str().unwrap().starts_with("subgroups "));
+        let reductions = if subgroups { "subgroup reductions" } else { "barrier reductions" };
+        let epilogues = if a["device_type"] == "Cpu" { "separate matmul epilogues" } else { "fused matmul epilogues" };
+        assert_eq!(kernels, [reductions, epilogues], "{a}");
+    }
+    for a in paths("barrier", "fused") {
+        assert_eq!(a["kernels"], serde_json::json!(["barrier reductions", "fused matmul epilogues"]), "{a}");
+    }
 }
