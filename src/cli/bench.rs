@@ -196,7 +196,7 @@ fn run_step(gpu: &Gpu, args: &BenchArgs, model: StepModel, scale: Scale) -> Resu
         gpu.describe(),
         shape.describe(),
         workgroup_reduce::reductions(gpu).name(),
-        if matmul::fused_epilogues(gpu).0 { "fused" } else { "separate" }
+        matmul::fused_epilogues(gpu).name()
     );
     let mut step = StepBench::new(gpu, shape)?;
     if args.steps == 0 {

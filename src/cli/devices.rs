@@ -57,11 +57,8 @@ fn features(adapter: &wgpu::Adapter) -> Vec<String> {
 fn kernel_paths(adapter: &wgpu::Adapter) -> Vec<String> {
     use crate::kernels::{matmul, workgroup_reduce};
     let reductions = workgroup_reduce::default_reductions(adapter.features().contains(wgpu::Features::SUBGROUP));
-    let fused = matmul::default_fused_epilogues(adapter.get_info().device_type).0;
-    vec![
-        format!("{} reductions", reductions.name()),
-        format!("{} matmul epilogues", if fused { "fused" } else { "separate" }),
-    ]
+    let epilogues = matmul::default_fused_epilogues(adapter.get_info().device_type);
+    vec![format!("{} reductions", reductions.name()), format!("{} matmul epilogues", epilogues.name())]
 }
 
 pub fn run(args: DevicesArgs) -> Result<()> {

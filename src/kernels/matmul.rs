@@ -381,6 +381,13 @@ impl Epilogue<'_> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FusedEpilogues(pub bool);
 
+impl FusedEpilogues {
+    /// "fused" or "separate", as `kiln devices` and `kiln bench` report it.
+    pub fn name(self) -> &'static str {
+        if self.0 { "fused" } else { "separate" }
+    }
+}
+
 /// Fused on a GPU, where the second dispatch and its pass over C cost more than the epilogue's
 /// arithmetic; separate on a CPU adapter, where lavapipe ran the fused MLP up-projection with
 /// GELU 2–3% slower than the product then the activation (README, "Whole training steps and

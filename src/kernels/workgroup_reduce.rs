@@ -58,8 +58,8 @@ pub fn default_reductions(subgroups: bool) -> Reductions {
 
 /// This device's reductions: [`default_reductions`] unless [`set_reductions`] said otherwise.
 pub fn reductions(gpu: &Gpu) -> Reductions {
-    let subgroups = has_subgroups(gpu);
-    gpu.setting(|_| default_reductions(subgroups))
+    // The features are read once, when the setting is first made, not on every dispatch.
+    gpu.setting(|_| default_reductions(has_subgroups(gpu)))
 }
 
 /// Picks the reductions (tests run both; `kiln bench` compares them).
