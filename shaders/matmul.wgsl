@@ -11,6 +11,13 @@
 // dispatch. C keeps the pre-activation value the backward needs. A plain product's pipeline is
 // compiled with HAS_EPILOGUE false, so its store loop carries no epilogue code.
 //
+// Split-K (SPLIT_K, from the host's header): a product with too few output tiles to fill the
+// GPU (a 512-row product, a weight gradient with K = tokens) splits its K sum into p.splits
+// ranges of p.k_chunk (a multiple of BK). Workgroup z = split * batch + b computes its range's
+// partial sums into `partials` ([splits, batch, M, N], raw: before alpha), and a second
+// dispatch, `matmul_split_sum`, adds them in split order (so the result does not depend on
+// scheduling) and does the store: alpha, a product dropout, bias, accumulate, the epilogue.
+//
 // Tiling (constants BM, BN, BK, TM, TN come from a header the host prepends, one per adapter):
 // a workgroup computes a BM x BN block of C with (BM/TM)*(BN/TN) invocations; each invocation
 // keeps a TM x TN block of accumulators in registers. Per BK-slice of K, the workgroup stages
@@ -29,6 +36,7 @@
 
 @group(0) @binding(5) var<storage, read_write> epilogue_out: array<f32>;
 @group(0) @binding(6) var<storage, read> gate: array<f32>;
+@group(0) @binding(7) var<storage, read_write> partials: array<f32>;
 
 // The epilogues, as src/kernels/matmul.rs's Epilogue::code numbers them.
 const EPI_GELU_ERF: u32 = 1u;
@@ -55,21 +63,41 @@ fn epilogue(v: f32, idx: u32) -> f32 {
     }
 }
 
+// Stores C[row, col] of the batch entry at c_base from the raw sum `acc` (alpha not applied):
+// alpha, a dropout of the product, bias, accumulate, and the epilogue beside it.
+fn store(acc: f32, row: u32, col: u32, c_base: u32) {
+    var v = dropped(3u, p.alpha * acc, row * p.n + col);
+    if (p.has_bias != 0u) { v += bias[col]; }
+    let idx = c_base + row * p.n + col;
+    if (p.accumulate != 0u) { v += c[idx]; }
+    c[idx] = v;
+    if (HAS_EPILOGUE && p.epilogue != 0u) { epilogue_out[idx] = epilogue(v, idx); }
+}
+
 @compute @workgroup_size(WG)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let tx = lid % WG_X;
     let ty = lid / WG_X;
     let row0 = wg.y * BM;
     let col0 = wg.x * BN;
-    let a_base = p.offset_a + wg.z * p.stride_a;
-    let b_base = p.offset_b + wg.z * p.stride_b;
-    let c_base = p.offset_c + wg.z * p.stride_c;
+    // Without split-K, z is the batch entry and the K range is all of K.
+    var batch = wg.z;
+    var k_begin = 0u;
+    var k_end = p.k;
+    if (SPLIT_K) {
+        batch = wg.z % p.batch;
+        k_begin = (wg.z / p.batch) * p.k_chunk;
+        k_end = min(k_begin + p.k_chunk, p.k);
+    }
+    let a_base = p.offset_a + batch * p.stride_a;
+    let b_base = p.offset_b + batch * p.stride_b;
+    let c_base = p.offset_c + batch * p.stride_c;
     let s = op_strides();
 
     var acc: array<vec4<f32>, TM * TN4>;
     for (var i = 0u; i < TM * TN4; i++) { acc[i] = vec4<f32>(0.0); }
 
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
         // Stage A[row0.., k0..] as a_tile[kk][mm]. Consecutive invocations walk the
         // dimension that is contiguous in memory, so their loads coalesce.
         for (var i = lid; i < BM * BK; i += WG) {
@@ -78,7 +106,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let gm = row0 + mm;
             let gk = k0 + kk;
             var v = 0.0;
-            if (gm < p.m && gk < p.k) { v = dropped(1u, a[a_base + gm * s.am + gk * s.ak], gm * s.am + gk * s.ak); }
+            if (gm < p.m && gk < k_end) { v = dropped(1u, a[a_base + gm * s.am + gk * s.ak], gm * s.am + gk * s.ak); }
             set_a(kk * BM + mm, v);
         }
         for (var i = lid; i < BN * BK; i += WG) {
@@ -87,7 +115,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let gn = col0 + nn;
             let gk = k0 + kk;
             var v = 0.0;
-            if (gn < p.n && gk < p.k) { v = dropped(2u, b[b_base + gk * s.bk + gn * s.bn], gk * s.bk + gn * s.bn); }
+            if (gn < p.n && gk < k_end) { v = dropped(2u, b[b_base + gk * s.bk + gn * s.bn], gk * s.bk + gn * s.bn); }
             set_b(kk * BN + nn, v);
         }
         workgroupBarrier();
@@ -102,12 +130,28 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         for (var j = 0u; j < TN; j++) {
             let col = col0 + tx * TN + j;
             if (col >= p.n) { break; }
-            var v = dropped(3u, p.alpha * acc[i * TN4 + j / 4u][j % 4u], row * p.n + col);
-            if (p.has_bias != 0u) { v += bias[col]; }
-            let idx = c_base + row * p.n + col;
-            if (p.accumulate != 0u) { v += c[idx]; }
-            c[idx] = v;
-            if (HAS_EPILOGUE && p.epilogue != 0u) { epilogue_out[idx] = epilogue(v, idx); }
+            let v = acc[i * TN4 + j / 4u][j % 4u];
+            if (SPLIT_K) {
+                partials[wg.z * p.m * p.n + row * p.n + col] = v;
+            } else {
+                store(v, row, col, c_base);
+            }
         }
     }
+}
+
+// Split-K's second pass: one invocation per element of C over the batch, folded into x and y
+// (`Gpu::grid_1d`). Adds the element's p.splits partial sums in split order, then stores it.
+@compute @workgroup_size(256)
+fn matmul_split_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.y * nwg.x * 256u + gid.x;
+    let per_matrix = p.m * p.n;
+    if (i >= p.batch * per_matrix) { return; }
+    var sum = 0.0;
+    for (var split = 0u; split < p.splits; split++) {
+        sum += partials[split * p.batch * per_matrix + i];
+    }
+    let batch = i / per_matrix;
+    let at = i % per_matrix;
+    store(sum, at / p.n, at % p.n, p.offset_c + batch * p.stride_c);
 }

@@ -184,6 +184,79 @@ pub fn matmul_case(gpu: &Gpu, mm: Matmul) -> Result<Case<'_>> {
     })
 }
 
+/// Products with too few output tiles to fill a GPU, where split-K could help: the LoRA step's
+/// at 512 tokens (SmolLM2's q/o and down projections, the up-projection, a full fine-tune's
+/// weight gradient) and one 128-token MiniLM e-mail's. The same at every scale: these are the
+/// steps' own shapes.
+pub fn split_k_shapes() -> Vec<Matmul> {
+    vec![
+        Matmul::new(512, 576, 576).trans_b(true),
+        Matmul::new(512, 576, 1536).trans_b(true),
+        Matmul::new(512, 1536, 576).trans_b(true),
+        Matmul::new(576, 576, 512).trans_a(true),
+        Matmul::new(128, 384, 384).trans_b(true),
+        Matmul::new(128, 384, 1536).trans_b(true),
+    ]
+}
+
+/// Each of [`split_k_shapes`] twice: `matmul_split_k` under a GPU's default split-K policy
+/// whatever the adapter's, and `matmul_whole` with split-K off. The pairs show what splitting
+/// gains on this adapter; `kiln bench --tune` picks the policy from the same products.
+pub fn split_k_cases(gpu: &Gpu) -> Result<Vec<Case<'_>>> {
+    use crate::kernels::matmul::{SplitK, default_split_k};
+    let mut cases = Vec::new();
+    for mm in split_k_shapes() {
+        for (kernel, policy) in
+            [("matmul_split_k", default_split_k(wgpu::DeviceType::DiscreteGpu)), ("matmul_whole", SplitK::OFF)]
+        {
+            let mut case = under_split_k(gpu, policy, matmul_case(gpu, mm)?);
+            case.kernel = kernel.into();
+            cases.push(case);
+        }
+    }
+    Ok(cases)
+}
+
+/// `case` run with the device's split-K policy set to `policy` (and put back after each run).
+fn under_split_k<'g>(gpu: &'g Gpu, policy: crate::kernels::matmul::SplitK, mut case: Case<'g>) -> Case<'g> {
+    use crate::kernels::matmul::{set_split_k, split_k};
+    let mut run = std::mem::replace(&mut case.run, Box::new(|| Ok(())));
+    case.run = Box::new(move || {
+        let saved = split_k(gpu);
+        set_split_k(gpu, policy);
+        let done = run();
+        set_split_k(gpu, saved);
+        done
+    });
+    case
+}
+
+/// Times [`split_k_shapes`] under each of [`SplitK::candidates`] that the adapter runs, and
+/// returns them ranked by the products' total median time, fastest first. `progress` sees each
+/// policy's total in ms, or its error.
+///
+/// [`SplitK::candidates`]: crate::kernels::matmul::SplitK::candidates
+pub fn tune_split_k(
+    gpu: &Gpu,
+    mut progress: impl FnMut(crate::kernels::matmul::SplitK, &Result<f64>),
+) -> Vec<(crate::kernels::matmul::SplitK, f64)> {
+    use crate::kernels::matmul::SplitK;
+    let mut results = Vec::new();
+    for policy in SplitK::candidates() {
+        let total = split_k_shapes().into_iter().try_fold(0.0, |sum, mm| {
+            let figure = measure(gpu, &mut under_split_k(gpu, policy, matmul_case(gpu, mm)?))?;
+            Ok(sum + figure.median_ms)
+        });
+        progress(policy, &total);
+        if let Ok(ms) = total {
+            results.push((policy, ms));
+        }
+        gpu.trim_pool();
+    }
+    results.sort_by(|a, b| a.1.total_cmp(&b.1));
+    results
+}
+
 /// The MLP up-projection (tokens × 384 → 1536, with its bias) and a GELU after it: in one
 /// dispatch through the matmul's epilogue, and as the product then the activation kernel
 /// ([`FusedEpilogues`] picks between them per adapter type; these rows decide it).

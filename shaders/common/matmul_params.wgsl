@@ -14,7 +14,9 @@ struct Params {
     // product alpha * op(A) * op(B) before bias and accumulation. Element i of that matrix (its
     // row-major index as stored, batch 1 only) is kept by dropout_keeps and scaled.
     drop_on: u32, drop_seed: u32, drop_step: u32, drop_threshold: u32,
-    drop_scale: f32, _pad2: u32, _pad3: u32, _pad4: u32,
+    drop_scale: f32,
+    // Split-K (matmul.wgsl only): the batch size, the number of K ranges and their length.
+    batch: u32, splits: u32, k_chunk: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

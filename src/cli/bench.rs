@@ -1,5 +1,6 @@
 //! `kiln bench`: time every kernel, print GFLOP/s or GB/s and the % of the rooflines measured
-//! in the same run. `--tune` times the matmul tile candidates and caches the best per adapter.
+//! in the same run. `--tune` times the matmul tile candidates and split-K policies and caches
+//! the best of each per adapter.
 //! `--step MODEL` times whole training steps instead, and `--profile` shows where they go.
 
 use std::path::PathBuf;
@@ -18,7 +19,8 @@ use crate::kernels::workgroup_reduce;
 pub struct BenchArgs {
     #[command(flatten)]
     pub adapter: super::AdapterArgs,
-    /// Time the matmul tile candidates at --tune-size³ first and cache the fastest for this adapter.
+    /// Time the matmul tile candidates at --tune-size³, then the split-K policies on the steps'
+    /// starved products, and cache the fastest of each for this adapter.
     #[arg(long)]
     pub tune: bool,
     /// Square size used by --tune.
@@ -75,6 +77,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             eprintln!("best {best} ({g:.1} GFLOP/s), cached in {}", path.display());
             matmul::set_tile(&gpu, *best);
         }
+        eprintln!("tuning split-K on the steps' products with too few tiles to fill a GPU");
+        let ranked = bench::tune_split_k(&gpu, |policy, r| match r {
+            Ok(ms) => eprintln!("  {:<52} {ms:9.3} ms", policy.describe()),
+            Err(e) => eprintln!("  {:<52} failed: {e}", policy.describe()),
+        });
+        if let Some((best, ms)) = ranked.first() {
+            let path = matmul::write_split_k_cache(gpu.info(), *best)?;
+            eprintln!("best: {} ({ms:.3} ms), cached in {}", best.describe(), path.display());
+            matmul::set_split_k(&gpu, *best);
+        }
     }
     let scale = args.scale.unwrap_or_else(|| Scale::auto(&gpu));
     if let Some(model) = args.step {
@@ -101,6 +113,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     for mut case in bench::epilogue_cases(&gpu, scale)? {
+        if wanted(&case.kernel) {
+            record(bench::measure(&gpu, &mut case)?, &mut figures);
+        }
+    }
+    for mut case in bench::split_k_cases(&gpu)? {
         if wanted(&case.kernel) {
             record(bench::measure(&gpu, &mut case)?, &mut figures);
         }
@@ -150,6 +167,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "adapter": gpu.describe(),
             "driver": format!("{} {}", gpu.info().driver, gpu.info().driver_info),
             "matmul_tile": matmul::tile(&gpu).to_string(),
+            "split_k": matmul::split_k(&gpu).describe(),
             "scale": format!("{scale:?}"),
             "copy_gbps": copy_gbps,
             "best_matmul_gflops": best,
@@ -159,9 +177,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "kiln bench on {} (matmul tile {}, {} reductions, scale {scale:?})",
+        "kiln bench on {} (matmul tile {}, {}, {} reductions, scale {scale:?})",
         gpu.describe(),
         matmul::tile(&gpu),
+        matmul::split_k(&gpu).describe(),
         workgroup_reduce::reductions(&gpu).name()
     );
     println!("{:<20} {:<26} {:>10} {:>9} {:>8} {:>9}", "kernel", "shape", "median ms", "GFLOP/s", "GB/s", "roofline");
@@ -192,11 +211,12 @@ fn run_step(gpu: &Gpu, args: &BenchArgs, model: StepModel, scale: Scale) -> Resu
         shape = shape.with_base(kind);
     }
     eprintln!(
-        "kiln bench --step on {}: {} (scale {scale:?}, {} reductions, {} matmul epilogues)",
+        "kiln bench --step on {}: {} (scale {scale:?}, {} reductions, {} matmul epilogues, {})",
         gpu.describe(),
         shape.describe(),
         workgroup_reduce::reductions(gpu).name(),
-        matmul::fused_epilogues(gpu).name()
+        matmul::fused_epilogues(gpu).name(),
+        matmul::split_k(gpu).describe()
     );
     let mut step = StepBench::new(gpu, shape)?;
     if args.steps == 0 {

@@ -26,7 +26,7 @@ struct Row {
     max_compute_invocations_per_workgroup: u32,
     matmul_tile: String,
     /// The kernel paths kiln picks on this adapter: its workgroup reductions (subgroup or
-    /// barrier) and whether matmul epilogues run fused.
+    /// barrier), whether matmul epilogues run fused, and its split-K policy.
     kernels: Vec<String>,
     /// What faster kernels could use, where the adapter has it: subgroup operations (with its
     /// subgroup sizes), f16 arithmetic, timestamp queries (the profiler's GPU times) and
@@ -58,7 +58,11 @@ fn kernel_paths(adapter: &wgpu::Adapter) -> Vec<String> {
     use crate::kernels::{matmul, workgroup_reduce};
     let reductions = workgroup_reduce::default_reductions(adapter.features().contains(wgpu::Features::SUBGROUP));
     let epilogues = matmul::default_fused_epilogues(adapter.get_info().device_type);
-    vec![format!("{} reductions", reductions.name()), format!("{} matmul epilogues", epilogues.name())]
+    vec![
+        format!("{} reductions", reductions.name()),
+        format!("{} matmul epilogues", epilogues.name()),
+        matmul::split_k_for_adapter(&adapter.get_info()).describe(),
+    ]
 }
 
 pub fn run(args: DevicesArgs) -> Result<()> {

@@ -148,21 +148,148 @@ pub fn tile_for_adapter(info: &wgpu::AdapterInfo) -> MatmulTile {
 }
 
 pub fn read_tune_cache() -> std::collections::BTreeMap<String, MatmulTile> {
-    std::fs::read_to_string(tune_file()).ok().and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default()
+    read_cache(&tune_file())
 }
 
 /// Records the tuned tile for an adapter (written to a temporary file, then renamed).
 pub fn write_tune_cache(info: &wgpu::AdapterInfo, tile: MatmulTile) -> Result<PathBuf> {
-    let mut cache = read_tune_cache();
-    cache.insert(adapter_key(info), tile);
-    let path = tune_file();
+    write_cache(tune_file(), info, tile)
+}
+
+/// A per-adapter cache of tuned settings, or an empty one where the file is missing or unread.
+fn read_cache<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> std::collections::BTreeMap<String, T> {
+    std::fs::read_to_string(path).ok().and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default()
+}
+
+/// Sets this adapter's entry of the cache at `path` (written to a temporary file, then renamed).
+fn write_cache<T: Serialize + serde::de::DeserializeOwned>(
+    path: PathBuf,
+    info: &wgpu::AdapterInfo,
+    value: T,
+) -> Result<PathBuf> {
+    let mut cache = read_cache::<T>(&path);
+    cache.insert(adapter_key(info), value);
     let dir = crate::util::cache_dir();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_string_pretty(&cache).expect("tile map serialises");
+    let text = serde_json::to_string_pretty(&cache).expect("a map of plain settings serialises");
     std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     Ok(path)
+}
+
+/// Split-K for tiled products with too few output tiles to fill the device (a 512-row product
+/// on a GPU with a hundred cores, one MiniLM e-mail of 128 tokens): the K sum is cut into
+/// ranges that separate workgroups compute into a scratch of partial sums, and a second
+/// dispatch adds them in a fixed order and stores the result (`matmul.wgsl`).
+///
+/// A product is split when its workgroups (tiles × batch) number fewer than `target_groups`:
+/// into enough ranges to reach it, at most [`MAX_SPLITS`], each at least `min_depth` of K.
+/// A `target_groups` of 0 never splits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitK {
+    pub target_groups: u32,
+    pub min_depth: u32,
+}
+
+/// The most K ranges one product is split into: past it the partial sums' traffic grows
+/// faster than the workgroups gained.
+pub const MAX_SPLITS: u32 = 16;
+
+/// How one product is split: `splits` ranges of `k_chunk` (the last may be shorter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitPlan {
+    pub splits: u32,
+    pub k_chunk: u32,
+}
+
+impl SplitK {
+    pub const OFF: SplitK = SplitK { target_groups: 0, min_depth: 0 };
+
+    pub const fn new(target_groups: u32, min_depth: u32) -> Self {
+        SplitK { target_groups, min_depth }
+    }
+
+    /// Policies worth timing on any adapter (`kiln bench --tune`).
+    pub fn candidates() -> Vec<SplitK> {
+        vec![SplitK::OFF, SplitK::new(128, 128), SplitK::new(256, 128), SplitK::new(512, 128), SplitK::new(256, 64)]
+    }
+
+    /// How `mm` on `tile` is split, or None to run it whole. Ranges are whole K slices of the
+    /// tile; a split the adapter could not bind or dispatch is not taken.
+    pub fn plan(&self, mm: &Matmul, tile: MatmulTile, limits: &wgpu::Limits) -> Option<SplitPlan> {
+        let groups = (mm.n as u64).div_ceil(tile.bn as u64) * (mm.m as u64).div_ceil(tile.bm as u64) * mm.batch as u64;
+        let target = self.target_groups as u64;
+        if target == 0 || groups >= target {
+            return None;
+        }
+        let by_depth = mm.k as u64 / self.min_depth.max(1) as u64;
+        let wanted = target.div_ceil(groups).min(by_depth).min(MAX_SPLITS as u64);
+        if wanted < 2 {
+            return None;
+        }
+        let k_chunk = (mm.k as u64).div_ceil(wanted).next_multiple_of(tile.bk as u64);
+        let splits = (mm.k as u64).div_ceil(k_chunk);
+        let partial_bytes = 4 * splits * (mm.batch * mm.m * mm.n) as u64;
+        let fits = splits * mm.batch as u64 <= limits.max_compute_workgroups_per_dimension as u64
+            && partial_bytes <= limits.max_storage_buffer_binding_size;
+        (splits >= 2 && fits).then_some(SplitPlan { splits: splits as u32, k_chunk: k_chunk as u32 })
+    }
+
+    /// How `kiln devices` and `kiln bench` name it.
+    pub fn describe(&self) -> String {
+        if self.target_groups == 0 {
+            "no split-K".into()
+        } else {
+            format!("split-K below {} workgroups (K ranges ≥ {})", self.target_groups, self.min_depth)
+        }
+    }
+}
+
+/// Split-K off on a CPU adapter: lavapipe runs a workgroup per thread, and a product with a
+/// tile per core already keeps it busy; on a GPU, products short of 256 workgroups (two per
+/// core of a 132-SM card) split, K ranges at least 128 deep. Not yet measured on a GPU:
+/// `kiln bench --tune` times [`SplitK::candidates`] and caches the best per adapter.
+pub fn default_split_k(device_type: wgpu::DeviceType) -> SplitK {
+    match device_type {
+        wgpu::DeviceType::Cpu => SplitK::OFF,
+        _ => SplitK::new(256, 128),
+    }
+}
+
+fn split_k_file() -> PathBuf {
+    crate::util::cache_dir().join("matmul_split_k.json")
+}
+
+/// This adapter's split-K policy: `KILN_SPLIT_K=off` or `KILN_SPLIT_K=target_groups,min_depth`,
+/// else the one `kiln bench --tune` cached for it, else [`default_split_k`].
+pub fn split_k_for_adapter(info: &wgpu::AdapterInfo) -> SplitK {
+    match std::env::var("KILN_SPLIT_K").as_deref() {
+        Ok("off") => return SplitK::OFF,
+        Ok(text) if !text.is_empty() => {
+            let v: Vec<u32> = text.split(',').filter_map(|s| s.trim().parse().ok()).collect();
+            match v[..] {
+                [target, depth] if depth > 0 => return SplitK::new(target, depth),
+                _ => eprintln!("warning: KILN_SPLIT_K={text:?} is not `off` or `target_groups,min_depth`; ignored"),
+            }
+        }
+        _ => {}
+    }
+    read_cache(&split_k_file()).remove(&adapter_key(info)).unwrap_or_else(|| default_split_k(info.device_type))
+}
+
+/// This device's [`SplitK`].
+pub fn split_k(gpu: &Gpu) -> SplitK {
+    gpu.setting(split_k_for_adapter)
+}
+
+pub fn set_split_k(gpu: &Gpu, split: SplitK) {
+    gpu.set_setting(split);
+}
+
+/// Records the tuned split-K policy for an adapter.
+pub fn write_split_k_cache(info: &wgpu::AdapterInfo, split: SplitK) -> Result<PathBuf> {
+    write_cache(split_k_file(), info, split)
 }
 
 /// Products with at most this many rows (M) take the skinny path, `shaders/matvec.wgsl`:
@@ -334,7 +461,11 @@ struct Params {
     drop_step: u32,
     drop_threshold: u32,
     drop_scale: f32,
-    _pad2: [u32; 3],
+    /// Split-K (`matmul.wgsl` only; see [`SplitK`]): the batch size, the number of K ranges
+    /// and the length of each.
+    batch: u32,
+    splits: u32,
+    k_chunk: u32,
 }
 
 const OP: &str = "matmul";
@@ -512,7 +643,9 @@ fn product(
         drop_step: mask.step,
         drop_threshold: mask.threshold(),
         drop_scale: mask.scale(),
-        _pad2: [0; 3],
+        batch: 0,
+        splits: 1,
+        k_chunk: 0,
     };
     let access = &[Access::Read, Access::Read, Access::Read, Access::ReadWrite];
     let batch = u32_of(OP, "batch", mm.batch)?;
@@ -559,19 +692,67 @@ fn product(
         return gpu.dispatch(OP, &spec, bytemuck::bytes_of(&swapped), &bindings, groups);
     }
     let tile = tile(gpu).for_depth(mm.k);
-    // Two pipelines: the epilogue's code in a plain product's store loop cost lavapipe 1–3%.
-    let header = format!("{}const HAS_EPILOGUE: bool = {};\n", tile.header(), epilogue.is_some());
-    const TILED: &[Access] =
-        &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Read];
-    let spec = KernelSpec { file: shader!("matmul"), entry: "matmul", header: &header, access: TILED };
-    let groups = [(mm.n as u32).div_ceil(tile.bn), (mm.m as u32).div_ceil(tile.bm), batch];
+    let tiles = [(mm.n as u32).div_ceil(tile.bn), (mm.m as u32).div_ceil(tile.bm)];
+    let split = split_k(gpu).plan(mm, tile, gpu.limits());
+    // Two pipelines per split choice: the epilogue's code in a plain product's store loop cost
+    // lavapipe 1–3%.
+    let header = format!(
+        "{}const HAS_EPILOGUE: bool = {};\nconst SPLIT_K: bool = {};\n",
+        tile.header(),
+        epilogue.is_some(),
+        split.is_some()
+    );
+    const TILED: &[Access] = &[
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::ReadWrite,
+        Access::ReadWrite,
+        Access::Read,
+        Access::ReadWrite,
+    ];
     let (out, gate) = match epilogue {
         None => (None, None),
         Some((Epilogue::Activation(_), out)) => (Some(out), None),
         Some((Epilogue::Gated(_, gate), out)) => (Some(out), Some(gate)),
     };
-    let bindings =
-        [("a", Some(a)), ("b", Some(b)), ("bias", bias), ("c", Some(c)), ("epilogue_out", out), ("gate", gate)];
+    let Some(split) = split else {
+        let spec = KernelSpec { file: shader!("matmul"), entry: "matmul", header: &header, access: TILED };
+        let bindings = [
+            ("a", Some(a)),
+            ("b", Some(b)),
+            ("bias", bias),
+            ("c", Some(c)),
+            ("epilogue_out", out),
+            ("gate", gate),
+            ("partials", None),
+        ];
+        return gpu.dispatch(OP, &spec, bytemuck::bytes_of(&params), &bindings, [tiles[0], tiles[1], batch]);
+    };
+    let params = Params { batch, splits: split.splits, k_chunk: split.k_chunk, ..params };
+    let partials = Tensor::empty(gpu, &[split.splits as usize * mm.batch * mm.m * mm.n], DType::F32)?;
+    let spec = KernelSpec { file: shader!("matmul"), entry: "matmul", header: &header, access: TILED };
+    let bindings = [
+        ("a", Some(a)),
+        ("b", Some(b)),
+        ("bias", None),
+        ("c", None),
+        ("epilogue_out", None),
+        ("gate", None),
+        ("partials", Some(&partials)),
+    ];
+    gpu.dispatch(OP, &spec, bytemuck::bytes_of(&params), &bindings, [tiles[0], tiles[1], batch * split.splits])?;
+    let spec = KernelSpec { file: shader!("matmul"), entry: "matmul_split_sum", header: &header, access: TILED };
+    let bindings = [
+        ("a", None),
+        ("b", None),
+        ("bias", bias),
+        ("c", Some(c)),
+        ("epilogue_out", out),
+        ("gate", gate),
+        ("partials", Some(&partials)),
+    ];
+    let groups = gpu.grid_1d((mm.batch * mm.m * mm.n).div_ceil(256) as u64);
     gpu.dispatch(OP, &spec, bytemuck::bytes_of(&params), &bindings, groups)
 }
 

@@ -24,17 +24,24 @@ fn devices_list_each_adapters_features() {
 }
 
 /// Each adapter says which kernel paths kiln picks on it: subgroup reductions exactly where it
-/// has subgroups, and epilogues fused on a GPU, separate on a CPU adapter; the environment's
-/// overrides show there too.
+/// has subgroups, epilogues fused on a GPU and separate on a CPU adapter, and split-K on a GPU
+/// only (with no tuned policy cached); the environment's overrides show there too.
 #[test]
 fn devices_name_the_kernel_paths() {
-    let paths = |reductions: &str, epilogues: &str| {
-        let doc = kiln("devices").env("KILN_REDUCTIONS", reductions).env("KILN_EPILOGUES", epilogues).json();
+    // A cache folder that does not exist: no tuned split-K policy.
+    let cache = std::env::temp_dir().join(format!("kiln-no-cache-{}", std::process::id()));
+    let paths = |reductions: &str, epilogues: &str, split_k: &str| {
+        let doc = kiln("devices")
+            .env("KILN_REDUCTIONS", reductions)
+            .env("KILN_EPILOGUES", epilogues)
+            .env("KILN_SPLIT_K", split_k)
+            .env("KILN_CACHE", &cache)
+            .json();
         let adapters = doc.as_array().unwrap_or_else(|| panic!("not a list: {doc}")).clone();
         assert!(!adapters.is_empty(), "no adapter listed: {doc}");
         adapters
     };
-    for a in paths("", "") {
+    for a in paths("", "", "") {
         let kernels: Vec<&str> = a["kernels"]
             .as_array()
             .unwrap_or_else(|| panic!("no kernels: {a}"))
@@ -44,10 +51,16 @@ fn devices_name_the_kernel_paths() {
         let features = a["features"].as_array().unwrap();
         let subgroups = features.iter().any(|f| f.as_str().unwrap().starts_with("subgroups "));
         let reductions = if subgroups { "subgroup reductions" } else { "barrier reductions" };
-        let epilogues = if a["device_type"] == "Cpu" { "separate matmul epilogues" } else { "fused matmul epilogues" };
-        assert_eq!(kernels, [reductions, epilogues], "{a}");
+        let cpu = a["device_type"] == "Cpu";
+        let epilogues = if cpu { "separate matmul epilogues" } else { "fused matmul epilogues" };
+        let split_k = if cpu { "no split-K" } else { "split-K below 256 workgroups (K ranges ≥ 128)" };
+        assert_eq!(kernels, [reductions, epilogues, split_k], "{a}");
     }
-    for a in paths("barrier", "fused") {
-        assert_eq!(a["kernels"], serde_json::json!(["barrier reductions", "fused matmul epilogues"]), "{a}");
+    for a in paths("barrier", "fused", "64,32") {
+        let want = ["barrier reductions", "fused matmul epilogues", "split-K below 64 workgroups (K ranges ≥ 32)"];
+        assert_eq!(a["kernels"], serde_json::json!(want), "{a}");
+    }
+    for a in paths("", "", "off") {
+        assert_eq!(a["kernels"][2], "no split-K", "{a}");
     }
 }

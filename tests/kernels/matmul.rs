@@ -2,9 +2,10 @@
 //! for the adapter's tile and a small one (so tile edges are crossed on small inputs too);
 //! then the skinny path (M ≤ SKINNY_M, `shaders/matvec.wgsl`, and N ≤ SKINNY_M through the
 //! transpose) for the adapter's shape, a GPU-style one that splits K across 64 invocations, and
-//! an odd one.
+//! an odd one. The tiled kernel's split-K runs every tiled case again, with the fused dropouts
+//! and the epilogues.
 
-use kiln::kernels::matmul::{self, Matmul, MatmulTile, MatvecShape, SKINNY_M, matmul_into};
+use kiln::kernels::matmul::{self, Matmul, MatmulTile, MatvecShape, SKINNY_M, SplitK, SplitPlan, matmul_into};
 use kiln::reference;
 use kiln::{DType, Tensor};
 
@@ -46,10 +47,27 @@ fn case(rng: &mut Rng, mm: Matmul, a_shared: bool, b_shared: bool, with_bias: bo
     );
 }
 
-fn awkward_shapes(tile: MatmulTile) {
+/// A split-K policy that splits every tiled product it can, into K ranges down to 8 deep.
+const EVERY_SPLIT: SplitK = SplitK::new(u32::MAX, 8);
+
+/// Runs `f` with split-K off, then with [`EVERY_SPLIT`], and puts the adapter's policy back.
+/// The caller holds `TILE_LOCK`, as the tests comparing two products bit for bit do.
+fn under_both_split_k(mut f: impl FnMut(SplitK)) {
     let gpu = gpu();
-    let saved = matmul::tile(gpu);
+    let saved = matmul::split_k(gpu);
+    for split in [SplitK::OFF, EVERY_SPLIT] {
+        matmul::set_split_k(gpu, split);
+        f(split);
+    }
+    matmul::set_split_k(gpu, saved);
+}
+
+/// The awkward shapes on `tile`, under `split`; returns how many of the products split.
+fn awkward_shapes(tile: MatmulTile, split: SplitK) -> usize {
+    let gpu = gpu();
+    let (saved_tile, saved_split) = (matmul::tile(gpu), matmul::split_k(gpu));
     matmul::set_tile(gpu, tile);
+    matmul::set_split_k(gpu, split);
     let mut rng = Rng::new(1);
     // (40, 70, 3) and (129, 65, 8) take a K slice cut to their depth (`MatmulTile::for_depth`).
     let shapes = [
@@ -62,31 +80,83 @@ fn awkward_shapes(tile: MatmulTile) {
         (65, 130, 257),
         (40, 70, 3),
         (129, 65, 8),
+        (70, 33, 1000),
     ];
+    let mut cases = Vec::new();
     for &(m, n, k) in &shapes {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            case(&mut rng, Matmul::new(m, n, k).trans_a(ta).trans_b(tb), false, false, false);
+            cases.push((Matmul::new(m, n, k).trans_a(ta).trans_b(tb), false, false, false));
         }
     }
     // Batched, shared operands, bias, alpha and accumulate.
-    case(&mut rng, Matmul::new(9, 17, 33).batch(3), false, false, true);
-    case(&mut rng, Matmul::new(9, 17, 33).batch(3).trans_b(true), false, true, false);
-    case(&mut rng, Matmul::new(9, 17, 33).batch(2).trans_a(true), true, false, true);
-    case(&mut rng, Matmul::new(31, 5, 7).alpha(0.5).accumulate(true), false, false, true);
-    case(&mut rng, Matmul::new(31, 5, 7).batch(4).trans_a(true).accumulate(true), false, false, false);
-    matmul::set_tile(gpu, saved);
+    cases.push((Matmul::new(9, 17, 33).batch(3), false, false, true));
+    cases.push((Matmul::new(19, 17, 33).batch(3).trans_b(true), false, true, false));
+    cases.push((Matmul::new(19, 17, 133).batch(2).trans_a(true), true, false, true));
+    cases.push((Matmul::new(31, 5, 7).alpha(0.5).accumulate(true), false, false, true));
+    cases.push((Matmul::new(31, 5, 7).batch(4).trans_a(true).accumulate(true), false, false, false));
+    cases.push((Matmul::new(40, 30, 77).batch(2).alpha(-1.5).accumulate(true), false, false, true));
+    let mut split_count = 0;
+    for (mm, a_shared, b_shared, bias) in cases {
+        let tiled = mm.m > SKINNY_M && mm.n > SKINNY_M;
+        split_count += (tiled && split.plan(&mm, tile.for_depth(mm.k), gpu.limits()).is_some()) as usize;
+        case(&mut rng, mm, a_shared, b_shared, bias);
+    }
+    matmul::set_tile(gpu, saved_tile);
+    matmul::set_split_k(gpu, saved_split);
+    split_count
 }
 
 #[test]
 fn matmul_awkward_shapes_adapter_tile() {
     let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    awkward_shapes(matmul::tile(gpu()));
+    awkward_shapes(matmul::tile(gpu()), matmul::split_k(gpu()));
 }
 
 #[test]
 fn matmul_awkward_shapes_small_tile() {
     let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    awkward_shapes(MatmulTile::new(64, 64, 8, 8, 8));
+    awkward_shapes(MatmulTile::new(64, 64, 8, 8, 8), SplitK::OFF);
+}
+
+/// Split-K (partial sums per K range, then `matmul_split_sum`) on every awkward shape the
+/// tiled kernel takes, with the adapter's tile and a small one: uneven last ranges, batches
+/// with shared operands, bias, alpha and accumulate.
+#[test]
+fn matmul_split_k_awkward_shapes() {
+    let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    for tile in [matmul::tile(gpu()), MatmulTile::new(64, 64, 8, 8, 8)] {
+        // Every tiled product at least 16 deep: 4 transposes of 4 shapes, and 3 batched ones.
+        let split = awkward_shapes(tile, EVERY_SPLIT);
+        assert_eq!(split, 19, "awkward products split on {tile}");
+    }
+}
+
+/// How a product is split: enough K ranges to reach the target, whole K slices of the tile, at
+/// most MAX_SPLITS, each at least min_depth; nothing when the product already has the
+/// workgroups, is too shallow, or the policy is off.
+#[test]
+fn split_k_plans() {
+    let limits = gpu().limits().clone();
+    let tile = MatmulTile::new(64, 64, 16, 4, 4);
+    let policy = SplitK::new(256, 128);
+    let plan = |mm: Matmul| policy.plan(&mm, tile, &limits);
+    // 512×576 is 8×9 = 72 tiles: 4 ranges of 144 reach 288 workgroups.
+    assert_eq!(plan(Matmul::new(512, 576, 576)), Some(SplitPlan { splits: 4, k_chunk: 144 }));
+    // One MiniLM e-mail's down-projection, 128×384 (12 tiles) over K = 1536: capped at 12 by depth.
+    assert_eq!(plan(Matmul::new(128, 384, 1536)), Some(SplitPlan { splits: 12, k_chunk: 128 }));
+    // A K range is whole slices of the tile: 1000 / 7 = 143 rounds up to 144, so 7 ranges.
+    assert_eq!(plan(Matmul::new(64, 64, 1000)), Some(SplitPlan { splits: 7, k_chunk: 144 }));
+    // Capped at MAX_SPLITS.
+    let deep = SplitK::new(100_000, 16).plan(&Matmul::new(64, 64, 100_000), tile, &limits).unwrap();
+    assert_eq!(deep.splits, matmul::MAX_SPLITS);
+    // Enough workgroups already (a batch counts), too shallow, or off: whole.
+    assert_eq!(plan(Matmul::new(2048, 2048, 2048)), None);
+    assert_eq!(plan(Matmul::new(512, 576, 576).batch(4)), None);
+    assert_eq!(plan(Matmul::new(512, 576, 200)), None);
+    assert_eq!(SplitK::OFF.plan(&Matmul::new(64, 64, 4096), tile, &limits), None);
+    // Partial sums the adapter could not bind are not split.
+    let small = wgpu::Limits { max_storage_buffer_binding_size: 1 << 20, ..limits.clone() };
+    assert_eq!(policy.plan(&Matmul::new(512, 576, 576), tile, &small), None);
 }
 
 /// A product shallower than the tile's K slice stages a slice cut to its depth (powers of two
@@ -206,22 +276,39 @@ fn matmul_rejects_mismatched_shapes() {
 /// A dropout fused into one operand (LoRA's dropout of its input) gives exactly what
 /// `dropout::apply` on that operand, then the plain matmul, gives (the same f32 operations), and
 /// the reference's dropout then matmul within the usual tolerance: on A, on B and on the
-/// product (before bias and accumulation), through the tiled kernel and the skinny one, with
-/// every transpose, bias, alpha and accumulate.
+/// product (before bias and accumulation), through the tiled kernel (whole and split-K) and the
+/// skinny one, with every transpose, bias, alpha and accumulate.
 #[test]
 fn matmul_with_fused_dropout() {
-    use kiln::kernels::dropout::{self, DropoutMask};
+    use kiln::kernels::dropout::DropoutMask;
     use kiln::kernels::matmul::DropOn;
     let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let gpu = gpu();
     let mut rng = Rng::new(4);
     let mask = DropoutMask { p: 0.3, seed: 11, step: 5 };
     let scale = 1.0 / (1.0 - 0.3f64);
+    under_both_split_k(|split| fused_dropout_cases(gpu, &mut rng, mask, scale, split));
+    // A batch cannot take a fused dropout (its mask indexes one matrix).
+    let (a, b, c) =
+        (upload(&rng.vec(2 * 4 * 3), &[24]), upload(&rng.vec(3 * 5), &[15]), upload(&[0.0; 40], &[2, 4, 5]));
+    let e = matmul_into(gpu, &Matmul::new(4, 5, 3).batch(2).dropout(DropOn::A, mask), &a, &b, None, &c).unwrap_err();
+    assert!(e.to_string().contains("one matrix"), "{e}");
+}
+
+fn fused_dropout_cases(
+    gpu: &kiln::Gpu,
+    rng: &mut Rng,
+    mask: kiln::kernels::dropout::DropoutMask,
+    scale: f64,
+    split: SplitK,
+) {
+    use kiln::kernels::dropout;
+    use kiln::kernels::matmul::DropOn;
     // (m, n, k): a tiled product, a skinny one (M ≤ SKINNY_M), LoRA's three shapes at r = 8
     // (the first, N ≤ SKINNY_M, run as its transpose), and a tiled one with few columns. K of
     // the first is odd: with K % 4 == 0 the unfused product would take `matvec_vec4`, whose
     // sums run in another order than the scalar entry a fused dropout takes.
-    for (m, n, k) in [(37, 19, 45), (5, 23, 33), (70, 8, 97), (8, 96, 70), (70, 96, 8), (70, 17, 9)] {
+    for (m, n, k) in [(37, 19, 45), (5, 23, 33), (70, 8, 97), (8, 96, 70), (70, 96, 8), (70, 17, 9), (40, 33, 301)] {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             for on in [DropOn::A, DropOn::B, DropOn::Product] {
                 let (with_bias, accumulate, alpha) = (on == DropOn::Product, on != DropOn::A, 0.75);
@@ -244,7 +331,7 @@ fn matmul_with_fused_dropout() {
                     }
                 }
                 .unwrap();
-                let what = format!("fused dropout on {on:?}, {mm:?}");
+                let what = format!("fused dropout on {on:?}, {mm:?}, {split:?}");
                 let got = download(&fused);
                 if on == DropOn::Product {
                     // The unfused path adds the bias before the dropout; compare without it.
@@ -277,21 +364,18 @@ fn matmul_with_fused_dropout() {
             }
         }
     }
-    // A batch cannot take a fused dropout (its mask indexes one matrix).
-    let (a, b, c) =
-        (upload(&rng.vec(2 * 4 * 3), &[24]), upload(&rng.vec(3 * 5), &[15]), upload(&[0.0; 40], &[2, 4, 5]));
-    let e = matmul_into(gpu, &Matmul::new(4, 5, 3).batch(2).dropout(DropOn::A, mask), &a, &b, None, &c).unwrap_err();
-    assert!(e.to_string().contains("one matrix"), "{e}");
 }
 
 /// The epilogues (an activation, or a gated unit reading `gate`) against the reference product
 /// then the reference function, on tiled shapes (with a K slice cut to depth, and a batch) and
-/// on the skinny shapes that fall back to the elementwise kernel; C keeps the product.
+/// on the skinny shapes that fall back to the elementwise kernel; C keeps the product. Each
+/// with split-K off and on (the epilogue then runs in the pass that adds the partial sums).
 #[test]
 fn epilogues_match_the_reference() {
     use kiln::kernels::elementwise::{Activation, GatedUnit};
     use kiln::kernels::matmul::{Epilogue, matmul_epilogue_into};
     use kiln::reference::elementwise as ew;
+    let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let gpu = gpu();
     let mut rng = Rng::new(77);
     type Pointwise = fn(f64) -> f64;
@@ -305,8 +389,11 @@ fn epilogues_match_the_reference() {
         (Activation::Tanh, ew::tanh),
     ];
     let gated: [(GatedUnit, Gated); 2] = [(GatedUnit::SwiGlu, ew::swiglu), (GatedUnit::GeGlu, ew::geglu)];
-    // (batch, m, n, k): tiled, tiled with K 8, batched, skinny M, skinny N.
-    for (batch, m, n, k) in [(1, 40, 70, 33), (1, 129, 65, 8), (2, 23, 31, 17), (1, 5, 37, 20), (1, 40, 9, 12)] {
+    // (batch, m, n, k): tiled, tiled with K 8, batched, skinny M, skinny N, batched and deep
+    // enough to split.
+    for (batch, m, n, k) in
+        [(1, 40, 70, 33), (1, 129, 65, 8), (2, 23, 31, 17), (1, 5, 37, 20), (1, 40, 9, 12), (2, 40, 70, 150)]
+    {
         let mm = Matmul::new(m, n, k).batch(batch).trans_b(true);
         // Inputs scaled so the products cross every kink (relu6's 6 included).
         let a: Vec<f32> = rng.vec(batch * m * k).iter().map(|v| v * 3.0).collect();
@@ -325,14 +412,16 @@ fn epilogues_match_the_reference() {
         for &(unit, f) in &gated {
             epilogues.push((Epilogue::Gated(unit, &gate_t), format!("{unit:?}"), f(&f64s(&gate), &product)));
         }
-        under_both_epilogues(|fused| {
-            for (epilogue, name, want) in &epilogues {
-                let c = Tensor::zeros(gpu, &[batch, m, n]).unwrap();
-                let out = matmul_epilogue_into(gpu, &mm, &at, &bt, Some(&bias_t), &c, *epilogue).unwrap();
-                let what = format!("matmul {batch}x{m}x{n}x{k} then {name}, fused {fused}");
-                assert_close(&format!("{what}: c"), &download(&c), &product, tol, RTOL);
-                assert_close(&format!("{what}: epilogue"), &download(&out), want, tol, RTOL);
-            }
+        under_both_split_k(|split| {
+            under_both_epilogues(|fused| {
+                for (epilogue, name, want) in &epilogues {
+                    let c = Tensor::zeros(gpu, &[batch, m, n]).unwrap();
+                    let out = matmul_epilogue_into(gpu, &mm, &at, &bt, Some(&bias_t), &c, *epilogue).unwrap();
+                    let what = format!("matmul {batch}x{m}x{n}x{k} then {name}, fused {fused}, {split:?}");
+                    assert_close(&format!("{what}: c"), &download(&c), &product, tol, RTOL);
+                    assert_close(&format!("{what}: epilogue"), &download(&out), want, tol, RTOL);
+                }
+            })
         });
     }
     // A gate that is not shaped as C is refused by name.
