@@ -231,9 +231,10 @@ fn under_split_k<'g>(gpu: &'g Gpu, policy: crate::kernels::matmul::SplitK, mut c
     case
 }
 
-/// Times [`split_k_shapes`] under each of [`SplitK::candidates`] that the adapter runs, and
-/// returns them ranked by the products' total median time, fastest first. `progress` sees each
-/// policy's total in ms, or its error.
+/// Times [`split_k_shapes`] under each of [`SplitK::candidates`] and returns the policies
+/// ranked by the products' total time, fastest first. Three rounds go through every policy in
+/// turn, so a slow spell of the machine hits them alike; a product's time is its median over
+/// the rounds. `progress` sees each policy's total in ms, or its error.
 ///
 /// [`SplitK::candidates`]: crate::kernels::matmul::SplitK::candidates
 pub fn tune_split_k(
@@ -241,17 +242,33 @@ pub fn tune_split_k(
     mut progress: impl FnMut(crate::kernels::matmul::SplitK, &Result<f64>),
 ) -> Vec<(crate::kernels::matmul::SplitK, f64)> {
     use crate::kernels::matmul::SplitK;
+    const ROUNDS: usize = 3;
+    let policies = SplitK::candidates();
+    let shapes = split_k_shapes();
+    // times[policy][shape]: one entry per round, or the policy's first error.
+    let mut times: Vec<Result<Vec<Vec<f64>>>> = policies.iter().map(|_| Ok(vec![Vec::new(); shapes.len()])).collect();
+    for _ in 0..ROUNDS {
+        for (policy, slot) in policies.iter().zip(&mut times) {
+            let Ok(per_shape) = slot else { continue };
+            for (mm, runs) in shapes.iter().zip(per_shape.iter_mut()) {
+                match matmul_case(gpu, *mm).and_then(|c| measure(gpu, &mut under_split_k(gpu, *policy, c))) {
+                    Ok(figure) => runs.push(figure.median_ms),
+                    Err(e) => {
+                        *slot = Err(e);
+                        break;
+                    }
+                }
+            }
+            gpu.trim_pool();
+        }
+    }
     let mut results = Vec::new();
-    for policy in SplitK::candidates() {
-        let total = split_k_shapes().into_iter().try_fold(0.0, |sum, mm| {
-            let figure = measure(gpu, &mut under_split_k(gpu, policy, matmul_case(gpu, mm)?))?;
-            Ok(sum + figure.median_ms)
-        });
+    for (policy, slot) in policies.into_iter().zip(times) {
+        let total = slot.map(|per_shape| per_shape.into_iter().map(|mut runs| median(&mut runs)).sum::<f64>());
         progress(policy, &total);
         if let Ok(ms) = total {
             results.push((policy, ms));
         }
-        gpu.trim_pool();
     }
     results.sort_by(|a, b| a.1.total_cmp(&b.1));
     results
@@ -657,26 +674,33 @@ pub fn memory_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
     Ok(cases)
 }
 
-/// Times every candidate tile that fits the adapter on `size`³ and returns them best first.
+/// Times the matmul tile candidates on `mm` for one class of products, the deep ones
+/// ([`matmul::tile`]) or those at most [`matmul::SHALLOW_K`] deep ([`matmul::shallow_tile`]),
+/// and returns them ranked, fastest first. `progress` sees each tile's GFLOP/s, or its error.
+///
+/// [`matmul::tile`]: crate::kernels::matmul::tile
+/// [`matmul::SHALLOW_K`]: crate::kernels::matmul::SHALLOW_K
+/// [`matmul::shallow_tile`]: crate::kernels::matmul::shallow_tile
 pub fn tune_matmul(
     gpu: &Gpu,
-    size: usize,
+    mm: Matmul,
     mut progress: impl FnMut(MatmulTile, &Result<f64>),
 ) -> Vec<(MatmulTile, f64)> {
-    let saved = crate::kernels::matmul::tile(gpu);
+    use crate::kernels::matmul::{SHALLOW_K, set_shallow_tile, set_tile, shallow_tile, tile};
+    let shallow = mm.k <= SHALLOW_K;
+    let set = |t| if shallow { set_shallow_tile(gpu, t) } else { set_tile(gpu, t) };
+    let saved = if shallow { shallow_tile(gpu) } else { tile(gpu) };
     let mut results = Vec::new();
-    for tile in MatmulTile::candidates().into_iter().filter(|t| t.fits(gpu.limits())) {
-        crate::kernels::matmul::set_tile(gpu, tile);
-        let r = matmul_case(gpu, Matmul::new(size, size, size))
-            .and_then(|mut c| measure(gpu, &mut c))
-            .map(|f| f.gflops.unwrap_or(0.0));
-        progress(tile, &r);
+    for candidate in MatmulTile::candidates().into_iter().filter(|t| t.fits(gpu.limits())) {
+        set(candidate);
+        let r = matmul_case(gpu, mm).and_then(|mut c| measure(gpu, &mut c)).map(|f| f.gflops.unwrap_or(0.0));
+        progress(candidate, &r);
         if let Ok(g) = r {
-            results.push((tile, g));
+            results.push((candidate, g));
         }
         gpu.trim_pool();
     }
-    crate::kernels::matmul::set_tile(gpu, saved);
+    set(saved);
     results.sort_by(|a, b| b.1.total_cmp(&a.1));
     results
 }

@@ -9,7 +9,7 @@ use crate::bench::step::{StepBench, StepFigure, StepModel, StepShape};
 use crate::bench::{self, Figure, Scale};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Profile};
-use crate::kernels::matmul::{self, write_tune_cache};
+use crate::kernels::matmul::{self, Matmul};
 use crate::kernels::workgroup_reduce;
 
 #[derive(clap::Args, Debug)]
@@ -19,8 +19,9 @@ use crate::kernels::workgroup_reduce;
 pub struct BenchArgs {
     #[command(flatten)]
     pub adapter: super::AdapterArgs,
-    /// Time the matmul tile candidates at --tune-size³, then the split-K policies on the steps'
-    /// starved products, and cache the fastest of each for this adapter.
+    /// Time the matmul tile candidates at --tune-size³ and on a rank-8 LoRA product, then the
+    /// split-K policies on the steps' starved products, and cache the fastest of each for this
+    /// adapter.
     #[arg(long)]
     pub tune: bool,
     /// Square size used by --tune.
@@ -67,26 +68,7 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     let gpu = args.adapter.open()?;
     if args.tune {
-        eprintln!("tuning matmul tiles on {} at {}³", gpu.describe(), args.tune_size);
-        let ranked = bench::tune_matmul(&gpu, args.tune_size, |tile, r| match r {
-            Ok(g) => eprintln!("  {:<18} {g:8.1} GFLOP/s", tile.to_string()),
-            Err(e) => eprintln!("  {:<18} failed: {e}", tile.to_string()),
-        });
-        if let Some((best, g)) = ranked.first() {
-            let path = write_tune_cache(gpu.info(), *best)?;
-            eprintln!("best {best} ({g:.1} GFLOP/s), cached in {}", path.display());
-            matmul::set_tile(&gpu, *best);
-        }
-        eprintln!("tuning split-K on the steps' products with too few tiles to fill a GPU");
-        let ranked = bench::tune_split_k(&gpu, |policy, r| match r {
-            Ok(ms) => eprintln!("  {:<52} {ms:9.3} ms", policy.describe()),
-            Err(e) => eprintln!("  {:<52} failed: {e}", policy.describe()),
-        });
-        if let Some((best, ms)) = ranked.first() {
-            let path = matmul::write_split_k_cache(gpu.info(), *best)?;
-            eprintln!("best: {} ({ms:.3} ms), cached in {}", best.describe(), path.display());
-            matmul::set_split_k(&gpu, *best);
-        }
+        tune(&gpu, args.tune_size)?;
     }
     let scale = args.scale.unwrap_or_else(|| Scale::auto(&gpu));
     if let Some(model) = args.step {
@@ -167,6 +149,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "adapter": gpu.describe(),
             "driver": format!("{} {}", gpu.info().driver, gpu.info().driver_info),
             "matmul_tile": matmul::tile(&gpu).to_string(),
+            "matmul_tile_shallow": matmul::shallow_tile(&gpu).to_string(),
             "split_k": matmul::split_k(&gpu).describe(),
             "scale": format!("{scale:?}"),
             "copy_gbps": copy_gbps,
@@ -177,9 +160,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "kiln bench on {} (matmul tile {}, {}, {} reductions, scale {scale:?})",
+        "kiln bench on {} (matmul tiles {} and {} at most {} deep, {}, {} reductions, scale {scale:?})",
         gpu.describe(),
         matmul::tile(&gpu),
+        matmul::shallow_tile(&gpu),
+        matmul::SHALLOW_K,
         matmul::split_k(&gpu).describe(),
         workgroup_reduce::reductions(&gpu).name()
     );
@@ -202,6 +187,40 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--tune`: the deep products' tile at `size`³, the shallow ones' at LoRA's rank 8, then the
+/// split-K policy; each best is cached for the adapter and used for the rest of the run.
+fn tune(gpu: &Gpu, size: usize) -> Result<()> {
+    let shapes = [("deep", Matmul::new(size, size, size)), ("shallow", Matmul::new(2 * size, size, 8))];
+    for (class, mm) in shapes {
+        eprintln!("tuning the {class} products' matmul tile on {} at {}x{}x{}", gpu.describe(), mm.m, mm.n, mm.k);
+        let ranked = bench::tune_matmul(gpu, mm, |tile, r| match r {
+            Ok(g) => eprintln!("  {:<18} {g:8.1} GFLOP/s", tile.to_string()),
+            Err(e) => eprintln!("  {:<18} failed: {e}", tile.to_string()),
+        });
+        if let Some(&(best, g)) = ranked.first() {
+            let path = if class == "deep" {
+                matmul::set_tile(gpu, best);
+                matmul::write_tune_cache(gpu.info(), best)?
+            } else {
+                matmul::set_shallow_tile(gpu, best);
+                matmul::write_shallow_tune_cache(gpu.info(), best)?
+            };
+            eprintln!("best {best} ({g:.1} GFLOP/s), cached in {}", path.display());
+        }
+    }
+    eprintln!("tuning split-K on the steps' products with too few tiles to fill a GPU (median of 3 rounds)");
+    let ranked = bench::tune_split_k(gpu, |policy, r| match r {
+        Ok(ms) => eprintln!("  {:<52} {ms:9.3} ms", policy.describe()),
+        Err(e) => eprintln!("  {:<52} failed: {e}", policy.describe()),
+    });
+    if let Some((best, ms)) = ranked.first() {
+        let path = matmul::write_split_k_cache(gpu.info(), *best)?;
+        eprintln!("best: {} ({ms:.3} ms), cached in {}", best.describe(), path.display());
+        matmul::set_split_k(gpu, *best);
+    }
+    Ok(())
+}
+
 fn run_step(gpu: &Gpu, args: &BenchArgs, model: StepModel, scale: Scale) -> Result<()> {
     if (args.plot.is_some() || args.gpu_times) && !args.profile {
         return Err(Error::invalid("--plot", "--plot and --gpu-times need --profile"));
@@ -211,9 +230,12 @@ fn run_step(gpu: &Gpu, args: &BenchArgs, model: StepModel, scale: Scale) -> Resu
         shape = shape.with_base(kind);
     }
     eprintln!(
-        "kiln bench --step on {}: {} (scale {scale:?}, {} reductions, {} matmul epilogues, {})",
+        "kiln bench --step on {}: {} (scale {scale:?}, matmul tiles {} and {} at most {} deep, {} reductions, {} matmul epilogues, {})",
         gpu.describe(),
         shape.describe(),
+        matmul::tile(gpu),
+        matmul::shallow_tile(gpu),
+        matmul::SHALLOW_K,
         workgroup_reduce::reductions(gpu).name(),
         matmul::fused_epilogues(gpu).name(),
         matmul::split_k(gpu).describe()
@@ -241,6 +263,7 @@ fn run_step(gpu: &Gpu, args: &BenchArgs, model: StepModel, scale: Scale) -> Resu
         let doc = serde_json::json!({
             "figure": figure,
             "matmul_tile": matmul::tile(gpu).to_string(),
+            "matmul_tile_shallow": matmul::shallow_tile(gpu).to_string(),
             "scale": format!("{scale:?}"),
             "profiles": profiles.iter().map(|p| serde_json::json!({
                 "counts": p.counts, "timing": p.timing,

@@ -25,6 +25,8 @@ struct Row {
     max_compute_workgroup_storage_size: u32,
     max_compute_invocations_per_workgroup: u32,
     matmul_tile: String,
+    /// The tile of products at most `matmul::SHALLOW_K` deep (LoRA's through its rank).
+    matmul_tile_shallow: String,
     /// The kernel paths kiln picks on this adapter: its workgroup reductions (subgroup or
     /// barrier), whether matmul epilogues run fused, and its split-K policy.
     kernels: Vec<String>,
@@ -84,6 +86,7 @@ pub fn run(args: DevicesArgs) -> Result<()> {
                 max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
                 max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
                 matmul_tile: crate::kernels::matmul::tile_for_adapter(&info).to_string(),
+                matmul_tile_shallow: crate::kernels::matmul::shallow_tile_for_adapter(&info).0.to_string(),
                 kernels: kernel_paths(a),
                 features: features(a),
             }
@@ -99,12 +102,14 @@ pub fn run(args: DevicesArgs) -> Result<()> {
     for r in &rows {
         println!("[{}] {} ({}, {}) driver: {}", r.index, r.name, r.backend, r.device_type, r.driver);
         println!(
-            "    max buffer {} MiB, max storage binding {} MiB, workgroup storage {} KiB, {} invocations/workgroup, matmul tile {}",
+            "    max buffer {} MiB, max storage binding {} MiB, workgroup storage {} KiB, {} invocations/workgroup, matmul tile {} ({} at most {} deep)",
             r.max_buffer_size >> 20,
             r.max_storage_buffer_binding_size >> 20,
             r.max_compute_workgroup_storage_size >> 10,
             r.max_compute_invocations_per_workgroup,
-            r.matmul_tile
+            r.matmul_tile,
+            r.matmul_tile_shallow,
+            crate::kernels::matmul::SHALLOW_K
         );
         let features = if r.features.is_empty() {
             "none of subgroups, f16, timestamps, cooperative matrices".to_string()

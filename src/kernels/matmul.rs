@@ -50,6 +50,7 @@ impl MatmulTile {
             MatmulTile::new(128, 64, 16, 8, 4),
             MatmulTile::new(64, 64, 8, 8, 8),
             MatmulTile::new(128, 128, 8, 16, 16),
+            MatmulTile::new(128, 128, 16, 16, 16),
             MatmulTile::new(256, 256, 8, 32, 32),
         ]
     }
@@ -97,12 +98,32 @@ impl std::fmt::Display for MatmulTile {
 }
 
 /// The default when nothing is cached: big register tiles on a CPU adapter, small on a GPU.
-/// On lavapipe, 16 of K per staged tile beat 8 by 4-8% once wgpu's loop bounding was off (the
-/// inner loop unrolls); 32 is no better and fills the 32 KiB of workgroup memory lavapipe has.
+/// On lavapipe 16×16 per invocation (64 invocations, 8 of K per staged slice) runs the deep
+/// products 1.4–1.6× faster than 8×8 (README, "Per-shape tiles and split-K"); they spilled
+/// before wgpu's loop bounding was off and the register loops unrolled.
 pub fn default_tile(device_type: wgpu::DeviceType) -> MatmulTile {
     match device_type {
-        wgpu::DeviceType::Cpu => MatmulTile::new(128, 128, 16, 8, 8),
+        wgpu::DeviceType::Cpu => MatmulTile::new(128, 128, 8, 16, 16),
         _ => MatmulTile::new(64, 64, 16, 4, 4),
+    }
+}
+
+/// Products at most this deep (LoRA's through its rank, x·Aᵀ·Bᵀ and dh·A) take the shallow
+/// tile ([`shallow_tile`]): with a K slice or two there is little to reuse from registers, and
+/// on lavapipe the 8×8 register tile beats the 16×16 one there (1.3× at K = 8, even at 16,
+/// behind from 24 on).
+pub const SHALLOW_K: usize = 16;
+
+/// The tile of products at most [`SHALLOW_K`] deep, a setting of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShallowTile(pub MatmulTile);
+
+/// The shallow products' default: 8×8 per invocation on a CPU adapter, the deep default on a
+/// GPU (where it is not yet measured).
+pub fn default_shallow_tile(device_type: wgpu::DeviceType) -> ShallowTile {
+    match device_type {
+        wgpu::DeviceType::Cpu => ShallowTile(MatmulTile::new(128, 128, 16, 8, 8)),
+        _ => ShallowTile(default_tile(device_type)),
     }
 }
 
@@ -110,14 +131,35 @@ fn tune_file() -> PathBuf {
     crate::util::cache_dir().join("matmul_tiles.json")
 }
 
-/// The tile this device's matmuls use: the one `kiln bench --tune` cached for the adapter, else
-/// the default (see [`tile_for_adapter`]); [`set_tile`] changes it.
+fn shallow_tune_file() -> PathBuf {
+    crate::util::cache_dir().join("matmul_tiles_shallow.json")
+}
+
+/// The tile this device's matmuls deeper than [`SHALLOW_K`] use (and the convolutions): the one
+/// `kiln bench --tune` cached for the adapter, else the default (see [`tile_for_adapter`]);
+/// [`set_tile`] changes it.
 pub fn tile(gpu: &Gpu) -> MatmulTile {
     gpu.setting(tile_for_adapter)
 }
 
 pub fn set_tile(gpu: &Gpu, tile: MatmulTile) {
     gpu.set_setting(tile);
+}
+
+/// The tile of this device's products at most [`SHALLOW_K`] deep: `KILN_MATMUL_TILE_SHALLOW`,
+/// else the one `kiln bench --tune` cached, else [`default_shallow_tile`].
+pub fn shallow_tile(gpu: &Gpu) -> MatmulTile {
+    gpu.setting(shallow_tile_for_adapter).0
+}
+
+pub fn set_shallow_tile(gpu: &Gpu, tile: MatmulTile) {
+    gpu.set_setting(ShallowTile(tile));
+}
+
+/// The tile `mm` runs on: the shallow or the deep one, its K slice cut to the depth.
+pub fn tile_for(gpu: &Gpu, mm: &Matmul) -> MatmulTile {
+    let tile = if mm.k <= SHALLOW_K { shallow_tile(gpu) } else { tile(gpu) };
+    tile.for_depth(mm.k)
 }
 
 /// The workgroup shape of the skinny-M path (`shaders/matvec.wgsl`) on this device.
@@ -137,23 +179,40 @@ pub fn adapter_key(info: &wgpu::AdapterInfo) -> String {
 /// The cached tile for this adapter if `kiln bench --tune` ran on it, else the default.
 /// `KILN_MATMUL_TILE=bm,bn,bk,tm,tn` overrides both (for experiments).
 pub fn tile_for_adapter(info: &wgpu::AdapterInfo) -> MatmulTile {
-    if let Ok(text) = std::env::var("KILN_MATMUL_TILE") {
-        let v: Vec<u32> = text.split(',').filter_map(|s| s.trim().parse().ok()).collect();
-        if let [bm, bn, bk, tm, tn] = v[..] {
-            return MatmulTile::new(bm, bn, bk, tm, tn);
-        }
-        eprintln!("warning: KILN_MATMUL_TILE={text:?} is not `bm,bn,bk,tm,tn`; ignored");
-    }
-    read_tune_cache().remove(&adapter_key(info)).unwrap_or_else(|| default_tile(info.device_type))
+    tile_from_env("KILN_MATMUL_TILE")
+        .or_else(|| read_cache(&tune_file()).remove(&adapter_key(info)))
+        .unwrap_or_else(|| default_tile(info.device_type))
 }
 
-pub fn read_tune_cache() -> std::collections::BTreeMap<String, MatmulTile> {
-    read_cache(&tune_file())
+/// The shallow products' tile for this adapter: `KILN_MATMUL_TILE_SHALLOW`, else the cached
+/// one, else [`default_shallow_tile`].
+pub fn shallow_tile_for_adapter(info: &wgpu::AdapterInfo) -> ShallowTile {
+    tile_from_env("KILN_MATMUL_TILE_SHALLOW")
+        .map(ShallowTile)
+        .or_else(|| read_cache(&shallow_tune_file()).remove(&adapter_key(info)))
+        .unwrap_or_else(|| default_shallow_tile(info.device_type))
+}
+
+/// A tile from `bm,bn,bk,tm,tn` in the environment variable `name` (for experiments); a value
+/// that does not parse is ignored with a warning.
+fn tile_from_env(name: &str) -> Option<MatmulTile> {
+    let text = std::env::var(name).ok()?;
+    let v: Vec<u32> = text.split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    if let [bm, bn, bk, tm, tn] = v[..] {
+        return Some(MatmulTile::new(bm, bn, bk, tm, tn));
+    }
+    eprintln!("warning: {name}={text:?} is not `bm,bn,bk,tm,tn`; ignored");
+    None
 }
 
 /// Records the tuned tile for an adapter (written to a temporary file, then renamed).
 pub fn write_tune_cache(info: &wgpu::AdapterInfo, tile: MatmulTile) -> Result<PathBuf> {
     write_cache(tune_file(), info, tile)
+}
+
+/// Records the tuned tile of shallow products for an adapter.
+pub fn write_shallow_tune_cache(info: &wgpu::AdapterInfo, tile: MatmulTile) -> Result<PathBuf> {
+    write_cache(shallow_tune_file(), info, ShallowTile(tile))
 }
 
 /// A per-adapter cache of tuned settings, or an empty one where the file is missing or unread.
@@ -210,9 +269,13 @@ impl SplitK {
         SplitK { target_groups, min_depth }
     }
 
-    /// Policies worth timing on any adapter (`kiln bench --tune`).
+    /// Policies worth timing on any adapter (`kiln bench --tune`): targets from a few
+    /// workgroups per core of a CPU adapter to a few per core of a large GPU.
     pub fn candidates() -> Vec<SplitK> {
-        vec![SplitK::OFF, SplitK::new(128, 128), SplitK::new(256, 128), SplitK::new(512, 128), SplitK::new(256, 64)]
+        let mut v = vec![SplitK::OFF];
+        v.extend([16, 64, 128, 256, 512].map(|target| SplitK::new(target, 128)));
+        v.push(SplitK::new(256, 64));
+        v
     }
 
     /// How `mm` on `tile` is split, or None to run it whole. Ranges are whole K slices of the
@@ -691,7 +754,7 @@ fn product(
         let bindings = [("a", Some(b)), ("b", Some(a)), ("bias", bias), ("c", Some(c))];
         return gpu.dispatch(OP, &spec, bytemuck::bytes_of(&swapped), &bindings, groups);
     }
-    let tile = tile(gpu).for_depth(mm.k);
+    let tile = tile_for(gpu, mm);
     let tiles = [(mm.n as u32).div_ceil(tile.bn), (mm.m as u32).div_ceil(tile.bm)];
     let split = split_k(gpu).plan(mm, tile, gpu.limits());
     // Two pipelines per split choice: the epilogue's code in a plain product's store loop cost

@@ -63,10 +63,12 @@ fn under_both_split_k(mut f: impl FnMut(SplitK)) {
 }
 
 /// The awkward shapes on `tile`, under `split`; returns how many of the products split.
+/// `tile` serves the deep products and the shallow ones alike.
 fn awkward_shapes(tile: MatmulTile, split: SplitK) -> usize {
     let gpu = gpu();
-    let (saved_tile, saved_split) = (matmul::tile(gpu), matmul::split_k(gpu));
+    let saved = (matmul::tile(gpu), matmul::shallow_tile(gpu), matmul::split_k(gpu));
     matmul::set_tile(gpu, tile);
+    matmul::set_shallow_tile(gpu, tile);
     matmul::set_split_k(gpu, split);
     let mut rng = Rng::new(1);
     // (40, 70, 3) and (129, 65, 8) take a K slice cut to their depth (`MatmulTile::for_depth`).
@@ -101,8 +103,9 @@ fn awkward_shapes(tile: MatmulTile, split: SplitK) -> usize {
         split_count += (tiled && split.plan(&mm, tile.for_depth(mm.k), gpu.limits()).is_some()) as usize;
         case(&mut rng, mm, a_shared, b_shared, bias);
     }
-    matmul::set_tile(gpu, saved_tile);
-    matmul::set_split_k(gpu, saved_split);
+    matmul::set_tile(gpu, saved.0);
+    matmul::set_shallow_tile(gpu, saved.1);
+    matmul::set_split_k(gpu, saved.2);
     split_count
 }
 
@@ -110,6 +113,29 @@ fn awkward_shapes(tile: MatmulTile, split: SplitK) -> usize {
 fn matmul_awkward_shapes_adapter_tile() {
     let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     awkward_shapes(matmul::tile(gpu()), matmul::split_k(gpu()));
+}
+
+#[test]
+fn matmul_awkward_shapes_adapter_shallow_tile() {
+    let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    awkward_shapes(matmul::shallow_tile(gpu()), SplitK::OFF);
+}
+
+/// Products at most SHALLOW_K deep take the shallow tile, deeper ones the deep tile, each with
+/// its K slice cut to the depth.
+#[test]
+fn matmul_tile_follows_the_depth_class() {
+    let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    let saved = (matmul::tile(gpu), matmul::shallow_tile(gpu));
+    let (deep, shallow) = (MatmulTile::new(128, 128, 8, 16, 16), MatmulTile::new(64, 64, 16, 4, 4));
+    matmul::set_tile(gpu, deep);
+    matmul::set_shallow_tile(gpu, shallow);
+    let got =
+        [8, matmul::SHALLOW_K, matmul::SHALLOW_K + 1, 1000].map(|k| matmul::tile_for(gpu, &Matmul::new(64, 64, k)));
+    matmul::set_tile(gpu, saved.0);
+    matmul::set_shallow_tile(gpu, saved.1);
+    assert_eq!(got, [shallow.for_depth(8), shallow, deep, deep]);
 }
 
 #[test]
