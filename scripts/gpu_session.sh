@@ -105,10 +105,10 @@ run() {
     done
     grep -E "^test result|FAILED|panicked" "$OUT/session.log" | tail -8
 
-    log "kiln bench $tune, then every kernel at $scale scale (a tuned tile is cached for the steps below)"
+    log "kiln bench $tune, then every kernel at $scale scale (the tuned tiles and split-K are cached for the steps below)"
     echo "\$ $K bench $tune --scale $scale --json" >>"$OUT/session.log"
     # shellcheck disable=SC2086
-    timeout 150 $K bench $tune --scale $scale --json >"$OUT/kernels.json" 2>>"$OUT/session.log" || echo "(bench failed)" | tee -a "$OUT/session.log"
+    timeout 200 $K bench $tune --scale $scale --json >"$OUT/kernels.json" 2>>"$OUT/session.log" || echo "(bench failed)" | tee -a "$OUT/session.log"
 
     log "cuBLAS SGEMM, TF32 off, beside kiln's matmul"
     [ -z "$quick" ] && step 90 "$PY" scripts/sgemm_baseline.py --torch-cuda --json --sizes 256,512,1024,2048,4096
@@ -121,10 +121,11 @@ run() {
         step 120 $K bench --step $m --scale $scale --warmup 3 --steps 2 --profile --gpu-times --plot "$OUT/profile-$m.png"
         # The same step in one submit, to see what submitting in chunks buys on a GPU.
         step 120 env KILN_SUBMIT_EVERY=1000000 $K bench --step $m --scale $scale --steps $steps
-        # The same step with the barrier-tree reductions, and with the matmul epilogues
-        # (SwiGLU into the up-projection) separate, to keep or drop each on a GPU.
+        # The same step with the barrier-tree reductions, with the matmul epilogues (SwiGLU
+        # into the up-projection) separate, and without split-K, to keep or drop each on a GPU.
         step 120 env KILN_REDUCTIONS=barrier $K bench --step $m --scale $scale --steps $steps
         step 120 env KILN_EPILOGUES=separate $K bench --step $m --scale $scale --steps $steps
+        step 120 env KILN_SPLIT_K=off $K bench --step $m --scale $scale --steps $steps
     done
 
     log "MiniLM classifier: one e-mail's latency and throughput per batch size, kiln eval and PyTorch"
