@@ -4,10 +4,10 @@
 //!
 //! Up to [`SKINNY_M`] rows (generation) the forward takes `qmatvec`, one invocation per output
 //! column reading W once; more rows take the tiled `qmatmul`. The tile is BK = 32 (one block)
-//! deep and 64×64 wide: the two staged slices then take exactly the 16 KiB of workgroup memory
-//! every adapter has. On a CPU adapter 64 invocations with 8×8 register tiles (as the f32
-//! matmul's lavapipe default), on a GPU 256 with 4×4; `KILN_QMATMUL_TILE=bm,bn,tm,tn`
-//! overrides it (not tuned per adapter yet).
+//! deep; on a GPU 64×64 wide with 256 invocations of 4×4 (the two staged slices then take
+//! exactly the 16 KiB of workgroup memory every adapter has), on a CPU adapter 128×128 with 64
+//! invocations of 16×16, as the f32 matmul's deep tile there (32 KiB). See [`tile`];
+//! `KILN_QMATMUL_TILE=bm,bn,tm,tn` overrides it (not tuned per adapter yet).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -121,21 +121,46 @@ impl QTile {
     }
 }
 
-/// The tile for this adapter: `KILN_QMATMUL_TILE`, else by device type; a shape the adapter
-/// cannot run falls back to 32×32 with 4×4 register tiles.
-pub fn tile_for(gpu: &Gpu) -> QTile {
-    let mut tile = match gpu.info().device_type {
-        wgpu::DeviceType::Cpu => QTile::new(64, 64, 8, 8),
-        _ => QTile::new(64, 64, 4, 4),
-    };
+/// This device's tile ([`set_tile`] changes it): `KILN_QMATMUL_TILE`, else the first of the
+/// device type's defaults the adapter can run. On lavapipe 128×128 with 16×16 per invocation
+/// runs 256×1024×1024 through Q4_0 in 24–26 ms against 45–47 ms with the former 64×64 of 8×8
+/// (README, "Per-shape tiles"); 64×64 of 8×8 remains for a CPU adapter with less than 32 KiB of
+/// workgroup memory, and 32×32 of 4×4 for any adapter.
+pub fn tile(gpu: &Gpu) -> QTile {
+    gpu.setting(|info| tile_for_adapter(info, gpu.limits()))
+}
+
+pub fn set_tile(gpu: &Gpu, tile: QTile) {
+    gpu.set_setting(tile);
+}
+
+/// `tile` with its rows halved (and rows per invocation with them, so the workgroup keeps its
+/// size) while `m` rows still fill it, down to 4 rows per invocation: a 32-token batch would
+/// compute a 128-row tile four times over. On lavapipe the small SmolLM2 step on a Q4_0 base
+/// ran 322 ms with 64×64 tiles of 8×8 and 360 ms with 128×128 of 16×16 before this.
+pub fn tile_for_rows(tile: QTile, m: usize) -> QTile {
+    let mut t = tile;
+    while t.tm > 4 && (t.bm / 2) as usize >= m.max(1) {
+        t.bm /= 2;
+        t.tm /= 2;
+    }
+    t
+}
+
+fn tile_for_adapter(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> QTile {
+    let fallback = QTile::new(32, 32, 4, 4);
     if let Ok(text) = std::env::var("KILN_QMATMUL_TILE") {
         let v: Vec<u32> = text.split(',').filter_map(|s| s.trim().parse().ok()).collect();
         match v[..] {
-            [bm, bn, tm, tn] => tile = QTile::new(bm, bn, tm, tn),
-            _ => eprintln!("warning: KILN_QMATMUL_TILE={text:?} is not `bm,bn,tm,tn`; ignored"),
+            [bm, bn, tm, tn] if QTile::new(bm, bn, tm, tn).fits(limits) => return QTile::new(bm, bn, tm, tn),
+            _ => eprintln!("warning: KILN_QMATMUL_TILE={text:?} is not `bm,bn,tm,tn` that this adapter runs; ignored"),
         }
     }
-    if tile.fits(gpu.limits()) { tile } else { QTile::new(32, 32, 4, 4) }
+    let defaults: &[QTile] = match info.device_type {
+        wgpu::DeviceType::Cpu => &[QTile::new(128, 128, 16, 16), QTile::new(64, 64, 8, 8)],
+        _ => &[QTile::new(64, 64, 4, 4)],
+    };
+    defaults.iter().copied().find(|t| t.fits(limits)).unwrap_or(fallback)
 }
 
 fn header(w: &QuantTensor, tile: QTile, mr: usize) -> String {
@@ -218,13 +243,15 @@ pub fn qmatmul_into(
         return Ok(());
     }
     let p = params(w, m, alpha, bias.is_some(), accumulate)?;
-    let tile = tile_for(gpu);
     let (header, entry, groups);
     if m <= SKINNY_M {
-        header = self::header(w, tile, m.next_power_of_two());
+        // `qmatvec` reads none of the tile's constants: one header for any tile keeps one
+        // pipeline per format and row count.
+        header = self::header(w, QTile::new(32, 32, 4, 4), m.next_power_of_two());
         entry = "qmatvec";
         groups = gpu.grid_1d((n as u64).div_ceil(64));
     } else {
+        let tile = tile_for_rows(tile(gpu), m);
         header = self::header(w, tile, 1);
         entry = "qmatmul";
         groups = [(n as u32).div_ceil(tile.bn), (m as u32).div_ceil(tile.bm), 1];
@@ -272,7 +299,7 @@ pub fn qmatmul_dx_into(
         return Ok(());
     }
     let p = params(w, m, alpha, false, accumulate)?;
-    let tile = tile_for(gpu);
+    let tile = tile_for_rows(tile(gpu), m);
     let header = header(w, tile, 1);
     let spec = KernelSpec { file: shader!("qmatmul"), entry: "qmatmul_dx", header: &header, access: ACCESS };
     let groups = [(k as u32).div_ceil(tile.bn), (m as u32).div_ceil(tile.bm), 1];

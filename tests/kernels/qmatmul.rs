@@ -1,9 +1,10 @@
 //! The quantized matmul kernels (`shaders/qmatmul.wgsl`) against the reference: dequantize the
 //! same blocks, then multiply in f64. Every format (the K-quants on rows of 256-weight
 //! super-blocks; F16 and BF16 as blocks of 32 plain values), awkward shapes (M and N off the 64-wide tile, size 1, K one block and many),
-//! the skinny path (M ≤ 16), bias, alpha and accumulate.
+//! the skinny path (M ≤ 16), bias, alpha and accumulate; the tiled path on the adapter's tile,
+//! a GPU's (64×64 of 4×4) and lavapipe's former one (64×64 of 8×8).
 
-use kiln::kernels::qmatmul::QuantTensor;
+use kiln::kernels::qmatmul::{self, QTile, QuantTensor};
 use kiln::kernels::qmatmul::{qmatmul_dx_into, qmatmul_into};
 use kiln::quant::{QuantType, QuantWeights, repack};
 use kiln::reference;
@@ -85,29 +86,68 @@ fn shapes(kind: QuantType) -> &'static [(usize, usize, usize)] {
     if kind.is_k_quant() { &K_SHAPES } else { &SHAPES }
 }
 
+/// Runs `f` on the adapter's tile with every format, then on the other tiles the defaults give
+/// some adapter that this one can run with one format of each kind (plain blocks, super-blocks,
+/// 16-bit): the tile's code does not depend on the format, and each (format, tile, rows)
+/// compiles a pipeline of its own, about a second and a half on lavapipe. Puts the adapter's
+/// tile back. Each tile is printed before its cases, so a failure's captured output names it.
+fn under_each_tile(mut f: impl FnMut(&[QuantType])) {
+    let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    let saved = qmatmul::tile(gpu);
+    let mut tiles = vec![saved];
+    for t in [QTile::new(64, 64, 4, 4), QTile::new(64, 64, 8, 8)] {
+        if t.fits(gpu.limits()) && !tiles.contains(&t) {
+            tiles.push(t);
+        }
+    }
+    assert!(tiles.len() >= 2, "{} runs only its own qmatmul tile", gpu.describe());
+    for t in tiles {
+        qmatmul::set_tile(gpu, t);
+        eprintln!("qmatmul tile {t:?}");
+        f(if t == saved { &QuantType::ALL } else { &[QuantType::Q4_0, QuantType::Q4_K, QuantType::F16] });
+    }
+    qmatmul::set_tile(gpu, saved);
+}
+
 #[test]
 fn qmatmul_forward_every_format_awkward_shapes() {
     let mut rng = Rng::new(40);
-    for kind in QuantType::ALL {
-        let b = kind.block_weights();
-        for &shape in shapes(kind) {
-            forward_case(&mut rng, kind, shape, false, 1.0, false);
+    under_each_tile(|kinds| {
+        for &kind in kinds {
+            let b = kind.block_weights();
+            for &shape in shapes(kind) {
+                forward_case(&mut rng, kind, shape, false, 1.0, false);
+            }
+            // Bias, alpha, accumulate on both paths.
+            forward_case(&mut rng, kind, (7, 33, 2 * b), true, 0.5, true);
+            forward_case(&mut rng, kind, (67, 33, 2 * b), true, -2.0, true);
         }
-        // Bias, alpha, accumulate on both paths.
-        forward_case(&mut rng, kind, (7, 33, 2 * b), true, 0.5, true);
-        forward_case(&mut rng, kind, (67, 33, 2 * b), true, -2.0, true);
-    }
+    });
 }
 
 #[test]
 fn qmatmul_dx_every_format_awkward_shapes() {
     let mut rng = Rng::new(41);
-    for kind in QuantType::ALL {
-        for &shape in shapes(kind) {
-            dx_case(&mut rng, kind, shape, 1.0, false);
+    under_each_tile(|kinds| {
+        for &kind in kinds {
+            for &shape in shapes(kind) {
+                dx_case(&mut rng, kind, shape, 1.0, false);
+            }
+            dx_case(&mut rng, kind, (9, 45, 3 * kind.block_weights()), 0.5, true);
         }
-        dx_case(&mut rng, kind, (9, 45, 3 * kind.block_weights()), 0.5, true);
-    }
+    });
+}
+
+/// A tile's rows halve, rows per invocation with them, while the product's rows still fill it,
+/// down to 4 per invocation.
+#[test]
+fn qmatmul_tile_follows_the_rows() {
+    let big = QTile::new(128, 128, 16, 16);
+    let got = [17, 32, 33, 64, 65, 512].map(|m| qmatmul::tile_for_rows(big, m));
+    let want = [(32, 4), (32, 4), (64, 8), (64, 8), (128, 16), (128, 16)].map(|(bm, tm)| QTile::new(bm, 128, tm, 16));
+    assert_eq!(got, want);
+    assert_eq!(qmatmul::tile_for_rows(QTile::new(64, 64, 4, 4), 17), QTile::new(64, 64, 4, 4));
 }
 
 #[test]
