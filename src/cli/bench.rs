@@ -66,6 +66,14 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.tune && args.tune_size <= matmul::SHALLOW_K {
+        let why = format!(
+            "{} is too small: --tune times the deep products' tile on size³, and deep means more than {}",
+            args.tune_size,
+            matmul::SHALLOW_K
+        );
+        return Err(Error::invalid("--tune-size", why));
+    }
     let gpu = args.adapter.open()?;
     if args.tune {
         tune(&gpu, args.tune_size)?;
@@ -190,20 +198,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// `--tune`: the deep products' tile at `size`³, the shallow ones' at LoRA's rank 8, then the
 /// split-K policy; each best is cached for the adapter and used for the rest of the run.
 fn tune(gpu: &Gpu, size: usize) -> Result<()> {
-    let shapes = [("deep", Matmul::new(size, size, size)), ("shallow", Matmul::new(2 * size, size, 8))];
-    for (class, mm) in shapes {
+    // `tune_matmul` tunes the class of the product it is given, as does this loop.
+    for mm in [Matmul::new(size, size, size), Matmul::new(2 * size, size, 8)] {
+        let shallow = mm.k <= matmul::SHALLOW_K;
+        let class = if shallow { "shallow" } else { "deep" };
         eprintln!("tuning the {class} products' matmul tile on {} at {}x{}x{}", gpu.describe(), mm.m, mm.n, mm.k);
         let ranked = bench::tune_matmul(gpu, mm, |tile, r| match r {
             Ok(g) => eprintln!("  {:<18} {g:8.1} GFLOP/s", tile.to_string()),
             Err(e) => eprintln!("  {:<18} failed: {e}", tile.to_string()),
         });
         if let Some(&(best, g)) = ranked.first() {
-            let path = if class == "deep" {
-                matmul::set_tile(gpu, best);
-                matmul::write_tune_cache(gpu.info(), best)?
-            } else {
+            let path = if shallow {
                 matmul::set_shallow_tile(gpu, best);
                 matmul::write_shallow_tune_cache(gpu.info(), best)?
+            } else {
+                matmul::set_tile(gpu, best);
+                matmul::write_tune_cache(gpu.info(), best)?
             };
             eprintln!("best {best} ({g:.1} GFLOP/s), cached in {}", path.display());
         }

@@ -757,8 +757,8 @@ fn product(
     let tile = tile_for(gpu, mm);
     let tiles = [(mm.n as u32).div_ceil(tile.bn), (mm.m as u32).div_ceil(tile.bm)];
     let split = split_k(gpu).plan(mm, tile, gpu.limits());
-    // Two pipelines per split choice: the epilogue's code in a plain product's store loop cost
-    // lavapipe 1–3%.
+    // The header says whether the product has an epilogue (its code in a plain product's store
+    // loop cost lavapipe 1–3%) and whether it is split: a pipeline for each combination.
     let header = format!(
         "{}const HAS_EPILOGUE: bool = {};\nconst SPLIT_K: bool = {};\n",
         tile.header(),
@@ -779,8 +779,8 @@ fn product(
         Some((Epilogue::Activation(_), out)) => (Some(out), None),
         Some((Epilogue::Gated(_, gate), out)) => (Some(out), Some(gate)),
     };
+    let spec = |entry| KernelSpec { file: shader!("matmul"), entry, header: &header, access: TILED };
     let Some(split) = split else {
-        let spec = KernelSpec { file: shader!("matmul"), entry: "matmul", header: &header, access: TILED };
         let bindings = [
             ("a", Some(a)),
             ("b", Some(b)),
@@ -790,11 +790,10 @@ fn product(
             ("gate", gate),
             ("partials", None),
         ];
-        return gpu.dispatch(OP, &spec, bytemuck::bytes_of(&params), &bindings, [tiles[0], tiles[1], batch]);
+        return gpu.dispatch(OP, &spec("matmul"), bytemuck::bytes_of(&params), &bindings, [tiles[0], tiles[1], batch]);
     };
     let params = Params { batch, splits: split.splits, k_chunk: split.k_chunk, ..params };
     let partials = Tensor::empty(gpu, &[split.splits as usize * mm.batch * mm.m * mm.n], DType::F32)?;
-    let spec = KernelSpec { file: shader!("matmul"), entry: "matmul", header: &header, access: TILED };
     let bindings = [
         ("a", Some(a)),
         ("b", Some(b)),
@@ -804,8 +803,8 @@ fn product(
         ("gate", None),
         ("partials", Some(&partials)),
     ];
-    gpu.dispatch(OP, &spec, bytemuck::bytes_of(&params), &bindings, [tiles[0], tiles[1], batch * split.splits])?;
-    let spec = KernelSpec { file: shader!("matmul"), entry: "matmul_split_sum", header: &header, access: TILED };
+    let groups = [tiles[0], tiles[1], batch * split.splits];
+    gpu.dispatch(OP, &spec("matmul"), bytemuck::bytes_of(&params), &bindings, groups)?;
     let bindings = [
         ("a", None),
         ("b", None),
@@ -816,7 +815,7 @@ fn product(
         ("partials", Some(&partials)),
     ];
     let groups = gpu.grid_1d((mm.batch * mm.m * mm.n).div_ceil(256) as u64);
-    gpu.dispatch(OP, &spec, bytemuck::bytes_of(&params), &bindings, groups)
+    gpu.dispatch(OP, &spec("matmul_split_sum"), bytemuck::bytes_of(&params), &bindings, groups)
 }
 
 /// The skinny path's entry point for a product of at most [`SKINNY_M`] rows. The vec4 entries

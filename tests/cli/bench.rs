@@ -62,3 +62,29 @@ fn bench_rows_of_the_cnn_kernels() {
         assert!(r[figure].as_f64().unwrap() > 0.0, "{figure} of {r}");
     }
 }
+
+/// `kiln bench --only matmul_split_k,matmul_whole`: each of the steps' starved products split
+/// (a GPU's default policy) and whole, with the adapter's split-K policy and tiles named.
+#[test]
+fn bench_rows_of_split_k() {
+    let doc = kiln("bench").args(["--scale", "small", "--only", "matmul_split_k,matmul_whole"]).json();
+    let rows = doc["figures"].as_array().unwrap_or_else(|| panic!("no figures: {doc}"));
+    let shapes = kiln::bench::split_k_shapes().len();
+    for kernel in ["matmul_split_k", "matmul_whole"] {
+        let times: Vec<f64> =
+            rows.iter().filter(|r| r["kernel"] == kernel).map(|r| r["median_ms"].as_f64().unwrap()).collect();
+        assert_eq!(times.len(), shapes, "{kernel} rows in {doc}");
+        assert!(times.iter().all(|&t| t > 0.0), "{kernel}: {times:?}");
+    }
+    for key in ["split_k", "matmul_tile", "matmul_tile_shallow"] {
+        assert!(doc[key].is_string(), "no {key} in {doc}");
+    }
+}
+
+/// `--tune-size` must make a product deeper than the shallow class, or --tune would tune the
+/// deep tile on a shallow product: refused before anything runs.
+#[test]
+fn bench_tune_refuses_a_shallow_size() {
+    let msg = kiln("bench").args(["--tune", "--tune-size", "16"]).fails_naming(&["--tune-size", "16"]);
+    assert!(msg.contains("too small"), "{msg}");
+}
