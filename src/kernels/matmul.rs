@@ -646,8 +646,9 @@ pub fn matmul_epilogue_into(
 /// Records C = alpha·op(A)·op(B) (+ bias[N]) (+ C if accumulating) into `c`.
 ///
 /// Bindings: 1 `a`, 2 `b`, 3 `bias` (or nothing), 4 `c`; the tiled kernel also 5
-/// `epilogue_out` and 6 `gate` (see [`matmul_epilogue_into`]). A and B may be one matrix shared
-/// across the batch, or one per batch entry; C is `[batch, M, N]`.
+/// `epilogue_out` and 6 `gate` (see [`matmul_epilogue_into`]) and 7 `partials`, split-K's
+/// scratch (see [`SplitK`]). A and B may be one matrix shared across the batch, or one per batch
+/// entry; C is `[batch, M, N]`.
 pub fn matmul_into(gpu: &Gpu, mm: &Matmul, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, c: &Tensor) -> Result<()> {
     product(gpu, mm, a, b, bias, c, None)
 }
