@@ -23,6 +23,7 @@ use super::{expect_numel, row_chunks, shader, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Gpu, KernelSpec};
 use crate::tensor::{DType, Tensor};
+use crate::util::{parse_u32_list, write_atomic};
 
 /// One tile shape: a workgroup computes a `bm`×`bn` block of C, each invocation `tm`×`tn`,
 /// stepping through K `bk` at a time.
@@ -197,9 +198,8 @@ pub fn shallow_tile_for_adapter(info: &wgpu::AdapterInfo) -> ShallowTile {
 /// that does not parse is ignored with a warning.
 fn tile_from_env(name: &str) -> Option<MatmulTile> {
     let text = std::env::var(name).ok()?;
-    let v: Vec<u32> = text.split(',').filter_map(|s| s.trim().parse().ok()).collect();
-    if let [bm, bn, bk, tm, tn] = v[..] {
-        return Some(MatmulTile::new(bm, bn, bk, tm, tn));
+    if let Some([bm, bn, bk, tm, tn]) = parse_u32_list(&text).as_deref() {
+        return Some(MatmulTile::new(*bm, *bn, *bk, *tm, *tn));
     }
     eprintln!("warning: {name}={text:?} is not `bm,bn,bk,tm,tn`; ignored");
     None
@@ -230,10 +230,8 @@ fn write_cache<T: Serialize + serde::de::DeserializeOwned>(
     cache.insert(adapter_key(info), value);
     let dir = crate::util::cache_dir();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(&cache).expect("a map of plain settings serialises");
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    write_atomic(&path, text.as_bytes())?;
     Ok(path)
 }
 
@@ -329,13 +327,10 @@ fn split_k_file() -> PathBuf {
 pub fn split_k_for_adapter(info: &wgpu::AdapterInfo) -> SplitK {
     match std::env::var("KILN_SPLIT_K").as_deref() {
         Ok("off") => return SplitK::OFF,
-        Ok(text) if !text.is_empty() => {
-            let v: Vec<u32> = text.split(',').filter_map(|s| s.trim().parse().ok()).collect();
-            match v[..] {
-                [target, depth] if depth > 0 => return SplitK::new(target, depth),
-                _ => eprintln!("warning: KILN_SPLIT_K={text:?} is not `off` or `target_groups,min_depth`; ignored"),
-            }
-        }
+        Ok(text) if !text.is_empty() => match parse_u32_list(text).as_deref() {
+            Some(&[target, depth]) if depth > 0 => return SplitK::new(target, depth),
+            _ => eprintln!("warning: KILN_SPLIT_K={text:?} is not `off` or `target_groups,min_depth`; ignored"),
+        },
         _ => {}
     }
     read_cache(&split_k_file()).remove(&adapter_key(info)).unwrap_or_else(|| default_split_k(info.device_type))
@@ -416,9 +411,8 @@ pub fn default_matvec_shape(device_type: wgpu::DeviceType) -> MatvecShape {
 /// (for experiments).
 pub fn matvec_shape_for_adapter(info: &wgpu::AdapterInfo) -> MatvecShape {
     if let Ok(text) = std::env::var("KILN_MATVEC") {
-        let v: Vec<u32> = text.split(',').filter_map(|s| s.trim().parse().ok()).collect();
-        match v[..] {
-            [ks, cs, tn] if ks.is_power_of_two() && cs > 0 && tn > 0 => return MatvecShape::new(ks, cs, tn),
+        match parse_u32_list(&text).as_deref() {
+            Some(&[ks, cs, tn]) if ks.is_power_of_two() && cs > 0 && tn > 0 => return MatvecShape::new(ks, cs, tn),
             _ => eprintln!("warning: KILN_MATVEC={text:?} is not `ks,cs,tn` with ks a power of two; ignored"),
         }
     }

@@ -150,9 +150,8 @@ pub fn tile_for_rows(tile: QTile, m: usize) -> QTile {
 fn tile_for_adapter(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> QTile {
     let fallback = QTile::new(32, 32, 4, 4);
     if let Ok(text) = std::env::var("KILN_QMATMUL_TILE") {
-        let v: Vec<u32> = text.split(',').filter_map(|s| s.trim().parse().ok()).collect();
-        match v[..] {
-            [bm, bn, tm, tn] if QTile::new(bm, bn, tm, tn).fits(limits) => return QTile::new(bm, bn, tm, tn),
+        match crate::util::parse_u32_list(&text).as_deref() {
+            Some(&[bm, bn, tm, tn]) if QTile::new(bm, bn, tm, tn).fits(limits) => return QTile::new(bm, bn, tm, tn),
             _ => eprintln!("warning: KILN_QMATMUL_TILE={text:?} is not `bm,bn,tm,tn` that this adapter runs; ignored"),
         }
     }

@@ -47,11 +47,30 @@ pub fn write_file_whole(path: &Path, write: impl FnOnce(&mut dyn std::io::Write)
     written
 }
 
+/// The numbers of a comma-separated list such as `128,128,8,16,16` (an environment override
+/// of a kernel shape), or None when any part is not a u32: a typo is not half read.
+pub fn parse_u32_list(text: &str) -> Option<Vec<u32>> {
+    text.split(',').map(|s| s.trim().parse().ok()).collect()
+}
+
 /// kiln's cache folder (fetched models and data, measured matmul tiles): `$KILN_CACHE` or
 /// `~/.cache/kiln`.
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os("KILN_CACHE") {
         Some(dir) => PathBuf::from(dir),
         None => dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("kiln"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_u32_list;
+
+    #[test]
+    fn a_u32_list_is_read_whole_or_not_at_all() {
+        assert_eq!(parse_u32_list("128, 128,8,16 ,16"), Some(vec![128, 128, 8, 16, 16]));
+        assert_eq!(parse_u32_list("256,abc,128"), None);
+        assert_eq!(parse_u32_list("256,,128"), None);
+        assert_eq!(parse_u32_list("-1"), None);
     }
 }
