@@ -5,6 +5,8 @@ mod common;
 
 #[path = "kernels/matmul.rs"]
 mod matmul;
+#[path = "kernels/matmul_coop.rs"]
+mod matmul_coop;
 
 /// Tests that change the adapter's matmul tile or matvec shape hold this, so they don't race
 /// each other.

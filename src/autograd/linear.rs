@@ -155,7 +155,10 @@ fn linear_impl(
     let mut epilogue_out = None;
     match (&base, epilogue) {
         (Base::Dense { w, layout }, epilogue) => {
-            let mm = Matmul::new(rows, d_out, d_in).trans_b(*layout == WeightLayout::OutIn);
+            // A frozen weight's product may round to f16 (the device's precision decides).
+            let mm = Matmul::new(rows, d_out, d_in)
+                .trans_b(*layout == WeightLayout::OutIn)
+                .mixed_precision(!w.requires_grad());
             let bias = bias.map(|b| &b.value);
             match epilogue {
                 None => matmul_into(gpu, &mm, &x.value, &w.value, bias, &y)?,
@@ -303,9 +306,12 @@ impl Backward for LinearOp {
         if let Some(dx) = &dx {
             // dx = dy·W for [out, in], dy·Wᵀ for [in, out].
             match &self.w {
-                SavedBase::Dense { w, layout, .. } => {
+                SavedBase::Dense { w, layout, w_id } => {
                     let out_in = *layout == WeightLayout::OutIn;
-                    let mm = Matmul::new(rows, d_in, d_out).trans_b(!out_in).accumulate(dx.accumulate);
+                    let mm = Matmul::new(rows, d_in, d_out)
+                        .trans_b(!out_in)
+                        .accumulate(dx.accumulate)
+                        .mixed_precision(w_id.is_none());
                     matmul_into(gpu, &mm, &dy, w, None, &dx.tensor)?;
                 }
                 SavedBase::Quant(q) => qmatmul_dx_into(gpu, &dy, q, &dx.tensor, 1.0, dx.accumulate)?,

@@ -40,12 +40,30 @@ pub(crate) fn translate(source: &str) -> Result<(), String> {
             Err(format!("naga's {backend} writer panicked: {}", what.unwrap_or_default()))
         })
     };
+    // Cooperative matrices exist on Vulkan and Metal (8x8 simdgroup matrices) only: wgpu's DX12
+    // back end never offers them, and Metal never a 16x16 one, so a module using them is
+    // checked only where it can be asked for.
+    let coop_sizes: Vec<naga::CooperativeSize> = module
+        .types
+        .iter()
+        .filter_map(|(_, ty)| match ty.inner {
+            naga::TypeInner::CooperativeMatrix { columns, .. } => Some(columns),
+            _ => None,
+        })
+        .collect();
+    let metal_can = coop_sizes.iter().all(|&s| s == naga::CooperativeSize::Eight);
     let msl_options = msl::Options { lang_version: (2, 4), ..Default::default() };
+    if !metal_can {
+        return Ok(());
+    }
     guarded("Metal (MSL)", &|| {
         msl::write_string(&module, &info, &msl_options, &msl::PipelineOptions::default())
             .map(drop)
             .map_err(|e| format!("Metal (MSL): {e}"))
     })?;
+    if !coop_sizes.is_empty() {
+        return Ok(());
+    }
     let hlsl_options = hlsl::Options { shader_model: hlsl::ShaderModel::V6_0, ..Default::default() };
     guarded("DX12 (HLSL)", &|| {
         let mut out = String::new();

@@ -71,6 +71,9 @@ pub struct Gpu {
     settings: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
     /// Counters of dispatches, buffers, submits... and the open profile, if any.
     profiler: profile::Profiler,
+    /// The cooperative-matrix configurations the device was opened with (none without the
+    /// feature).
+    cooperative_matrices: Vec<wgpu::CooperativeMatrixProperties>,
 }
 
 /// What is being recorded: the encoder of the current chunk, its open compute pass, and the
@@ -128,12 +131,27 @@ impl Gpu {
         let info = adapter.get_info();
         let limits = adapter.limits();
         // Timestamps serve only the profiler; asking for them costs nothing when unused.
-        // Subgroup operations serve the row reductions (`kernels::workgroup_reduce`).
-        let features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
+        // Subgroup operations serve the row reductions (`kernels::workgroup_reduce`); f16 and
+        // cooperative matrices the mixed-precision matmul (`kernels::matmul_coop`), which only
+        // runs where the precision setting asks for it.
+        let features = adapter.features()
+            & (wgpu::Features::TIMESTAMP_QUERY
+                | wgpu::Features::SUBGROUP
+                | wgpu::Features::SHADER_F16
+                | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+        let coop = features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("kiln"),
             required_features: features,
             required_limits: limits.clone(),
+            // SAFETY: wgpu marks cooperative matrices experimental. kiln asks for them only
+            // where the adapter lists a configuration, and uses them in one kernel whose
+            // results the tests check against the reference on every adapter that has them.
+            experimental_features: if coop {
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             ..Default::default()
         }))
         .map_err(|e| Error::RequestDevice { adapter: adapter::describe(&info), reason: e.to_string() })?;
@@ -170,6 +188,7 @@ impl Gpu {
                 })
             })
             .collect();
+        let cooperative_matrices = if coop { adapter.cooperative_matrix_properties() } else { Vec::new() };
         Ok(Gpu {
             device,
             queue,
@@ -189,6 +208,7 @@ impl Gpu {
             dummies,
             settings: Default::default(),
             profiler,
+            cooperative_matrices,
         })
     }
 
@@ -203,6 +223,12 @@ impl Gpu {
 
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// The cooperative-matrix configurations (sizes and types) the device can run: empty unless
+    /// it was opened with `EXPERIMENTAL_COOPERATIVE_MATRIX`.
+    pub fn cooperative_matrices(&self) -> &[wgpu::CooperativeMatrixProperties] {
+        &self.cooperative_matrices
     }
 
     /// Lowers the storage binding size kiln will use below the adapter's, to see how code

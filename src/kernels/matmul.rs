@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dropout::DropoutMask;
 use super::elementwise::{self as ew, Activation, ColumnBlock, GatedUnit, copy_cols};
+use super::matmul_coop;
 use super::{expect_numel, row_chunks, shader, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Gpu, KernelSpec};
@@ -433,6 +434,10 @@ pub struct Matmul {
     pub accumulate: bool,
     /// A dropout mask fused into one operand, as `dropout::apply` would give it (batch 1).
     pub dropout: Option<(DropOn, DropoutMask)>,
+    /// The caller accepts A and B rounded to f16 (a frozen base's forward and dX): where the
+    /// device's precision is f16, a tiled product then runs on cooperative matrices
+    /// ([`matmul_coop`](super::matmul_coop)).
+    pub mixed_precision: bool,
 }
 
 /// Which matrix a fused dropout applies to: its element i (row-major as stored) is the one
@@ -461,7 +466,22 @@ impl DropOn {
 
 impl Matmul {
     pub fn new(m: usize, n: usize, k: usize) -> Self {
-        Matmul { m, n, k, batch: 1, trans_a: false, trans_b: false, alpha: 1.0, accumulate: false, dropout: None }
+        Matmul {
+            m,
+            n,
+            k,
+            batch: 1,
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            accumulate: false,
+            dropout: None,
+            mixed_precision: false,
+        }
+    }
+    pub fn mixed_precision(mut self, accept: bool) -> Self {
+        self.mixed_precision = accept;
+        self
     }
     pub fn dropout(mut self, on: DropOn, mask: DropoutMask) -> Self {
         self.dropout = Some((on, mask));
@@ -526,6 +546,10 @@ struct Params {
 }
 
 const OP: &str = "matmul";
+
+/// The bindings of the tiled kernels (`matmul.wgsl`, `matmul_coop.wgsl`), which share one layout.
+const TILED: &[Access] =
+    &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Read, Access::ReadWrite];
 
 /// Batch stride of an operand: one matrix per batch entry, or one shared by all (stride 0).
 fn batch_stride(name: &'static str, t: &Tensor, per_matrix: usize, batch: usize) -> Result<u32> {
@@ -749,6 +773,28 @@ fn product(
         let bindings = [("a", Some(b)), ("b", Some(a)), ("bias", bias), ("c", Some(c))];
         return gpu.dispatch(OP, &spec, bytemuck::bytes_of(&swapped), &bindings, groups);
     }
+    let (out, gate) = match epilogue {
+        None => (None, None),
+        Some((Epilogue::Activation(_), out)) => (Some(out), None),
+        Some((Epilogue::Gated(_, gate), out)) => (Some(out), Some(gate)),
+    };
+    if mm.mixed_precision
+        && let Some(shape) = matmul_coop::active(gpu)
+    {
+        let header = shape.header(epilogue.is_some());
+        let spec = KernelSpec { file: shader!("matmul_coop"), entry: "matmul_coop", header: &header, access: TILED };
+        let bindings = [
+            ("a", Some(a)),
+            ("b", Some(b)),
+            ("bias", bias),
+            ("c", Some(c)),
+            ("epilogue_out", out),
+            ("gate", gate),
+            ("partials", None),
+        ];
+        let groups = [(mm.n as u32).div_ceil(shape.block()), (mm.m as u32).div_ceil(shape.block()), batch];
+        return gpu.dispatch(OP, &spec, bytemuck::bytes_of(&params), &bindings, groups);
+    }
     let tile = tile_for(gpu, mm);
     let tiles = [(mm.n as u32).div_ceil(tile.bn), (mm.m as u32).div_ceil(tile.bm)];
     let split = split_k(gpu).plan(mm, tile, gpu.limits());
@@ -760,20 +806,6 @@ fn product(
         epilogue.is_some(),
         split.is_some()
     );
-    const TILED: &[Access] = &[
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::ReadWrite,
-        Access::ReadWrite,
-        Access::Read,
-        Access::ReadWrite,
-    ];
-    let (out, gate) = match epilogue {
-        None => (None, None),
-        Some((Epilogue::Activation(_), out)) => (Some(out), None),
-        Some((Epilogue::Gated(_, gate), out)) => (Some(out), Some(gate)),
-    };
     let spec = |entry| KernelSpec { file: shader!("matmul"), entry, header: &header, access: TILED };
     let Some(split) = split else {
         let bindings = [

@@ -14,6 +14,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod layer_norm;
 pub mod matmul;
+pub mod matmul_coop;
 pub mod pool2d;
 pub mod qmatmul;
 pub mod reduce;
@@ -31,6 +32,7 @@ pub(crate) const SHADER_PARTS: &[(&str, &str)] = &[
     ("activations.wgsl", include_str!("../../shaders/common/activations.wgsl")),
     ("dropout_hash.wgsl", include_str!("../../shaders/common/dropout_hash.wgsl")),
     ("matmul_params.wgsl", include_str!("../../shaders/common/matmul_params.wgsl")),
+    ("matmul_store.wgsl", include_str!("../../shaders/common/matmul_store.wgsl")),
     ("matmul_tiles.wgsl", include_str!("../../shaders/common/matmul_tiles.wgsl")),
 ];
 
