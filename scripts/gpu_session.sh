@@ -126,6 +126,9 @@ run() {
         step 120 env KILN_REDUCTIONS=barrier $K bench --step $m --scale $scale --steps $steps
         step 120 env KILN_EPILOGUES=separate $K bench --step $m --scale $scale --steps $steps
         step 120 env KILN_SPLIT_K=off $K bench --step $m --scale $scale --steps $steps
+        # The frozen base's products in f32 instead of f16 on cooperative matrices (the default
+        # where `kiln devices` lists them), to keep or drop that default on a GPU.
+        step 120 env KILN_PRECISION=f32 $K bench --step $m --scale $scale --steps $steps
     done
 
     log "MiniLM classifier: one e-mail's latency and throughput per batch size, kiln eval and PyTorch"

@@ -231,6 +231,34 @@ fn under_split_k<'g>(gpu: &'g Gpu, policy: crate::kernels::matmul::SplitK, mut c
     case
 }
 
+/// The cooperative-matrix matmul (f16 inputs, f32 accumulation) as `matmul_f16`, on the square
+/// products and the MLP up-projection's forward and dX of [`matmul_shapes`], which give the f32
+/// kernel's `matmul` rows beside them. None where the adapter cannot run it.
+pub fn coop_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
+    use crate::kernels::matmul_coop::{Precision, coop_shape, precision, set_precision};
+    if coop_shape(gpu).is_err() {
+        return Ok(Vec::new());
+    }
+    let mut cases = Vec::new();
+    use crate::kernels::matmul::{SHALLOW_K, SKINNY_M};
+    // The tiled products (the skinny and the shallow ones stay f32: LoRA's, generation's).
+    let tiled = |mm: &Matmul| mm.m > SKINNY_M && mm.n > SKINNY_M && mm.k > SHALLOW_K;
+    for mm in matmul_shapes(scale).into_iter().filter(tiled) {
+        let mut case = matmul_case(gpu, mm.mixed_precision(true))?;
+        case.kernel = case.kernel.replacen("matmul", "matmul_f16", 1);
+        let mut run = std::mem::replace(&mut case.run, Box::new(|| Ok(())));
+        case.run = Box::new(move || {
+            let saved = precision(gpu);
+            set_precision(gpu, Precision::F16)?;
+            let done = run();
+            set_precision(gpu, saved)?;
+            done
+        });
+        cases.push(case);
+    }
+    Ok(cases)
+}
+
 /// Times [`split_k_shapes`] under each of [`SplitK::candidates`] and returns the policies
 /// ranked by the products' total time, fastest first. Three rounds go through every policy in
 /// turn, so a slow spell of the machine hits them alike; a product's time is its median over

@@ -359,6 +359,8 @@ pub struct StepSample {
 #[derive(Clone, Debug, Serialize)]
 pub struct StepFigure {
     pub adapter: String,
+    /// The frozen base's matmul precision (`kernels::matmul_coop::describe`).
+    pub precision: String,
     pub shape: StepShape,
     pub description: String,
     /// The first (warm-up) step: pipelines compiled, pools filled.
@@ -424,6 +426,7 @@ pub fn measure(
     let record_us = profile.map(|_| per(&|s| s.counts.record_ns as f64 / 1e3 / s.counts.dispatches.max(1) as f64));
     let figure = StepFigure {
         adapter: gpu.describe(),
+        precision: crate::kernels::matmul_coop::describe(gpu),
         description: bench.shape.describe(),
         shape: bench.shape.clone(),
         first,

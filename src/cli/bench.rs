@@ -10,6 +10,7 @@ use crate::bench::{self, Figure, Scale};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Profile};
 use crate::kernels::matmul::{self, Matmul};
+use crate::kernels::matmul_coop;
 use crate::kernels::workgroup_reduce;
 
 #[derive(clap::Args, Debug)]
@@ -113,6 +114,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     gpu.trim_pool();
+    for mut case in bench::coop_cases(&gpu, scale)? {
+        if wanted(&case.kernel) {
+            record(bench::measure(&gpu, &mut case)?, &mut figures);
+        }
+    }
+    gpu.trim_pool();
     if wanted("attention") {
         for shape in bench::attention_shapes(scale) {
             for mut case in bench::attention_cases(&gpu, shape)? {
@@ -159,6 +166,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "matmul_tile": matmul::tile(&gpu).to_string(),
             "matmul_tile_shallow": matmul::shallow_tile(&gpu).to_string(),
             "split_k": matmul::split_k(&gpu).describe(),
+            "precision": matmul_coop::describe(&gpu),
             "scale": format!("{scale:?}"),
             "copy_gbps": copy_gbps,
             "best_matmul_gflops": best,
@@ -168,13 +176,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "kiln bench on {} (matmul tiles {} and {} at most {} deep, {}, {} reductions, scale {scale:?})",
+        "kiln bench on {} (matmul tiles {} and {} at most {} deep, {}, {} reductions, {}, scale {scale:?})",
         gpu.describe(),
         matmul::tile(&gpu),
         matmul::shallow_tile(&gpu),
         matmul::SHALLOW_K,
         matmul::split_k(&gpu).describe(),
-        workgroup_reduce::reductions(&gpu).name()
+        workgroup_reduce::reductions(&gpu).name(),
+        matmul_coop::describe(&gpu)
     );
     println!("{:<20} {:<26} {:>10} {:>9} {:>8} {:>9}", "kernel", "shape", "median ms", "GFLOP/s", "GB/s", "roofline");
     let opt = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1}{unit}"));
@@ -240,7 +249,7 @@ fn run_step(gpu: &Gpu, args: &BenchArgs, model: StepModel, scale: Scale) -> Resu
         shape = shape.with_base(kind);
     }
     eprintln!(
-        "kiln bench --step on {}: {} (scale {scale:?}, matmul tiles {} and {} at most {} deep, {} reductions, {} matmul epilogues, {})",
+        "kiln bench --step on {}: {} (scale {scale:?}, matmul tiles {} and {} at most {} deep, {} reductions, {} matmul epilogues, {}, {})",
         gpu.describe(),
         shape.describe(),
         matmul::tile(gpu),
@@ -248,7 +257,8 @@ fn run_step(gpu: &Gpu, args: &BenchArgs, model: StepModel, scale: Scale) -> Resu
         matmul::SHALLOW_K,
         workgroup_reduce::reductions(gpu).name(),
         matmul::fused_epilogues(gpu).name(),
-        matmul::split_k(gpu).describe()
+        matmul::split_k(gpu).describe(),
+        matmul_coop::describe(gpu)
     );
     let mut step = StepBench::new(gpu, shape)?;
     if args.steps == 0 {

@@ -57,13 +57,24 @@ fn features(adapter: &wgpu::Adapter) -> Vec<String> {
 
 /// What `Gpu::new` would pick for this adapter, environment overrides included.
 fn kernel_paths(adapter: &wgpu::Adapter) -> Vec<String> {
-    use crate::kernels::{matmul, workgroup_reduce};
+    use crate::kernels::{matmul, matmul_coop, workgroup_reduce};
+    let info = adapter.get_info();
     let reductions = workgroup_reduce::default_reductions(adapter.features().contains(wgpu::Features::SUBGROUP));
-    let epilogues = matmul::default_fused_epilogues(adapter.get_info().device_type);
+    let epilogues = matmul::default_fused_epilogues(info.device_type);
+    let configs = adapter.cooperative_matrix_properties();
+    let shape = matmul_coop::coop_shape_of(adapter.features(), &configs, &info, &adapter.limits());
+    let precision = match (matmul_coop::default_precision(info.device_type, &shape), &shape) {
+        (matmul_coop::Precision::F16, Ok(shape)) => {
+            format!("f16 matmuls for frozen-base products ({})", shape.describe())
+        }
+        (_, Ok(shape)) => format!("f32 matmuls (--precision f16 would run {})", shape.describe()),
+        (_, Err(why)) => format!("f32 matmuls (no f16: {why})"),
+    };
     vec![
         format!("{} reductions", reductions.name()),
         format!("{} matmul epilogues", epilogues.name()),
-        matmul::split_k_for_adapter(&adapter.get_info()).describe(),
+        matmul::split_k_for_adapter(&info).describe(),
+        precision,
     ]
 }
 

@@ -118,17 +118,30 @@ pub(crate) fn say(bar: &indicatif::ProgressBar, line: String) {
 
 pub(crate) use crate::util::check_output;
 
-/// The `--adapter` flag every GPU subcommand takes.
+/// The `--adapter` and `--precision` flags every GPU subcommand takes.
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct AdapterArgs {
     /// Adapter to use: an index from `kiln devices` or part of its name [env: KILN_ADAPTER]
     /// [default: the best one: discrete GPU, then integrated, then CPU]
     #[arg(long)]
     pub adapter: Option<String>,
+    /// Products of a frozen base (its forward and dX): `f16` rounds their inputs to f16 and runs
+    /// them on cooperative matrices (tensor cores) with f32 accumulation, `f32` keeps every
+    /// product f32 [env: KILN_PRECISION] [default: f16 on a GPU with cooperative matrices,
+    /// else f32]
+    #[arg(long, value_parser = ["f32", "f16"])]
+    pub precision: Option<String>,
 }
 
 impl AdapterArgs {
+    /// Opens the adapter and applies `--precision`, which is refused (naming the adapter and
+    /// why) where f16 cannot run.
     pub fn open(&self) -> Result<crate::Gpu> {
-        crate::Gpu::new(&crate::gpu::AdapterChoice::from_flag_or_env(self.adapter.as_deref()))
+        use crate::kernels::matmul_coop::{Precision, set_precision};
+        let gpu = crate::Gpu::new(&crate::gpu::AdapterChoice::from_flag_or_env(self.adapter.as_deref()))?;
+        if let Some(precision) = self.precision.as_deref().and_then(Precision::parse) {
+            set_precision(&gpu, precision)?;
+        }
+        Ok(gpu)
     }
 }

@@ -66,10 +66,10 @@ impl CoopShape {
         )
     }
 
-    /// "f16 cooperative matrices 16x16x16 (subgroups of 32), f32 accumulation".
+    /// "cooperative matrices 16x16x16, subgroups of 32, f32 accumulation".
     pub fn describe(self) -> String {
         let s = self.size;
-        format!("f16 cooperative matrices {s}x{s}x{s} (subgroups of {}), f32 accumulation", self.subgroup)
+        format!("cooperative matrices {s}x{s}x{s}, subgroups of {}, f32 accumulation", self.subgroup)
     }
 }
 
@@ -180,11 +180,11 @@ pub(crate) fn active(gpu: &Gpu) -> Option<CoopShape> {
     }
 }
 
-/// What the precision setting means on this device, for headers and run settings: "f32", or
-/// "f16 for frozen-base products: f16 cooperative matrices 16x16x16 ...".
+/// What the precision setting means on this device, for headers and run settings: "f32
+/// matmuls", or "f16 matmuls for frozen-base products (cooperative matrices 16x16x16, ...)".
 pub fn describe(gpu: &Gpu) -> String {
     match active(gpu) {
-        Some(shape) => format!("f16 for frozen-base products ({})", shape.describe()),
-        None => "f32".to_string(),
+        Some(shape) => format!("f16 matmuls for frozen-base products ({})", shape.describe()),
+        None => "f32 matmuls".to_string(),
     }
 }

@@ -88,3 +88,26 @@ fn bench_tune_refuses_a_shallow_size() {
     let msg = kiln("bench").args(["--tune", "--tune-size", "16"]).fails_naming(&["--tune-size", "16"]);
     assert!(msg.contains("too small"), "{msg}");
 }
+
+/// `--precision`: the bench header names the precision in use; f16 where the adapter has no
+/// cooperative matrices is refused, naming the flag and what the adapter lacks; and an unknown
+/// precision is refused by clap.
+#[test]
+fn bench_names_and_checks_the_precision() {
+    let doc = kiln("bench").args(["--scale", "small", "--only", "copy", "--precision", "f32"]).json();
+    assert_eq!(doc["precision"], "f32 matmuls", "{doc}");
+    // Whether the adapter bench ran on lists cooperative matrices, as `kiln devices` says.
+    let adapter = doc["adapter"].as_str().unwrap().to_string();
+    let devices = kiln("devices").json();
+    let listed = devices.as_array().unwrap().iter().find(|a| adapter.starts_with(a["name"].as_str().unwrap()));
+    let listed = listed.unwrap_or_else(|| panic!("{adapter} is not in {devices}"));
+    let coop = listed["features"].as_array().unwrap().iter().any(|f| f == "cooperative-matrix");
+    let f16 = kiln("bench").args(["--scale", "small", "--only", "copy", "--precision", "f16"]);
+    if coop {
+        assert!(f16.json()["precision"].as_str().unwrap().starts_with("f16 matmuls"));
+    } else {
+        let msg = f16.fails_naming(&["--precision", "f16"]);
+        assert!(msg.contains("cooperative matrices") && msg.contains("--precision f32"), "{msg}");
+    }
+    kiln("bench").args(["--precision", "bf16"]).fails_naming(&["--precision", "bf16"]);
+}

@@ -25,7 +25,8 @@ fn devices_list_each_adapters_features() {
 
 /// Each adapter says which kernel paths kiln picks on it: subgroup reductions exactly where it
 /// has subgroups, epilogues fused on a GPU and separate on a CPU adapter, and split-K on a GPU
-/// only (with no tuned policy cached); the environment's overrides show there too.
+/// only (with no tuned policy cached), and f16 for a frozen base's products where it can run;
+/// the environment's overrides show there too.
 #[test]
 fn devices_name_the_kernel_paths() {
     // A cache folder that does not exist: no tuned split-K policy.
@@ -54,11 +55,21 @@ fn devices_name_the_kernel_paths() {
         let cpu = a["device_type"] == "Cpu";
         let epilogues = if cpu { "separate matmul epilogues" } else { "fused matmul epilogues" };
         let split_k = if cpu { "no split-K" } else { "split-K below 256 workgroups (K ranges ≥ 128)" };
-        assert_eq!(kernels, [reductions, epilogues, split_k], "{a}");
+        assert_eq!(kernels[..3], [reductions, epilogues, split_k], "{a}");
+        // A frozen base's products: f16 on a GPU with cooperative matrices, else f32 and why.
+        let coop = features.iter().any(|f| f == "cooperative-matrix");
+        let precision = kernels.get(3).unwrap_or_else(|| panic!("no precision: {a}"));
+        if coop && !cpu {
+            assert!(precision.starts_with("f16 matmuls for frozen-base products (cooperative matrices "), "{a}");
+        } else if coop {
+            assert!(precision.starts_with("f32 matmuls (--precision f16 would run cooperative matrices "), "{a}");
+        } else {
+            assert!(precision.starts_with("f32 matmuls (no f16: the adapter has no "), "{a}");
+        }
     }
     for a in paths("barrier", "fused", "64,32") {
         let want = ["barrier reductions", "fused matmul epilogues", "split-K below 64 workgroups (K ranges ≥ 32)"];
-        assert_eq!(a["kernels"], serde_json::json!(want), "{a}");
+        assert_eq!(a["kernels"].as_array().unwrap()[..3], serde_json::json!(want).as_array().unwrap()[..], "{a}");
     }
     for a in paths("", "", "off") {
         assert_eq!(a["kernels"][2], "no split-K", "{a}");

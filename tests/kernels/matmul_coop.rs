@@ -252,6 +252,6 @@ fn precision_setting_parses_and_describes() {
     let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let saved = matmul_coop::precision(gpu);
     matmul_coop::set_precision(gpu, Precision::F32).unwrap();
-    assert_eq!(matmul_coop::describe(gpu), "f32");
+    assert_eq!(matmul_coop::describe(gpu), "f32 matmuls");
     matmul_coop::set_precision(gpu, saved).unwrap();
 }

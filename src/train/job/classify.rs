@@ -17,6 +17,7 @@ use crate::data::fetch::{self, Asset};
 use crate::data::spamassassin;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::kernels::matmul_coop;
 use crate::metrics::{Metrics, group_accuracy};
 use crate::models::classifier::SequenceClassifier;
 use crate::models::count_params;
@@ -169,7 +170,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     };
     let (_, total_params) = count_params(&model);
     let settings = json!({
-        "task": "sequence-classification", "model": model_dir, "data": data_name, "device": gpu.describe(),
+        "task": "sequence-classification", "model": model_dir, "data": data_name, "device": gpu.describe(), "precision": matmul_coop::describe(gpu),
         "labels": labels.names, "pooling": c.pooling, "max_len": max_len, "train": cfg,
         "dropout": {"hidden": model.body.config.hidden_dropout_prob, "classifier": model.dropout},
         "lora": (strategy == Strategy::Lora).then(|| json!({"r": lora.r, "alpha": lora.alpha,
@@ -181,7 +182,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     write_data(&out.join("data"), &splits)?;
     write_resolved(&out.join("config.toml"), args)?;
     let counts = classify::label_counts(&splits.train, &labels);
-    progress.note(&format!("kiln train (classification) on {}", gpu.describe()));
+    progress.note(&format!("kiln train (classification) on {}, {}", gpu.describe(), matmul_coop::describe(gpu)));
     progress.note(&format!("  model     {} ({total_params} parameters, loaded in {load_s:.1}s)", model_dir.display()));
     progress.note(&format!(
         "  data      {data_name}: {} train ({}), {} valid, {} test; {truncated} truncated to {max_len} tokens",

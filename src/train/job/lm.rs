@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::formats::peft::TaskType;
 use crate::generate::{Sampling, generate};
 use crate::gpu::Gpu;
+use crate::kernels::matmul_coop;
 use crate::models::count_params;
 use crate::models::load::LoadedLm;
 use crate::nn::LoraConfig;
@@ -123,7 +124,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     let (trainable, total) = count_params(lm.model.as_ref());
     let total = total + base.values().map(|v| v.1).sum::<usize>();
     let mut settings = json!({
-        "model": model_path, "data": data_dir, "device": gpu.describe(), "lora": {
+        "model": model_path, "data": data_dir, "device": gpu.describe(), "precision": matmul_coop::describe(gpu), "lora": {
             "r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules,
             "adapted_layers": adapted },
         "train": cfg, "max_len": max_len, "dropout": args.dropout, "train_examples": train.examples.len(),
@@ -136,7 +137,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     settings["memory_estimate"] = json!(memory);
     write_json(&out.join("settings.json"), &settings)?;
     write_resolved(&out.join("config.toml"), args)?;
-    progress.note(&format!("kiln train on {}", gpu.describe()));
+    progress.note(&format!("kiln train on {}, {}", gpu.describe(), matmul_coop::describe(gpu)));
     progress.note(&format!("  model     {} ({} parameters, loaded in {load_s:.1}s)", model_path.display(), total));
     progress.note(&format!(
         "  LoRA      r={} alpha={} dropout={} on {} layers ({}): {} trainable parameters ({:.2}%)",

@@ -22,6 +22,7 @@ use crate::data::image_list::{self, ImageBank};
 use crate::data::images::{EvalTransform, TrainTransform};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::kernels::matmul_coop;
 use crate::metrics::{Metrics, group_metrics};
 use crate::models::count_params;
 use crate::models::image_classifier::ImageClassifier;
@@ -225,7 +226,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     let (_, total_params) = count_params(&model);
     let settings = json!({
         "task": "image-classification", "model": model_path, "architecture": model.architecture(),
-        "data": data_name, "device": gpu.describe(), "labels": labels.names, "train": cfg,
+        "data": data_name, "device": gpu.describe(), "precision": matmul_coop::describe(gpu), "labels": labels.names, "train": cfg,
         "bn": v.bn, "image_size": v.image_size, "resize": resize, "augment": !v.no_augment,
         "examples": {"train": splits.train.len(), "valid": splits.valid.len(), "test": splits.test.len()},
     });
@@ -233,7 +234,7 @@ pub fn run(gpu: &Gpu, args: &TrainSettings, progress: &mut dyn Progress) -> Resu
     write_data(&out.join("data"), &splits)?;
     write_resolved(&out.join("config.toml"), args)?;
     let counts = classify::label_counts(&splits.train, &labels);
-    progress.note(&format!("kiln train (image classification) on {}", gpu.describe()));
+    progress.note(&format!("kiln train (image classification) on {}, {}", gpu.describe(), matmul_coop::describe(gpu)));
     progress.note(&format!(
         "  model     {} ({}, {total_params} parameters, loaded in {load_s:.1}s)",
         model_path.display(),
