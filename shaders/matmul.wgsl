@@ -31,6 +31,9 @@
 // WG, a_tile, b_tile, set_a, set_b, multiply_tiles.
 // #include "matmul_tiles.wgsl"
 
+// stage_a, stage_b: the loads of each K slice.
+// #include "matmul_stage.wgsl"
+
 // gelu_erf_f, gelu_tanh_f, silu_f, tanh_safe.
 // #include "activations.wgsl"
 
@@ -63,25 +66,14 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     for (var i = 0u; i < TM * TN4; i++) { acc[i] = vec4<f32>(0.0); }
 
     for (var k0 = k_begin; k0 < k_end; k0 += BK) {
-        // Stage A[row0.., k0..] as a_tile[kk][mm]. Consecutive invocations walk the
-        // dimension that is contiguous in memory, so their loads coalesce.
+        // Stage op(A)'s slice as a_tile[kk][mm] and op(B)'s as b_tile[kk][nn].
         for (var i = lid; i < BM * BK; i += WG) {
-            var mm: u32; var kk: u32;
-            if (s.ak == 1u) { kk = i % BK; mm = i / BK; } else { mm = i % BM; kk = i / BM; }
-            let gm = row0 + mm;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if (gm < p.m && gk < k_end) { v = dropped(1u, a[a_base + gm * s.am + gk * s.ak], gm * s.am + gk * s.ak); }
-            set_a(kk * BM + mm, v);
+            let t = stage_a(i, s, a_base, row0, k0, k_end);
+            set_a(t.k * BM + t.mn, t.value);
         }
         for (var i = lid; i < BN * BK; i += WG) {
-            var nn: u32; var kk: u32;
-            if (s.bn == 1u) { nn = i % BN; kk = i / BN; } else { kk = i % BK; nn = i / BK; }
-            let gn = col0 + nn;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if (gn < p.n && gk < k_end) { v = dropped(2u, b[b_base + gk * s.bk + gn * s.bn], gk * s.bk + gn * s.bn); }
-            set_b(kk * BN + nn, v);
+            let t = stage_b(i, s, b_base, col0, k0, k_end);
+            set_b(t.k * BN + t.mn, t.value);
         }
         workgroupBarrier();
 

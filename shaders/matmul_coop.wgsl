@@ -25,6 +25,9 @@
 // The epilogues, store(); bindings 5 and 6.
 // #include "matmul_store.wgsl"
 
+// stage_a, stage_b: the loads of each K slice.
+// #include "matmul_stage.wgsl"
+
 const SUBGROUPS_M: u32 = 2u;
 const SUBGROUPS_N: u32 = 2u;
 const WG: u32 = SUBGROUPS_M * SUBGROUPS_N * SG;
@@ -68,24 +71,13 @@ fn matmul_coop(
     var acc11 = FragC();
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // Consecutive invocations walk the dimension contiguous in memory, as in matmul.wgsl.
         for (var i = lid; i < BM * BK; i += WG) {
-            var mm: u32; var kk: u32;
-            if (s.ak == 1u) { kk = i % BK; mm = i / BK; } else { mm = i % BM; kk = i / BM; }
-            let gm = row0 + mm;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if (gm < p.m && gk < p.k) { v = dropped(1u, a[a_base + gm * s.am + gk * s.ak], gm * s.am + gk * s.ak); }
-            a_half[mm * BK + kk] = f16(v);
+            let t = stage_a(i, s, a_base, row0, k0, p.k);
+            a_half[t.mn * BK + t.k] = f16(t.value);
         }
         for (var i = lid; i < BN * BK; i += WG) {
-            var nn: u32; var kk: u32;
-            if (s.bn == 1u) { nn = i % BN; kk = i / BN; } else { kk = i % BK; nn = i / BK; }
-            let gn = col0 + nn;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if (gn < p.n && gk < p.k) { v = dropped(2u, b[b_base + gk * s.bk + gn * s.bn], gk * s.bk + gn * s.bn); }
-            b_half[kk * BN + nn] = f16(v);
+            let t = stage_b(i, s, b_base, col0, k0, p.k);
+            b_half[t.k * BN + t.mn] = f16(t.value);
         }
         workgroupBarrier();
 

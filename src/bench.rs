@@ -231,32 +231,51 @@ fn under_split_k<'g>(gpu: &'g Gpu, policy: crate::kernels::matmul::SplitK, mut c
     case
 }
 
-/// The cooperative-matrix matmul (f16 inputs, f32 accumulation) as `matmul_f16`, on the square
-/// products and the MLP up-projection's forward and dX of [`matmul_shapes`], which give the f32
-/// kernel's `matmul` rows beside them. None where the adapter cannot run it.
+/// The cooperative-matrix kernels (f16 inputs, f32 accumulation): `matmul_coop` on the square
+/// products and the MLP up-projection's forward and dX of [`matmul_shapes`], beside their f32
+/// `matmul` rows; `qmatmul_coop_*` and `qmatmul_dx_coop_*` on the tiled [`qmatmul_cases`] of an
+/// F16, a Q4_0 and a Q4_K base, beside their f32 rows. None where the adapter cannot run them.
 pub fn coop_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
-    use crate::kernels::matmul_coop::{Precision, coop_shape, precision, set_precision};
+    use crate::kernels::matmul::{SHALLOW_K, SKINNY_M};
+    use crate::kernels::matmul_coop::{Precision, coop_shape};
+    use crate::quant::QuantType;
     if coop_shape(gpu).is_err() {
         return Ok(Vec::new());
     }
     let mut cases = Vec::new();
-    use crate::kernels::matmul::{SHALLOW_K, SKINNY_M};
     // The tiled products (the skinny and the shallow ones stay f32: LoRA's, generation's).
     let tiled = |mm: &Matmul| mm.m > SKINNY_M && mm.n > SKINNY_M && mm.k > SHALLOW_K;
     for mm in matmul_shapes(scale).into_iter().filter(tiled) {
         let mut case = matmul_case(gpu, mm.mixed_precision(true))?;
-        case.kernel = case.kernel.replacen("matmul", "matmul_f16", 1);
-        let mut run = std::mem::replace(&mut case.run, Box::new(|| Ok(())));
-        case.run = Box::new(move || {
-            let saved = precision(gpu);
-            set_precision(gpu, Precision::F16)?;
-            let done = run();
-            set_precision(gpu, saved)?;
-            done
-        });
-        cases.push(case);
+        case.kernel = case.kernel.replacen("matmul", "matmul_coop", 1);
+        cases.push(under_precision(gpu, Precision::F16, case));
+    }
+    let formats = [QuantType::F16, QuantType::Q4_0, QuantType::Q4_K];
+    for case in qmatmul_cases_of(gpu, scale, &formats, Precision::F16)? {
+        if case.bound == Bound::Compute {
+            cases.push(case);
+        }
     }
     Ok(cases)
+}
+
+/// `case` run with the device's matmul precision set to `precision` (and put back after each
+/// run), whatever the device's default.
+fn under_precision<'g>(
+    gpu: &'g Gpu,
+    precision: crate::kernels::matmul_coop::Precision,
+    mut case: Case<'g>,
+) -> Case<'g> {
+    use crate::kernels::matmul_coop::{precision as current, set_precision};
+    let mut run = std::mem::replace(&mut case.run, Box::new(|| Ok(())));
+    case.run = Box::new(move || {
+        let saved = current(gpu);
+        set_precision(gpu, precision)?;
+        let done = run();
+        set_precision(gpu, saved)?;
+        done
+    });
+    case
 }
 
 /// Times [`split_k_shapes`] under each of [`SplitK::candidates`] and returns the policies
@@ -352,15 +371,28 @@ pub fn epilogue_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
 /// the GPU: the tiled forward and dX at `m` rows, and the skinny forward at one row (generation,
 /// memory-bound: W's blocks are most of its bytes). W is quantized on the CPU first.
 pub fn qmatmul_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
+    use crate::kernels::matmul_coop::Precision;
+    qmatmul_cases_of(gpu, scale, &crate::quant::QuantType::ALL, Precision::F32)
+}
+
+/// [`qmatmul_cases`] for `formats`, run at `precision` (f16's rows named `qmatmul_coop_*`).
+fn qmatmul_cases_of<'g>(
+    gpu: &'g Gpu,
+    scale: Scale,
+    formats: &[crate::quant::QuantType],
+    precision: crate::kernels::matmul_coop::Precision,
+) -> Result<Vec<Case<'g>>> {
+    use crate::kernels::matmul_coop::Precision;
     use crate::kernels::qmatmul::{QuantTensor, qmatmul_dx_into, qmatmul_into};
-    use crate::quant::{QuantType, QuantWeights};
+    use crate::quant::QuantWeights;
     let (m, n, k) = match scale {
         Scale::Small => (256, 1024, 1024),
         Scale::Full => (512, 4096, 4096),
     };
     let data = random(gpu, &[n, k], 7)?.to_f32_vec(gpu)?;
+    let tag = if precision == Precision::F16 { "_coop" } else { "" };
     let mut cases = Vec::new();
-    for kind in QuantType::ALL {
+    for &kind in formats {
         let w = QuantTensor::upload(gpu, &QuantWeights::quantize(kind, &data, n, k, "bench")?)?;
         for rows in [m, 1] {
             let x = Tensor::zeros(gpu, &[rows, k])?;
@@ -371,24 +403,26 @@ pub fn qmatmul_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
             let shape = format!("{rows}x{n}x{k}");
             if rows > 1 {
                 let (dy, dx, w) = (y.clone(), Tensor::empty(gpu, &[rows, k], DType::F32)?, w.clone());
-                cases.push(Case {
-                    kernel: format!("qmatmul_dx_{kind}"),
+                let case = Case {
+                    kernel: format!("qmatmul_dx{tag}_{kind}"),
                     shape: shape.clone(),
                     flops,
                     bytes,
                     bound,
                     run: Box::new(move || qmatmul_dx_into(gpu, &dy, &w, &dx, 1.0, false)),
-                });
+                };
+                cases.push(under_precision(gpu, precision, case));
             }
             let w = w.clone();
-            cases.push(Case {
-                kernel: format!("qmatmul_{kind}"),
+            let case = Case {
+                kernel: format!("qmatmul{tag}_{kind}"),
                 shape,
                 flops,
                 bytes,
                 bound,
                 run: Box::new(move || qmatmul_into(gpu, &x, &w, None, &y, 1.0, false)),
-            });
+            };
+            cases.push(under_precision(gpu, precision, case));
         }
     }
     Ok(cases)

@@ -778,22 +778,23 @@ fn product(
         Some((Epilogue::Activation(_), out)) => (Some(out), None),
         Some((Epilogue::Gated(_, gate), out)) => (Some(out), Some(gate)),
     };
+    // The bindings of a product in one dispatch (not split).
+    let whole = [
+        ("a", Some(a)),
+        ("b", Some(b)),
+        ("bias", bias),
+        ("c", Some(c)),
+        ("epilogue_out", out),
+        ("gate", gate),
+        ("partials", None),
+    ];
     if mm.mixed_precision
         && let Some(shape) = matmul_coop::active(gpu)
     {
         let header = shape.header(epilogue.is_some());
         let spec = KernelSpec { file: shader!("matmul_coop"), entry: "matmul_coop", header: &header, access: TILED };
-        let bindings = [
-            ("a", Some(a)),
-            ("b", Some(b)),
-            ("bias", bias),
-            ("c", Some(c)),
-            ("epilogue_out", out),
-            ("gate", gate),
-            ("partials", None),
-        ];
         let groups = [(mm.n as u32).div_ceil(shape.block()), (mm.m as u32).div_ceil(shape.block()), batch];
-        return gpu.dispatch(OP, &spec, bytemuck::bytes_of(&params), &bindings, groups);
+        return gpu.dispatch(OP, &spec, bytemuck::bytes_of(&params), &whole, groups);
     }
     let tile = tile_for(gpu, mm);
     let tiles = [(mm.n as u32).div_ceil(tile.bn), (mm.m as u32).div_ceil(tile.bm)];
@@ -808,16 +809,7 @@ fn product(
     );
     let spec = |entry| KernelSpec { file: shader!("matmul"), entry, header: &header, access: TILED };
     let Some(split) = split else {
-        let bindings = [
-            ("a", Some(a)),
-            ("b", Some(b)),
-            ("bias", bias),
-            ("c", Some(c)),
-            ("epilogue_out", out),
-            ("gate", gate),
-            ("partials", None),
-        ];
-        return gpu.dispatch(OP, &spec("matmul"), bytemuck::bytes_of(&params), &bindings, [tiles[0], tiles[1], batch]);
+        return gpu.dispatch(OP, &spec("matmul"), bytemuck::bytes_of(&params), &whole, [tiles[0], tiles[1], batch]);
     };
     let params = Params { batch, splits: split.splits, k_chunk: split.k_chunk, ..params };
     let partials = Tensor::empty(gpu, &[split.splits as usize * mm.batch * mm.m * mm.n], DType::F32)?;

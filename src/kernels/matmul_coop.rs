@@ -4,7 +4,9 @@
 //!
 //! It runs only for products whose caller accepts f16 inputs ([`Matmul::mixed_precision`]: a
 //! frozen base's forward and dX, where the weight is never updated and the rounding is the same
-//! as a 16-bit base's), and only while the device's [`Precision`] is [`Precision::F16`]. Never
+//! as a 16-bit base's) and for the quantized and 16-bit bases' tiled products
+//! (`shaders/qmatmul_coop.wgsl`, always frozen), and only while the device's [`Precision`] is
+//! [`Precision::F16`]. Never
 //! silently: `kiln devices`, `kiln bench`, the step benchmarks and each run's settings name the
 //! precision in use, and `--precision f32` (or `KILN_PRECISION=f32`) turns it off.
 //!

@@ -32,8 +32,10 @@ pub(crate) const SHADER_PARTS: &[(&str, &str)] = &[
     ("activations.wgsl", include_str!("../../shaders/common/activations.wgsl")),
     ("dropout_hash.wgsl", include_str!("../../shaders/common/dropout_hash.wgsl")),
     ("matmul_params.wgsl", include_str!("../../shaders/common/matmul_params.wgsl")),
+    ("matmul_stage.wgsl", include_str!("../../shaders/common/matmul_stage.wgsl")),
     ("matmul_store.wgsl", include_str!("../../shaders/common/matmul_store.wgsl")),
     ("matmul_tiles.wgsl", include_str!("../../shaders/common/matmul_tiles.wgsl")),
+    ("qmatmul_dequant.wgsl", include_str!("../../shaders/common/qmatmul_dequant.wgsl")),
 ];
 
 macro_rules! shader {

@@ -12,6 +12,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::matmul::SKINNY_M;
+use super::matmul_coop;
 use super::{expect_numel, shader, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Gpu, KernelSpec};
@@ -164,16 +165,24 @@ fn tile_for_adapter(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> QTile {
 
 fn header(w: &QuantTensor, tile: QTile, mr: usize) -> String {
     format!(
-        "const QTYPE: u32 = {}u;\nconst QW: u32 = {}u;\nconst SW: u32 = {}u;\nconst BM: u32 = {}u;\n\
-         const BN: u32 = {}u;\nconst TM: u32 = {}u;\nconst TN: u32 = {}u;\nconst MR: u32 = {}u;\n",
-        w.kind.shader_id(),
-        w.kind.quant_words(),
-        w.kind.gpu_layout().scale_words(),
+        "{}const BM: u32 = {}u;\nconst BN: u32 = {}u;\nconst TM: u32 = {}u;\nconst TN: u32 = {}u;\nconst MR: u32 = {}u;\n",
+        format_header(w),
         tile.bm,
         tile.bn,
         tile.tm,
         tile.tn,
         mr
+    )
+}
+
+/// The header's part that names W's format: QTYPE, QW, SW (all that `qmatmul_coop.wgsl` takes
+/// besides the cooperative-matrix shape).
+fn format_header(w: &QuantTensor) -> String {
+    format!(
+        "const QTYPE: u32 = {}u;\nconst QW: u32 = {}u;\nconst SW: u32 = {}u;\n",
+        w.kind.shader_id(),
+        w.kind.quant_words(),
+        w.kind.gpu_layout().scale_words()
     )
 }
 
@@ -243,6 +252,12 @@ pub fn qmatmul_into(
     }
     let p = params(w, m, alpha, bias.is_some(), accumulate)?;
     let (header, entry, groups);
+    let bindings = [("w", Some(&w.words)), ("x", Some(x)), ("bias", bias), ("y", Some(y))];
+    if m > SKINNY_M
+        && let Some(done) = try_coop(gpu, (OP, "qmatmul_coop"), w, &p, &bindings, [n, m])
+    {
+        return done;
+    }
     if m <= SKINNY_M {
         // `qmatvec` reads none of the tile's constants: one header for any tile keeps one
         // pipeline per format and row count.
@@ -256,13 +271,24 @@ pub fn qmatmul_into(
         groups = [(n as u32).div_ceil(tile.bn), (m as u32).div_ceil(tile.bm), 1];
     }
     let spec = KernelSpec { file: shader!("qmatmul"), entry, header: &header, access: ACCESS };
-    gpu.dispatch(
-        OP,
-        &spec,
-        bytemuck::bytes_of(&p),
-        &[("w", Some(&w.words)), ("x", Some(x)), ("bias", bias), ("y", Some(y))],
-        groups,
-    )
+    gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), &bindings, groups)
+}
+
+/// Records `entry` of `qmatmul_coop.wgsl` (f16 on cooperative matrices, f32 accumulation) for
+/// an output of `[rows, cols]`, where the device's precision is f16; None where it is f32.
+fn try_coop(
+    gpu: &Gpu,
+    (op, entry): (&'static str, &'static str),
+    w: &QuantTensor,
+    p: &Params,
+    bindings: &[(&'static str, Option<&Tensor>); 4],
+    [cols, rows]: [usize; 2],
+) -> Option<Result<()>> {
+    let shape = matmul_coop::active(gpu)?;
+    let header = format!("{}{}", shape.header(false), format_header(w));
+    let spec = KernelSpec { file: shader!("qmatmul_coop"), entry, header: &header, access: ACCESS };
+    let groups = [(cols as u32).div_ceil(shape.block()), (rows as u32).div_ceil(shape.block()), 1];
+    Some(gpu.dispatch(op, &spec, bytemuck::bytes_of(p), bindings, groups))
 }
 
 /// Records dx = alpha·dy·W (+ dx when `accumulate`): dy `[M, N]`, W `[N, K]`, dx `[M, K]`.
@@ -298,17 +324,15 @@ pub fn qmatmul_dx_into(
         return Ok(());
     }
     let p = params(w, m, alpha, false, accumulate)?;
+    let bindings = [("w", Some(&w.words)), ("dy", Some(dy)), ("bias", None), ("dx", Some(dx))];
+    if let Some(done) = try_coop(gpu, (OP, "qmatmul_dx_coop"), w, &p, &bindings, [k, m]) {
+        return done;
+    }
     let tile = tile_for_rows(tile(gpu), m);
     let header = header(w, tile, 1);
     let spec = KernelSpec { file: shader!("qmatmul"), entry: "qmatmul_dx", header: &header, access: ACCESS };
     let groups = [(k as u32).div_ceil(tile.bn), (m as u32).div_ceil(tile.bm), 1];
-    gpu.dispatch(
-        OP,
-        &spec,
-        bytemuck::bytes_of(&p),
-        &[("w", Some(&w.words)), ("dy", Some(dy)), ("bias", None), ("dx", Some(dx))],
-        groups,
-    )
+    gpu.dispatch(OP, &spec, bytemuck::bytes_of(&p), &bindings, groups)
 }
 
 /// y = x·Wᵀ, shaped `[..., N]` like x with its last dim replaced.

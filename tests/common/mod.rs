@@ -21,6 +21,13 @@ pub fn gpu() -> &'static Gpu {
     kiln::gpu::backend_check::enable();
     GPU.get_or_init(|| match Gpu::new(&AdapterChoice::from_flag_or_env(None)) {
         Ok(gpu) => {
+            // The tests against references and fixtures hold every product to f32, also on a
+            // GPU whose default is f16 for frozen bases; the mixed-precision tests
+            // (`tests/kernels/matmul_coop.rs`) ask for f16 themselves. KILN_PRECISION wins.
+            if std::env::var_os("KILN_PRECISION").is_none() {
+                use kiln::kernels::matmul_coop::{Precision, set_precision};
+                set_precision(&gpu, Precision::F32).expect("f32 runs everywhere");
+            }
             eprintln!("kernel tests run on {}", gpu.describe());
             gpu
         }

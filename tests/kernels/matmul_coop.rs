@@ -1,11 +1,11 @@
-//! The mixed-precision matmul (`shaders/matmul_coop.wgsl`, `kernels::matmul_coop`): f16 inputs on
-//! cooperative matrices, f32 accumulation.
+//! The mixed-precision matmuls (`shaders/matmul_coop.wgsl`, `shaders/qmatmul_coop.wgsl`,
+//! `kernels::matmul_coop`): f16 inputs on cooperative matrices, f32 accumulation.
 //!
 //! On an adapter with cooperative matrices (lavapipe from Mesa 26, which `.ci/run` runs these
 //! tests on; NVIDIA; Apple) every product is checked against the reference on its inputs rounded
 //! to f16, on awkward shapes, every transpose, batches with shared operands, bias, alpha,
-//! accumulate, the epilogues and the fused dropouts, and a frozen linear layer's output and dX
-//! through the tape against the f32 path. On an adapter without them the tests check that f16 is
+//! accumulate, the epilogues and the fused dropouts, a frozen linear layer's output and dX
+//! through the tape against the f32 path, and the quantized bases' forward and dX. On an adapter without them the tests check that f16 is
 //! refused with the reason and that the default stays f32, and say loudly that the kernel was not
 //! run; with `KILN_REQUIRE_COOP=1` (as `.ci/run` sets it for its Mesa 26 run) they fail instead.
 
@@ -254,4 +254,51 @@ fn precision_setting_parses_and_describes() {
     matmul_coop::set_precision(gpu, Precision::F32).unwrap();
     assert_eq!(matmul_coop::describe(gpu), "f32 matmuls");
     matmul_coop::set_precision(gpu, saved).unwrap();
+}
+
+/// The quantized and 16-bit bases' products (`shaders/qmatmul_coop.wgsl`) under f16: y = x·Wᵀ
+/// (bias, alpha, accumulate) and dx = dy·W against the reference on x (dy) and the dequantized
+/// W rounded to f16, for 16-bit, 32-weight and K-quant formats, on shapes off the block both
+/// ways. Below 17 rows the forward keeps its skinny f32 kernel.
+#[test]
+fn coop_quantized_products_match_the_reference_on_f16_inputs() {
+    use kiln::kernels::qmatmul::{QuantTensor, qmatmul_dx_into, qmatmul_into};
+    use kiln::quant::{QuantType, QuantWeights};
+    let Some(_) = shape_or_refusal() else { return };
+    let gpu = gpu();
+    let mut rng = Rng::new(1604);
+    let round64 = |v: &[f64]| -> Vec<f64> { v.iter().map(|&x| f16::from_f64(x).to_f64()).collect() };
+    let cases = [
+        (QuantType::F16, (17, 33, 96)),
+        (QuantType::BF16, (70, 100, 160)),
+        (QuantType::Q4_0, (65, 130, 96)),
+        (QuantType::Q8_0, (129, 65, 320)),
+        (QuantType::Q4_K, (33, 70, 512)),
+        (QuantType::Q6_K, (40, 65, 256)),
+    ];
+    under_f16(|| {
+        for (kind, (m, n, k)) in cases {
+            let data: Vec<f32> = (0..n * k).map(|i| rng.uniform() * (1.0 + (i / k % 5) as f32)).collect();
+            let w = QuantWeights::quantize(kind, &data, n, k, "w").unwrap();
+            let qt = QuantTensor::upload(gpu, &w).unwrap();
+            let w16 = round64(&kiln::reference::quant::dequantize(kind, &w.blocks));
+            let (x, bias, y0) = (rng.vec(m * k), rng.vec(n), rng.vec(m * n));
+            let y = upload(&y0, &[m, n]);
+            qmatmul_into(gpu, &upload(&x, &[m, k]), &qt, Some(&upload(&bias, &[n])), &y, 0.5, true).unwrap();
+            let mut want = f64s(&y0);
+            let x16 = f64s(&rounded(&x));
+            reference::matmul::matmul(&x16, &w16, Some(&f64s(&bias)), &mut want, (1, m, n, k), false, true, 0.5, true);
+            let tol = ATOL * (k as f64).sqrt();
+            assert_close(&format!("coop qmatmul {kind} {m}x{n}x{k}"), &download(&y), &want, tol, RTOL);
+
+            let dy = rng.vec(m * n);
+            let dx = Tensor::zeros(gpu, &[m, k]).unwrap();
+            qmatmul_dx_into(gpu, &upload(&dy, &[m, n]), &qt, &dx, 1.0, false).unwrap();
+            let mut want = vec![0.0; m * k];
+            let dy16 = f64s(&rounded(&dy));
+            reference::matmul::matmul(&dy16, &w16, None, &mut want, (1, m, k, n), false, false, 1.0, false);
+            let tol = ATOL * (n as f64).sqrt();
+            assert_close(&format!("coop qmatmul_dx {kind} {m}x{n}x{k}"), &download(&dx), &want, tol, RTOL);
+        }
+    });
 }
