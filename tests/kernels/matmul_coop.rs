@@ -5,9 +5,10 @@
 //! tests on; NVIDIA; Apple) every product is checked against the reference on its inputs rounded
 //! to f16, on awkward shapes, every transpose, batches with shared operands, bias, alpha,
 //! accumulate, the epilogues and the fused dropouts, a frozen linear layer's output and dX
-//! through the tape against the f32 path, and the quantized bases' forward and dX. On an adapter without them the tests check that f16 is
-//! refused with the reason and that the default stays f32, and say loudly that the kernel was not
-//! run; with `KILN_REQUIRE_COOP=1` (as `.ci/run` sets it for its Mesa 26 run) they fail instead.
+//! through the tape against the f32 path, and the quantized bases' forward and dX. On an
+//! adapter without them the tests check that f16 is refused with the reason, and say loudly
+//! that the kernels were not run; with `KILN_REQUIRE_COOP=1` (as `.ci/run` sets it for its
+//! Mesa 26 run) they fail instead.
 
 use half::f16;
 use kiln::Tensor;
