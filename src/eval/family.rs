@@ -129,6 +129,7 @@ impl Head<'_> {
             lora: self.adapter.map(|a| a.display().to_string()),
             data: self.data.display().to_string(),
             device: gpu.describe(),
+            precision: crate::kernels::matmul_coop::describe(gpu),
             examples: self.examples,
             max_len: self.max_len,
             model_max_positions: self.max_positions,

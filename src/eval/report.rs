@@ -20,6 +20,8 @@ pub struct EvalReport {
     pub lora: Option<String>,
     pub data: String,
     pub device: String,
+    /// The frozen model's matmul precision (`kernels::matmul_coop::describe`).
+    pub precision: String,
     pub examples: usize,
     /// Tokens the model reads per input (`--max-len`), the model's own maximum, and how many
     /// examples were cut to the first.
@@ -183,7 +185,7 @@ pub fn markdown(r: &EvalReport) -> String {
         let _ = writeln!(md, "- **LoRA adapter**: {}", cell(l));
     }
     let _ = writeln!(md, "- **data**: {} ({} examples)", cell(&r.data), r.examples);
-    let _ = writeln!(md, "- **device**: {}", cell(&r.device));
+    let _ = writeln!(md, "- **device**: {} ({})", cell(&r.device), cell(&r.precision));
     match &r.image {
         Some(i) => {
             let _ = writeln!(

@@ -65,6 +65,8 @@ pub struct PredictSummary {
     pub data: String,
     pub out: String,
     pub device: String,
+    /// The frozen model's matmul precision (`kernels::matmul_coop::describe`).
+    pub precision: String,
     pub examples: usize,
     pub batch_size: usize,
     /// Tokens per input (text tasks).
@@ -260,6 +262,7 @@ fn summary_head(
         data: s.data.display().to_string(),
         out: s.out.display().to_string(),
         device: gpu.describe(),
+        precision: crate::kernels::matmul_coop::describe(gpu),
         examples,
         batch_size: s.batch_size,
         max_len: None,
