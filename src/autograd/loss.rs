@@ -146,7 +146,8 @@ pub fn linear_cross_entropy(tape: &Tape, h: &Var, w: &Var, targets: &[i32]) -> R
         let hc = h2.narrow_rows(start, len)?;
         let tc = targets_gpu.narrow_rows(start, len)?;
         let logits = Tensor::empty(gpu, &[len, vocab], DType::F32)?;
-        matmul_bt_wide_into(gpu, &hc, &w.value, &logits)?;
+        // A frozen head (LoRA's tied embedding) may round to f16 (the precision decides).
+        matmul_bt_wide_into(gpu, &hc, &w.value, &logits, !w.requires_grad())?;
         let fwd = xk::forward(gpu, &logits, &tc, IGNORE_INDEX)?;
         gpu.copy(&fwd.stats, &stats.narrow_rows(i, 1)?)?;
         let count = counted(&targets[start..start + len]);
@@ -219,7 +220,7 @@ impl Backward for LinearXentOp {
                 Some(l) => l.clone(),
                 None => {
                     let l = Tensor::empty(gpu, &[ch.len, vocab], DType::F32)?;
-                    matmul_bt_wide_into(gpu, &ch.h, &self.w, &l)?;
+                    matmul_bt_wide_into(gpu, &ch.h, &self.w, &l, self.w_id.is_none())?;
                     l
                 }
             };
@@ -238,7 +239,9 @@ impl Backward for LinearXentOp {
                 };
                 if let (Some(dh), Some(t)) = (&dh2, &dh) {
                     // dh += dlogits[:, block]·W[block].
-                    let mm = Matmul::new(ch.len, c, vc).accumulate(t.accumulate || i > 0);
+                    let mm = Matmul::new(ch.len, c, vc)
+                        .accumulate(t.accumulate || i > 0)
+                        .mixed_precision(self.w_id.is_none());
                     matmul_into(gpu, &mm, &dl, &self.w.narrow_rows(v0, vc)?, None, &dh.narrow_rows(ch.start, ch.len)?)?;
                 }
                 if let Some(t) = &dw {

@@ -863,8 +863,9 @@ fn skinny_groups(gpu: &Gpu, mm: &Matmul, entry: &str, batch: u32) -> [u32; 3] {
 /// C `[M, N]` = A `[M, K]` · Bᵀ for a B `[N, K]` that may exceed one storage binding (a
 /// 262,144-word LM head is 671 MB in f32; lavapipe binds 128 MiB): B is bound a block of rows
 /// at a time ([`row_chunks`]), each block's columns of C computed into a scratch and copied
-/// into place. One plain matmul when B fits. C must fit one binding.
-pub fn matmul_bt_wide_into(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
+/// into place. One plain matmul when B fits. C must fit one binding. `mixed_precision`: the
+/// caller accepts f16 inputs (a frozen head; [`Matmul::mixed_precision`]).
+pub fn matmul_bt_wide_into(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, mixed_precision: bool) -> Result<()> {
     const WIDE: &str = "matmul_bt_wide";
     let (n, k) = (b.dim(0), b.dim(-1));
     let m = a.numel() / k.max(1);
@@ -872,12 +873,13 @@ pub fn matmul_bt_wide_into(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor) -> Res
     expect_numel(WIDE, "c", c, m * n, "rows of a × rows of b")?;
     let blocks = row_chunks(WIDE, gpu, n, (k * 4) as u64)?;
     if blocks.len() == 1 {
-        return matmul_into(gpu, &Matmul::new(m, n, k).trans_b(true), a, b, None, c);
+        return matmul_into(gpu, &Matmul::new(m, n, k).trans_b(true).mixed_precision(mixed_precision), a, b, None, c);
     }
     let c2 = c.reshape(&[m, n])?;
     for (start, count) in blocks {
         let part = Tensor::empty(gpu, &[m, count], DType::F32)?;
-        matmul_into(gpu, &Matmul::new(m, count, k).trans_b(true), a, &b.narrow_rows(start, count)?, None, &part)?;
+        let mm = Matmul::new(m, count, k).trans_b(true).mixed_precision(mixed_precision);
+        matmul_into(gpu, &mm, a, &b.narrow_rows(start, count)?, None, &part)?;
         copy_cols(gpu, &part, &c2, ColumnBlock { width: count, src_off: 0, dst_off: start }, false)?;
     }
     Ok(())

@@ -208,7 +208,8 @@ pub trait CausalLm: Module {
         let head = self.head(&tape).value;
         let v = head.dim(0);
         let logits = Tensor::empty(gpu, &[input.batch, v], DType::F32)?;
-        matmul_bt_wide_into(gpu, &last, &head, &logits)?;
+        // Inference: the head is frozen, so its product may round to f16 (the precision decides).
+        matmul_bt_wide_into(gpu, &last, &head, &logits, true)?;
         Ok(logits)
     }
 
@@ -227,7 +228,7 @@ pub trait CausalLm: Module {
         let step = (fit / 64 * 64).max(64);
         for start in (0..n).step_by(step) {
             let rows = step.min(n - start);
-            matmul_bt_wide_into(gpu, &h.narrow_rows(start, rows)?, &head, &logits.narrow_rows(start, rows)?)?;
+            matmul_bt_wide_into(gpu, &h.narrow_rows(start, rows)?, &head, &logits.narrow_rows(start, rows)?, true)?;
         }
         logits.reshape(&[input.batch, input.seq, v])
     }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use kiln::gpu::AdapterChoice;
+use kiln::kernels::matmul_coop::{self, CoopShape, Precision};
 use kiln::{Gpu, Tensor};
 use tokenizers::Tokenizer;
 use tokenizers::models::wordlevel::WordLevel;
@@ -16,23 +17,34 @@ use tokenizers::pre_tokenizers::whitespace::Whitespace;
 /// a GPU test must never pass by not running.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| open_gpu("kernel tests run on"))
+}
+
+/// A second device on the same adapter, for the tests that set the matmul precision to f16
+/// (`tests/kernels/matmul_coop.rs`, the f16 model test): a device setting changed there never
+/// reaches the products of the tests running meanwhile on [`gpu`].
+pub fn coop_gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| open_gpu("cooperative-matrix tests run on a second device of"))
+}
+
+fn open_gpu(what: &str) -> Gpu {
     // Every shader the tests compile is also translated to Metal and DX12 (naga), so a construct
     // those back ends reject fails here.
     kiln::gpu::backend_check::enable();
-    GPU.get_or_init(|| match Gpu::new(&AdapterChoice::from_flag_or_env(None)) {
+    match Gpu::new(&AdapterChoice::from_flag_or_env(None)) {
         Ok(gpu) => {
             // The tests against references and fixtures hold every product to f32, also on a
-            // GPU whose default is f16 for frozen bases; the mixed-precision tests
-            // (`tests/kernels/matmul_coop.rs`) ask for f16 themselves. KILN_PRECISION wins.
+            // GPU whose default is f16 for frozen bases; the mixed-precision tests ask for f16
+            // themselves ([`under_f16`]). KILN_PRECISION wins.
             if std::env::var_os("KILN_PRECISION").is_none() {
-                use kiln::kernels::matmul_coop::{Precision, set_precision};
-                set_precision(&gpu, Precision::F32).expect("f32 runs everywhere");
+                matmul_coop::set_precision(&gpu, Precision::F32).expect("f32 runs everywhere");
             }
-            eprintln!("kernel tests run on {}", gpu.describe());
+            eprintln!("{what} {}", gpu.describe());
             gpu
         }
         Err(e) => panic!("GPU tests need an adapter and found none: {e}"),
-    })
+    }
 }
 
 /// Runs `f` under each of `values` of a device setting in turn, then puts the setting back.
@@ -237,4 +249,57 @@ pub fn tiny_bert(dir: &Path) {
         .unwrap();
     tok.with_post_processor(Some(template));
     tok.save(dir.join("tokenizer.json"), false).unwrap();
+}
+
+/// The cooperative-matrix tests hold this while they set [`coop_gpu`]'s precision to f16.
+pub static PRECISION_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The adapter's shape for the kernel. Without one: fails under `KILN_REQUIRE_COOP`, else checks
+/// the refusal and returns None after saying the kernel was not run.
+pub fn shape_or_refusal() -> Option<CoopShape> {
+    let gpu = coop_gpu();
+    match matmul_coop::coop_shape(gpu) {
+        Ok(shape) => Some(shape),
+        Err(why) => {
+            assert!(
+                std::env::var_os("KILN_REQUIRE_COOP").is_none(),
+                "KILN_REQUIRE_COOP is set, but on {} {why}",
+                gpu.describe()
+            );
+            assert_eq!(
+                matmul_coop::precision(gpu),
+                Precision::F32,
+                "f16 is the default on an adapter that cannot run it"
+            );
+            let err = matmul_coop::set_precision(gpu, Precision::F16)
+                .expect_err("f16 was accepted without cooperative matrices");
+            let text = err.to_string();
+            assert!(
+                text.contains(&why) && text.contains(&gpu.describe()) && text.contains("--precision f32"),
+                "{text}"
+            );
+            eprintln!(
+                "NOT RUN: the cooperative-matrix matmul, because on {} {why} (f16 refused as it should be)",
+                gpu.describe()
+            );
+            None
+        }
+    }
+}
+
+/// Runs `f` with [`coop_gpu`]'s precision at `precision`, then puts the setting back, holding
+/// [`PRECISION_LOCK`] (so another test's f16 does not reach an f32 baseline either).
+pub fn under_precision<T>(precision: Precision, f: impl FnOnce() -> T) -> T {
+    let gpu = coop_gpu();
+    let _guard = PRECISION_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let saved = matmul_coop::precision(gpu);
+    matmul_coop::set_precision(gpu, precision).unwrap();
+    let out = f();
+    matmul_coop::set_precision(gpu, saved).unwrap();
+    out
+}
+
+/// [`under_precision`] at f16.
+pub fn under_f16<T>(f: impl FnOnce() -> T) -> T {
+    under_precision(Precision::F16, f)
 }

@@ -13,58 +13,37 @@
 use half::f16;
 use kiln::Tensor;
 use kiln::kernels::matmul::{DropOn, Matmul, matmul_into};
-use kiln::kernels::matmul_coop::{self, CoopShape, Precision};
+use kiln::kernels::matmul_coop::{self, Precision};
 use kiln::reference;
 
 use crate::common::*;
 
+// These tests run on `coop_gpu()`, a second device of the adapter, so their f16 setting never
+// reaches the other tests' products; these shadow the common helpers of the same names.
+fn gpu() -> &'static kiln::Gpu {
+    coop_gpu()
+}
+
+fn upload(data: &[f32], shape: &[usize]) -> Tensor {
+    Tensor::from_f32(gpu(), data, shape).expect("upload")
+}
+
+fn download(t: &Tensor) -> Vec<f32> {
+    t.to_f32_vec(gpu()).expect("download")
+}
+
+fn trainable_params(names: &[&str], data: &[Vec<f32>], shapes: &[Vec<usize>]) -> Vec<kiln::autograd::Param> {
+    let param = |((name, d), shape): ((&&str, &Vec<f32>), &Vec<usize>)| {
+        let mut p = kiln::autograd::Param::new(*name, upload(d, shape));
+        p.set_trainable(gpu(), true).unwrap();
+        p
+    };
+    names.iter().zip(data).zip(shapes).map(param).collect()
+}
+
 // f32 accumulation of exact f16 products: the f32 kernel's tolerance.
 const ATOL: f64 = 1e-4;
 const RTOL: f64 = 1e-4;
-
-/// The adapter's shape for the kernel. Without one: fails under `KILN_REQUIRE_COOP`, else checks
-/// the refusal and returns None after saying the kernel was not run.
-fn shape_or_refusal() -> Option<CoopShape> {
-    let gpu = gpu();
-    match matmul_coop::coop_shape(gpu) {
-        Ok(shape) => Some(shape),
-        Err(why) => {
-            assert!(
-                std::env::var_os("KILN_REQUIRE_COOP").is_none(),
-                "KILN_REQUIRE_COOP is set, but on {} {why}",
-                gpu.describe()
-            );
-            assert_eq!(
-                matmul_coop::precision(gpu),
-                Precision::F32,
-                "f16 is the default on an adapter that cannot run it"
-            );
-            let err = matmul_coop::set_precision(gpu, Precision::F16)
-                .expect_err("f16 was accepted without cooperative matrices");
-            let text = err.to_string();
-            assert!(
-                text.contains(&why) && text.contains(&gpu.describe()) && text.contains("--precision f32"),
-                "{text}"
-            );
-            eprintln!(
-                "NOT RUN: the cooperative-matrix matmul, because on {} {why} (f16 refused as it should be)",
-                gpu.describe()
-            );
-            None
-        }
-    }
-}
-
-/// Runs `f` with the device's precision at f16, then puts the setting back. Holds `TILE_LOCK`,
-/// as other tests that change how products run do.
-fn under_f16(f: impl FnOnce()) {
-    let gpu = gpu();
-    let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let saved = matmul_coop::precision(gpu);
-    matmul_coop::set_precision(gpu, Precision::F16).unwrap();
-    f();
-    matmul_coop::set_precision(gpu, saved).unwrap();
-}
 
 fn rounded(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| f16::from_f32(x).to_f32()).collect()
@@ -175,7 +154,7 @@ fn coop_epilogues_and_dropouts_equal_the_f32_kernel_on_rounded_inputs() {
         let want_c = Tensor::zeros(gpu, &[m, n]).unwrap();
         let want = matmul_epilogue_into(gpu, &mm, &a16, &b16, Some(&bias_t), &want_c, epilogue).unwrap();
         let got_c = Tensor::zeros(gpu, &[m, n]).unwrap();
-        let got = under_f16_value(|| {
+        let got = under_f16(|| {
             matmul_epilogue_into(gpu, &mm.mixed_precision(true), &a32, &b32, Some(&bias_t), &got_c, epilogue).unwrap()
         });
         let what = format!("coop matmul then {name}");
@@ -188,15 +167,9 @@ fn coop_epilogues_and_dropouts_equal_the_f32_kernel_on_rounded_inputs() {
         let want = Tensor::zeros(gpu, &[m, n]).unwrap();
         matmul_into(gpu, &plain, &a16, &b16, Some(&bias_t), &want).unwrap();
         let got = Tensor::zeros(gpu, &[m, n]).unwrap();
-        under_f16_value(|| matmul_into(gpu, &plain.mixed_precision(true), &a32, &b32, Some(&bias_t), &got).unwrap());
+        under_f16(|| matmul_into(gpu, &plain.mixed_precision(true), &a32, &b32, Some(&bias_t), &got).unwrap());
         assert_close(&format!("coop matmul, dropout on {on:?}"), &download(&got), &f64s(&download(&want)), tol, RTOL);
     }
-}
-
-fn under_f16_value<T>(f: impl FnOnce() -> T) -> T {
-    let mut out = None;
-    under_f16(|| out = Some(f()));
-    out.expect("under_f16 runs its closure")
 }
 
 /// A linear layer on a frozen weight through the tape, under f16 against f32 on the same inputs:
@@ -221,8 +194,8 @@ fn frozen_linear_output_and_dx_under_f16_match_the_f32_path() {
         tape.backward(&loss, 1.0).unwrap();
         (download(&y.value), download(params[0].grad.as_ref().expect("a gradient for x")))
     };
-    let (y32, dx32) = run();
-    let (y16, dx16) = under_f16_value(run);
+    let (y32, dx32) = under_precision(Precision::F32, run);
+    let (y16, dx16) = under_f16(run);
     for (what, got, want) in [("y", &y16, &y32), ("dx", &dx16, &dx32)] {
         assert_close(&format!("frozen linear under f16: {what}"), got, &f64s(want), 2e-3, 1e-2);
         assert!(got != want, "frozen linear under f16: {what} equals the f32 path's bit for bit: did f16 run?");
@@ -238,7 +211,6 @@ fn precision_setting_parses_and_describes() {
     assert_eq!(Precision::parse("bf16"), None);
     let gpu = gpu();
     if gpu.info().device_type == wgpu::DeviceType::Cpu && std::env::var_os("KILN_PRECISION").is_none() {
-        let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         assert_eq!(
             matmul_coop::default_precision(gpu.info().device_type, &matmul_coop::coop_shape(gpu)),
             Precision::F32
@@ -250,11 +222,7 @@ fn precision_setting_parses_and_describes() {
             assert!(text.contains("f16") && text.contains(&format!("{0}x{0}x{0}", shape.size)), "{text}");
         });
     }
-    let _guard = crate::TILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let saved = matmul_coop::precision(gpu);
-    matmul_coop::set_precision(gpu, Precision::F32).unwrap();
-    assert_eq!(matmul_coop::describe(gpu), "f32 matmuls");
-    matmul_coop::set_precision(gpu, saved).unwrap();
+    under_precision(Precision::F32, || assert_eq!(matmul_coop::describe(gpu), "f32 matmuls"));
 }
 
 /// The quantized and 16-bit bases' products (`shaders/qmatmul_coop.wgsl`) under f16: y = x·Wᵀ
@@ -302,4 +270,32 @@ fn coop_quantized_products_match_the_reference_on_f16_inputs() {
             assert_close(&format!("coop qmatmul_dx {kind} {m}x{n}x{k}"), &download(&dx), &want, tol, RTOL);
         }
     });
+}
+
+/// Cross-entropy through a frozen LM head (a LoRA run's tied embedding), vocabulary-chunked,
+/// under f16 against f32 on the same inputs: the loss and dh within the stated tolerance, and
+/// dh not equal to f32's (f16 ran).
+#[test]
+fn frozen_head_cross_entropy_under_f16_matches_the_f32_path() {
+    use kiln::autograd::{Tape, Var, linear_cross_entropy};
+    let Some(_) = shape_or_refusal() else { return };
+    let g = gpu();
+    let mut rng = Rng::new(1605);
+    let (rows, c, vocab) = (40, 48, 300);
+    let (h, w) = (rng.vec(rows * c), rng.vec(vocab * c));
+    let targets: Vec<i32> = (0..rows).map(|_| rng.below(vocab as u32) as i32).collect();
+    let run = || -> (f32, Vec<f32>) {
+        let params = trainable_params(&["h"], std::slice::from_ref(&h), &[vec![rows, c]]);
+        let tape = Tape::train(g, 0, 1);
+        let hv = tape.param(&params[0]);
+        let wv = Var::constant(upload(&w, &[vocab, c]));
+        let loss = linear_cross_entropy(&tape, &hv, &wv, &targets).unwrap();
+        tape.backward(&loss, 1.0).unwrap();
+        (loss.read(g).unwrap().0, download(params[0].grad.as_ref().expect("a gradient for h")))
+    };
+    let (loss32, dh32) = under_precision(Precision::F32, run);
+    let (loss16, dh16) = under_f16(run);
+    assert!((loss16 - loss32).abs() <= 2e-3 + 1e-2 * loss32.abs(), "loss {loss16} under f16 against {loss32}");
+    assert_close("frozen head under f16: dh", &dh16, &f64s(&dh32), 2e-3, 1e-2);
+    assert!(dh16 != dh32, "frozen head under f16: dh equals the f32 path's bit for bit: did f16 run?");
 }
