@@ -108,7 +108,6 @@ fn qmatmul_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let ty = lid / WG_X;
     let row0 = wg.y * BM; // rows of dy and dx
     let col0 = wg.x * BN; // columns of W and dx
-    let bpr = p.k / BK;
     const BLOCKS: u32 = BN / BK; // blocks of a W row in this workgroup's columns
 
     var acc: array<vec4<f32>, TM * TN4>;
@@ -126,15 +125,9 @@ fn qmatmul_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         // W[n0.., col0..] as b_tile[kk][jj]: four consecutive k are four adjacent columns, so
         // each half of a task is one aligned vec4 store.
         for (var t = lid; t < BK * BLOCKS * 4u; t += WG) {
-            let part = t % 4u;
-            let bb = (t / 4u) % BLOCKS;
-            let kk = t / (4u * BLOCKS);
-            let kb = col0 / BK + bb;
-            var e = Eight(vec4<f32>(0.0), vec4<f32>(0.0));
-            if (n0 + kk < p.n && kb < bpr) { e = dequant8((n0 + kk) * bpr + kb, part); }
-            let base = kk * BN + bb * BK;
-            b_tile[(base + lo_k(part)) / 4u] = e.lo;
-            b_tile[(base + hi_k(part)) / 4u] = e.hi;
+            let task = dx_task(t, n0, col0, BLOCKS, BN);
+            b_tile[(task.base + lo_k(task.part)) / 4u] = task.e.lo;
+            b_tile[(task.base + hi_k(task.part)) / 4u] = task.e.hi;
         }
         workgroupBarrier();
         multiply_tiles(tx, ty, &acc);

@@ -108,7 +108,6 @@ fn qmatmul_dx_coop(
 ) {
     let row0 = wg.y * BM; // rows of dy and dx
     let col0 = wg.x * BN; // columns of W and dx
-    let bpr = p.k / BK;
     const BLOCKS: u32 = BN / BK; // blocks of a W row in this workgroup's columns
     let sub_m = (sid / 2u) * 2u * CS;
     let sub_n = (sid % 2u) * 2u * CS;
@@ -123,16 +122,10 @@ fn qmatmul_dx_coop(
             a_half[i] = f16(v);
         }
         for (var t = lid; t < BK * BLOCKS * 4u; t += WG) {
-            let part = t % 4u;
-            let bb = (t / 4u) % BLOCKS;
-            let kk = t / (4u * BLOCKS);
-            let kb = col0 / BK + bb;
-            var e = Eight(vec4<f32>(0.0), vec4<f32>(0.0));
-            if (n0 + kk < p.n && kb < bpr) { e = dequant8((n0 + kk) * bpr + kb, part); }
-            let base = kk * BN + bb * BK;
+            let task = dx_task(t, n0, col0, BLOCKS, BN);
             for (var i = 0u; i < 4u; i++) {
-                b_half[base + lo_k(part) + i] = f16(e.lo[i]);
-                b_half[base + hi_k(part) + i] = f16(e.hi[i]);
+                b_half[task.base + lo_k(task.part) + i] = f16(task.e.lo[i]);
+                b_half[task.base + hi_k(task.part) + i] = f16(task.e.hi[i]);
             }
         }
         workgroupBarrier();

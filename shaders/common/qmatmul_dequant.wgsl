@@ -176,3 +176,24 @@ fn dequant8(c: u32, part: u32) -> Eight {
     let q1 = fields(w[lo_w + 1u], 4u * (cc / 2u), 15u) | (fields(w[hi_w + 1u], 2u * cc, 3u) << vec4<u32>(4u));
     return Eight(dl * (vec4<f32>(q0) - 32.0), dl * (vec4<f32>(q1) - 32.0));
 }
+
+// Task t of staging W's rows n0.. and columns col0.. for dx = dy·W (qmatmul_dx and
+// qmatmul_dx_coop), into a [BK][bn] slice whose columns are `blocks` = bn / BK whole chunks:
+// eight weights of one row and chunk, and `base`, where its row and chunk start in the slice
+// (the weights go to base + lo_k(part) + 0..3 and base + hi_k(part) + 0..3). Zero past W.
+struct DxTask {
+    base: u32,
+    part: u32,
+    e: Eight,
+}
+
+fn dx_task(t: u32, n0: u32, col0: u32, blocks: u32, bn: u32) -> DxTask {
+    let part = t % 4u;
+    let bb = (t / 4u) % blocks;
+    let kk = t / (4u * blocks);
+    let kb = col0 / BK + bb;
+    let bpr = p.k / BK;
+    var e = Eight(vec4<f32>(0.0), vec4<f32>(0.0));
+    if (n0 + kk < p.n && kb < bpr) { e = dequant8((n0 + kk) * bpr + kb, part); }
+    return DxTask(kk * bn + bb * BK, part, e);
+}
