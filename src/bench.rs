@@ -217,18 +217,41 @@ pub fn split_k_cases(gpu: &Gpu) -> Result<Vec<Case<'_>>> {
     Ok(cases)
 }
 
-/// `case` run with the device's split-K policy set to `policy` (and put back after each run).
-fn under_split_k<'g>(gpu: &'g Gpu, policy: crate::kernels::matmul::SplitK, mut case: Case<'g>) -> Case<'g> {
-    use crate::kernels::matmul::{set_split_k, split_k};
+/// How a device setting is read and written (`matmul::split_k` and `set_split_k`, ...).
+type SettingAccess<T> = (fn(&Gpu) -> T, fn(&Gpu, T) -> Result<()>);
+
+/// `case` run with a device setting at `value` (and put back after each run).
+fn under_setting<'g, T: Copy + 'g>(
+    gpu: &'g Gpu,
+    value: T,
+    (get, set): SettingAccess<T>,
+    mut case: Case<'g>,
+) -> Case<'g> {
     let mut run = std::mem::replace(&mut case.run, Box::new(|| Ok(())));
     case.run = Box::new(move || {
-        let saved = split_k(gpu);
-        set_split_k(gpu, policy);
+        let saved = get(gpu);
+        set(gpu, value)?;
         let done = run();
-        set_split_k(gpu, saved);
+        set(gpu, saved)?;
         done
     });
     case
+}
+
+/// `case` run with the device's split-K policy set to `policy`.
+fn under_split_k<'g>(gpu: &'g Gpu, policy: crate::kernels::matmul::SplitK, case: Case<'g>) -> Case<'g> {
+    use crate::kernels::matmul::{set_split_k, split_k};
+    let set = |gpu: &Gpu, policy| {
+        set_split_k(gpu, policy);
+        Ok(())
+    };
+    under_setting(gpu, policy, (split_k, set), case)
+}
+
+/// `case` run with the device's matmul precision set to `precision`, whatever its default.
+fn under_precision<'g>(gpu: &'g Gpu, precision: crate::kernels::matmul_coop::Precision, case: Case<'g>) -> Case<'g> {
+    use crate::kernels::matmul_coop::{precision as current, set_precision};
+    under_setting(gpu, precision, (current, set_precision), case)
 }
 
 /// The cooperative-matrix kernels (f16 inputs, f32 accumulation): `matmul_coop` on the square
@@ -257,25 +280,6 @@ pub fn coop_cases(gpu: &Gpu, scale: Scale) -> Result<Vec<Case<'_>>> {
         }
     }
     Ok(cases)
-}
-
-/// `case` run with the device's matmul precision set to `precision` (and put back after each
-/// run), whatever the device's default.
-fn under_precision<'g>(
-    gpu: &'g Gpu,
-    precision: crate::kernels::matmul_coop::Precision,
-    mut case: Case<'g>,
-) -> Case<'g> {
-    use crate::kernels::matmul_coop::{precision as current, set_precision};
-    let mut run = std::mem::replace(&mut case.run, Box::new(|| Ok(())));
-    case.run = Box::new(move || {
-        let saved = current(gpu);
-        set_precision(gpu, precision)?;
-        let done = run();
-        set_precision(gpu, saved)?;
-        done
-    });
-    case
 }
 
 /// Times [`split_k_shapes`] under each of [`SplitK::candidates`] and returns the policies
