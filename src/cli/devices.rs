@@ -64,9 +64,7 @@ fn kernel_paths(adapter: &wgpu::Adapter) -> Vec<String> {
     let configs = adapter.cooperative_matrix_properties();
     let shape = matmul_coop::coop_shape_of(adapter.features(), &configs, &info, &adapter.limits());
     let precision = match (matmul_coop::default_precision(info.device_type, &shape), &shape) {
-        (matmul_coop::Precision::F16, Ok(shape)) => {
-            format!("f16 matmuls for frozen-base products ({})", shape.describe())
-        }
+        (matmul_coop::Precision::F16, Ok(shape)) => matmul_coop::describe_f16(*shape),
         (_, Ok(shape)) => format!("f32 matmuls (--precision f16 would run {})", shape.describe()),
         (_, Err(why)) => format!("f32 matmuls (no f16: {why})"),
     };

@@ -132,8 +132,8 @@ impl Gpu {
         let limits = adapter.limits();
         // Timestamps serve only the profiler; asking for them costs nothing when unused.
         // Subgroup operations serve the row reductions (`kernels::workgroup_reduce`); f16 and
-        // cooperative matrices the mixed-precision matmul (`kernels::matmul_coop`), which only
-        // runs where the precision setting asks for it.
+        // cooperative matrices the mixed-precision matmuls (`kernels::matmul_coop`), which
+        // only run where the precision setting asks for them.
         let features = adapter.features()
             & (wgpu::Features::TIMESTAMP_QUERY
                 | wgpu::Features::SUBGROUP
@@ -145,8 +145,9 @@ impl Gpu {
             required_features: features,
             required_limits: limits.clone(),
             // SAFETY: wgpu marks cooperative matrices experimental. kiln asks for them only
-            // where the adapter lists a configuration, and uses them in one kernel whose
-            // results the tests check against the reference on every adapter that has them.
+            // where the adapter lists a configuration, and uses them in two kernels
+            // (`matmul_coop.wgsl`, `qmatmul_coop.wgsl`) whose results the tests check against
+            // the reference on every adapter that has them.
             experimental_features: if coop {
                 unsafe { wgpu::ExperimentalFeatures::enabled() }
             } else {

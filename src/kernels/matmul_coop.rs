@@ -186,7 +186,12 @@ pub(crate) fn active(gpu: &Gpu) -> Option<CoopShape> {
 /// matmuls", or "f16 matmuls for frozen-base products (cooperative matrices 16x16x16, ...)".
 pub fn describe(gpu: &Gpu) -> String {
     match active(gpu) {
-        Some(shape) => format!("f16 matmuls for frozen-base products ({})", shape.describe()),
+        Some(shape) => describe_f16(shape),
         None => "f32 matmuls".to_string(),
     }
+}
+
+/// "f16 matmuls for frozen-base products (cooperative matrices 16x16x16, ...)".
+pub fn describe_f16(shape: CoopShape) -> String {
+    format!("f16 matmuls for frozen-base products ({})", shape.describe())
 }
