@@ -9,7 +9,8 @@
 #   bash scripts/gpu_session.sh prepare   here, in the repository root: builds kiln and the GPU
 #                                         test binaries (release), copies them stripped into .gpu/,
 #                                         and downloads the Vulkan loader's .debs into .gl/
-#                                         (both ignored by git; about 40 MiB together)
+#                                         (both ignored by git; about 60 MiB together, of the
+#                                         64 MiB the device tool carries)
 #   bash scripts/gpu_session.sh run       there, from the repository root, with OUT set:
 #       device tool: run(command="bash scripts/gpu_session.sh run", carry=[".gpu", ".gl"], timeout_s=560)
 #
