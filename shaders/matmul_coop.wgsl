@@ -28,25 +28,10 @@
 // stage_a, stage_b: the loads of each K slice.
 // #include "matmul_stage.wgsl"
 
-const SUBGROUPS_M: u32 = 2u;
-const SUBGROUPS_N: u32 = 2u;
-const WG: u32 = SUBGROUPS_M * SUBGROUPS_N * SG;
-const BM: u32 = SUBGROUPS_M * 2u * CS;
-const BN: u32 = SUBGROUPS_N * 2u * CS;
+// WG, BM, BN, a_half, b_half, c_stage, subgroup_block, multiply_staged, stage_fragment.
+// #include "coop_tiles.wgsl"
+
 const BK: u32 = 2u * CS;
-
-var<workgroup> a_half: array<f16, BM * BK>; // [BM][BK]
-var<workgroup> b_half: array<f16, BK * BN>; // [BK][BN]
-var<workgroup> c_stage: array<f32, SUBGROUPS_M * SUBGROUPS_N * CS * CS>; // one fragment per subgroup
-
-// Stores the fragment a subgroup left in its stage, at rows row0.. and columns col0.. of C.
-fn store_stage(sid: u32, lane: u32, row0: u32, col0: u32, c_base: u32) {
-    for (var e = lane; e < CS * CS; e += SG) {
-        let row = row0 + e / CS;
-        let col = col0 + e % CS;
-        if (row < p.m && col < p.n) { store(c_stage[sid * CS * CS + e], row, col, c_base); }
-    }
-}
 
 @compute @workgroup_size(WG)
 fn matmul_coop(
@@ -61,14 +46,8 @@ fn matmul_coop(
     let b_base = p.offset_b + wg.z * p.stride_b;
     let c_base = p.offset_c + wg.z * p.stride_c;
     let s = op_strides();
-    // This subgroup's 2CS x 2CS block of the workgroup's, in the staged tiles.
-    let sub_m = (sid / SUBGROUPS_N) * 2u * CS;
-    let sub_n = (sid % SUBGROUPS_N) * 2u * CS;
-
-    var acc00 = FragC();
-    var acc01 = FragC();
-    var acc10 = FragC();
-    var acc11 = FragC();
+    let block = subgroup_block(sid);
+    var acc = array<FragC, 4>(FragC(), FragC(), FragC(), FragC());
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         for (var i = lid; i < BM * BK; i += WG) {
@@ -80,36 +59,19 @@ fn matmul_coop(
             b_half[t.k * BN + t.mn] = f16(t.value);
         }
         workgroupBarrier();
-
-        for (var kf = 0u; kf < BK; kf += CS) {
-            let a0 = coopLoadT<FragA>(&a_half[sub_m * BK + kf], BK);
-            let a1 = coopLoadT<FragA>(&a_half[(sub_m + CS) * BK + kf], BK);
-            let b0 = coopLoadT<FragB>(&b_half[kf * BN + sub_n], BN);
-            let b1 = coopLoadT<FragB>(&b_half[kf * BN + sub_n + CS], BN);
-            acc00 = coopMultiplyAdd(a0, b0, acc00);
-            acc01 = coopMultiplyAdd(a0, b1, acc01);
-            acc10 = coopMultiplyAdd(a1, b0, acc10);
-            acc11 = coopMultiplyAdd(a1, b1, acc11);
-        }
+        multiply_staged(block, &acc);
         workgroupBarrier();
     }
 
-    // Each fragment through the stage: the barriers let every lane read what the subgroup's
-    // cooperative store wrote, and keep the next fragment from overwriting it too early.
-    let stage = &c_stage[sid * CS * CS];
-    coopStoreT(acc00, stage, CS);
-    workgroupBarrier();
-    store_stage(sid, lane, row0 + sub_m, col0 + sub_n, c_base);
-    workgroupBarrier();
-    coopStoreT(acc01, stage, CS);
-    workgroupBarrier();
-    store_stage(sid, lane, row0 + sub_m, col0 + sub_n + CS, c_base);
-    workgroupBarrier();
-    coopStoreT(acc10, stage, CS);
-    workgroupBarrier();
-    store_stage(sid, lane, row0 + sub_m + CS, col0 + sub_n, c_base);
-    workgroupBarrier();
-    coopStoreT(acc11, stage, CS);
-    workgroupBarrier();
-    store_stage(sid, lane, row0 + sub_m + CS, col0 + sub_n + CS, c_base);
+    for (var f = 0u; f < 4u; f++) {
+        stage_fragment(sid, f, &acc);
+        let frag_row = row0 + block.x + (f / 2u) * CS;
+        let frag_col = col0 + block.y + (f % 2u) * CS;
+        for (var e = lane; e < CS * CS; e += SG) {
+            let row = frag_row + e / CS;
+            let col = frag_col + e % CS;
+            if (row < p.m && col < p.n) { store(c_stage[sid * CS * CS + e], row, col, c_base); }
+        }
+        workgroupBarrier();
+    }
 }

@@ -13,36 +13,15 @@
 // Params, bindings 0-4 (p, w, x, bias, out), BK = 32, dequant8 and its helpers.
 // #include "qmatmul_dequant.wgsl"
 
-const WG: u32 = 4u * SG;
-const BM: u32 = 4u * CS;
-const BN: u32 = 4u * CS;
-
-var<workgroup> a_half: array<f16, BM * BK>; // [BM][BK]: x's (dy's) slice
-var<workgroup> b_half: array<f16, BK * BN>; // [BK][BN]: Wᵀ's slice (W's for dx)
-var<workgroup> c_stage: array<f32, 4u * CS * CS>; // one fragment per subgroup
-
-// The four accumulators of a subgroup (its 2CS x 2CS block at sub_m, sub_n of the tile) take
-// the staged chunk.
-fn multiply_chunk(sub_m: u32, sub_n: u32, acc: ptr<function, array<FragC, 4>>) {
-    for (var kf = 0u; kf < BK; kf += CS) {
-        let a0 = coopLoadT<FragA>(&a_half[sub_m * BK + kf], BK);
-        let a1 = coopLoadT<FragA>(&a_half[(sub_m + CS) * BK + kf], BK);
-        let b0 = coopLoadT<FragB>(&b_half[kf * BN + sub_n], BN);
-        let b1 = coopLoadT<FragB>(&b_half[kf * BN + sub_n + CS], BN);
-        (*acc)[0] = coopMultiplyAdd(a0, b0, (*acc)[0]);
-        (*acc)[1] = coopMultiplyAdd(a0, b1, (*acc)[1]);
-        (*acc)[2] = coopMultiplyAdd(a1, b0, (*acc)[2]);
-        (*acc)[3] = coopMultiplyAdd(a1, b1, (*acc)[3]);
-    }
-}
+// WG, BM, BN, a_half, b_half, c_stage, subgroup_block, multiply_staged, stage_fragment.
+// #include "coop_tiles.wgsl"
 
 // Stores the subgroup's four fragments into out [rows, cols] through its stage: alpha, bias
 // (qmatmul only), accumulate, as qmatmul.wgsl's store.
 fn store_fragments(sid: u32, lane: u32, row0: u32, col0: u32, rows: u32, cols: u32, with_bias: bool,
                    acc: ptr<function, array<FragC, 4>>) {
     for (var f = 0u; f < 4u; f++) {
-        coopStoreT((*acc)[f], &c_stage[sid * CS * CS], CS);
-        workgroupBarrier();
+        stage_fragment(sid, f, acc);
         for (var e = lane; e < CS * CS; e += SG) {
             let row = row0 + (f / 2u) * CS + e / CS;
             let col = col0 + (f % 2u) * CS + e % CS;
@@ -68,8 +47,7 @@ fn qmatmul_coop(
     let row0 = wg.y * BM; // rows of x and y
     let col0 = wg.x * BN; // rows of W = columns of y
     let bpr = p.k / BK;
-    let sub_m = (sid / 2u) * 2u * CS;
-    let sub_n = (sid % 2u) * 2u * CS;
+    let block = subgroup_block(sid);
     var acc = array<FragC, 4>(FragC(), FragC(), FragC(), FragC());
 
     for (var kb = 0u; kb < bpr; kb++) {
@@ -91,10 +69,10 @@ fn qmatmul_coop(
             }
         }
         workgroupBarrier();
-        multiply_chunk(sub_m, sub_n, &acc);
+        multiply_staged(block, &acc);
         workgroupBarrier();
     }
-    store_fragments(sid, lane, row0 + sub_m, col0 + sub_n, p.m, p.n, p.has_bias != 0u, &acc);
+    store_fragments(sid, lane, row0 + block.x, col0 + block.y, p.m, p.n, p.has_bias != 0u, &acc);
 }
 
 // dx = dy·W: the output's columns are W's columns (K); the sum runs over W's rows (N), 32 at a
@@ -109,8 +87,7 @@ fn qmatmul_dx_coop(
     let row0 = wg.y * BM; // rows of dy and dx
     let col0 = wg.x * BN; // columns of W and dx
     const BLOCKS: u32 = BN / BK; // blocks of a W row in this workgroup's columns
-    let sub_m = (sid / 2u) * 2u * CS;
-    let sub_n = (sid % 2u) * 2u * CS;
+    let block = subgroup_block(sid);
     var acc = array<FragC, 4>(FragC(), FragC(), FragC(), FragC());
 
     for (var n0 = 0u; n0 < p.n; n0 += BK) {
@@ -129,8 +106,8 @@ fn qmatmul_dx_coop(
             }
         }
         workgroupBarrier();
-        multiply_chunk(sub_m, sub_n, &acc);
+        multiply_staged(block, &acc);
         workgroupBarrier();
     }
-    store_fragments(sid, lane, row0 + sub_m, col0 + sub_n, p.m, p.k, false, &acc);
+    store_fragments(sid, lane, row0 + block.x, col0 + block.y, p.m, p.k, false, &acc);
 }

@@ -30,6 +30,7 @@ use crate::tensor::Tensor;
 /// ([`ShaderFile::expand`](crate::gpu::ShaderFile::expand)).
 pub(crate) const SHADER_PARTS: &[(&str, &str)] = &[
     ("activations.wgsl", include_str!("../../shaders/common/activations.wgsl")),
+    ("coop_tiles.wgsl", include_str!("../../shaders/common/coop_tiles.wgsl")),
     ("dropout_hash.wgsl", include_str!("../../shaders/common/dropout_hash.wgsl")),
     ("matmul_params.wgsl", include_str!("../../shaders/common/matmul_params.wgsl")),
     ("matmul_stage.wgsl", include_str!("../../shaders/common/matmul_stage.wgsl")),
